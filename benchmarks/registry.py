@@ -1,0 +1,57 @@
+"""The registry of benchmark cases: one place every op family adds its cases to."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+MODES = ("fwd", "bwd", "full")
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One op at one size, dtype and mode, with every provider that can run it.
+
+    ``setup(device)`` builds the inputs once (outside the timing); each provider maps those
+    inputs to a zero-argument callable that does the work once. ``bytes_moved`` /
+    ``flops`` are what the op must move or compute for these inputs (None when not
+    meaningful); GB/s and TFLOP/s are derived from them.
+    """
+
+    family: str
+    op: str
+    mode: str
+    dtype: str
+    size: str  # label, e.g. "n=1048576" or "B=16,H=256"
+    setup: Callable[[str], Any]
+    providers: dict[str, Callable[[Any], Callable[[], Any]]]
+    bytes_moved: int | None = None
+    flops: int | None = None
+    devices: tuple[str, ...] = ("cuda", "cpu")  # where the case makes sense
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}-{self.mode}-{self.dtype}-{self.size}"
+
+
+_CASES: list[BenchCase] = []
+
+
+def register(case: BenchCase) -> BenchCase:
+    if case.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {case.mode!r}")
+    _CASES.append(case)
+    return case
+
+
+def all_cases() -> list[BenchCase]:
+    """Every registered case; importing each module of this package registers its cases."""
+    import gpukernels.benchmarks as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("registry", "harness", "run") and not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    return list(_CASES)

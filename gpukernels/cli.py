@@ -1,0 +1,79 @@
+"""Command line: ``gpukernels info``, ``gpukernels check``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+
+
+def _version(module: str) -> str:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception as exc:  # a broken install says why rather than crashing info
+        return f"not available ({type(exc).__name__})"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import gpukernels
+
+    print(f"gpukernels {gpukernels.__version__} on Python {platform.python_version()} ({platform.machine()})")
+    for module in ("numpy", "scipy", "torch", "triton", "cupy"):
+        print(f"  {module:<8} {_version(module)}")
+    print("backends:")
+    for name, status in gpukernels.backends().items():
+        print(f"  {name:<8} {'available' if status.available else 'unavailable':<12} {status.reason}")
+    print(f"GPU: {_gpu_description()}")
+    return 0
+
+
+def _gpu_description() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "unknown (torch not installed)"
+    if not torch.cuda.is_available():
+        return "none visible to torch"
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    capability = torch.cuda.get_device_capability()
+    return f"{', '.join(names)} (sm_{capability[0]}{capability[1]})"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .verify.report import format_table
+
+    rows = []
+    if args.backend in ("all", "triton"):
+        from .verify import triton_aot
+
+        rows += triton_aot.compile_all(args.filter, workers=args.jobs)
+    if args.backend in ("all", "cupy"):
+        from .verify import nvrtc
+
+        rows += nvrtc.compile_all(args.filter)
+    if not rows:
+        print(f"no kernel matches {args.filter!r}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    failed = [r for r in rows if not r.ok]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} kernel builds passed the gate "
+          "(compiled for sm_80 and sm_90, 0 spill bytes, the expected 128-bit loads)")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpukernels", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, backends and why any cannot run, the GPU").set_defaults(run=cmd_info)
+    check = sub.add_parser("check", help="compile every kernel for sm_80/sm_90 and report registers, spills, loads")
+    check.add_argument("--backend", choices=("all", "triton", "cupy"), default="all")
+    check.add_argument("--filter", help="only kernels whose name contains this text")
+    check.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per core)")
+    check.set_defaults(run=cmd_check)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

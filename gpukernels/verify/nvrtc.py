@@ -1,0 +1,78 @@
+"""Compile every CUDA source of ``gpukernels.cupy`` with NVRTC, CuPy's runtime compiler and
+flags (``NVRTC_OPTIONS``), for sm_80 and sm_90 with ``-Xptxas=-v``, without a GPU."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from typing import Iterator
+
+from .report import TARGETS, CompileRow
+
+
+def iter_programs() -> Iterator[object]:
+    """Every ``NvrtcProgram`` listed by a module of ``gpukernels.cupy``."""
+    import gpukernels.cupy as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        yield from getattr(module, "nvrtc_programs", lambda: ())()
+
+
+def _compile(program, target: int) -> tuple[bytes, dict[str, str], str]:
+    """(cubin, name expression -> lowered name, ptxas log) or raises with NVRTC's log."""
+    from cupy.cuda import nvrtc
+
+    from gpukernels.cupy._module import NVRTC_OPTIONS, source_text
+
+    handle = nvrtc.createProgram(source_text(program.source), program.source, [], [])
+    try:
+        for expression in program.name_expressions:
+            nvrtc.addNameExpression(handle, expression)
+        options = [*NVRTC_OPTIONS, f"-arch=sm_{target}", "-Xptxas=-v"]
+        try:
+            nvrtc.compileProgram(handle, options)
+        except Exception as exc:
+            raise RuntimeError(nvrtc.getProgramLog(handle).strip() or str(exc)) from None
+        lowered = {e: nvrtc.getLoweredName(handle, e) for e in program.name_expressions}
+        return nvrtc.getCUBIN(handle), lowered, nvrtc.getProgramLog(handle)
+    finally:
+        nvrtc.destroyProgram(handle)
+
+
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def compile_program(program, target: int) -> list[CompileRow]:
+    """One row per name expression (kernel instantiation) of ``program`` at ``target``."""
+    from .sass import resources, widest_global_loads
+
+    try:
+        cubin, lowered, _log = _compile(program, target)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()
+        return [CompileRow("cupy", program.source, "-", target, compiled=False, error=message[-1] if message else "")]
+    usage, loads = resources(cubin), widest_global_loads(cubin)
+    rows = []
+    for expression, name in lowered.items():
+        found = usage.get(name)
+        row = CompileRow("cupy", expression, program.source, target, compiled=found is not None,
+                         expect_load_bits=program.expect_load_bits)
+        if found is None:
+            row.error = f"{name} missing from the cubin"
+        else:
+            row.registers, row.spill_bytes, row.shared_bytes = found.registers, found.local, found.shared
+            row.load_bits = loads.get(name)
+        rows.append(row)
+    return rows
+
+
+def compile_all(filter_text: str | None = None) -> list[CompileRow]:
+    rows: list[CompileRow] = []
+    for program in iter_programs():
+        for target in TARGETS:
+            rows.extend(r for r in compile_program(program, target) if not filter_text or filter_text in r.kernel)
+    return rows

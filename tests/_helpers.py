@@ -1,0 +1,79 @@
+"""Comparison against the float64 reference, with DESIGN.md's tolerances, and test inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# norm(out - ref) / norm(ref) bounds, by storage dtype and kind of op.
+NORM_TOL = {
+    "float64": {"pointwise": 1e-12, "reduction": 1e-12},
+    "float32": {"pointwise": 1e-6, "reduction": 1e-5},
+    "float16": {"pointwise": 1e-3, "reduction": 1e-3},
+    "bfloat16": {"pointwise": 1e-2, "reduction": 1e-2},
+}
+# Elementwise (atol, rtol) for pointwise ops: a few units in the last place of each dtype.
+ELEMENT_TOL = {
+    "float64": (1e-12, 1e-10),
+    "float32": (1e-6, 1e-5),
+    "float16": (1e-5, 2e-3),
+    "bfloat16": (1e-5, 1.6e-2),
+}
+
+DTYPES = ("float32", "float16", "bfloat16")
+SHAPES = [(0,), (1,), (7,), (1023,), (3, 5, 257)]
+
+
+def shape_id(shape) -> str:
+    return "N" + "x".join(map(str, shape))
+
+
+def as_float64(x) -> np.ndarray:
+    """Any array (numpy, torch incl. bfloat16, cupy) as a float64 numpy array."""
+    if hasattr(x, "detach"):
+        return x.detach().cpu().double().numpy()
+    if hasattr(x, "get"):
+        x = x.get()
+    return np.asarray(x, dtype=np.float64)
+
+
+def assert_close(out, ref, dtype: str, kind: str = "pointwise") -> None:
+    """``out`` (any array) matches the float64 ``ref``: same shape, NaN exactly where ref is
+    NaN, infinities equal, and within the dtype's tolerances elsewhere."""
+    got, want = as_float64(out), np.asarray(ref, dtype=np.float64)
+    assert got.shape == want.shape, f"shape {got.shape} != reference {want.shape}"
+    nan = np.isnan(want)
+    bad_nan = np.isnan(got) != nan
+    assert not bad_nan.any(), f"NaN mismatch at {np.argwhere(bad_nan)[:5].tolist()} (got {got[bad_nan][:5]}, want {want[bad_nan][:5]})"
+    inf = np.isinf(want)
+    assert np.array_equal(got[inf], want[inf]), "infinities differ"
+    finite = ~nan & ~inf
+    g, w = got[finite], want[finite]
+    if w.size == 0:
+        return
+    norm = np.linalg.norm(w)
+    relative = np.linalg.norm(g - w) / norm if norm > 0 else np.linalg.norm(g - w)
+    assert relative <= NORM_TOL[dtype][kind], f"{dtype} relative error {relative:.3g} > {NORM_TOL[dtype][kind]}"
+    if kind == "pointwise":
+        atol, rtol = ELEMENT_TOL[dtype]
+        close = np.abs(g - w) <= atol + rtol * np.abs(w)
+        if not close.all():
+            i = np.argmax(~close)
+            raise AssertionError(f"{dtype} element {i}: got {g[i]!r}, want {w[i]!r} ({(~close).sum()} elements off)")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def random_tensor(rng, shape, dtype: str, device: str = "cpu", scale: float = 3.0, specials: bool = False):
+    """Fresh normal values (never zeros) as a torch tensor; ``specials`` plants NaN, +-inf and
+    signed zeros at the front."""
+    import torch
+
+    values = rng.standard_normal(shape) * scale
+    flat = values.reshape(-1)
+    if specials and flat.size >= 6:
+        flat[:6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-8]
+    return torch.from_numpy(values).to(device=device, dtype=torch_dtype(dtype))

@@ -1,0 +1,55 @@
+"""Test set-up shared by every test file.
+
+* Triton runs on a real GPU when torch sees one; otherwise every Triton kernel runs in
+  Triton's interpreter (TRITON_INTERPRET=1, read when kernels are defined, so it is set here,
+  before any test imports gpukernels.triton).
+* Freshly allocated torch outputs are filled with NaN (PyTorch's deterministic mode with
+  ``fill_uninitialized_memory``), so a kernel that leaves any element unwritten fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+try:
+    import torch
+except ImportError:  # the numpy-only tests still run
+    torch = None
+
+HAS_CUDA = torch is not None and torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+os.environ.pop("GPUKERNELS_BACKEND", None)  # tests choose backends explicitly
+
+
+@pytest.fixture(autouse=True)
+def poison_fresh_outputs():
+    if torch is None:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.utils.deterministic.fill_uninitialized_memory = previous_fill
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261124)
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

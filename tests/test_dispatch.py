@@ -1,0 +1,125 @@
+"""The dispatch layer: selection order, array round trips, errors and the one fallback warning."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import gpukernels as gk
+from gpukernels import _dispatch
+
+
+def test_numpy_in_numpy_out(rng):
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    y = gk.sigmoid(x)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == (4, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_torch_cpu_in_torch_out_same_dtype_and_device(dtype):
+    x = torch.randn(3, 7, dtype=dtype)
+    y = gk.gelu(x)
+    assert isinstance(y, torch.Tensor) and y.dtype == dtype and y.device == x.device and y.shape == x.shape
+    torch.testing.assert_close(y.double(), torch.nn.functional.gelu(x.double()), atol=1e-2 if dtype == torch.bfloat16 else 2e-3, rtol=0)
+
+
+def test_cpu_torch_and_numpy_choose_the_reference():
+    assert _dispatch.select_backend(np.zeros(2)) == "numpy"
+    assert _dispatch.select_backend(torch.zeros(2)) == "numpy"
+
+
+class FakeCupyArray:
+    """Stands in for a cupy array: the dispatch recognises cupy by the type's module."""
+
+    __module__ = "cupy._core.core"
+    dtype = np.dtype(np.float32)
+
+
+def test_cupy_arrays_route_to_cupy(monkeypatch):
+    monkeypatch.setitem(_dispatch._STATUS, "cupy", lambda: _dispatch.BackendStatus(True, "fake device"))
+    assert _dispatch.array_library(FakeCupyArray()) == "cupy"
+    assert _dispatch.select_backend(FakeCupyArray()) == "cupy"
+
+
+class _CudaLooking(torch.Tensor):
+    """A CPU tensor that reports a CUDA device, to test routing without a GPU."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def test_cuda_tensors_route_to_triton(monkeypatch):
+    t = torch.Tensor._make_subclass(_CudaLooking, torch.zeros(2))
+    assert _dispatch.natural_backend(t) == "triton"
+    monkeypatch.setitem(_dispatch._STATUS, "triton", lambda: _dispatch.BackendStatus(True, "fake GPU"))
+    assert _dispatch.select_backend(t) == "triton"
+
+
+def test_automatic_choice_falls_back_once_with_a_warning(monkeypatch):
+    monkeypatch.setitem(_dispatch._STATUS, "cupy", lambda: _dispatch.BackendStatus(False, "no device here"))
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="'cupy' cannot run \\(no device here\\); falling back"):
+        assert _dispatch.select_backend(FakeCupyArray()) == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second fallback must not warn again
+        assert _dispatch.select_backend(FakeCupyArray()) == "numpy"
+
+
+def test_forced_backend_that_cannot_run_raises_with_the_reason(monkeypatch):
+    monkeypatch.setitem(_dispatch._STATUS, "cupy", lambda: _dispatch.BackendStatus(False, "no CUDA driver"))
+    with gk.use_backend("cupy"), pytest.raises(gk.BackendUnavailableError, match="requested by use_backend\\(\\).*no CUDA driver"):
+        gk.relu(np.ones(3, np.float32))
+
+
+def test_environment_variable_is_honoured(monkeypatch):
+    calls = []
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "cupy")
+    monkeypatch.setitem(_dispatch._STATUS, "cupy", lambda: _dispatch.BackendStatus(False, "no CUDA driver"))
+    with pytest.raises(gk.BackendUnavailableError, match="requested by GPUKERNELS_BACKEND"):
+        gk.relu(np.ones(3, np.float32))
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "numpy")
+    monkeypatch.setattr(_dispatch, "natural_backend", lambda x: calls.append(x) or "triton")
+    assert isinstance(gk.relu(np.ones(3, np.float32)), np.ndarray)
+    assert calls == []  # the environment decided; the inputs were not consulted
+
+
+def test_context_beats_environment(monkeypatch):
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "cupy")
+    with gk.use_backend("numpy"):
+        assert _dispatch.select_backend(np.zeros(1)) == "numpy"
+
+
+def test_unknown_backend_names_are_rejected(monkeypatch):
+    with pytest.raises(ValueError, match="name must be one of 'numpy', 'triton', 'cupy'"):
+        with gk.use_backend("cuda"):
+            pass
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "tpu")
+    with pytest.raises(ValueError, match="GPUKERNELS_BACKEND must be one of"):
+        gk.relu(np.ones(2, np.float32))
+
+
+def test_backends_report_every_backend_with_a_reason():
+    report = gk.backends()
+    assert set(report) == {"numpy", "triton", "cupy"}
+    assert report["numpy"].available
+    for status in report.values():
+        assert status.reason
+
+
+def test_triton_on_numpy_input_returns_numpy(rng):
+    x = rng.standard_normal(100).astype(np.float32)
+    with gk.use_backend("triton"):
+        y = gk.tanh(x)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    np.testing.assert_allclose(y, np.tanh(x), rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_cpu_tensor_through_the_reference():
+    x = torch.randn(64, dtype=torch.bfloat16)
+    y = gk.sigmoid(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, torch.sigmoid(x))
