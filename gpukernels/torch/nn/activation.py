@@ -1,10 +1,10 @@
-"""Drop-in replacements for ``torch.nn`` modules, same constructor arguments and defaults."""
+"""Activation modules, drop-in for torch.nn.Sigmoid, Tanh, ReLU, LeakyReLU and GELU."""
 
 from __future__ import annotations
 
 import torch
 
-from . import functional as F
+from .. import _activation as F
 
 
 class Sigmoid(torch.nn.Module):
