@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import ndtr
 
 from ._precision import reference_op
 
-SQRT_HALF = math.sqrt(0.5)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 GELU_TANH_COEFF = 0.044715
@@ -18,7 +17,8 @@ GELU_TANH_COEFF = 0.044715
 @reference_op
 def sigmoid(x: np.ndarray) -> np.ndarray:
     # exp(-x) overflowing to inf for very negative x gives the right limit: 1 / inf = 0.
-    y = np.exp(-x)
+    y = np.negative(x)
+    np.exp(y, out=y)
     y += 1
     return np.reciprocal(y, out=y)
 
@@ -39,7 +39,8 @@ def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
 
 
 def _normal_cdf(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + erf(x * x.dtype.type(SQRT_HALF)))
+    # ndtr is Phi itself; 0.5 (1 + erf(x / sqrt 2)) would cancel for negative x.
+    return ndtr(x)
 
 
 def _gelu_tanh_gate(x: np.ndarray) -> np.ndarray:
@@ -50,9 +51,9 @@ def _gelu_tanh_gate(x: np.ndarray) -> np.ndarray:
 
 @reference_op
 def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
-    if approximate == "tanh":
-        return x * _gelu_tanh_gate(x)
-    return x * _normal_cdf(x)
+    y = _gelu_tanh_gate(x) if approximate == "tanh" else _normal_cdf(x)
+    y *= x
+    return y
 
 
 @reference_op

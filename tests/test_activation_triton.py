@@ -8,29 +8,12 @@ import pytest
 import torch
 
 import gpukernels as gk
+from _activation_cases import ACTS, SAVES_OUTPUT, SLOPE, backward, forward
 from _helpers import DTYPES, SHAPES, as_float64, assert_close, random_tensor, shape_id
 from conftest import HAS_CUDA
 from gpukernels.reference import activation as ref
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-ACTS = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh")
-SAVES_OUTPUT = ("sigmoid", "tanh")
-
-
-def _public_forward(act, x):
-    if act == "leaky_relu":
-        return gk.leaky_relu(x, 0.1)
-    if act.startswith("gelu"):
-        return gk.gelu(x, "tanh" if act == "gelu_tanh" else "none")
-    return getattr(gk, act)(x)
-
-
-def _public_backward(act, dy, saved):
-    if act == "leaky_relu":
-        return gk.leaky_relu_backward(dy, saved, 0.1)
-    if act.startswith("gelu"):
-        return gk.gelu_backward(dy, saved, "tanh" if act == "gelu_tanh" else "none")
-    return getattr(gk, f"{act}_backward")(dy, saved)
 
 
 def _case_id(shape, dtype):
@@ -42,18 +25,18 @@ CASES = [pytest.param(shape, dtype, id=_case_id(shape, dtype)) for shape in SHAP
 
 @pytest.mark.parametrize("shape,dtype", CASES)
 @pytest.mark.parametrize("act", ACTS)
-def test_forward_and_backward(act, shape, dtype, rng):
+def test_forward_andbackward(act, shape, dtype, rng):
     x = random_tensor(rng, shape, dtype, DEVICE)
     dy = random_tensor(rng, shape, dtype, DEVICE, scale=1.0)
     with gk.use_backend("triton"):
-        y = _public_forward(act, x)
+        y = forward(act, x)
         saved = y if act in SAVES_OUTPUT else x
-        dx = _public_backward(act, dy, saved)
+        dx = backward(act, dy, saved)
     assert y.dtype == x.dtype and y.device == x.device and y.shape == x.shape
     assert dx.dtype == x.dtype and dx.shape == x.shape
     x64, dy64, saved64 = as_float64(x), as_float64(dy), as_float64(saved)
-    assert_close(y, ref.forward(x64, act, 0.1), dtype)
-    assert_close(dx, ref.backward(dy64, saved64, act, 0.1), dtype)
+    assert_close(y, ref.forward(x64, act, SLOPE), dtype)
+    assert_close(dx, ref.backward(dy64, saved64, act, SLOPE), dtype)
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -61,12 +44,12 @@ def test_nonfinite_inputs_propagate_as_the_reference(act, rng):
     x = random_tensor(rng, (300,), "float32", DEVICE, specials=True)
     dy = random_tensor(rng, (300,), "float32", DEVICE, specials=True)
     with gk.use_backend("triton"):
-        y = _public_forward(act, x)
-        dx = _public_backward(act, dy, y if act in SAVES_OUTPUT else x)
+        y = forward(act, x)
+        dx = backward(act, dy, y if act in SAVES_OUTPUT else x)
     x64 = as_float64(x)
-    assert_close(y, ref.forward(x64, act, 0.1), "float32")
+    assert_close(y, ref.forward(x64, act, SLOPE), "float32")
     saved64 = as_float64(y) if act in SAVES_OUTPUT else x64
-    assert_close(dx, ref.backward(as_float64(dy), saved64, act, 0.1), "float32")
+    assert_close(dx, ref.backward(as_float64(dy), saved64, act, SLOPE), "float32")
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -75,9 +58,9 @@ def test_non_contiguous_input(act, rng):
     x = base.t()  # a transposed view: not contiguous
     assert not x.is_contiguous()
     with gk.use_backend("triton"):
-        y = _public_forward(act, x)
+        y = forward(act, x)
     assert y.shape == x.shape
-    assert_close(y, ref.forward(as_float64(x), act, 0.1), "float32")
+    assert_close(y, ref.forward(as_float64(x), act, SLOPE), "float32")
 
 
 def test_tanh_keeps_relative_precision_near_zero():

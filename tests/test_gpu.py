@@ -8,29 +8,13 @@ import pytest
 import torch
 
 import gpukernels as gk
+from _activation_cases import ACTS, SAVES_OUTPUT, SLOPE, backward, forward
 from _helpers import DTYPES, as_float64, assert_close, random_tensor
 from gpukernels.reference import activation as ref
 
 pytestmark = pytest.mark.gpu
 
-ACTS = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh")
 SIZES = (1, 7, 1023, 2**20 + 3)
-
-
-def _forward(act, x):
-    if act == "leaky_relu":
-        return gk.leaky_relu(x, 0.1)
-    if act.startswith("gelu"):
-        return gk.gelu(x, "tanh" if act == "gelu_tanh" else "none")
-    return getattr(gk, act)(x)
-
-
-def _backward(act, dy, saved):
-    if act == "leaky_relu":
-        return gk.leaky_relu_backward(dy, saved, 0.1)
-    if act.startswith("gelu"):
-        return gk.gelu_backward(dy, saved, "tanh" if act == "gelu_tanh" else "none")
-    return getattr(gk, f"{act}_backward")(dy, saved)
 
 
 def _to_library(t: torch.Tensor, backend: str):
@@ -53,11 +37,11 @@ def test_kernels_on_the_device(backend, act, dtype, n, rng):
     x = random_tensor(rng, (n,), dtype, "cuda")
     dy = random_tensor(rng, (n,), dtype, "cuda", scale=1.0)
     with gk.use_backend(backend):
-        y = _forward(act, _to_library(x, backend))
-        saved = y if act in ("sigmoid", "tanh") else _to_library(x, backend)
-        dx = _backward(act, _to_library(dy, backend), saved)
-    assert_close(y, ref.forward(as_float64(x), act, 0.1), dtype)
-    assert_close(dx, ref.backward(as_float64(dy), as_float64(saved), act, 0.1), dtype)
+        y = forward(act, _to_library(x, backend))
+        saved = y if act in SAVES_OUTPUT else _to_library(x, backend)
+        dx = backward(act, _to_library(dy, backend), saved)
+    assert_close(y, ref.forward(as_float64(x), act, SLOPE), dtype)
+    assert_close(dx, ref.backward(as_float64(dy), as_float64(saved), act, SLOPE), dtype)
 
 
 def test_automatic_dispatch_of_cuda_tensors_uses_triton():

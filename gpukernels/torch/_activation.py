@@ -9,30 +9,20 @@ from ..ops._checks import check_choice, check_real_number
 from ..ops import activation as _act
 
 
-class _Sigmoid(torch.autograd.Function):
+class _OutputSaving(torch.autograd.Function):
+    """sigmoid and tanh: the derivative is a function of the output, so only y is saved."""
+
     @staticmethod
-    def forward(ctx, x):
-        y = _act.sigmoid(x)
+    def forward(ctx, x, op):
+        y = getattr(_act, op)(x)
         ctx.save_for_backward(y)
+        ctx.op = op
         return y
 
     @staticmethod
     def backward(ctx, grad_output):
         (y,) = ctx.saved_tensors
-        return _act.sigmoid_backward(grad_output.contiguous(), y)
-
-
-class _Tanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = _act.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (y,) = ctx.saved_tensors
-        return _act.tanh_backward(grad_output.contiguous(), y)
+        return getattr(_act, f"{ctx.op}_backward")(grad_output.contiguous(), y), None
 
 
 class _LeakyReLU(torch.autograd.Function):
@@ -74,11 +64,11 @@ class _GELU(torch.autograd.Function):
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
-    return _Sigmoid.apply(input)
+    return _OutputSaving.apply(input, "sigmoid")
 
 
 def tanh(input: torch.Tensor) -> torch.Tensor:
-    return _Tanh.apply(input)
+    return _OutputSaving.apply(input, "tanh")
 
 
 def _check_inplace(input: torch.Tensor, negative_slope: float, inplace: bool) -> None:
