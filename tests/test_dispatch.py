@@ -123,3 +123,23 @@ def test_bfloat16_cpu_tensor_through_the_reference():
     y = gk.sigmoid(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y, torch.sigmoid(x))
+
+
+def test_import_and_reference_work_with_numpy_alone():
+    # torch, triton and cupy made unimportable: the package imports, reports why, and computes
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'triton', 'cupy'): sys.modules[name] = None\n"
+        "import numpy as np, gpukernels as gk\n"
+        "y = gk.gelu(np.linspace(-3, 3, 7))\n"
+        "assert y.dtype == np.float64 and abs(y[-1] - 2.99595) < 1e-4, y\n"
+        "status = gk.backends()\n"
+        "assert status['numpy'].available and not status['triton'].available and not status['cupy'].available\n"
+        "print(status['triton'].reason)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "cannot import torch/triton" in result.stdout
