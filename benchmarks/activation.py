@@ -1,5 +1,6 @@
 """Activation benchmark cases: forward and backward, ours against PyTorch eager (ATen's own
-``*_backward`` ops for the backward), at 2^20..2^28 elements on a GPU and 2^20..2^22 on CPU."""
+``*_backward`` ops for the backward) and, on a GPU, ``torch.compile``, at 2^20..2^28 elements on
+a GPU and 2^20..2^22 on CPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from .registry import BenchCase, register
 GPU_SIZES = tuple(2**p for p in (20, 22, 24, 26, 28))
 CPU_SIZES = (2**20, 2**22)
 DTYPES = ("float32", "float16", "bfloat16")
+OPS = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh")
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def bytes_model(op: str, mode: str, n: int, dtype: str) -> int:
+    """Bytes one call must move, whatever the kernel: the forward reads x and writes y; the
+    backward reads grad_output and the saved tensor (y or x) and writes grad_input. ``op``
+    is part of the signature every family's model shares; for activations it does not matter."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    tensors = {"fwd": 2, "bwd": 3}[mode]
+    return tensors * n * ITEMSIZE[dtype]
 
 
 def _forward_providers(op: str):
@@ -26,7 +39,19 @@ def _forward_providers(op: str):
         "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
         "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     }[op]
-    return {"gpukernels": lambda inp: lambda: ours(inp["x"]), "torch": lambda inp: lambda: theirs(inp["x"])}
+    return {
+        "gpukernels": lambda inp: lambda: ours(inp["x"]),
+        "torch": lambda inp: lambda: theirs(inp["x"]),
+        "torch.compile": lambda inp: _compiled(theirs, inp["x"]),
+    }
+
+
+def _compiled(fn, inputs):
+    """A fresh ``torch.compile`` of the eager op; the harness's warm-up absorbs the compilation."""
+    import torch
+
+    compiled = torch.compile(fn, dynamic=False)
+    return lambda: compiled(inputs)
 
 
 def _backward_providers(op: str):
@@ -49,7 +74,11 @@ def _backward_providers(op: str):
         "gelu": lambda i: aten.gelu_backward(i["dy"], i["x"]),
         "gelu_tanh": lambda i: aten.gelu_backward(i["dy"], i["x"], approximate="tanh"),
     }[op]
-    return {"gpukernels": lambda inp: lambda: ours(inp), "torch": lambda inp: lambda: theirs(inp)}
+    return {
+        "gpukernels": lambda inp: lambda: ours(inp),
+        "torch": lambda inp: lambda: theirs(inp),
+        "torch.compile": lambda inp: _compiled(theirs, inp),
+    }
 
 
 def _setup(n: int, dtype: str):
@@ -63,17 +92,17 @@ def _setup(n: int, dtype: str):
 
 
 def _register_all() -> None:
-    itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}
-    for op in ("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh"):
+    for op in OPS:
         for dtype in DTYPES:
             for n in sorted(set(GPU_SIZES) | set(CPU_SIZES)):
                 devices = tuple(d for d, sizes in (("cuda", GPU_SIZES), ("cpu", CPU_SIZES))
                                 if n in sizes and (d == "cuda" or dtype == "float32"))
-                for mode, providers, tensors in (("fwd", _forward_providers, 2), ("bwd", _backward_providers, 3)):
+                for mode, providers in (("fwd", _forward_providers), ("bwd", _backward_providers)):
                     register(BenchCase(
                         family="activation", op=op, mode=mode, dtype=dtype, size=f"n={n}",
                         setup=_setup(n, dtype), providers=providers(op),
-                        bytes_moved=tensors * n * itemsize[dtype], devices=devices,
+                        bytes_moved=bytes_model(op, mode, n, dtype), devices=devices,
+                        provider_devices={"torch.compile": ("cuda",)},
                     ))
 
 

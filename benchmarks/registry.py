@@ -17,7 +17,8 @@ class BenchCase:
     ``setup(device)`` builds the inputs once (outside the timing); each provider maps those
     inputs to a zero-argument callable that does the work once. ``bytes_moved`` /
     ``flops`` are what the op must move or compute for these inputs (None when not
-    meaningful); GB/s and TFLOP/s are derived from them.
+    meaningful); GB/s and TFLOP/s are derived from them. Providers whose name starts with
+    "gpukernels" are ours; every other provider is a baseline.
     """
 
     family: str
@@ -31,6 +32,22 @@ class BenchCase:
     flops: int | None = None
     devices: tuple[str, ...] = ("cuda", "cpu")  # where the case makes sense
     params: dict[str, Any] = field(default_factory=dict)
+    # Optional, so every family's existing cases keep working:
+    # providers that only make sense on some devices (e.g. torch.compile or cuDNN on "cuda").
+    provider_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The provider that is PyTorch eager: `gpukernels report` profiles it on the CPU to count
+    # the bytes eager's composition of aten ops moves.
+    eager: str = "torch"
+    # False keeps a case out of the short default set of `gpukernels bench` (still in --all).
+    in_default_set: bool = True
+
+    def runs_on(self, provider: str, device: str) -> bool:
+        return device in self.provider_devices.get(provider, self.devices)
+
+    @property
+    def work(self) -> float:
+        """What orders sizes: bytes the op must move, else flops, else 0."""
+        return float(self.bytes_moved or self.flops or 0)
 
     @property
     def name(self) -> str:
@@ -55,3 +72,8 @@ def all_cases() -> list[BenchCase]:
         if info.name not in ("registry", "harness", "run") and not info.name.startswith("_"):
             importlib.import_module(f"{package.__name__}.{info.name}")
     return list(_CASES)
+
+
+def is_ours(provider: str) -> bool:
+    """Providers named gpukernels* are this project's; every other one is a baseline."""
+    return provider.startswith("gpukernels")

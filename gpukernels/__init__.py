@@ -10,6 +10,18 @@ from .ops.activation import (
     gelu, gelu_backward, leaky_relu, leaky_relu_backward, relu, relu_backward, sigmoid,
     sigmoid_backward, tanh, tanh_backward,
 )
+from .ops.attention import (
+    attention, attention_backward, attention_scores, attention_scores_backward, scaled_dot_product_attention,
+    scaled_dot_product_attention_backward, scaled_dot_product_attention_forward,
+)
+from .ops.softmax import (
+    log_softmax, log_softmax_backward, masked_softmax, masked_softmax_backward, softmax, softmax_backward,
+)
+from .ops.rnn import (
+    gru_cell, gru_cell_backward, gru_layer, gru_layer_backward, lstm_cell, lstm_cell_backward, lstm_layer,
+    lstm_layer_backward, rnn_cell, rnn_cell_backward, rnn_layer, rnn_layer_backward,
+)
+from .ops.optim import adam_step, clip_grad_norm_, clip_grad_value_, rmsprop_step, sgd_step
 
 __version__ = "0.1.0"
 
@@ -17,4 +29,11 @@ __all__ = [
     "BACKENDS", "BackendStatus", "BackendUnavailableError", "backends", "use_backend", "__version__",
     "sigmoid", "tanh", "relu", "leaky_relu", "gelu",
     "sigmoid_backward", "tanh_backward", "relu_backward", "leaky_relu_backward", "gelu_backward",
+    "softmax", "log_softmax", "masked_softmax", "softmax_backward", "log_softmax_backward",
+    "masked_softmax_backward",
+    "scaled_dot_product_attention", "scaled_dot_product_attention_forward", "scaled_dot_product_attention_backward",
+    "attention_scores", "attention_scores_backward", "attention", "attention_backward",
+    "rnn_cell", "lstm_cell", "gru_cell", "rnn_cell_backward", "lstm_cell_backward", "gru_cell_backward",
+    "rnn_layer", "lstm_layer", "gru_layer", "rnn_layer_backward", "lstm_layer_backward", "gru_layer_backward",
+    "adam_step", "sgd_step", "rmsprop_step", "clip_grad_norm_", "clip_grad_value_",
 ]

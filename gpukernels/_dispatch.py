@@ -309,13 +309,92 @@ def call(family: str, op: str, arrays: tuple, params: dict | None = None, *, ret
     """Run ``op`` on the chosen backend and hand its result(s) back as the caller's arrays.
 
     ``arrays`` are the array arguments (None allowed), passed positionally after conversion;
-    ``params`` are keyword arguments passed unchanged. Results (an array or a tuple of arrays)
-    come back in the library, device and dtype of ``returns_like`` (default: the first array).
+    ``params`` are keyword arguments passed unchanged. The backend is chosen from the first
+    array. Results (an array or a tuple of arrays) come back in the library, device and dtype
+    of ``returns_like`` (default: the first array). ``returns_like`` may instead be a tuple
+    with one template per result: a result whose template is None is passed through as the
+    backend made it (None stays None; a workspace that only a later backward call reads keeps
+    its backend's array type and dtype).
     """
-    template = returns_like if returns_like is not None else next(a for a in arrays if a is not None)
-    backend = select_backend(template)
+    first = next(a for a in arrays if a is not None)
+    backend = select_backend(first)
     function = implementation(family, op, backend)
     result = function(*(to_backend(backend, a) for a in arrays), **(params or {}))
+    if isinstance(returns_like, tuple):
+        results = result if isinstance(result, tuple) else (result,)
+        return tuple(r if t is None else like(r, t) for r, t in zip(results, returns_like, strict=True))
+    template = first if returns_like is None else returns_like
     if isinstance(result, tuple):
         return tuple(like(r, template) for r in result)
+    return like(result, template)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calling an op that updates arrays in place (optimizer steps): lists of arrays in, nothing out.
+
+
+def _is_contiguous(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return x.flags.c_contiguous
+    return x.is_contiguous() if hasattr(x, "is_contiguous") else bool(x.flags.c_contiguous)
+
+
+def _contiguous(x: Any) -> Any:
+    if _is_contiguous(x):
+        return x
+    return x.contiguous() if hasattr(x, "is_contiguous") else x.copy(order="C")
+
+
+def _to_inplace_backend(backend: str, x: Any) -> tuple[Any, bool]:
+    """(``x`` as a contiguous array of ``backend``, whether writing it writes ``x``).
+
+    The converters above keep views whenever the memory can stay where it is (same side of the
+    host/device divide, same element size), so those two facts tell a view from a copy.
+    """
+    if x is None or array_library(x) is None:
+        return x, True
+    converted = to_backend(backend, x)
+    if not _is_contiguous(converted):
+        return _contiguous(converted), False
+    if converted is x:
+        return x, True
+    on_cpu = lambda a: isinstance(a, np.ndarray) or getattr(getattr(a, "device", None), "type", None) == "cpu"
+    return converted, on_cpu(x) == on_cpu(converted) and x.itemsize == converted.itemsize and _is_contiguous(x)
+
+
+def _write_back(caller: Any, converted: Any) -> None:
+    value = like(converted, caller)
+    if array_library(caller) == "torch":
+        caller.detach().copy_(value)
+    else:
+        caller[...] = value
+
+
+def call_inplace(family: str, op: str, arrays: tuple, params: dict | None = None, *, template: Any,
+                 writes: tuple[int, ...] = ()) -> Any:
+    """Run an in-place ``op`` whose array arguments are arrays, None, or lists of arrays/None.
+
+    Each array reaches the backend as a contiguous array of its own type, a view of the
+    caller's memory wherever the libraries allow; the arguments at positions ``writes`` that
+    had to be copied (another device, bfloat16 into numpy, non-contiguous) are copied back
+    into the caller's arrays afterwards. The op's own result, if any, comes back like
+    ``template``.
+    """
+    backend = select_backend(template)
+    function = implementation(family, op, backend)
+    copies: list[tuple[Any, Any]] = []  # (caller's array, the copy the backend writes)
+
+    def convert(a: Any, position: int) -> Any:
+        if isinstance(a, (list, tuple)):
+            return [convert(x, position) for x in a]
+        converted, shared = _to_inplace_backend(backend, a)
+        if not shared and position in writes:
+            copies.append((a, converted))
+        return converted
+
+    result = function(*(convert(a, i) for i, a in enumerate(arrays)), **(params or {}))
+    for caller, converted in copies:
+        _write_back(caller, converted)
+    if result is None:
+        return None
     return like(result, template)

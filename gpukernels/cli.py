@@ -1,4 +1,5 @@
-"""Command line: ``gpukernels info``, ``gpukernels check``."""
+"""Command line: ``gpukernels info``, ``gpukernels check``, ``gpukernels bench``,
+``gpukernels report``."""
 
 from __future__ import annotations
 
@@ -62,6 +63,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    return bench.run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    return report.run(args)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``gpukernels bench`` (also used by ``python -m gpukernels.benchmarks.run``)."""
+    parser.add_argument("--op", help="only these ops (comma-separated), e.g. sigmoid,gelu")
+    parser.add_argument("--dtype", help="only these dtypes: float32/fp32, float16/fp16, bfloat16/bf16")
+    parser.add_argument("--mode", help="only these modes: fwd, bwd, full")
+    parser.add_argument("--size", help="only these sizes: a case's size label, one part of it, or a value")
+    parser.add_argument("--all", action="store_true",
+                        help="every matching case (default: a short set, one dtype and the smallest and largest size)")
+    parser.add_argument("--out", default="bench-results", help="folder for bench.csv, bench.json, plots/ (default: %(default)s)")
+    parser.add_argument("--compare", metavar="OLD.csv", help="print old/new time ratios against an earlier run's bench.csv")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpukernels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--filter", help="only kernels whose name contains this text")
     check.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per core)")
     check.set_defaults(run=cmd_check)
+    bench = sub.add_parser("bench", help="time ours against the baselines (CPU fallback vs PyTorch CPU without a GPU)")
+    add_bench_arguments(bench)
+    bench.set_defaults(run=cmd_bench)
+    report = sub.add_parser("report", help="static GPU report without a GPU: registers, spills, occupancy, bytes vs eager")
+    report.add_argument("--backend", choices=("all", "triton", "cupy"), default="all")
+    report.add_argument("--filter", help="only kernels whose name contains this text (and ops whose name it contains)")
+    report.add_argument("--config", help="only Triton launch configurations whose label contains this text")
+    report.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per core)")
+    report.add_argument("--full", action="store_true", help="one line per launch configuration (default: one per kernel)")
+    report.add_argument("--out", default="report-results", help="folder for the CSVs and the plot (default: %(default)s)")
+    report.set_defaults(run=cmd_report)
     args = parser.parse_args(argv)
     return args.run(args)
 

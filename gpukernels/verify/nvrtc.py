@@ -53,8 +53,9 @@ def compile_program(program, target: int) -> list[CompileRow]:
     try:
         cubin, lowered, _log = _compile(program, target)
     except Exception as exc:
-        message = str(exc).strip().splitlines()
-        return [CompileRow("cupy", program.source, "-", target, compiled=False, error=message[-1] if message else "")]
+        lines = str(exc).strip().splitlines()
+        first_error = next((line for line in lines if "error" in line), lines[-1] if lines else "")
+        return [CompileRow("cupy", program.source, "-", target, compiled=False, error=first_error.strip())]
     usage, loads = resources(cubin), widest_global_loads(cubin)
     rows = []
     for expression, name in lowered.items():
@@ -71,8 +72,11 @@ def compile_program(program, target: int) -> list[CompileRow]:
 
 
 def compile_all(filter_text: str | None = None) -> list[CompileRow]:
+    """Every program that has a kernel whose name contains ``filter_text``, at every target."""
     rows: list[CompileRow] = []
     for program in iter_programs():
+        if filter_text and not any(filter_text in e for e in program.name_expressions):
+            continue
         for target in TARGETS:
             rows.extend(r for r in compile_program(program, target) if not filter_text or filter_text in r.kernel)
     return rows

@@ -97,3 +97,12 @@ def widest_global_loads(cubin: bytes) -> dict[str, int]:
         body = text[match.end(): starts[i + 1].start() if i + 1 < len(starts) else len(text)]
         widest[match.group(1)] = max((_load_bits(m.group(0)) for m in _LDG.finditer(body)), default=0)
     return widest
+
+
+_PTX_LOAD = re.compile(r"\bld\.global(?:\.[A-Za-z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b")
+
+
+def widest_ptx_global_load_bits(ptx: str) -> int:
+    """Widest global load in PTX (vector width x element bits); cheaper than disassembling
+    the cubin, and exact for Triton, whose vector loads map one to one onto SASS."""
+    return max((int(m.group(1) or 1) * int(m.group(2)) for m in _PTX_LOAD.finditer(ptx)), default=0)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import importlib
+import multiprocessing
+import os
 import pkgutil
 from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator
@@ -32,7 +34,7 @@ def compile_case(case, target: int) -> CompileRow:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .sass import resources, widest_global_loads
+    from .sass import resources, widest_ptx_global_load_bits
 
     row = CompileRow("triton", case.name, config_label(case), target, compiled=False,
                      expect_load_bits=case.expect_load_bits)
@@ -48,7 +50,7 @@ def compile_case(case, target: int) -> CompileRow:
     usage = next(iter(resources(cubin).values()))
     row.compiled = True
     row.registers, row.spill_bytes, row.shared_bytes = usage.registers, usage.local, compiled.metadata.shared
-    row.load_bits = max(widest_global_loads(cubin).values(), default=0)
+    row.load_bits = widest_ptx_global_load_bits(compiled.asm["ptx"])
     return row
 
 
@@ -58,8 +60,20 @@ def _compile_indexed(args):
     return compile_case(cases[index], target)
 
 
-def compile_all(filter_text: str | None = None, workers: int | None = None) -> list[CompileRow]:
-    """Every registered case at every target, compiled in worker processes."""
+def _without_interpreter() -> None:
+    # Runs first in each spawned worker, before any kernel module is imported.
+    os.environ.pop("TRITON_INTERPRET", None)
+
+
+def compile_all(filter_text: str | None = None, workers: int | None = None,
+                config_text: str | None = None) -> list[CompileRow]:
+    """Every registered case whose name contains ``filter_text`` (and whose config label
+    contains ``config_text``), at every target.
+
+    Compiles in freshly spawned processes: a process that imported the kernels with
+    TRITON_INTERPRET=1 (as the CPU tests do) holds interpreter functions, which
+    ``triton.compile`` cannot take.
+    """
     jobs = []
     counters: dict[str, int] = {}
     for module_name, case in iter_cases():
@@ -67,8 +81,12 @@ def compile_all(filter_text: str | None = None, workers: int | None = None) -> l
         counters[module_name] = index + 1
         if filter_text and filter_text not in case.name:
             continue
+        if config_text and config_text not in config_label(case):
+            continue
         jobs.extend((module_name, index, target) for target in TARGETS)
-    if workers == 1 or len(jobs) <= 1:
-        return [_compile_indexed(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_compile_indexed, jobs, chunksize=4))
+    if not jobs:
+        return []
+    context = multiprocessing.get_context("spawn")
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_without_interpreter) as pool:
+        return list(pool.map(_compile_indexed, jobs, chunksize=2))

@@ -3,5 +3,9 @@ parameter names and shapes, so a ``state_dict`` moves between ours and torch's u
 One module per family in this package; this namespace gathers them."""
 
 from .activation import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .attention import AdditiveAttention, DotAttention
+from .softmax import LogSoftmax, Softmax
+from . import utils
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]

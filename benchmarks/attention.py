@@ -1,0 +1,218 @@
+"""Attention benchmark cases.
+
+* Scaled dot-product attention, fp16, B=4, H=16, N=512..16384, d=64 and 128, forward and
+  backward: ours (the Triton flash kernels through the autograd Function) against
+  ``F.scaled_dot_product_attention`` pinned to its flash backend and to its math backend (math
+  only up to N=4096: its N x N scores need 4 B H N^2 bytes and more). TFLOP/s from the
+  conventional count: forward 4 B H N^2 d (two matmuls), backward 2.5x that (five matmuls).
+* Additive (Bahdanau) attention, one decoder step and a block of 32 steps over a long encoder
+  sequence, forward and forward+backward: ours (one fused kernel) against the eager composition
+  ``tanh(qa[:, :, None] + kb[:, None]) @ v`` that materialises [B, Tq, Tk, A]. Peak memory of
+  both: ``python -m gpukernels.benchmarks.attention --memory`` (GPU) prints it.
+* CPU: the NumPy reference (the CPU fallback) against PyTorch CPU on small problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from .registry import BenchCase, register
+
+SDPA_GPU_N = (512, 1024, 2048, 4096, 8192, 16384)
+SDPA_MATH_MAX_N = 4096
+SDPA_CPU = ((1, 4, 256, 64), (1, 4, 1024, 64))  # (B, H, N, d)
+ADDITIVE_GPU = ((64, 1, 1024, 512, 256), (64, 32, 1024, 512, 256), (16, 1, 8192, 512, 256))  # B, Tq, Tk, D, A
+ADDITIVE_CPU = ((8, 1, 256, 128, 64), (8, 16, 256, 128, 64))
+
+
+def sdpa_flops(B: int, H: int, N: int, d: int, mode: str) -> int:
+    forward = 4 * B * H * N * N * d
+    return forward if mode == "fwd" else int(2.5 * forward)
+
+
+def _sdpa_setup(B, H, N, d, dtype, mode):
+    def make(device):
+        import torch
+
+        torch.manual_seed(0)
+        shape = (B, H, N, d)
+        q, k, v = (torch.randn(shape, device=device, dtype=getattr(torch, dtype), requires_grad=mode == "bwd")
+                   for _ in range(3))
+        return {"q": q, "k": k, "v": v, "grad": torch.randn(shape, device=device, dtype=q.dtype)}
+
+    return make
+
+
+def _sdpa_run(fn, mode):
+    """A zero-argument callable: the forward, or the backward of a forward done once here."""
+
+    def make(inputs):
+        import torch
+
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        if mode == "fwd":
+            return lambda: fn(q, k, v)
+        out = fn(q, k, v)
+        return lambda: torch.autograd.grad(out, (q, k, v), inputs["grad"], retain_graph=True)
+
+    return make
+
+
+def _torch_sdpa(backend_name):
+    def fn(q, k, v):
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(getattr(SDPBackend, backend_name)):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return fn
+
+
+def _ours_sdpa(q, k, v):
+    from gpukernels.torch.functional import scaled_dot_product_attention
+
+    return scaled_dot_product_attention(q, k, v)
+
+
+def _register_sdpa() -> None:
+    for d in (64, 128):
+        for N in SDPA_GPU_N:
+            for mode in ("fwd", "bwd"):
+                providers = {"gpukernels": _sdpa_run(_ours_sdpa, mode),
+                             "torch-flash": _sdpa_run(_torch_sdpa("FLASH_ATTENTION"), mode)}
+                if N <= SDPA_MATH_MAX_N:
+                    providers["torch-math"] = _sdpa_run(_torch_sdpa("MATH"), mode)
+                register(BenchCase(
+                    family="attention", op="scaled_dot_product_attention", mode=mode, dtype="float16",
+                    size=f"B=4,H=16,N={N},d={d}", setup=_sdpa_setup(4, 16, N, d, "float16", mode),
+                    providers=providers, flops=sdpa_flops(4, 16, N, d, mode), devices=("cuda",), eager="torch-math",
+                    in_default_set=N in (1024, 4096)))
+    for B, H, N, d in SDPA_CPU:
+        for mode in ("fwd", "bwd"):
+            register(BenchCase(
+                family="attention", op="scaled_dot_product_attention", mode=mode, dtype="float32",
+                size=f"B={B},H={H},N={N},d={d}", setup=_sdpa_setup(B, H, N, d, "float32", mode),
+                providers={"gpukernels": _sdpa_run(_ours_sdpa, mode), "torch": _sdpa_run(_torch_sdpa("MATH"), mode)},
+                flops=sdpa_flops(B, H, N, d, mode), devices=("cpu",)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Additive attention
+
+
+def eager_additive(query, keys, values, w_query, w_keys, v):
+    """The composition users write: materialises the [B, Tq, Tk, A] hidden tensor."""
+    import torch
+
+    hidden = torch.tanh((query @ w_query.T)[:, :, None, :] + (keys @ w_keys.T)[:, None, :, :])
+    weights = torch.softmax(hidden @ v, dim=-1)
+    return weights @ values, weights
+
+
+def ours_additive(query, keys, values, w_query, w_keys, v):
+    from gpukernels.torch.functional import attention
+
+    return attention(query, keys, values, "additive", None, w_query=w_query, w_keys=w_keys, v=v)
+
+
+def _additive_setup(B, Tq, Tk, D, A, dtype, grad):
+    def make(device):
+        import torch
+
+        torch.manual_seed(0)
+        kw = {"device": device, "dtype": getattr(torch, dtype)}
+        inputs = {"query": torch.randn(B, Tq, D, **kw), "keys": torch.randn(B, Tk, D, **kw),
+                  "values": torch.randn(B, Tk, D, **kw), "w_query": torch.randn(A, D, **kw) / math.sqrt(D),
+                  "w_keys": torch.randn(A, D, **kw) / math.sqrt(D), "v": torch.randn(A, **kw)}
+        return {name: x.requires_grad_(grad) for name, x in inputs.items()}
+
+    return make
+
+
+def _additive_run(fn, mode):
+    def make(inputs):
+        if mode == "fwd":
+            return lambda: fn(**inputs)
+
+        def step():  # forward and backward: what one training step of the attention costs
+            context, _ = fn(**inputs)
+            context.sum().backward()
+
+        return step
+
+    return make
+
+
+def _register_additive() -> None:
+    for sizes, devices, dtype in ((ADDITIVE_GPU, ("cuda",), "float16"), (ADDITIVE_CPU, ("cpu",), "float32")):
+        for B, Tq, Tk, D, A in sizes:
+            for mode in ("fwd", "full"):
+                register(BenchCase(
+                    family="attention", op="additive_attention", mode=mode, dtype=dtype,
+                    size=f"B={B},Tq={Tq},Tk={Tk},D={D},A={A}",
+                    setup=_additive_setup(B, Tq, Tk, D, A, dtype, mode == "full"),
+                    providers={"gpukernels": _additive_run(ours_additive, mode),
+                               "torch": _additive_run(eager_additive, mode)},
+                    devices=devices))
+
+
+_register_sdpa()
+_register_additive()
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory (GPU): what each provider allocates beyond its inputs
+
+
+def peak_memory_mib(fn, inputs) -> float:
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    result = fn(**inputs)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del result
+    return peak / 2**20
+
+
+def memory_report() -> list[tuple[str, str, float, float]]:
+    """(case, size, ours MiB, eager MiB) for the additive and SDPA forward cases on this GPU."""
+    rows = []
+    for B, Tq, Tk, D, A in ADDITIVE_GPU:
+        inputs = _additive_setup(B, Tq, Tk, D, A, "float16", False)("cuda")
+        rows.append(("additive_attention", f"B={B},Tq={Tq},Tk={Tk},D={D},A={A}",
+                     peak_memory_mib(ours_additive, inputs), peak_memory_mib(eager_additive, inputs)))
+    for N in (1024, 4096):
+        inputs = _sdpa_setup(4, 16, N, 64, "float16", "fwd")("cuda")
+        qkv = {"q": inputs["q"], "k": inputs["k"], "v": inputs["v"]}
+        rows.append(("scaled_dot_product_attention", f"B=4,H=16,N={N},d=64",
+                     peak_memory_mib(lambda q, k, v: _ours_sdpa(q, k, v), qkv),
+                     peak_memory_mib(lambda q, k, v: _torch_sdpa("MATH")(q, k, v), qkv)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gpukernels.benchmarks.attention")
+    parser.add_argument("--memory", action="store_true", help="print peak extra memory, ours vs eager (GPU)")
+    args = parser.parse_args(argv)
+    if not args.memory:
+        parser.print_help()
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("peak memory is measured on a CUDA GPU; none is available here", file=sys.stderr)
+        return 1
+    print(f"{'case':30} {'size':34} {'ours MiB':>10} {'eager MiB':>10}")
+    for case, size, ours, eager in memory_report():
+        print(f"{case:30} {size:34} {ours:10.1f} {eager:10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Recurrent benchmark cases: the LSTM and GRU cell step and the full layer (T = 100), forward,
+backward and forward+backward, B in {1, 16, 64, 256}, H in {128, 256, 512, 1024}, fp32/fp16/bf16.
+
+Providers, side by side in one run: ours (``gpukernels``: the functional cell on a GPU runs one
+fused Triton step kernel; the layer is ``gpukernels.torch.nn.LSTM/GRU``), PyTorch eager
+(``torch``: ``torch.nn.LSTMCell/GRUCell`` for a step, the same cell looped over T for a layer),
+``torch.nn`` (``torch.nn.LSTM/GRU``: cuDNN on CUDA, ATen on the CPU; layers only) and ``torch.compile`` of the
+eager cell. On the CPU (fp32, small sizes): our layer (the NumPy reference) against
+``torch.nn.LSTM/GRU`` on the CPU. The issue's targets (not claims): a fused step >= 1.3x faster
+than the eager step; the layer within 1.1x of cuDNN and faster where cuDNN is launch-bound.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from .registry import BenchCase, register
+
+BATCHES = (1, 16, 64, 256)
+HIDDEN = (128, 256, 512, 1024)
+STEPS = 100
+INPUT_SIZE = 256
+DTYPES = ("float32", "float16", "bfloat16")
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+GATES = {"lstm": 4, "gru": 3}
+WORKSPACE_BLOCKS = {"lstm": 6, "gru": 5}
+CPU_SIZES = ((16, 128),)  # (B, H) for the CPU comparison, fp32
+DEFAULT_SET = {(16, 256), (256, 1024)}  # the short `gpukernels bench` set; --all runs every size
+
+
+def step_bytes(cell: str, B: int, H: int, dtype: str) -> int:
+    """What one fused forward step must move: w_hh and the state read, the input projection read,
+    the output written (storage dtype), the fp32 workspace row written."""
+    G, item = GATES[cell], ITEMSIZE[dtype]
+    return item * (G * H * H + B * G * H + B * H) + 4 * (B * H + B * WORKSPACE_BLOCKS[cell] * H)
+
+
+def step_flops(cell: str, B: int, H: int, mode: str) -> int:
+    """The recurrent and input matmuls of one step (backward: twice the forward's)."""
+    forward = 2 * B * GATES[cell] * H * (H + INPUT_SIZE)
+    return {"fwd": forward, "bwd": 2 * forward, "full": 3 * forward}[mode]
+
+
+def _setup(cell: str, kind: str, B: int, H: int, dtype: str):
+    def make(device: str):
+        import torch
+
+        import gpukernels.torch.nn as gnn
+
+        torch_dtype = getattr(torch, dtype)
+        factory = {"device": device, "dtype": torch_dtype}
+        name = cell.upper()
+        eager_cell = getattr(torch.nn, f"{name}Cell")(INPUT_SIZE, H, **factory)
+        ours_cell = getattr(gnn, f"{name}Cell")(INPUT_SIZE, H, **factory)
+        ours_cell.load_state_dict(eager_cell.state_dict())
+        inputs = {"eager_cell": eager_cell, "ours_cell": ours_cell, "cell": cell}
+        if kind == "layer":
+            theirs = getattr(torch.nn, name)(INPUT_SIZE, H, **factory)
+            ours = getattr(gnn, name)(INPUT_SIZE, H, **factory)
+            ours.load_state_dict(theirs.state_dict())
+            inputs.update(theirs=theirs, ours=ours, x=torch.randn(STEPS, B, INPUT_SIZE, **factory, requires_grad=True))
+        else:
+            inputs["x"] = torch.randn(B, INPUT_SIZE, **factory, requires_grad=True)
+        inputs["h"] = torch.randn(B, H, **factory, requires_grad=True)
+        inputs["c"] = torch.randn(B, H, **factory, requires_grad=True)
+        return inputs
+
+    return make
+
+
+def _eager_step(inputs, module):
+    x, h, c = inputs["x"], inputs["h"], inputs["c"]
+    out = module(x, (h, c)) if inputs["cell"] == "lstm" else module(x, h)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _eager_layer(inputs, module):
+    """PyTorch eager's layer: the cell looped over time (what torch.compile gets to fuse)."""
+    h, c = inputs["h"], inputs["c"]
+    for x in inputs["x"]:
+        if inputs["cell"] == "lstm":
+            h, c = module(x, (h, c))
+        else:
+            h = module(x, h)
+    return h
+
+
+def _module_layer(inputs, module):
+    return module(inputs["x"])[0]
+
+
+def _timed(run, mode: str):
+    """A zero-argument callable doing ``mode`` of ``run()``: forward only, backward only (of a
+    graph built once, kept with retain_graph) or both."""
+    import torch
+
+    if mode == "fwd":
+        def forward():
+            with torch.no_grad():
+                return run()
+        return forward
+    if mode == "full":
+        def full():
+            out = run()
+            out.backward(torch.ones_like(out))
+            return out
+        return full
+    out = run()
+    grad = torch.ones_like(out)
+    return lambda: out.backward(grad, retain_graph=True)
+
+
+def _providers(kind: str, mode: str):
+    import torch
+
+    compiled: dict = {}
+
+    def compile_once(key, fn):
+        if key not in compiled:
+            compiled[key] = torch.compile(fn)
+        return compiled[key]
+
+    if kind == "step":
+        return {
+            "gpukernels": lambda i: _timed(lambda: _eager_step(i, i["ours_cell"]), mode),
+            "torch": lambda i: _timed(lambda: _eager_step(i, i["eager_cell"]), mode),
+            "torch.compile": lambda i: _timed(
+                lambda: compile_once(id(i["eager_cell"]), lambda: _eager_step(i, i["eager_cell"]))(), mode),
+        }
+    return {
+        "gpukernels": lambda i: _timed(lambda: _module_layer(i, i["ours"]), mode),
+        "torch.nn": lambda i: _timed(lambda: _module_layer(i, i["theirs"]), mode),
+        "torch": lambda i: _timed(lambda: _eager_layer(i, i["eager_cell"]), mode),
+        "torch.compile": lambda i: _timed(
+            lambda: compile_once(id(i["eager_cell"]), lambda: _eager_layer(i, i["eager_cell"]))(), mode),
+    }
+
+
+def _register_all() -> None:
+    for cell, kind, mode, dtype in itertools.product(GATES, ("step", "layer"), ("fwd", "bwd", "full"), DTYPES):
+        sizes = set(itertools.product(BATCHES, HIDDEN))
+        if dtype == "float32" and kind == "layer":
+            sizes |= set(CPU_SIZES)
+        for B, H in sorted(sizes):
+            on_cpu = kind == "layer" and dtype == "float32" and (B, H) in CPU_SIZES
+            on_gpu = B in BATCHES and H in HIDDEN
+            devices = tuple(d for d, ok in (("cuda", on_gpu), ("cpu", on_cpu)) if ok)
+            steps = STEPS if kind == "layer" else 1
+            providers = _providers(kind, mode)
+            # torch.compile is a GPU baseline; the CPU run is the reference against torch.nn.
+            provider_devices = {"torch.compile": ("cuda",)}
+            register(BenchCase(
+                family="rnn", op=f"{cell}_{kind}", mode=mode, dtype=dtype, size=f"B={B},H={H},T={steps}",
+                setup=_setup(cell, kind, B, H, dtype), providers=providers,
+                bytes_moved=steps * step_bytes(cell, B, H, dtype), flops=steps * step_flops(cell, B, H, mode),
+                devices=devices, params={"B": B, "H": H, "T": steps, "cell": cell},
+                provider_devices=provider_devices, eager="torch",
+                in_default_set=(B, H) in DEFAULT_SET and dtype == "float16" or on_cpu,
+            ))
+
+
+_register_all()

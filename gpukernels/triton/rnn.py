@@ -1,0 +1,448 @@
+"""Recurrent layers in Triton: the input projection of all steps as one matmul, then one fused
+kernel per time step, and back through time one fused pointwise kernel per step.
+
+Forward step (``rnn_step_kernel``): a program owns a tile of batch rows and hidden units; it
+multiplies the previous state by the rows of ``w_hh`` of every gate block of its hidden units
+(``tl.dot``, fp32 accumulators), adds the precomputed input projection and the biases, and runs
+the whole cell in the epilogue. It writes the output, the new state(s) and the gate activations
+backward needs (the workspace layout of ``gpukernels.reference.rnn``), never pre-activations.
+The original GRU (``linear_before_reset=False``) needs ``r`` of every hidden unit before its
+``n`` matmul, so it takes two launches per step: cell GRU_RZ (gates r, z and r*h), then GRU_N.
+
+Backward step (``rnn_backward_step_kernel``): the pointwise cell derivative for one step; the
+recurrent gradient ``dgates @ w_hh`` is one cuBLAS ``addmm`` per step, and the weight gradients
+are one matmul each over all steps at the end. Backward accumulates in fp32 whatever the storage.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .._dispatch import triton_interpreting
+from ._launch import TRITON_DTYPES, CompileCase, check_dtype
+from .activation import _tanh
+
+# Kernel cell codes (compile-time switch). RNN covers tanh and relu (a runtime flag).
+RNN, LSTM, GRU, GRU_RZ, GRU_N = 0, 1, 2, 3, 4
+CELL_NAMES = {RNN: "rnn", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru_rz", GRU_N: "gru_n"}
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+WORKSPACE_BLOCKS = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 6, "gru": 5}
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _gate_dot(acc, hk, w_ptr, gate, offs_k, offs_h, k_mask, h_mask, H, DOT_F32: tl.constexpr):
+    # (BLOCK_K, BLOCK_H) tile of w_hh^T for this gate block: element [k, j] = w[gate*H + j, k]
+    rows = (gate * H + offs_h[None, :]).to(tl.int64)
+    w = tl.load(w_ptr + rows * H + offs_k[:, None], mask=k_mask[:, None] & h_mask[None, :], other=0.0)
+    hk = hk.to(w.dtype)  # the fp32 state enters the matmul in the weights' dtype
+    if DOT_F32:
+        # Triton's interpreter multiplies bfloat16 tiles wrongly: under it (only there) the
+        # launcher sets DOT_F32 and the tiles, already rounded to bf16, go in as fp32.
+        return tl.dot(hk.to(tl.float32), w.to(tl.float32), acc=acc, input_precision="ieee")
+    return tl.dot(hk, w, acc=acc, input_precision="ieee")
+
+
+@triton.jit
+def _preact(acc, gx_ptr, gx_rows, b_ptr, gate, offs_h, tile_mask, h_mask, H):
+    """acc (the recurrent product of gate block ``gate``) + input projection + b_hh."""
+    a = acc + tl.load(gx_ptr + gx_rows + gate * H + offs_h[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+    return a + tl.load(b_ptr + gate * H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit(do_not_specialize=["t"])  # one binary for every step, not t == 1 and t % 16 == 0 apart
+def rnn_step_kernel(
+    gx_ptr, gx_stride, hin_ptr, hin_stride, hprev_ptr, hprev_stride, cprev_ptr, cprev_stride,
+    w_ptr, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr, ws_stride,
+    t, B, H, relu, coupled,
+    CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    b_mask, h_mask = offs_b < B, offs_h < H
+    tile_mask = b_mask[:, None] & h_mask[None, :]
+
+    # Recurrent matmul of every gate block this cell needs, over the hidden dimension.
+    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < H
+        hk = tl.load(hin_ptr + offs_b[:, None] * hin_stride + offs_k[None, :],
+                     mask=b_mask[:, None] & k_mask[None, :], other=0.0)
+        acc0 = _gate_dot(acc0, hk, w_ptr, 0, offs_k, offs_h, k_mask, h_mask, H, DOT_F32)
+        if CELL == 1 or CELL == 2 or CELL == 3:
+            acc1 = _gate_dot(acc1, hk, w_ptr, 1, offs_k, offs_h, k_mask, h_mask, H, DOT_F32)
+        if CELL == 1 or CELL == 2:
+            acc2 = _gate_dot(acc2, hk, w_ptr, 2, offs_k, offs_h, k_mask, h_mask, H, DOT_F32)
+        if CELL == 1:
+            acc3 = _gate_dot(acc3, hk, w_ptr, 3, offs_k, offs_h, k_mask, h_mask, H, DOT_F32)
+
+    gx_rows = offs_b[:, None] * gx_stride
+    ws_tile = ws_ptr + offs_b[:, None] * ws_stride + offs_h[None, :]
+    h_prev = tl.load(hprev_ptr + offs_b[:, None] * hprev_stride + offs_h[None, :], mask=tile_mask,
+                     other=0.0).to(tl.float32)
+    active = (tl.load(len_ptr + offs_b, mask=b_mask, other=0) > t)[:, None]
+    dtype = ws_ptr.dtype.element_ty
+
+    if CELL == 0:  # RNN
+        a = _preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H)
+        h_new = tl.where(relu != 0, tl.where(a < 0, 0.0, a), _tanh(a))
+        tl.store(ws_tile, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+    elif CELL == 1:  # LSTM, gates i, f, g, o
+        c_prev = tl.load(cprev_ptr + offs_b[:, None] * cprev_stride + offs_h[None, :], mask=tile_mask,
+                         other=0.0).to(tl.float32)
+        a_i = _preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H)
+        a_f = _preact(acc1, gx_ptr, gx_rows, b_ptr, 1, offs_h, tile_mask, h_mask, H)
+        a_g = _preact(acc2, gx_ptr, gx_rows, b_ptr, 2, offs_h, tile_mask, h_mask, H)
+        a_o = _preact(acc3, gx_ptr, gx_rows, b_ptr, 3, offs_h, tile_mask, h_mask, H)
+        a_i += tl.load(peep_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :] * c_prev
+        a_f += tl.load(peep_ptr + H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :] * c_prev
+        i = tl.sigmoid(a_i)
+        f = tl.where(coupled != 0, 1.0 - i, tl.sigmoid(a_f))
+        g = _tanh(a_g)
+        c_new = f * c_prev + i * g
+        a_o += tl.load(peep_ptr + 2 * H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :] * c_new
+        o = tl.sigmoid(a_o)
+        h_new = o * _tanh(c_new)
+        tl.store(ws_tile, i.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + H, f.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 2 * H, g.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 3 * H, o.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 4 * H, tl.where(active, c_new, c_prev).to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 5 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+    elif CELL == 2:  # GRU, gates r, z, n; m = W_hn h + b_hn is what backward needs of n
+        r = tl.sigmoid(_preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H))
+        z = tl.sigmoid(_preact(acc1, gx_ptr, gx_rows, b_ptr, 1, offs_h, tile_mask, h_mask, H))
+        m = acc2 + tl.load(b_ptr + 2 * H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
+        x_n = tl.load(gx_ptr + gx_rows + 2 * H + offs_h[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+        n = _tanh(x_n + r * m)
+        h_new = (1.0 - z) * n + z * h_prev
+        tl.store(ws_tile, r.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + H, z.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 2 * H, n.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 3 * H, m.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 4 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+    elif CELL == 3:  # GRU_RZ (original GRU, first launch): r, z and m = r*h for the n matmul
+        r = tl.sigmoid(_preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H))
+        z = tl.sigmoid(_preact(acc1, gx_ptr, gx_rows, b_ptr, 1, offs_h, tile_mask, h_mask, H))
+        tl.store(ws_tile, r.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + H, z.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 3 * H, (r * h_prev).to(dtype), mask=tile_mask)
+    else:  # GRU_N (second launch): hin is r*h, w_ptr/b_ptr/gx_ptr point at the n block
+        n = _tanh(_preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H))
+        z = tl.load(ws_tile + H, mask=tile_mask, other=0.0).to(tl.float32)
+        h_new = (1.0 - z) * n + z * h_prev
+        tl.store(ws_tile + 2 * H, n.to(dtype), mask=tile_mask)
+        tl.store(ws_tile + 4 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+    y_tile = y_ptr + offs_b[:, None] * H + offs_h[None, :]
+    if CELL != 3:
+        tl.store(y_tile, tl.where(active, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_mask)
+
+
+@triton.jit(do_not_specialize=["t"])
+def rnn_backward_step_kernel(
+    gy_ptr, dh_ptr, dc_ptr, ws_ptr, ws_stride, hprev_ptr, hprev_stride, cprev_ptr, cprev_stride,
+    peep_ptr, len_ptr, drh_ptr, dgx_ptr, dgh_ptr, dhd_ptr, dcp_ptr,
+    t, B, H, relu, coupled,
+    CELL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One step back: from dh (recurrent, fp32) + grad_y[t] and dc, the gradients of the gate
+    pre-activations (dgx: of the input projection, dgh: of the recurrent one; fp32, G*H per row),
+    dhd (the part of dh_prev not through w_hh) and dcp (dc_prev). Inactive steps pass dh, dc
+    through and give zero gate gradients."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < B * H
+    b, j = offs // H, offs % H
+    active = tl.load(len_ptr + b, mask=mask, other=0) > t
+    ws = ws_ptr + b * ws_stride + j
+    G = 4 if CELL == 1 else (3 if CELL >= 2 else 1)
+    dg = b * (G * H) + j  # offset of gate block 0 in dgx/dgh
+    dh_in = tl.load(dh_ptr + offs, mask=mask, other=0.0)
+    if CELL != 3:
+        gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dh = dh_in + tl.where(active, gy, 0.0)
+
+    if CELL == 0:  # RNN
+        h_new = tl.load(ws, mask=mask, other=0.0).to(tl.float32)
+        da = tl.where(relu != 0, tl.where(h_new > 0, dh, 0.0), dh * ((1.0 - h_new) * (1.0 + h_new)))
+        tl.store(dgx_ptr + dg, tl.where(active, da, 0.0), mask=mask)
+        tl.store(dhd_ptr + offs, tl.where(active, 0.0, dh_in), mask=mask)
+    elif CELL == 1:  # LSTM
+        dc_in = tl.load(dc_ptr + offs, mask=mask, other=0.0)
+        i = tl.load(ws, mask=mask, other=0.0).to(tl.float32)
+        f = tl.load(ws + H, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(ws + 2 * H, mask=mask, other=0.0).to(tl.float32)
+        o = tl.load(ws + 3 * H, mask=mask, other=0.0).to(tl.float32)
+        c_new = tl.load(ws + 4 * H, mask=mask, other=0.0).to(tl.float32)
+        c_prev = tl.load(cprev_ptr + b * cprev_stride + j, mask=mask, other=0.0).to(tl.float32)
+        tc = _tanh(c_new)
+        da_o = dh * tc * o * (1.0 - o)
+        dc = dc_in + dh * o * ((1.0 - tc) * (1.0 + tc))
+        dc += da_o * tl.load(peep_ptr + 2 * H + j, mask=mask, other=0.0).to(tl.float32)
+        da_g = dc * i * ((1.0 - g) * (1.0 + g))
+        di = dc * g
+        di = tl.where(coupled != 0, di - dc * c_prev, di)  # f = 1 - i
+        da_f = tl.where(coupled != 0, 0.0, dc * c_prev * f * (1.0 - f))
+        da_i = di * i * (1.0 - i)
+        dc_prev = dc * f
+        dc_prev += da_i * tl.load(peep_ptr + j, mask=mask, other=0.0).to(tl.float32)
+        dc_prev += da_f * tl.load(peep_ptr + H + j, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dgx_ptr + dg, tl.where(active, da_i, 0.0), mask=mask)
+        tl.store(dgx_ptr + dg + H, tl.where(active, da_f, 0.0), mask=mask)
+        tl.store(dgx_ptr + dg + 2 * H, tl.where(active, da_g, 0.0), mask=mask)
+        tl.store(dgx_ptr + dg + 3 * H, tl.where(active, da_o, 0.0), mask=mask)
+        tl.store(dhd_ptr + offs, tl.where(active, 0.0, dh_in), mask=mask)
+        tl.store(dcp_ptr + offs, tl.where(active, dc_prev, dc_in), mask=mask)
+    elif CELL == 3:  # GRU_RZ (original GRU, second launch): drh = d(r*h) from da_n @ W_hn
+        drh = tl.load(drh_ptr + offs, mask=mask, other=0.0)
+        r = tl.load(ws, mask=mask, other=0.0).to(tl.float32)
+        h_prev = tl.load(hprev_ptr + b * hprev_stride + j, mask=mask, other=0.0).to(tl.float32)
+        da_r = tl.where(active, drh * h_prev * r * (1.0 - r), 0.0)
+        tl.store(dgx_ptr + dg, da_r, mask=mask)
+        tl.store(dgh_ptr + dg, da_r, mask=mask)
+        tl.store(dhd_ptr + offs, dh_in + tl.where(active, drh * r, 0.0), mask=mask)
+    else:  # GRU (CELL 2) and the original GRU's first launch (CELL 4): the z and n gates
+        z = tl.load(ws + H, mask=mask, other=0.0).to(tl.float32)
+        n = tl.load(ws + 2 * H, mask=mask, other=0.0).to(tl.float32)
+        h_prev = tl.load(hprev_ptr + b * hprev_stride + j, mask=mask, other=0.0).to(tl.float32)
+        da_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
+        da_n = tl.where(active, dh * (1.0 - z) * ((1.0 - n) * (1.0 + n)), 0.0)
+        tl.store(dgx_ptr + dg + H, da_z, mask=mask)
+        tl.store(dgx_ptr + dg + 2 * H, da_n, mask=mask)
+        tl.store(dgh_ptr + dg + H, da_z, mask=mask)
+        tl.store(dhd_ptr + offs, tl.where(active, dh * z, dh_in), mask=mask)
+        if CELL == 2:
+            r = tl.load(ws, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(ws + 3 * H, mask=mask, other=0.0).to(tl.float32)
+            da_r = da_n * m * r * (1.0 - r)
+            tl.store(dgx_ptr + dg, da_r, mask=mask)
+            tl.store(dgh_ptr + dg, da_r, mask=mask)
+            tl.store(dgh_ptr + dg + 2 * H, da_n * r, mask=mask)
+        else:
+            tl.store(dgh_ptr + dg + 2 * H, da_n, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch heuristics (the compile gate enumerates exactly these)
+
+
+class StepTile(NamedTuple):
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+
+
+# Small batches waste nothing with 16-row tiles; larger ones reuse each w_hh tile over 64 rows
+# (8 warps there keep the four fp32 accumulators of an LSTM tile clear of the register cap).
+STEP_TILES = (StepTile(16, 32, 32, 4), StepTile(64, 32, 32, 8))
+BACKWARD_BLOCK, BACKWARD_WARPS = 512, 4
+
+
+def step_tile(batch: int) -> StepTile:
+    return STEP_TILES[0] if batch <= 16 else STEP_TILES[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Host code
+
+
+def _kernel_cells(cell: str, linear_before_reset: bool) -> tuple[int, ...]:
+    if cell == "lstm":
+        return (LSTM,)
+    if cell == "gru":
+        return (GRU,) if linear_before_reset else (GRU_RZ, GRU_N)
+    return (RNN,)
+
+
+def _steps(T: int, reverse: bool) -> range:
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _check_dtypes(**tensors) -> None:
+    for name, tensor in tensors.items():
+        if tensor is not None:
+            check_dtype(tensor, name)
+
+
+def _lengths_tensor(lengths, T: int, B: int, device) -> torch.Tensor:
+    """int32 lengths on the device; all T when absent (the kernels always mask, one variant)."""
+    return torch.tensor(lengths if lengths is not None else [T] * B, dtype=torch.int32, device=device)
+
+
+def _or_zeros(tensor, shape, like: torch.Tensor) -> torch.Tensor:
+    """``tensor`` contiguous, or zeros: absent biases and peepholes are zero weights, which
+    keeps one kernel variant per cell (the loads cost next to nothing beside the matmul)."""
+    if tensor is None:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return tensor.contiguous()
+
+
+def _states_before(ws: torch.Tensor, block: int, initial: torch.Tensor, H: int, reverse: bool) -> torch.Tensor:
+    """(T, B, H): the state each step started from (block ``block`` of the previous step)."""
+    after = ws[:, :, block * H:(block + 1) * H]
+    if after.shape[0] == 0:
+        return after
+    if reverse:
+        return torch.cat([after[1:], initial[None]], dim=0)
+    return torch.cat([initial[None], after[:-1]], dim=0)
+
+
+def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, reverse: bool = False, lengths=None,
+                  coupled: bool = False, linear_before_reset: bool = True):
+    _check_dtypes(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_peep=w_peep)
+    x, h0, w_ih, w_hh = (t.contiguous() for t in (x, h0, w_ih, w_hh))
+    c0 = None if c0 is None else c0.contiguous()
+    T, B, I = x.shape
+    H = h0.shape[1]
+    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
+    # The input projection of every step at once; b_ih folds into the same GEMM.
+    x2d = x.reshape(T * B, I)
+    gx = (torch.addmm(b_ih, x2d, w_ih.t()) if b_ih is not None else x2d @ w_ih.t()).reshape(T, B, G * H)
+    y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+    # The workspace, and with it the recurrent state, stays fp32 whatever the storage dtype:
+    # rounding h and c to fp16/bf16 at every step would compound over the sequence.
+    ws = torch.empty(T, B, K * H, dtype=torch.float32, device=x.device)
+    lens = _lengths_tensor(lengths, T, B, x.device)
+    b_hh = _or_zeros(b_hh, (G * H,), x)
+    peep = _or_zeros(w_peep, (3, H), x)
+    h, c = h0.to(torch.float32), None if c0 is None else c0.to(torch.float32)
+    h_col = (K - 1) * H
+    tile = step_tile(B)
+    grid = (triton.cdiv(B, tile.block_b), triton.cdiv(H, tile.block_h))
+    for t in _steps(T, reverse) if B and H else ():
+        c_in = c if c is not None else h
+        for code in _kernel_cells(cell, linear_before_reset):
+            # GRU_N multiplies r*h (workspace block 3) by the n rows of w_hh.
+            n_only = code == GRU_N
+            hin = ws[t, :, 3 * H:4 * H] if n_only else h
+            rnn_step_kernel[grid](
+                gx[t, :, 2 * H:] if n_only else gx[t], G * H, hin, hin.stride(0), h, h.stride(0), c_in, c_in.stride(0),
+                w_hh[2 * H:] if n_only else w_hh, b_hh[2 * H:] if n_only else b_hh, peep, lens,
+                y[t], ws[t], K * H, t, B, H, int(cell == "rnn_relu"), int(coupled),
+                CELL=code, BLOCK_B=tile.block_b, BLOCK_H=tile.block_h, BLOCK_K=tile.block_k,
+                DOT_F32=x.dtype == torch.bfloat16 and triton_interpreting(), num_warps=tile.num_warps,
+            )
+        h = ws[t, :, h_col:h_col + H]
+        c = ws[t, :, 4 * H:5 * H] if cell == "lstm" else None
+    return y, h.clone(), None if c is None else c.clone(), ws
+
+
+def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str,
+                   reverse: bool = False, lengths=None, coupled: bool = False, linear_before_reset: bool = True):
+    _check_dtypes(grad_y=grad_y, x=x, h0=h0, w_hh=w_hh)
+    T, B, I = x.shape
+    H = h0.shape[1]
+    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
+    device, f32 = x.device, torch.float32
+    grad_y, ws, h0 = grad_y.contiguous(), ws.to(torch.float32).contiguous(), h0.to(torch.float32).contiguous()
+    c0 = None if c0 is None else c0.to(torch.float32).contiguous()
+    dgx = torch.empty(T, B, G * H, dtype=f32, device=device)
+    dgh = dgx if cell != "gru" else torch.empty(T, B, G * H, dtype=f32, device=device)
+    dh = torch.zeros(B, H, dtype=f32, device=device) if grad_h_n is None else grad_h_n.to(f32).clone()
+    dc = None
+    if cell == "lstm":
+        dc = torch.zeros(B, H, dtype=f32, device=device) if grad_c_n is None else grad_c_n.to(f32).clone()
+    w_hh32 = w_hh.to(f32)
+    h_col = (K - 1) * H
+    lens = _lengths_tensor(lengths, T, B, device)
+    peep = _or_zeros(w_peep, (3, H), x)
+    dhd = torch.empty(B, H, dtype=f32, device=device)
+    dcp = torch.empty(B, H, dtype=f32, device=device) if dc is not None else dhd
+    drh = torch.empty(B, H, dtype=f32, device=device)
+    grid = (triton.cdiv(B * H, BACKWARD_BLOCK),)
+    order = list(_steps(T, reverse))
+    for index in range(T - 1, -1, -1) if B and H else ():
+        t = order[index]
+        previous = None if index == 0 else order[index - 1]
+        h_prev = h0 if previous is None else ws[previous, :, h_col:h_col + H]
+        c_prev = h_prev
+        if cell == "lstm":
+            c_prev = c0 if previous is None else ws[previous, :, 4 * H:5 * H]
+
+        def launch(code, dh_in):
+            rnn_backward_step_kernel[grid](
+                grad_y[t], dh_in, dc if dc is not None else dh, ws[t], K * H, h_prev, h_prev.stride(0),
+                c_prev, c_prev.stride(0), peep, lens, drh, dgx[t], dgh[t], dhd, dcp,
+                t, B, H, int(cell == "rnn_relu"), int(coupled),
+                CELL=code, BLOCK=BACKWARD_BLOCK, num_warps=BACKWARD_WARPS,
+            )
+
+        if cell == "gru" and not linear_before_reset:
+            launch(GRU_N, dh)
+            torch.mm(dgh[t, :, 2 * H:], w_hh32[2 * H:], out=drh)
+            launch(GRU_RZ, dhd)  # adds d(r*h) * r to dhd in place
+            dh = torch.addmm(dhd, dgh[t, :, :2 * H], w_hh32[:2 * H])
+        else:
+            launch(_kernel_cells(cell, True)[0], dh)
+            dh = torch.addmm(dhd, dgh[t], w_hh32)
+        if dc is not None:
+            dc, dcp = dcp, dc
+    # Weight gradients: one matmul each over all steps.
+    dgx2d, dgh2d = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
+    grad_x = (dgx2d @ w_ih.to(f32)).reshape(T, B, I)
+    grad_w_ih = dgx2d.t() @ x.reshape(T * B, I).to(f32)
+    h_before = _states_before(ws, K - 1, h0, H, reverse).reshape(T * B, H).to(f32)
+    if cell == "gru" and not linear_before_reset:
+        m_all = ws[:, :, 3 * H:4 * H].reshape(T * B, H).to(f32)
+        grad_w_hh = torch.cat([dgh2d[:, :2 * H].t() @ h_before, dgh2d[:, 2 * H:].t() @ m_all], dim=0)
+    else:
+        grad_w_hh = dgh2d.t() @ h_before
+    grad_b_ih = None if b_ih is None else dgx2d.sum(0)
+    grad_b_hh = None if b_hh is None else dgh2d.sum(0)
+    grad_w_peep = None
+    if cell == "lstm" and w_peep is not None:
+        c_before = _states_before(ws, 4, c0, H, reverse).to(f32)
+        c_after = ws[:, :, 4 * H:5 * H].to(f32)
+        grad_w_peep = torch.stack([(dgx[:, :, :H] * c_before).sum((0, 1)),
+                                   (dgx[:, :, H:2 * H] * c_before).sum((0, 1)),
+                                   (dgx[:, :, 3 * H:] * c_after).sum((0, 1))])
+    return grad_x, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_peep
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile gate
+
+
+def compile_cases() -> Iterator[CompileCase]:
+    """Both kernels, every cell code, every storage dtype, every tile the heuristic picks."""
+    for dtype, name in TRITON_DTYPES.items():
+        for code, cell_name in CELL_NAMES.items():
+            for tile in STEP_TILES:
+                signature = {"gx_ptr": f"*{name}", "gx_stride": "i32", "hin_ptr": "*fp32", "hin_stride": "i32",
+                             "hprev_ptr": "*fp32", "hprev_stride": "i32", "cprev_ptr": "*fp32",
+                             "cprev_stride": "i32", "w_ptr": f"*{name}", "b_ptr": f"*{name}",
+                             "peep_ptr": f"*{name}", "len_ptr": "*i32", "y_ptr": f"*{name}", "ws_ptr": "*fp32",
+                             "ws_stride": "i32", "t": "i32", "B": "i32", "H": "i32", "relu": "i32",
+                             "coupled": "i32"}
+                constexprs = {"CELL": code, "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "BLOCK_K": tile.block_k,
+                              "DOT_F32": False}
+                signature.update({k: "constexpr" for k in constexprs})
+                yield CompileCase(
+                    name=f"rnn_step[{cell_name}]", kernel=rnn_step_kernel, signature=signature,
+                    constexprs=constexprs, num_warps=tile.num_warps,
+                    tags={"dtype": name, "block_b": str(tile.block_b), "block_h": str(tile.block_h),
+                          "block_k": str(tile.block_k)},
+                )
+            signature = {"gy_ptr": f"*{name}", "dh_ptr": "*fp32", "dc_ptr": "*fp32", "ws_ptr": "*fp32",
+                         "ws_stride": "i32", "hprev_ptr": "*fp32", "hprev_stride": "i32",
+                         "cprev_ptr": "*fp32", "cprev_stride": "i32", "peep_ptr": f"*{name}", "len_ptr": "*i32",
+                         "drh_ptr": "*fp32", "dgx_ptr": "*fp32", "dgh_ptr": "*fp32", "dhd_ptr": "*fp32",
+                         "dcp_ptr": "*fp32", "t": "i32", "B": "i32", "H": "i32", "relu": "i32", "coupled": "i32"}
+            constexprs = {"CELL": code, "BLOCK": BACKWARD_BLOCK}
+            signature.update({k: "constexpr" for k in constexprs})
+            yield CompileCase(
+                name=f"rnn_backward_step[{cell_name}]", kernel=rnn_backward_step_kernel, signature=signature,
+                constexprs=constexprs, num_warps=BACKWARD_WARPS,
+                tags={"dtype": name, "block": str(BACKWARD_BLOCK)},
+            )

@@ -1,0 +1,213 @@
+"""Attention, forward and backward, in plain NumPy.
+
+Two ops:
+
+* ``sdpa_forward`` / ``sdpa_backward``: ``torch.nn.functional.scaled_dot_product_attention``
+  with its semantics: ``softmax(q k^T * scale + mask) v`` over the last two dims; a boolean mask
+  keeps the positions where it is True, a float mask is added to the scores; ``is_causal`` keeps
+  ``j <= i`` (the top-left aligned lower triangle, also when L != S); grouped-query attention
+  repeats each key/value head for ``Hq / Hk`` consecutive query heads. A row that has no
+  position left gives a zero output and zero gradients, as PyTorch's math backend does.
+  The forward also returns the row log-sum-exp of the scores (-inf for such empty rows); the
+  backward recomputes the probabilities from it.
+* ``attention_forward`` / ``attention_backward``: one encoder-decoder attention step with
+  the textbook score functions ``e_ij = a(s_i, h_j)`` (dot, scaled dot, general, additive),
+  ``alpha = softmax_j(e)``, ``c_i = sum_j alpha_ij h_j`` (see ``gpukernels.ops.attention``).
+
+Float16 computes in float32 (NumPy's float16 arithmetic rounds at every step); every other
+dtype in its own precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SCORE_KINDS = ("dot", "scaled_dot", "general", "additive")
+
+
+def _compute_dtype(x: np.ndarray) -> np.dtype:
+    return np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
+
+
+def _cast(dtype: np.dtype, *arrays):
+    return tuple(None if a is None else np.asarray(a, dtype=dtype) for a in arrays)
+
+
+def _masked_softmax(scores: np.ndarray, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax over the last axis restricted to ``keep`` (and to finite scores), log-sum-exp).
+
+    Rows with nothing to keep give all-zero probabilities and a log-sum-exp of -inf.
+    """
+    if keep is not None:
+        scores = np.where(keep, scores, -np.inf)
+    row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)
+    shift = np.where(np.isneginf(row_max), 0, row_max)  # empty rows: exp(-inf - 0) = 0
+    p = np.exp(scores - shift)
+    total = p.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(total > 0, p / np.where(total > 0, total, 1), 0)
+        lse = (np.log(total) + shift)[..., 0]
+    return p, lse
+
+
+def _softmax_backward(grad_p: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """d scores from d probabilities: ``p * (dp - sum_j p dp)``; zero where p is zero."""
+    return p * (grad_p - np.sum(p * grad_p, axis=-1, keepdims=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaled dot-product attention
+
+
+def _repeat_kv(x: np.ndarray, groups: int) -> np.ndarray:
+    return x if groups == 1 else np.repeat(x, groups, axis=-3)
+
+
+def _sum_groups(x: np.ndarray, groups: int) -> np.ndarray:
+    """The adjoint of ``_repeat_kv``: add the gradients of the query heads sharing a KV head."""
+    if groups == 1:
+        return x
+    shape = x.shape
+    return x.reshape(*shape[:-3], shape[-3] // groups, groups, *shape[-2:]).sum(axis=-3)
+
+
+def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups):
+    k = _repeat_kv(k, groups)
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
+    keep = None
+    if is_causal:
+        L, S = scores.shape[-2:]
+        keep = np.tril(np.ones((L, S), dtype=bool))
+    if attn_mask is not None:
+        if attn_mask.dtype == np.bool_:
+            keep = attn_mask if keep is None else keep & attn_mask
+        else:
+            scores = scores + attn_mask.astype(scores.dtype)
+    if keep is not None:
+        keep = np.broadcast_to(keep, scores.shape)
+    return _masked_softmax(scores, keep)
+
+
+def default_scale(head_dim: int, scale: float | None) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else scale
+
+
+def sdpa_forward(q, k, v, attn_mask=None, *, is_causal=False, scale=None, groups=1):
+    """(output (..., L, Ev), row log-sum-exp (..., L) of the scaled, masked scores)."""
+    dtype = _compute_dtype(q)
+    q, k, v = _cast(dtype, q, k, v)
+    with np.errstate(over="ignore"):
+        p, lse = _sdpa_probabilities(q, k, attn_mask, is_causal, default_scale(q.shape[-1], scale), groups)
+    out = np.matmul(p, _repeat_kv(v, groups))
+    return out.astype(dtype, copy=False), lse
+
+
+def sdpa_backward(grad_out, q, k, v, attn_mask=None, out=None, lse=None, *, is_causal=False, scale=None, groups=1):
+    """(dq, dk, dv). ``out`` and ``lse`` are what the forward returned; the reference
+    recomputes the probabilities from the inputs and does not need them."""
+    dtype = _compute_dtype(q)
+    grad_out, q, k, v = _cast(dtype, grad_out, q, k, v)
+    scale = default_scale(q.shape[-1], scale)
+    with np.errstate(over="ignore"):
+        p, _ = _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups)
+    v_rep = _repeat_kv(v, groups)
+    dv = np.matmul(np.swapaxes(p, -1, -2), grad_out)
+    dscores = _softmax_backward(np.matmul(grad_out, np.swapaxes(v_rep, -1, -2)), p) * dtype.type(scale)
+    dq = np.matmul(dscores, _repeat_kv(k, groups))
+    dk = np.matmul(np.swapaxes(dscores, -1, -2), q)
+    return dq, _sum_groups(dk, groups), _sum_groups(dv, groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder-decoder attention: scores, masked softmax, context
+
+
+def _additive_hidden(query, keys, w_query, w_keys):
+    """(W_q s_i) and (W_k h_j): (B, Tq, A) and (B, Tk, A)."""
+    return np.matmul(query, w_query.T), np.matmul(keys, w_keys.T)
+
+
+def _additive_scores(qa, kb, v):
+    """``e_ij = v . tanh(qa_i + kb_j)``, one query row at a time so at most [B, Tk, A] lives."""
+    scores = np.empty((qa.shape[0], qa.shape[1], kb.shape[1]), dtype=qa.dtype)
+    for i in range(qa.shape[1]):
+        scores[:, i, :] = np.tanh(qa[:, i, None, :] + kb) @ v
+    return scores
+
+
+def attention_scores(query, keys, weight=None, w_query=None, w_keys=None, v=None, *, kind="dot"):
+    """``e`` (B, Tq, Tk) for one of SCORE_KINDS (formulas in gpukernels.ops.attention)."""
+    dtype = _compute_dtype(query)
+    query, keys, weight, w_query, w_keys, v = _cast(dtype, query, keys, weight, w_query, w_keys, v)
+    if kind == "additive":
+        return _additive_scores(*_additive_hidden(query, keys, w_query, w_keys), v)
+    if kind == "general":
+        query = np.matmul(query, weight)
+    scores = np.matmul(query, np.swapaxes(keys, -1, -2))
+    if kind == "scaled_dot":
+        scores *= dtype.type(1.0 / math.sqrt(keys.shape[-1]))
+    return scores
+
+
+def _keep(mask, shape):
+    """A (B, Tk) or (B, Tq, Tk) boolean mask as (B, Tq, Tk); None stays None."""
+    if mask is None:
+        return None
+    return np.broadcast_to(mask[:, None, :] if mask.ndim == 2 else mask, shape)
+
+
+def attention_forward(query, keys, values, mask=None, weight=None, w_query=None, w_keys=None, v=None, *, kind="dot"):
+    """(context (B, Tq, Dv), weights (B, Tq, Tk))."""
+    dtype = _compute_dtype(query)
+    scores = attention_scores(query, keys, weight, w_query, w_keys, v, kind=kind)
+    p, _ = _masked_softmax(scores, _keep(mask, scores.shape))
+    context = np.matmul(p, values.astype(dtype, copy=False))
+    return context, p
+
+
+def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=None, w_keys=None, v=None, *,
+                              kind="dot"):
+    """Gradients of (query, keys, weight, w_query, w_keys, v) from d scores (B, Tq, Tk); None for
+    the parameters the kind does not use."""
+    dtype = _compute_dtype(query)
+    de, query, keys, weight, w_query, w_keys, v = _cast(dtype, grad_scores, query, keys, weight, w_query, w_keys, v)
+    if kind == "additive":
+        qa, kb = _additive_hidden(query, keys, w_query, w_keys)
+        d_qa = np.zeros_like(qa)
+        d_kb = np.zeros_like(kb)
+        d_v = np.zeros_like(v)
+        for i in range(qa.shape[1]):  # one query row at a time: at most [B, Tk, A] lives
+            t = np.tanh(qa[:, i, None, :] + kb)
+            d_v += np.einsum("bj,bja->a", de[:, i, :], t)
+            d_hidden = de[:, i, :, None] * v * (1 - t) * (1 + t)
+            d_qa[:, i, :] = d_hidden.sum(axis=1)
+            d_kb += d_hidden
+        d_w_query = np.einsum("bta,btd->ad", d_qa, query)
+        d_w_keys = np.einsum("bta,btd->ad", d_kb, keys)
+        return d_qa @ w_query, d_kb @ w_keys, None, d_w_query, d_w_keys, d_v
+    if kind == "scaled_dot":
+        de = de * dtype.type(1.0 / math.sqrt(keys.shape[-1]))
+    projected = np.matmul(query, weight) if kind == "general" else query
+    d_projected = np.matmul(de, keys)
+    d_keys = np.matmul(np.swapaxes(de, -1, -2), projected)
+    if kind == "general":
+        return np.matmul(d_projected, weight.T), d_keys, np.einsum("bti,btj->ij", query, d_projected), None, None, None
+    return d_projected, d_keys, None, None, None, None
+
+
+def attention_backward(grad_context, grad_weights, query, keys, values, weights, weight=None, w_query=None,
+                       w_keys=None, v=None, *, kind="dot"):
+    """Gradients of (query, keys, values, weight, w_query, w_keys, v); None for the parameters
+    the kind does not use. ``weights`` are the forward's probabilities (the mask is in them:
+    masked positions are 0); ``grad_weights`` may be None when the weights were not used."""
+    dtype = _compute_dtype(query)
+    grad_context, grad_weights, values, p = _cast(dtype, grad_context, grad_weights, values, weights)
+    grad_p = np.matmul(grad_context, np.swapaxes(values, -1, -2))
+    if grad_weights is not None:
+        grad_p = grad_p + grad_weights
+    d_values = np.matmul(np.swapaxes(p, -1, -2), grad_context)
+    d_query, d_keys, d_weight, d_w_query, d_w_keys, d_v = attention_scores_backward(
+        _softmax_backward(grad_p, p), query, keys, weight, w_query, w_keys, v, kind=kind)
+    return d_query, d_keys, d_values, d_weight, d_w_query, d_w_keys, d_v

@@ -1,0 +1,280 @@
+"""`gpukernels bench` on the CPU: every registered CPU case runs; a tiny case set goes through
+the whole command (CSV/JSON columns, PNG plots, --compare ratios, progress bar); bad filters and
+paths fail with errors that name the problem, before anything is timed or written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gpukernels import bench, cli
+from gpukernels.benchmarks import harness, registry
+from gpukernels.benchmarks import run as bench_run
+from gpukernels.benchmarks.registry import BenchCase
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+CPU_CASES = [c for c in registry.all_cases() if "cpu" in c.devices]
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=[f"{c.family}-{c.name}" for c in CPU_CASES])
+def test_every_registered_cpu_case_runs(case):
+    results = harness.run_cases([case], "cpu", min_seconds=0.0, min_runs=1)
+    assert {m.provider for m in results} == {p for p in case.providers if case.runs_on(p, "cpu")}
+    for m in results:
+        assert m.timing is not None, f"{m.provider}: {m.error}"
+        assert m.timing.median_ms > 0
+
+
+def test_every_registered_case_has_ours_and_a_baseline():
+    from gpukernels.report import memory_bound
+
+    for case in registry.all_cases():
+        assert any(registry.is_ours(p) for p in case.providers), case.name
+        assert any(not registry.is_ours(p) for p in case.providers), case.name
+        if memory_bound(case):  # `gpukernels report` profiles the eager provider of these
+            assert case.eager in case.providers, case.name
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny case set through the whole command
+
+
+def _tiny_setup(n):
+    def make(device):
+        import torch
+
+        return torch.linspace(-2.0, 2.0, n, device=device)
+
+    return make
+
+
+def _tiny_cases(broken: bool = False) -> list[BenchCase]:
+    cases = []
+    for n in (16, 64, 256):
+        for mode in ("fwd", "bwd"):
+            cases.append(BenchCase(
+                family="tiny", op="scale", mode=mode, dtype="float32", size=f"n={n}", setup=_tiny_setup(n),
+                providers={"gpukernels": lambda x: lambda: np.multiply(x.numpy(), 2.0),
+                           "torch": lambda x: lambda: x * 2.0},
+                bytes_moved=8 * n))
+        cases.append(BenchCase(
+            family="tiny", op="outer", mode="fwd", dtype="float32", size=f"n={n}", setup=_tiny_setup(n),
+            providers={"gpukernels": lambda x: lambda: np.outer(x.numpy(), x.numpy()),
+                       "torch": lambda x: lambda: torch_outer(x),
+                       "torch.compile": lambda x: lambda: torch_outer(x)},
+            provider_devices={"torch.compile": ("cuda",)}, bytes_moved=4 * (2 * n + n * n), flops=n * n))
+    cases.append(BenchCase(
+        family="tiny", op="scale", mode="fwd", dtype="bfloat16", size="n=16", setup=_tiny_setup(16),
+        providers={"gpukernels": lambda x: lambda: x, "torch": lambda x: lambda: x}, bytes_moved=64))
+    if broken:
+        cases.append(BenchCase(
+            family="tiny", op="broken", mode="fwd", dtype="float32", size="n=16", setup=_tiny_setup(16),
+            providers={"gpukernels": lambda x: lambda: 1 / 0, "torch": lambda x: lambda: x}, bytes_moved=128))
+    return cases
+
+
+def torch_outer(x):
+    import torch
+
+    return torch.outer(x, x)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """The registry holds only the tiny cases; peaks are measured on small buffers to stay fast."""
+    monkeypatch.setattr(registry, "all_cases", lambda: _tiny_cases())
+    monkeypatch.setattr(harness, "measure_peaks", lambda device: harness.Peaks(
+        harness.copy_bandwidth_gbs(device, 1 << 20), {"float32": harness.matmul_peak_tflops(device, "float32", 64)}))
+
+
+def _read_csv(path):
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+def test_the_whole_command_on_a_tiny_case_set(tiny, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert cli.main(["bench", "--all", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "GPU numbers need a GPU" in captured.out
+    assert "speed-up" in captured.out and "x vs torch" in captured.out
+    assert "20/20" in captured.err  # progress bar: 10 cases x 2 providers that run on the CPU
+
+    columns, rows = _read_csv(out / "bench.csv")
+    assert tuple(columns) == bench.COLUMNS
+    # every case and provider that runs on the CPU has a time; torch.compile is GPU-only here
+    timed = {(r["op"], r["provider"], r["mode"], r["size"], r["dtype"]) for r in rows if r["metric"] == "time_ms"}
+    expected = {(c.op, p, c.mode, c.size, c.dtype) for c in _tiny_cases() for p in c.providers if p != "torch.compile"}
+    assert timed == expected
+    assert all(r["device"].startswith("CPU") and "torch" in r["versions"] and r["timestamp"] for r in rows)
+
+    data = json.loads((out / "bench.json").read_text())
+    assert tuple(data["columns"]) == bench.COLUMNS
+    assert all(tuple(r) == bench.COLUMNS for r in data["rows"]) and len(data["rows"]) == len(rows)
+    assert data["meta"]["copy_gbs"] > 0 and "GPU numbers need a GPU" in data["meta"]["note"]
+
+    by_key = {(r["op"], r["provider"], r["mode"], r["size"], r["dtype"], r["metric"]): r for r in rows}
+    for (op, provider, mode, size, dtype) in expected:
+        t = by_key[(op, provider, mode, size, dtype, "time_ms")]
+        assert float(t["p20"]) <= float(t["median"]) <= float(t["p80"])
+        gbs = by_key[(op, provider, mode, size, dtype, "GB/s")]
+        case = next(c for c in _tiny_cases() if (c.op, c.mode, c.size, c.dtype) == (op, mode, size, dtype))
+        assert float(gbs["median"]) == pytest.approx(case.bytes_moved / (float(t["median"]) * 1e-3) / 1e9)
+        assert float(gbs["p20"]) <= float(gbs["median"]) <= float(gbs["p80"])
+        assert (op, provider, mode, size, dtype, "pct_copy_bw") in by_key
+        if op == "outer":
+            assert (op, provider, mode, size, dtype, "TFLOP/s") in by_key
+            assert (op, provider, mode, size, dtype, "pct_matmul_peak") in by_key
+        if provider == "gpukernels":
+            speedup = by_key[(op, provider, mode, size, dtype, "speedup_vs_torch")]
+            baseline = by_key[(op, "torch", mode, size, dtype, "time_ms")]
+            assert float(speedup["median"]) == pytest.approx(float(baseline["median"]) / float(t["median"]))
+        else:
+            assert not any(k[1] == provider and k[-1].startswith("speedup") for k in by_key)
+
+    plots = sorted((out / "plots").glob("*.png"))
+    assert [p.name for p in plots] == ["outer.png", "scale.png"]
+    import matplotlib.pyplot as plt
+
+    for plot in plots:
+        assert plot.read_bytes()[:8] == PNG_SIGNATURE
+        image = plt.imread(plot)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0  # drawn, not blank
+
+
+def test_compare_prints_old_over_new_ratios(tiny, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert cli.main(["bench", "--op", "scale", "--mode", "fwd", "--out", str(first)]) == 0
+    columns, rows = _read_csv(first / "bench.csv")
+    for r in rows:  # an "old" run exactly 1000x slower than whatever this run measures
+        if r["metric"] == "time_ms":
+            r["median"] = str(float(r["median"]) * 1000)
+    old = tmp_path / "old.csv"
+    with old.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    assert cli.main(["bench", "--op", "scale", "--mode", "fwd", "--out", str(tmp_path / "second"),
+                     "--compare", str(old)]) == 0
+    out = capsys.readouterr().out
+    section = out.split("compared with", 1)[1]
+    lines = [line.split() for line in section.splitlines() if line.startswith("scale")]
+    assert {(line[1], line[3]) for line in lines} == {(p, s) for p in ("gpukernels", "torch") for s in ("n=16", "n=256")}
+    assert all(float(line[-1].rstrip("x")) > 10 for line in lines)  # the old run was 1000x slower
+
+
+def test_compare_ratios_are_old_time_over_new_time():
+    def row(provider, size, median, metric="time_ms"):
+        return dict(op="scale", provider=provider, mode="fwd", size=size, dtype="float32", metric=metric, median=median)
+
+    old = [row("gpukernels", "n=16", "2.0"), row("torch", "n=16", "3.0"), row("torch", "n=64", "1.0"),
+           row("gpukernels", "n=16", "99", metric="GB/s")]
+    new = [row("gpukernels", "n=16", 1.0), row("torch", "n=16", 6.0), row("gpukernels", "n=256", 1.0)]
+    ratios = {c.key[1]: c.ratio for c in bench.compare(old, new)}
+    assert ratios == {"gpukernels": 2.0, "torch": 0.5}
+
+
+def test_default_set_is_one_dtype_and_the_end_sizes(tiny):
+    chosen = bench.select_cases(registry.all_cases(), "cpu")
+    assert {(c.op, c.mode, c.size, c.dtype) for c in chosen} == {
+        (op, mode, size, "float32") for op, mode in (("scale", "fwd"), ("scale", "bwd"), ("outer", "fwd"))
+        for size in ("n=16", "n=256")}
+    everything = bench.select_cases(registry.all_cases(), "cpu", everything=True)
+    assert len(everything) == len(_tiny_cases())
+    assert [c.dtype for c in bench.select_cases(registry.all_cases(), "cpu", dtype="bf16")] == ["bfloat16"]
+    assert {c.size for c in bench.select_cases(registry.all_cases(), "cpu", op="scale", size="64")} == {"n=64"}
+
+
+def test_the_real_default_set_is_short():
+    chosen = bench.select_cases(registry.all_cases(), "cpu")
+    groups = {(c.family, c.op, c.mode) for c in chosen}
+    assert len(chosen) <= 2 * len(groups)
+    assert all(c.dtype == "float32" for c in chosen if c.family == "activation")
+
+
+def test_a_provider_that_raises_is_reported_and_fails_the_run(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(registry, "all_cases", lambda: _tiny_cases(broken=True))
+    assert cli.main(["bench", "--op", "broken", "--out", str(tmp_path)]) == 1
+    assert "ZeroDivisionError" in capsys.readouterr().out
+    _, rows = _read_csv(tmp_path / "bench.csv")
+    assert any(r["provider"] == "gpukernels" and r["metric"].startswith("error: ZeroDivisionError") for r in rows)
+    assert any(r["provider"] == "torch" and r["metric"] == "time_ms" for r in rows)
+
+
+def test_the_old_module_entry_point_still_runs(tiny, tmp_path, capsys):
+    assert bench_run.main(["--op", "outer", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "bench.csv").exists()
+
+
+def test_peaks_and_timer_on_the_cpu():
+    assert harness.copy_bandwidth_gbs("cpu", 1 << 20) > 0
+    assert harness.matmul_peak_tflops("cpu", "float32", 64) > 0
+    timing = harness.time_cpu(lambda: sum(range(1000)), min_seconds=0.0, min_runs=10)
+    assert 0 < timing.p20_ms <= timing.median_ms <= timing.p80_ms
+
+
+def test_progress_bar_writes_every_step():
+    import io
+
+    stream = io.StringIO()
+    progress = bench.Progress(3, stream=stream, width=3)
+    for label in ("a", "b", "c"):
+        progress(label)
+    progress.close()
+    assert stream.getvalue().splitlines() == ["[#..] 1/3 a", "[##.] 2/3 b", "[###] 3/3 c"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors, before anything runs or is written
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--op", "no_such_op"], ["unknown op 'no_such_op'", "known:", "scale", "outer"]),
+    (["--dtype", "float64"], ["unknown dtype 'float64'", "bfloat16", "float32"]),
+    (["--mode", "sideways"], ["unknown mode 'sideways'", "bwd", "full", "fwd"]),
+    (["--op", "scale", "--size", "n=7"], ["unknown size 'n=7'", "n=16", "n=256"]),
+    (["--op", "outer", "--dtype", "bf16"], ["no benchmark case matches"]),
+], ids=["op", "dtype", "mode", "size", "empty-selection"])
+def test_bad_filters_are_clear_errors(tiny, tmp_path, capsys, argv, words):
+    out = tmp_path / "never"
+    assert cli.main(["bench", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err
+    assert not out.exists()  # checked before anything was written
+
+
+def test_unwritable_output_path_is_a_clear_error(tiny, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["bench", "--out", str(blocker / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "cannot write there" in err
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, ["--compare", "cannot read it"]),
+    ("a,b\n1,2\n", ["--compare", "not a gpukernels bench CSV", "missing columns", "metric"]),
+], ids=["missing-file", "not-a-bench-csv"])
+def test_bad_compare_file_is_a_clear_error(tiny, tmp_path, capsys, content, words):
+    old = tmp_path / "old.csv"
+    if content is not None:
+        old.write_text(content)
+    assert cli.main(["bench", "--out", str(tmp_path / "out"), "--compare", str(old)]) == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err
+
+
+def test_nan_is_written_as_null_in_json(tmp_path):
+    rows = [dict(zip(bench.COLUMNS, ("op", "p", "fwd", "n=1", "float32", "error: x", math.nan, math.nan,
+                                     math.nan, "CPU", "v", "t")))]
+    data = json.loads(bench.write_json(rows, tmp_path / "r.json", {}).read_text())
+    assert data["rows"][0]["median"] is None

@@ -1,0 +1,84 @@
+"""On a CUDA GPU (skipped elsewhere): the Triton and CuPy recurrent kernels on the device against
+the float64 reference through the public API, every dtype, odd sizes and both tile configs; the
+drop-in modules against torch.nn (cuDNN) with copied weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpukernels as gk
+from _helpers import DTYPES, as_float64, assert_close, random_tensor
+from gpukernels.torch import nn as gnn
+
+pytestmark = pytest.mark.gpu
+
+GATES = {"rnn_tanh": 1, "lstm": 4, "gru": 3, "gru_original": 3}
+
+
+def _library(t, backend):
+    if backend == "cupy":
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return t
+
+
+def _run(kind, arrays, gy, gh, lengths):
+    x, h, c, w = arrays["x"], arrays["h"], arrays["c"], arrays["w"]
+    options = {"reverse": True, "lengths": lengths}
+    if kind == "rnn_tanh":
+        return gk.rnn_layer(x, h, *w, **options), gk.rnn_layer_backward(gy, gh, x, h, *w, **options)
+    if kind == "lstm":
+        return gk.lstm_layer(x, h, c, *w, **options), gk.lstm_layer_backward(gy, gh, None, x, h, c, *w, **options)
+    options["linear_before_reset"] = kind == "gru"
+    return gk.gru_layer(x, h, *w, **options), gk.gru_layer_backward(gy, gh, x, h, *w, **options)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cupy"])
+@pytest.mark.parametrize("B,H", [(1, 1), (3, 7), (64, 100), (17, 257)], ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", list(GATES))
+def test_layers_on_the_device(backend, kind, dtype, B, H, rng):
+    if backend == "cupy":
+        pytest.importorskip("cupy")
+        if dtype == "bfloat16":
+            pytest.importorskip("ml_dtypes", reason="cupy represents bfloat16 through ml_dtypes")
+    T, I, G = 6, 5, GATES[kind]
+    arrays = {"x": random_tensor(rng, (T, B, I), dtype, "cuda", scale=1.0),
+              "h": random_tensor(rng, (B, H), dtype, "cuda", scale=0.5),
+              "c": random_tensor(rng, (B, H), dtype, "cuda", scale=0.5),
+              "w": [random_tensor(rng, s, dtype, "cuda", scale=0.3)
+                    for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]}
+    gy = random_tensor(rng, (T, B, H), dtype, "cuda", scale=1.0)
+    gh = random_tensor(rng, (B, H), dtype, "cuda", scale=1.0)
+    lengths = tuple(int(v) for v in rng.integers(1, T + 1, B))
+    as_lib = lambda a: _library(a, backend)  # noqa: E731
+    with gk.use_backend(backend):
+        outputs, grads = _run(kind, {k: [as_lib(t) for t in v] if isinstance(v, list) else as_lib(v)
+                                     for k, v in arrays.items()}, as_lib(gy), as_lib(gh), lengths)
+    as64 = {k: [as_float64(t) for t in v] if isinstance(v, list) else as_float64(v) for k, v in arrays.items()}
+    outputs64, grads64 = _run(kind, as64, as_float64(gy), as_float64(gh), lengths)
+    for got, want in zip(outputs, outputs64):
+        assert_close(got, want, dtype, "reduction")
+    for got, want in zip(grads, grads64):
+        if want is not None:
+            assert_close(got, want, dtype, "reduction")
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_modules_against_cudnn(name):
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, name)(16, 32, num_layers=2, bidirectional=True, batch_first=True).cuda()
+    ours = getattr(gnn, name)(16, 32, num_layers=2, bidirectional=True, batch_first=True).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(24, 9, 16, device="cuda")
+    results = []
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        for module in (theirs, ours):
+            xl = x.clone().requires_grad_()
+            out, _ = module(xl)
+            out.square().sum().backward()
+            results.append([out, xl.grad] + [p.grad for p in module.parameters()])
+    for got, want in zip(results[1], results[0]):
+        assert_close(got, want.detach().double().cpu().numpy(), "float32", "reduction")

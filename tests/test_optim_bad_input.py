@@ -1,0 +1,139 @@
+"""Bad input to the optimizer steps and clipping: a TypeError/ValueError naming the argument,
+raised before anything runs, with every parameter and state array left exactly as it was."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gpukernels as gk
+
+
+def _arrays(rng, sizes=(3, 5), dtype=np.float32):
+    return [rng.standard_normal(n).astype(dtype) for n in sizes]
+
+
+def _adam_args(rng):
+    return dict(params=_arrays(rng), grads=_arrays(rng), exp_avgs=_arrays(rng), exp_avg_sqs=[np.abs(a) for a in _arrays(rng)])
+
+
+def _snapshot(args):
+    copy = lambda a: None if a is None else a.numpy().copy() if isinstance(a, torch.Tensor) else np.array(a, copy=True)
+    return {k: [copy(a) for a in v] for k, v in args.items() if isinstance(v, list)}
+
+
+def _unchanged(args, before):
+    for key, arrays in before.items():
+        for a, b in zip(args[key], arrays):
+            assert (a is None and b is None) or np.array_equal(np.asarray(a), b, equal_nan=True), key
+
+
+ADAM_BAD = [
+    pytest.param(lambda a, rng: a.update(grads=a["grads"][:1]), dict(step=1), ValueError, "grads has 1 entries", id="short-grads"),
+    pytest.param(lambda a, rng: a["grads"].__setitem__(1, rng.standard_normal(4).astype(np.float32)), dict(step=1),
+                 ValueError, r"grads\[1\] has shape", id="grad-shape"),
+    pytest.param(lambda a, rng: a["grads"].__setitem__(0, a["grads"][0].astype(np.float64)), dict(step=1),
+                 TypeError, r"grads\[0\] has dtype float64", id="grad-dtype"),
+    pytest.param(lambda a, rng: a["grads"].__setitem__(0, torch.from_numpy(a["grads"][0])), dict(step=1),
+                 TypeError, r"grads\[0\] is a torch array", id="grad-library"),
+    pytest.param(lambda a, rng: a["exp_avgs"].__setitem__(1, np.zeros(2, np.float32)), dict(step=1),
+                 ValueError, r"exp_avgs\[1\] has shape", id="state-shape"),
+    pytest.param(lambda a, rng: a["exp_avg_sqs"].__setitem__(0, [1.0, 2.0, 3.0]), dict(step=1),
+                 TypeError, r"exp_avg_sqs\[0\] must be", id="state-not-array"),
+    pytest.param(lambda a, rng: None, dict(step=1, lr=-0.1), ValueError, "lr must be", id="negative-lr"),
+    pytest.param(lambda a, rng: None, dict(step=1, betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be in \[0, 1\)", id="beta-1"),
+    pytest.param(lambda a, rng: None, dict(step=1, betas=(-0.1, 0.9)), ValueError, r"betas\[0\]", id="beta-negative"),
+    pytest.param(lambda a, rng: None, dict(step=1, eps=-1e-8), ValueError, "eps must be", id="negative-eps"),
+    pytest.param(lambda a, rng: None, dict(step=1, weight_decay=math.nan), ValueError, "weight_decay", id="nan-wd"),
+    pytest.param(lambda a, rng: None, dict(step=0), ValueError, "step counts", id="step-0"),
+    pytest.param(lambda a, rng: None, dict(step="1"), TypeError, "step must be", id="step-str"),
+    pytest.param(lambda a, rng: None, dict(step=1, amsgrad=True), ValueError, "needs max_exp_avg_sqs", id="amsgrad-no-max"),
+    pytest.param(lambda a, rng: None, dict(step=1, found_inf=np.zeros(2, np.float32)), ValueError,
+                 "found_inf must hold exactly one", id="found-inf-shape"),
+    pytest.param(lambda a, rng: None, dict(step=1, grad_scale=np.ones(1, np.float64)), TypeError,
+                 "grad_scale has dtype float64", id="grad-scale-dtype"),
+    pytest.param(lambda a, rng: None, dict(step=1, master_params=[np.zeros(3, np.float16), np.zeros(5, np.float16)]),
+                 TypeError, r"master_params\[0\] has dtype float16", id="master-dtype"),
+]
+
+
+@pytest.mark.parametrize("mutate,kwargs,error,match", ADAM_BAD)
+def test_adam_step_rejects_before_writing(mutate, kwargs, error, match, rng):
+    args = _adam_args(rng)
+    mutate(args, rng)
+    before = _snapshot(args)
+    with pytest.raises(error, match=match):
+        gk.adam_step(args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"], **kwargs)
+    _unchanged(args, before)
+
+
+def test_sgd_rejections(rng):
+    params, grads = _arrays(rng), _arrays(rng)
+    buffers = [None, None]
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match="Nesterov momentum requires a momentum and zero dampening"):
+        gk.sgd_step(params, grads, buffers, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="Nesterov"):
+        gk.sgd_step(params, grads, buffers, lr=0.1, nesterov=True)
+    with pytest.raises(TypeError, match="momentum_buffer_list"):
+        gk.sgd_step(params, grads, None, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="momentum must be"):
+        gk.sgd_step(params, grads, buffers, lr=0.1, momentum=-0.5)
+    assert buffers == [None, None]  # no buffer is created by a rejected step
+    assert all(np.array_equal(a, b) for a, b in zip(params, before))
+
+
+def test_rmsprop_rejections(rng):
+    params, grads, sq = _arrays(rng), _arrays(rng), [np.abs(a) for a in _arrays(rng)]
+    before = [p.copy() for p in params + sq]
+    with pytest.raises(ValueError, match="centered=True needs grad_avgs"):
+        gk.rmsprop_step(params, grads, sq, centered=True)
+    with pytest.raises(ValueError, match="momentum > 0 needs momentum_buffer_list"):
+        gk.rmsprop_step(params, grads, sq, momentum=0.9)
+    with pytest.raises(ValueError, match="alpha must be"):
+        gk.rmsprop_step(params, grads, sq, alpha=-1.0)
+    with pytest.raises(TypeError, match="centered must be True or False"):
+        gk.rmsprop_step(params, grads, sq, centered=1)
+    assert all(np.array_equal(a, b) for a, b in zip(params + sq, before))
+
+
+def test_clip_rejections(rng):
+    grads = _arrays(rng)
+    before = [g.copy() for g in grads]
+    with pytest.raises(ValueError, match="norm_type must be > 0"):
+        gk.clip_grad_norm_(grads, 1.0, norm_type=0.0)
+    with pytest.raises(TypeError, match="max_norm must be a real number"):
+        gk.clip_grad_norm_(grads, "1")
+    with pytest.raises(TypeError, match=r"grads\[1\] is a torch array"):
+        gk.clip_grad_norm_([grads[0], torch.zeros(2)], 1.0)
+    with pytest.raises(ValueError, match="grads is empty"):
+        gk.clip_grad_norm_([], 1.0)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        gk.clip_grad_norm_([np.array([1.0, np.inf], np.float32)], 1.0, error_if_nonfinite=True)
+    assert all(np.array_equal(a, b) for a, b in zip(grads, before))
+
+
+def test_nan_gradients_with_found_inf_skip_and_without_propagate(rng):
+    """GradScaler's documented skip: with found_inf set nothing moves; without it, NaN reaches the
+    parameters as torch.optim lets it."""
+    args = _adam_args(rng)
+    args["grads"][0][1] = np.nan
+    before = _snapshot(args)
+    gk.adam_step(args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"], step=1,
+                 found_inf=np.ones(1, np.float32))
+    _unchanged(args, before)
+    gk.adam_step(args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"], step=1)
+    assert np.isnan(args["params"][0][1]) and np.isfinite(args["params"][1]).all()
+
+
+def test_bad_input_through_the_triton_backend_writes_nothing(rng):
+    params = [torch.randn(5), torch.randn(3)]
+    grads = [torch.randn(5), torch.randn(3, dtype=torch.float16)]
+    state = [torch.zeros(5), torch.zeros(3)]
+    before = [t.clone() for t in params + state]
+    with gk.use_backend("triton"), pytest.raises(TypeError, match=r"grads\[1\] has dtype float16"):
+        gk.adam_step(params, grads, state, [s.clone() for s in state], step=1)
+    assert all(torch.equal(a, b) for a, b in zip(params + state, before))

@@ -1,0 +1,158 @@
+"""The NumPy softmax reference in float64 against PyTorch CPU autograd and central differences,
+on every dim, rows of length 1..4097, inputs around 1e4 and fully masked rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from _helpers import assert_close
+from gpukernels.reference import softmax as ref
+
+SHAPES_DIMS = [((1,), 0), ((7,), 0), ((3, 1000), 1), ((2, 4097), 1), ((5, 4, 3), 0), ((5, 4, 3), 1), ((5, 4, 3), 2)]
+CASE_IDS = [f"N{'x'.join(map(str, s))}-dim{d}" for s, d in SHAPES_DIMS]
+
+
+def _torch_forward_backward(fn, x: np.ndarray, dy: np.ndarray, dim: int):
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = fn(xt, dim)
+    (gt,) = torch.autograd.grad(yt, xt, torch.from_numpy(dy))
+    return yt.detach().numpy(), gt.numpy()
+
+
+def _torch_masked_softmax(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
+    """What a PyTorch user writes: fill dropped scores with -inf, and zero rows with nothing
+    kept (shifting them to 0 first, so no NaN reaches autograd)."""
+    any_kept = keep.any(dim=dim, keepdim=True)
+    scores = torch.where(any_kept, x.masked_fill(~keep, float("-inf")), torch.zeros_like(x))
+    return torch.where(keep, torch.softmax(scores, dim), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("scale", [3.0, 1e4], ids=["x3", "x1e4"])
+@pytest.mark.parametrize("shape,dim", SHAPES_DIMS, ids=CASE_IDS)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_matches_torch_autograd_float64(name, shape, dim, scale, rng):
+    x = rng.standard_normal(shape) * scale
+    dy = rng.standard_normal(shape)
+    forward, backward = getattr(ref, name), getattr(ref, f"{name}_backward")
+    y = forward(x, dim)
+    y_torch, g_torch = _torch_forward_backward(getattr(torch, name), x, dy, dim)
+    assert y.dtype == np.float64 and np.isfinite(y).all()
+    assert_close(y, y_torch, "float64")
+    assert_close(backward(dy, y, dim), g_torch, "float64")
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_backward_matches_central_differences(name, rng):
+    x = rng.standard_normal((4, 9)) * 2
+    dy = rng.standard_normal(x.shape)
+    forward, backward = getattr(ref, name), getattr(ref, f"{name}_backward")
+    h = 1e-6
+    numeric = np.empty_like(x)
+    for index in np.ndindex(x.shape):  # each input perturbed on its own: a full Jacobian-vector product
+        step = np.zeros_like(x)
+        step[index] = h
+        numeric[index] = np.sum(dy * (forward(x + step, 1) - forward(x - step, 1))) / (2 * h)
+    np.testing.assert_allclose(backward(dy, forward(x, 1), 1), numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_masked_backward_matches_central_differences(rng):
+    x = rng.standard_normal((4, 9)) * 2
+    mask = rng.random(x.shape) > 0.4
+    mask[2] = False  # a fully masked row
+    dy = rng.standard_normal(x.shape)
+    h = 1e-6
+    numeric = np.empty_like(x)
+    for index in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[index] = h
+        plus, minus = ref.masked_softmax(x + step, mask, None, 1), ref.masked_softmax(x - step, mask, None, 1)
+        numeric[index] = np.sum(dy * (plus - minus)) / (2 * h)
+    grad = ref.softmax_backward(dy, ref.masked_softmax(x, mask, None, 1), 1)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    assert np.all(grad[~mask] == 0)
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_masked_softmax_matches_the_torch_composition(dim, rng):
+    x = rng.standard_normal((6, 5, 7)) * 1e4
+    mask = rng.random((6, 1, 7)) > 0.5  # broadcast along dim 1
+    keep = np.broadcast_to(mask, x.shape)
+    dy = rng.standard_normal(x.shape)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = _torch_masked_softmax(xt, torch.from_numpy(np.ascontiguousarray(keep)), dim)
+    (gt,) = torch.autograd.grad(yt, xt, torch.from_numpy(dy))
+    y = ref.masked_softmax(x, mask, None, dim)
+    assert np.isfinite(y).all()
+    assert_close(y, yt.detach().numpy(), "float64")
+    assert_close(ref.softmax_backward(dy, y, dim), gt.numpy(), "float64")
+
+
+def test_lengths_keep_a_prefix_and_combine_with_a_mask(rng):
+    x = rng.standard_normal((4, 6))
+    lengths = np.array([0, 1, 4, 9])  # empty row, one kept, a prefix, longer than the row
+    y = ref.masked_softmax(x, None, lengths, 1)
+    keep = np.arange(6)[None, :] < lengths[:, None]
+    np.testing.assert_array_equal(y[~keep], 0)
+    np.testing.assert_array_equal(y[0], 0)
+    np.testing.assert_allclose(y.sum(axis=1), [0, 1, 1, 1])
+    mask = rng.random(x.shape) > 0.3
+    both = ref.masked_softmax(x, mask, lengths, 1)
+    np.testing.assert_array_equal(both, ref.masked_softmax(x, mask & keep, None, 1))
+
+
+def test_lengths_along_a_middle_dim(rng):
+    x = rng.standard_normal((3, 5, 2))
+    lengths = rng.integers(0, 6, size=(3, 2))
+    y = ref.masked_softmax(x, None, lengths, 1)
+    keep = np.arange(5)[None, :, None] < lengths[:, None, :]
+    np.testing.assert_allclose(y, ref.masked_softmax(x, keep, None, 1))
+
+
+def test_fully_masked_rows_are_zero_never_nan():
+    x = np.array([[1.0, 2.0], [-np.inf, -np.inf], [3.0, -np.inf]])
+    mask = np.array([[False, False], [True, True], [True, True]])
+    y = ref.masked_softmax(x, mask, None, 1)
+    np.testing.assert_array_equal(y, [[0, 0], [0, 0], [1, 0]])
+
+
+def test_unmasked_rows_of_minus_infinity_are_nan_as_in_torch():
+    x = np.array([[-np.inf, -np.inf], [np.inf, 1.0], [np.nan, 1.0], [-np.inf, 0.0]])
+    for name in ("softmax", "log_softmax"):
+        want = getattr(torch, name)(torch.from_numpy(x), 1).numpy()
+        assert_close(getattr(ref, name)(x, 1), want, "float64")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_keeps_dtype_and_rounds_once(name, dtype, rng):
+    x = (rng.standard_normal((8, 300)) * 3).astype(dtype)
+    dy = rng.standard_normal((8, 300)).astype(dtype)
+    forward, backward = getattr(ref, name), getattr(ref, f"{name}_backward")
+    y = forward(x, 1)
+    assert y.dtype == dtype
+    label = np.dtype(dtype).name
+    assert_close(y, forward(x.astype(np.float64), 1), label, "reduction")
+    g = backward(dy, y, 1)
+    assert g.dtype == dtype
+    assert_close(g, backward(dy.astype(np.float64), y.astype(np.float64), 1), label, "reduction")
+
+
+def test_empty_rows_and_empty_batches():
+    for shape, dim in [((0, 5), 1), ((3, 0), 1), ((3, 0), 0)]:
+        x = np.ones(shape)
+        assert ref.softmax(x, dim).shape == shape
+        assert ref.log_softmax(x, dim).shape == shape
+        assert ref.masked_softmax(x, np.ones(shape, bool), None, dim).shape == shape
+
+
+def test_masked_float16_is_computed_in_float32_and_rounded_once(rng):
+    x = (rng.standard_normal((3, 40)) * 3).astype(np.float16)
+    mask = rng.random((3, 40)) > 0.5
+    lengths = np.array([40, 7, 0])
+    y = ref.masked_softmax(x, mask, lengths, 1)
+    assert y.dtype == np.float16
+    want = ref.masked_softmax(x.astype(np.float64), mask, lengths, 1)
+    assert_close(y, want, "float16", "reduction")
+    assert (y[2] == 0).all()
