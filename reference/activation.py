@@ -30,12 +30,19 @@ def tanh(x: np.ndarray) -> np.ndarray:
 
 @reference_op
 def relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)  # np.maximum keeps NaN, as torch.relu does
+    return np.maximum(x, x.dtype.type(0))  # np.maximum keeps NaN, as torch.relu does
 
 
 @reference_op
 def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
-    return np.where(x > 0, x, x * x.dtype.type(negative_slope))
+    y = x * x.dtype.type(negative_slope)
+    # For slopes in (0, 1] the larger of x and slope*x is the answer (the smaller for slopes
+    # above 1), and np.maximum/np.minimum keep NaN: several times faster than np.where.
+    if 0 < negative_slope <= 1:  # (a zero slope would turn +inf into inf * 0 = NaN)
+        return np.maximum(x, y, out=y)
+    if negative_slope > 1:
+        return np.minimum(x, y, out=y)
+    return np.where(x > 0, x, y)
 
 
 def _normal_cdf(x: np.ndarray) -> np.ndarray:

@@ -87,3 +87,11 @@ def test_keeps_dtype_and_rounds_once(name, dtype, rng):
     # sigmoid/tanh backward read y, which is itself rounded: compare with the same rounded y
     assert_close(g, backward(dy.astype(np.float64), x.astype(np.float64), y.astype(np.float64)), name_of)
     assert y64.dtype == np.float64
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 1.0, 2.5, -0.5])
+def test_leaky_relu_every_kind_of_slope_matches_torch(slope, rng):
+    # the reference picks max/min/where by the slope's range: every branch against torch
+    x = np.concatenate([rng.standard_normal(50) * 3, [np.nan, np.inf, -np.inf, 0.0, -0.0]])
+    want = F.leaky_relu(torch.from_numpy(x), slope).numpy()
+    assert_close(ref.leaky_relu(x, slope), want, "float64")

@@ -1,7 +1,8 @@
 """Recurrent layers through CuPy: cuBLAS (``cupy.matmul``) for every product and one pointwise
 kernel per time step (two for the original GRU), forward and backward; the cell math is in
-rnn.cuh. The sequence loops are written against an array module ``xp`` and a step launcher,
-so the CPU tests run this very host code with NumPy and the g++-built rnn.cuh.
+rnn.cuh. The sequence loops are gpukernels._rnn_driver's (shared with Triton), driven here
+through an array module ``xp`` and a step launcher, so the CPU tests run this very host code
+with NumPy and the g++-built rnn.cuh.
 
 Precision: the input projection, the recurrent state, the workspace and all of backward are
 fp32 whatever the storage dtype (fp16/bf16 storage is read and written at the edges only).
@@ -13,11 +14,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .. import _rnn_driver as driver
+from .._rnn_driver import GATES, GRU, GRU_N, GRU_RZ, LSTM, RNN, WORKSPACE_BLOCKS  # noqa: F401 (public names)
 from ._module import CUDA_TYPES, THREADS, NvrtcProgram, cuda_type, grid_for, kernel
-
-RNN, LSTM, GRU, GRU_RZ, GRU_N = 0, 1, 2, 3, 4
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-WORKSPACE_BLOCKS = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 6, "gru": 5}
 
 # Kernel arguments in order: "p" a pointer, "i64" long long, "i32" int (rnn.cu's signatures).
 FORWARD_ARGS = ("i64", "i64", "i32", "p", "i64", "p", "i64", "p", "p", "p", "i64", "p", "i64", "p", "i32", "i32",
@@ -50,137 +49,80 @@ def _cuda_step(direction: str, code: int, storage: Any, *args: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The sequence loops (any array module)
+# The sequence loops (gpukernels._rnn_driver) over any array module
 
 
-def _kernel_cells(cell: str, linear_before_reset: bool) -> tuple[int, ...]:
-    if cell == "lstm":
-        return (LSTM,)
-    if cell == "gru":
-        return (GRU,) if linear_before_reset else (GRU_RZ, GRU_N)
-    return (RNN,)
+def _row_stride(a) -> int:
+    return a.strides[0] // a.itemsize
 
 
-def _order(T: int, reverse: bool) -> list[int]:
-    return list(range(T - 1, -1, -1)) if reverse else list(range(T))
+class _ArrayBackend:
+    """The driver's backend for an array module ``xp`` (CuPy, or NumPy in the host tests): every
+    product is ``xp.matmul`` (cuBLAS under CuPy), and a step is the recurrent product followed by
+    ``step``, which runs the pointwise step kernel."""
+
+    def __init__(self, xp, step: Step):
+        self.xp, self.step, self.f32 = xp, step, xp.float32
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def as_f32(self, a):
+        return a.astype(self.f32, copy=False)
+
+    def contiguous(self, a):
+        return self.xp.ascontiguousarray(a)
+
+    def copy(self, a):
+        return a.copy()
+
+    def lengths(self, lengths, T: int, B: int):
+        return self.xp.asarray(lengths if lengths is not None else [T] * B, dtype=self.xp.int32)
+
+    def concat(self, parts):
+        return self.xp.concatenate(parts, axis=0)
+
+    def stack(self, parts):
+        return self.xp.stack(parts)
+
+    def input_projection(self, x2d, w_ih, b_ih):
+        gx = x2d.astype(self.f32) @ w_ih.astype(self.f32).T
+        if b_ih is not None:
+            gx += b_ih.astype(self.f32)
+        return gx
+
+    def step_weights(self, w_hh):
+        return w_hh.astype(self.f32)  # the per-step recurrent products run in fp32
+
+    def matmul_into(self, a, b, out) -> None:
+        out[...] = a @ b
+
+    def addmm(self, c, a, b):
+        return c + a @ b
+
+    def forward_step(self, code: int, s) -> None:
+        gh = s.hin @ s.w.T
+        self.step("forward", code, s.storage, s.B * s.H, s.H, s.t, s.gx, s.gx_stride, gh, _row_stride(gh), s.b,
+                  s.peep, s.h, _row_stride(s.h), s.c, _row_stride(s.c), s.lens, s.relu, s.coupled, s.y, s.ws,
+                  s.ws_stride)
+
+    def backward_step(self, code: int, s) -> None:
+        self.step("backward", code, s.storage, s.B * s.H, s.H, s.t, s.gy, s.dh, s.dc, s.ws, s.ws_stride, s.h_prev,
+                  _row_stride(s.h_prev), s.c_prev, _row_stride(s.c_prev), s.peep, s.lens, s.drh, s.relu, s.coupled,
+                  s.dgx, s.dgh, s.dhd, s.dcp)
 
 
-def _or_zeros(xp, array, shape, dtype):
-    return xp.zeros(shape, dtype=dtype) if array is None else xp.ascontiguousarray(array)
+def run_forward(xp, step: Step, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options):
+    return driver.layer_forward(_ArrayBackend(xp, step), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options)
 
 
-def _lengths(xp, lengths, T: int, B: int):
-    return xp.asarray(lengths if lengths is not None else [T] * B, dtype=xp.int32)
-
-
-def _states_before(xp, ws, block: int, initial, H: int, reverse: bool):
-    after = ws[:, :, block * H:(block + 1) * H]
-    if after.shape[0] == 0:
-        return after
-    parts = [after[1:], initial[None]] if reverse else [initial[None], after[:-1]]
-    return xp.concatenate(parts, axis=0)
-
-
-def run_forward(xp, step: Step, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, reverse: bool = False,
-                lengths=None, coupled: bool = False, linear_before_reset: bool = True):
-    f32 = xp.float32
-    T, B, I = x.shape
-    H = h0.shape[1]
-    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
-    gx = x.reshape(T * B, I).astype(f32) @ w_ih.astype(f32).T  # every step's input projection at once
-    if b_ih is not None:
-        gx += b_ih.astype(f32)
-    gx = gx.reshape(T, B, G * H)
-    y = xp.empty((T, B, H), dtype=x.dtype)
-    ws = xp.empty((T, B, K * H), dtype=f32)
-    lens = _lengths(xp, lengths, T, B)
-    b_hh = _or_zeros(xp, b_hh, (G * H,), x.dtype)
-    peep = _or_zeros(xp, w_peep, (3, H), x.dtype)
-    w32 = w_hh.astype(f32)
-    h = xp.ascontiguousarray(h0, dtype=f32)
-    c = None if c0 is None else xp.ascontiguousarray(c0, dtype=f32)
-    h_col = (K - 1) * H
-    for t in _order(T, reverse) if B and H else ():
-        c_in = h if c is None else c
-        common = (peep, h, h.strides[0] // 4, c_in, c_in.strides[0] // 4, lens, int(cell == "rnn_relu"), int(coupled),
-                  y[t], ws[t], K * H)
-        if cell == "gru" and not linear_before_reset:
-            gh = h @ w32[:2 * H].T
-            step("forward", GRU_RZ, x, B * H, H, t, gx[t], G * H, gh, 2 * H, b_hh, *common)
-            gh = ws[t, :, 3 * H:4 * H] @ w32[2 * H:].T  # (r*h) @ W_hn^T
-            step("forward", GRU_N, x, B * H, H, t, gx[t, :, 2 * H:], G * H, gh, H, b_hh[2 * H:], *common)
-        else:
-            gh = h @ w32.T
-            step("forward", _kernel_cells(cell, True)[0], x, B * H, H, t, gx[t], G * H, gh, G * H, b_hh, *common)
-        h = ws[t, :, h_col:h_col + H]
-        c = ws[t, :, 4 * H:5 * H] if cell == "lstm" else None
-    return y, h.copy(), None if c is None else c.copy(), ws
-
-
-def run_backward(xp, step: Step, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *,
-                 cell: str, reverse: bool = False, lengths=None, coupled: bool = False,
-                 linear_before_reset: bool = True):
-    f32 = xp.float32
-    T, B, I = x.shape
-    H = h0.shape[1]
-    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
-    grad_y, ws = xp.ascontiguousarray(grad_y), xp.ascontiguousarray(ws, dtype=f32)
-    h0 = xp.ascontiguousarray(h0, dtype=f32)
-    c0 = None if c0 is None else xp.ascontiguousarray(c0, dtype=f32)
-    dgx = xp.empty((T, B, G * H), dtype=f32)
-    dgh = dgx if cell != "gru" else xp.empty((T, B, G * H), dtype=f32)
-    dh = xp.zeros((B, H), dtype=f32) if grad_h_n is None else xp.array(grad_h_n, dtype=f32)
-    dc = None
-    if cell == "lstm":
-        dc = xp.zeros((B, H), dtype=f32) if grad_c_n is None else xp.array(grad_c_n, dtype=f32)
-    w32 = w_hh.astype(f32)
-    lens = _lengths(xp, lengths, T, B)
-    peep = _or_zeros(xp, w_peep, (3, H), x.dtype)
-    dhd = xp.empty((B, H), dtype=f32)
-    dcp = xp.empty((B, H), dtype=f32) if dc is not None else dhd
-    drh = xp.empty((B, H), dtype=f32)
-    h_col = (K - 1) * H
-    order = _order(T, reverse)
-    for index in range(T - 1, -1, -1) if B and H else ():
-        t = order[index]
-        previous = None if index == 0 else order[index - 1]
-        h_prev = h0 if previous is None else ws[previous, :, h_col:h_col + H]
-        c_prev = h_prev
-        if cell == "lstm":
-            c_prev = c0 if previous is None else ws[previous, :, 4 * H:5 * H]
-        tail = (ws[t], K * H, h_prev, h_prev.strides[0] // 4, c_prev, c_prev.strides[0] // 4, peep, lens, drh,
-                int(cell == "rnn_relu"), int(coupled), dgx[t], dgh[t], dhd, dcp)
-        dc_in = dh if dc is None else dc
-        if cell == "gru" and not linear_before_reset:
-            step("backward", GRU_N, x, B * H, H, t, grad_y[t], dh, dc_in, *tail)
-            drh[...] = dgh[t, :, 2 * H:] @ w32[2 * H:]
-            step("backward", GRU_RZ, x, B * H, H, t, grad_y[t], dhd, dc_in, *tail)
-            dh = dhd + dgh[t, :, :2 * H] @ w32[:2 * H]
-        else:
-            step("backward", _kernel_cells(cell, True)[0], x, B * H, H, t, grad_y[t], dh, dc_in, *tail)
-            dh = dhd + dgh[t] @ w32
-        if dc is not None:
-            dc, dcp = dcp, dc
-    # Weight gradients: one matmul each over all steps.
-    dgx2d, dgh2d = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
-    grad_x = (dgx2d @ w_ih.astype(f32)).reshape(T, B, I)
-    grad_w_ih = dgx2d.T @ x.reshape(T * B, I).astype(f32)
-    h_before = _states_before(xp, ws, K - 1, h0, H, reverse).reshape(T * B, H)
-    if cell == "gru" and not linear_before_reset:
-        m_all = ws[:, :, 3 * H:4 * H].reshape(T * B, H)
-        grad_w_hh = xp.concatenate([dgh2d[:, :2 * H].T @ h_before, dgh2d[:, 2 * H:].T @ m_all], axis=0)
-    else:
-        grad_w_hh = dgh2d.T @ h_before
-    grad_b_ih = None if b_ih is None else dgx2d.sum(axis=0)
-    grad_b_hh = None if b_hh is None else dgh2d.sum(axis=0)
-    grad_w_peep = None
-    if cell == "lstm" and w_peep is not None:
-        c_before = _states_before(xp, ws, 4, c0, H, reverse)
-        c_after = ws[:, :, 4 * H:5 * H]
-        grad_w_peep = xp.stack([(dgx[:, :, :H] * c_before).sum(axis=(0, 1)),
-                                (dgx[:, :, H:2 * H] * c_before).sum(axis=(0, 1)),
-                                (dgx[:, :, 3 * H:] * c_after).sum(axis=(0, 1))])
-    return grad_x, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_peep
+def run_backward(xp, step: Step, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep,
+                 **options):
+    return driver.layer_backward(_ArrayBackend(xp, step), grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh,
+                                 b_ih, b_hh, w_peep, **options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ The original GRU (``linear_before_reset=False``) needs ``r`` of every hidden uni
 Backward step (``rnn_backward_step_kernel``): the pointwise cell derivative for one step; the
 recurrent gradient ``dgates @ w_hh`` is one cuBLAS ``addmm`` per step, and the weight gradients
 are one matmul each over all steps at the end. Backward accumulates in fp32 whatever the storage.
+
+The time-step loops themselves are gpukernels._rnn_driver's (shared with the CuPy backend);
+this module gives them torch arrays and the launches of these two kernels.
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _rnn_driver as driver
 from .._dispatch import triton_interpreting
+from .._rnn_driver import GATES, GRU, GRU_N, GRU_RZ, LSTM, RNN, WORKSPACE_BLOCKS  # noqa: F401 (public names)
 from ._launch import TRITON_DTYPES, CompileCase, check_dtype
 from .activation import _tanh
 
-# Kernel cell codes (compile-time switch). RNN covers tanh and relu (a runtime flag).
-RNN, LSTM, GRU, GRU_RZ, GRU_N = 0, 1, 2, 3, 4
+# The cell codes (RNN covers tanh and relu, a runtime flag) come from the shared driver.
 CELL_NAMES = {RNN: "rnn", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru_rz", GRU_N: "gru_n"}
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-WORKSPACE_BLOCKS = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 6, "gru": 5}
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
@@ -254,19 +256,7 @@ def step_tile(batch: int) -> StepTile:
 
 
 # ---------------------------------------------------------------------------------------------
-# Host code
-
-
-def _kernel_cells(cell: str, linear_before_reset: bool) -> tuple[int, ...]:
-    if cell == "lstm":
-        return (LSTM,)
-    if cell == "gru":
-        return (GRU,) if linear_before_reset else (GRU_RZ, GRU_N)
-    return (RNN,)
-
-
-def _steps(T: int, reverse: bool) -> range:
-    return range(T - 1, -1, -1) if reverse else range(T)
+# Host code: the sequence loops are gpukernels._rnn_driver's; this is their torch backend.
 
 
 def _check_dtypes(**tensors) -> None:
@@ -275,27 +265,68 @@ def _check_dtypes(**tensors) -> None:
             check_dtype(tensor, name)
 
 
-def _lengths_tensor(lengths, T: int, B: int, device) -> torch.Tensor:
-    """int32 lengths on the device; all T when absent (the kernels always mask, one variant)."""
-    return torch.tensor(lengths if lengths is not None else [T] * B, dtype=torch.int32, device=device)
+class _TorchBackend:
+    """The driver's backend: torch tensors on ``device``, cuBLAS for the products outside the
+    kernels, and the two Triton step kernels (looked up at launch, so tests can wrap them)."""
 
+    f32 = torch.float32
 
-def _or_zeros(tensor, shape, like: torch.Tensor) -> torch.Tensor:
-    """``tensor`` contiguous, or zeros: absent biases and peepholes are zero weights, which
-    keeps one kernel variant per cell (the loads cost next to nothing beside the matmul)."""
-    if tensor is None:
-        return torch.zeros(shape, dtype=like.dtype, device=like.device)
-    return tensor.contiguous()
+    def __init__(self, device):
+        self.device = device
 
+    def empty(self, shape, dtype):
+        return torch.empty(shape, dtype=dtype, device=self.device)
 
-def _states_before(ws: torch.Tensor, block: int, initial: torch.Tensor, H: int, reverse: bool) -> torch.Tensor:
-    """(T, B, H): the state each step started from (block ``block`` of the previous step)."""
-    after = ws[:, :, block * H:(block + 1) * H]
-    if after.shape[0] == 0:
-        return after
-    if reverse:
-        return torch.cat([after[1:], initial[None]], dim=0)
-    return torch.cat([initial[None], after[:-1]], dim=0)
+    def zeros(self, shape, dtype):
+        return torch.zeros(shape, dtype=dtype, device=self.device)
+
+    def as_f32(self, a):
+        return a.to(torch.float32)
+
+    def contiguous(self, a):
+        return a.contiguous()
+
+    def copy(self, a):
+        return a.clone()
+
+    def lengths(self, lengths, T: int, B: int):
+        return torch.tensor(lengths if lengths is not None else [T] * B, dtype=torch.int32, device=self.device)
+
+    def concat(self, parts):
+        return torch.cat(parts, dim=0)
+
+    def stack(self, parts):
+        return torch.stack(parts)
+
+    def input_projection(self, x2d, w_ih, b_ih):
+        # b_ih folds into the same GEMM.
+        return torch.addmm(b_ih, x2d, w_ih.t()) if b_ih is not None else x2d @ w_ih.t()
+
+    def step_weights(self, w_hh):
+        return w_hh.contiguous()  # the step kernel reads rows of w_hh with stride H
+
+    def matmul_into(self, a, b, out) -> None:
+        torch.mm(a, b, out=out)
+
+    def addmm(self, c, a, b):
+        return torch.addmm(c, a, b)
+
+    def forward_step(self, code: int, s) -> None:
+        tile = step_tile(s.B)
+        grid = (triton.cdiv(s.B, tile.block_b), triton.cdiv(s.H, tile.block_h))
+        rnn_step_kernel[grid](
+            s.gx, s.gx_stride, s.hin, s.hin.stride(0), s.h, s.h.stride(0), s.c, s.c.stride(0), s.w, s.b, s.peep,
+            s.lens, s.y, s.ws, s.ws_stride, s.t, s.B, s.H, s.relu, s.coupled,
+            CELL=code, BLOCK_B=tile.block_b, BLOCK_H=tile.block_h, BLOCK_K=tile.block_k,
+            DOT_F32=s.storage.dtype == torch.bfloat16 and triton_interpreting(), num_warps=tile.num_warps,
+        )
+
+    def backward_step(self, code: int, s) -> None:
+        rnn_backward_step_kernel[(triton.cdiv(s.B * s.H, BACKWARD_BLOCK),)](
+            s.gy, s.dh, s.dc, s.ws, s.ws_stride, s.h_prev, s.h_prev.stride(0), s.c_prev, s.c_prev.stride(0),
+            s.peep, s.lens, s.drh, s.dgx, s.dgh, s.dhd, s.dcp, s.t, s.B, s.H, s.relu, s.coupled,
+            CELL=code, BLOCK=BACKWARD_BLOCK, num_warps=BACKWARD_WARPS,
+        )
 
 
 def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, reverse: bool = False, lengths=None,
@@ -303,111 +334,17 @@ def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, rever
     _check_dtypes(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_peep=w_peep)
     x, h0, w_ih, w_hh = (t.contiguous() for t in (x, h0, w_ih, w_hh))
     c0 = None if c0 is None else c0.contiguous()
-    T, B, I = x.shape
-    H = h0.shape[1]
-    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
-    # The input projection of every step at once; b_ih folds into the same GEMM.
-    x2d = x.reshape(T * B, I)
-    gx = (torch.addmm(b_ih, x2d, w_ih.t()) if b_ih is not None else x2d @ w_ih.t()).reshape(T, B, G * H)
-    y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
-    # The workspace, and with it the recurrent state, stays fp32 whatever the storage dtype:
-    # rounding h and c to fp16/bf16 at every step would compound over the sequence.
-    ws = torch.empty(T, B, K * H, dtype=torch.float32, device=x.device)
-    lens = _lengths_tensor(lengths, T, B, x.device)
-    b_hh = _or_zeros(b_hh, (G * H,), x)
-    peep = _or_zeros(w_peep, (3, H), x)
-    h, c = h0.to(torch.float32), None if c0 is None else c0.to(torch.float32)
-    h_col = (K - 1) * H
-    tile = step_tile(B)
-    grid = (triton.cdiv(B, tile.block_b), triton.cdiv(H, tile.block_h))
-    for t in _steps(T, reverse) if B and H else ():
-        c_in = c if c is not None else h
-        for code in _kernel_cells(cell, linear_before_reset):
-            # GRU_N multiplies r*h (workspace block 3) by the n rows of w_hh.
-            n_only = code == GRU_N
-            hin = ws[t, :, 3 * H:4 * H] if n_only else h
-            rnn_step_kernel[grid](
-                gx[t, :, 2 * H:] if n_only else gx[t], G * H, hin, hin.stride(0), h, h.stride(0), c_in, c_in.stride(0),
-                w_hh[2 * H:] if n_only else w_hh, b_hh[2 * H:] if n_only else b_hh, peep, lens,
-                y[t], ws[t], K * H, t, B, H, int(cell == "rnn_relu"), int(coupled),
-                CELL=code, BLOCK_B=tile.block_b, BLOCK_H=tile.block_h, BLOCK_K=tile.block_k,
-                DOT_F32=x.dtype == torch.bfloat16 and triton_interpreting(), num_warps=tile.num_warps,
-            )
-        h = ws[t, :, h_col:h_col + H]
-        c = ws[t, :, 4 * H:5 * H] if cell == "lstm" else None
-    return y, h.clone(), None if c is None else c.clone(), ws
+    return driver.layer_forward(_TorchBackend(x.device), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, cell=cell,
+                                reverse=reverse, lengths=lengths, coupled=coupled,
+                                linear_before_reset=linear_before_reset)
 
 
 def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str,
                    reverse: bool = False, lengths=None, coupled: bool = False, linear_before_reset: bool = True):
     _check_dtypes(grad_y=grad_y, x=x, h0=h0, w_hh=w_hh)
-    T, B, I = x.shape
-    H = h0.shape[1]
-    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
-    device, f32 = x.device, torch.float32
-    grad_y, ws, h0 = grad_y.contiguous(), ws.to(torch.float32).contiguous(), h0.to(torch.float32).contiguous()
-    c0 = None if c0 is None else c0.to(torch.float32).contiguous()
-    dgx = torch.empty(T, B, G * H, dtype=f32, device=device)
-    dgh = dgx if cell != "gru" else torch.empty(T, B, G * H, dtype=f32, device=device)
-    dh = torch.zeros(B, H, dtype=f32, device=device) if grad_h_n is None else grad_h_n.to(f32).clone()
-    dc = None
-    if cell == "lstm":
-        dc = torch.zeros(B, H, dtype=f32, device=device) if grad_c_n is None else grad_c_n.to(f32).clone()
-    w_hh32 = w_hh.to(f32)
-    h_col = (K - 1) * H
-    lens = _lengths_tensor(lengths, T, B, device)
-    peep = _or_zeros(w_peep, (3, H), x)
-    dhd = torch.empty(B, H, dtype=f32, device=device)
-    dcp = torch.empty(B, H, dtype=f32, device=device) if dc is not None else dhd
-    drh = torch.empty(B, H, dtype=f32, device=device)
-    grid = (triton.cdiv(B * H, BACKWARD_BLOCK),)
-    order = list(_steps(T, reverse))
-    for index in range(T - 1, -1, -1) if B and H else ():
-        t = order[index]
-        previous = None if index == 0 else order[index - 1]
-        h_prev = h0 if previous is None else ws[previous, :, h_col:h_col + H]
-        c_prev = h_prev
-        if cell == "lstm":
-            c_prev = c0 if previous is None else ws[previous, :, 4 * H:5 * H]
-
-        def launch(code, dh_in):
-            rnn_backward_step_kernel[grid](
-                grad_y[t], dh_in, dc if dc is not None else dh, ws[t], K * H, h_prev, h_prev.stride(0),
-                c_prev, c_prev.stride(0), peep, lens, drh, dgx[t], dgh[t], dhd, dcp,
-                t, B, H, int(cell == "rnn_relu"), int(coupled),
-                CELL=code, BLOCK=BACKWARD_BLOCK, num_warps=BACKWARD_WARPS,
-            )
-
-        if cell == "gru" and not linear_before_reset:
-            launch(GRU_N, dh)
-            torch.mm(dgh[t, :, 2 * H:], w_hh32[2 * H:], out=drh)
-            launch(GRU_RZ, dhd)  # adds d(r*h) * r to dhd in place
-            dh = torch.addmm(dhd, dgh[t, :, :2 * H], w_hh32[:2 * H])
-        else:
-            launch(_kernel_cells(cell, True)[0], dh)
-            dh = torch.addmm(dhd, dgh[t], w_hh32)
-        if dc is not None:
-            dc, dcp = dcp, dc
-    # Weight gradients: one matmul each over all steps.
-    dgx2d, dgh2d = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
-    grad_x = (dgx2d @ w_ih.to(f32)).reshape(T, B, I)
-    grad_w_ih = dgx2d.t() @ x.reshape(T * B, I).to(f32)
-    h_before = _states_before(ws, K - 1, h0, H, reverse).reshape(T * B, H).to(f32)
-    if cell == "gru" and not linear_before_reset:
-        m_all = ws[:, :, 3 * H:4 * H].reshape(T * B, H).to(f32)
-        grad_w_hh = torch.cat([dgh2d[:, :2 * H].t() @ h_before, dgh2d[:, 2 * H:].t() @ m_all], dim=0)
-    else:
-        grad_w_hh = dgh2d.t() @ h_before
-    grad_b_ih = None if b_ih is None else dgx2d.sum(0)
-    grad_b_hh = None if b_hh is None else dgh2d.sum(0)
-    grad_w_peep = None
-    if cell == "lstm" and w_peep is not None:
-        c_before = _states_before(ws, 4, c0, H, reverse).to(f32)
-        c_after = ws[:, :, 4 * H:5 * H].to(f32)
-        grad_w_peep = torch.stack([(dgx[:, :, :H] * c_before).sum((0, 1)),
-                                   (dgx[:, :, H:2 * H] * c_before).sum((0, 1)),
-                                   (dgx[:, :, 3 * H:] * c_after).sum((0, 1))])
-    return grad_x, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_peep
+    return driver.layer_backward(_TorchBackend(x.device), grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh,
+                                 b_ih, b_hh, w_peep, cell=cell, reverse=reverse, lengths=lengths, coupled=coupled,
+                                 linear_before_reset=linear_before_reset)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,238 @@
+"""The sequence loops of the recurrent layers, shared by the Triton and the CuPy backends.
+
+Why this exists: both backends run a layer the same way: one input-projection matmul for
+all steps, then one step kernel per time step (two for the original GRU), and back through
+time one pointwise kernel per step plus the recurrent-gradient matmuls, then one matmul per
+weight gradient. The order of steps, reversal, lengths, which workspace block holds h_prev /
+c_prev, and the original-GRU two-kernel dance must agree with ``gpukernels.reference.rnn``
+in every backend, so they are written once, here. What differs is the array library
+(torch / CuPy / NumPy in the host tests) and how a step kernel is launched; a backend passes
+those in as an ``RnnBackend``.
+
+The workspace layout, the cell codes and the precision rule (recurrent state, workspace and
+all of backward in fp32 whatever the storage dtype) are the same in both backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol, Sequence
+
+# Kernel cell codes (compile-time switch in both backends). RNN covers tanh and relu (a runtime flag).
+RNN, LSTM, GRU, GRU_RZ, GRU_N = 0, 1, 2, 3, 4
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+WORKSPACE_BLOCKS = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 6, "gru": 5}
+
+
+class ForwardStep(NamedTuple):
+    """One forward step launch. ``gx``, ``w`` and ``b`` are the gate blocks this launch computes
+    (all of them, r and z, or n alone); ``hin`` is what multiplies ``w`` (h, or r*h for GRU_N)."""
+
+    storage: Any  # an array in the storage dtype (x): picks the kernel's type
+    t: int
+    B: int
+    H: int
+    gx: Any
+    gx_stride: int
+    hin: Any
+    w: Any
+    b: Any
+    h: Any
+    c: Any
+    peep: Any
+    lens: Any
+    y: Any
+    ws: Any
+    ws_stride: int
+    relu: int
+    coupled: int
+
+
+class BackwardStep(NamedTuple):
+    """One backward step launch (arguments of the pointwise backward kernel)."""
+
+    storage: Any
+    t: int
+    B: int
+    H: int
+    gy: Any
+    dh: Any
+    dc: Any
+    ws: Any
+    ws_stride: int
+    h_prev: Any
+    c_prev: Any
+    peep: Any
+    lens: Any
+    drh: Any
+    dgx: Any
+    dgh: Any
+    dhd: Any
+    dcp: Any
+    relu: int
+    coupled: int
+
+
+class RnnBackend(Protocol):
+    """What the loops need of a backend: array allocation, a few matmuls, two step launchers.
+    Arrays support slicing, ``reshape``, ``@``, ``.T`` (2-D), ``.sum(dims)`` and ``.dtype``."""
+
+    f32: Any  # the library's float32 dtype
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any: ...
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Any: ...
+
+    def as_f32(self, a: Any) -> Any:
+        """``a`` in float32 (no copy when it already is)."""
+
+    def contiguous(self, a: Any) -> Any: ...
+
+    def copy(self, a: Any) -> Any: ...
+
+    def lengths(self, lengths: Sequence[int] | None, T: int, B: int) -> Any:
+        """int32 lengths; all T when absent (the kernels always mask, one variant)."""
+
+    def concat(self, parts: Sequence[Any]) -> Any: ...
+
+    def stack(self, parts: Sequence[Any]) -> Any: ...
+
+    def input_projection(self, x2d: Any, w_ih: Any, b_ih: Any | None) -> Any:
+        """(T*B, G*H): every step's x @ w_ih^T (+ b_ih) at once."""
+
+    def step_weights(self, w_hh: Any) -> Any:
+        """``w_hh`` as ``forward_step`` takes it (rows sliced per gate block)."""
+
+    def matmul_into(self, a: Any, b: Any, out: Any) -> None: ...
+
+    def addmm(self, c: Any, a: Any, b: Any) -> Any:
+        """c + a @ b."""
+
+    def forward_step(self, code: int, step: ForwardStep) -> None: ...
+
+    def backward_step(self, code: int, step: BackwardStep) -> None: ...
+
+
+def kernel_cells(cell: str, linear_before_reset: bool) -> tuple[int, ...]:
+    """The kernel launches of one step, in order."""
+    if cell == "lstm":
+        return (LSTM,)
+    if cell == "gru":
+        return (GRU,) if linear_before_reset else (GRU_RZ, GRU_N)
+    return (RNN,)
+
+
+def steps(T: int, reverse: bool) -> range:
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _or_zeros(ops: RnnBackend, array, shape, dtype):
+    """Absent biases and peepholes are zero weights: one kernel variant per cell (the loads
+    cost next to nothing beside the matmul)."""
+    return ops.zeros(shape, dtype) if array is None else ops.contiguous(array)
+
+
+def states_before(ops: RnnBackend, ws, block: int, initial, H: int, reverse: bool):
+    """(T, B, H): the state each step started from (block ``block`` of the previous step)."""
+    after = ws[:, :, block * H:(block + 1) * H]
+    if after.shape[0] == 0:
+        return after
+    return ops.concat([after[1:], initial[None]] if reverse else [initial[None], after[:-1]])
+
+
+def layer_forward(ops: RnnBackend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, reverse: bool = False,
+                  lengths=None, coupled: bool = False, linear_before_reset: bool = True):
+    """Returns y (storage dtype), h_n, c_n (fp32; c_n None unless LSTM) and the fp32 workspace."""
+    T, B, I = x.shape
+    H = h0.shape[1]
+    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
+    gx = ops.input_projection(x.reshape(T * B, I), w_ih, b_ih).reshape(T, B, G * H)
+    y = ops.empty((T, B, H), x.dtype)
+    # The workspace, and with it the recurrent state, stays fp32 whatever the storage dtype:
+    # rounding h and c to fp16/bf16 at every step would compound over the sequence.
+    ws = ops.empty((T, B, K * H), ops.f32)
+    lens = ops.lengths(lengths, T, B)
+    b_hh = _or_zeros(ops, b_hh, (G * H,), x.dtype)
+    peep = _or_zeros(ops, w_peep, (3, H), x.dtype)
+    w = ops.step_weights(w_hh)
+    h = ops.contiguous(ops.as_f32(h0))
+    c = None if c0 is None else ops.contiguous(ops.as_f32(c0))
+    h_col = (K - 1) * H
+    for t in steps(T, reverse) if B and H else ():
+        step = ForwardStep(x, t, B, H, gx[t], G * H, h, w, b_hh, h, h if c is None else c, peep, lens, y[t], ws[t],
+                           K * H, int(cell == "rnn_relu"), int(coupled))
+        if cell == "gru" and not linear_before_reset:
+            ops.forward_step(GRU_RZ, step._replace(w=w[:2 * H]))
+            # GRU_N multiplies r*h (workspace block 3, just written) by the n rows of w_hh.
+            ops.forward_step(GRU_N, step._replace(gx=gx[t, :, 2 * H:], hin=ws[t, :, 3 * H:4 * H], w=w[2 * H:],
+                                                  b=b_hh[2 * H:]))
+        else:
+            ops.forward_step(kernel_cells(cell, True)[0], step)
+        h = ws[t, :, h_col:h_col + H]
+        c = ws[t, :, 4 * H:5 * H] if cell == "lstm" else None
+    return y, ops.copy(h), None if c is None else ops.copy(c), ws
+
+
+def layer_backward(ops: RnnBackend, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *,
+                   cell: str, reverse: bool = False, lengths=None, coupled: bool = False,
+                   linear_before_reset: bool = True):
+    """Returns grad_x, grad_h0, grad_c0 and the weight gradients, all fp32 (None where absent)."""
+    T, B, I = x.shape
+    H = h0.shape[1]
+    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
+    f32 = ops.f32
+    grad_y, ws, h0 = ops.contiguous(grad_y), ops.contiguous(ops.as_f32(ws)), ops.contiguous(ops.as_f32(h0))
+    c0 = None if c0 is None else ops.contiguous(ops.as_f32(c0))
+    dgx = ops.empty((T, B, G * H), f32)
+    # Only the GRU's recurrent gate gradients differ from the input ones (n: da_n * r).
+    dgh = dgx if cell != "gru" else ops.empty((T, B, G * H), f32)
+    dh = ops.zeros((B, H), f32) if grad_h_n is None else ops.copy(ops.as_f32(grad_h_n))
+    dc = None
+    if cell == "lstm":
+        dc = ops.zeros((B, H), f32) if grad_c_n is None else ops.copy(ops.as_f32(grad_c_n))
+    w32 = ops.as_f32(w_hh)
+    lens = ops.lengths(lengths, T, B)
+    peep = _or_zeros(ops, w_peep, (3, H), x.dtype)
+    dhd = ops.empty((B, H), f32)
+    dcp = ops.empty((B, H), f32) if dc is not None else dhd
+    drh = ops.empty((B, H), f32)
+    h_col = (K - 1) * H
+    order = list(steps(T, reverse))
+    for index in range(T - 1, -1, -1) if B and H else ():
+        t = order[index]
+        previous = None if index == 0 else order[index - 1]
+        h_prev = h0 if previous is None else ws[previous, :, h_col:h_col + H]
+        c_prev = h_prev
+        if cell == "lstm":
+            c_prev = c0 if previous is None else ws[previous, :, 4 * H:5 * H]
+        step = BackwardStep(x, t, B, H, grad_y[t], dh, dh if dc is None else dc, ws[t], K * H, h_prev, c_prev, peep,
+                            lens, drh, dgx[t], dgh[t], dhd, dcp, int(cell == "rnn_relu"), int(coupled))
+        if cell == "gru" and not linear_before_reset:
+            ops.backward_step(GRU_N, step)
+            ops.matmul_into(dgh[t, :, 2 * H:], w32[2 * H:], drh)
+            ops.backward_step(GRU_RZ, step._replace(dh=dhd))  # adds d(r*h) * r to dhd in place
+            dh = ops.addmm(dhd, dgh[t, :, :2 * H], w32[:2 * H])
+        else:
+            ops.backward_step(kernel_cells(cell, True)[0], step)
+            dh = ops.addmm(dhd, dgh[t], w32)
+        if dc is not None:
+            dc, dcp = dcp, dc
+    # Weight gradients: one matmul each over all steps.
+    dgx2d, dgh2d = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
+    grad_x = (dgx2d @ ops.as_f32(w_ih)).reshape(T, B, I)
+    grad_w_ih = dgx2d.T @ ops.as_f32(x.reshape(T * B, I))
+    h_before = states_before(ops, ws, K - 1, h0, H, reverse).reshape(T * B, H)
+    if cell == "gru" and not linear_before_reset:
+        m_all = ws[:, :, 3 * H:4 * H].reshape(T * B, H)
+        grad_w_hh = ops.concat([dgh2d[:, :2 * H].T @ h_before, dgh2d[:, 2 * H:].T @ m_all])
+    else:
+        grad_w_hh = dgh2d.T @ h_before
+    grad_b_ih = None if b_ih is None else dgx2d.sum(0)
+    grad_b_hh = None if b_hh is None else dgh2d.sum(0)
+    grad_w_peep = None
+    if cell == "lstm" and w_peep is not None:
+        c_before = states_before(ops, ws, 4, c0, H, reverse)
+        c_after = ws[:, :, 4 * H:5 * H]
+        grad_w_peep = ops.stack([(dgx[:, :, :H] * c_before).sum((0, 1)),
+                                 (dgx[:, :, H:2 * H] * c_before).sum((0, 1)),
+                                 (dgx[:, :, 3 * H:] * c_after).sum((0, 1))])
+    return grad_x, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_peep
