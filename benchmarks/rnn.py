@@ -28,11 +28,20 @@ CPU_SIZES = ((16, 128),)  # (B, H) for the CPU comparison, fp32
 DEFAULT_SET = {(16, 256), (256, 1024)}  # the short `gpukernels bench` set; --all runs every size
 
 
-def step_bytes(cell: str, B: int, H: int, dtype: str) -> int:
-    """What one fused forward step must move: w_hh and the state read, the input projection read,
-    the output written (storage dtype), the fp32 workspace row written."""
+def step_bytes(cell: str, B: int, H: int, dtype: str, mode: str = "fwd") -> int:
+    """What one fused step must move.
+
+    Forward: w_hh and the state read, the input projection read, the output written (storage
+    dtype), the fp32 workspace row written. Backward: the workspace row, the output gradient
+    and the carried fp32 state gradients (h, and c for LSTM) read, w_hh read for the recurrent
+    gradient, the fp32 gate gradients and the new state gradients written. Full: both.
+    """
     G, item = GATES[cell], ITEMSIZE[dtype]
-    return item * (G * H * H + B * G * H + B * H) + 4 * (B * H + B * WORKSPACE_BLOCKS[cell] * H)
+    carried = 2 if cell == "lstm" else 1
+    forward = item * (G * H * H + B * G * H + B * H) + 4 * (B * H + B * WORKSPACE_BLOCKS[cell] * H)
+    backward = (4 * B * WORKSPACE_BLOCKS[cell] * H + item * B * H + 4 * carried * B * H
+                + item * G * H * H + 4 * B * G * H + 4 * carried * B * H)
+    return {"fwd": forward, "bwd": backward, "full": forward + backward}[mode]
 
 
 def step_flops(cell: str, B: int, H: int, mode: str) -> int:
@@ -152,7 +161,7 @@ def _register_all() -> None:
             register(BenchCase(
                 family="rnn", op=f"{cell}_{kind}", mode=mode, dtype=dtype, size=f"B={B},H={H},T={steps}",
                 setup=_setup(cell, kind, B, H, dtype), providers=providers,
-                bytes_moved=steps * step_bytes(cell, B, H, dtype), flops=steps * step_flops(cell, B, H, mode),
+                bytes_moved=steps * step_bytes(cell, B, H, dtype, mode), flops=steps * step_flops(cell, B, H, mode),
                 devices=devices, params={"B": B, "H": H, "T": steps, "cell": cell},
                 provider_devices=provider_devices, eager="torch",
                 in_default_set=(B, H) in DEFAULT_SET and dtype == "float16" or on_cpu,
