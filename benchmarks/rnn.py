@@ -34,14 +34,22 @@ def step_bytes(cell: str, B: int, H: int, dtype: str, mode: str = "fwd") -> int:
     Forward: w_hh and the state read, the input projection read, the output written (storage
     dtype), the fp32 workspace row written. Backward: the workspace row, the output gradient
     and the carried fp32 state gradients (h, and c for LSTM) read, w_hh read for the recurrent
-    gradient, the fp32 gate gradients and the new state gradients written. Full: both.
+    gradient, the fp32 gate gradients and the new state gradients written, and the gate
+    gradients, input and state read again by the weight-gradient matmuls. Full: both.
     """
     G, item = GATES[cell], ITEMSIZE[dtype]
     carried = 2 if cell == "lstm" else 1
     forward = item * (G * H * H + B * G * H + B * H) + 4 * (B * H + B * WORKSPACE_BLOCKS[cell] * H)
     backward = (4 * B * WORKSPACE_BLOCKS[cell] * H + item * B * H + 4 * carried * B * H
-                + item * G * H * H + 4 * B * G * H + 4 * carried * B * H)
+                + item * G * H * H + 4 * B * G * H + 4 * carried * B * H
+                # the weight-gradient matmuls read each step's gate gradients, input and state again
+                + 4 * B * G * H + item * B * (INPUT_SIZE + H))
     return {"fwd": forward, "bwd": backward, "full": forward + backward}[mode]
+
+
+def weight_grad_bytes(cell: str, H: int, mode: str) -> int:
+    """The fp32 weight and bias gradients, written once per call whatever the number of steps."""
+    return 0 if mode == "fwd" else 4 * GATES[cell] * H * (INPUT_SIZE + H + 2)
 
 
 def step_flops(cell: str, B: int, H: int, mode: str) -> int:
@@ -161,7 +169,7 @@ def _register_all() -> None:
             register(BenchCase(
                 family="rnn", op=f"{cell}_{kind}", mode=mode, dtype=dtype, size=f"B={B},H={H},T={steps}",
                 setup=_setup(cell, kind, B, H, dtype), providers=providers,
-                bytes_moved=steps * step_bytes(cell, B, H, dtype, mode), flops=steps * step_flops(cell, B, H, mode),
+                bytes_moved=steps * step_bytes(cell, B, H, dtype, mode) + weight_grad_bytes(cell, H, mode), flops=steps * step_flops(cell, B, H, mode),
                 devices=devices, params={"B": B, "H": H, "T": steps, "cell": cell},
                 provider_devices=provider_devices, eager="torch",
                 in_default_set=(B, H) in DEFAULT_SET and dtype == "float16" or on_cpu,
