@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from _host_buffers import DTYPE_CODES, decode, poisoned_like, ptr, storage
 from _helpers import DTYPES, assert_close, shape_id
 from gpukernels.cupy.activation import ACTS
 from gpukernels.reference import activation as ref
 from gpukernels.verify.host import build
 
 SHIM = Path(__file__).parent / "host" / "activation_host.cpp"
-DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 SAVES_OUTPUT = ("sigmoid", "tanh")
 ACT_CODES = {name: code for code, name in enumerate(ACTS)}
 SIZES = [0, 1, 7, 1023, 3 * 5 * 257]
@@ -31,34 +31,6 @@ def lib():
     return library
 
 
-def _storage(values: np.ndarray, dtype: str, misalign: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(buffer of the storage type, the exact values it holds as float64). With ``misalign``
-    the buffer starts one element into a 16-byte-aligned allocation."""
-    rounded = torch.from_numpy(values).to(getattr(torch, dtype))
-    raw = rounded.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else rounded.numpy()
-    backing = np.empty(raw.size + 16, dtype=raw.dtype)
-    start = (-backing.ctypes.data % 16) // raw.itemsize + (1 if misalign else 0)
-    buffer = backing[start:start + raw.size]
-    buffer[...] = raw
-    return buffer, rounded.double().numpy()
-
-
-def _poisoned_like(buffer: np.ndarray) -> np.ndarray:
-    out = np.empty_like(buffer)
-    out.view(np.uint8)[...] = 0xFF  # all-ones bits: NaN in every float format
-    return out
-
-
-def _decode(buffer: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return torch.from_numpy(buffer.view(np.int16).copy()).view(torch.bfloat16).double().numpy()
-    return buffer.astype(np.float64)
-
-
-def _ptr(a: np.ndarray) -> ctypes.c_void_p:
-    return ctypes.c_void_p(a.ctypes.data)
-
-
 CASES = [
     pytest.param(n, dtype, misalign, id=f"{shape_id((n,))}-{dtype}-{'offset' if misalign else 'aligned'}")
     for n in SIZES for dtype in DTYPES for misalign in (False, True)
@@ -68,28 +40,28 @@ CASES = [
 @pytest.mark.parametrize("n,dtype,misalign", CASES)
 @pytest.mark.parametrize("act", ACTS)
 def test_forward_and_backward(lib, act, n, dtype, misalign, rng):
-    x, x64 = _storage(rng.standard_normal(n) * 3, dtype, misalign)
-    dy, dy64 = _storage(rng.standard_normal(n), dtype, misalign)
-    y = _poisoned_like(x)
+    x, x64 = storage(rng.standard_normal(n) * 3, dtype, misalign)
+    dy, dy64 = storage(rng.standard_normal(n), dtype, misalign)
+    y = poisoned_like(x)
     slope = 0.1
-    assert lib.gk_activation_forward(ACT_CODES[act], DTYPE_CODES[dtype], _ptr(x), _ptr(y), n, ctypes.c_float(slope)) == 0
-    y64 = _decode(y, dtype)
+    assert lib.gk_activation_forward(ACT_CODES[act], DTYPE_CODES[dtype], ptr(x), ptr(y), n, ctypes.c_float(slope)) == 0
+    y64 = decode(y, dtype)
     assert_close(y64, ref.forward(x64, act, slope), dtype)
 
     saved, saved64 = (y, y64) if act in SAVES_OUTPUT else (x, x64)
-    dx = _poisoned_like(x)
+    dx = poisoned_like(x)
     code = lib.gk_activation_backward(
-        ACT_CODES[act], DTYPE_CODES[dtype], _ptr(dy), _ptr(saved), _ptr(dx), n, ctypes.c_float(slope))
+        ACT_CODES[act], DTYPE_CODES[dtype], ptr(dy), ptr(saved), ptr(dx), n, ctypes.c_float(slope))
     assert code == 0
-    assert_close(_decode(dx, dtype), ref.backward(dy64, saved64, act, slope), dtype)
+    assert_close(decode(dx, dtype), ref.backward(dy64, saved64, act, slope), dtype)
 
 
 @pytest.mark.parametrize("act", ACTS)
 def test_nonfinite_inputs_propagate_as_the_reference(lib, act):
     values = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-8, -40.0, 40.0, 0.3])
-    x, x64 = _storage(values, "float32", False)
-    y = _poisoned_like(x)
-    lib.gk_activation_forward(ACT_CODES[act], 0, _ptr(x), _ptr(y), x.size, ctypes.c_float(0.1))
+    x, x64 = storage(values, "float32", False)
+    y = poisoned_like(x)
+    lib.gk_activation_forward(ACT_CODES[act], 0, ptr(x), ptr(y), x.size, ctypes.c_float(0.1))
     assert_close(y, ref.forward(x64, act, 0.1), "float32")
 
 
@@ -104,7 +76,7 @@ def test_storage_conversions_round_like_torch(lib, fmt, rng):
     bits = np.empty(values.size, np.uint16)
     back = np.empty(values.size, np.float32)
     function = lib.gk_half_round_trip if fmt == "half" else lib.gk_bf16_round_trip
-    function(_ptr(values), _ptr(bits), _ptr(back), ctypes.c_longlong(values.size))
+    function(ptr(values), ptr(bits), ptr(back), ctypes.c_longlong(values.size))
     torch_dtype = torch.float16 if fmt == "half" else torch.bfloat16
     expected = torch.from_numpy(values).to(torch_dtype)
     want_back = expected.float().numpy()

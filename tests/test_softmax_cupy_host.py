@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from _host_buffers import DTYPE_CODES, decode, poisoned_like, ptr, storage
 from _helpers import DTYPES, assert_close
 from gpukernels.cupy.softmax import threads_for
 from gpukernels.reference import softmax as ref
 from gpukernels.verify.host import build
 
 SHIM = Path(__file__).parent / "host" / "softmax_host.cpp"
-DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -31,39 +31,11 @@ def lib():
     return library
 
 
-def _storage(values: np.ndarray, dtype: str, misalign: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(buffer in the storage dtype, the float64 values it holds); ``misalign`` starts the
-    buffer one element past a 16-byte boundary."""
-    rounded = torch.from_numpy(values).to(getattr(torch, dtype))
-    raw = rounded.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else rounded.numpy()
-    backing = np.empty(raw.size + 16, dtype=raw.dtype)
-    start = (-backing.ctypes.data % 16) // raw.itemsize + (1 if misalign else 0)
-    buffer = backing[start:start + raw.size].reshape(raw.shape)
-    buffer[...] = raw
-    return buffer, rounded.double().numpy()
-
-
-def _poisoned_like(buffer: np.ndarray) -> np.ndarray:
-    out = np.empty_like(buffer)
-    out.view(np.uint8)[...] = 0xFF  # NaN in every float format
-    return out
-
-
-def _decode(buffer: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return torch.from_numpy(buffer.view(np.int16).copy()).view(torch.bfloat16).double().numpy()
-    return buffer.astype(np.float64)
-
-
-def _ptr(a: np.ndarray | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(None if a is None else a.ctypes.data)
-
-
 def _forward(lib, x, dtype, log, keep=None, lengths=None, masked=False, nthreads=None):
     rows, cols = x.shape
-    y = _poisoned_like(x)
+    y = poisoned_like(x)
     nthreads = nthreads or threads_for(cols, ITEMSIZE[dtype])
-    code = lib.gk_softmax_forward(DTYPE_CODES[dtype], int(log), _ptr(x), _ptr(keep), _ptr(lengths), _ptr(y),
+    code = lib.gk_softmax_forward(DTYPE_CODES[dtype], int(log), ptr(x), ptr(keep), ptr(lengths), ptr(y),
                                   rows, cols, int(masked), nthreads)
     assert code == 0
     return y
@@ -71,9 +43,9 @@ def _forward(lib, x, dtype, log, keep=None, lengths=None, masked=False, nthreads
 
 def _backward(lib, dy, y, dtype, log, nthreads=None):
     rows, cols = y.shape
-    dx = _poisoned_like(y)
+    dx = poisoned_like(y)
     nthreads = nthreads or threads_for(cols, ITEMSIZE[dtype])
-    assert lib.gk_softmax_backward(DTYPE_CODES[dtype], int(log), _ptr(dy), _ptr(y), _ptr(dx), rows, cols, nthreads) == 0
+    assert lib.gk_softmax_backward(DTYPE_CODES[dtype], int(log), ptr(dy), ptr(y), ptr(dx), rows, cols, nthreads) == 0
     return dx
 
 
@@ -86,21 +58,21 @@ CASES = [
 @pytest.mark.parametrize("cols,dtype,misalign", CASES)
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_forward_and_backward(lib, log, cols, dtype, misalign, rng):
-    x, x64 = _storage(rng.standard_normal((3, cols)) * 3, dtype, misalign)
-    dy, dy64 = _storage(rng.standard_normal((3, cols)), dtype, misalign)
+    x, x64 = storage(rng.standard_normal((3, cols)) * 3, dtype, misalign)
+    dy, dy64 = storage(rng.standard_normal((3, cols)), dtype, misalign)
     name = "log_softmax" if log else "softmax"
     y = _forward(lib, x, dtype, log)
-    y64 = _decode(y, dtype)
+    y64 = decode(y, dtype)
     assert_close(y64, getattr(ref, name)(x64, 1), dtype, "reduction")
     dx = _backward(lib, dy, y, dtype, log)
-    assert_close(_decode(dx, dtype), getattr(ref, f"{name}_backward")(dy64, y64, 1), dtype, "reduction")
+    assert_close(decode(dx, dtype), getattr(ref, f"{name}_backward")(dy64, y64, 1), dtype, "reduction")
 
 
 @pytest.mark.parametrize("nthreads", [32, 64, 1024])
 def test_any_block_size_gives_the_same_rows(lib, nthreads, rng):
     # threads that get no chunk at all (1024 threads, 250 chunks) must merge as empty stats
-    x, x64 = _storage(rng.standard_normal((2, 1000)) * 5, "float32", False)
-    dy, dy64 = _storage(rng.standard_normal((2, 1000)), "float32", False)
+    x, x64 = storage(rng.standard_normal((2, 1000)) * 5, "float32", False)
+    dy, dy64 = storage(rng.standard_normal((2, 1000)), "float32", False)
     y = _forward(lib, x, "float32", False, nthreads=nthreads)
     assert_close(y, ref.softmax(x64, 1), "float32", "reduction")
     dx = _backward(lib, dy, y, "float32", False, nthreads=nthreads)
@@ -108,16 +80,16 @@ def test_any_block_size_gives_the_same_rows(lib, nthreads, rng):
 
 
 def test_long_row(lib, rng):
-    x, x64 = _storage(rng.standard_normal((1, 2**16 + 3)) * 4, "float32", False)
+    x, x64 = storage(rng.standard_normal((1, 2**16 + 3)) * 4, "float32", False)
     for log, name in ((False, "softmax"), (True, "log_softmax")):
         assert_close(_forward(lib, x, "float32", log), getattr(ref, name)(x64, 1), "float32", "reduction")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_inputs_around_1e4(lib, dtype, rng):
-    x, x64 = _storage(rng.standard_normal((4, 333)) * 1e4, dtype, False)
+    x, x64 = storage(rng.standard_normal((4, 333)) * 1e4, dtype, False)
     for log, name in ((False, "softmax"), (True, "log_softmax")):
-        y = _decode(_forward(lib, x, dtype, log), dtype)
+        y = decode(_forward(lib, x, dtype, log), dtype)
         assert np.isfinite(y).all()
         assert_close(y, getattr(ref, name)(x64, 1), dtype, "reduction")
 
@@ -125,23 +97,23 @@ def test_inputs_around_1e4(lib, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cols", (7, 4097), ids=lambda c: f"R4-C{c}")
 def test_masked_with_a_mask_and_lengths(lib, cols, dtype, rng):
-    x, x64 = _storage(rng.standard_normal((4, cols)) * 1e4, dtype, False)
-    dy, dy64 = _storage(rng.standard_normal((4, cols)), dtype, False)
+    x, x64 = storage(rng.standard_normal((4, cols)) * 1e4, dtype, False)
+    dy, dy64 = storage(rng.standard_normal((4, cols)), dtype, False)
     keep = (rng.random((4, cols)) > 0.5).astype(np.uint8)
     keep[1] = 0  # fully masked by the mask
     lengths = np.array([cols, cols, 0, cols // 2 + 1], dtype=np.int64)  # row 2 fully masked by its length
     y = _forward(lib, x, dtype, False, keep=keep, lengths=lengths, masked=True)
     kept = (keep != 0) & (np.arange(cols)[None, :] < lengths[:, None])
-    y64 = _decode(y, dtype)
+    y64 = decode(y, dtype)
     assert_close(y64, ref.masked_softmax(x64, kept, None, 1), dtype, "reduction")
     assert (y64[1] == 0).all() and (y64[2] == 0).all() and (y64[~kept] == 0).all()
-    dx64 = _decode(_backward(lib, dy, y, dtype, False), dtype)
+    dx64 = decode(_backward(lib, dy, y, dtype, False), dtype)
     assert (dx64[~kept] == 0).all()
     assert_close(dx64, ref.softmax_backward(dy64, y64, 1), dtype, "reduction")
 
 
 def test_masked_rows_of_minus_infinity_are_zero_unmasked_ones_nan(lib):
-    x, x64 = _storage(np.array([[-np.inf, -np.inf, -np.inf], [1.0, -np.inf, 2.0]]), "float32", False)
+    x, x64 = storage(np.array([[-np.inf, -np.inf, -np.inf], [1.0, -np.inf, 2.0]]), "float32", False)
     masked = _forward(lib, x, "float32", False, masked=True)
     np.testing.assert_array_equal(masked[0], 0)
     assert_close(masked, ref.masked_softmax(x64, None, None, 1), "float32", "reduction")
@@ -150,7 +122,7 @@ def test_masked_rows_of_minus_infinity_are_zero_unmasked_ones_nan(lib):
 
 def test_special_values_follow_torch(lib):
     values = np.array([[-np.inf, 0.0, 1.0], [np.inf, 1.0, 2.0], [np.nan, 1.0, 2.0], [2.0, np.inf, 1.0]])
-    x, x64 = _storage(values, "float32", False)
+    x, x64 = storage(values, "float32", False)
     for log, name in ((False, "softmax"), (True, "log_softmax")):
         want = getattr(torch, name)(torch.from_numpy(x64), 1).numpy()
         assert_close(_forward(lib, x, "float32", log), want, "float32", "reduction")
@@ -167,4 +139,4 @@ def test_block_sizes_the_launcher_picks():
 def test_harness_rejects_block_sizes_the_kernel_cannot_merge(lib):
     x = np.ones((1, 4), np.float32)
     y = np.empty_like(x)
-    assert lib.gk_softmax_forward(0, 0, _ptr(x), _ptr(None), _ptr(None), _ptr(y), 1, 4, 0, 48) == 2
+    assert lib.gk_softmax_forward(0, 0, ptr(x), ptr(None), ptr(None), ptr(y), 1, 4, 0, 48) == 2
