@@ -27,9 +27,11 @@ ADDITIVE_GPU = ((64, 1, 1024, 512, 256), (64, 32, 1024, 512, 256), (16, 1, 8192,
 ADDITIVE_CPU = ((8, 1, 256, 128, 64), (8, 16, 256, 128, 64))
 
 
-def sdpa_flops(B: int, H: int, N: int, d: int, mode: str) -> int:
-    forward = 4 * B * H * N * N * d
-    return forward if mode == "fwd" else int(2.5 * forward)
+def sdpa_flops(B: int, H: int, N: int, d: int, mode: str, causal: bool = False) -> int:
+    """The conventional count: forward 4 B H N^2 d (two matmuls), backward 2.5x that (five
+    matmuls), full both; a causal mask halves each (FlashAttention's benchmarks count it so)."""
+    forward = 4 * B * H * N * N * d // (2 if causal else 1)
+    return {"fwd": forward, "bwd": int(2.5 * forward), "full": int(3.5 * forward)}[mode]
 
 
 def _sdpa_setup(B, H, N, d, dtype, mode):
@@ -38,58 +40,68 @@ def _sdpa_setup(B, H, N, d, dtype, mode):
 
         torch.manual_seed(0)
         shape = (B, H, N, d)
-        q, k, v = (torch.randn(shape, device=device, dtype=getattr(torch, dtype), requires_grad=mode == "bwd")
+        q, k, v = (torch.randn(shape, device=device, dtype=getattr(torch, dtype), requires_grad=mode != "fwd")
                    for _ in range(3))
         return {"q": q, "k": k, "v": v, "grad": torch.randn(shape, device=device, dtype=q.dtype)}
 
     return make
 
 
-def _sdpa_run(fn, mode):
-    """A zero-argument callable: the forward, or the backward of a forward done once here."""
+def _sdpa_run(fn, mode, causal=False):
+    """A zero-argument callable: the forward, the backward of a forward done once here, or both."""
 
     def make(inputs):
         import torch
 
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
         if mode == "fwd":
-            return lambda: fn(q, k, v)
-        out = fn(q, k, v)
+            return lambda: fn(q, k, v, causal)
+        if mode == "full":
+            return lambda: torch.autograd.grad(fn(q, k, v, causal), (q, k, v), inputs["grad"])
+        out = fn(q, k, v, causal)
         return lambda: torch.autograd.grad(out, (q, k, v), inputs["grad"], retain_graph=True)
 
     return make
 
 
 def _torch_sdpa(backend_name):
-    def fn(q, k, v):
+    def fn(q, k, v, causal):
         import torch.nn.functional as F
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(getattr(SDPBackend, backend_name)):
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
     return fn
 
 
-def _ours_sdpa(q, k, v):
+def _ours_sdpa(q, k, v, causal):
     from gpukernels.torch.functional import scaled_dot_product_attention
 
-    return scaled_dot_product_attention(q, k, v)
+    return scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def _register_sdpa() -> None:
+    # fp16 over every length (the throughput curve); bf16 with and without a causal mask at the
+    # lengths the GPU proof reports. Math backend only up to N=4096: its N x N scores need
+    # 4 B H N^2 bytes and more.
+    gpu_cases = [("float16", N, False, N in (1024, 4096)) for N in SDPA_GPU_N]
+    gpu_cases += [("bfloat16", N, causal, False) for N in (1024, 4096) for causal in (False, True)]
     for d in (64, 128):
-        for N in SDPA_GPU_N:
-            for mode in ("fwd", "bwd"):
-                providers = {"gpukernels": _sdpa_run(_ours_sdpa, mode),
-                             "torch-flash": _sdpa_run(_torch_sdpa("FLASH_ATTENTION"), mode)}
+        for dtype, N, causal, default in gpu_cases:
+            for mode in ("fwd", "bwd", "full"):
+                if mode == "full" and dtype == "float16":
+                    continue
+                providers = {"gpukernels": _sdpa_run(_ours_sdpa, mode, causal),
+                             "torch-flash": _sdpa_run(_torch_sdpa("FLASH_ATTENTION"), mode, causal)}
                 if N <= SDPA_MATH_MAX_N:
-                    providers["torch-math"] = _sdpa_run(_torch_sdpa("MATH"), mode)
+                    providers["torch-math"] = _sdpa_run(_torch_sdpa("MATH"), mode, causal)
                 register(BenchCase(
-                    family="attention", op="scaled_dot_product_attention", mode=mode, dtype="float16",
-                    size=f"B=4,H=16,N={N},d={d}", setup=_sdpa_setup(4, 16, N, d, "float16", mode),
-                    providers=providers, flops=sdpa_flops(4, 16, N, d, mode), devices=("cuda",), eager="torch-math",
-                    in_default_set=N in (1024, 4096)))
+                    family="attention", op="scaled_dot_product_attention", mode=mode, dtype=dtype,
+                    size=f"B=4,H=16,N={N},d={d}" + (",causal" if causal else ""),
+                    setup=_sdpa_setup(4, 16, N, d, dtype, mode),
+                    providers=providers, flops=sdpa_flops(4, 16, N, d, mode, causal), devices=("cuda",),
+                    eager="torch-math", in_default_set=default, params={"causal": causal}))
     for B, H, N, d in SDPA_CPU:
         for mode in ("fwd", "bwd"):
             register(BenchCase(
@@ -191,8 +203,8 @@ def memory_report() -> list[tuple[str, str, float, float]]:
         inputs = _sdpa_setup(4, 16, N, 64, "float16", "fwd")("cuda")
         qkv = {"q": inputs["q"], "k": inputs["k"], "v": inputs["v"]}
         rows.append(("scaled_dot_product_attention", f"B=4,H=16,N={N},d=64",
-                     peak_memory_mib(lambda q, k, v: _ours_sdpa(q, k, v), qkv),
-                     peak_memory_mib(lambda q, k, v: _torch_sdpa("MATH")(q, k, v), qkv)))
+                     peak_memory_mib(lambda q, k, v: _ours_sdpa(q, k, v, False), qkv),
+                     peak_memory_mib(lambda q, k, v: _torch_sdpa("MATH")(q, k, v, False), qkv)))
     return rows
 
 

@@ -2,7 +2,7 @@
 GPU, the same quantiles from repeated wall-clock runs on the CPU; the device's copy bandwidth
 and matmul peak measured at the start of a run, so every % of peak refers to this machine now.
 
-``gpukernels.bench`` turns the measurements into tables, CSV/JSON and plots.
+``gpukernels.tools.bench`` turns the measurements into tables, CSV/JSON and plots.
 """
 
 from __future__ import annotations

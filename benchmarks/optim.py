@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from .registry import BenchCase, register
 
-# name -> (tensor sizes) ; 100M parameters in 24 large tensors, and 1000 tensors of 4099 elements
+# name -> (tensor sizes): 100M parameters in 24 large or 200 mid-sized tensors, and 1000 tensors of 4099 elements
 GPU_SETS = {
     "100M-params-24-tensors": (4096 * 1024,) * 23 + (100_000_000 - 23 * 4096 * 1024,),
     "4.1M-params-1000-tensors": (4099,) * 1000,
+    # the GPU proof's set: 100M parameters in 200 tensors of 500k (a mid-sized model's layers)
+    "100M-params-200-tensors": (500_000,) * 200,
 }
 CPU_SETS = {
     "4M-params-16-tensors": (262_144,) * 16,

@@ -1,5 +1,5 @@
 """``python -m gpukernels.benchmarks.run``: the same as ``gpukernels bench`` (kept so older
-instructions work); the runner lives in ``gpukernels.bench`` and ``benchmarks/harness.py``."""
+instructions work); the runner lives in ``gpukernels.tools.bench`` and ``benchmarks/harness.py``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gpukernels import bench
-    from gpukernels.cli import add_bench_arguments
+    from gpukernels.tools import bench
+    from gpukernels.tools.cli import add_bench_arguments
 
     parser = argparse.ArgumentParser(prog="python -m gpukernels.benchmarks.run", description=bench.__doc__)
     add_bench_arguments(parser)

@@ -10,7 +10,7 @@ import gpukernels as gk
 
 from .registry import BenchCase, register
 
-GPU_SHAPES = ((16384, 128), (8192, 1024), (4096, 4096), (1024, 16384), (32, 2**20))
+GPU_SHAPES = ((16384, 128), (8192, 1024), (4096, 4096), (8192, 8192), (1024, 16384), (32, 2**20))
 CPU_SHAPES = ((256, 1024),)
 DTYPES = ("float32", "float16", "bfloat16")
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}

@@ -15,7 +15,7 @@ from _host_buffers import DTYPE_CODES, decode, poisoned_like, ptr, storage
 from _helpers import DTYPES, assert_close, shape_id
 from gpukernels.cupy.activation import ACTS
 from gpukernels.reference import activation as ref
-from gpukernels.verify.host import build
+from gpukernels.tools.verify.host import build
 
 SHIM = Path(__file__).parent / "host" / "activation_host.cpp"
 SAVES_OUTPUT = ("sigmoid", "tanh")

@@ -13,7 +13,7 @@ import pytest
 
 from _helpers import assert_close
 from gpukernels.reference import attention as ref
-from gpukernels.verify.host import build
+from gpukernels.tools.verify.host import build
 
 SHIM = Path(__file__).parent / "host" / "attention_host.cpp"
 

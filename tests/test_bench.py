@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from gpukernels import bench, cli
+from gpukernels.tools import bench, cli
 from gpukernels.benchmarks import harness, registry
 from gpukernels.benchmarks import run as bench_run
 from gpukernels.benchmarks.registry import BenchCase
@@ -31,7 +31,7 @@ def test_every_registered_cpu_case_runs(case):
 
 
 def test_every_registered_case_has_ours_and_a_baseline():
-    from gpukernels.report import memory_bound
+    from gpukernels.tools.report import memory_bound
 
     for case in registry.all_cases():
         assert any(registry.is_ours(p) for p in case.providers), case.name

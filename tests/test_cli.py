@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gpukernels import cli
+from gpukernels.tools import cli
 
 
 def test_info_lists_versions_and_backends(capsys):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpukernels import cli
-from gpukernels.verify import nvrtc, triton_aot
-from gpukernels.verify.report import CompileRow, format_table
+from gpukernels.tools import cli
+from gpukernels.tools.verify import nvrtc, triton_aot
+from gpukernels.tools.verify.report import CompileRow, format_table
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 
 from _helpers import DTYPES, as_float64, assert_close
 from gpukernels.reference import optim as ref
-from gpukernels.verify.host import build
+from gpukernels.tools.verify.host import build
 
 SHIM = Path(__file__).parent / "host" / "optim_host.cpp"
 SIZES = (1, 7, 1000, 4097, 33)

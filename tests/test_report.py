@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpukernels import cli, report
+from gpukernels.tools import cli, report
 from gpukernels.benchmarks import activation as activation_bench
 from gpukernels.benchmarks import registry
-from gpukernels.report_bytes import eager_ops
-from gpukernels.report_occupancy import estimate
-from gpukernels.verify.report import CompileRow
+from gpukernels.tools.report_bytes import eager_ops
+from gpukernels.tools.report_occupancy import estimate
+from gpukernels.tools.verify.report import CompileRow
 
 ACTIVATIONS = activation_bench.OPS
 ONE_CONFIG = "dtype=bf16,alignment=aligned,n=i32"

@@ -15,7 +15,7 @@ import pytest
 from _helpers import assert_close
 from gpukernels.cupy import rnn as cupy_rnn
 from gpukernels.reference import rnn as ref
-from gpukernels.verify.host import build
+from gpukernels.tools.verify.host import build
 
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 numpy arrays come from ml_dtypes")
 

@@ -15,7 +15,7 @@ from _host_buffers import DTYPE_CODES, decode, poisoned_like, ptr, storage
 from _helpers import DTYPES, assert_close
 from gpukernels.cupy.softmax import threads_for
 from gpukernels.reference import softmax as ref
-from gpukernels.verify.host import build
+from gpukernels.tools.verify.host import build
 
 SHIM = Path(__file__).parent / "host" / "softmax_host.cpp"
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}

@@ -1,7 +1,7 @@
 """Compiling and launching the CUDA sources of this package through CuPy.
 
 ``NVRTC_OPTIONS`` is the single set of compiler flags: the runtime (``cupy.RawModule``) and the
-compile gate (``gpukernels.verify.nvrtc``) both use it, so the gate compiles what runs.
+compile gate (``gpukernels.tools.verify.nvrtc``) both use it, so the gate compiles what runs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Three kinds of figure, kept apart in every table, CSV column name and plot label:
 - compiled facts: registers, spill/local bytes, shared memory and the widest global load of
-  each kernel at each launch configuration, from the sm_80/sm_90 cubins (``gpukernels.verify``);
+  each kernel at each launch configuration, from the sm_80/sm_90 cubins (``gpukernels.tools.verify``);
 - estimates and model figures: occupancy from those facts and the SM limits
   (``report_occupancy``), and the bytes an op must move (the ``bytes_moved`` of its
   benchmark cases, from each family's bytes model in ``benchmarks/``);
@@ -52,7 +52,7 @@ def warps_per_block(row: CompileRow) -> int | None:
             if part.startswith("warps="):
                 return int(part.removeprefix("warps="))
         return None
-    from .cupy._module import THREADS
+    from gpukernels.cupy._module import THREADS
 
     return THREADS // 32
 
@@ -290,7 +290,7 @@ def run(args) -> int:
         print(f"gpukernels report: error: {str(exc)}", file=sys.stderr)
         return 2
     rows = compile_rows(args.backend, args.filter, args.config, args.jobs)
-    from .benchmarks.registry import all_cases
+    from gpukernels.benchmarks.registry import all_cases
 
     byte_lines = bytes_lines(all_cases(), args.filter)
     if not rows and not byte_lines:

@@ -1,5 +1,5 @@
 """Command line: ``gpukernels info``, ``gpukernels check``, ``gpukernels bench``,
-``gpukernels report``."""
+``gpukernels report``, ``gpukernels gpu-proof``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", metavar="OLD.csv", help="print old/new time ratios against an earlier run's bench.csv")
 
 
+def cmd_gpu_proof(args: argparse.Namespace) -> int:
+    from . import gpu_proof
+
+    return gpu_proof.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpukernels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--full", action="store_true", help="one line per launch configuration (default: one per kernel)")
     report.add_argument("--out", default="report-results", help="folder for the CSVs and the plot (default: %(default)s)")
     report.set_defaults(run=cmd_report)
+    proof = sub.add_parser("gpu-proof", help="on a GPU: environment, ceilings, the test suite and the focused "
+                                             "benchmarks in one command (--dry-run rehearses it on the CPU)")
+    from .gpu_proof import add_arguments as add_proof_arguments
+
+    add_proof_arguments(proof)
+    proof.set_defaults(run=cmd_gpu_proof)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -357,7 +357,7 @@ def run(args) -> int:
             "note": NO_GPU_NOTE if device == "cpu" else ""}
     written = [write_csv(rows, out / "bench.csv"), write_json(rows, out / "bench.json", meta)]
     try:
-        from gpukernels.bench_plot import plot_throughput
+        from gpukernels.tools.bench_plot import plot_throughput
 
         written += plot_throughput(rows, out / "plots")
     except ImportError as exc:  # matplotlib is the `bench` extra; the numbers still count
