@@ -65,13 +65,16 @@ def register(case: BenchCase) -> BenchCase:
 
 
 def all_cases() -> list[BenchCase]:
-    """Every registered case; importing each module of this package registers its cases."""
+    """Every registered case, with the importable peer libraries added as baselines; importing
+    each module of this package registers its cases."""
     import gpukernels.benchmarks as package
 
+    from .peers import with_peers
+
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("registry", "harness", "run") and not info.name.startswith("_"):
+        if info.name not in ("registry", "harness", "run", "peers") and not info.name.startswith("_"):
             importlib.import_module(f"{package.__name__}.{info.name}")
-    return list(_CASES)
+    return with_peers(list(_CASES))
 
 
 def is_ours(provider: str) -> bool:
