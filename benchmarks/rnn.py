@@ -4,15 +4,21 @@ backward and forward+backward, B in {1, 16, 64, 256}, H in {128, 256, 512, 1024}
 Providers, side by side in one run: ours (``gpukernels``: the functional cell on a GPU runs one
 fused Triton step kernel; the layer is ``gpukernels.torch.nn.LSTM/GRU``), PyTorch eager
 (``torch``: ``torch.nn.LSTMCell/GRUCell`` for a step, the same cell looped over T for a layer),
-``torch.nn`` (``torch.nn.LSTM/GRU``: cuDNN on CUDA, ATen on the CPU; layers only) and ``torch.compile`` of the
-eager cell. On the CPU (fp32, small sizes): our layer (the NumPy reference) against
-``torch.nn.LSTM/GRU`` on the CPU. The issue's targets (not claims): a fused step >= 1.3x faster
-than the eager step; the layer within 1.1x of cuDNN and faster where cuDNN is launch-bound.
+``torch.compile`` of the eager cell, and for layers ``torch.nn.LSTM/GRU`` under the name of what
+runs it: on CUDA ``torch-cudnn`` (cuDNN switched on for the call whatever the process set; in
+fp32 with TF32 off, plain fp32 math as our kernels do) and, for fp32 only, ``torch-cudnn-tf32``
+(TF32 tensor cores allowed, PyTorch's default for cuDNN); on the CPU ``torch.nn`` (ATen), against
+our layer running the NumPy reference (fp32, small sizes). fp16/bf16 cuDNN runs its tensor-core
+math in both cases, so it has one provider. The issue's targets (not claims): a fused step
+>= 1.3x faster than the eager step; the layer within 1.1x of cuDNN and faster where cuDNN is
+launch-bound.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from typing import Callable, Iterator
 
 from .registry import BenchCase, register
 
@@ -127,7 +133,44 @@ def _timed(run, mode: str):
     return lambda: out.backward(grad, retain_graph=True)
 
 
-def _providers(kind: str, mode: str):
+@contextlib.contextmanager
+def cudnn_rnn_math(tf32: bool) -> Iterator[None]:
+    """cuDNN on, with the stated fp32 math for its RNNs: TF32 tensor cores when ``tf32``, plain
+    fp32 otherwise. (``torch.backends.cudnn.flags`` defaults to ``enabled=False``, so a bare
+    ``flags(allow_tf32=False)`` would run ATen's kernels instead of cuDNN.) Since torch 2.9 the
+    RNN's own ``fp32_precision`` decides, and a process-wide ``torch.backends.fp32_precision``
+    would otherwise leak through, so it is set too."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=tf32):
+        rnn = getattr(cudnn, "rnn", None)
+        if not hasattr(rnn, "fp32_precision"):  # torch < 2.9: allow_tf32 alone decides
+            yield
+            return
+        previous = rnn.fp32_precision
+        rnn.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            rnn.fp32_precision = previous
+
+
+def _under(context: Callable[[], contextlib.AbstractContextManager], make):
+    """Provider ``make`` with its set-up (the graph a backward timing reuses) and every timed call
+    inside ``context()``: cuDNN's backward builds its own descriptors, so it must see the flags too."""
+    def provider(inputs):
+        with context():
+            timed = make(inputs)
+
+        def run():
+            with context():
+                return timed()
+        return run
+    return provider
+
+
+def _providers(kind: str, mode: str, dtype: str):
     import torch
 
     compiled: dict = {}
@@ -144,13 +187,23 @@ def _providers(kind: str, mode: str):
             "torch.compile": lambda i: _timed(
                 lambda: compile_once(id(i["eager_cell"]), lambda: _eager_step(i, i["eager_cell"]))(), mode),
         }
-    return {
+    torch_nn = lambda i: _timed(lambda: _module_layer(i, i["theirs"]), mode)  # noqa: E731
+    providers = {
         "gpukernels": lambda i: _timed(lambda: _module_layer(i, i["ours"]), mode),
-        "torch.nn": lambda i: _timed(lambda: _module_layer(i, i["theirs"]), mode),
+        "torch-cudnn": _under(lambda: cudnn_rnn_math(tf32=False), torch_nn),
+        "torch.nn": torch_nn,
         "torch": lambda i: _timed(lambda: _eager_layer(i, i["eager_cell"]), mode),
         "torch.compile": lambda i: _timed(
             lambda: compile_once(id(i["eager_cell"]), lambda: _eager_layer(i, i["eager_cell"]))(), mode),
     }
+    if dtype == "float32":
+        providers["torch-cudnn-tf32"] = _under(lambda: cudnn_rnn_math(tf32=True), torch_nn)
+    return providers
+
+
+# Which device each baseline runs on: torch.nn.LSTM/GRU is named after what runs it there.
+PROVIDER_DEVICES = {"torch.compile": ("cuda",), "torch-cudnn": ("cuda",), "torch-cudnn-tf32": ("cuda",),
+                    "torch.nn": ("cpu",)}
 
 
 def _register_all() -> None:
@@ -163,15 +216,13 @@ def _register_all() -> None:
             on_gpu = B in BATCHES and H in HIDDEN
             devices = tuple(d for d, ok in (("cuda", on_gpu), ("cpu", on_cpu)) if ok)
             steps = STEPS if kind == "layer" else 1
-            providers = _providers(kind, mode)
-            # torch.compile is a GPU baseline; the CPU run is the reference against torch.nn.
-            provider_devices = {"torch.compile": ("cuda",)}
+            providers = _providers(kind, mode, dtype)
             register(BenchCase(
                 family="rnn", op=f"{cell}_{kind}", mode=mode, dtype=dtype, size=f"B={B},H={H},T={steps}",
                 setup=_setup(cell, kind, B, H, dtype), providers=providers,
                 bytes_moved=steps * step_bytes(cell, B, H, dtype, mode) + weight_grad_bytes(cell, H, mode), flops=steps * step_flops(cell, B, H, mode),
                 devices=devices, params={"B": B, "H": H, "T": steps, "cell": cell},
-                provider_devices=provider_devices, eager="torch",
+                provider_devices=PROVIDER_DEVICES, eager="torch",
                 in_default_set=(B, H) in DEFAULT_SET and dtype == "float16" or on_cpu,
             ))
 

@@ -10,6 +10,14 @@ Selection order, first match wins:
 A backend named in (1) or (2) that cannot run raises :class:`BackendUnavailableError` with
 the reason. Only the automatic choice (3) falls back, to the reference, and warns once.
 
+Compiled Triton kernels read GPU memory only. With Triton compiling (``TRITON_INTERPRET`` not
+1), numpy inputs are copied to the GPU and their results back (a numpy caller asked for numpy
+out), but a CPU torch tensor raises :class:`BackendUnavailableError` naming the argument,
+before anything runs or is written: a torch caller chose the tensor's device, and copying it
+behind their back would hide a host-device round trip per op (and, for in-place optimizer
+steps, a write back). Under ``TRITON_INTERPRET=1`` the kernels run in Triton's interpreter on
+CPU tensors, which is how they are tested without a GPU.
+
 Implementations are found by convention and imported lazily, so ``import gpukernels`` needs
 numpy alone: op ``name`` of family ``fam`` on backend ``b`` is the function ``name`` in
 ``gpukernels.reference.fam`` (numpy), ``gpukernels.triton.fam`` or ``gpukernels.cupy.fam``.
@@ -24,6 +32,7 @@ import contextlib
 import contextvars
 import functools
 import importlib
+import inspect
 import os
 import sys
 import threading
@@ -208,6 +217,48 @@ def select_backend(first_array: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the arrays live: compiled Triton needs CUDA tensors
+
+
+@functools.lru_cache(maxsize=None)
+def _argument_names(function: Callable[..., Any]) -> tuple[str, ...]:
+    """The positional parameter names of a backend function: the names the arrays are passed
+    under (they follow the public ops' argument names)."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in inspect.signature(function).parameters.values() if p.kind in kinds)
+
+
+def _cpu_tensors(arrays: tuple, names: tuple[str, ...]) -> Iterator[str]:
+    """The names (``grads[3]`` for list entries) of the CPU torch tensors among ``arrays``."""
+    for position, a in enumerate(arrays):
+        name = names[position] if position < len(names) else f"argument {position}"
+        entries = enumerate(a) if isinstance(a, (list, tuple)) else ((None, a),)
+        for index, x in entries:
+            if array_library(x) == "torch" and x.device.type == "cpu":
+                yield name if index is None else f"{name}[{index}]"
+
+
+def check_devices(backend: str, function: Callable[..., Any], arrays: tuple) -> None:
+    """Raise BackendUnavailableError if compiled Triton would be handed a CPU torch tensor.
+
+    Called after the backend is chosen and before any conversion or launch, so a refused call
+    runs and writes nothing.
+    """
+    if backend != "triton" or triton_interpreting():
+        return
+    cpu = next(_cpu_tensors(arrays, _argument_names(function)), None)
+    if cpu is None:
+        return
+    requested = requested_backend()
+    who = f" (requested by {requested[1]})" if requested else ""
+    raise BackendUnavailableError(
+        f"backend 'triton'{who} runs compiled GPU kernels, but {cpu} is a CPU torch tensor; move the "
+        f"inputs to the GPU with .cuda() (e.g. {cpu}.cuda()), or set TRITON_INTERPRET=1 before importing "
+        "gpukernels to run the Triton kernels in Triton's interpreter on CPU tensors"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Moving arrays between libraries. Views are kept wherever the libraries allow, so in-place
 # implementations write through to the caller's memory when no dtype change is needed.
 
@@ -319,6 +370,7 @@ def call(family: str, op: str, arrays: tuple, params: dict | None = None, *, ret
     first = next(a for a in arrays if a is not None)
     backend = select_backend(first)
     function = implementation(family, op, backend)
+    check_devices(backend, function, arrays)
     result = function(*(to_backend(backend, a) for a in arrays), **(params or {}))
     if isinstance(returns_like, tuple):
         results = result if isinstance(result, tuple) else (result,)
@@ -382,6 +434,7 @@ def call_inplace(family: str, op: str, arrays: tuple, params: dict | None = None
     """
     backend = select_backend(template)
     function = implementation(family, op, backend)
+    check_devices(backend, function, arrays)
     copies: list[tuple[Any, Any]] = []  # (caller's array, the copy the backend writes)
 
     def convert(a: Any, position: int) -> Any:

@@ -2,7 +2,8 @@
 
 * Triton runs on a real GPU when torch sees one; otherwise every Triton kernel runs in
   Triton's interpreter (TRITON_INTERPRET=1, read when kernels are defined, so it is set here,
-  before any test imports gpukernels.triton).
+  before any test imports gpukernels.triton). Tests of the Triton backend build their tensors
+  on ``DEVICE``, the device that matches.
 * Freshly allocated torch outputs are filled with NaN (PyTorch's deterministic mode with
   ``fill_uninitialized_memory``), so a kernel that leaves any element unwritten fails.
 """
@@ -22,6 +23,9 @@ except ImportError:  # the numpy-only tests still run
 HAS_CUDA = torch is not None and torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+# Where every test of the Triton backend builds its torch tensors: compiled Triton reads GPU
+# memory only (the dispatch refuses CPU tensors there), the interpreter runs on CPU tensors.
+DEVICE = "cuda" if HAS_CUDA else "cpu"
 os.environ.pop("GPUKERNELS_BACKEND", None)  # tests choose backends explicitly
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gpukernels as gk
+from conftest import DEVICE
 
 
 def _qkv(L=4, S=5, E=8, Ev=8, hq=2, hk=2, dtype=torch.float32):
@@ -73,7 +74,7 @@ def test_sdpa_backward_checks_saved_tensors():
 
 
 def test_triton_backend_names_the_unsupported_dtype():
-    q, k, v = _qkv(dtype=torch.float64)
+    q, k, v = (t.to(DEVICE) for t in _qkv(dtype=torch.float64))
     with gk.use_backend("triton"), pytest.raises(TypeError, match="float64.*supported: float16, bfloat16, float32"):
         gk.scaled_dot_product_attention(q, k, v)
 

@@ -12,11 +12,9 @@ import torch.nn.functional as F
 
 import gpukernels as gk
 from _helpers import assert_close
-from conftest import HAS_CUDA
+from conftest import DEVICE
 from gpukernels.torch import functional as gkf
 from gpukernels.torch.nn import AdditiveAttention, DotAttention
-
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
 def _leaves(rng, *shapes, dtype=torch.float64, device="cpu"):

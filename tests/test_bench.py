@@ -1,6 +1,7 @@
-"""`gpukernels bench` on the CPU: every registered CPU case runs; a tiny case set goes through
-the whole command (CSV/JSON columns, PNG plots, --compare ratios, progress bar); bad filters and
-paths fail with errors that name the problem, before anything is timed or written."""
+"""`gpukernels bench`: every registered CPU case runs; a tiny case set goes through the whole
+command on the device each test names with --device (CSV/JSON columns, PNG plots, --compare
+ratios, progress bar; the CPU wording with --device cpu, on a GPU machine too); bad filters,
+devices and paths fail with errors that name the problem, before anything is timed or written."""
 
 from __future__ import annotations
 
@@ -40,6 +41,54 @@ def test_every_registered_case_has_ours_and_a_baseline():
             assert case.eager in case.providers, case.name
 
 
+def test_rnn_layers_name_the_baseline_by_what_runs_it():
+    layer = [c for c in registry.all_cases() if c.op == "lstm_layer" and c.mode == "full"]
+
+    def providers(case, device):
+        return {p for p in case.providers if case.runs_on(p, device)}
+
+    fp32 = next(c for c in layer if c.dtype == "float32" and "cuda" in c.devices)
+    fp16 = next(c for c in layer if c.dtype == "float16")
+    on_cpu = next(c for c in layer if "cpu" in c.devices)
+    assert providers(fp32, "cuda") == {"gpukernels", "torch-cudnn", "torch-cudnn-tf32", "torch", "torch.compile"}
+    assert providers(fp16, "cuda") == {"gpukernels", "torch-cudnn", "torch", "torch.compile"}
+    assert providers(on_cpu, "cpu") == {"gpukernels", "torch.nn", "torch"}
+
+
+def _cudnn_state():
+    import torch
+
+    cudnn = torch.backends.cudnn
+    return cudnn.enabled, cudnn.allow_tf32, getattr(cudnn.rnn, "fp32_precision", None)
+
+
+@pytest.mark.parametrize("provider, tf32", [("torch-cudnn", False), ("torch-cudnn-tf32", True)])
+def test_rnn_cudnn_baselines_switch_cudnn_on_with_the_stated_math(provider, tf32):
+    # cuDNN itself needs a GPU (tests/test_gpu_rnn.py sees aten::_cudnn_rnn run); here a stand-in
+    # for torch.nn.LSTM records the flags its forward and its backward (the timed part) run under.
+    import torch
+
+    case = next(c for c in registry.all_cases() if c.op == "gru_layer" and c.mode == "bwd" and c.dtype == "float32"
+                and "cuda" in c.devices)
+    seen = []
+    x = torch.randn(3, requires_grad=True)
+    x.register_hook(lambda grad: seen.append(("backward", *_cudnn_state())))
+
+    class StandIn(torch.nn.Module):
+        def forward(self, inputs):
+            seen.append(("forward", *_cudnn_state()))
+            return (inputs * 2.0,)
+
+    has_rnn_setting = _cudnn_state()[2] is not None
+    expected = (True, tf32, ("tf32" if tf32 else "ieee") if has_rnn_setting else None)
+    with torch.backends.cudnn.flags(enabled=False, allow_tf32=not tf32):  # a process that set the opposite
+        timed = case.providers[provider]({"theirs": StandIn(), "x": x})
+        timed()
+        assert _cudnn_state()[:2] == (False, not tf32)  # restored after every call
+    assert [s[0] for s in seen] == ["forward", "backward"]
+    assert all(s[1:] == expected for s in seen), seen
+
+
 # ---------------------------------------------------------------------------------------------
 # A tiny case set through the whole command
 
@@ -53,18 +102,28 @@ def _tiny_setup(n):
     return make
 
 
+def _host(x):
+    """The numpy view a NumPy provider works on, wherever the case's tensors were built."""
+    return x.cpu().numpy()
+
+
+def _bench(*argv, device="cpu"):
+    """``gpukernels bench`` on the device the test means (the default picks CUDA when present)."""
+    return cli.main(["bench", "--device", device, *argv])
+
+
 def _tiny_cases(broken: bool = False) -> list[BenchCase]:
     cases = []
     for n in (16, 64, 256):
         for mode in ("fwd", "bwd"):
             cases.append(BenchCase(
                 family="tiny", op="scale", mode=mode, dtype="float32", size=f"n={n}", setup=_tiny_setup(n),
-                providers={"gpukernels": lambda x: lambda: np.multiply(x.numpy(), 2.0),
+                providers={"gpukernels": lambda x: lambda: np.multiply(_host(x), 2.0),
                            "torch": lambda x: lambda: x * 2.0},
                 bytes_moved=8 * n))
         cases.append(BenchCase(
             family="tiny", op="outer", mode="fwd", dtype="float32", size=f"n={n}", setup=_tiny_setup(n),
-            providers={"gpukernels": lambda x: lambda: np.outer(x.numpy(), x.numpy()),
+            providers={"gpukernels": lambda x: lambda: np.outer(_host(x), _host(x)),
                        "torch": lambda x: lambda: torch_outer(x),
                        "torch.compile": lambda x: lambda: torch_outer(x)},
             provider_devices={"torch.compile": ("cuda",)}, bytes_moved=4 * (2 * n + n * n), flops=n * n))
@@ -100,9 +159,9 @@ def _read_csv(path):
 
 def test_the_whole_command_on_a_tiny_case_set(tiny, tmp_path, capsys):
     out = tmp_path / "results"
-    assert cli.main(["bench", "--all", "--out", str(out)]) == 0
+    assert _bench("--all", "--out", str(out)) == 0
     captured = capsys.readouterr()
-    assert "GPU numbers need a GPU" in captured.out
+    assert "CPU run" in captured.out and "GPU numbers need a GPU" in captured.out
     assert "speed-up" in captured.out and "x vs torch" in captured.out
     assert "20/20" in captured.err  # progress bar: 10 cases x 2 providers that run on the CPU
 
@@ -150,7 +209,7 @@ def test_the_whole_command_on_a_tiny_case_set(tiny, tmp_path, capsys):
 
 def test_compare_prints_old_over_new_ratios(tiny, tmp_path, capsys):
     first = tmp_path / "first"
-    assert cli.main(["bench", "--op", "scale", "--mode", "fwd", "--out", str(first)]) == 0
+    assert _bench("--op", "scale", "--mode", "fwd", "--out", str(first)) == 0
     columns, rows = _read_csv(first / "bench.csv")
     for r in rows:  # an "old" run exactly 1000x slower than whatever this run measures
         if r["metric"] == "time_ms":
@@ -161,8 +220,7 @@ def test_compare_prints_old_over_new_ratios(tiny, tmp_path, capsys):
         writer.writeheader()
         writer.writerows(rows)
     capsys.readouterr()
-    assert cli.main(["bench", "--op", "scale", "--mode", "fwd", "--out", str(tmp_path / "second"),
-                     "--compare", str(old)]) == 0
+    assert _bench("--op", "scale", "--mode", "fwd", "--out", str(tmp_path / "second"), "--compare", str(old)) == 0
     out = capsys.readouterr().out
     section = out.split("compared with", 1)[1]
     lines = [line.split() for line in section.splitlines() if line.startswith("scale")]
@@ -201,7 +259,7 @@ def test_the_real_default_set_is_short():
 
 def test_a_provider_that_raises_is_reported_and_fails_the_run(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(registry, "all_cases", lambda: _tiny_cases(broken=True))
-    assert cli.main(["bench", "--op", "broken", "--out", str(tmp_path)]) == 1
+    assert _bench("--op", "broken", "--out", str(tmp_path)) == 1
     assert "ZeroDivisionError" in capsys.readouterr().out
     _, rows = _read_csv(tmp_path / "bench.csv")
     assert any(r["provider"] == "gpukernels" and r["metric"].startswith("error: ZeroDivisionError") for r in rows)
@@ -209,8 +267,41 @@ def test_a_provider_that_raises_is_reported_and_fails_the_run(monkeypatch, tmp_p
 
 
 def test_the_old_module_entry_point_still_runs(tiny, tmp_path, capsys):
-    assert bench_run.main(["--op", "outer", "--out", str(tmp_path)]) == 0
+    assert bench_run.main(["--device", "cpu", "--op", "outer", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "bench.csv").exists()
+
+
+def test_device_defaults_to_cuda_when_present_and_is_checked():
+    assert bench.choose_device(None, cuda_available=True) == "cuda"
+    assert bench.choose_device(None, cuda_available=False) == "cpu"
+    assert bench.choose_device("cpu", cuda_available=True) == "cpu"
+    assert bench.choose_device("cuda", cuda_available=True) == "cuda"
+    with pytest.raises(bench.BenchInputError, match="--device cuda: torch sees no CUDA device"):
+        bench.choose_device("cuda", cuda_available=False)
+    with pytest.raises(bench.BenchInputError, match="--device must be one of cuda, cpu, got 'tpu'"):
+        bench.choose_device("tpu", cuda_available=True)
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(tiny, monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on any machine
+    out = tmp_path / "never"
+    assert _bench("--out", str(out), device="cuda") == 2
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.gpu
+def test_the_tiny_case_set_on_the_gpu(tiny, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert _bench("--all", "--op", "scale", "--out", str(out), device="cuda") == 0
+    captured = capsys.readouterr()
+    assert "CPU run" not in captured.out and "x vs torch" in captured.out
+    assert "14/14" in captured.err  # 7 scale cases x 2 providers
+    _, rows = _read_csv(out / "bench.csv")
+    assert rows and not any(r["device"].startswith("CPU") for r in rows)
+    assert json.loads((out / "bench.json").read_text())["meta"]["note"] == ""
 
 
 def test_peaks_and_timer_on_the_cpu():
@@ -244,7 +335,7 @@ def test_progress_bar_writes_every_step():
 ], ids=["op", "dtype", "mode", "size", "empty-selection"])
 def test_bad_filters_are_clear_errors(tiny, tmp_path, capsys, argv, words):
     out = tmp_path / "never"
-    assert cli.main(["bench", *argv, "--out", str(out)]) == 2
+    assert _bench(*argv, "--out", str(out)) == 2
     err = capsys.readouterr().err
     for word in words:
         assert word in err
@@ -254,7 +345,7 @@ def test_bad_filters_are_clear_errors(tiny, tmp_path, capsys, argv, words):
 def test_unwritable_output_path_is_a_clear_error(tiny, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert cli.main(["bench", "--out", str(blocker / "results")]) == 2
+    assert _bench("--out", str(blocker / "results")) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "cannot write there" in err
 
@@ -267,7 +358,7 @@ def test_bad_compare_file_is_a_clear_error(tiny, tmp_path, capsys, content, word
     old = tmp_path / "old.csv"
     if content is not None:
         old.write_text(content)
-    assert cli.main(["bench", "--out", str(tmp_path / "out"), "--compare", str(old)]) == 2
+    assert _bench("--out", str(tmp_path / "out"), "--compare", str(old)) == 2
     err = capsys.readouterr().err
     for word in words:
         assert word in err

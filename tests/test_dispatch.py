@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import gpukernels as gk
+from _helpers import assert_close
+from conftest import HAS_CUDA
 from gpukernels import _dispatch
 
 
@@ -115,7 +117,65 @@ def test_triton_on_numpy_input_returns_numpy(rng):
     with gk.use_backend("triton"):
         y = gk.tanh(x)
     assert isinstance(y, np.ndarray) and y.dtype == np.float32
-    np.testing.assert_allclose(y, np.tanh(x), rtol=1e-6, atol=1e-7)
+    assert_close(y, np.tanh(x.astype(np.float64)), "float32")
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled Triton (TRITON_INTERPRET unset) and CPU torch tensors. Simulated without a GPU: the
+# dispatch is told Triton compiles and a GPU is there, while the kernels (defined under the
+# interpreter by conftest) would still run on the CPU if the dispatch let a call through, so a
+# missing refusal shows as a result (or a written parameter) instead of an error.
+
+
+@pytest.fixture
+def compiling(monkeypatch):
+    monkeypatch.setattr(_dispatch, "triton_interpreting", lambda: False)
+    monkeypatch.setitem(_dispatch._STATUS, "triton", lambda: _dispatch.BackendStatus(True, "fake GPU"))
+
+
+def test_compiled_triton_refuses_cpu_tensors_naming_the_argument(compiling, monkeypatch):
+    x = torch.randn(5)
+    with gk.use_backend("triton"), pytest.raises(
+            gk.BackendUnavailableError,
+            match=r"requested by use_backend\(\)\) runs compiled GPU kernels, but x is a CPU torch tensor; "
+                  r"move the inputs to the GPU with \.cuda\(\) \(e\.g\. x\.cuda\(\)\), or set TRITON_INTERPRET=1"):
+        gk.sigmoid(x)
+    y = torch.rand(5)
+    with gk.use_backend("triton"), pytest.raises(gk.BackendUnavailableError, match="but grad_output is a CPU"):
+        gk.sigmoid_backward(torch.randn(5), y)
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "triton")
+    with pytest.raises(gk.BackendUnavailableError, match=r"requested by GPUKERNELS_BACKEND\).*x is a CPU torch"):
+        gk.softmax(torch.randn(2, 3))
+
+
+def test_compiled_triton_refuses_cpu_tensors_before_an_in_place_step_writes(compiling, rng):
+    params = [torch.from_numpy(rng.standard_normal(n)).float() for n in (5, 3)]
+    grads = [torch.from_numpy(rng.standard_normal(n)).float() for n in (5, 3)]
+    exp_avgs, exp_avg_sqs = [p.clone() for p in grads], [p.abs() for p in grads]
+    before = [t.clone() for t in params + exp_avgs + exp_avg_sqs]
+    with gk.use_backend("triton"), pytest.raises(gk.BackendUnavailableError, match=r"params\[0\] is a CPU torch"):
+        gk.adam_step(params, grads, exp_avgs, exp_avg_sqs, step=1, lr=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(params + exp_avgs + exp_avg_sqs, before))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="a real GPU takes this path in tests/test_gpu.py; the stand-in .cuda() would "
+                                      "hand compiled kernels a CPU pointer")
+def test_compiled_triton_still_takes_numpy_through_the_gpu(compiling, monkeypatch, rng):
+    moved = []
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: moved.append(tuple(self.shape)) or self)
+    x = rng.standard_normal(7).astype(np.float32)
+    with gk.use_backend("triton"):
+        y = gk.sigmoid(x)
+    assert moved == [(7,)] and isinstance(y, np.ndarray) and y.dtype == np.float32
+    assert_close(y, 1 / (1 + np.exp(-x.astype(np.float64))), "float32")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="with a GPU the suite runs Triton compiled; this is the interpreter's path")
+def test_the_interpreter_runs_cpu_tensors():
+    assert _dispatch.triton_interpreting()  # conftest sets it without a GPU
+    x = torch.randn(5)
+    with gk.use_backend("triton"):
+        assert gk.relu(x).device == x.device
 
 
 def test_bfloat16_cpu_tensor_through_the_reference():

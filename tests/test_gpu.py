@@ -10,6 +10,7 @@ import torch
 import gpukernels as gk
 from _activation_cases import ACTS, SAVES_OUTPUT, SLOPE, backward, forward
 from _helpers import DTYPES, as_float64, assert_close, random_tensor
+from gpukernels import _dispatch
 from gpukernels.reference import activation as ref
 
 pytestmark = pytest.mark.gpu
@@ -46,6 +47,19 @@ def test_kernels_on_the_device(backend, act, dtype, n, rng):
 
 def test_automatic_dispatch_of_cuda_tensors_uses_triton():
     x = torch.randn(1000, device="cuda")
+    assert _dispatch.select_backend(x) == "triton"
     y = gk.sigmoid(x)
     assert y.is_cuda
-    np.testing.assert_allclose(y.cpu().numpy(), torch.sigmoid(x).cpu().numpy(), rtol=1e-6, atol=1e-7)
+    assert_close(y, ref.sigmoid(as_float64(x)), "float32")  # DESIGN.md's tolerance, as in the interpreter
+
+
+def test_compiled_triton_refuses_cpu_tensors_and_takes_numpy_through_the_gpu(rng):
+    assert not _dispatch.triton_interpreting()  # the suite compiles Triton on a GPU
+    x = torch.randn(100)
+    with gk.use_backend("triton"), pytest.raises(gk.BackendUnavailableError, match="x is a CPU torch tensor"):
+        gk.sigmoid(x)
+    values = rng.standard_normal(100).astype(np.float32)
+    with gk.use_backend("triton"):
+        y = gk.sigmoid(values)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    assert_close(y, ref.sigmoid(values.astype(np.float64)), "float32")

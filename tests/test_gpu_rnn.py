@@ -1,6 +1,7 @@
 """On a CUDA GPU (skipped elsewhere): the Triton and CuPy recurrent kernels on the device against
 the float64 reference through the public API, every dtype, odd sizes and both tile configs; the
-drop-in modules against torch.nn (cuDNN) with copied weights."""
+drop-in modules against torch.nn on cuDNN (switched on, fp32 with TF32 off) with copied weights;
+the benchmark's cuDNN baselines really run cuDNN."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 
 import gpukernels as gk
 from _helpers import DTYPES, as_float64, assert_close, random_tensor
+from gpukernels.benchmarks import registry
+from gpukernels.benchmarks.rnn import cudnn_rnn_math
 from gpukernels.torch import nn as gnn
 
 pytestmark = pytest.mark.gpu
@@ -66,6 +69,14 @@ def test_layers_on_the_device(backend, kind, dtype, B, H, rng):
             assert_close(got, want, dtype, "reduction")
 
 
+def _aten_ops(fn) -> set[str]:
+    """The aten ops ``fn()`` runs (cuDNN's RNN shows up as aten::_cudnn_rnn)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+        torch.cuda.synchronize()
+    return {event.name for event in profile.events()}
+
+
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_modules_against_cudnn(name):
     torch.manual_seed(0)
@@ -74,11 +85,27 @@ def test_modules_against_cudnn(name):
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(24, 9, 16, device="cuda")
     results = []
-    with torch.backends.cudnn.flags(allow_tf32=False):
-        for module in (theirs, ours):
-            xl = x.clone().requires_grad_()
-            out, _ = module(xl)
-            out.square().sum().backward()
-            results.append([out, xl.grad] + [p.grad for p in module.parameters()])
+
+    def forward_backward(module):
+        xl = x.clone().requires_grad_()
+        out, _ = module(xl)
+        out.square().sum().backward()
+        results.append([out, xl.grad] + [p.grad for p in module.parameters()])
+
+    with cudnn_rnn_math(tf32=False):  # cuDNN on, fp32 math as ours (TF32 would cost ~1e-3)
+        assert "aten::_cudnn_rnn" in _aten_ops(lambda: forward_backward(theirs))
+        forward_backward(ours)
     for got, want in zip(results[1], results[0]):
         assert_close(got, want.detach().double().cpu().numpy(), "float32", "reduction")
+
+
+@pytest.mark.parametrize("provider", ["torch-cudnn", "torch-cudnn-tf32"])
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+def test_the_benchmark_cudnn_baselines_run_cudnn(provider, mode):
+    case = next(c for c in registry.all_cases() if c.op == "lstm_layer" and c.mode == mode
+                and c.dtype == "float32" and c.size == "B=1,H=128,T=100")
+    with torch.backends.cudnn.flags(enabled=False):  # even where the process turned cuDNN off
+        timed = case.providers[provider](case.setup("cuda"))
+        ops = _aten_ops(timed)
+    cudnn = {"aten::_cudnn_rnn"} if mode == "fwd" else {"aten::_cudnn_rnn_backward", "CudnnRnnBackward0"}
+    assert ops & cudnn, sorted(ops)

@@ -14,10 +14,9 @@ import torch
 import gpukernels as gk
 import gpukernels.torch.optim as gko
 from _helpers import assert_close
-from conftest import HAS_CUDA
+from conftest import DEVICE, HAS_CUDA
 from gpukernels.torch.nn import utils as gku
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 SHAPES = [(1,), (7,), (1000,), (4097,), (3, 5, 7), (13, 17)]
 BACKENDS = ("numpy", "triton")
 # 50 steps wherever the kernels run at speed; in Triton's interpreter a step of these six tensors

@@ -16,10 +16,9 @@ import torch
 
 import gpukernels as gk
 from _helpers import DTYPES, as_float64, assert_close
-from conftest import HAS_CUDA
+from conftest import DEVICE, HAS_CUDA
 from gpukernels.reference import optim as ref
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 SIZES = (1, 7, 1000, 4097, 0, 33)
 
 

@@ -1,7 +1,8 @@
 """gpukernels.torch.nn.RNN/LSTM/GRU and the cells against torch.nn with copied weights:
 outputs, final states and the gradients of the input, the initial states and every parameter;
 1-3 layers, uni/bidirectional, batch_first, PackedSequence with unsorted lengths; the CPU path
-(NumPy reference) in fp32 and the Triton kernels under the interpreter in fp32/fp16/bf16.
+(NumPy reference) in fp32 and the Triton kernels in fp32/fp16/bf16 (compiled on a GPU, in the
+interpreter on CPU tensors without one), against torch.nn on the CPU.
 Also: constructor arguments, parameter names and init, state_dict round trips, the extra
 options, bad input, and a short training run against torch.nn."""
 
@@ -14,6 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import gpukernels as gk
 from _helpers import assert_close
+from conftest import DEVICE
 from gpukernels.torch import nn as gnn
 
 MODULES = ("RNN", "LSTM", "GRU")
@@ -44,7 +46,7 @@ def _run(module, x, hx, backend, packed_lengths=None, batch_first=False):
         out, final = module(inp, state)
         data = out.data if isinstance(out, PackedSequence) else out
         finals = final if isinstance(final, tuple) else (final,)
-        weights = torch.linspace(-1, 1, data.numel(), dtype=data.dtype).reshape(data.shape)
+        weights = torch.linspace(-1, 1, data.numel(), dtype=data.dtype, device=data.device).reshape(data.shape)
         loss = (data.float() * weights.float()).sum() + sum((f.float() * 0.5).sum() for f in finals)
         loss.backward()
     grads = {"input": x.grad, **{f"state{i}": leaf.grad for i, leaf in enumerate(leaves)}}
@@ -56,8 +58,8 @@ def _compare(a, b, dtype="float32"):
     (out_a, finals_a, grads_a), (out_b, finals_b, grads_b) = a, b
     if isinstance(out_a, PackedSequence):
         assert torch.equal(out_a.batch_sizes, out_b.batch_sizes)
-        assert torch.equal(out_a.sorted_indices, out_b.sorted_indices)
-        assert torch.equal(out_a.unsorted_indices, out_b.unsorted_indices)
+        assert torch.equal(out_a.sorted_indices.cpu(), out_b.sorted_indices.cpu())
+        assert torch.equal(out_a.unsorted_indices.cpu(), out_b.unsorted_indices.cpu())
         out_a, out_b = out_a.data, out_b.data
     assert out_a.shape == out_b.shape
     assert_close(out_b, out_a.detach().double().numpy(), dtype, "reduction")
@@ -102,10 +104,13 @@ def test_modules_match_torch_nn_through_triton(name, dtype, packed):
     expected = _run(theirs.double(), x.double(), tuple(s.double() for s in hx) if isinstance(hx, tuple)
                     else hx.double(), "numpy", lengths)
     torch_dtype = getattr(torch, dtype)
-    ours = ours.to(torch_dtype)
+    ours = ours.to(DEVICE, torch_dtype)
     rounded = lambda t: t.to(torch_dtype)  # noqa: E731
-    got = _run(ours, rounded(x), tuple(map(rounded, hx)) if isinstance(hx, tuple) else rounded(hx), "triton", lengths)
+    on_device = lambda t: rounded(t).to(DEVICE)  # noqa: E731
+    got = _run(ours, on_device(x), tuple(map(on_device, hx)) if isinstance(hx, tuple) else on_device(hx), "triton",
+               lengths)
     assert got[0].data.dtype == torch_dtype and all(f.dtype == torch_dtype for f in got[1])
+    assert got[0].data.device.type == DEVICE
     if dtype != "float32":  # torch's float64 run from the same rounded values
         theirs.load_state_dict({k: v.to(torch_dtype).double() for k, v in ours.state_dict().items()})
         expected = _run(theirs, rounded(x).double(), tuple(rounded(s).double() for s in hx)
@@ -117,17 +122,18 @@ def test_modules_match_torch_nn_through_triton(name, dtype, packed):
 @pytest.mark.parametrize("backend", ["numpy", "triton"])
 def test_cells_match_torch_nn(name, backend):
     B, I, H = 3, 4, 6
+    device = DEVICE if backend == "triton" else "cpu"  # torch.nn runs on the CPU either way
     torch.manual_seed(0)
     theirs = getattr(torch.nn, name)(I, H)
-    ours = getattr(gnn, name)(I, H)
+    ours = getattr(gnn, name)(I, H).to(device)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(B, I)
     hx = (torch.randn(B, H), torch.randn(B, H)) if name == "LSTMCell" else torch.randn(B, H)
     results = []
-    for module in (theirs, ours):
+    for module, where in ((theirs, "cpu"), (ours, device)):
         module.zero_grad()
-        xl = x.clone().requires_grad_()
-        states = [s.clone().requires_grad_() for s in (hx if isinstance(hx, tuple) else (hx,))]
+        xl = x.clone().to(where).requires_grad_()
+        states = [s.clone().to(where).requires_grad_() for s in (hx if isinstance(hx, tuple) else (hx,))]
         with gk.use_backend(backend):
             out = module(xl, tuple(states) if isinstance(hx, tuple) else states[0])
             outs = out if isinstance(out, tuple) else (out,)
@@ -137,7 +143,7 @@ def test_cells_match_torch_nn(name, backend):
         assert_close(got, want.detach().double().numpy(), "float32", "reduction")
     # unbatched input and no state
     with gk.use_backend(backend):
-        single = ours(x[0])
+        single = ours(x[0].to(device))
         expected = theirs(x[0])
     for got, want in zip(single if isinstance(single, tuple) else (single,),
                          expected if isinstance(expected, tuple) else (expected,)):

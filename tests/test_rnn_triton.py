@@ -1,5 +1,5 @@
-"""The Triton recurrent kernels (under TRITON_INTERPRET=1 without a GPU) through the public API
-against the float64 reference: each step kernel as a cell on odd sizes, whole layers with
+"""The Triton recurrent kernels (compiled on a GPU, under TRITON_INTERPRET=1 on CPU tensors
+without one) through the public API against the float64 reference: each step kernel as a cell on odd sizes, whole layers with
 reverse and variable lengths, fp32/fp16/bf16, with NaN-poisoned fresh outputs (conftest)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import torch
 
 import gpukernels as gk
 from _helpers import as_float64, assert_close, random_tensor
+from conftest import DEVICE
 from gpukernels.triton import rnn as triton_rnn
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "lstm_peep_coupled": 4, "gru": 3, "gru_original": 3}
@@ -19,11 +20,11 @@ def _inputs(rng, kind, B, I, H, dtype, T=None):
     G = GATES[kind]
     lead = () if T is None else (T,)
     return {
-        "x": random_tensor(rng, (*lead, B, I), dtype, scale=1.0),
-        "h": random_tensor(rng, (B, H), dtype, scale=0.5),
-        "c": random_tensor(rng, (B, H), dtype, scale=0.5),
-        "w": [random_tensor(rng, s, dtype, scale=0.3) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))],
-        "peep": random_tensor(rng, (3, H), dtype, scale=0.3),
+        "x": random_tensor(rng, (*lead, B, I), dtype, DEVICE, scale=1.0),
+        "h": random_tensor(rng, (B, H), dtype, DEVICE, scale=0.5),
+        "c": random_tensor(rng, (B, H), dtype, DEVICE, scale=0.5),
+        "w": [random_tensor(rng, s, dtype, DEVICE, scale=0.3) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))],
+        "peep": random_tensor(rng, (3, H), dtype, DEVICE, scale=0.3),
     }
 
 
@@ -74,7 +75,7 @@ STEP_CASES += [pytest.param(kind, B, H, dtype, id=f"{kind}-B{B}-H{H}-{SHORT[dtyp
 @pytest.mark.parametrize("kind,B,H,dtype", STEP_CASES)
 def test_step_kernels_forward_and_backward(kind, B, H, dtype, rng):
     a = _inputs(rng, kind, B, 5, H, dtype)
-    grads = [random_tensor(rng, (B, H), dtype, scale=1.0) for _ in range(2)]
+    grads = [random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0) for _ in range(2)]
     with gk.use_backend("triton"):
         outputs, got = _cell_forward_backward(kind, a, grads)
     outputs64, want = _cell_forward_backward(kind, _as64(a), [as_float64(g) for g in grads])
@@ -104,8 +105,8 @@ def _layer(kind, a, gy, gh, gc, reverse, lengths):
 def test_layers_through_time(kind, dtype, reverse, lengths, rng):
     T, B, H = 5, 3, 7
     a = _inputs(rng, kind, B, 4, H, dtype, T=T)
-    gy = random_tensor(rng, (T, B, H), dtype, scale=1.0)
-    gh, gc = random_tensor(rng, (B, H), dtype, scale=1.0), random_tensor(rng, (B, H), dtype, scale=1.0)
+    gy = random_tensor(rng, (T, B, H), dtype, DEVICE, scale=1.0)
+    gh, gc = random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0), random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0)
     with gk.use_backend("triton"):
         outputs, grads = _layer(kind, a, gy, gh, gc, reverse, lengths)
     outputs64, grads64 = _layer(kind, _as64(a), as_float64(gy), as_float64(gh), as_float64(gc), reverse, lengths)
@@ -118,7 +119,7 @@ def test_layers_without_biases_and_with_a_large_batch_tile(rng):
     T, B, H = 2, 20, 9  # B > 16 picks the 64-row tile
     a = _inputs(rng, "lstm", B, 3, H, "float32", T=T)
     a["w"][2] = a["w"][3] = None
-    gy = random_tensor(rng, (T, B, H), "float32", scale=1.0)
+    gy = random_tensor(rng, (T, B, H), "float32", DEVICE, scale=1.0)
     with gk.use_backend("triton"):
         outputs, grads = _layer("lstm", a, gy, None, None, False, None)
     outputs64, grads64 = _layer("lstm", _as64({k: v for k, v in a.items() if k != "w"}) | {
@@ -132,10 +133,11 @@ def test_empty_sequence_and_batch(rng):
         a = _inputs(rng, "gru", B, 3, 5, "float32", T=T)
         with gk.use_backend("triton"):
             y, h_n = gk.gru_layer(a["x"], a["h"], *a["w"])
-            grads = gk.gru_layer_backward(torch.ones(T, B, 5), torch.ones(B, 5), a["x"], a["h"], *a["w"])
-        assert y.shape == (T, B, 5) and h_n.shape == (B, 5)
+            grads = gk.gru_layer_backward(torch.ones(T, B, 5, device=DEVICE), torch.ones(B, 5, device=DEVICE),
+                                          a["x"], a["h"], *a["w"])
+        assert y.shape == (T, B, 5) and h_n.shape == (B, 5) and y.device == h_n.device == a["x"].device
         if T == 0:
-            assert torch.equal(h_n, a["h"]) and torch.equal(grads[1], torch.ones(B, 5))
+            assert torch.equal(h_n, a["h"]) and torch.equal(grads[1], torch.ones(B, 5, device=DEVICE))
         assert grads[0].shape == a["x"].shape and grads[2].shape == a["w"][0].shape
 
 
@@ -148,13 +150,13 @@ def test_float64_is_rejected_by_the_triton_backend(rng):
 def test_non_contiguous_inputs(rng):
     T, B, I, H = 3, 4, 5, 6
     a = _inputs(rng, "gru", B, I, H, "float32", T=T)
-    strided = {"x": random_tensor(rng, (B, T, I), "float32", scale=1.0).transpose(0, 1),  # a batch_first view
-               "h": random_tensor(rng, (H, B), "float32", scale=0.5).t(),
+    strided = {"x": random_tensor(rng, (B, T, I), "float32", DEVICE, scale=1.0).transpose(0, 1),  # batch_first
+               "h": random_tensor(rng, (H, B), "float32", DEVICE, scale=0.5).t(),
                "c": a["c"], "peep": a["peep"],
-               "w": [random_tensor(rng, (3 * H, 2 * I), "float32", scale=0.3)[:, ::2],
-                     random_tensor(rng, (H, 3 * H), "float32", scale=0.3).t(), a["w"][2], a["w"][3]]}
+               "w": [random_tensor(rng, (3 * H, 2 * I), "float32", DEVICE, scale=0.3)[:, ::2],
+                     random_tensor(rng, (H, 3 * H), "float32", DEVICE, scale=0.3).t(), a["w"][2], a["w"][3]]}
     assert not strided["x"].is_contiguous() and not strided["w"][0].is_contiguous()
-    gy = random_tensor(rng, (B, T, H), "float32", scale=1.0).transpose(0, 1)
+    gy = random_tensor(rng, (B, T, H), "float32", DEVICE, scale=1.0).transpose(0, 1)
     with gk.use_backend("triton"):
         outputs, grads = _layer("gru", strided, gy, None, None, True, (3, 1, 2, 3))
     outputs64, grads64 = _layer("gru", _as64(strided), as_float64(gy), None, None, True, (3, 1, 2, 3))
@@ -182,7 +184,7 @@ def test_kernels_per_time_step(kind, per_step, rng, monkeypatch):
     monkeypatch.setattr(triton_rnn, "rnn_step_kernel", forward)
     monkeypatch.setattr(triton_rnn, "rnn_backward_step_kernel", backward)
     a = _inputs(rng, kind, B, 2, H, "float32", T=T)
-    gy = random_tensor(rng, (T, B, H), "float32")
+    gy = random_tensor(rng, (T, B, H), "float32", DEVICE)
     with gk.use_backend("triton"):
         _layer(kind, a, gy, None, None, False, None)  # the backward op recomputes the forward
     assert forward.launches == 2 * T * per_step

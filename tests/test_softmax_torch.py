@@ -13,10 +13,9 @@ import gpukernels as gk
 import gpukernels.torch.functional as GF
 import gpukernels.torch.nn as gnn
 from _helpers import DTYPES, as_float64, assert_close, torch_dtype
-from conftest import HAS_CUDA
+from conftest import DEVICE
 from gpukernels.reference import softmax as ref
 
-TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 MODULES = [(gnn.Softmax, torch.nn.Softmax), (gnn.LogSoftmax, torch.nn.LogSoftmax)]
 MODULE_IDS = ["Softmax", "LogSoftmax"]
 
@@ -80,8 +79,8 @@ def test_functional_dtype_argument_casts_first_like_torch():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_triton_autograd_matches_the_reference(name, dtype):
-    x = (torch.randn(5, 301, device=TRITON_DEVICE) * 3).to(torch_dtype(dtype)).requires_grad_()
-    upstream = torch.randn(5, 301, device=TRITON_DEVICE).to(torch_dtype(dtype))
+    x = (torch.randn(5, 301, device=DEVICE) * 3).to(torch_dtype(dtype)).requires_grad_()
+    upstream = torch.randn(5, 301, device=DEVICE).to(torch_dtype(dtype))
     with gk.use_backend("triton"):
         y = getattr(GF, name)(x, -1)
         (g,) = torch.autograd.grad(y, x, upstream)
@@ -92,10 +91,10 @@ def test_triton_autograd_matches_the_reference(name, dtype):
 
 
 def test_triton_masked_softmax_autograd():
-    x = torch.randn(6, 40, device=TRITON_DEVICE).requires_grad_()
-    mask = torch.rand(6, 40, device=TRITON_DEVICE) > 0.5
+    x = torch.randn(6, 40, device=DEVICE).requires_grad_()
+    mask = torch.rand(6, 40, device=DEVICE) > 0.5
     mask[3] = False
-    upstream = torch.randn(6, 40, device=TRITON_DEVICE)
+    upstream = torch.randn(6, 40, device=DEVICE)
     with gk.use_backend("triton"):
         y = GF.masked_softmax(x, mask)
         (g,) = torch.autograd.grad(y, x, upstream)

@@ -10,11 +10,10 @@ import torch
 
 import gpukernels as gk
 from _helpers import DTYPES, as_float64, assert_close, random_tensor
-from conftest import HAS_CUDA
+from conftest import DEVICE
 from gpukernels.reference import softmax as ref
 from gpukernels.triton import softmax as tsm
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 OPS = ("softmax", "log_softmax")
 ROW_LENGTHS = (1, 7, 1000, 4097)
 

@@ -10,7 +10,7 @@ import gpukernels as gk
 import gpukernels.torch.functional as GF
 import gpukernels.torch.nn as gnn
 from _helpers import DTYPES, as_float64, assert_close, torch_dtype
-from conftest import HAS_CUDA
+from conftest import DEVICE
 from gpukernels.reference import activation as ref
 
 MODULES = [
@@ -22,7 +22,6 @@ MODULES = [
     (gnn.GELU(approximate="tanh"), torch.nn.GELU(approximate="tanh")),
 ]
 MODULE_IDS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh"]
-TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
 @pytest.mark.parametrize("ours,theirs", MODULES, ids=MODULE_IDS)
@@ -47,8 +46,8 @@ def test_gradcheck(ours, theirs):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ours,act", [(m[0], name) for m, name in zip(MODULES, MODULE_IDS)], ids=MODULE_IDS)
 def test_module_on_triton_matches_the_reference(ours, act, dtype):
-    x = (torch.randn(5, 301, device=TRITON_DEVICE) * 3).to(torch_dtype(dtype)).requires_grad_()
-    upstream = torch.randn(5, 301, device=TRITON_DEVICE).to(torch_dtype(dtype))
+    x = (torch.randn(5, 301, device=DEVICE) * 3).to(torch_dtype(dtype)).requires_grad_()
+    upstream = torch.randn(5, 301, device=DEVICE).to(torch_dtype(dtype))
     with gk.use_backend("triton"):
         y = ours(x)
         (g,) = torch.autograd.grad(y, x, upstream)

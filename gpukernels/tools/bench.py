@@ -27,9 +27,10 @@ DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half
                  "bf16": "bfloat16"}
 MODE_ALIASES = {"forward": "fwd", "backward": "bwd", "fwd+bwd": "full"}
 
-NO_GPU_NOTE = ("No CUDA GPU: these are CPU timings of the CPU fallback (gpukernels' NumPy reference) "
-               "against PyTorch CPU, same cases, same run. GPU numbers need a GPU: run "
-               "`gpukernels bench` on a machine with CUDA.")
+DEVICES = ("cuda", "cpu")
+CPU_NOTE = ("CPU run: these are CPU timings of the CPU fallback (gpukernels' NumPy reference) "
+            "against PyTorch CPU, same cases, same run. GPU numbers need a GPU: run "
+            "`gpukernels bench --device cuda` on a machine with CUDA.")
 
 
 class BenchInputError(ValueError):
@@ -37,7 +38,19 @@ class BenchInputError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Choosing cases
+# Choosing the device and the cases
+
+
+def choose_device(requested: str | None, cuda_available: bool) -> str:
+    """``--device``: as asked (cuda only where torch sees a GPU), else cuda when there is one."""
+    if requested is None:
+        return "cuda" if cuda_available else "cpu"
+    if requested not in DEVICES:
+        raise BenchInputError(f"--device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    if requested == "cuda" and not cuda_available:
+        raise BenchInputError("--device cuda: torch sees no CUDA device here (run with --device cpu for the "
+                              "CPU comparison)")
+    return requested
 
 
 def _split(text: str | None, aliases: dict[str, str] | None = None) -> list[str] | None:
@@ -328,8 +341,8 @@ def run(args) -> int:
     from gpukernels.benchmarks.harness import count_runs, measure_peaks, run_cases
     from gpukernels.benchmarks.registry import all_cases
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+        device = choose_device(getattr(args, "device", None), torch.cuda.is_available())
         cases = select_cases(all_cases(), device, args.op, args.dtype, args.mode, args.size, args.all)
         out = check_writable(Path(args.out))
         old = read_csv(Path(args.compare)) if args.compare else None
@@ -341,7 +354,7 @@ def run(args) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"device: {device_name(device)}")
     if device == "cpu":
-        print(NO_GPU_NOTE)
+        print(CPU_NOTE)
     peaks = measure_peaks(device)
     print(f"measured at the start of this run: copy bandwidth {peaks.copy_gbs:.1f} GB/s; matmul peak "
           + ", ".join(f"{d} {v:.2f} TFLOP/s" for d, v in peaks.matmul_tflops.items()))
@@ -354,7 +367,7 @@ def run(args) -> int:
     print(format_table(rows))
     meta = {"device": device_name(device), "timestamp": stamp, "versions": versions(),
             "copy_gbs": peaks.copy_gbs, "matmul_tflops": peaks.matmul_tflops,
-            "note": NO_GPU_NOTE if device == "cpu" else ""}
+            "note": CPU_NOTE if device == "cpu" else ""}
     written = [write_csv(rows, out / "bench.csv"), write_json(rows, out / "bench.json", meta)]
     try:
         from gpukernels.tools.bench_plot import plot_throughput

@@ -83,6 +83,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", help="only these sizes: a case's size label, one part of it, or a value")
     parser.add_argument("--all", action="store_true",
                         help="every matching case (default: a short set, one dtype and the smallest and largest size)")
+    parser.add_argument("--device", choices=("cuda", "cpu"),
+                        help="where to time: cuda (the kernels against the GPU baselines) or cpu (the CPU fallback "
+                             "against PyTorch CPU); default: cuda when torch sees a GPU, else cpu")
     parser.add_argument("--out", default="bench-results", help="folder for bench.csv, bench.json, plots/ (default: %(default)s)")
     parser.add_argument("--compare", metavar="OLD.csv", help="print old/new time ratios against an earlier run's bench.csv")
 

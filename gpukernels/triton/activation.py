@@ -17,12 +17,21 @@ SAVES_OUTPUT = ("sigmoid", "tanh")  # backward reads y for these, x for the othe
 
 # ---------------------------------------------------------------------------------------------
 # Math (fp32)
+#
+# Compiled for an NVIDIA GPU, fp32 tl.exp is ex2.approx of fl(x * log2 e) (relative error up to
+# 2^-22 + |x| 2^-24) and `/` is div.full (up to 2 ulp); the interpreter computes both exactly.
+# The formulas below keep fp32 results within DESIGN.md's tolerances under those errors
+# (tests/test_activation_triton.py runs these kernels with the GPU's worst-case errors emulated).
 
 
 @triton.jit
 def _tanh(x):
     # (1 - e) / (1 + e) with e = exp(-2|x|) loses relative precision as x -> 0 (1 - e cancels),
-    # so below 0.25 use the odd Taylor series, whose next term is < 1e-8 relative there.
+    # so below 0.25 use the odd Taylor series, whose next term is < 1e-8 relative there. Above,
+    # the quotient amplifies ex2's relative error by 2e / (1 - e^2) <= 1.92 (at |x| = 0.25), and
+    # div.full adds <= 2 ulp: < 9e-7 relative in all. (tl.math.div_rn would take ~2e-7 off, but
+    # doubles the registers of the 16-bit kernels and would weigh on the RNN and attention
+    # kernels that share this function.)
     ax = tl.abs(x)
     e = tl.exp(-2.0 * ax)
     large = (1.0 - e) / (1.0 + e)
@@ -32,9 +41,20 @@ def _tanh(x):
 
 
 @triton.jit
-def _gelu_tanh_gate(x):
-    # 0.5 (1 + tanh(u)) = sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): no cancellation for u < 0
-    return tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+def _sigmoid_pair(z):
+    # (sigmoid(z), 1 - sigmoid(z)), each computed without cancellation: with e = exp(-|z|) <= 1,
+    # the larger one is 1 / (1 + e) and the smaller e / (1 + e). Subtracting from 1 instead
+    # would turn a 1-ulp error of a sigmoid near 1 into a relative error of 100% or more.
+    e = tl.exp(-tl.abs(z))
+    big = 1.0 / (1.0 + e)
+    small = e * big
+    return tl.where(z >= 0, big, small), tl.where(z >= 0, small, big)
+
+
+@triton.jit
+def _gelu_tanh_arg(x):
+    # 2u, u = sqrt(2/pi) (x + 0.044715 x^3): 0.5 (1 + tanh(u)) = sigmoid(2u), no cancellation for u < 0
+    return 1.5957691216057308 * (x + 0.044715 * x * x * x)
 
 
 @triton.jit
@@ -55,7 +75,7 @@ def _forward(x, negative_slope, ACT: tl.constexpr):
     elif ACT == 4:  # GELU
         y = x * _normal_cdf(x)
     else:  # GELU_TANH
-        y = x * _gelu_tanh_gate(x)
+        y = x * tl.sigmoid(_gelu_tanh_arg(x))
     return y
 
 
@@ -73,9 +93,11 @@ def _backward(dy, saved, negative_slope, ACT: tl.constexpr):
         pdf = 0.3989422804014327 * tl.exp(-0.5 * saved * saved)
         dx = dy * (_normal_cdf(saved) + saved * pdf)
     else:  # GELU_TANH, saved = x: d/dx [x s] = s + 2 x s (1 - s) du/dx, s = sigmoid(2u)
-        s = _gelu_tanh_gate(saved)
+        # (1 - s) from the pair, not by subtraction: 2 x du/dx grows like x^3 and would
+        # multiply the rounding error of s near 1 into the result.
+        s, one_minus_s = _sigmoid_pair(_gelu_tanh_arg(saved))
         du_dx = 0.7978845608028654 * (1.0 + 0.134145 * saved * saved)  # 3 * 0.044715 = 0.134145
-        dx = dy * (s + 2.0 * saved * s * (1.0 - s) * du_dx)
+        dx = dy * (s + 2.0 * saved * s * one_minus_s * du_dx)
     return dx
 
 
