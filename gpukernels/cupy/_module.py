@@ -115,8 +115,7 @@ def flag(value: bool) -> str:
 
 def address(a) -> int:
     """The address of ``a``'s first element: a cupy array's device pointer, a numpy array's host one."""
-    pointer = getattr(a.data, "ptr", None)
-    return int(pointer) if pointer is not None else int(a.ctypes.data)
+    return int(a.ctypes.data) if isinstance(a, np.ndarray) else int(a.data.ptr)
 
 
 def placement(xp) -> tuple:

@@ -61,7 +61,7 @@ __global__ void grad_norm_multi_tensor(const gk::addr_t* table, const int* block
   values[threadIdx.x] = part.value;
   nans[threadIdx.x] = part.nan;
   __syncthreads();
-  for (int stride = GK_THREADS / 2; stride > 0; stride /= 2) {
+  for (unsigned stride = GK_THREADS / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) {
       values[threadIdx.x] = gk::combine_norm(values[threadIdx.x], values[threadIdx.x + stride], kind);
       nans[threadIdx.x] += nans[threadIdx.x + stride];
