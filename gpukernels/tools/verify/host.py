@@ -77,8 +77,8 @@ def _compile(source: Path, stem: str, include_dirs: tuple[Path, ...]) -> ctypes.
 
 
 def build(shim: Path) -> ctypes.CDLL:
-    """Compile ``shim`` (a .cpp that includes headers from gpukernels/cupy) and load it."""
-    return _compile(shim, shim.stem, ())
+    """Compile ``shim`` (a .cpp that includes headers from gpukernels/cupy, or cuda_host.h) and load it."""
+    return _compile(shim, shim.stem, (HERE,))
 
 
 # ---------------------------------------------------------------------------------------------
