@@ -95,16 +95,27 @@ def _borrowed_cupy_array():
     return cupy.ndarray((4,), cupy.float32, memptr=cupy.cuda.memory.MemoryPointer(memory, 0))
 
 
-def test_borrowed_memory_is_recognised():
-    assert _stream.borrowed_device(_borrowed_cupy_array()) == 0
-    assert _stream.borrowed_device(np.ones(3)) is None
-    assert _stream.borrowed_device(None) is None
+class _CudaLooking(torch.Tensor):
+    """A CPU tensor that reports a CUDA device: what the dispatch layer's own torch inputs look like."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 1)
+
+
+def test_torch_memory_is_recognised():
+    assert _stream.torch_memory_device(_borrowed_cupy_array()) == 0
+    assert _stream.torch_memory_device(torch.ones(3).as_subclass(_CudaLooking)) == 1
+    assert _stream.torch_memory_device(np.ones(3)) is None
+    assert _stream.torch_memory_device(torch.ones(3)) is None  # a CPU tensor
+    assert _stream.torch_memory_device(None) is None
 
 
 def test_torch_stream_is_picked_only_for_borrowed_memory_with_torch_cuda_in_use(torch_side_stream, monkeypatch):
     borrowed = _borrowed_cupy_array()
     assert _stream.torch_stream([np.ones(2), borrowed]) == (0, TORCH_STREAM)
     assert _stream.torch_stream([[None, borrowed]]) == (0, TORCH_STREAM)  # optimizer lists
+    assert _stream.torch_stream([torch.ones(1).as_subclass(_CudaLooking)]) == (1, TORCH_STREAM)
     assert _stream.torch_stream([np.ones(2), 3.0, None]) is None
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     assert _stream.torch_stream([borrowed]) is None
@@ -166,7 +177,7 @@ FAMILIES = {"activation": activation, "softmax": softmax, "optim": optim, "rnn":
 
 def test_with_torch_memory_every_entry_point_runs_on_torchs_stream(torch_side_stream, monkeypatch, rng):
     # numpy arrays stand in for cupy views of torch tensors (the kernels then run for real on the CPU)
-    monkeypatch.setattr(_stream, "borrowed_device", lambda a: 0 if isinstance(a, np.ndarray) else None)
+    monkeypatch.setattr(_stream, "torch_memory_device", lambda a: 0 if isinstance(a, np.ndarray) else None)
     log: list = []
     runners = {name: _runner(module, log) for name, module in FAMILIES.items()}
     for name, call in _every_entry_point(rng, runners):

@@ -23,8 +23,12 @@ from typing import Any, Callable, Iterable, Iterator
 _BORROWED_MEMORY = ("DLPackMemory", "UnownedMemory")
 
 
-def borrowed_device(a: Any) -> int | None:
-    """The device of ``a`` if it is a cupy array viewing memory another library owns, else None."""
+def torch_memory_device(a: Any) -> int | None:
+    """The device of ``a`` if it holds torch's memory (a CUDA torch tensor, or a cupy array viewing
+    memory another library owns), else None."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(a, torch.Tensor):
+        return a.device.index if a.device.type == "cuda" else None
     if not type(a).__module__.startswith("cupy"):
         return None
     memory = getattr(getattr(a, "data", None), "mem", None)
@@ -43,12 +47,14 @@ def _arrays(values: Iterable[Any]) -> Iterator[Any]:
 
 def torch_stream(values: Iterable[Any]) -> tuple[int, int] | None:
     """(device, handle of torch's current stream on it) when any of ``values`` (arrays, or lists
-    of them) borrows torch's memory; None to keep CuPy's current stream."""
+    of them) holds torch's memory; None to keep CuPy's current stream. The dispatch layer may pass
+    the caller's torch tensors themselves, so that its conversions to and from cupy run on
+    torch's stream too (no cross-stream event, as a CUDA-graph capture needs)."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return None  # no torch CUDA tensor can exist, whatever the memory came from
     for a in _arrays(values):
-        device = borrowed_device(a)
+        device = torch_memory_device(a)
         if device is not None:
             return device, torch.cuda.current_stream(device).cuda_stream
     return None
@@ -56,7 +62,8 @@ def torch_stream(values: Iterable[Any]) -> tuple[int, int] | None:
 
 @contextlib.contextmanager
 def callers_stream(values: Iterable[Any]) -> Iterator[None]:
-    """Run the block on torch's current stream if ``values`` hold torch's memory."""
+    """Run the block on torch's current stream if ``values`` hold torch's memory (re-entering it
+    inside is harmless)."""
     found = torch_stream(values)
     if found is None:
         yield
