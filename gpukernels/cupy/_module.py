@@ -72,6 +72,15 @@ def module(program: NvrtcProgram):
 
 
 def kernel(program: NvrtcProgram, name_expression: str):
+    """The kernel function on the current device (looked up once: a CUDA-graph capture then
+    makes no driver call but the launch)."""
+    import cupy
+
+    return _kernel(program, name_expression, cupy.cuda.runtime.getDevice())
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(program: NvrtcProgram, name_expression: str, device: int):
     return module(program).get_function(name_expression)
 
 
