@@ -176,6 +176,23 @@ def test_clip_grad_norm_over_mixed_dtypes(run, rng):
         assert_close(g, w, str(g.dtype))
 
 
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_clip_grad_norm_over_more_blocks_than_the_total_has_threads(run, norm_type, rng):
+    # 301 + 231 blocks: 534 slots (odd groups padded to even), 267 pairs for norm_total's 256 threads
+    grads = _tensors(rng, "float32", sizes=(300 * 1024 + 5,)) + _tensors(rng, "bfloat16", sizes=(230 * 2048 + 3,))
+    g64 = _f64(grads)
+    want = ref.clip_grad_norm_(g64, max_norm=10.0, norm_type=norm_type)
+    total = cupy_optim.clip_grad_norm_(grads, max_norm=10.0, norm_type=norm_type, error_if_nonfinite=False, run=run)
+    assert_close(total[0], want, "float32", kind="reduction")
+    for g, w in zip(grads, g64):
+        assert_close(g, w, str(g.dtype))
+
+
+def test_clipping_workspace():
+    assert cupy_optim.norm_slots([3, 4, 1]) == ([0, 4, 8], 10)  # every group starts 16-byte aligned
+    assert cupy_optim.norm_slots([]) == ([], 0)
+
+
 def test_clip_grad_norm_nan_and_clip_value(run, rng):
     grads = _tensors(rng, "float32")
     grads[3][10] = math.nan

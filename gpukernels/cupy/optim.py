@@ -28,7 +28,7 @@ STEPS = ("adam", "sgd", "rmsprop")
 def _expressions() -> tuple[str, ...]:
     steps = tuple(f"{step}_multi_tensor<{p}, {s}, {m}>" for step in STEPS for p, s, m in VARIANTS)
     clips = tuple(f"{k}_multi_tensor<{t}>" for k in ("grad_norm", "clip") for t in CUDA_TYPES.values())
-    return steps + clips
+    return steps + clips + ("norm_total",)
 
 
 PROGRAM = NvrtcProgram("optim.cu", _expressions())
@@ -107,10 +107,28 @@ def _norm_arguments(norm_type: float) -> tuple[np.int32, np.float32]:
     return np.int32(norm_kind(norm_type)), np.float32(norm_type if math.isfinite(norm_type) else 1.0)
 
 
-def grad_norm_launch(dtype: str, table, block_map, blocks: int, acc, norm_type: float) -> Launch:
-    """Pass 1 of clipping: the group's part of the norm accumulated into ``acc`` (2 floats)."""
+def norm_slots(blocks: Sequence[int]) -> tuple[list[int], int]:
+    """The clipping workspace: (first (value, nan) slot of each dtype group's blocks, slots in
+    all). Each group starts on an even slot, so its partials are 16-byte aligned for norm_total;
+    the slots between groups stay zero."""
+    firsts, used = [], 0
+    for n in blocks:
+        firsts.append(used)
+        used += n + n % 2
+    return firsts, used
+
+
+def grad_norm_launch(dtype: str, table, block_map, blocks: int, partials, norm_type: float) -> Launch:
+    """Pass 1 of clipping: each block's part of the group's norm into its slot of ``partials``
+    (2 floats a block)."""
+    kind, p = _norm_arguments(norm_type)
     return Launch(f"grad_norm_multi_tensor<{CUDA_TYPES[dtype]}>", (blocks,), (THREADS,),
-                  (table, block_map, acc, *_norm_arguments(norm_type)))
+                  (table, block_map, partials, kind, p))
+
+
+def norm_total_launch(partials, slots: int, acc, norm_type: float) -> Launch:
+    """Pass 1b: every slot combined in a fixed order into ``acc`` (2 floats), by one block."""
+    return Launch("norm_total", (1,), (THREADS,), (partials, np.int64(slots), acc, _norm_arguments(norm_type)[0]))
 
 
 def clip_launch(dtype: str, table, block_map, blocks: int, acc, total, *, max_norm: float = 0.0,
@@ -245,8 +263,12 @@ def clip_grad_norm_(grads, *, max_norm, norm_type, error_if_nonfinite, run: Runn
     acc = xp.zeros(2, dtype=xp.float32)
     total = xp.zeros(1, dtype=xp.float32)
     groups = list(_clip_groups(xp, grads))
-    for group in groups:
-        run.launch(grad_norm_launch(*group, acc, norm_type))
+    if groups:
+        firsts, slots = norm_slots([blocks for *_, blocks in groups])
+        partials = xp.zeros(2 * slots, dtype=xp.float32)
+        for group, first in zip(groups, firsts):
+            run.launch(grad_norm_launch(*group, partials[2 * first:], norm_type))
+        run.launch(norm_total_launch(partials, slots, acc, norm_type))
     if error_if_nonfinite:
         from gpukernels.reference.optim import nonfinite_norm_error
 
