@@ -15,8 +15,6 @@ import torch
 from gpukernels.cupy._module import NvrtcProgram, Runner
 from gpukernels.tools.verify import host
 
-DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}  # the shims' storage-type switch
-
 
 def _skip_without_compiler(build, *args):
     try:
@@ -81,12 +79,8 @@ def storage(values: np.ndarray, dtype: str, misalign: bool = False) -> tuple[np.
     return buffer, rounded.double().numpy()
 
 
-def poisoned_like(buffer: np.ndarray) -> np.ndarray:
-    return PoisonedNumpy().empty_like(buffer)
-
-
-def decode(buffer: np.ndarray, dtype: str | None = None) -> np.ndarray:
-    """The values a storage buffer holds, as float64."""
+def decode(buffer: np.ndarray) -> np.ndarray:
+    """The values a storage buffer holds (bfloat16 included), as float64."""
     return np.asarray(buffer).astype(np.float64)
 
 

@@ -72,9 +72,9 @@ def test_launch_geometry():
     assert spec.grid == (3,)  # 513 chunks of 8 halves, 256 threads a block
     assert spec.block == (256,)
     assert spec.args[3] == 4097 and type(spec.args[3]) is np.int64 and type(spec.args[4]) is np.float32
-    big = np.empty(0, np.float32)
+    empty = np.empty(0, np.float32)
     assert _module.grid_for(10**12) == (65535,) and _module.grid_for(0) == (1,)
-    assert cupy_activation.activation_launch("forward", "relu", {"x": big}, big, 0.0).args[2] == 0
+    assert cupy_activation.activation_launch("forward", "relu", {"x": empty}, empty, 0.0).args[2] == 0
 
 
 def test_unsupported_dtype_is_named(run):
