@@ -196,3 +196,11 @@ def test_with_cupys_own_arrays_no_stream_is_entered(torch_side_stream, rng):
         log.clear()
         call()
         assert log and all(stream is None for _, stream in log), name
+
+
+def test_torchs_default_stream_is_cupys_null_stream(torch_side_stream, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: SimpleNamespace(cuda_stream=0))
+    monkeypatch.setattr(cupy.cuda, "Stream", SimpleNamespace(null=FakeExternalStream(0)))
+    with _stream.callers_stream([_borrowed_cupy_array()]):
+        assert _entered == [(-1, 0)]
+    assert not _entered

@@ -71,7 +71,9 @@ def callers_stream(values: Iterable[Any]) -> Iterator[None]:
     import cupy
 
     device, handle = found
-    with cupy.cuda.Device(device), cupy.cuda.ExternalStream(handle, device):
+    # handle 0 is the legacy default stream (torch's default stream): CuPy's own null stream
+    stream = cupy.cuda.Stream.null if handle == 0 else cupy.cuda.ExternalStream(handle, device)
+    with cupy.cuda.Device(device), stream:
         yield
 
 
