@@ -3,8 +3,8 @@
 // scores and their gradients computed from the projections qa = W_q s and kb = W_k h without
 // ever forming the [B, Tq, Tk, A] hidden tensor: each score, and each 4-wide slice of a
 // gradient, loops over the attention size or the sequence itself. Rows and slices are read 16
-// bytes at a time where they are aligned. The GPU kernels (attention.cu) and the CPU tests
-// (tests/host/attention_host.cpp) call these same functions.
+// bytes at a time where they are aligned. The GPU kernels (attention.cu) call these functions;
+// the CPU tests run those kernels through g++ (gpukernels/tools/verify/host.py).
 #pragma once
 #include "gk_math.cuh"
 

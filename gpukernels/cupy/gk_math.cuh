@@ -1,6 +1,7 @@
 // Per-element math shared by every CuPy kernel. Everything here is __host__ __device__ and
 // needs no CUDA header, so the same text compiles with NVRTC for the GPU and with g++ for the
-// CPU tests, which then run exactly the code the GPU runs (only the grid-stride loop differs).
+// CPU tests, which run the very kernels of the .cu files over a CPU model of CUDA's launch
+// (gpukernels/tools/verify/cuda_host.h).
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)

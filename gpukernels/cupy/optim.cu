@@ -51,28 +51,64 @@ __global__ void rmsprop_multi_tensor(const gk::addr_t* table, const int* block_m
   gk::rmsprop_chunk<P, S, MASTER>(row, first, s, *grad_scale);
 }
 
-// Pass 1 of clipping: a block-wide reduction of the chunk parts, then one atomic per block.
-template <class T>
-__global__ void grad_norm_multi_tensor(const gk::addr_t* table, const int* block_map, float* acc, int kind, float p) {
-  const gk::addr_t* row;
-  long long first = chunk_first<T>(block_map, table, 2, &row);
-  gk::NormPart part = gk::norm_chunk<T>(row, first, kind, p);
+namespace {
+
+// The block's (value, nan) pair reduced over its threads in a fixed tree: the same bits every run.
+__device__ gk::NormPart block_norm(gk::NormPart part, int kind) {
   __shared__ float values[GK_THREADS], nans[GK_THREADS];
   values[threadIdx.x] = part.value;
   nans[threadIdx.x] = part.nan;
   __syncthreads();
-  for (int stride = GK_THREADS / 2; stride > 0; stride /= 2) {
+  for (unsigned stride = GK_THREADS / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) {
       values[threadIdx.x] = gk::combine_norm(values[threadIdx.x], values[threadIdx.x + stride], kind);
       nans[threadIdx.x] += nans[threadIdx.x + stride];
     }
     __syncthreads();
   }
+  gk::NormPart block = {values[0], nans[0]};
+  __syncthreads();  // the shared arrays are reused only once every thread has read the result
+  return block;
+}
+
+}  // namespace
+
+// Pass 1 of clipping: each block's part of the norm into its own (value, nan) slot of partials.
+// No float atomics: the norm comes out the same bits every run.
+template <class T>
+__global__ void grad_norm_multi_tensor(const gk::addr_t* table, const int* block_map, float* partials, int kind,
+                                       float p) {
+  const gk::addr_t* row;
+  long long first = chunk_first<T>(block_map, table, 2, &row);
+  gk::NormPart block = block_norm(gk::norm_chunk<T>(row, first, kind, p), kind);
   if (threadIdx.x == 0) {
-    // non-negative floats order like their bit patterns, so the inf-norm's max is an integer max
-    if (kind == 1) atomicMax(reinterpret_cast<int*>(acc), __float_as_int(values[0]));
-    else atomicAdd(acc, values[0]);
-    if (nans[0] != nans[0]) atomicAdd(acc + 1, nans[0]);
+    partials[2 * blockIdx.x] = block.value;
+    partials[2 * blockIdx.x + 1] = block.nan;
+  }
+}
+
+// Pass 1b, one block: every slot of partials combined in a fixed order into acc[0] (the norm's sum
+// or max) and acc[1] (NaN if a gradient is). Two slots per 16-byte load where aligned; unused
+// slots hold zeros, which change neither a sum nor a max of magnitudes.
+__global__ void norm_total(const float* partials, long long slots, float* acc, int kind) {
+  gk::NormPart part = {0.0f, 0.0f};
+  const long long pairs = (slots + 1) / 2;
+  for (long long c = threadIdx.x; c < pairs; c += GK_THREADS) {
+    float v[4];
+    const long long first = 4 * c;
+    if (2 * c + 2 <= slots && gk::aligned16(partials)) {
+      gk::Vec16<float> chunk = *reinterpret_cast<const gk::Vec16<float>*>(partials + first);
+      for (int k = 0; k < 4; ++k) v[k] = chunk.v[k];
+    } else {
+      for (int k = 0; k < 4; ++k) v[k] = first + k < 2 * slots ? partials[first + k] : 0.0f;
+    }
+    part.value = gk::combine_norm(gk::combine_norm(part.value, v[0], kind), v[2], kind);
+    part.nan += v[1] + v[3];
+  }
+  gk::NormPart total = block_norm(part, kind);
+  if (threadIdx.x == 0) {
+    acc[0] = total.value;
+    acc[1] = total.nan;
   }
 }
 

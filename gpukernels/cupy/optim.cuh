@@ -2,7 +2,7 @@
 // one tensor: the addresses of its operands (parameter, gradient, state..., master weights) and,
 // last, its size. A chunk is the elements one thread updates: 16 bytes of parameters, moved with
 // 128-bit accesses when full and aligned, element by element at a tensor's tail. The GPU kernels
-// and the CPU tests (tests/host/optim_host.cpp) call these same functions.
+// call these functions; the CPU tests run those kernels through g++ (gpukernels/tools/verify/host.py).
 #pragma once
 #include "gk_math.cuh"
 
@@ -210,8 +210,8 @@ GK_HD void rmsprop_chunk(const addr_t* row, long long first, const RmspropScalar
   store_param<P, S, MASTER, V>(row, 5, first, n, p);
 }
 
-// ---- gradient clipping. Norm kinds: 0 two-norm, 1 inf-norm, 2 any p. acc[0] accumulates the
-// norm's sum (or max), acc[1] turns NaN if a gradient is NaN. Clip row: g, size. ----
+// ---- gradient clipping. Norm kinds: 0 two-norm, 1 inf-norm, 2 any p. A part holds the norm's
+// sum (or max) and a NaN marker (NaN if a gradient is NaN). Clip row: g, size. ----
 
 struct NormPart { float value, nan; };
 

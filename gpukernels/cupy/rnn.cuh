@@ -1,7 +1,7 @@
 // Recurrent cells, one time step, one element (batch row b, hidden unit j) per call. The
 // matmuls (input projection, recurrent product, backward products) are cuBLAS through CuPy;
 // these bodies are the whole pointwise cell around them. rnn.cu runs them in a grid-stride
-// loop; tests/host/rnn_host.cpp runs the same functions on the CPU.
+// loop, on the GPU and (built with g++, gpukernels/tools/verify/host.py) in the CPU tests.
 //
 // Cells (the same codes as the Triton kernels): 0 RNN (tanh, or relu when relu != 0), 1 LSTM
 // (gates i f g o, peepholes, coupled f = 1 - i), 2 GRU (r z n, PyTorch's form), 3 and 4 the two

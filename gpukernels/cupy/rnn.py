@@ -1,8 +1,8 @@
 """Recurrent layers through CuPy: cuBLAS (``cupy.matmul``) for every product and one pointwise
 kernel per time step (two for the original GRU), forward and backward; the cell math is in
 rnn.cuh. The sequence loops are gpukernels._rnn_driver's (shared with Triton), driven here
-through an array module ``xp`` and a step launcher, so the CPU tests run this very host code
-with NumPy and the g++-built rnn.cuh.
+through a Runner (an array module and a launcher), so the CPU tests run this very host code with
+NumPy and rnn.cu built with g++.
 
 Precision: the input projection, the recurrent state, the workspace and all of backward are
 fp32 whatever the storage dtype (fp16/bf16 storage is read and written at the edges only).
@@ -10,22 +10,21 @@ fp32 whatever the storage dtype (fp16/bf16 storage is read and written at the ed
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from .. import _rnn_driver as driver
 from .._rnn_driver import GATES, GRU, GRU_N, GRU_RZ, LSTM, RNN, WORKSPACE_BLOCKS  # noqa: F401 (public names)
-from ._module import CUDA_TYPES, THREADS, NvrtcProgram, cuda_type, grid_for, kernel
+from ._module import CUDA_TYPES, THREADS, Launch, NvrtcProgram, Runner, cuda_type, grid_for, on_gpu
+from ._stream import on_callers_stream
 
-# Kernel arguments in order: "p" a pointer, "i64" long long, "i32" int (rnn.cu's signatures).
+# Kernel arguments in order: "p" a pointer, "i64" long long, "i32" int (rnn.cu's signatures; the host
+# tests check every launch against them).
 FORWARD_ARGS = ("i64", "i64", "i32", "p", "i64", "p", "i64", "p", "p", "p", "i64", "p", "i64", "p", "i32", "i32",
                 "p", "p", "i64")
 BACKWARD_ARGS = ("i64", "i64", "i32", "p", "p", "p", "p", "i64", "p", "i64", "p", "i64", "p", "p", "p", "i32", "i32",
                  "p", "p", "p", "p")
-
-# A launcher runs one step kernel: step(direction, cell code, storage array, *args in the order above).
-Step = Callable[..., None]
 
 
 def _expressions() -> tuple[str, ...]:
@@ -41,15 +40,22 @@ def nvrtc_programs() -> Iterator[NvrtcProgram]:
     yield PROGRAM
 
 
-def _cuda_step(direction: str, code: int, storage: Any, *args: Any) -> None:
+# ---------------------------------------------------------------------------------------------
+# Launch helpers
+
+
+def step_launch(direction: str, code: int, storage: Any, *args: Any) -> Launch:
+    """One step kernel over its ``args[0]`` = B*H elements; ``storage`` (an array in the storage
+    dtype) picks the instantiation, the integer arguments are packed at the kernel's widths."""
     types = FORWARD_ARGS if direction == "forward" else BACKWARD_ARGS
-    converted = tuple(np.int64(a) if t == "i64" else np.int32(a) if t == "i32" else a for t, a in zip(types, args))
-    function = kernel(PROGRAM, f"rnn_{direction}_step<{code}, {cuda_type(storage, 'x')}>")
-    function(grid_for(int(args[0])), (THREADS,), converted)
+    packed = tuple(np.int64(a) if t == "i64" else np.int32(a) if t == "i32" else a
+                   for t, a in zip(types, args, strict=True))
+    return Launch(f"rnn_{direction}_step<{code}, {cuda_type(storage, 'x')}>", grid_for(int(args[0])), (THREADS,),
+                  packed)
 
 
 # ---------------------------------------------------------------------------------------------
-# The sequence loops (gpukernels._rnn_driver) over any array module
+# The sequence loops (gpukernels._rnn_driver) over a Runner
 
 
 def _row_stride(a) -> int:
@@ -57,12 +63,13 @@ def _row_stride(a) -> int:
 
 
 class _ArrayBackend:
-    """The driver's backend for an array module ``xp`` (CuPy, or NumPy in the host tests): every
-    product is ``xp.matmul`` (cuBLAS under CuPy), and a step is the recurrent product followed by
-    ``step``, which runs the pointwise step kernel."""
+    """The driver's backend for a Runner (CuPy, or NumPy in the host tests): every product is
+    ``xp.matmul`` (cuBLAS under CuPy), and a step is the recurrent product followed by the
+    pointwise step kernel."""
 
-    def __init__(self, xp, step: Step):
-        self.xp, self.step, self.f32 = xp, step, xp.float32
+    def __init__(self, run: Runner):
+        self.xp, self.f32 = run.xp, run.xp.float32
+        self.step = lambda *args: run.launch(step_launch(*args))
 
     def empty(self, shape, dtype):
         return self.xp.empty(shape, dtype=dtype)
@@ -115,16 +122,6 @@ class _ArrayBackend:
                   s.dgx, s.dgh, s.dhd, s.dcp)
 
 
-def run_forward(xp, step: Step, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options):
-    return driver.layer_forward(_ArrayBackend(xp, step), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options)
-
-
-def run_backward(xp, step: Step, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep,
-                 **options):
-    return driver.layer_backward(_ArrayBackend(xp, step), grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh,
-                                 b_ih, b_hh, w_peep, **options)
-
-
 # ---------------------------------------------------------------------------------------------
 # What the dispatch layer calls (cupy arrays in and out)
 
@@ -135,17 +132,18 @@ def _checked(arrays: dict) -> None:
             cuda_type(a, name)
 
 
-def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options):
-    import cupy
-
+@on_callers_stream
+def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, run: Runner | None = None, **options):
+    run = run or on_gpu(PROGRAM)
     _checked({"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_hh": b_hh, "w_peep": w_peep})
-    x = cupy.ascontiguousarray(x)
-    return run_forward(cupy, _cuda_step, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options)
+    return driver.layer_forward(_ArrayBackend(run), run.xp.ascontiguousarray(x), h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                w_peep, **options)
 
 
-def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options):
-    import cupy
-
+@on_callers_stream
+def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *,
+                   run: Runner | None = None, **options):
+    run = run or on_gpu(PROGRAM)
     _checked({"grad_y": grad_y, "x": x, "w_peep": w_peep})
-    return run_backward(cupy, _cuda_step, grad_y, grad_h_n, grad_c_n, ws, cupy.ascontiguousarray(x), h0, c0, w_ih,
-                        w_hh, b_ih, b_hh, w_peep, **options)
+    return driver.layer_backward(_ArrayBackend(run), grad_y, grad_h_n, grad_c_n, ws, run.xp.ascontiguousarray(x), h0,
+                                 c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options)

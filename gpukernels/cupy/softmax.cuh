@@ -1,6 +1,6 @@
 // Softmax row math: what one thread of a row-per-block kernel does, written as functions of
-// the thread's index, so the CPU harness runs them for every thread of a row and only the
-// block-wide merge (warp shuffles, shared memory, in softmax.cu) is GPU-only.
+// the thread's index; softmax.cu merges the threads' results across the block (warp shuffles,
+// shared memory). The CPU tests run softmax.cu itself, each thread a fiber of the block.
 //
 // A thread walks its row in 16-byte chunks (chunk tid, tid + nthreads, ...): a full chunk of
 // an aligned row moves as one 128-bit access, the rest element by element.

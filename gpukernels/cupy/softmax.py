@@ -8,12 +8,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ._module import CUDA_TYPES, NvrtcProgram, cuda_type, kernel
+from ._module import CUDA_TYPES, NULL, Launch, NvrtcProgram, Runner, cuda_type, flag, on_gpu
+from ._stream import on_callers_stream
 
 _MAX_GRID = 65535 * 32  # the kernels loop over rows beyond this many blocks
 _CHUNKS_PER_THREAD = 4
-# A null pointer argument: CuPy passes None as 0xffffffff (cupy/cupy#9046), not as NULL.
-_NULL = np.uint64(0)
 
 
 def _expressions() -> tuple[str, ...]:
@@ -30,6 +29,10 @@ def nvrtc_programs() -> Iterator[NvrtcProgram]:
     yield PROGRAM
 
 
+# ---------------------------------------------------------------------------------------------
+# Launch helpers
+
+
 def threads_for(n_cols: int, itemsize: int) -> int:
     """Threads per row block: about four 16-byte chunks per thread, a power of two in 32..1024
     (the block merge needs whole warps)."""
@@ -38,74 +41,83 @@ def threads_for(n_cols: int, itemsize: int) -> int:
     return min(1024, max(32, 1 << (wanted - 1).bit_length()))
 
 
-# ---------------------------------------------------------------------------------------------
-# Launch helpers
+def _row_blocks(rows) -> tuple[tuple[int], tuple[int]]:
+    n_rows, n_cols = rows.shape
+    return (max(1, min(n_rows, _MAX_GRID)),), (threads_for(n_cols, rows.itemsize),)
 
 
-def _as_rows(x, dim: int):
-    import cupy
+def forward_launch(rows, keep, limits, out, *, log: bool, masked: bool) -> Launch:
+    """Softmax of the dense (rows, cols) ``rows`` into ``out``; ``keep`` (uint8 per element) and
+    ``limits`` (int64 per row) may be None."""
+    grid, block = _row_blocks(rows)
+    n_rows, n_cols = rows.shape
+    return Launch(f"softmax_forward<{cuda_type(rows, 'x')}, {flag(log)}>", grid, block,
+                  (rows, NULL if keep is None else keep, NULL if limits is None else limits, out, np.int64(n_rows),
+                   np.int64(n_cols), np.int32(masked)))
 
-    moved = cupy.ascontiguousarray(cupy.moveaxis(x, dim, -1))
+
+def backward_launch(dy, y, dx, *, log: bool) -> Launch:
+    grid, block = _row_blocks(y)
+    n_rows, n_cols = y.shape
+    return Launch(f"softmax_backward<{cuda_type(dy, 'grad_output')}, {flag(log)}>", grid, block,
+                  (dy, y, dx, np.int64(n_rows), np.int64(n_cols)))
+
+
+def _as_rows(xp, x, dim: int):
+    moved = xp.ascontiguousarray(xp.moveaxis(x, dim, -1))
     return moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])  # not -1: rows may be empty
 
 
-def _from_rows(rows, like, dim: int):
-    import cupy
-
-    return cupy.moveaxis(rows.reshape(cupy.moveaxis(like, dim, -1).shape), -1, dim)
+def _from_rows(xp, rows, like, dim: int):
+    return xp.moveaxis(rows.reshape(xp.moveaxis(like, dim, -1).shape), -1, dim)
 
 
-def _launch(name: str, ctype: str, log: bool, n_rows: int, n_cols: int, itemsize: int, args: tuple) -> None:
-    function = kernel(PROGRAM, f"softmax_{name}<{ctype}, {'true' if log else 'false'}>")
-    function((min(n_rows, _MAX_GRID),), (threads_for(n_cols, itemsize),), args)
-
-
-def _forward(x, dim: int, log: bool, mask=None, lengths=None, masked: bool = False):
-    import cupy
-
-    ctype = cuda_type(x, "x")
-    rows = _as_rows(x, dim)
-    out = cupy.empty_like(rows)
-    n_rows, n_cols = rows.shape
+def _forward(run: Runner, x, dim: int, log: bool, mask=None, lengths=None, masked: bool = False):
+    xp = run.xp
+    rows = _as_rows(xp, x, dim)
+    out = xp.empty_like(rows)
+    keep = None if mask is None else _as_rows(xp, xp.broadcast_to(mask, x.shape), dim).view(xp.uint8)
+    limits = None if lengths is None else xp.ascontiguousarray(lengths.reshape(-1), dtype=xp.int64)
+    spec = forward_launch(rows, keep, limits, out, log=log, masked=masked)
     if out.size:
-        keep = _NULL if mask is None else _as_rows(cupy.broadcast_to(mask, x.shape), dim).view(cupy.uint8)
-        limits = _NULL if lengths is None else cupy.ascontiguousarray(lengths.reshape(-1), dtype=cupy.int64)
-        _launch("forward", ctype, log, n_rows, n_cols, rows.itemsize,
-                (rows, keep, limits, out, np.int64(n_rows), np.int64(n_cols), np.int32(masked)))
-    return _from_rows(out, x, dim)
+        run.launch(spec)
+    return _from_rows(xp, out, x, dim)
 
 
-def _backward(grad_output, output, dim: int, log: bool):
-    import cupy
-
-    ctype = cuda_type(grad_output, "grad_output")
-    dy, y = _as_rows(grad_output, dim), _as_rows(output, dim)
-    dx = cupy.empty_like(y)
-    n_rows, n_cols = y.shape
+def _backward(run: Runner, grad_output, output, dim: int, log: bool):
+    xp = run.xp
+    dy, y = _as_rows(xp, grad_output, dim), _as_rows(xp, output, dim)
+    dx = xp.empty_like(y)
+    spec = backward_launch(dy, y, dx, log=log)
     if dx.size:
-        _launch("backward", ctype, log, n_rows, n_cols, y.itemsize, (dy, y, dx, np.int64(n_rows), np.int64(n_cols)))
-    return _from_rows(dx, output, dim)
+        run.launch(spec)
+    return _from_rows(xp, dx, output, dim)
 
 
 # ---------------------------------------------------------------------------------------------
 # What the dispatch layer calls (cupy arrays in and out)
 
 
-def softmax(x, dim: int):
-    return _forward(x, dim, log=False)
+@on_callers_stream
+def softmax(x, dim: int, *, run: Runner | None = None):
+    return _forward(run or on_gpu(PROGRAM), x, dim, log=False)
 
 
-def log_softmax(x, dim: int):
-    return _forward(x, dim, log=True)
+@on_callers_stream
+def log_softmax(x, dim: int, *, run: Runner | None = None):
+    return _forward(run or on_gpu(PROGRAM), x, dim, log=True)
 
 
-def masked_softmax(x, mask, lengths, dim: int):
-    return _forward(x, dim, log=False, mask=mask, lengths=lengths, masked=True)
+@on_callers_stream
+def masked_softmax(x, mask, lengths, dim: int, *, run: Runner | None = None):
+    return _forward(run or on_gpu(PROGRAM), x, dim, log=False, mask=mask, lengths=lengths, masked=True)
 
 
-def softmax_backward(grad_output, output, dim: int):
-    return _backward(grad_output, output, dim, log=False)
+@on_callers_stream
+def softmax_backward(grad_output, output, dim: int, *, run: Runner | None = None):
+    return _backward(run or on_gpu(PROGRAM), grad_output, output, dim, log=False)
 
 
-def log_softmax_backward(grad_output, output, dim: int):
-    return _backward(grad_output, output, dim, log=True)
+@on_callers_stream
+def log_softmax_backward(grad_output, output, dim: int, *, run: Runner | None = None):
+    return _backward(run or on_gpu(PROGRAM), grad_output, output, dim, log=True)

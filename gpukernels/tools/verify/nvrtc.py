@@ -1,14 +1,94 @@
 """Compile every CUDA source of ``gpukernels.cupy`` with NVRTC, CuPy's runtime compiler and
-flags (``NVRTC_OPTIONS``), for sm_80 and sm_90 with ``-Xptxas=-v``, without a GPU."""
+flags (``NVRTC_OPTIONS``), for sm_80 and sm_90 with ``-Xptxas=-v``, without a GPU.
+
+NVRTC comes from pip (``gpukernels[cupy]``: CUDA 12, ``gpukernels[cupy13]``: CUDA 13) or a CUDA
+toolkit. The two pip generations lay it out differently (CUDA 12:
+``nvidia/cuda_nvrtc/lib/libnvrtc.so.12``, CUDA 13: ``nvidia/cu13/lib/libnvrtc.so.13``), and CuPy
+needs the major version it was built for; :func:`load_nvrtc` finds that one and loads it before
+CuPy does, so any CuPy from 13 on compiles with it, and says what to install when it is missing.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib
+import os
 import pkgutil
 import re
-from typing import Iterator
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Iterator
 
 from .report import TARGETS, CompileRow
+
+# Where each pip generation puts NVRTC, below a site-packages directory.
+PIP_LAYOUTS = {12: "nvidia/cuda_nvrtc/lib", 13: "nvidia/cu13/lib"}
+# Where a CUDA toolkit keeps it, below its root.
+TOOLKIT_LAYOUTS = ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib")
+# The CuPy wheel of each CUDA major version, and the extra that installs it with its NVRTC.
+CUPY_WHEELS = {12: "cupy-cuda12x", 13: "cupy-cuda13x"}
+EXTRAS = {12: "cupy", 13: "cupy13"}
+
+
+class NvrtcNotFoundError(RuntimeError):
+    """No NVRTC of the CUDA version CuPy was built for; the message says what to install."""
+
+
+def cupy_cuda_major() -> int:
+    """The CUDA major version of the installed CuPy: its wheel's name, else its runtime."""
+    for major, wheel in CUPY_WHEELS.items():
+        try:
+            metadata.version(wheel)
+            return major
+        except metadata.PackageNotFoundError:
+            continue
+    from cupy.cuda import runtime
+
+    return runtime.runtimeGetVersion() // 1000
+
+
+def search_dirs() -> list[Path]:
+    """Where to look: every directory on sys.path (site-packages with the pip wheels first), then
+    the CUDA toolkits named by $CUDA_PATH / $CUDA_HOME and /usr/local/cuda."""
+    dirs = [Path(p) for p in sys.path if p and Path(p).is_dir()]
+    roots = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+    dirs += [Path(root) / layout for root in roots if root for layout in TOOLKIT_LAYOUTS]
+    return dirs
+
+
+def find_nvrtc(major: int, dirs: Iterable[Path]) -> Path | None:
+    """The first ``libnvrtc.so.<major>`` in ``dirs``: in a pip layout below one (site-packages), or
+    directly in one (a toolkit's lib directory)."""
+    name = f"libnvrtc.so.{major}"
+    for directory in dirs:
+        for candidate in (directory / PIP_LAYOUTS.get(major, "") / name, directory / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def nvrtc_missing_message(major: int, dirs: Iterable[Path]) -> str:
+    searched = ", ".join(str(d) for d in dirs) or "nowhere"
+    return (f"no NVRTC for CUDA {major} (libnvrtc.so.{major}), the version the installed CuPy was built for; "
+            f"pip install 'gpukernels[{EXTRAS.get(major, 'cupy')}]' or set CUDA_PATH to a CUDA {major} toolkit "
+            f"(searched {PIP_LAYOUTS.get(major, 'lib')} below, and directly in: {searched})")
+
+
+@functools.lru_cache(maxsize=None)
+def load_nvrtc() -> Path:
+    """Load CuPy's NVRTC (and its builtins library beside it) globally, so CuPy's own lookup takes
+    this one; returns its path or raises :class:`NvrtcNotFoundError`."""
+    major = cupy_cuda_major()
+    dirs = search_dirs()
+    found = find_nvrtc(major, dirs)
+    if found is None:
+        raise NvrtcNotFoundError(nvrtc_missing_message(major, dirs))
+    for builtins in sorted(found.parent.glob(f"libnvrtc-builtins.so.{major}.*")):
+        ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(found), mode=ctypes.RTLD_GLOBAL)
+    return found
 
 
 def iter_programs() -> Iterator[object]:
@@ -24,6 +104,7 @@ def iter_programs() -> Iterator[object]:
 
 def _compile(program, target: int) -> tuple[bytes, dict[str, str], str]:
     """(cubin, name expression -> lowered name, ptxas log) or raises with NVRTC's log."""
+    load_nvrtc()
     from cupy.cuda import nvrtc
 
     from gpukernels.cupy._module import NVRTC_OPTIONS, source_text
