@@ -356,6 +356,17 @@ def implementation(family: str, op: str, backend: str) -> Callable[..., Any]:
         raise BackendUnavailableError(f"backend {backend!r} has no implementation of {op!r}") from None
 
 
+def backend_stream(backend: str, arrays: tuple) -> contextlib.AbstractContextManager:
+    """Where the conversions, the op and the conversions back run. For CuPy with torch tensors:
+    torch's current stream, so DLPack's hand-over needs no cross-stream event (which a CUDA
+    graph capture forbids) and the op is ordered with the caller's torch work."""
+    if backend != "cupy":
+        return contextlib.nullcontext()
+    from .cupy._stream import callers_stream
+
+    return callers_stream(arrays)
+
+
 def call(family: str, op: str, arrays: tuple, params: dict | None = None, *, returns_like: Any = None) -> Any:
     """Run ``op`` on the chosen backend and hand its result(s) back as the caller's arrays.
 
@@ -371,14 +382,15 @@ def call(family: str, op: str, arrays: tuple, params: dict | None = None, *, ret
     backend = select_backend(first)
     function = implementation(family, op, backend)
     check_devices(backend, function, arrays)
-    result = function(*(to_backend(backend, a) for a in arrays), **(params or {}))
-    if isinstance(returns_like, tuple):
-        results = result if isinstance(result, tuple) else (result,)
-        return tuple(r if t is None else like(r, t) for r, t in zip(results, returns_like, strict=True))
-    template = first if returns_like is None else returns_like
-    if isinstance(result, tuple):
-        return tuple(like(r, template) for r in result)
-    return like(result, template)
+    with backend_stream(backend, arrays):
+        result = function(*(to_backend(backend, a) for a in arrays), **(params or {}))
+        if isinstance(returns_like, tuple):
+            results = result if isinstance(result, tuple) else (result,)
+            return tuple(r if t is None else like(r, t) for r, t in zip(results, returns_like, strict=True))
+        template = first if returns_like is None else returns_like
+        if isinstance(result, tuple):
+            return tuple(like(r, template) for r in result)
+        return like(result, template)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,9 +457,10 @@ def call_inplace(family: str, op: str, arrays: tuple, params: dict | None = None
             copies.append((a, converted))
         return converted
 
-    result = function(*(convert(a, i) for i, a in enumerate(arrays)), **(params or {}))
-    for caller, converted in copies:
-        _write_back(caller, converted)
-    if result is None:
-        return None
-    return like(result, template)
+    with backend_stream(backend, arrays):
+        result = function(*(convert(a, i) for i, a in enumerate(arrays)), **(params or {}))
+        for caller, converted in copies:
+            _write_back(caller, converted)
+        if result is None:
+            return None
+        return like(result, template)
