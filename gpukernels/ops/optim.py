@@ -37,8 +37,8 @@ STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # misses, and is checked).
 
 _FACTS = operator.attrgetter("__class__", "shape", "dtype", "device")
-_PASSED: dict = {}  # keys of calls whose array checks passed, oldest first
-_PASSED_SIZE = 64
+_PASSED: dict[str, list[tuple]] = {}  # op -> the facts of its calls that passed, most recent first
+_PASSED_PER_OP = 8  # an optimizer with a few param groups, or a few optimizers, all hit
 
 
 class _Uncacheable(Exception):
@@ -75,18 +75,18 @@ def _facts(value: Any) -> Any:
 
 def _check_arrays(op: str, arrays: tuple, check: Callable[[], None]) -> None:
     """Run ``check``, the array checks of one call of ``op``, unless a call whose ``arrays``
-    had the same facts passed them."""
+    had the same facts passed them. (Compared, not hashed: a hit then reads each fact once.)"""
     try:
-        key = (op, tuple(map(_facts, arrays)))
-        if key in _PASSED:
-            return
-    except (_Uncacheable, TypeError):  # TypeError: an unhashable fact
+        facts = tuple(map(_facts, arrays))
+    except _Uncacheable:
         check()
         return
+    passed = _PASSED.setdefault(op, [])
+    if facts in passed:
+        return
     check()
-    _PASSED[key] = True
-    if len(_PASSED) > _PASSED_SIZE:
-        del _PASSED[next(iter(_PASSED))]
+    passed.insert(0, facts)
+    del passed[_PASSED_PER_OP:]
 
 
 def _check_list(values: Any, name: str, length: int | None = None, allow_none: bool = False) -> list:
