@@ -25,14 +25,12 @@ STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # ---------------------------------------------------------------------------------------------
 # Checks
-
-
-# ---------------------------------------------------------------------------------------------
+#
 # The array checks' cache. An optimizer calls a step with the same arrays, or arrays of the
 # same kinds, every time, and checking hundreds of them one by one in Python costs more than
 # the step itself takes on a GPU. The array checks read nothing but each array's type, shape,
 # dtype and device (and which entries are None, and how many there are), so a call whose arrays
-# have the same facts as a call that passed passes too. Those facts are the cache key: a hit is
+# have the same facts as a call that passed passes too. Those facts are what is remembered: a hit is
 # never stale, whatever happened to the arrays in between (a parameter cast or moved in place
 # misses, and is checked).
 
