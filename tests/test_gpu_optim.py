@@ -156,3 +156,27 @@ def test_clip_grad_norm_matches_torch_on_the_device(rng):
         assert_close(got, as_float64(want), "float32", kind="reduction")
     for a, b in zip(ours, theirs):
         assert_close(a.grad, as_float64(b.grad), "float32", kind="reduction")
+
+
+def test_steps_never_wait_for_the_gpu(rng):
+    """A step only queues work: the first one (state, counters and launch tables made, the
+    tables copied up from pinned memory) and every later one, for every optimizer and for
+    clipping without error_if_nonfinite. A host sync anywhere raises here."""
+    params = [torch.nn.Parameter(t) for t in _tensors(rng, "float32")]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizers = [gko.Adam(params, lr=1e-3), gko.AdamW(params, lr=1e-3, amsgrad=True),
+                  gko.SGD(params, lr=0.1, momentum=0.9), gko.RMSprop(params, lr=1e-3, centered=True, momentum=0.5)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            for opt in optimizers:
+                opt.step()
+            gku.clip_grad_norm_(params, 1e6)
+            for p in params:  # new gradients elsewhere in memory: new launch tables, still no sync
+                p.grad = torch.randn_like(p)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert all(float(opt.state[params[0]]["step"]) == 3.0 for opt in optimizers if "step" in opt.state[params[0]])

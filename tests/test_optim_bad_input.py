@@ -137,3 +137,37 @@ def test_bad_input_through_the_triton_backend_writes_nothing(rng):
     with gk.use_backend("triton"), pytest.raises(TypeError, match=r"grads\[1\] has dtype float16"):
         gk.adam_step(params, grads, state, [s.clone() for s in state], step=1)
     assert all(torch.equal(a, b) for a, b in zip(params + state, before))
+
+
+def test_checks_are_cached_by_the_facts_they_read_so_a_hit_is_never_stale(rng):
+    """A step's array checks are skipped when a call with arrays of the same type, shape, dtype
+    and device passed them: a tensor changed in place since (cast, resized, moved) is checked
+    again and rejected before anything is written, and the numbers are checked on every call."""
+    params = [torch.from_numpy(a) for a in _arrays(rng)]
+    grads = [torch.from_numpy(a) for a in _arrays(rng)]
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    gk.adam_step(params, grads, m, v, step=1)
+    gk.adam_step(params, grads, m, v, step=2)  # the same facts: the cached pass
+    with pytest.raises(ValueError, match="step counts"):
+        gk.adam_step(params, grads, m, v, step=0)
+    before = [t.clone() for t in params + m + v]
+    params[1].data = params[1].data.double()  # what model.double() does to a parameter
+    with pytest.raises(TypeError, match=r"grads\[1\] has dtype float32 but params\[1\] has dtype float64"):
+        gk.adam_step(params, grads, m, v, step=3)
+    params[1].data = params[1].data.float()
+    v[0].resize_(2)  # a state tensor shrunk in place: the kernels would write past its end
+    with pytest.raises(ValueError, match=r"exp_avg_sqs\[0\] has shape \(2,\) but params\[0\] has shape \(3,\)"):
+        gk.adam_step(params, grads, m, v, step=3)
+    v[0].resize_(3)
+    assert all(torch.equal(a, b) for a, b in zip(params + m, before[:4]))  # nothing written
+
+
+def test_a_first_sgd_step_creates_buffers_only_after_every_check(rng):
+    params, grads = _arrays(rng), _arrays(rng)
+    buffers = [None, None]
+    gk.sgd_step(params, grads, buffers, lr=0.1, momentum=0.9)  # passes: buffers made
+    assert all(b is not None for b in buffers)
+    fresh = [None, None]
+    with pytest.raises(TypeError, match=r"grads\[1\] has dtype float64"):
+        gk.sgd_step(params, [grads[0], grads[1].astype(np.float64)], fresh, lr=0.1, momentum=0.9)
+    assert fresh == [None, None]

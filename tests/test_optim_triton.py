@@ -265,10 +265,10 @@ def test_one_launch_per_dtype_group(monkeypatch, rng):
     m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     with gk.use_backend("triton"):
         gk.adam_step(params, grads, m, v, step=1)
-        cached = len(triton_optim._PLANS)
+        cached = len(triton_optim._TABLES), len(triton_optim._BLOCK_MAPS)
         gk.adam_step(params, grads, m, v, step=2)
     assert launches == [triton_optim.adam_kernel] * 2
-    assert len(triton_optim._PLANS) == cached
+    assert (len(triton_optim._TABLES), len(triton_optim._BLOCK_MAPS)) == cached
 
 
 @pytest.mark.parametrize("backend", ["numpy", "triton"])

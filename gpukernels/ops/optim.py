@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+import operator
+from typing import Any, Callable, Sequence
 
 from .._dispatch import array_library, call_inplace
 from ._checks import check_float, check_match, check_real_number, device_name, dtype_name
@@ -24,36 +25,66 @@ STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # ---------------------------------------------------------------------------------------------
 # Checks
+#
+# The array checks' cache. An optimizer calls a step with the same arrays, or arrays of the
+# same kinds, every time, and checking hundreds of them one by one in Python costs more than
+# the step itself takes on a GPU. The array checks read nothing but each array's type, shape,
+# dtype and device (and which entries are None, and how many there are), so a call whose arrays
+# have the same facts as a call that passed passes too. Those facts are what is remembered: a hit is
+# never stale, whatever happened to the arrays in between (a parameter cast or moved in place
+# misses, and is checked).
+
+_FACTS = operator.attrgetter("__class__", "shape", "dtype", "device")
+_PASSED: dict[str, list[tuple]] = {}  # op -> the facts of its calls that passed, most recent first
+_PASSED_PER_OP = 8  # an optimizer with a few param groups, or a few optimizers, all hit
 
 
-_FLOAT_KINDS: dict = {}
+class _Uncacheable(Exception):
+    """An argument has no facts to key on (not an array): the checks run and name it."""
 
 
-def _plainly_float(x: Any) -> bool:
-    """A quick yes for the common case (an array type and float dtype seen before), so a step
-    over a thousand tensors spends its time updating them rather than checking them."""
-    key = (type(x), getattr(x, "dtype", None))
-    if key not in _FLOAT_KINDS:
-        try:
-            _FLOAT_KINDS[key] = array_library(x) is not None and dtype_name(x) in STATE_DTYPES
-        except TypeError:  # an unhashable or odd dtype: take the full check
-            return False
-    return _FLOAT_KINDS[key]
+def _array_facts(x: Any) -> Any:
+    if x is None:
+        return None
+    try:
+        return _FACTS(x)
+    except AttributeError:
+        raise _Uncacheable from None
 
 
-_LIBRARY_OF_TYPE: dict = {}
+def _list_facts(values: Any) -> tuple:
+    if not isinstance(values, (list, tuple)):
+        raise _Uncacheable
+    try:
+        return tuple(map(_FACTS, values))  # the common case: arrays only, at C speed
+    except AttributeError:
+        return tuple(map(_array_facts, values))
 
 
-def _library(x: Any) -> str | None:
-    kind = type(x)
-    if kind not in _LIBRARY_OF_TYPE:
-        _LIBRARY_OF_TYPE[kind] = array_library(x)
-    return _LIBRARY_OF_TYPE[kind]
+def _facts(value: Any) -> Any:
+    """The facts of an array, a list of arrays (and None) or None; a number stands for itself
+    (it is checked on every call, so its value is no part of the key)."""
+    if isinstance(value, (list, tuple)):
+        return _list_facts(value)
+    if value is None or isinstance(value, numbers.Number):
+        return type(value)
+    return _array_facts(value)
 
 
-def _same_place_and_shape(ref: Any, x: Any) -> bool:
-    return (_library(x) == _library(ref) is not None and x.shape == ref.shape
-            and getattr(x, "device", None) == getattr(ref, "device", None))
+def _check_arrays(op: str, arrays: tuple, check: Callable[[], None]) -> None:
+    """Run ``check``, the array checks of one call of ``op``, unless a call whose ``arrays``
+    had the same facts passed them. (Compared, not hashed: a hit then reads each fact once.)"""
+    try:
+        facts = tuple(map(_facts, arrays))
+    except _Uncacheable:
+        check()
+        return
+    passed = _PASSED.setdefault(op, [])
+    if facts in passed:
+        return
+    check()
+    passed.insert(0, facts)
+    del passed[_PASSED_PER_OP:]
 
 
 def _check_list(values: Any, name: str, length: int | None = None, allow_none: bool = False) -> list:
@@ -62,9 +93,8 @@ def _check_list(values: Any, name: str, length: int | None = None, allow_none: b
     if length is not None and len(values) != length:
         raise ValueError(f"{name} has {len(values)} entries but params has {length}; pass one per parameter")
     for i, x in enumerate(values):
-        if (x is None and allow_none) or _plainly_float(x):
-            continue
-        check_float(x, f"{name}[{i}]", STATE_DTYPES)
+        if not (x is None and allow_none):
+            check_float(x, f"{name}[{i}]", STATE_DTYPES)
     return list(values)
 
 
@@ -72,9 +102,6 @@ def _check_params(params: Any, grads: Any) -> None:
     _check_list(params, "params")
     _check_list(grads, "grads", len(params))
     for i, (p, g) in enumerate(zip(params, grads)):
-        if _library(p) == _library(params[0]) and getattr(p, "device", None) == getattr(params[0], "device", None) \
-                and _same_place_and_shape(p, g) and g.dtype == p.dtype:
-            continue
         _check_same_place("params[0]", params[0], f"params[{i}]", p)  # dtypes may differ between parameters
         check_match(f"params[{i}]", p, f"grads[{i}]", g, shape=True)
 
@@ -91,8 +118,7 @@ def _check_same_place(ref_name: str, ref: Any, name: str, x: Any) -> None:
 def _check_state(params: list, values: Any, name: str, master: bool, allow_none: bool = False) -> list:
     values = _check_list(values, name, len(params), allow_none)
     for i, (p, s) in enumerate(zip(params, values)):
-        if s is None or (_same_place_and_shape(p, s) and (s.dtype == p.dtype if not master
-                                                          else dtype_name(s) == "float32")):
+        if s is None:
             continue
         _check_same_place(f"params[{i}]", p, f"{name}[{i}]", s)
         if tuple(s.shape) != tuple(p.shape):
@@ -124,13 +150,23 @@ def _check_scalar_array(x: Any, name: str, params: list) -> Any:
     return x
 
 
-def _check_step(step: Any, params: list) -> Any:
+def _check_step(step: Any, params: list) -> None:
+    """The array forms of ``step``; a number is checked by ``_step_value`` on every call."""
     if isinstance(step, (list, tuple)):  # one counter per parameter, as torch.optim keeps them
         if len(step) != len(params):
             raise ValueError(f"step has {len(step)} entries but params has {len(params)}; pass one per parameter")
-        return [_check_scalar_array(s, f"step[{i}]", params) for i, s in enumerate(step)]
+        for i, s in enumerate(step):
+            _check_scalar_array(s, f"step[{i}]", params)
+    elif array_library(step) is not None:
+        _check_scalar_array(step, "step", params)
+
+
+def _step_value(step: Any) -> Any:
+    """``step`` as the backends take it: a list of arrays, an array, or a checked float."""
+    if isinstance(step, (list, tuple)):
+        return list(step)
     if array_library(step) is not None:
-        return _check_scalar_array(step, "step", params)
+        return step
     if isinstance(step, bool) or not isinstance(step, numbers.Real):
         raise TypeError(f"step must be a number or a one-element float32 array, got {type(step).__name__}")
     if not (step >= 1 and math.isfinite(step)):
@@ -180,22 +216,27 @@ def adam_step(params: Sequence, grads: Sequence, exp_avgs: Sequence, exp_avg_sqs
     (torch.optim's per-parameter counters). Arrays are read on the device, so a captured CUDA
     graph can advance them. With ``amsgrad``, ``max_exp_avg_sqs`` holds the running maxima.
     """
-    _check_params(params, grads)
-    master = _check_master(params, master_params)
-    exp_avgs = _check_state(params, exp_avgs, "exp_avgs", master)
-    exp_avg_sqs = _check_state(params, exp_avg_sqs, "exp_avg_sqs", master)
-    if _check_flag(amsgrad, "amsgrad"):
-        if max_exp_avg_sqs is None:
-            raise ValueError("amsgrad=True needs max_exp_avg_sqs, one array per parameter")
-        max_exp_avg_sqs = _check_state(params, max_exp_avg_sqs, "max_exp_avg_sqs", master)
-    else:
-        max_exp_avg_sqs = None
-    step = _check_step(step, params)
     lr, eps, weight_decay = _check_nonneg(lr, "lr"), _check_nonneg(eps, "eps"), _check_nonneg(weight_decay, "weight_decay")
     beta1, beta2 = _check_betas(betas)
     maximize, decoupled = _check_flag(maximize, "maximize"), _check_flag(decoupled_weight_decay, "decoupled_weight_decay")
-    grad_scale = _check_scalar_array(grad_scale, "grad_scale", params)
-    found_inf = _check_scalar_array(found_inf, "found_inf", params)
+    if _check_flag(amsgrad, "amsgrad") and max_exp_avg_sqs is None:
+        raise ValueError("amsgrad=True needs max_exp_avg_sqs, one array per parameter")
+    max_exp_avg_sqs = max_exp_avg_sqs if amsgrad else None
+
+    def check() -> None:
+        _check_params(params, grads)
+        master = _check_master(params, master_params)
+        _check_state(params, exp_avgs, "exp_avgs", master)
+        _check_state(params, exp_avg_sqs, "exp_avg_sqs", master)
+        if amsgrad:
+            _check_state(params, max_exp_avg_sqs, "max_exp_avg_sqs", master)
+        _check_step(step, params)
+        _check_scalar_array(grad_scale, "grad_scale", params)
+        _check_scalar_array(found_inf, "found_inf", params)
+
+    _check_arrays("adam_step", (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, step,
+                                    grad_scale, found_inf), check)
+    step = _step_value(step)
     if not params:
         return
     call_inplace(
@@ -214,8 +255,6 @@ def sgd_step(params: Sequence, grads: Sequence, momentum_buffer_list: list | Non
     """One SGD step, in place. With ``momentum``, ``momentum_buffer_list`` holds one buffer per
     parameter; a None entry (the first step) is replaced by a new buffer equal to the gradient,
     as torch.optim.SGD does."""
-    _check_params(params, grads)
-    master = _check_master(params, master_params)
     lr, weight_decay = _check_nonneg(lr, "lr"), _check_nonneg(weight_decay, "weight_decay")
     momentum, dampening = _check_nonneg(momentum, "momentum"), check_real_number(dampening, "dampening")
     if not math.isfinite(dampening):
@@ -223,30 +262,38 @@ def sgd_step(params: Sequence, grads: Sequence, momentum_buffer_list: list | Non
     if _check_flag(nesterov, "nesterov") and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     maximize = _check_flag(maximize, "maximize")
-    if momentum != 0:
-        if not isinstance(momentum_buffer_list, list):
-            raise TypeError("momentum != 0 needs momentum_buffer_list, a list (entries may be None on the first step)")
-        _check_state(params, momentum_buffer_list, "momentum_buffer_list", master, allow_none=True)
-    grad_scale = _check_scalar_array(grad_scale, "grad_scale", params)
-    found_inf = _check_scalar_array(found_inf, "found_inf", params)
+    if momentum != 0 and not isinstance(momentum_buffer_list, list):  # a list: new buffers are put into it
+        raise TypeError("momentum != 0 needs momentum_buffer_list, a list (entries may be None on the first step)")
+    buffers = momentum_buffer_list if momentum != 0 else None
+
+    def check() -> None:
+        _check_params(params, grads)
+        master = _check_master(params, master_params)
+        if buffers is not None:
+            _check_state(params, buffers, "momentum_buffer_list", master, allow_none=True)
+        _check_scalar_array(grad_scale, "grad_scale", params)
+        _check_scalar_array(found_inf, "found_inf", params)
+
+    _check_arrays("sgd_step", (params, grads, buffers, master_params, grad_scale, found_inf), check)
     if not params:
         return
-    first_step = [False] * len(params)
-    if momentum != 0:
-        for i, buffer in enumerate(momentum_buffer_list):
-            if buffer is None:  # created here, after every check passed; the kernel writes it
-                momentum_buffer_list[i] = _empty_like(master_params[i] if master else params[i])
-                first_step[i] = True
+    first_step = [False] * len(params) if buffers is None else [b is None for b in buffers]
+    if any(first_step):
+        for i, first in enumerate(first_step):
+            if first:  # created here, after every check passed; the kernel writes it
+                buffers[i] = _empty_like(params[i] if master_params is None else master_params[i])
     call_inplace(
         "optim", "sgd_step",
-        (params, grads, momentum_buffer_list if momentum != 0 else None, master_params, grad_scale, found_inf),
+        (params, grads, buffers, master_params, grad_scale, found_inf),
         dict(first_step=first_step, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
              nesterov=nesterov, maximize=maximize),
         template=params[0], writes=(0, 2, 3),
     )
     if found_inf is not None and any(first_step) and _found(found_inf):
-        for i in (i for i, first in enumerate(first_step) if first):  # a skipped step creates no buffer
-            momentum_buffer_list[i] = None
+        # A skipped step creates no buffer. This reads found_inf on the host, on the first
+        # step with new buffers only: every later step stays free of host syncs.
+        for i in (i for i, first in enumerate(first_step) if first):
+            buffers[i] = None
 
 
 def rmsprop_step(params: Sequence, grads: Sequence, square_avgs: Sequence, grad_avgs: Sequence | None = None,
@@ -256,31 +303,34 @@ def rmsprop_step(params: Sequence, grads: Sequence, square_avgs: Sequence, grad_
                  master_params: Sequence | None = None) -> None:
     """One RMSprop step, in place; ``grad_avgs`` when ``centered``, ``momentum_buffer_list``
     (zero-initialised, as torch.optim.RMSprop keeps them) when ``momentum > 0``."""
-    _check_params(params, grads)
-    master = _check_master(params, master_params)
-    square_avgs = _check_state(params, square_avgs, "square_avgs", master)
-    if _check_flag(centered, "centered"):
-        if grad_avgs is None:
-            raise ValueError("centered=True needs grad_avgs, one array per parameter")
-        grad_avgs = _check_state(params, grad_avgs, "grad_avgs", master)
-    else:
-        grad_avgs = None
     lr, eps, weight_decay = _check_nonneg(lr, "lr"), _check_nonneg(eps, "eps"), _check_nonneg(weight_decay, "weight_decay")
     alpha, momentum = _check_nonneg(alpha, "alpha"), _check_nonneg(momentum, "momentum")
-    if momentum > 0:
-        if momentum_buffer_list is None:
-            raise ValueError("momentum > 0 needs momentum_buffer_list, one array per parameter")
-        momentum_buffer_list = _check_state(params, momentum_buffer_list, "momentum_buffer_list", master)
-    else:
-        momentum_buffer_list = None
     maximize = _check_flag(maximize, "maximize")
-    grad_scale = _check_scalar_array(grad_scale, "grad_scale", params)
-    found_inf = _check_scalar_array(found_inf, "found_inf", params)
+    if _check_flag(centered, "centered") and grad_avgs is None:
+        raise ValueError("centered=True needs grad_avgs, one array per parameter")
+    if momentum > 0 and momentum_buffer_list is None:
+        raise ValueError("momentum > 0 needs momentum_buffer_list, one array per parameter")
+    grad_avgs = grad_avgs if centered else None
+    buffers = momentum_buffer_list if momentum > 0 else None
+
+    def check() -> None:
+        _check_params(params, grads)
+        master = _check_master(params, master_params)
+        _check_state(params, square_avgs, "square_avgs", master)
+        if grad_avgs is not None:
+            _check_state(params, grad_avgs, "grad_avgs", master)
+        if buffers is not None:
+            _check_state(params, buffers, "momentum_buffer_list", master)
+        _check_scalar_array(grad_scale, "grad_scale", params)
+        _check_scalar_array(found_inf, "found_inf", params)
+
+    _check_arrays("rmsprop_step", (params, grads, square_avgs, grad_avgs, buffers, master_params, grad_scale,
+                                       found_inf), check)
     if not params:
         return
     call_inplace(
         "optim", "rmsprop_step",
-        (params, grads, square_avgs, grad_avgs, momentum_buffer_list, master_params, grad_scale, found_inf),
+        (params, grads, square_avgs, grad_avgs, buffers, master_params, grad_scale, found_inf),
         dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
              maximize=maximize),
         template=params[0], writes=(0, 2, 3, 4, 5),
@@ -291,11 +341,13 @@ def rmsprop_step(params: Sequence, grads: Sequence, square_avgs: Sequence, grad_
 # Gradient clipping
 
 
-def _check_grads(grads: Any) -> list:
-    grads = _check_list(grads, "grads")
-    for i, g in enumerate(grads[1:], 1):
-        _check_same_place("grads[0]", grads[0], f"grads[{i}]", g)
-    return grads
+def _check_grads(grads: Any) -> None:
+    def check() -> None:
+        _check_list(grads, "grads")
+        for i, g in enumerate(grads[1:], 1):
+            _check_same_place("grads[0]", grads[0], f"grads[{i}]", g)
+
+    _check_arrays("clip", (grads,), check)
 
 
 def clip_grad_norm_(grads: Sequence, max_norm: float, norm_type: float = 2.0,
@@ -303,7 +355,7 @@ def clip_grad_norm_(grads: Sequence, max_norm: float, norm_type: float = 2.0,
     """Scale all gradients together by ``min(1, max_norm / (total_norm + 1e-6))`` in place and
     return ``total_norm``, the ``norm_type``-norm of all gradients as one vector (a 0-d array of
     the gradients' library, device and dtype). ``norm_type``: any p > 0 or ``inf``."""
-    grads = _check_grads(grads)
+    _check_grads(grads)
     max_norm = check_real_number(max_norm, "max_norm")
     norm_type = check_real_number(norm_type, "norm_type")
     if not (norm_type > 0):
@@ -319,7 +371,7 @@ def clip_grad_norm_(grads: Sequence, max_norm: float, norm_type: float = 2.0,
 
 def clip_grad_value_(grads: Sequence, clip_value: float) -> None:
     """Clamp every gradient element into ``[-clip_value, clip_value]`` in place (NaN stays NaN)."""
-    grads = _check_grads(grads)
+    _check_grads(grads)
     clip_value = check_real_number(clip_value, "clip_value")
     if not grads:
         return

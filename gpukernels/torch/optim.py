@@ -17,6 +17,8 @@ and the parameter receives its rounding.
 
 from __future__ import annotations
 
+import contextlib
+import operator
 from typing import Any, Callable
 
 import torch
@@ -46,8 +48,18 @@ def _check_hyper(lr, eps=None, weight_decay=None, betas=None, momentum=None, alp
         raise ValueError(f"Invalid alpha value: {alpha}")
 
 
+_EXP_AVG, _EXP_AVG_SQ, _STEP = (operator.itemgetter(k) for k in ("exp_avg", "exp_avg_sq", "step"))
+_DATA_PTR = torch.Tensor.data_ptr
+_IS_SPARSE = operator.attrgetter("is_sparse")
+
+
 class _Fused(torch.optim.Optimizer):
-    """What the four optimizers share: the step loop, AMP hand-off, state placement."""
+    """What the four optimizers share: the step loop, AMP hand-off, state placement.
+
+    A step is what a training loop waits for whenever the GPU's update is short, so the host's
+    part touches each parameter a handful of times at C speed (its gradient, its state dict, a
+    few list appends) and launches O(1) kernels: the update (one per dtype) and the step
+    counters' advance (one, or two with GradScaler)."""
 
     _step_supports_amp_scaling = True
     _state_keys: tuple[str, ...] = ()  # floating state tensors shaped like the parameter
@@ -77,16 +89,21 @@ class _Fused(torch.optim.Optimizer):
         if self._master(group, p) and "master_param" not in state:
             state["master_param"] = p.detach().float().clone(memory_format=torch.contiguous_format)
 
+    def _init_masters(self, group: dict, params: list[torch.Tensor], states: list[dict]) -> None:
+        """Master weights for the parameters of a ``master_weights`` group that have none yet."""
+        if group.get("master_weights"):
+            for p, state in zip(params, states):
+                if p.dtype in _HALF and "master_param" not in state:
+                    self._init_common(group, p, state)
+
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's loading, then torch.optim's own state placed as these kernels keep it: step
         counters float32 on the parameter's device, float32 state next to master weights."""
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             counted = [p for p in group["params"] if "step" in self.state.get(p, {})]
-            values = {p: float(self.state[p].pop("step")) for p in counted}
-            self._new_steps(counted, lambda p: self.state[p])  # one buffer again: one launch per advance
-            for p in counted:
-                self.state[p]["step"].fill_(values[p])
+            values = [float(self.state[p].pop("step")) for p in counted]
+            self._new_steps(counted, lambda p: self.state[p], values)  # one buffer again: one launch per advance
             for p in group["params"]:
                 state = self.state.get(p)
                 if not state:
@@ -96,60 +113,102 @@ class _Fused(torch.optim.Optimizer):
                     if isinstance(state.get(key), torch.Tensor):
                         state[key] = state[key].to(dtype=self._state_dtype(group, p), device=p.device)
 
-    def _with_grads(self, group: dict) -> list[torch.Tensor]:
-        params = []
+    def _with_grads(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params, grads = [], []
         for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            params.append(p)
-        return params
+            g = p.grad
+            if g is not None:
+                params.append(p)
+                grads.append(g)
+        if any(map(_IS_SPARSE, grads)):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        return params, grads
 
-    def _split(self, group: dict, params: list[torch.Tensor]):
+    def _split(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]):
         """Parameters with and without master weights: one functional call each."""
+        if not group.get("master_weights"):
+            yield False, params, grads
+            return
         for master in (False, True):
-            part = [p for p in params if self._master(group, p) == master]
+            part = [i for i, p in enumerate(params) if (p.dtype in _HALF) == master]
             if part:
-                yield master, part
+                yield master, [params[i] for i in part], [grads[i] for i in part]
 
     @staticmethod
-    def _new_steps(params: list[torch.Tensor], state_of: Callable[[torch.Tensor], dict]) -> None:
-        """Step counters for the parameters that have none yet: 0-d views into one float32
-        buffer on their device, so advancing them all is a single launch (see _advance)."""
-        fresh = [p for p in params if "step" not in state_of(p)]
-        by_device: dict[torch.device, list[torch.Tensor]] = {}
-        for p in fresh:
-            by_device.setdefault(p.device, []).append(p)
-        for device, group in by_device.items():
-            counters = torch.zeros(len(group), dtype=torch.float32, device=device)
-            for i, p in enumerate(group):
-                state_of(p)["step"] = counters[i]
+    def _new_steps(params: list[torch.Tensor], state_of: Callable[[torch.Tensor], dict],
+                   values: list[float] | None = None) -> None:
+        """Step counters (0, or ``values``) for ``params``: 0-d views into one float32 buffer per
+        device, so advancing them all is a single launch (see _advance)."""
+        by_device: dict[torch.device, list[int]] = {}
+        for i, p in enumerate(params):
+            by_device.setdefault(p.device, []).append(i)
+        for device, members in by_device.items():
+            if values is None:  # made on the device: a first step waits for nothing
+                counters = torch.zeros(len(members), dtype=torch.float32, device=device)
+            else:
+                counters = torch.tensor([values[i] for i in members], dtype=torch.float32).to(device)
+            for j, i in enumerate(members):
+                state_of(params[i])["step"] = counters[j]
 
     @staticmethod
     def _as_one_buffer(steps: list[torch.Tensor]) -> torch.Tensor | None:
-        """The steps as one 1-D tensor when they are consecutive elements of one buffer."""
+        """The counters as one 1-D tensor when they are consecutive float32s of one storage
+        (as _new_steps makes them), else None."""
         first = steps[0]
-        if first.dtype != torch.float32 or any(s.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
-                                               or s.data_ptr() != first.data_ptr() + 4 * i for i, s in enumerate(steps)):
+        if first.dtype != torch.float32:
             return None
-        return first.as_strided((len(steps),), (1,))
+        start, size = first.data_ptr(), len(steps)
+        storage = first.untyped_storage()
+        if list(map(_DATA_PTR, steps)) != list(range(start, start + 4 * size, 4)) \
+                or start + 4 * size > storage.data_ptr() + storage.nbytes():
+            return None
+        return first.as_strided((size,), (1,))
 
-    def _advance(self, steps: list[torch.Tensor], delta: Any = 1.0) -> None:
-        if not steps:
-            return
+    def _advance(self, steps: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Adds 1 to every counter in one launch; returns the counters as _retreat takes them."""
         buffer = self._as_one_buffer(steps)
         if buffer is not None:
-            buffer.add_(delta)  # one launch, however many parameters
-        elif isinstance(delta, torch.Tensor):
-            torch._foreach_add_(steps, [delta.to(s.device) for s in steps])
-        else:
-            torch._foreach_add_(steps, delta)
+            buffer.add_(1.0)  # one launch, however many parameters
+            return buffer
+        torch._foreach_add_(steps, 1.0)  # one launch per device on CUDA
+        return steps
 
-    def _undo_skipped(self, steps: list[torch.Tensor], found_inf: torch.Tensor | None) -> None:
-        """A step GradScaler skipped does not count, as in torch's fused optimizers."""
-        if steps and found_inf is not None:
-            self._advance(steps, -found_inf.reshape(()))
+    @staticmethod
+    def _retreat(counters: torch.Tensor | list[torch.Tensor], by: torch.Tensor | float) -> None:
+        """Takes ``by`` (a number, or a device tensor: no host sync) off every counter."""
+        if isinstance(counters, torch.Tensor):
+            counters.sub_(by)
+        elif isinstance(by, torch.Tensor):
+            torch._foreach_add_(counters, by.reshape(()), alpha=-1)
+        else:
+            torch._foreach_add_(counters, -by)
+
+    @contextlib.contextmanager
+    def _counting(self, steps: list[torch.Tensor], found_inf: torch.Tensor | None):
+        """Counts the step run in the block (its kernels read counters that include it). A step
+        the block rejects (raises) does not count, nor, as in torch's fused optimizers, one that
+        GradScaler skips (``found_inf``), taken off on the device."""
+        counters = self._advance(steps)
+        try:
+            yield
+        except BaseException:
+            self._retreat(counters, 1.0)
+            raise
+        if found_inf is not None:
+            self._retreat(counters, found_inf)
+
+    def _states(self, group: dict, params: list[torch.Tensor], first: str, init) -> list[dict]:
+        """The state dict of every parameter: a step counter for those without one, ``init`` run
+        on those without ``first`` yet."""
+        state_of = self.state
+        states = [state_of[p] for p in params]
+        uncounted = [p for p, state in zip(params, states) if "step" not in state]
+        if uncounted:
+            self._new_steps(uncounted, lambda p: state_of[p])
+        for i in [i for i, state in enumerate(states) if first not in state]:
+            init(group, params[i], states[i])
+        self._init_masters(group, params, states)
+        return states
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -164,12 +223,14 @@ class _Fused(torch.optim.Optimizer):
             "found_inf": None if found_inf is None else found_inf.reshape(1).to(torch.float32),
         }
         for group in self.param_groups:
-            params = self._with_grads(group)
-            for master, part in self._split(group, params):
-                self._group_step(group, part, master, amp)
+            params, grads = self._with_grads(group)
+            if params:
+                for master, part, part_grads in self._split(group, params, grads):
+                    self._group_step(group, part, part_grads, master, amp)
         return loss
 
-    def _group_step(self, group: dict, params: list[torch.Tensor], master: bool, amp: dict) -> None:
+    def _group_step(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor], master: bool,
+                    amp: dict) -> None:
         raise NotImplementedError  # each optimizer below defines its update
 
     def _amp_on(self, amp: dict, params: list[torch.Tensor]) -> dict:
@@ -192,34 +253,28 @@ class Adam(_Fused):
                         decoupled_weight_decay=decoupled_weight_decay, master_weights=master_weights)
         super().__init__(params, defaults)
 
-    def _group_step(self, group, params, master, amp):
-        steps, exp_avgs, exp_avg_sqs, max_sqs, masters = [], [], [], [], []
-        self._new_steps(params, lambda p: self.state[p])
-        for p in params:
-            state = self.state[p]
-            if "exp_avg" not in state:
-                state["exp_avg"] = self._zeros(group, p)
-                state["exp_avg_sq"] = self._zeros(group, p)
-                if group["amsgrad"]:
+    def _init_state(self, group, p, state):
+        state["exp_avg"] = self._zeros(group, p)
+        state["exp_avg_sq"] = self._zeros(group, p)
+
+    def _group_step(self, group, params, grads, master, amp):
+        states = self._states(group, params, "exp_avg", self._init_state)
+        max_sqs = None
+        if group["amsgrad"]:
+            for p, state in zip(params, states):
+                if "max_exp_avg_sq" not in state:  # new, or amsgrad switched on later
                     state["max_exp_avg_sq"] = self._zeros(group, p)
-            if group["amsgrad"] and "max_exp_avg_sq" not in state:  # amsgrad switched on later
-                state["max_exp_avg_sq"] = self._zeros(group, p)
-            self._init_common(group, p, state)
-            steps.append(state["step"])
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            max_sqs.append(state.get("max_exp_avg_sq"))
-            masters.append(state.get("master_param"))
+            max_sqs = [state["max_exp_avg_sq"] for state in states]
+        steps = list(map(_STEP, states))
         amp = self._amp_on(amp, params)
-        self._advance(steps)
-        F.adam_step(
-            params, [p.grad for p in params], exp_avgs, exp_avg_sqs, step=[s.reshape(1) for s in steps],
-            lr=group["lr"], betas=tuple(group["betas"]), eps=group["eps"], weight_decay=group["weight_decay"],
-            amsgrad=group["amsgrad"], max_exp_avg_sqs=max_sqs if group["amsgrad"] else None,
-            maximize=group["maximize"], decoupled_weight_decay=group.get("decoupled_weight_decay", False),
-            master_params=masters if master else None, **amp,
-        )
-        self._undo_skipped(steps, amp["found_inf"])
+        with self._counting(steps, amp["found_inf"]):
+            F.adam_step(
+                params, grads, list(map(_EXP_AVG, states)), list(map(_EXP_AVG_SQ, states)), step=steps,
+                lr=group["lr"], betas=tuple(group["betas"]), eps=group["eps"], weight_decay=group["weight_decay"],
+                amsgrad=group["amsgrad"], max_exp_avg_sqs=max_sqs, maximize=group["maximize"],
+                decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+                master_params=[state["master_param"] for state in states] if master else None, **amp,
+            )
 
 
 class AdamW(Adam):
@@ -251,24 +306,24 @@ class SGD(_Fused):
                         master_weights=master_weights)
         super().__init__(params, defaults)
 
-    def _group_step(self, group, params, master, amp):
-        buffers, masters = [], []
-        for p in params:
-            # torch.optim.SGD keeps no state without momentum; neither do we (master weights aside)
-            state = self.state[p] if group["momentum"] != 0 or master else {}
-            self._init_common(group, p, state)
-            buffers.append(state.get("momentum_buffer"))
-            masters.append(state.get("master_param"))
-        amp = self._amp_on(amp, params)
+    def _group_step(self, group, params, grads, master, amp):
         momentum = group["momentum"]
-        F.sgd_step(params, [p.grad for p in params], buffers if momentum != 0 else None, lr=group["lr"],
-                   momentum=momentum, dampening=group["dampening"], weight_decay=group["weight_decay"],
-                   nesterov=group["nesterov"], maximize=group["maximize"],
-                   master_params=masters if master else None, **amp)
-        if momentum != 0:
-            for p, buffer in zip(params, buffers):
-                if buffer is not None:
-                    self.state[p]["momentum_buffer"] = buffer
+        buffers = masters = None
+        if momentum != 0 or master:  # torch.optim.SGD keeps no state without momentum; neither do we
+            states = [self.state[p] for p in params]
+            self._init_masters(group, params, states)
+            masters = [state["master_param"] for state in states] if master else None
+            if momentum != 0:
+                buffers = [state.get("momentum_buffer") for state in states]
+                missing = [i for i, buffer in enumerate(buffers) if buffer is None]
+        amp = self._amp_on(amp, params)
+        F.sgd_step(params, grads, buffers, lr=group["lr"], momentum=momentum, dampening=group["dampening"],
+                   weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
+                   master_params=masters, **amp)
+        if buffers is not None:
+            for i in missing:  # buffers made by this step (none when GradScaler skipped it)
+                if buffers[i] is not None:
+                    states[i]["momentum_buffer"] = buffers[i]
 
 
 class RMSprop(_Fused):
@@ -285,31 +340,24 @@ class RMSprop(_Fused):
                         master_weights=master_weights)
         super().__init__(params, defaults)
 
-    def _group_step(self, group, params, master, amp):
-        steps, square_avgs, grad_avgs, buffers, masters = [], [], [], [], []
-        self._new_steps(params, lambda p: self.state[p])
-        for p in params:
-            state = self.state[p]
-            if "square_avg" not in state:
-                state["square_avg"] = self._zeros(group, p)
-                if group["momentum"] > 0:
-                    state["momentum_buffer"] = self._zeros(group, p)
-                if group["centered"]:
-                    state["grad_avg"] = self._zeros(group, p)
-            self._init_common(group, p, state)
-            steps.append(state["step"])
-            square_avgs.append(state["square_avg"])
-            grad_avgs.append(state.get("grad_avg"))
-            buffers.append(state.get("momentum_buffer"))
-            masters.append(state.get("master_param"))
+    def _init_state(self, group, p, state):
+        state["square_avg"] = self._zeros(group, p)
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = self._zeros(group, p)
+        if group["centered"]:
+            state["grad_avg"] = self._zeros(group, p)
+
+    def _group_step(self, group, params, grads, master, amp):
+        states = self._states(group, params, "square_avg", self._init_state)
+        steps = list(map(_STEP, states))
         amp = self._amp_on(amp, params)
-        self._advance(steps)
-        F.rmsprop_step(params, [p.grad for p in params], square_avgs, grad_avgs if group["centered"] else None,
-                       buffers if group["momentum"] > 0 else None, lr=group["lr"], alpha=group["alpha"],
-                       eps=group["eps"], weight_decay=group["weight_decay"], momentum=group["momentum"],
-                       centered=group["centered"], maximize=group["maximize"],
-                       master_params=masters if master else None, **amp)
-        self._undo_skipped(steps, amp["found_inf"])
+        with self._counting(steps, amp["found_inf"]):
+            F.rmsprop_step(params, grads, [state["square_avg"] for state in states],
+                           [state["grad_avg"] for state in states] if group["centered"] else None,
+                           [state["momentum_buffer"] for state in states] if group["momentum"] > 0 else None,
+                           lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+                           momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
+                           master_params=[state["master_param"] for state in states] if master else None, **amp)
 
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop"]

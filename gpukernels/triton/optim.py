@@ -17,9 +17,10 @@ be captured in a CUDA graph once the tables are cached.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import OrderedDict
-from typing import Iterator, NamedTuple
+import operator
+from typing import Iterator, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -44,11 +45,17 @@ def _locate(table_ptr, block_map_ptr, COLUMNS: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _operand(base, row, column, idx, ALIGNED: tl.constexpr):
+def _operand(base, row, column, idx, ALIGNED: tl.constexpr, HAS_MASTER: tl.constexpr = False):
     """Pointers to elements ``idx`` of the tensor in ``column`` of the table row."""
     offset = tl.load(row + column)
     if ALIGNED:  # every tensor starts 16-byte aligned: offsets are whole 16-byte vectors
-        offset = tl.multiple_of(offset, 128 // base.dtype.element_ty.primitive_bitwidth)
+        if HAS_MASTER:
+            # 16-bit parameters beside fp32 master weights and state: every operand in fp32's
+            # 4-element vectors, so all share one register layout (8-element fp16 vectors need
+            # a shuffle through shared memory and ~180 registers, a third of the occupancy).
+            offset = tl.multiple_of(offset, 4)
+        else:
+            offset = tl.multiple_of(offset, 128 // base.dtype.element_ty.primitive_bitwidth)
     return base + offset + idx
 
 
@@ -89,16 +96,36 @@ def _store_param(p_ptr, master_ptr, p, mask, HAS_MASTER: tl.constexpr):
 
 
 @triton.jit
-def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, mask, grad_scale, grad_sign, beta1, one_minus_beta1,
-               beta2, one_minus_beta2, eps, weight_decay, decay, step_size, bias_correction2_sqrt, amsgrad,
-               HAS_MASTER: tl.constexpr):
-    p = _load_param(p_ptr, master_ptr, mask, HAS_MASTER) * decay  # decay = 1 - lr*wd for AdamW, else 1
-    g = _grad(g_ptr, mask, grad_scale, grad_sign)
+def _bias_corrections(t, log_beta1, log_beta2, lr, step_size, bias_correction2_sqrt, device_step):
+    """(lr / (1 - beta1^t), sqrt(1 - beta2^t)): the host's values, or formed here from the
+    tensor's step counter ``t``. 1 - exp(t log beta) in fp64, where it loses nothing to
+    cancellation (1 - 0.999^1); the rest in fp32."""
+    if device_step:
+        t64 = t.to(tl.float64)
+        bias_correction1 = (1.0 - tl.exp(t64 * log_beta1)).to(tl.float32)
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = tl.sqrt_rn((1.0 - tl.exp(t64 * log_beta2)).to(tl.float32))
+    return step_size, bias_correction2_sqrt
+
+
+@triton.jit
+def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, t, mask, grad_scale, grad_sign, beta1,
+               one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps, weight_decay, decay, step_size,
+               bias_correction2_sqrt, amsgrad, device_step, HAS_MASTER: tl.constexpr):
+    # Loads first, then the bias corrections, then the arithmetic on the loaded values: the
+    # corrections' fp64 work runs while the loads are in flight instead of delaying them.
+    p = _load_param(p_ptr, master_ptr, mask, HAS_MASTER)
+    g = _load(g_ptr, mask)
+    m = _load(m_ptr, mask)
+    v = _load(v_ptr, mask)
+    step_size, bias_correction2_sqrt = _bias_corrections(t, log_beta1, log_beta2, lr, step_size,
+                                                         bias_correction2_sqrt, device_step)
+    p = p * decay  # decay = 1 - lr*wd for AdamW, else 1
+    g = g / grad_scale * grad_sign
     if weight_decay != 0:  # Adam's L2 term (zero for AdamW)
         g = g + weight_decay * p
-    m = _load(m_ptr, mask)
     m = m + one_minus_beta1 * (g - m)  # torch's lerp
-    v = beta2 * _load(v_ptr, mask) + one_minus_beta2 * g * g
+    v = beta2 * v + one_minus_beta2 * g * g
     _store(m_ptr, m, mask)
     _store(v_ptr, v, mask)
     if amsgrad:
@@ -156,46 +183,52 @@ def _rmsprop_body(p_ptr, g_ptr, v_ptr, a_ptr, b_ptr, master_ptr, mask, grad_scal
 # Kernels
 
 
+# Every kernel reads its block-map entry and GradScaler's found_inf together, then the table
+# row, then the data: three round trips to memory before the arithmetic, the fewest the table
+# allows. (Reading found_inf first and branching on it, and forming the bias corrections before
+# the operand offsets were read, made it six.)
+
+
 @triton.jit(do_not_specialize=["amsgrad", "device_step"])
 def adam_kernel(p_base, g_base, m_base, v_base, vmax_base, master_base, step_base, table_ptr, block_map_ptr,
                 grad_scale_ptr, found_inf_ptr, grad_sign, beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1,
                 log_beta2, lr, eps, weight_decay, decay, step_size, bias_correction2_sqrt, amsgrad, device_step,
                 HAS_MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
-    if tl.load(found_inf_ptr) == 0:  # GradScaler found inf/NaN: skip the step on the device
-        row, n, start, idx = _locate(table_ptr, block_map_ptr, 8, BLOCK)
-        if device_step:  # bias corrections from this tensor's step counter, in fp64
-            t = tl.load(step_base + tl.load(row + 6)).to(tl.float64)
-            bias_correction1 = 1.0 - tl.exp(t * log_beta1)
-            step_size = (lr / bias_correction1).to(tl.float32)
-            bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(t * log_beta2)).to(tl.float32)
-        grad_scale = tl.load(grad_scale_ptr)
-        p_ptr = _operand(p_base, row, 0, idx, ALIGNED)
-        g_ptr = _operand(g_base, row, 1, idx, ALIGNED)
-        m_ptr = _operand(m_base, row, 2, idx, ALIGNED)
-        v_ptr = _operand(v_base, row, 3, idx, ALIGNED)
-        vmax_ptr = _operand(vmax_base, row, 4, idx, ALIGNED)
-        master_ptr = _operand(master_base, row, 5, idx, ALIGNED)
+    found_inf = tl.load(found_inf_ptr)
+    row, n, start, idx = _locate(table_ptr, block_map_ptr, 8, BLOCK)
+    grad_scale = tl.load(grad_scale_ptr)
+    p_ptr = _operand(p_base, row, 0, idx, ALIGNED, HAS_MASTER)
+    g_ptr = _operand(g_base, row, 1, idx, ALIGNED, HAS_MASTER)
+    m_ptr = _operand(m_base, row, 2, idx, ALIGNED, HAS_MASTER)
+    v_ptr = _operand(v_base, row, 3, idx, ALIGNED, HAS_MASTER)
+    vmax_ptr = _operand(vmax_base, row, 4, idx, ALIGNED, HAS_MASTER)
+    master_ptr = _operand(master_base, row, 5, idx, ALIGNED, HAS_MASTER)
+    # This tensor's step counter; read in every case (without device_step it is a valid stand-in),
+    # so the load goes out with the table row's other dependants, not after a branch.
+    t = tl.load(step_base + tl.load(row + 6))
+    if found_inf == 0:  # GradScaler found inf/NaN: skip the step on the device
         if start + BLOCK <= n:  # full block, unmasked
-            _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, None, grad_scale, grad_sign, beta1,
-                       one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, step_size,
-                       bias_correction2_sqrt, amsgrad, HAS_MASTER)
+            _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, t, None, grad_scale, grad_sign, beta1,
+                       one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps, weight_decay, decay,
+                       step_size, bias_correction2_sqrt, amsgrad, device_step, HAS_MASTER)
         else:
-            _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, idx < n, grad_scale, grad_sign, beta1,
-                       one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, step_size,
-                       bias_correction2_sqrt, amsgrad, HAS_MASTER)
+            _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, t, idx < n, grad_scale, grad_sign,
+                       beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps, weight_decay,
+                       decay, step_size, bias_correction2_sqrt, amsgrad, device_step, HAS_MASTER)
 
 
 @triton.jit(do_not_specialize=["nesterov", "first_step"])
 def sgd_kernel(p_base, g_base, b_base, master_base, table_ptr, block_map_ptr, grad_scale_ptr, found_inf_ptr,
                grad_sign, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step,
                HAS_MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
-    if tl.load(found_inf_ptr) == 0:
-        row, n, start, idx = _locate(table_ptr, block_map_ptr, 5, BLOCK)
-        grad_scale = tl.load(grad_scale_ptr)
-        p_ptr = _operand(p_base, row, 0, idx, ALIGNED)
-        g_ptr = _operand(g_base, row, 1, idx, ALIGNED)
-        b_ptr = _operand(b_base, row, 2, idx, ALIGNED)
-        master_ptr = _operand(master_base, row, 3, idx, ALIGNED)
+    found_inf = tl.load(found_inf_ptr)
+    row, n, start, idx = _locate(table_ptr, block_map_ptr, 5, BLOCK)
+    grad_scale = tl.load(grad_scale_ptr)
+    p_ptr = _operand(p_base, row, 0, idx, ALIGNED, HAS_MASTER)
+    g_ptr = _operand(g_base, row, 1, idx, ALIGNED, HAS_MASTER)
+    b_ptr = _operand(b_base, row, 2, idx, ALIGNED, HAS_MASTER)
+    master_ptr = _operand(master_base, row, 3, idx, ALIGNED, HAS_MASTER)
+    if found_inf == 0:
         if start + BLOCK <= n:
             _sgd_body(p_ptr, g_ptr, b_ptr, master_ptr, None, grad_scale, grad_sign, lr, momentum,
                       one_minus_dampening, weight_decay, nesterov, first_step, HAS_MASTER)
@@ -208,15 +241,16 @@ def sgd_kernel(p_base, g_base, b_base, master_base, table_ptr, block_map_ptr, gr
 def rmsprop_kernel(p_base, g_base, v_base, a_base, b_base, master_base, table_ptr, block_map_ptr, grad_scale_ptr,
                    found_inf_ptr, grad_sign, lr, alpha, one_minus_alpha, eps, weight_decay, momentum, centered,
                    HAS_MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
-    if tl.load(found_inf_ptr) == 0:
-        row, n, start, idx = _locate(table_ptr, block_map_ptr, 7, BLOCK)
-        grad_scale = tl.load(grad_scale_ptr)
-        p_ptr = _operand(p_base, row, 0, idx, ALIGNED)
-        g_ptr = _operand(g_base, row, 1, idx, ALIGNED)
-        v_ptr = _operand(v_base, row, 2, idx, ALIGNED)
-        a_ptr = _operand(a_base, row, 3, idx, ALIGNED)
-        b_ptr = _operand(b_base, row, 4, idx, ALIGNED)
-        master_ptr = _operand(master_base, row, 5, idx, ALIGNED)
+    found_inf = tl.load(found_inf_ptr)
+    row, n, start, idx = _locate(table_ptr, block_map_ptr, 7, BLOCK)
+    grad_scale = tl.load(grad_scale_ptr)
+    p_ptr = _operand(p_base, row, 0, idx, ALIGNED, HAS_MASTER)
+    g_ptr = _operand(g_base, row, 1, idx, ALIGNED, HAS_MASTER)
+    v_ptr = _operand(v_base, row, 2, idx, ALIGNED, HAS_MASTER)
+    a_ptr = _operand(a_base, row, 3, idx, ALIGNED, HAS_MASTER)
+    b_ptr = _operand(b_base, row, 4, idx, ALIGNED, HAS_MASTER)
+    master_ptr = _operand(master_base, row, 5, idx, ALIGNED, HAS_MASTER)
+    if found_inf == 0:
         if start + BLOCK <= n:
             _rmsprop_body(p_ptr, g_ptr, v_ptr, a_ptr, b_ptr, master_ptr, None, grad_scale, grad_sign, lr, alpha,
                           one_minus_alpha, eps, weight_decay, momentum, centered, HAS_MASTER)
@@ -295,6 +329,13 @@ def clip_apply_kernel(g_base, table_ptr, block_map_ptr, acc_ptr, total_ptr, max_
 
 # ---------------------------------------------------------------------------------------------
 # Tables and launch helpers
+#
+# The host's part of a step is what a training loop waits for whenever it is not hidden behind
+# the GPU's part, so it touches each tensor only through a few C-level calls (dtype, numel,
+# data_ptr) and builds nothing per tensor in Python. The block map is a function of the sizes
+# alone and the table of the addresses: each is cached by exactly what it is made of, so a hit
+# is never stale, and a gradient that moved costs a new table (one small asynchronous copy),
+# not a new block map.
 
 
 class Plan(NamedTuple):
@@ -304,46 +345,84 @@ class Plan(NamedTuple):
     aligned: bool
 
 
-_PLANS: OrderedDict = OrderedDict()
-_PLAN_CACHE_SIZE = 64
+# A column is one operand of every tensor of a launch: a list with one tensor per table row, or a
+# single tensor that every row reads at offset 0 (a shared step counter, or a stand-in of the
+# right type for an absent operand, never dereferenced).
+Column = Union[list, torch.Tensor]
+
+_TABLES: dict = {}  # (addresses, itemsizes, sizes, vector columns, device) -> (table, aligned)
+_BLOCK_MAPS: dict = {}  # (sizes, block, device) -> (block map, blocks)
+_CACHE_SIZE = 64
 _SCALARS: dict = {}
 
+_DTYPE = operator.attrgetter("dtype")
+_NUMEL = torch.Tensor.numel
+_DATA_PTR = torch.Tensor.data_ptr
 
+
+@functools.cache
 def _block(dtype: torch.dtype) -> tuple[int, int]:
     """fp32's elementwise block for every dtype: a step holds up to six fp32 operands per element,
     and 16 elements per thread (fp16's elementwise block) would cost ~220 registers."""
     return tuple(elementwise_launch(torch.float32))
 
 
-def plan(columns: list[list[torch.Tensor]], block: int, vector_columns: int | None = None) -> Plan:
-    """The table and block map for ``columns`` (one list of tensors per operand, all of the
-    first column's sizes). Cached by addresses and sizes, so a training loop builds them once
-    and a captured CUDA graph replays without host-to-device copies."""
-    sizes = tuple(t.numel() for t in columns[0])
-    addresses = tuple(tuple(t.data_ptr() for t in column) for column in columns)
-    itemsizes = tuple(column[0].element_size() for column in columns)
-    key = (block, vector_columns, sizes, addresses, itemsizes, columns[0][0].device)
-    cached = _PLANS.get(key)
-    if cached is not None:
-        _PLANS.move_to_end(key)
-        return cached
-    table = np.empty((len(sizes), len(columns) + 1), dtype=np.int64)
+def _cached(cache: dict, key, build):
+    """``cache[key]``, built on a miss; the oldest entry goes when the cache is full (a training
+    loop uses one or two, so first-in-first-out serves, and a hit hashes the key only once)."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = build()
+        if len(cache) > _CACHE_SIZE:
+            del cache[next(iter(cache))]
+    return value
+
+
+def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    host = torch.from_numpy(array)
+    if device.type == "cpu":  # Triton's interpreter reads host memory where it lies
+        return host
+    # From pinned memory without blocking: the copy queues on the stream behind the work
+    # already there instead of making the host wait for it (a pageable copy would).
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _addresses(column: Column) -> tuple[int, ...] | None:
+    return None if isinstance(column, torch.Tensor) else tuple(map(_DATA_PTR, column))
+
+
+def _build_table(addresses, itemsizes, sizes, vector_columns, device) -> tuple[torch.Tensor, bool]:
+    table = np.zeros((len(sizes), len(addresses) + 1), dtype=np.int64)
     for c, (column, itemsize) in enumerate(zip(addresses, itemsizes)):
-        offsets = np.asarray(column, dtype=np.int64) - column[0]
-        table[:, c] = offsets // itemsize  # every tensor is aligned to its element size
+        if column is not None:
+            offsets = np.asarray(column, dtype=np.int64) - column[0]
+            table[:, c] = offsets // itemsize  # every tensor is aligned to its element size
     table[:, -1] = sizes
+    aligned = all(a % 16 == 0 for column in addresses[:vector_columns] if column is not None for a in column)
+    return _upload(table, device), aligned
+
+
+def _build_block_map(sizes, block, device) -> tuple[torch.Tensor, int]:
     blocks_per_tensor = -(-np.asarray(sizes, dtype=np.int64) // block)
     total = int(blocks_per_tensor.sum())
     tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), blocks_per_tensor)
     first = np.repeat(np.cumsum(blocks_per_tensor) - blocks_per_tensor, blocks_per_tensor)
     block_map = np.stack([tensor, np.arange(total, dtype=np.int64) - first], axis=1).astype(np.int32)
-    aligned = all(a % 16 == 0 for column in addresses[:vector_columns] for a in column)
+    return _upload(block_map, device), total
+
+
+def plan(columns: list[Column], block: int, vector_columns: int | None = None) -> Plan:
+    """The table and block map for ``columns`` (all of the first column's sizes, which must be
+    a list). Cached, so a training loop builds them once and a captured CUDA graph replays
+    without host-to-device copies."""
+    sizes = tuple(map(_NUMEL, columns[0]))
+    addresses = tuple(map(_addresses, columns))
+    itemsizes = tuple((c if isinstance(c, torch.Tensor) else c[0]).element_size() for c in columns)
     device = columns[0][0].device
-    result = Plan(torch.from_numpy(table).to(device), torch.from_numpy(block_map).to(device), total, aligned)
-    _PLANS[key] = result
-    if len(_PLANS) > _PLAN_CACHE_SIZE:
-        _PLANS.popitem(last=False)
-    return result
+    table, aligned = _cached(_TABLES, (addresses, itemsizes, sizes, vector_columns, device),
+                             lambda: _build_table(addresses, itemsizes, sizes, vector_columns, device))
+    block_map, blocks = _cached(_BLOCK_MAPS, (sizes, block, device), lambda: _build_block_map(sizes, block, device))
+    return Plan(table, block_map, blocks, aligned)
 
 
 def _ones_and_zeros(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,31 +440,44 @@ def _amp_scalars(device, grad_scale, found_inf) -> tuple[torch.Tensor, torch.Ten
             zero if found_inf is None else found_inf.reshape(1))
 
 
-def _groups(params: list[torch.Tensor]) -> dict[torch.dtype, list[int]]:
-    """Indices of the parameters of each dtype: one launch per dtype."""
+def _groups(params: list[torch.Tensor]) -> list[tuple[torch.dtype, list[int] | None]]:
+    """(dtype, indices of its non-empty parameters) for each dtype: one launch each. Indices
+    None stand for every parameter, the common case (one dtype, nothing empty), which then
+    costs no per-parameter Python."""
+    dtypes = set(map(_DTYPE, params))
+    for dtype in dtypes - TRITON_DTYPES.keys():
+        i = next(i for i, p in enumerate(params) if p.dtype == dtype)
+        check_dtype(params[i], f"params[{i}]")
+    if len(dtypes) == 1 and 0 not in map(_NUMEL, params):
+        return [(dtypes.pop(), None)]
     groups: dict[torch.dtype, list[int]] = {}
     for i, p in enumerate(params):
-        check_dtype(p, f"params[{i}]")
         if p.numel():
             groups.setdefault(p.dtype, []).append(i)
-    return groups
+    return list(groups.items())
 
 
-def _pick(values, indices, fallback):
-    """Column ``values`` restricted to ``indices``; an absent operand repeats a tensor of the
-    right type at offset 0 (never dereferenced: its branch is off)."""
-    if values is None:
-        return [fallback] * len(indices)
-    return [values[i] for i in indices]
+def _select(values: list, idx: list[int] | None) -> list:
+    return values if idx is None else [values[i] for i in idx]
 
 
-def _launch(kernel, columns: list[list[torch.Tensor]], dtype: torch.dtype, scalars: tuple, has_master: bool,
+def _pick(values, idx, fallback: torch.Tensor) -> Column:
+    """Column ``values`` restricted to ``idx``; an absent operand is ``fallback``, a tensor of the
+    right type that every row reads at offset 0 (never dereferenced: its branch is off)."""
+    return fallback if values is None else _select(values, idx)
+
+
+def _first(values: list, idx: list[int] | None):
+    return values[0 if idx is None else idx[0]]
+
+
+def _launch(kernel, columns: list[Column], dtype: torch.dtype, scalars: tuple, has_master: bool,
             extra: tuple = (), vector_columns: int | None = None) -> None:
     block, num_warps = _block(dtype)
     launch = plan(columns, block, vector_columns)
     if launch.blocks == 0:
         return
-    bases = [column[0] for column in columns]
+    bases = [column if isinstance(column, torch.Tensor) else column[0] for column in columns]
     kernel[(launch.blocks,)](*bases, launch.table, launch.block_map, *extra, *scalars,
                              HAS_MASTER=has_master, ALIGNED=launch.aligned, BLOCK=block, num_warps=num_warps)
 
@@ -399,12 +491,8 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_para
     device = params[0].device
     scale, found = _amp_scalars(device, grad_scale, found_inf)
     device_step = not isinstance(step, float)
-    if isinstance(step, list):  # one counter per parameter
-        steps, t = step, 1.0
-    elif device_step:
-        steps, t = [step] * len(params), 1.0
-    else:
-        steps, t = [scale] * len(params), step  # the kernel takes the host's bias corrections
+    # ``step``: a number (the host's bias corrections), one counter for all, or one per parameter
+    t = 1.0 if device_step else step
     bias_correction1 = 1.0 - beta1**t
     log = lambda b: math.log(b) if b > 0 else -math.inf
     scalars = (
@@ -412,27 +500,34 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_para
         0.0 if decoupled_weight_decay else weight_decay, 1.0 - lr * weight_decay if decoupled_weight_decay else 1.0,
         lr / bias_correction1, math.sqrt(1.0 - beta2**t), int(amsgrad), int(device_step),
     )
-    for dtype, idx in _groups(params).items():
-        has_master = master_params is not None
-        state = [exp_avgs[i] for i in idx]
-        columns = [
-            [params[i] for i in idx], [grads[i] for i in idx], state, [exp_avg_sqs[i] for i in idx],
-            _pick(max_exp_avg_sqs, idx, state[0]), _pick(master_params, idx, state[0]), [steps[i] for i in idx],
-        ]
-        _launch(adam_kernel, columns, dtype, scalars, has_master, extra=(scale, found), vector_columns=6)
+    for dtype, idx in _groups(params):
+        state = _select(exp_avgs, idx)
+        steps = _select(step, idx) if isinstance(step, list) else step if device_step else scale
+        columns = [_select(params, idx), _select(grads, idx), state, _select(exp_avg_sqs, idx),
+                   _pick(max_exp_avg_sqs, idx, state[0]), _pick(master_params, idx, state[0]), steps]
+        _launch(adam_kernel, columns, dtype, scalars, master_params is not None, extra=(scale, found),
+                vector_columns=6)
+
+
+def _by_first_step(first_step: list[bool], idx: list[int] | None, count: int):
+    """Buffers created this step and older ones need different updates: at most two launches
+    (one after the first step)."""
+    if not any(first_step):
+        return [(False, idx)]
+    members = range(count) if idx is None else idx
+    parts = [(first, [i for i in members if bool(first_step[i]) == first]) for first in (False, True)]
+    return [(first, part) for first, part in parts if part]
 
 
 def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_inf, *, first_step, lr, momentum,
              dampening, weight_decay, nesterov, maximize):
     scale, found = _amp_scalars(params[0].device, grad_scale, found_inf)
-    for dtype, idx in _groups(params).items():
-        # Buffers created this step and older ones need different updates: at most two launches.
-        for first in sorted({bool(first_step[i]) for i in idx}):
-            part = [i for i in idx if bool(first_step[i]) == first]
-            has_master = master_params is not None
-            state_fallback = master_params[part[0]] if has_master else params[part[0]]
-            columns = [[params[i] for i in part], [grads[i] for i in part],
-                       _pick(momentum_buffers, part, state_fallback), _pick(master_params, part, state_fallback)]
+    has_master = master_params is not None
+    for dtype, idx in _groups(params):
+        for first, part in _by_first_step(first_step, idx, len(params)):
+            state_fallback = _first(master_params if has_master else params, part)
+            columns = [_select(params, part), _select(grads, part), _pick(momentum_buffers, part, state_fallback),
+                       _pick(master_params, part, state_fallback)]
             scalars = (-1.0 if maximize else 1.0, lr, momentum, 1.0 - dampening, weight_decay, int(nesterov), int(first))
             _launch(sgd_kernel, columns, dtype, scalars, has_master, extra=(scale, found))
 
@@ -441,12 +536,11 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master
                  lr, alpha, eps, weight_decay, momentum, centered, maximize):
     scale, found = _amp_scalars(params[0].device, grad_scale, found_inf)
     scalars = (-1.0 if maximize else 1.0, lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, int(centered))
-    for dtype, idx in _groups(params).items():
-        has_master = master_params is not None
-        state = [square_avgs[i] for i in idx]
-        columns = [[params[i] for i in idx], [grads[i] for i in idx], state, _pick(grad_avgs, idx, state[0]),
+    for dtype, idx in _groups(params):
+        state = _select(square_avgs, idx)
+        columns = [_select(params, idx), _select(grads, idx), state, _pick(grad_avgs, idx, state[0]),
                    _pick(momentum_buffers, idx, state[0]), _pick(master_params, idx, state[0])]
-        _launch(rmsprop_kernel, columns, dtype, scalars, has_master, extra=(scale, found))
+        _launch(rmsprop_kernel, columns, dtype, scalars, master_params is not None, extra=(scale, found))
 
 
 def _norm_kind(norm_type: float) -> int:
@@ -454,16 +548,16 @@ def _norm_kind(norm_type: float) -> int:
 
 
 def _clip_plans(grads):
-    for dtype, idx in _groups(grads).items():
-        column = [grads[i] for i in idx]
+    for dtype, idx in _groups(grads):
+        column = _select(grads, idx)
         block, num_warps = _block(dtype)
         yield column[0], plan([column], block), block, num_warps
 
 
 def clip_grad_norm_(grads, *, max_norm, norm_type, error_if_nonfinite):
-    device = grads[0].device
-    acc = torch.zeros(2, dtype=torch.float32, device=device)
-    total = torch.zeros(1, dtype=torch.float32, device=device)
+    # acc (the sum, or max, and a NaN flag) and the total norm in one buffer: one fill launch
+    sums = torch.zeros(3, dtype=torch.float32, device=grads[0].device)
+    acc, total = sums[:2], sums[2:]
     kind = _norm_kind(norm_type)
     plans = list(_clip_plans(grads))
     for base, launch, block, num_warps in plans:
@@ -482,7 +576,7 @@ def clip_grad_norm_(grads, *, max_norm, norm_type, error_if_nonfinite):
 
 
 def clip_grad_value_(grads, *, clip_value):
-    dummy = torch.zeros(2, dtype=torch.float32, device=grads[0].device)
+    dummy = _ones_and_zeros(grads[0].device)[1]  # no norm is read when clamping by value
     for base, launch, block, num_warps in _clip_plans(grads):
         clip_apply_kernel[(launch.blocks,)](base, launch.table, launch.block_map, dummy, dummy, 0.0, 2.0, NORM_TWO,
                                             clip_value, 1, ALIGNED=launch.aligned, BLOCK=block, num_warps=num_warps)
