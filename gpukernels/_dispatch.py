@@ -434,6 +434,19 @@ def _write_back(caller: Any, converted: Any) -> None:
         caller[...] = value
 
 
+def _reach_triton_as_they_are(values: list | tuple) -> bool:
+    """Whether every entry of ``values`` would come out of ``_to_inplace_backend("triton", x)``
+    as a view of itself with nothing to copy back: a contiguous torch tensor the kernels can
+    address. One C-level check per tensor instead of a conversion (a detach and several type
+    checks): an optimizer step hands over hundreds of tensors, and the first H200 run's Adam
+    step spent most of its 7 ms here."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    tensor, interpreting = torch.Tensor, triton_interpreting()
+    return all(isinstance(x, tensor) and (x.is_cuda or interpreting) and x.is_contiguous() for x in values)
+
+
 def call_inplace(family: str, op: str, arrays: tuple, params: dict | None = None, *, template: Any,
                  writes: tuple[int, ...] = ()) -> Any:
     """Run an in-place ``op`` whose array arguments are arrays, None, or lists of arrays/None.
@@ -451,6 +464,8 @@ def call_inplace(family: str, op: str, arrays: tuple, params: dict | None = None
 
     def convert(a: Any, position: int) -> Any:
         if isinstance(a, (list, tuple)):
+            if backend == "triton" and _reach_triton_as_they_are(a):
+                return list(a)
             return [convert(x, position) for x in a]
         converted, shared = _to_inplace_backend(backend, a)
         if not shared and position in writes:

@@ -304,7 +304,7 @@ OPTIMIZER_MODULES = ("gpukernels/ops/optim.py", "gpukernels/torch/optim.py", "gp
                      "gpukernels/torch/nn/utils.py")
 # The dispatch layer (gpukernels/_dispatch.py, call_inplace) detaches each tensor of each list it
 # is handed: a view op that launches nothing, but the one per-tensor torch op left in a step.
-PER_TENSOR_OPS_OUTSIDE_THE_OPTIMIZER = ("aten::detach",)
+PER_TENSOR_OPS_OUTSIDE_THE_OPTIMIZER = ()
 
 
 class _KernelRecorder:
