@@ -6,9 +6,12 @@
   only up to N=4096: its N x N scores need 4 B H N^2 bytes and more). TFLOP/s from the
   conventional count: forward 4 B H N^2 d (two matmuls), backward 2.5x that (five matmuls).
 * Additive (Bahdanau) attention, one decoder step and a block of 32 steps over a long encoder
-  sequence, forward and forward+backward: ours (one fused kernel) against the eager composition
-  ``tanh(qa[:, :, None] + kb[:, None]) @ v`` that materialises [B, Tq, Tk, A]. Peak memory of
-  both: ``python -m gpukernels.benchmarks.attention --memory`` (GPU) prints it.
+  sequence, forward and forward+backward: ours (the projections once, on the tensor cores; the
+  scores of every (query tile, key tile) pair in parallel; the softmax and context per value
+  slice) against the eager composition ``tanh(qa[:, :, None] + kb[:, None]) @ v`` that
+  materialises [B, Tq, Tk, A]. GB/s from the op's compulsory traffic (inputs read once, outputs
+  written once). Peak memory of both: ``python -m gpukernels.benchmarks.attention --memory``
+  (GPU); the per-kernel roofline of our design at the H200's measured ceilings: ``--model``.
 * CPU: the NumPy reference (the CPU fallback) against PyTorch CPU on small problems.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import NamedTuple
 
 from .registry import BenchCase, register
 
@@ -158,8 +162,20 @@ def _additive_run(fn, mode):
     return make
 
 
+def additive_compulsory_bytes(B, Tq, Tk, D, A, mode, itemsize) -> int:
+    """Inputs read once and outputs written once (values of width D, as the cases make them):
+    forward reads query, keys, values and the three parameters and writes context and weights;
+    the backward also reads the upstream gradient and writes a gradient of every input."""
+    inputs = B * (Tq + 2 * Tk) * D + 2 * A * D + A
+    outputs = B * Tq * D + B * Tq * Tk
+    if mode == "fwd":
+        return (inputs + outputs) * itemsize
+    return (2 * inputs + outputs + B * Tq * D) * itemsize  # + grad of context in, grads out
+
+
 def _register_additive() -> None:
     for sizes, devices, dtype in ((ADDITIVE_GPU, ("cuda",), "float16"), (ADDITIVE_CPU, ("cpu",), "float32")):
+        itemsize = 2 if dtype == "float16" else 4
         for B, Tq, Tk, D, A in sizes:
             for mode in ("fwd", "full"):
                 register(BenchCase(
@@ -168,7 +184,72 @@ def _register_additive() -> None:
                     setup=_additive_setup(B, Tq, Tk, D, A, dtype, mode == "full"),
                     providers={"gpukernels": _additive_run(ours_additive, mode),
                                "torch": _additive_run(eager_additive, mode)},
-                    devices=devices))
+                    bytes_moved=additive_compulsory_bytes(B, Tq, Tk, D, A, mode, itemsize), devices=devices))
+
+
+# ---------------------------------------------------------------------------------------------
+# The cost model of our additive path: each kernel at its roofline, the kernels in sequence
+
+
+H200_CEILINGS = {"bytes_per_s": 4.1e12, "matmul_flops_per_s": 700e12,  # measured (copy, fp16 matmul)
+                 # the tanh terms, one exp2 and one reciprocal each, on the special-function
+                 # units: 16 results per clock per SM, 132 SMs at 1.98 GHz
+                 "special_per_s": 16 * 132 * 1.98e9}
+
+
+class KernelCost(NamedTuple):
+    name: str
+    bytes: float  # device memory traffic, reads + writes
+    matmul_flops: float = 0.0  # tensor-core products
+    tanh_terms: float = 0.0  # (i, j, a) elements of the hidden tensor evaluated
+
+    def seconds(self, ceilings=H200_CEILINGS) -> float:
+        return max(self.bytes / ceilings["bytes_per_s"], self.matmul_flops / ceilings["matmul_flops_per_s"],
+                   2 * self.tanh_terms / ceilings["special_per_s"])
+
+
+def additive_kernels(B, Tq, Tk, D, A, mode, itemsize=2) -> list[KernelCost]:
+    """The kernels (and cuBLAS products) our additive attention runs, with what each moves and
+    computes; values have D features. Row tiles of 1 (Tq == 1) or 16 rows: every 16-row tile
+    reads the key projection again (counted, though L2 often serves the second read)."""
+    s, f32 = itemsize, 4
+    row_tiles = 1 if Tq == 1 else -(-Tq // 16)
+    rows = 1 if Tq == 1 else 16 * row_tiles  # padded query rows the tanh terms cover
+    scores = B * Tq * Tk
+
+    def projections(suffix=""):
+        return [KernelCost("project keys" + suffix, B * Tk * D * s + A * D * s + B * Tk * A * f32, 2 * B * Tk * D * A),
+                KernelCost("project query" + suffix, B * Tq * D * s + A * D * s + B * Tq * A * f32,
+                           2 * B * Tq * D * A)]
+
+    kernels = projections() + [
+        KernelCost("scores (tanh, v-dot, mask)", row_tiles * B * Tk * A * f32 + B * Tq * A * f32 + scores * f32,
+                   tanh_terms=B * rows * Tk * A),
+        KernelCost("softmax + context", 2 * scores * f32 + row_tiles * B * Tk * D * s + scores * s + B * Tq * D * s,
+                   2 * scores * D),
+    ]
+    if mode == "fwd":
+        return kernels
+    return kernels + [
+        KernelCost("dP = dC V^T, row terms", row_tiles * B * Tk * D * s + B * Tq * D * s + scores * (s + f32),
+                   2 * scores * D),
+        KernelCost("dE = P (dP - row term)", scores * (s + 2 * f32)),
+        KernelCost("dV = W^T dC (cuBLAS)", scores * s + B * Tq * D * s + B * Tk * D * s, 2 * scores * D),
+        *projections(" (again)"),
+        KernelCost("d qp (tanh again)", B * Tk * A * f32 + scores * f32 + B * Tq * A * s, tanh_terms=B * rows * Tk * A),
+        KernelCost("d kp, d v (tanh again)", B * Tk * A * f32 + row_tiles * scores * f32 + B * Tk * A * s,
+                   tanh_terms=B * rows * Tk * A),
+        KernelCost("d keys = d kp W_k (cuBLAS)", B * Tk * A * s + A * D * s + B * Tk * D * s, 2 * B * Tk * A * D),
+        KernelCost("d W_k = d kp^T keys (cuBLAS)", B * Tk * A * s + B * Tk * D * s + A * D * s, 2 * B * Tk * A * D),
+        KernelCost("d query, d W_q (cuBLAS)", 2 * B * Tq * (A + D) * s + 2 * A * D * s, 4 * B * Tq * A * D),
+    ]
+
+
+def model_report() -> list[tuple[str, str, float]]:
+    """(size, mode, predicted ms) of our additive path on the H200 for the GPU cases."""
+    return [(f"B={B},Tq={Tq},Tk={Tk},D={D},A={A}", mode,
+             1e3 * sum(k.seconds() for k in additive_kernels(B, Tq, Tk, D, A, mode)))
+            for B, Tq, Tk, D, A in ADDITIVE_GPU for mode in ("fwd", "full")]
 
 
 _register_sdpa()
@@ -211,7 +292,19 @@ def memory_report() -> list[tuple[str, str, float, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpukernels.benchmarks.attention")
     parser.add_argument("--memory", action="store_true", help="print peak extra memory, ours vs eager (GPU)")
+    parser.add_argument("--model", action="store_true",
+                        help="print the predicted time of our additive path per kernel on an H200 (no GPU needed)")
     args = parser.parse_args(argv)
+    if args.model:
+        for B, Tq, Tk, D, A in ADDITIVE_GPU:
+            for mode in ("fwd", "full"):
+                kernels = additive_kernels(B, Tq, Tk, D, A, mode)
+                print(f"additive_attention {mode} B={B},Tq={Tq},Tk={Tk},D={D},A={A}: "
+                      f"{1e3 * sum(k.seconds() for k in kernels):.3f} ms predicted")
+                for k in kernels:
+                    print(f"    {k.name:32} {k.bytes / 2**20:9.1f} MiB {k.matmul_flops / 1e9:8.2f} GFLOP "
+                          f"{k.tanh_terms / 1e6:8.1f} M tanh  {1e6 * k.seconds():8.1f} us")
+        return 0
     if not args.memory:
         parser.print_help()
         return 0

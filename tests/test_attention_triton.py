@@ -169,7 +169,8 @@ def test_sdpa_empty_lengths(L, S, rng):
 
 
 @pytest.mark.parametrize("dtype,hq,hk,mask_kind", [("float16", 4, 4, None), ("bfloat16", 4, 2, "bool"),
-                                                   ("float32", 2, 1, "float")], ids=["fp16", "bf16-gqa-bool", "fp32-gqa-float"])
+                                                   ("float32", 2, 1, "float")],
+                         ids=["fp16", "bf16-gqa-bool", "fp32-gqa-float"])
 def test_sdpa_allocates_its_results_and_row_statistics_only(dtype, hq, hk, mask_kind, rng, launches):
     """The launchers' plan, kernels stubbed (no interpreter): the forward makes the output and
     the fp32 log-sum-exp; the backward makes dQ, dK, dV (what it returns) and one fp32 statistic
@@ -442,3 +443,22 @@ def test_compile_gate_covers_every_sdpa_tile_config():
                 key = (kernel, str(block_d), str(blocks.block_m), str(blocks.block_n), blocks.num_warps)
                 assert key in compiled, key
             assert ("sdpa_backward_delta", str(block_d), str(blocks.block_m), None, blocks.num_warps) in compiled
+
+
+def test_compile_gate_covers_every_kernel_and_encoder_decoder_tile():
+    """Every kernel of the module is in the gate, the encoder-decoder kernels at each row tile
+    the launcher picks, the projection at each storage width's tiles."""
+    from gpukernels.triton import attention as tri
+
+    cases = list(tri.compile_cases())
+    kernels = {name for name in dir(tri) if name.endswith("_kernel")}
+    assert kernels == {c.kernel.__name__ for c in cases}
+    enc_dec = {c.kernel.__name__ for c in cases if not c.name.startswith(("sdpa", "attention_projection"))}
+    for query_rows in range(1, 40):
+        block_m = str(tri.enc_dec_blocks(query_rows).block_m)
+        for kernel in enc_dec:
+            assert any(c.kernel.__name__ == kernel and c.tags["block_m"] == block_m for c in cases), (kernel, block_m)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        blocks = tri.projection_blocks(dtype.itemsize)
+        assert any(c.name == "attention_projection" and c.tags["dtype"] == tri.TRITON_DTYPES[dtype]
+                   and c.constexprs["BLOCK_M"] == blocks.block_m and c.num_warps == blocks.num_warps for c in cases)

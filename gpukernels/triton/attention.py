@@ -6,13 +6,19 @@ backward recomputes the probabilities tile by tile from that log-sum-exp, in one
 (one program per query tile) and one for dK/dV (one program per key tile, looping over the query
 heads that share its key/value head, so no atomics). Head dims are padded to a power of two
 with masks. Scores, softmax and accumulators are fp32; the tile products run on the tensor cores
-in the storage dtype (fp32 storage multiplies in full fp32, not tf32).
+in the storage dtype (fp32 storage multiplies in full fp32, not tf32). The backward allocates
+its three gradients and one fp32 statistic per query row (delta), nothing else.
 
-Encoder-decoder attention: one kernel computes scores, masked softmax, weights and context for a
-tile of decoder rows (two passes over the encoder positions: the first finds each row's max and
-sum, the second writes the normalised weights and accumulates the context). The additive score
-``v . tanh(qa_i + kb_j)`` is formed for a tile of (i, j) pairs and a slice of the attention
-size at a time, so the [B, Tq, Tk, A] tensor never exists; its backward kernels do the same.
+Encoder-decoder attention: the score projections once per call (a tensor-core matmul with fp32
+output, [B, T, A]); one kernel for the scores of every (query tile, key tile) pair in parallel,
+into an fp32 scratch the size of the weights; one for the masked softmax, the weights and the
+context of a query tile and a slice of the value features (two passes over the scores). The
+additive score ``v . tanh(qa_i + kb_j)`` is formed for a tile of (i, j) pairs and a slice of
+the attention size at a time, so the [B, Tq, Tk, A] tensor never exists; its backward kernels
+do the same. A decoder step (one query row) takes single-row tiles, not 16 rows of padding.
+
+Every launch is a 1-D grid: CUDA caps grid axes 1 and 2 at 65535, and Z*H heads or a batch pass
+that; axis 0 holds 2^31 - 1 programs.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import triton.language as tl
 
 from .._dispatch import triton_interpreting
 from ._launch import CompileCase, TRITON_DTYPES, check_dtype
-from .activation import _tanh  # accurate near 0, no libdevice: the interpreter runs it
 
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
 
@@ -263,7 +268,9 @@ def _tile_pair_of_program(n_fast, n_mid):
 def _additive_gate(x, y):
     """r = 1 / (1 + exp(2 (x_i + y_j))) over (rows of x, rows of y, features), so that
     tanh(x_i + y_j) = 1 - 2r and 1 - tanh^2 = 4 r (1 - r): one exp and one reciprocal per
-    element, exact at any magnitude (exp overflows to inf and r to 0, the right limit)."""
+    element, right at any magnitude (exp overflows to inf and r to 0, the limit). Near 0, 1 - 2r
+    keeps an absolute error of ~1e-7, not a relative one (the activation's tanh guards that):
+    the terms only ever enter sums over the attention features, where absolute error counts."""
     return tl.sigmoid(-2.0 * (x[:, None, :] + y[None, :, :]))
 
 
@@ -303,7 +310,8 @@ def enc_dec_scores_kernel(
     (BLOCK_M, BLOCK_N, BLOCK_F) terms piling up in registers and summed over the features once
     at the end. Masked-out positions get -inf. SC is the fp32 scratch the softmax reads or the
     scores output."""
-    pid_m, pid_n, b = _tile_pair_of_program(tl.cdiv(Tq, BLOCK_M), tl.cdiv(Tk, BLOCK_N))  # query tiles of a key tile together
+    # The query tiles of a key tile run together: they share its key projection in L2.
+    pid_m, pid_n, b = _tile_pair_of_program(tl.cdiv(Tq, BLOCK_M), tl.cdiv(Tk, BLOCK_N))
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     rows, cols = offs_m < Tq, offs_n < Tk
@@ -413,7 +421,8 @@ def attention_backward_dp_kernel(
     if BLOCK_M < 16:
         dp = tl.sum(terms, 2)
     if HAS_DW:
-        dp += tl.load(DW + b * sgb + offs_m[:, None] * sgm + offs_n[None, :] * sgn, mask=inside, other=0.0).to(tl.float32)
+        dw = tl.load(DW + b * sgb + offs_m[:, None] * sgm + offs_n[None, :] * sgn, mask=inside, other=0.0)
+        dp += dw.to(tl.float32)
     p = tl.load(W + b * swb + offs_m[:, None] * swm + offs_n[None, :] * swn, mask=inside, other=0.0).to(tl.float32)
     tl.store(DE + (b * Tq + offs_m[:, None]) * Tk + offs_n[None, :], dp, mask=inside)
     tl.store(RS + (b * n_n + pid_n) * Tq + offs_m, tl.sum(p * dp, 1), mask=rows)
@@ -491,7 +500,8 @@ def additive_backward_kernel(
             r = _additive_gate(x, y)
             d_k += tl.sum(de * (r * (1.0 - r)), 0)
             d_v += tl.sum(de * (1.0 - 2.0 * r), 0)
-        tl.store(DKB + (b * Tk + offs_n[:, None]) * F + offs_f[None, :], (d_k * (4.0 * va)[None, :]).to(DKB.dtype.element_ty),
+        d_k = d_k * (4.0 * va)[None, :]
+        tl.store(DKB + (b * Tk + offs_n[:, None]) * F + offs_f[None, :], d_k.to(DKB.dtype.element_ty),
                  mask=(offs_n[:, None] < Tk) & in_f[None, :])
         tl.store(DVA + (b * tl.cdiv(Tk, BLOCK_N) + pid_n) * F + offs_f, tl.sum(d_v, 0), mask=in_f)
 
@@ -931,7 +941,8 @@ def _enc_dec_cases() -> Iterator[CompileCase]:
                 {"has_dw": str(has_dw)})
         yield _enc_dec_case("attention_backward_de", attention_backward_de_kernel, "fp16",
                             {"DE": "fp32", "RS": "fp32"}, tiles, blocks, {})
-        for for_keys, tdtype, de in ((0, "fp16", "fp32"), (1, "bf16", "fp32"), (0, "fp32", "fp32"), (1, "fp16", "fp16")):
+        for for_keys, tdtype, de in ((0, "fp16", "fp32"), (1, "bf16", "fp32"), (0, "fp32", "fp32"),
+                                     (1, "fp16", "fp16")):
             yield _enc_dec_case(
                 "attention_additive_backward", additive_backward_kernel, tdtype,
                 {"QP": "fp32", "KP": "fp32", "DE": de, "DVA": "fp32"},
