@@ -9,9 +9,9 @@
   sequence, forward and forward+backward: ours (the projections once, on the tensor cores; the
   scores of every (query tile, key tile) pair in parallel; the softmax and context per value
   slice) against the eager composition ``tanh(qa[:, :, None] + kb[:, None]) @ v`` that
-  materialises [B, Tq, Tk, A]. GB/s from the op's compulsory traffic (inputs read once, outputs
-  written once). Peak memory of both: ``python -m gpukernels.benchmarks.attention --memory``
-  (GPU); the per-kernel roofline of our design at the H200's measured ceilings: ``--model``.
+  materialises [B, Tq, Tk, A]. Peak memory of both: ``python -m gpukernels.benchmarks.attention
+  --memory`` (GPU); the per-kernel roofline of our design at the H200's measured ceilings:
+  ``--model`` (no GPU needed).
 * CPU: the NumPy reference (the CPU fallback) against PyTorch CPU on small problems.
 """
 
@@ -162,20 +162,8 @@ def _additive_run(fn, mode):
     return make
 
 
-def additive_compulsory_bytes(B, Tq, Tk, D, A, mode, itemsize) -> int:
-    """Inputs read once and outputs written once (values of width D, as the cases make them):
-    forward reads query, keys, values and the three parameters and writes context and weights;
-    the backward also reads the upstream gradient and writes a gradient of every input."""
-    inputs = B * (Tq + 2 * Tk) * D + 2 * A * D + A
-    outputs = B * Tq * D + B * Tq * Tk
-    if mode == "fwd":
-        return (inputs + outputs) * itemsize
-    return (2 * inputs + outputs + B * Tq * D) * itemsize  # + grad of context in, grads out
-
-
 def _register_additive() -> None:
     for sizes, devices, dtype in ((ADDITIVE_GPU, ("cuda",), "float16"), (ADDITIVE_CPU, ("cpu",), "float32")):
-        itemsize = 2 if dtype == "float16" else 4
         for B, Tq, Tk, D, A in sizes:
             for mode in ("fwd", "full"):
                 register(BenchCase(
@@ -184,7 +172,7 @@ def _register_additive() -> None:
                     setup=_additive_setup(B, Tq, Tk, D, A, dtype, mode == "full"),
                     providers={"gpukernels": _additive_run(ours_additive, mode),
                                "torch": _additive_run(eager_additive, mode)},
-                    bytes_moved=additive_compulsory_bytes(B, Tq, Tk, D, A, mode, itemsize), devices=devices))
+                    devices=devices))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +199,9 @@ class KernelCost(NamedTuple):
 def additive_kernels(B, Tq, Tk, D, A, mode, itemsize=2) -> list[KernelCost]:
     """The kernels (and cuBLAS products) our additive attention runs, with what each moves and
     computes; values have D features. Row tiles of 1 (Tq == 1) or 16 rows: every 16-row tile
-    reads the key projection again (counted, though L2 often serves the second read)."""
+    reads the key projection and the values again (counted, though L2 often serves the second
+    read); the score-sized buffers, which each value or feature slice reads again, are counted
+    once: at B Tq Tk fp32 (8 MiB for the cases here) they stay in the 60 MiB L2."""
     s, f32 = itemsize, 4
     row_tiles = 1 if Tq == 1 else -(-Tq // 16)
     rows = 1 if Tq == 1 else 16 * row_tiles  # padded query rows the tanh terms cover
@@ -236,24 +226,14 @@ def additive_kernels(B, Tq, Tk, D, A, mode, itemsize=2) -> list[KernelCost]:
         KernelCost("dE = P (dP - row term)", scores * (s + 2 * f32)),
         KernelCost("dV = W^T dC (cuBLAS)", scores * s + B * Tq * D * s + B * Tk * D * s, 2 * scores * D),
         *projections(" (again)"),
-        KernelCost("d qp (tanh again)", B * Tk * A * f32 + scores * f32 + B * Tq * A * s, tanh_terms=B * rows * Tk * A),
+        KernelCost("d qp (tanh again)", row_tiles * B * Tk * A * f32 + scores * f32 + B * Tq * A * s,
+                   tanh_terms=B * rows * Tk * A),
         KernelCost("d kp, d v (tanh again)", B * Tk * A * f32 + row_tiles * scores * f32 + B * Tk * A * s,
                    tanh_terms=B * rows * Tk * A),
         KernelCost("d keys = d kp W_k (cuBLAS)", B * Tk * A * s + A * D * s + B * Tk * D * s, 2 * B * Tk * A * D),
         KernelCost("d W_k = d kp^T keys (cuBLAS)", B * Tk * A * s + B * Tk * D * s + A * D * s, 2 * B * Tk * A * D),
         KernelCost("d query, d W_q (cuBLAS)", 2 * B * Tq * (A + D) * s + 2 * A * D * s, 4 * B * Tq * A * D),
     ]
-
-
-def model_report() -> list[tuple[str, str, float]]:
-    """(size, mode, predicted ms) of our additive path on the H200 for the GPU cases."""
-    return [(f"B={B},Tq={Tq},Tk={Tk},D={D},A={A}", mode,
-             1e3 * sum(k.seconds() for k in additive_kernels(B, Tq, Tk, D, A, mode)))
-            for B, Tq, Tk, D, A in ADDITIVE_GPU for mode in ("fwd", "full")]
-
-
-_register_sdpa()
-_register_additive()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -462,3 +462,24 @@ def test_compile_gate_covers_every_kernel_and_encoder_decoder_tile():
         blocks = tri.projection_blocks(dtype.itemsize)
         assert any(c.name == "attention_projection" and c.tags["dtype"] == tri.TRITON_DTYPES[dtype]
                    and c.constexprs["BLOCK_M"] == blocks.block_m and c.num_warps == blocks.num_warps for c in cases)
+
+
+@pytest.mark.parametrize("Tq", [1, 20])
+def test_additive_cost_model_names_every_kernel_launched(Tq, rng, launches):
+    """The benchmark's cost model of the additive path (``--model``) has one entry per Triton
+    launch the forward and the forward+backward make (the rest of its entries are cuBLAS)."""
+    from gpukernels.benchmarks.attention import additive_kernels
+
+    B, Tk, D, A = 2, 40, 8, 12
+    query, keys, values = (random_tensor(rng, (B, t, D), "float16", DEVICE) for t in (Tq, Tk, Tk))
+    params = _score_params(rng, "additive", D, D, A, "float16")
+    with gk.use_backend("triton"):
+        context, weights = gk.attention(query, keys, values, "additive", None, **params)
+        forward = len(launches)
+        gk.attention_backward(context, None, query, keys, values, weights, "additive", **params)
+
+    def triton_entries(mode):
+        return [k for k in additive_kernels(B, Tq, Tk, D, A, mode) if "cuBLAS" not in k.name]
+
+    assert forward == len(triton_entries("fwd"))
+    assert len(launches) == len(triton_entries("full"))
