@@ -179,10 +179,20 @@ def _register_additive() -> None:
 # The cost model of our additive path: each kernel at its roofline, the kernels in sequence
 
 
-H200_CEILINGS = {"bytes_per_s": 4.1e12, "matmul_flops_per_s": 700e12,  # measured (copy, fp16 matmul)
-                 # the tanh terms, one exp2 and one reciprocal each, on the special-function
-                 # units: 16 results per clock per SM, 132 SMs at 1.98 GHz
-                 "special_per_s": 16 * 132 * 1.98e9}
+H200_CEILINGS = {
+    "bytes_per_s": 4.1e12, "matmul_flops_per_s": 700e12,  # measured: device copy, fp16 matmul
+    # per SM and clock (1.98 GHz, 132 SMs): 16 special-function results (exp2, reciprocal) and
+    # 4 x 32 issued thread-instructions
+    "special_per_s": 16 * 132 * 1.98e9, "instructions_per_s": 128 * 132 * 1.98e9,
+}
+
+# Per tanh term (one (i, j, a) element of the hidden tensor) of each kernel that forms them, by
+# row tile: (special-function ops, instructions), read off the loop bodies of the PTX the
+# compile gate builds at launch specialisation (exps of a factored slice amortised over it).
+TANH_TERM_COST = {
+    1: {"scores": (2.0, 11.9), "d qp": (2.0, 17.2), "d kp": (2.0, 14.8)},  # exp(2(x+y)), reciprocal
+    16: {"scores": (1.09, 8.0), "d qp": (1.06, 9.6), "d kp": (1.03, 11.8)},  # exp(2x) exp(2y) factored
+}
 
 
 class KernelCost(NamedTuple):
@@ -190,10 +200,13 @@ class KernelCost(NamedTuple):
     bytes: float  # device memory traffic, reads + writes
     matmul_flops: float = 0.0  # tensor-core products
     tanh_terms: float = 0.0  # (i, j, a) elements of the hidden tensor evaluated
+    term_cost: tuple[float, float] = (0.0, 0.0)  # (special-function ops, instructions) per term
 
     def seconds(self, ceilings=H200_CEILINGS) -> float:
+        special, instructions = self.term_cost
         return max(self.bytes / ceilings["bytes_per_s"], self.matmul_flops / ceilings["matmul_flops_per_s"],
-                   2 * self.tanh_terms / ceilings["special_per_s"])
+                   self.tanh_terms * special / ceilings["special_per_s"],
+                   self.tanh_terms * instructions / ceilings["instructions_per_s"])
 
 
 def additive_kernels(B, Tq, Tk, D, A, mode, itemsize=2) -> list[KernelCost]:
@@ -205,6 +218,7 @@ def additive_kernels(B, Tq, Tk, D, A, mode, itemsize=2) -> list[KernelCost]:
     s, f32 = itemsize, 4
     row_tiles = 1 if Tq == 1 else -(-Tq // 16)
     rows = 1 if Tq == 1 else 16 * row_tiles  # padded query rows the tanh terms cover
+    terms, cost = B * rows * Tk * A, TANH_TERM_COST[1 if Tq == 1 else 16]
     scores = B * Tq * Tk
 
     def projections(suffix=""):
@@ -214,7 +228,7 @@ def additive_kernels(B, Tq, Tk, D, A, mode, itemsize=2) -> list[KernelCost]:
 
     kernels = projections() + [
         KernelCost("scores (tanh, v-dot, mask)", row_tiles * B * Tk * A * f32 + B * Tq * A * f32 + scores * f32,
-                   tanh_terms=B * rows * Tk * A),
+                   tanh_terms=terms, term_cost=cost["scores"]),
         KernelCost("softmax + context", 2 * scores * f32 + row_tiles * B * Tk * D * s + scores * s + B * Tq * D * s,
                    2 * scores * D),
     ]
@@ -227,9 +241,9 @@ def additive_kernels(B, Tq, Tk, D, A, mode, itemsize=2) -> list[KernelCost]:
         KernelCost("dV = W^T dC (cuBLAS)", scores * s + B * Tq * D * s + B * Tk * D * s, 2 * scores * D),
         *projections(" (again)"),
         KernelCost("d qp (tanh again)", row_tiles * B * Tk * A * f32 + scores * f32 + B * Tq * A * s,
-                   tanh_terms=B * rows * Tk * A),
+                   tanh_terms=terms, term_cost=cost["d qp"]),
         KernelCost("d kp, d v (tanh again)", B * Tk * A * f32 + row_tiles * scores * f32 + B * Tk * A * s,
-                   tanh_terms=B * rows * Tk * A),
+                   tanh_terms=terms, term_cost=cost["d kp"]),
         KernelCost("d keys = d kp W_k (cuBLAS)", B * Tk * A * s + A * D * s + B * Tk * D * s, 2 * B * Tk * A * D),
         KernelCost("d W_k = d kp^T keys (cuBLAS)", B * Tk * A * s + B * Tk * D * s + A * D * s, 2 * B * Tk * A * D),
         KernelCost("d query, d W_q (cuBLAS)", 2 * B * Tq * (A + D) * s + 2 * A * D * s, 4 * B * Tq * A * D),

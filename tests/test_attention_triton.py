@@ -364,6 +364,20 @@ def test_additive_attention_allocates_no_hidden_tensor(Tq, rng, launches):
     assert len(key_projections) == 2  # keys W_k^T: once in the forward, once in the backward
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=[SHORT[d] for d in DTYPES])
+def test_score_projection_on_several_tiles_each_way(dtype, rng):
+    """The projection kernel (x W^T in fp32) on 2 x 2 output tiles and 2 depth steps of each
+    storage width's tiles, with W transposed as the general kind passes it, against float64."""
+    from gpukernels.triton import attention as tri
+
+    blocks = tri.projection_blocks(torch.empty((), dtype=getattr(torch, dtype)).element_size())
+    rows, cols, depth = 2 * blocks.block_m - 3, 2 * blocks.block_n - 5, 2 * blocks.block_k - 7
+    x = random_tensor(rng, (1, rows, depth), dtype, DEVICE, scale=1.0)
+    w = random_tensor(rng, (depth, cols), dtype, DEVICE, scale=1.0).T  # (cols, depth), strides (1, cols)
+    got = tri._project(x, w)
+    assert got.dtype == torch.float32 and got.shape == (1, rows, cols)
+    assert_close(got, as_float64(x) @ as_float64(w).T, "float32", "reduction")  # fp32 out, whatever the storage
+
 def test_additive_attention_exact_when_the_tanh_saturates(rng):
     """Projections of +-60 and more (exp(2x) overflows fp32): scores, weights and gradients stay
     finite and match the reference. The gradients live where qp + kp is near 0 with |qp| ~ 100,

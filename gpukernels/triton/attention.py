@@ -265,13 +265,26 @@ def _tile_pair_of_program(n_fast, n_mid):
 
 
 @triton.jit
-def _additive_gate(x, y):
+def _additive_gate(x, y, FACTORED: tl.constexpr):
     """r = 1 / (1 + exp(2 (x_i + y_j))) over (rows of x, rows of y, features), so that
-    tanh(x_i + y_j) = 1 - 2r and 1 - tanh^2 = 4 r (1 - r): one exp and one reciprocal per
-    element, right at any magnitude (exp overflows to inf and r to 0, the limit). Near 0, 1 - 2r
-    keeps an absolute error of ~1e-7, not a relative one (the activation's tanh guards that):
-    the terms only ever enter sums over the attention features, where absolute error counts."""
-    return tl.sigmoid(-2.0 * (x[:, None, :] + y[None, :, :]))
+    tanh(x_i + y_j) = 1 - 2r and 1 - tanh^2 = 4 r (1 - r). Near 0, 1 - 2r keeps an absolute
+    error of ~1e-7, not a relative one (the activation's tanh guards that): the terms only ever
+    enter sums over the attention features, where absolute error counts.
+
+    FACTORED (tiles of many rows): exp(2x) exp(2y) takes one exp per row of x and of y and one
+    reciprocal per element, where exp(2 (x + y)) takes an exp per element: the special-function
+    units, which bound these kernels, do about half the work. It is exact while |x|, |y| <= 40
+    (each factor a normal float, their product at worst inf, whose r = 0 is the limit); a slice
+    with a larger projection, which no sane model makes, takes the direct form, right at any
+    magnitude. Single-row tiles take the direct form: there every y is used once anyway."""
+    if FACTORED:
+        if tl.maximum(tl.max(tl.abs(x)), tl.max(tl.abs(y))) <= 40.0:
+            r = 1.0 / (1.0 + tl.exp(2.0 * x)[:, None, :] * tl.exp(2.0 * y)[None, :, :])
+        else:
+            r = tl.sigmoid(-2.0 * (x[:, None, :] + y[None, :, :]))
+    else:
+        r = tl.sigmoid(-2.0 * (x[:, None, :] + y[None, :, :]))
+    return r
 
 
 @triton.jit
@@ -325,7 +338,7 @@ def enc_dec_scores_kernel(
                     mask=cols[:, None] & (offs_f[None, :] < F), other=0.0).to(tl.float32)
         if KIND == 1:
             va = tl.load(VA + offs_f, mask=offs_f < F, other=0.0).to(tl.float32)  # 0 past F: no term
-            terms += (1.0 - 2.0 * _additive_gate(x, y)) * va[None, None, :]
+            terms += (1.0 - 2.0 * _additive_gate(x, y, BLOCK_M > 1)) * va[None, None, :]
         elif BLOCK_M >= 16:
             s += tl.dot(x, tl.trans(y), input_precision="ieee")
         else:
@@ -476,7 +489,7 @@ def additive_backward_kernel(
                         mask=(offs_n[:, None] < Tk) & in_f[None, :], other=0.0).to(tl.float32)
             de = tl.load(DE + b * sdb + offs_m[:, None] * sdm + offs_n[None, :] * sdn,
                          mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0.0).to(tl.float32)
-            r = _additive_gate(x, y)
+            r = _additive_gate(x, y, BLOCK_M > 1)
             terms += de[:, :, None] * (r * (1.0 - r))
         d_q = tl.sum(terms, 1) * (4.0 * va)[None, :]
         tl.store(DQA + (b * Tq + offs_m[:, None]) * F + offs_f[None, :], d_q.to(DQA.dtype.element_ty),
@@ -497,7 +510,7 @@ def additive_backward_kernel(
                         mask=(offs_m[:, None] < Tq) & in_f[None, :], other=0.0).to(tl.float32)
             de = tl.load(DE + b * sdb + offs_m[:, None] * sdm + offs_n[None, :] * sdn,
                          mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0.0).to(tl.float32)[:, :, None]
-            r = _additive_gate(x, y)
+            r = _additive_gate(x, y, BLOCK_M > 1)
             d_k += tl.sum(de * (r * (1.0 - r)), 0)
             d_v += tl.sum(de * (1.0 - 2.0 * r), 0)
         d_k = d_k * (4.0 * va)[None, :]
@@ -651,12 +664,18 @@ class EncDecBlocks(NamedTuple):
 # One decoder step (Tq == 1) takes single-row tiles with wide key tiles: it is memory-bound, and
 # 16-row tiles would do 16x its tanh work on padding. Longer query blocks take 16-row tiles, the
 # least ``tl.dot`` takes. Either way a (block_m, block_n, block_f) slice of the hidden tensor is
-# 2048 or 8192 fp32 values over 128 threads.
-ENC_DEC_TILES = (EncDecBlocks(1, 64, 32, 64, 4), EncDecBlocks(16, 32, 16, 64, 4))
+# 2048 or 4096 fp32 values over 128 threads (8 features a slice keep the factored tanh's two
+# paths in registers, ~128 of them, where 16 features took all 255).
+ENC_DEC_TILES = (EncDecBlocks(1, 64, 32, 64, 4), EncDecBlocks(16, 32, 8, 64, 4))
+DOT_BLOCK_F = 32  # features per slice of the dot scores: ``tl.dot`` takes 16 at least
 
 
 def enc_dec_blocks(query_rows: int) -> EncDecBlocks:
     return ENC_DEC_TILES[0] if query_rows == 1 else ENC_DEC_TILES[1]
+
+
+def score_block_f(blocks: EncDecBlocks, kind_code: int) -> int:
+    return blocks.block_f if kind_code == KIND_ADDITIVE else DOT_BLOCK_F
 
 
 class ProjectionBlocks(NamedTuple):
@@ -667,9 +686,9 @@ class ProjectionBlocks(NamedTuple):
 
 
 def projection_blocks(itemsize: int) -> ProjectionBlocks:
-    """128 x 128 tensor-core tiles for 16-bit storage; fp32 (full-precision FMA products) keeps
-    its tiles in registers at 64 x 64."""
-    return ProjectionBlocks(128, 128, 32, 8) if itemsize == 2 else ProjectionBlocks(64, 64, 16, 4)
+    """128 x 64 tensor-core tiles for 16-bit storage (~120 registers at launch specialisation,
+    no spill even with unknown strides); fp32 (full-precision FMA products) takes 64 x 64."""
+    return ProjectionBlocks(128, 64, 32, 4) if itemsize == 2 else ProjectionBlocks(64, 64, 16, 4)
 
 
 def _project(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -713,7 +732,7 @@ def _launch_scores(out, query, keys, mask, weight, w_query, w_keys, v, kind, blo
     enc_dec_scores_kernel[program_grid(triton.cdiv(Tq, blocks.block_m), triton.cdiv(Tk, blocks.block_n) * B)](
         qp, kp, va, mask_bytes, out, scale, *qp.stride(), *kp.stride(), *mask_strides, *out.stride(), Tq, Tk,
         features, KIND=kind_code, MASK_KIND=mask_kind, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-        BLOCK_F=blocks.block_f, num_warps=blocks.num_warps)
+        BLOCK_F=score_block_f(blocks, kind_code), num_warps=blocks.num_warps)
 
 
 def _additive_backward(de, qp, kp, va, dtype):
@@ -928,7 +947,7 @@ def _enc_dec_cases() -> Iterator[CompileCase]:
         for kind, code, mask_kind, tdtype, qp, kp, sc in scores:
             yield _enc_dec_case(
                 "attention_scores", enc_dec_scores_kernel, tdtype, {"QP": qp, "KP": kp, "SC": sc},
-                dict(KIND=code, MASK_KIND=mask_kind, BLOCK_F=blocks.block_f, **tiles), blocks,
+                dict(KIND=code, MASK_KIND=mask_kind, BLOCK_F=score_block_f(blocks, code), **tiles), blocks,
                 {"kind": kind, "mask": ("none", "bool")[mask_kind], "out": "scratch" if sc == "fp32" else "scores"})
         for tdtype in ("fp16", "bf16", "fp32"):
             yield _enc_dec_case(
