@@ -23,6 +23,7 @@ that; axis 0 holds 2^31 - 1 programs.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Iterator, NamedTuple
 
@@ -960,8 +961,10 @@ def _enc_dec_cases() -> Iterator[CompileCase]:
                 {"has_dw": str(has_dw)})
         yield _enc_dec_case("attention_backward_de", attention_backward_de_kernel, "fp16",
                             {"DE": "fp32", "RS": "fp32"}, tiles, blocks, {})
-        for for_keys, tdtype, de in ((0, "fp16", "fp32"), (1, "bf16", "fp32"), (0, "fp32", "fp32"),
-                                     (1, "fp16", "fp16")):
+        # dE: the fp32 scratch of attention_backward, or the storage-dtype grad_scores given to
+        # attention_scores_backward.
+        for for_keys, (tdtype, de) in itertools.product((0, 1), (("fp16", "fp32"), ("bf16", "bf16"),
+                                                                 ("fp32", "fp32"))):
             yield _enc_dec_case(
                 "attention_additive_backward", additive_backward_kernel, tdtype,
                 {"QP": "fp32", "KP": "fp32", "DE": de, "DVA": "fp32"},
