@@ -6,9 +6,12 @@
   only up to N=4096: its N x N scores need 4 B H N^2 bytes and more). TFLOP/s from the
   conventional count: forward 4 B H N^2 d (two matmuls), backward 2.5x that (five matmuls).
 * Additive (Bahdanau) attention, one decoder step and a block of 32 steps over a long encoder
-  sequence, forward and forward+backward: ours (one fused kernel) against the eager composition
-  ``tanh(qa[:, :, None] + kb[:, None]) @ v`` that materialises [B, Tq, Tk, A]. Peak memory of
-  both: ``python -m gpukernels.benchmarks.attention --memory`` (GPU) prints it.
+  sequence, forward and forward+backward: ours (the projections once, on the tensor cores; the
+  scores of every (query tile, key tile) pair in parallel; the softmax and context per value
+  slice) against the eager composition ``tanh(qa[:, :, None] + kb[:, None]) @ v`` that
+  materialises [B, Tq, Tk, A]. Peak memory of both: ``python -m gpukernels.benchmarks.attention
+  --memory`` (GPU); the per-kernel roofline of our design at the H200's measured ceilings:
+  ``--model`` (no GPU needed).
 * CPU: the NumPy reference (the CPU fallback) against PyTorch CPU on small problems.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import NamedTuple
 
 from .registry import BenchCase, register
 
@@ -171,8 +175,79 @@ def _register_additive() -> None:
                     devices=devices))
 
 
-_register_sdpa()
-_register_additive()
+# ---------------------------------------------------------------------------------------------
+# The cost model of our additive path: each kernel at its roofline, the kernels in sequence
+
+
+H200_CEILINGS = {
+    "bytes_per_s": 4.1e12, "matmul_flops_per_s": 700e12,  # measured: device copy, fp16 matmul
+    # per SM and clock (1.98 GHz, 132 SMs): 16 special-function results (exp2, reciprocal) and
+    # 4 x 32 issued thread-instructions
+    "special_per_s": 16 * 132 * 1.98e9, "instructions_per_s": 128 * 132 * 1.98e9,
+}
+
+# Per tanh term (one (i, j, a) element of the hidden tensor) of each kernel that forms them, by
+# row tile: (special-function ops, instructions), read off the loop bodies of the PTX the
+# compile gate builds at launch specialisation (exps of a factored slice amortised over it).
+TANH_TERM_COST = {
+    1: {"scores": (2.0, 11.9), "d qp": (2.0, 17.2), "d kp": (2.0, 14.8)},  # exp(2(x+y)), reciprocal
+    16: {"scores": (1.09, 8.0), "d qp": (1.06, 9.6), "d kp": (1.03, 11.8)},  # exp(2x) exp(2y) factored
+}
+
+
+class KernelCost(NamedTuple):
+    name: str
+    bytes: float  # device memory traffic, reads + writes
+    matmul_flops: float = 0.0  # tensor-core products
+    tanh_terms: float = 0.0  # (i, j, a) elements of the hidden tensor evaluated
+    term_cost: tuple[float, float] = (0.0, 0.0)  # (special-function ops, instructions) per term
+
+    def seconds(self, ceilings=H200_CEILINGS) -> float:
+        special, instructions = self.term_cost
+        return max(self.bytes / ceilings["bytes_per_s"], self.matmul_flops / ceilings["matmul_flops_per_s"],
+                   self.tanh_terms * special / ceilings["special_per_s"],
+                   self.tanh_terms * instructions / ceilings["instructions_per_s"])
+
+
+def additive_kernels(B, Tq, Tk, D, A, mode, itemsize=2) -> list[KernelCost]:
+    """The kernels (and cuBLAS products) our additive attention runs, with what each moves and
+    computes; values have D features. Row tiles of 1 (Tq == 1) or 16 rows: every 16-row tile
+    reads the key projection and the values again (counted, though L2 often serves the second
+    read); the score-sized buffers, which each value or feature slice reads again, are counted
+    once: at B Tq Tk fp32 (8 MiB for the cases here) they stay in the 60 MiB L2."""
+    s, f32 = itemsize, 4
+    row_tiles = 1 if Tq == 1 else -(-Tq // 16)
+    rows = 1 if Tq == 1 else 16 * row_tiles  # padded query rows the tanh terms cover
+    terms, cost = B * rows * Tk * A, TANH_TERM_COST[1 if Tq == 1 else 16]
+    scores = B * Tq * Tk
+
+    def projections(suffix=""):
+        return [KernelCost("project keys" + suffix, B * Tk * D * s + A * D * s + B * Tk * A * f32, 2 * B * Tk * D * A),
+                KernelCost("project query" + suffix, B * Tq * D * s + A * D * s + B * Tq * A * f32,
+                           2 * B * Tq * D * A)]
+
+    kernels = projections() + [
+        KernelCost("scores (tanh, v-dot, mask)", row_tiles * B * Tk * A * f32 + B * Tq * A * f32 + scores * f32,
+                   tanh_terms=terms, term_cost=cost["scores"]),
+        KernelCost("softmax + context", 2 * scores * f32 + row_tiles * B * Tk * D * s + scores * s + B * Tq * D * s,
+                   2 * scores * D),
+    ]
+    if mode == "fwd":
+        return kernels
+    return kernels + [
+        KernelCost("dP = dC V^T, row terms", row_tiles * B * Tk * D * s + B * Tq * D * s + scores * (s + f32),
+                   2 * scores * D),
+        KernelCost("dE = P (dP - row term)", scores * (s + 2 * f32)),
+        KernelCost("dV = W^T dC (cuBLAS)", scores * s + B * Tq * D * s + B * Tk * D * s, 2 * scores * D),
+        *projections(" (again)"),
+        KernelCost("d qp (tanh again)", row_tiles * B * Tk * A * f32 + scores * f32 + B * Tq * A * s,
+                   tanh_terms=terms, term_cost=cost["d qp"]),
+        KernelCost("d kp, d v (tanh again)", B * Tk * A * f32 + row_tiles * scores * f32 + B * Tk * A * s,
+                   tanh_terms=terms, term_cost=cost["d kp"]),
+        KernelCost("d keys = d kp W_k (cuBLAS)", B * Tk * A * s + A * D * s + B * Tk * D * s, 2 * B * Tk * A * D),
+        KernelCost("d W_k = d kp^T keys (cuBLAS)", B * Tk * A * s + B * Tk * D * s + A * D * s, 2 * B * Tk * A * D),
+        KernelCost("d query, d W_q (cuBLAS)", 2 * B * Tq * (A + D) * s + 2 * A * D * s, 4 * B * Tq * A * D),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +286,19 @@ def memory_report() -> list[tuple[str, str, float, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpukernels.benchmarks.attention")
     parser.add_argument("--memory", action="store_true", help="print peak extra memory, ours vs eager (GPU)")
+    parser.add_argument("--model", action="store_true",
+                        help="print the predicted time of our additive path per kernel on an H200 (no GPU needed)")
     args = parser.parse_args(argv)
+    if args.model:
+        for B, Tq, Tk, D, A in ADDITIVE_GPU:
+            for mode in ("fwd", "full"):
+                kernels = additive_kernels(B, Tq, Tk, D, A, mode)
+                print(f"additive_attention {mode} B={B},Tq={Tq},Tk={Tk},D={D},A={A}: "
+                      f"{1e3 * sum(k.seconds() for k in kernels):.3f} ms predicted")
+                for k in kernels:
+                    print(f"    {k.name:32} {k.bytes / 2**20:9.1f} MiB {k.matmul_flops / 1e9:8.2f} GFLOP "
+                          f"{k.tanh_terms / 1e6:8.1f} M tanh  {1e6 * k.seconds():8.1f} us")
+        return 0
     if not args.memory:
         parser.print_help()
         return 0

@@ -41,15 +41,27 @@ def test_sdpa_function_gradcheck_on_the_reference(causal, gqa, mask, rng):
 def test_sdpa_function_on_triton_matches_torch(dtype, rng):
     q, k, v = _leaves(rng, (2, 2, 19, 32), (2, 1, 23, 32), (2, 1, 23, 16), dtype=getattr(torch, dtype), device=DEVICE)
     grad = torch.from_numpy(rng.standard_normal((2, 2, 19, 16))).to(device=DEVICE, dtype=q.dtype)
-    with gk.use_backend("triton"):
+    with gk.use_backend("triton"):  # the backward too: outside, CPU tensors would pick the reference
         out = gkf.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    ours = torch.autograd.grad(out, (q, k, v), grad)
+        ours = torch.autograd.grad(out, (q, k, v), grad)
     q64, k64, v64 = (x.detach().double().cpu().requires_grad_() for x in (q, k, v))
     want = F.scaled_dot_product_attention(q64, k64, v64, is_causal=True, enable_gqa=True)
     theirs = torch.autograd.grad(want, (q64, k64, v64), grad.double().cpu())
     assert_close(out, want.detach().numpy(), dtype, "reduction")
     for got, expected in zip(ours, theirs):
         assert_close(got, expected.numpy(), dtype, "reduction")
+
+
+def test_sdpa_function_on_triton_takes_a_broadcast_gradient(rng):
+    """``out.sum().backward()`` hands the backward a stride-0 gradient, which the kernels read
+    as it is (no copy): the gradients still match PyTorch's."""
+    q, k, v = _leaves(rng, (2, 3, 17, 16), (2, 3, 21, 16), (2, 3, 21, 8), dtype=torch.float32, device=DEVICE)
+    with gk.use_backend("triton"):
+        gkf.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+    q64, k64, v64 = (x.detach().double().cpu().requires_grad_() for x in (q, k, v))
+    F.scaled_dot_product_attention(q64, k64, v64, is_causal=True).sum().backward()
+    for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        assert_close(got, want.numpy(), "float32", "reduction")
 
 
 def test_sdpa_function_rejects_a_mask_that_needs_a_gradient(rng):
@@ -110,10 +122,10 @@ def test_attention_function_on_triton_matches_the_eager_composition(kind, rng):
     params = _params(rng, kind, dq, 24, a=18, dtype=torch.float32, device=DEVICE)
     mask = torch.from_numpy(rng.random((2, 29)) > 0.3).to(DEVICE)
     inputs = [*leaves, *params.values()]
-    with gk.use_backend("triton"):
+    with gk.use_backend("triton"):  # the backward too: outside, CPU tensors would pick the reference
         context, weights = gkf.attention(*leaves, kind, mask, **params)
-    loss = context.square().sum() + (weights * torch.linspace(-1, 1, 29, device=DEVICE)).sum()
-    ours = torch.autograd.grad(loss, inputs)
+        loss = context.square().sum() + (weights * torch.linspace(-1, 1, 29, device=DEVICE)).sum()
+        ours = torch.autograd.grad(loss, inputs)
     doubles = [x.detach().double().cpu().requires_grad_() for x in inputs]
     want_c, want_w = _eager(kind, *doubles[:3], mask.cpu(), **dict(zip(params, doubles[3:])))
     want_loss = want_c.square().sum() + (want_w * torch.linspace(-1, 1, 29, dtype=torch.float64)).sum()

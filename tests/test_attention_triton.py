@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gpukernels as gk
 from _helpers import DTYPES, as_float64, assert_close, random_tensor
@@ -31,6 +33,51 @@ def _np(x):
     if x is None:
         return None
     return x.cpu().numpy() if x.dtype == torch.bool else as_float64(x)
+
+
+class _KernelStub:
+    """Stands in for a Triton kernel: records each launch's grid and runs nothing."""
+
+    def __init__(self, name, launches):
+        self.name, self.launches = name, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.name, tuple(grid)))
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Every kernel of the attention module replaced by a stub: the launchers run for real (their
+    allocations, views and grids), the kernels not. Yields the list of (kernel, grid) launched."""
+    from gpukernels.triton import attention as tri
+
+    made = []
+    for name in dir(tri):
+        if name.endswith("_kernel"):
+            monkeypatch.setattr(tri, name, _KernelStub(name, made))
+    return made
+
+
+class _Allocations(TorchDispatchMode):
+    """Records every tensor an op makes in new memory, as (op, dtype, shape, bytes): outputs that
+    share storage with an input (views, in-place results) are not new memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.made.append((str(func), t.dtype, tuple(t.shape), t.nbytes))
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(entry[-1] for entry in self.made)
 
 
 # (B, Hq, Hk, L, S, E, Ev, mask kind, mask shape, causal)
@@ -121,6 +168,97 @@ def test_sdpa_empty_lengths(L, S, rng):
     assert all((g == 0).all() and g.shape == x.shape for g, x in zip(grads, (q, k, v)))
 
 
+@pytest.mark.parametrize("dtype,hq,hk,mask_kind", [("float16", 4, 4, None), ("bfloat16", 4, 2, "bool"),
+                                                   ("float32", 2, 1, "float")],
+                         ids=["fp16", "bf16-gqa-bool", "fp32-gqa-float"])
+def test_sdpa_allocates_its_results_and_row_statistics_only(dtype, hq, hk, mask_kind, rng, launches):
+    """The launchers' plan, kernels stubbed (no interpreter): the forward makes the output and
+    the fp32 log-sum-exp; the backward makes dQ, dK, dV (what it returns) and one fp32 statistic
+    per query row, nothing else: no fp32 copy of K or V, no copy of a broadcast gradient."""
+    B, L, S, E = 2, 33, 47, 40
+    q = random_tensor(rng, (B, hq, L, E), dtype, DEVICE)
+    k, v = (random_tensor(rng, (B, hk, S, E), dtype, DEVICE) for _ in range(2))
+    mask = _mask(rng, mask_kind, (L, S), dtype) if mask_kind else None
+    dout = torch.ones((), dtype=q.dtype, device=DEVICE).expand(B, hq, L, E)  # what out.sum() sends back
+    statistics = B * hq * L * 4  # fp32, one per query row
+    with gk.use_backend("triton"):
+        with _Allocations() as forward:
+            out, lse = gk.scaled_dot_product_attention_forward(q, k, v, mask, enable_gqa=hq != hk)
+        with _Allocations() as backward:
+            grads = gk.scaled_dot_product_attention_backward(dout, q, k, v, out, lse, mask, enable_gqa=hq != hk)
+    assert forward.total == out.nbytes + statistics, forward.made
+    assert backward.total <= sum(g.nbytes for g in grads) + statistics, backward.made
+    assert [name for name, _ in launches] == ["sdpa_forward_kernel", "sdpa_backward_delta_kernel",
+                                              "sdpa_backward_dq_kernel", "sdpa_backward_dkdv_kernel"]
+
+
+
+def test_sdpa_function_takes_a_broadcast_gradient_as_it_is(rng, launches):
+    """``out.sum().backward()`` sends a stride-0 gradient; the autograd Function hands it to the
+    kernels (they read strides) instead of copying it: the backward makes the three gradients and
+    the row statistic only (kernels stubbed)."""
+    from gpukernels.torch.functional import scaled_dot_product_attention
+
+    B, H, L, E = 2, 3, 33, 16
+    q, k, v = (random_tensor(rng, (B, H, L, E), "float16", DEVICE).requires_grad_() for _ in range(3))
+    with gk.use_backend("triton"):
+        loss = scaled_dot_product_attention(q, k, v).sum()
+        with _Allocations() as backward:
+            loss.backward()
+    scalar_seed = 2  # the fp16 1.0 that backward() starts from
+    assert backward.total <= 3 * q.nbytes + B * H * L * 4 + scalar_seed, backward.made
+    assert [name for name, _ in launches][-3:] == ["sdpa_backward_delta_kernel", "sdpa_backward_dq_kernel",
+                                                   "sdpa_backward_dkdv_kernel"]
+
+CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)  # blocks per grid axis (x, y, z)
+
+
+def _assert_grids_fit(launches, programs: int) -> None:
+    """Each launch's grid within CUDA's limits, with room for one program per head or batch row
+    at least (the projection tiles the flattened (batch x length) rows instead)."""
+    assert launches
+    for name, grid in launches:
+        assert len(grid) <= 3 and all(1 <= n <= cap for n, cap in zip(grid, CUDA_GRID_LIMITS)), (name, grid)
+        assert name == "projection_kernel" or math.prod(grid) >= programs, (name, grid)
+
+
+def test_sdpa_launches_fit_cuda_grids_past_65535_heads(rng, launches):
+    """Z * Hq = 131074 query heads and Z * Hk = 65537 key/value heads, past the 65535 that grid
+    axes 1 and 2 hold, at L = S = 1, d = 16. The kernels are stubbed: the interpreter runs about 3
+    ms per program here, minutes for one such launch; tests/test_gpu_attention.py runs it for
+    real on a GPU, and the tile/head decoding is the one every other test here exercises."""
+    q = random_tensor(rng, (65537, 2, 1, 16), "float16", DEVICE)
+    k, v = (random_tensor(rng, (65537, 1, 1, 16), "float16", DEVICE) for _ in range(2))
+    with gk.use_backend("triton"):
+        out, lse = gk.scaled_dot_product_attention_forward(q, k, v, enable_gqa=True)
+        gk.scaled_dot_product_attention_backward(out, q, k, v, out, lse, enable_gqa=True)
+    _assert_grids_fit(launches, 65537)
+
+
+@pytest.mark.parametrize("kind", ["dot", "additive"])
+@pytest.mark.parametrize("Tq", [1, 2])
+def test_encoder_decoder_launches_fit_cuda_grids_past_65535_batch_rows(kind, Tq, rng, launches):
+    """B = 65537 batch rows, each launch of the forward, the scores and both backwards within
+    CUDA's grid limits (kernels stubbed, as above), for the single-row and 16-row tiles."""
+    B, Tk, D, A = 65537, 3, 16, 8
+    query, keys, values = (random_tensor(rng, (B, t, D), "float16", DEVICE) for t in (Tq, Tk, Tk))
+    params = _score_params(rng, kind, D, D, A, "float16")
+    with gk.use_backend("triton"):
+        context, weights = gk.attention(query, keys, values, kind, None, **params)
+        gk.attention_backward(context, weights, query, keys, values, weights, kind, **params)
+        scores = gk.attention_scores(query, keys, kind, **params)
+        gk.attention_scores_backward(scores, query, keys, kind, **params)
+    _assert_grids_fit(launches, B)
+
+
+def test_program_grid_refuses_more_programs_than_cuda_holds():
+    from gpukernels.triton import attention as tri
+
+    assert tri.program_grid(2**16, 2**15 - 1) == (2**31 - 2**16,)
+    with pytest.raises(ValueError, match="more than a CUDA grid holds"):
+        tri.program_grid(2**16, 2**15)
+
+
 # ---------------------------------------------------------------------------------------------
 # Encoder-decoder attention
 
@@ -128,8 +266,10 @@ KINDS = ("dot", "scaled_dot", "general", "additive")
 
 
 def _score_params(rng, kind, dq, dk, a, dtype):
-    if kind == "general":
-        return {"weight": random_tensor(rng, (dq, dk), dtype, DEVICE, scale=0.3)}
+    if kind == "general":  # scores of standard deviation ~2: a softmax peaked as trained models' are,
+        # not one-hot (where dP - sum P dP cancels: a float32 evaluation of the reference itself
+        # then misses the float64 gradients by 2.6e-4 on the Tq=1 shape)
+        return {"weight": random_tensor(rng, (dq, dk), dtype, DEVICE, scale=2.0 / math.sqrt(dq * dk))}
     if kind == "additive":
         return {"w_query": random_tensor(rng, (a, dq), dtype, DEVICE, scale=0.3),
                 "w_keys": random_tensor(rng, (a, dk), dtype, DEVICE, scale=0.3),
@@ -137,17 +277,19 @@ def _score_params(rng, kind, dq, dk, a, dtype):
     return {}
 
 
-# (id, B, Tq, Tk, Dk, Dq for general/additive, Dv, A, mask shape)
+# (id, B, Tq, Tk, Dk, Dq for general/additive, Dv, A, mask shape). The launcher's two row tiles:
+# 16 rows (a block of decoder steps; Tq=5 pads, Tq=19 takes two tiles) and 1 row (one decoder
+# step, with three key tiles of 64 and two feature slices of 32); two value slices of 64 each.
 ENC_DEC_SHAPES = [
-    ("B2-Tq5-Tk37-Dk24-Dv40-A20-maskBTk", 2, 5, 37, 24, 12, 40, 20, "BTk"),
-    ("B2-Tq1-Tk45-Dk40-Dv70-A19-maskBTqTk", 2, 1, 45, 40, 17, 70, 19, "BTqTk"),
+    ("B2-Tq5-Tk37-Dk24-Dv70-A20-maskBTk", 2, 5, 37, 24, 12, 70, 20, "BTk"),
+    ("B2-Tq1-Tk150-Dk40-Dv70-A40-maskBTqTk", 2, 1, 150, 40, 17, 70, 40, "BTqTk"),
     ("B1-Tq19-Tk1-Dk16-Dv8-A5", 1, 19, 1, 16, 16, 8, 5, None),
 ]
-# Every dtype on the first shape; the others (one decoder step, a single key) in fp32, to keep
-# the interpreter's time in check.
+# Every dtype on the two tiles' shapes; the last (a single key) in fp32, to keep the
+# interpreter's time in check.
 ENC_DEC_CASES = [pytest.param(kind, *shape[1:], dtype, id=f"{shape[0]}-{kind}-{SHORT[dtype]}")
                  for index, shape in enumerate(ENC_DEC_SHAPES) for kind in KINDS
-                 for dtype in (DTYPES if index == 0 else ("float32",))]
+                 for dtype in (DTYPES if index < 2 else ("float32",))]
 
 
 @pytest.mark.parametrize("kind,B,Tq,Tk,Dk,Dq,Dv,A,mask_shape,dtype", ENC_DEC_CASES)
@@ -204,24 +346,82 @@ def test_encoder_decoder_attention_forward_and_backward(kind, B, Tq, Tk, Dk, Dq,
                 assert_close(got, expected, dtype, "reduction")
 
 
-def test_additive_kernels_allocate_no_hidden_tensor(rng, monkeypatch):
-    """Every buffer the triton additive path allocates is O(B T A) or O(B Tq Tk), never B Tq Tk A."""
-    B, Tq, Tk, D, A = 2, 9, 33, 8, 24
-    query, keys, values = (random_tensor(rng, (B, t, D), "float32", DEVICE) for t in (Tq, Tk, Tk))
-    params = _score_params(rng, "additive", D, D, A, "float32")
-    sizes = []
-    real_empty = torch.empty
-
-    def counting_empty(*shape, **kwargs):
-        out = real_empty(*shape, **kwargs)
-        sizes.append(out.numel())
-        return out
-
-    monkeypatch.setattr(torch, "empty", counting_empty)
-    with gk.use_backend("triton"):
+@pytest.mark.parametrize("Tq", [1, 9])
+def test_additive_attention_allocates_no_hidden_tensor(Tq, rng, launches):
+    """The launchers' plan (kernels stubbed): every buffer of the additive forward and backward
+    is O(B T A) or O(B Tq Tk), never the [B, Tq, Tk, A] hidden tensor; the projections are made
+    once per call (fp32, [B, T, A]) and nothing else of their size."""
+    B, Tk, D, A = 2, 33, 8, 24
+    query, keys, values = (random_tensor(rng, (B, t, D), "float16", DEVICE) for t in (Tq, Tk, Tk))
+    params = _score_params(rng, "additive", D, D, A, "float16")
+    with gk.use_backend("triton"), _Allocations() as log:
         context, weights = gk.attention(query, keys, values, "additive", None, **params)
         gk.attention_backward(torch.ones_like(context), None, query, keys, values, weights, "additive", **params)
-    assert sizes and max(sizes) < B * Tq * Tk * A // 4
+    largest = max(B * Tk * max(A, D), B * Tq * Tk)  # keys-sized, projection-sized or score-sized
+    assert all(math.prod(shape) <= largest for _, _, shape, _ in log.made), log.made
+    assert Tq == 1 or largest * 4 < B * Tq * Tk * A  # (one step's hidden tensor is projection-sized)
+    key_projections = [entry for entry in log.made if entry[1] == torch.float32 and entry[2] == (B, Tk, A)]
+    assert len(key_projections) == 2  # keys W_k^T: once in the forward, once in the backward
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=[SHORT[d] for d in DTYPES])
+def test_score_projection_on_several_tiles_each_way(dtype, rng):
+    """The projection kernel (x W^T in fp32) on 2 x 2 output tiles and 2 depth steps of each
+    storage width's tiles, with W transposed as the general kind passes it, against float64."""
+    from gpukernels.triton import attention as tri
+
+    blocks = tri.projection_blocks(torch.empty((), dtype=getattr(torch, dtype)).element_size())
+    rows, cols, depth = 2 * blocks.block_m - 3, 2 * blocks.block_n - 5, 2 * blocks.block_k - 7
+    x = random_tensor(rng, (1, rows, depth), dtype, DEVICE, scale=1.0)
+    w = random_tensor(rng, (depth, cols), dtype, DEVICE, scale=1.0).T  # (cols, depth), strides (1, cols)
+    got = tri._project(x, w)
+    assert got.dtype == torch.float32 and got.shape == (1, rows, cols)
+    assert_close(got, as_float64(x) @ as_float64(w).T, "float32", "reduction")  # fp32 out, whatever the storage
+
+def test_additive_attention_exact_when_the_tanh_saturates(rng):
+    """Projections of +-60 and more (exp(2x) overflows fp32): scores, weights and gradients stay
+    finite and match the reference. The gradients live where qp + kp is near 0 with |qp| ~ 100,
+    where fp32 itself moves qp + kp by ~100 * 2^-24 * sqrt(D): they are held to 1e-4."""
+    B, Tq, Tk, D, A = 2, 3, 20, 6, 9
+    query, keys, values = (random_tensor(rng, (B, t, D), "float32", DEVICE, scale=1.0) for t in (Tq, Tk, Tk))
+    params = _score_params(rng, "additive", D, D, A, "float32")
+    params["w_query"] = params["w_query"] * 200
+    params["w_keys"] = params["w_keys"] * 200
+    g_context = random_tensor(rng, (B, Tq, D), "float32", DEVICE, scale=1.0)
+    with gk.use_backend("triton"):
+        scores = gk.attention_scores(query, keys, "additive", **params)
+        context, weights = gk.attention(query, keys, values, "additive", None, **params)
+        grads = gk.attention_backward(g_context, None, query, keys, values, weights, "additive", **params)
+    p64 = {name: as_float64(x) for name, x in params.items()}
+    args = (as_float64(query), as_float64(keys))
+    assert abs(as_float64(query) @ p64["w_query"].T).max() > 60
+    assert_close(scores, ref.attention_scores(*args, kind="additive", **p64), "float32", "reduction")
+    want_c, want_w = ref.attention_forward(*args, as_float64(values), kind="additive", **p64)
+    assert_close(context, want_c, "float32", "reduction")
+    assert_close(weights, want_w, "float32", "reduction")
+    want = ref.attention_backward(as_float64(g_context), None, *args, as_float64(values), as_float64(weights),
+                                  kind="additive", **p64)
+    for got, expected in zip(grads, want):
+        if expected is not None:
+            got, expected = as_float64(got), np.asarray(expected)
+            assert np.isfinite(got).all()
+            assert np.linalg.norm(got - expected) <= 1e-4 * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("kind", ["scaled_dot", "additive"])
+def test_scores_backward_reads_a_strided_gradient(kind, rng):
+    B, Tq, Tk, D, A = 2, 4, 11, 8, 6
+    query, keys = (random_tensor(rng, (B, t, D), "float32", DEVICE) for t in (Tq, Tk))
+    params = _score_params(rng, kind, D, D, A, "float32")
+    g_scores = random_tensor(rng, (B, Tk, Tq), "float32", DEVICE, scale=1.0).transpose(1, 2)
+    assert not g_scores.is_contiguous()
+    with gk.use_backend("triton"):
+        grads = gk.attention_scores_backward(g_scores, query, keys, kind, **params)
+    p64 = {name: as_float64(x) for name, x in params.items()}
+    want = ref.attention_scores_backward(as_float64(g_scores), as_float64(query), as_float64(keys), kind=kind, **p64)
+    for got, expected in zip(grads, want):
+        if expected is not None:
+            assert_close(got, expected, "float32", "reduction")
 
 
 def test_encoder_decoder_non_contiguous_inputs(rng):
@@ -257,3 +457,43 @@ def test_compile_gate_covers_every_sdpa_tile_config():
                 key = (kernel, str(block_d), str(blocks.block_m), str(blocks.block_n), blocks.num_warps)
                 assert key in compiled, key
             assert ("sdpa_backward_delta", str(block_d), str(blocks.block_m), None, blocks.num_warps) in compiled
+
+
+def test_compile_gate_covers_every_kernel_and_encoder_decoder_tile():
+    """Every kernel of the module is in the gate, the encoder-decoder kernels at each row tile
+    the launcher picks, the projection at each storage width's tiles."""
+    from gpukernels.triton import attention as tri
+
+    cases = list(tri.compile_cases())
+    kernels = {name for name in dir(tri) if name.endswith("_kernel")}
+    assert kernels == {c.kernel.__name__ for c in cases}
+    enc_dec = {c.kernel.__name__ for c in cases if not c.name.startswith(("sdpa", "attention_projection"))}
+    for query_rows in range(1, 40):
+        block_m = str(tri.enc_dec_blocks(query_rows).block_m)
+        for kernel in enc_dec:
+            assert any(c.kernel.__name__ == kernel and c.tags["block_m"] == block_m for c in cases), (kernel, block_m)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        blocks = tri.projection_blocks(dtype.itemsize)
+        assert any(c.name == "attention_projection" and c.tags["dtype"] == tri.TRITON_DTYPES[dtype]
+                   and c.constexprs["BLOCK_M"] == blocks.block_m and c.num_warps == blocks.num_warps for c in cases)
+
+
+@pytest.mark.parametrize("Tq", [1, 20])
+def test_additive_cost_model_names_every_kernel_launched(Tq, rng, launches):
+    """The benchmark's cost model of the additive path (``--model``) has one entry per Triton
+    launch the forward and the forward+backward make (the rest of its entries are cuBLAS)."""
+    from gpukernels.benchmarks.attention import additive_kernels
+
+    B, Tk, D, A = 2, 40, 8, 12
+    query, keys, values = (random_tensor(rng, (B, t, D), "float16", DEVICE) for t in (Tq, Tk, Tk))
+    params = _score_params(rng, "additive", D, D, A, "float16")
+    with gk.use_backend("triton"):
+        context, weights = gk.attention(query, keys, values, "additive", None, **params)
+        forward = len(launches)
+        gk.attention_backward(context, None, query, keys, values, weights, "additive", **params)
+
+    def triton_entries(mode):
+        return [k for k in additive_kernels(B, Tq, Tk, D, A, mode) if "cuBLAS" not in k.name]
+
+    assert forward == len(triton_entries("fwd"))
+    assert len(launches) == len(triton_entries("full"))

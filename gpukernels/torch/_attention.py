@@ -30,9 +30,10 @@ class _ScaledDotProductAttention(torch.autograd.Function):
     def backward(ctx, grad_output):
         query, key, value, attn_mask, out, lse = ctx.saved_tensors
         is_causal, scale, enable_gqa = ctx.options
+        # No .contiguous(): the kernels read any strides, and a broadcast gradient (from .sum())
+        # would otherwise become a full (..., L, Ev) copy.
         dq, dk, dv = _attn.scaled_dot_product_attention_backward(
-            grad_output.contiguous(), query, key, value, out, lse, attn_mask, is_causal, scale=scale,
-            enable_gqa=enable_gqa)
+            grad_output, query, key, value, out, lse, attn_mask, is_causal, scale=scale, enable_gqa=enable_gqa)
         return dq, dk, dv, None, None, None, None
 
 

@@ -6,17 +6,24 @@ backward recomputes the probabilities tile by tile from that log-sum-exp, in one
 (one program per query tile) and one for dK/dV (one program per key tile, looping over the query
 heads that share its key/value head, so no atomics). Head dims are padded to a power of two
 with masks. Scores, softmax and accumulators are fp32; the tile products run on the tensor cores
-in the storage dtype (fp32 storage multiplies in full fp32, not tf32).
+in the storage dtype (fp32 storage multiplies in full fp32, not tf32). The backward allocates
+its three gradients and one fp32 statistic per query row (delta), nothing else.
 
-Encoder-decoder attention: one kernel computes scores, masked softmax, weights and context for a
-tile of decoder rows (two passes over the encoder positions: the first finds each row's max and
-sum, the second writes the normalised weights and accumulates the context). The additive score
-``v . tanh(qa_i + kb_j)`` is formed for a tile of (i, j) pairs and a slice of the attention
-size at a time, so the [B, Tq, Tk, A] tensor never exists; its backward kernels do the same.
+Encoder-decoder attention: the score projections once per call (a tensor-core matmul with fp32
+output, [B, T, A]); one kernel for the scores of every (query tile, key tile) pair in parallel,
+into an fp32 scratch the size of the weights; one for the masked softmax, the weights and the
+context of a query tile and a slice of the value features (two passes over the scores). The
+additive score ``v . tanh(qa_i + kb_j)`` is formed for a tile of (i, j) pairs and a slice of
+the attention size at a time, so the [B, Tq, Tk, A] tensor never exists; its backward kernels
+do the same. A decoder step (one query row) takes single-row tiles, not 16 rows of padding.
+
+Every launch is a 1-D grid: CUDA caps grid axes 1 and 2 at 65535, and Z*H heads or a batch pass
+that; axis 0 holds 2^31 - 1 programs.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Iterator, NamedTuple
 
@@ -26,9 +33,17 @@ import triton.language as tl
 
 from .._dispatch import triton_interpreting
 from ._launch import CompileCase, TRITON_DTYPES, check_dtype
-from .activation import _tanh  # accurate near 0, no libdevice: the interpreter runs it
 
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
+
+
+@triton.jit
+def _tile_of_program(n_tiles):
+    """(tile, row) of this program in a 1-D grid of n_tiles x rows programs, tiles fastest (so
+    neighbouring programs share a head's K/V in L2). One axis: axes 1 and 2 of a CUDA grid stop
+    at 65535, axis 0 at 2^31 - 1, and Z*H or a batch can pass 65535."""
+    pid = tl.program_id(0)
+    return pid % n_tiles, (pid // n_tiles).to(tl.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,8 +82,7 @@ def sdpa_forward_kernel(
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    zh = tl.program_id(1).to(tl.int64)
+    pid_m, zh = _tile_of_program(tl.cdiv(L, BLOCK_M))
     z, h = zh // H, zh % H
     hk = h // GROUPS
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -117,8 +131,7 @@ def sdpa_backward_delta_kernel(
     BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """delta_i = sum_d dO_id O_id, the row term of the softmax backward."""
-    pid_m = tl.program_id(0)
-    zh = tl.program_id(1).to(tl.int64)
+    pid_m, zh = _tile_of_program(tl.cdiv(L, BLOCK_M))
     z, h = zh // H, zh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -147,8 +160,7 @@ def sdpa_backward_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     """dQ for one tile of query rows: dQ = scale * sum_j dS_ij K_j, dS = P (dP - delta)."""
-    pid_m = tl.program_id(0)
-    zh = tl.program_id(1).to(tl.int64)
+    pid_m, zh = _tile_of_program(tl.cdiv(L, BLOCK_M))
     z, h = zh // H, zh % H
     hk = h // GROUPS
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -193,8 +205,7 @@ def sdpa_backward_dkdv_kernel(
 ):
     """dK and dV for one tile of key rows of one key/value head, summed over the GROUPS query
     heads that read it: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij Q_i."""
-    pid_n = tl.program_id(0)
-    zhk = tl.program_id(1).to(tl.int64)
+    pid_n, zhk = _tile_of_program(tl.cdiv(S, BLOCK_N))
     HK = H // GROUPS
     z, hk = zhk // HK, zhk % HK
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -234,190 +245,295 @@ def sdpa_backward_dkdv_kernel(
 
 # ---------------------------------------------------------------------------------------------
 # Encoder-decoder attention kernels. QP/KP are the score function's inputs: query and keys for
-# dot and scaled_dot, (query W) and keys for general, (query W_q^T) and (keys W_k^T) for additive.
-# All tiles are fp32 in registers (a decoder step has few query rows: there is little for the
-# tensor cores to win, and the scores stay exact).
+# dot and scaled_dot, (query W) and keys for general, (query W_q^T) and (keys W_k^T) for additive,
+# the projections made once by ``projection_kernel`` ([B, T, A] fp32: the hidden tensor
+# [B, Tq, Tk, A] never exists). The forward is two kernels: the scores of a (query tile, key
+# tile) pair, all such pairs in parallel, into an fp32 scratch the size of the weights; then the
+# masked softmax and the context for a query tile and a slice of the value features.
+# Products over a feature axis take ``tl.dot`` for tiles of 16 rows or more (its least); the
+# single-row tiles of a decoder step take a broadcast product instead, whose (rows, keys,
+# features) terms pile up in registers over the loop and are summed once after it: a sum per
+# iteration would cost more cross-lane shuffles than the products themselves.
 
 KIND_DOT, KIND_ADDITIVE = 0, 1
-MODE_SCORES, MODE_ATTENTION = 0, 1
 
 
 @triton.jit
-def _enc_dec_scores(QP, KP, VA, b, offs_m, offs_n, Tq, Tk, F, sqb, sqm, sqf, skb, skn, skf, sm_scale,
-                    KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr):
-    """Scores e of a (BLOCK_M, BLOCK_N) tile, summed over the feature size F in BLOCK_A slices:
-    dot: sum_f qp_if kp_jf * scale; additive: sum_a v_a tanh(qp_ia + kp_ja), never more than a
-    (BLOCK_M, BLOCK_N, BLOCK_A) slice of the hidden tensor at once."""
-    s = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for start_a in range(0, F, BLOCK_A):
-        offs_a = start_a + tl.arange(0, BLOCK_A)
-        qp = tl.load(QP + b * sqb + offs_m[:, None] * sqm + offs_a[None, :] * sqf,
-                     mask=(offs_m[:, None] < Tq) & (offs_a[None, :] < F), other=0.0).to(tl.float32)
-        kp = tl.load(KP + b * skb + offs_n[:, None] * skn + offs_a[None, :] * skf,
-                     mask=(offs_n[:, None] < Tk) & (offs_a[None, :] < F), other=0.0).to(tl.float32)
-        if KIND == 0:
-            s += tl.dot(qp, tl.trans(kp), input_precision="ieee")
+def _tile_pair_of_program(n_fast, n_mid):
+    """(fast, mid, batch) of this program in a 1-D grid of n_fast x n_mid x batch programs."""
+    fast, rest = _tile_of_program(n_fast)
+    return fast, rest % n_mid, rest // n_mid
+
+
+@triton.jit
+def _additive_gate(x, y, FACTORED: tl.constexpr):
+    """r = 1 / (1 + exp(2 (x_i + y_j))) over (rows of x, rows of y, features), so that
+    tanh(x_i + y_j) = 1 - 2r and 1 - tanh^2 = 4 r (1 - r). Near 0, 1 - 2r keeps an absolute
+    error of ~1e-7, not a relative one (the activation's tanh guards that): the terms only ever
+    enter sums over the attention features, where absolute error counts.
+
+    FACTORED (tiles of many rows): exp(2x) exp(2y) takes one exp per row of x and of y and one
+    reciprocal per element, where exp(2 (x + y)) takes an exp per element: the special-function
+    units, which bound these kernels, do about half the work. It is exact while |x|, |y| <= 40
+    (each factor a normal float, their product at worst inf, whose r = 0 is the limit); a slice
+    with a larger projection, which no sane model makes, takes the direct form, right at any
+    magnitude. Single-row tiles take the direct form: there every y is used once anyway."""
+    if FACTORED:
+        if tl.maximum(tl.max(tl.abs(x)), tl.max(tl.abs(y))) <= 40.0:
+            r = 1.0 / (1.0 + tl.exp(2.0 * x)[:, None, :] * tl.exp(2.0 * y)[None, :, :])
         else:
-            va = tl.load(VA + offs_a, mask=offs_a < F, other=0.0)  # zero past F: padded slices add 0
-            hidden = _tanh(qp[:, None, :] + kp[None, :, :])
-            s += tl.sum(hidden * va[None, None, :], 2)
-    if KIND == 0:
-        s = s * sm_scale
-    return s
-
-
-@triton.jit
-def attention_forward_kernel(
-    QP, KP, VA, VAL, M, CTX, W, sm_scale,
-    sqb, sqm, sqf, skb, skn, skf, svb, svn, svd, smb, smm, smn, scb, scm, scd, swb, swm, swn,
-    Tq, Tk, F, Dv,
-    KIND: tl.constexpr, MODE: tl.constexpr, MASK_KIND: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_DV: tl.constexpr,
-):
-    """One tile of decoder rows and one slice of the value features. MODE 0 writes the raw
-    scores to W. MODE 1 finds each row's max and sum over the unmasked keys (pass 1), then
-    writes the weights to W (from the first value slice only) and the context to CTX (pass 2)."""
-    pid_m = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    pid_v = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    w_rows = W + b * swb + offs_m[:, None] * swm
-    if MODE == 0:
-        for start_n in range(0, Tk, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-            s = _enc_dec_scores(QP, KP, VA, b, offs_m, offs_n, Tq, Tk, F, sqb, sqm, sqf, skb, skn, skf, sm_scale,
-                                KIND, BLOCK_M, BLOCK_N, BLOCK_A)
-            tl.store(w_rows + offs_n[None, :] * swn, s.to(W.dtype.element_ty),
-                     mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk))
+            r = tl.sigmoid(-2.0 * (x[:, None, :] + y[None, :, :]))
     else:
-        m_rows = M + b * smb + offs_m[:, None] * smm
-        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-        l_i = tl.zeros((BLOCK_M,), tl.float32)
-        for start_n in range(0, Tk, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-            s = _enc_dec_scores(QP, KP, VA, b, offs_m, offs_n, Tq, Tk, F, sqb, sqm, sqf, skb, skn, skf, sm_scale,
-                                KIND, BLOCK_M, BLOCK_N, BLOCK_A)
-            s = _enc_dec_keep(s, m_rows, offs_m, offs_n, smn, Tq, Tk, MASK_KIND)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing kept yet: exp(-inf) = 0
-            l_i = l_i * tl.exp(m_i - shift) + tl.sum(tl.exp(s - shift[:, None]), 1)
-            m_i = m_new
-        shift = tl.where(m_i == float("-inf"), 0.0, m_i)
-        inv_l = tl.where(l_i > 0.0, 1.0 / tl.where(l_i > 0.0, l_i, 1.0), 0.0)  # empty rows: weights 0
-        offs_dv = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-        acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
-        for start_n in range(0, Tk, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-            s = _enc_dec_scores(QP, KP, VA, b, offs_m, offs_n, Tq, Tk, F, sqb, sqm, sqf, skb, skn, skf, sm_scale,
-                                KIND, BLOCK_M, BLOCK_N, BLOCK_A)
-            s = _enc_dec_keep(s, m_rows, offs_m, offs_n, smn, Tq, Tk, MASK_KIND)
-            p = tl.exp(s - shift[:, None]) * inv_l[:, None]
-            if pid_v == 0:
-                tl.store(w_rows + offs_n[None, :] * swn, p.to(W.dtype.element_ty),
-                         mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk))
-            val = tl.load(VAL + b * svb + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                          mask=(offs_n[:, None] < Tk) & (offs_dv[None, :] < Dv), other=0.0).to(tl.float32)
-            acc += tl.dot(p, val, input_precision="ieee")
-        tl.store(CTX + b * scb + offs_m[:, None] * scm + offs_dv[None, :] * scd, acc.to(CTX.dtype.element_ty),
-                 mask=(offs_m[:, None] < Tq) & (offs_dv[None, :] < Dv))
+        r = tl.sigmoid(-2.0 * (x[:, None, :] + y[None, :, :]))
+    return r
 
 
 @triton.jit
-def _enc_dec_keep(s, m_rows, offs_m, offs_n, smn, Tq, Tk, MASK_KIND: tl.constexpr):
-    keep = (offs_m[:, None] < Tq) & (offs_n[None, :] < Tk)
-    if MASK_KIND == 1:
-        keep = keep & (tl.load(m_rows + offs_n[None, :] * smn, mask=keep, other=0) != 0)
-    return tl.where(keep, s, float("-inf"))
-
-
-@triton.jit
-def attention_backward_scores_kernel(
-    W, DW, DCTX, VAL, DE, swb, swm, swn, sgb, sgm, sgn, scb, scm, scd, svb, svn, svd,
-    Tq, Tk, Dv, HAS_DW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+def projection_kernel(
+    X, W, Y, sxm, sxk, swn, swk, n_rows, n_cols, depth,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
 ):
-    """dE = P (dP - sum_j P dP) with dP = dC V^T (+ dW when the weights reach the loss): the
-    softmax backward fused with the product that feeds it, in two passes over the keys."""
-    pid_m = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    """Y = X W^T in fp32 (X (n_rows, depth), W (n_cols, depth), Y contiguous): the score
+    projections, once per call. 16-bit storage multiplies on the tensor cores with fp32
+    accumulation, so the tanh sees unrounded projections; fp32 storage multiplies in full fp32."""
+    pid_n, pid_m = _tile_of_program(tl.cdiv(n_cols, BLOCK_N))  # column tiles of a row tile run together
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    rows = offs_m[:, None] < Tq
-    row_sum = tl.zeros((BLOCK_M,), tl.float32)
-    for step in range(0, 2):
-        for start_n in range(0, Tk, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-            inside = rows & (offs_n[None, :] < Tk)
-            dp = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-            for start_d in range(0, Dv, BLOCK_DV):
-                offs_d = start_d + tl.arange(0, BLOCK_DV)
-                dc = tl.load(DCTX + b * scb + offs_m[:, None] * scm + offs_d[None, :] * scd,
-                             mask=rows & (offs_d[None, :] < Dv), other=0.0).to(tl.float32)
-                val = tl.load(VAL + b * svb + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                              mask=(offs_n[:, None] < Tk) & (offs_d[None, :] < Dv), other=0.0).to(tl.float32)
-                dp += tl.dot(dc, tl.trans(val), input_precision="ieee")
-            if HAS_DW:
-                dp += tl.load(DW + b * sgb + offs_m[:, None] * sgm + offs_n[None, :] * sgn, mask=inside,
-                              other=0.0).to(tl.float32)
-            p = tl.load(W + b * swb + offs_m[:, None] * swm + offs_n[None, :] * swn, mask=inside,
-                        other=0.0).to(tl.float32)
-            if step == 0:
-                row_sum += tl.sum(p * dp, 1)
-            else:
-                de = p * (dp - row_sum[:, None])
-                tl.store(DE + b * Tq * Tk + offs_m[:, None] * Tk + offs_n[None, :], de, mask=inside)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for start_k in range(0, depth, BLOCK_K):
+        offs_k = start_k + tl.arange(0, BLOCK_K)
+        x = tl.load(X + offs_m[:, None] * sxm + offs_k[None, :] * sxk,
+                    mask=(offs_m[:, None] < n_rows) & (offs_k[None, :] < depth), other=0.0)
+        w = tl.load(W + offs_n[:, None] * swn + offs_k[None, :] * swk,
+                    mask=(offs_n[:, None] < n_cols) & (offs_k[None, :] < depth), other=0.0)
+        acc += _dot(x, tl.trans(w), DOT_F32)
+    tl.store(Y + offs_m[:, None] * n_cols + offs_n[None, :], acc,
+             mask=(offs_m[:, None] < n_rows) & (offs_n[None, :] < n_cols))
+
+
+@triton.jit
+def enc_dec_scores_kernel(
+    QP, KP, VA, M, SC, sm_scale,
+    sqb, sqm, sqf, skb, skn, skf, smb, smm, smn, ssb, ssm, ssn,
+    Tq, Tk, F,
+    KIND: tl.constexpr, MASK_KIND: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """Scores of one (BLOCK_M, BLOCK_N) tile of one batch row, over the F score features in
+    BLOCK_F slices: dot: scale qp_i . kp_j; additive: sum_a v_a tanh(qp_ia + kp_ja), the
+    (BLOCK_M, BLOCK_N, BLOCK_F) terms piling up in registers and summed over the features once
+    at the end. Masked-out positions get -inf. SC is the fp32 scratch the softmax reads or the
+    scores output."""
+    # The query tiles of a key tile run together: they share its key projection in L2.
+    pid_m, pid_n, b = _tile_pair_of_program(tl.cdiv(Tq, BLOCK_M), tl.cdiv(Tk, BLOCK_N))
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    rows, cols = offs_m < Tq, offs_n < Tk
+    s = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    terms = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_F), tl.float32)
+    for start_f in range(0, F, BLOCK_F):
+        offs_f = start_f + tl.arange(0, BLOCK_F)
+        x = tl.load(QP + b * sqb + offs_m[:, None] * sqm + offs_f[None, :] * sqf,
+                    mask=rows[:, None] & (offs_f[None, :] < F), other=0.0).to(tl.float32)
+        y = tl.load(KP + b * skb + offs_n[:, None] * skn + offs_f[None, :] * skf,
+                    mask=cols[:, None] & (offs_f[None, :] < F), other=0.0).to(tl.float32)
+        if KIND == 1:
+            va = tl.load(VA + offs_f, mask=offs_f < F, other=0.0).to(tl.float32)  # 0 past F: no term
+            terms += (1.0 - 2.0 * _additive_gate(x, y, BLOCK_M > 1)) * va[None, None, :]
+        elif BLOCK_M >= 16:
+            s += tl.dot(x, tl.trans(y), input_precision="ieee")
+        else:
+            terms += x[:, None, :] * y[None, :, :]
+    if KIND == 1:
+        s = tl.sum(terms, 2)
+    elif BLOCK_M >= 16:
+        s = s * sm_scale
+    else:
+        s = tl.sum(terms, 2) * sm_scale
+    keep = rows[:, None] & cols[None, :]
+    if MASK_KIND == 1:
+        keep = keep & (tl.load(M + b * smb + offs_m[:, None] * smm + offs_n[None, :] * smn, mask=keep, other=0) != 0)
+    tl.store(SC + b * ssb + offs_m[:, None] * ssm + offs_n[None, :] * ssn,
+             tl.where(keep, s, float("-inf")).to(SC.dtype.element_ty), mask=rows[:, None] & cols[None, :])
+
+
+@triton.jit
+def enc_dec_softmax_context_kernel(
+    SC, VAL, W, CTX, ssb, ssm, ssn, svb, svn, svd, swb, swm, swn, scb, scm, scd, Tq, Tk, Dv,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    """Softmax of one tile of score rows over the keys and its context for one BLOCK_DV slice
+    of the value features: pass 1 finds each row's max and sum, pass 2 writes the weights (the
+    first value slice's programs) and accumulates P V. A row with no key left gets weights 0."""
+    pid_v, pid_m, b = _tile_pair_of_program(tl.cdiv(tl.maximum(Dv, 1), BLOCK_DV), tl.cdiv(Tq, BLOCK_M))
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rows = offs_m < Tq
+    s_rows = SC + b * ssb + offs_m[:, None] * ssm
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    for start_n in range(0, Tk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        s = tl.load(s_rows + offs_n[None, :] * ssn, mask=rows[:, None] & (offs_n[None, :] < Tk), other=float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing kept yet: exp(-inf) = 0
+        l_i = l_i * tl.exp(m_i - shift) + tl.sum(tl.exp(s - shift[:, None]), 1)
+        m_i = m_new
+    shift = tl.where(m_i == float("-inf"), 0.0, m_i)
+    inv_l = tl.where(l_i > 0.0, 1.0 / tl.where(l_i > 0.0, l_i, 1.0), 0.0)
+    offs_dv = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+    terms = tl.zeros((BLOCK_M, BLOCK_DV, BLOCK_N), tl.float32)  # keys last: p is not recomputed per feature
+    for start_n in range(0, Tk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        inside = rows[:, None] & (offs_n[None, :] < Tk)
+        s = tl.load(s_rows + offs_n[None, :] * ssn, mask=inside, other=float("-inf"))
+        p = tl.exp(s - shift[:, None]) * inv_l[:, None]
+        if pid_v == 0:
+            tl.store(W + b * swb + offs_m[:, None] * swm + offs_n[None, :] * swn, p.to(W.dtype.element_ty),
+                     mask=inside)
+        if BLOCK_M >= 16:  # the tensor cores in the storage dtype, as the SDPA kernels do
+            val = tl.load(VAL + b * svb + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                          mask=(offs_n[:, None] < Tk) & (offs_dv[None, :] < Dv), other=0.0)
+            acc += _dot(p.to(val.dtype), val, DOT_F32)
+        else:
+            val_t = tl.load(VAL + b * svb + offs_n[None, :] * svn + offs_dv[:, None] * svd,
+                            mask=(offs_n[None, :] < Tk) & (offs_dv[:, None] < Dv), other=0.0)
+            terms += p[:, None, :] * val_t.to(tl.float32)[None, :, :]
+    if BLOCK_M < 16:
+        acc = tl.sum(terms, 2)
+    tl.store(CTX + b * scb + offs_m[:, None] * scm + offs_dv[None, :] * scd, acc.to(CTX.dtype.element_ty),
+             mask=rows[:, None] & (offs_dv[None, :] < Dv))
+
+
+@triton.jit
+def attention_backward_dp_kernel(
+    W, DW, DCTX, VAL, DE, RS, swb, swm, swn, sgb, sgm, sgn, scb, scm, scd, svb, svn, svd, Tq, Tk, Dv,
+    HAS_DW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    """dP = dC V^T (+ dW when the weights reach the loss) for one (BLOCK_M, BLOCK_N) tile, into
+    DE (fp32, contiguous), and this key tile's part of each row's sum_j P_ij dP_ij into
+    RS[b, key tile, i] (the softmax backward's row term, summed in order by the next kernel)."""
+    n_n = tl.cdiv(Tk, BLOCK_N)
+    pid_m, pid_n, b = _tile_pair_of_program(tl.cdiv(Tq, BLOCK_M), n_n)  # query tiles sharing a V tile together
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    rows, cols = offs_m < Tq, offs_n < Tk
+    inside = rows[:, None] & cols[None, :]
+    dp = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    terms = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_DV), tl.float32)
+    for start_d in range(0, Dv, BLOCK_DV):
+        offs_d = start_d + tl.arange(0, BLOCK_DV)
+        dc = tl.load(DCTX + b * scb + offs_m[:, None] * scm + offs_d[None, :] * scd,
+                     mask=rows[:, None] & (offs_d[None, :] < Dv), other=0.0)
+        val = tl.load(VAL + b * svb + offs_n[:, None] * svn + offs_d[None, :] * svd,
+                      mask=cols[:, None] & (offs_d[None, :] < Dv), other=0.0)
+        if BLOCK_M >= 16:  # exact products of the storage-dtype tiles, fp32 accumulation
+            dp += _dot(dc, tl.trans(val), DOT_F32)
+        else:
+            terms += dc.to(tl.float32)[:, None, :] * val.to(tl.float32)[None, :, :]
+    if BLOCK_M < 16:
+        dp = tl.sum(terms, 2)
+    if HAS_DW:
+        dw = tl.load(DW + b * sgb + offs_m[:, None] * sgm + offs_n[None, :] * sgn, mask=inside, other=0.0)
+        dp += dw.to(tl.float32)
+    p = tl.load(W + b * swb + offs_m[:, None] * swm + offs_n[None, :] * swn, mask=inside, other=0.0).to(tl.float32)
+    tl.store(DE + (b * Tq + offs_m[:, None]) * Tk + offs_n[None, :], dp, mask=inside)
+    tl.store(RS + (b * n_n + pid_n) * Tq + offs_m, tl.sum(p * dp, 1), mask=rows)
+
+
+@triton.jit
+def attention_backward_de_kernel(
+    W, DE, RS, swb, swm, swn, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dE = P (dP - sum_j P_ij dP_ij), in place over the dP in DE; the row term adds the key
+    tiles' parts in a fixed order, so the result is the same bits every run."""
+    n_n = tl.cdiv(Tk, BLOCK_N)
+    pid_n, pid_m, b = _tile_pair_of_program(n_n, tl.cdiv(Tq, BLOCK_M))
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    rows = offs_m < Tq
+    inside = rows[:, None] & (offs_n[None, :] < Tk)
+    row_term = tl.zeros((BLOCK_M,), tl.float32)
+    for tile in range(0, n_n):
+        row_term += tl.load(RS + (b * n_n + tile) * Tq + offs_m, mask=rows, other=0.0)
+    p = tl.load(W + b * swb + offs_m[:, None] * swm + offs_n[None, :] * swn, mask=inside, other=0.0).to(tl.float32)
+    de_ptrs = DE + (b * Tq + offs_m[:, None]) * Tk + offs_n[None, :]
+    tl.store(de_ptrs, p * (tl.load(de_ptrs, mask=inside, other=0.0) - row_term[:, None]), mask=inside)
 
 
 @triton.jit
 def additive_backward_kernel(
-    QP, KP, VA, DE, DQA, DKB, DVA, sqb, sqm, sqf, skb, skn, skf, Tq, Tk, F, n_blocks,
-    FOR_KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr,
+    QP, KP, VA, DE, DQA, DKB, DVA, sqb, sqm, sqf, skb, skn, skf, sdb, sdm, sdn, Tq, Tk, F,
+    FOR_KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """Additive scores backward, one program per (row tile, batch, attention slice), with
-    g_ija = dE_ij v_a (1 - t_ija^2), t = tanh(qp_i + kp_j), formed a tile at a time:
-    FOR_KEYS=0: rows are decoder rows i: dQA_ia = sum_j g_ija, and the partial
-      dV_a = sum_ij dE_ij t_ija of this tile goes to DVA[b, tile, a];
-    FOR_KEYS=1: rows are encoder rows j: dKB_ja = sum_i g_ija."""
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs_a = tl.program_id(2) * BLOCK_A + tl.arange(0, BLOCK_A)
-    a_in = offs_a < F
-    va = tl.load(VA + offs_a, mask=a_in, other=0.0)
+    """Additive scores backward for one BLOCK_F slice of the attention features, with r as in
+    ``_additive_gate`` and g_ija = dE_ij v_a (1 - t_ija^2) = 4 v_a dE_ij r (1 - r):
+    FOR_KEYS=0: a tile of decoder rows i over every key: dQA_ia = sum_j g_ija (the (i, j, a)
+      terms pile up in registers and are summed over j once, after the loop);
+    FOR_KEYS=1: a tile of encoder rows j over every decoder row: dKB_ja = sum_i g_ija, and the
+      tile's part of dV_a = sum_ij dE_ij t_ija into DVA[b, key tile, a].
+    DQA and DKB are in the storage dtype (they feed the tensor-core products after)."""
+    n_f = tl.cdiv(F, BLOCK_F)
     if FOR_KEYS == 0:
-        offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        qp = tl.load(QP + b * sqb + offs_m[:, None] * sqm + offs_a[None, :] * sqf,
-                     mask=(offs_m[:, None] < Tq) & a_in[None, :], other=0.0).to(tl.float32)
-        d_q = tl.zeros((BLOCK_M, BLOCK_A), tl.float32)
-        d_v = tl.zeros((BLOCK_A,), tl.float32)
+        pid_m, pid_f, b = _tile_pair_of_program(tl.cdiv(Tq, BLOCK_M), n_f)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+        in_f = offs_f < F
+        va = tl.load(VA + offs_f, mask=in_f, other=0.0).to(tl.float32)
+        x = tl.load(QP + b * sqb + offs_m[:, None] * sqm + offs_f[None, :] * sqf,
+                    mask=(offs_m[:, None] < Tq) & in_f[None, :], other=0.0).to(tl.float32)
+        terms = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_F), tl.float32)
         for start_n in range(0, Tk, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-            kp = tl.load(KP + b * skb + offs_n[:, None] * skn + offs_a[None, :] * skf,
-                         mask=(offs_n[:, None] < Tk) & a_in[None, :], other=0.0).to(tl.float32)
-            de = tl.load(DE + b * Tq * Tk + offs_m[:, None] * Tk + offs_n[None, :],
-                         mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0.0)
-            t = _tanh(qp[:, None, :] + kp[None, :, :])
-            d_v += tl.sum(tl.sum(de[:, :, None] * t, 0), 0)
-            d_q += tl.sum(de[:, :, None] * va[None, None, :] * ((1.0 - t) * (1.0 + t)), 1)
-        tl.store(DQA + b * Tq * F + offs_m[:, None] * F + offs_a[None, :], d_q,
-                 mask=(offs_m[:, None] < Tq) & a_in[None, :])
-        tl.store(DVA + (b * n_blocks + pid) * F + offs_a, d_v, mask=a_in)
+            y = tl.load(KP + b * skb + offs_n[:, None] * skn + offs_f[None, :] * skf,
+                        mask=(offs_n[:, None] < Tk) & in_f[None, :], other=0.0).to(tl.float32)
+            de = tl.load(DE + b * sdb + offs_m[:, None] * sdm + offs_n[None, :] * sdn,
+                         mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0.0).to(tl.float32)
+            r = _additive_gate(x, y, BLOCK_M > 1)
+            terms += de[:, :, None] * (r * (1.0 - r))
+        d_q = tl.sum(terms, 1) * (4.0 * va)[None, :]
+        tl.store(DQA + (b * Tq + offs_m[:, None]) * F + offs_f[None, :], d_q.to(DQA.dtype.element_ty),
+                 mask=(offs_m[:, None] < Tq) & in_f[None, :])
     else:
-        offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-        kp = tl.load(KP + b * skb + offs_n[:, None] * skn + offs_a[None, :] * skf,
-                     mask=(offs_n[:, None] < Tk) & a_in[None, :], other=0.0).to(tl.float32)
-        d_k = tl.zeros((BLOCK_N, BLOCK_A), tl.float32)
+        pid_n, pid_f, b = _tile_pair_of_program(tl.cdiv(Tk, BLOCK_N), n_f)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+        in_f = offs_f < F
+        va = tl.load(VA + offs_f, mask=in_f, other=0.0).to(tl.float32)
+        y = tl.load(KP + b * skb + offs_n[:, None] * skn + offs_f[None, :] * skf,
+                    mask=(offs_n[:, None] < Tk) & in_f[None, :], other=0.0).to(tl.float32)
+        d_k = tl.zeros((BLOCK_N, BLOCK_F), tl.float32)
+        d_v = tl.zeros((BLOCK_N, BLOCK_F), tl.float32)
         for start_m in range(0, Tq, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M).to(tl.int64)
-            qp = tl.load(QP + b * sqb + offs_m[:, None] * sqm + offs_a[None, :] * sqf,
-                         mask=(offs_m[:, None] < Tq) & a_in[None, :], other=0.0).to(tl.float32)
-            de = tl.load(DE + b * Tq * Tk + offs_m[:, None] * Tk + offs_n[None, :],
-                         mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0.0)
-            t = _tanh(qp[:, None, :] + kp[None, :, :])
-            d_k += tl.sum(de[:, :, None] * va[None, None, :] * ((1.0 - t) * (1.0 + t)), 0)
-        tl.store(DKB + b * Tk * F + offs_n[:, None] * F + offs_a[None, :], d_k,
-                 mask=(offs_n[:, None] < Tk) & a_in[None, :])
+            x = tl.load(QP + b * sqb + offs_m[:, None] * sqm + offs_f[None, :] * sqf,
+                        mask=(offs_m[:, None] < Tq) & in_f[None, :], other=0.0).to(tl.float32)
+            de = tl.load(DE + b * sdb + offs_m[:, None] * sdm + offs_n[None, :] * sdn,
+                         mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0.0).to(tl.float32)[:, :, None]
+            r = _additive_gate(x, y, BLOCK_M > 1)
+            d_k += tl.sum(de * (r * (1.0 - r)), 0)
+            d_v += tl.sum(de * (1.0 - 2.0 * r), 0)
+        d_k = d_k * (4.0 * va)[None, :]
+        tl.store(DKB + (b * Tk + offs_n[:, None]) * F + offs_f[None, :], d_k.to(DKB.dtype.element_ty),
+                 mask=(offs_n[:, None] < Tk) & in_f[None, :])
+        tl.store(DVA + (b * tl.cdiv(Tk, BLOCK_N) + pid_n) * F + offs_f, tl.sum(d_v, 0), mask=in_f)
 
 
 # ---------------------------------------------------------------------------------------------
 # Scaled dot-product attention: launch helpers
+
+
+MAX_PROGRAMS = 2**31 - 1  # CUDA's limit on grid axis 0, the only axis these launches use
+
+
+def program_grid(tiles: int, rows: int) -> tuple[int]:
+    """The 1-D grid of ``tiles`` x ``rows`` programs that ``_tile_of_program`` decodes."""
+    programs = tiles * rows
+    if programs > MAX_PROGRAMS:
+        raise ValueError(f"{tiles} tiles x {rows} heads or batch rows make {programs} programs, more than a "
+                         f"CUDA grid holds ({MAX_PROGRAMS}); split the batch")
+    return (programs,)
 
 
 class SdpaBlocks(NamedTuple):
@@ -498,8 +614,7 @@ def sdpa_forward(query, key, value, attn_mask=None, *, is_causal=False, scale=No
         out.zero_()
         lse.fill_(float("-inf"))
     elif out.numel():
-        grid = (triton.cdiv(L, blocks.block_m), Z * H)
-        sdpa_forward_kernel[grid](
+        sdpa_forward_kernel[program_grid(triton.cdiv(L, blocks.block_m), Z * H)](
             q4, k4, v4, mask4, out, lse, sm_scale, *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides,
             *out.stride(), H, groups, L, S, E, EV, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
             BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
@@ -523,11 +638,12 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, l
         common = (*q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *do4.stride(), H, groups, L, S, E, EV)
         meta = dict(MASK_KIND=mask_kind, IS_CAUSAL=is_causal, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
                     BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_F32=dot_f32(query), num_warps=blocks.num_warps)
-        grid_m = (triton.cdiv(L, blocks.block_m), Z * H)
+        grid_m = program_grid(triton.cdiv(L, blocks.block_m), Z * H)
+        grid_n = program_grid(triton.cdiv(S, blocks.block_n), Z * HK)
         sdpa_backward_delta_kernel[grid_m](o4, do4, delta, *o4.stride(), *do4.stride(), H, L, EV,
                                            BLOCK_M=blocks.block_m, BLOCK_DV=block_dv, num_warps=blocks.num_warps)
         sdpa_backward_dq_kernel[grid_m](q4, k4, v4, mask4, do4, lse, delta, dq, sm_scale, *common, **meta)
-        sdpa_backward_dkdv_kernel[(triton.cdiv(S, blocks.block_n), Z * HK)](
+        sdpa_backward_dkdv_kernel[grid_n](
             q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common, **meta)
     else:  # no query rows or no keys: every gradient is an empty sum
         dq.zero_(), dk.zero_(), dv.zero_()
@@ -541,31 +657,62 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, l
 class EncDecBlocks(NamedTuple):
     block_m: int
     block_n: int
-    block_a: int
+    block_f: int
     block_dv: int
     num_warps: int
 
 
-ENC_DEC_BLOCK_DV = 64  # value features per program; wider values take more programs per row tile
+# One decoder step (Tq == 1) takes single-row tiles with wide key tiles: it is memory-bound, and
+# 16-row tiles would do 16x its tanh work on padding. Longer query blocks take 16-row tiles, the
+# least ``tl.dot`` takes. Either way a (block_m, block_n, block_f) slice of the hidden tensor is
+# 2048 or 4096 fp32 values over 128 threads (8 features a slice keep the factored tanh's two
+# paths in registers, ~128 of them, where 16 features took all 255).
+ENC_DEC_TILES = (EncDecBlocks(1, 64, 32, 64, 4), EncDecBlocks(16, 32, 8, 64, 4))
+DOT_BLOCK_F = 32  # features per slice of the dot scores: ``tl.dot`` takes 16 at least
 
 
-def enc_dec_blocks(kind: str) -> EncDecBlocks:
-    """Decoder steps have few query rows, so row tiles are the 16 a tile product needs; the
-    additive kernels hold a (16, 32, 16) slice of the hidden tensor, the dot kernels (16, 32, 32)
-    tiles of the features."""
-    return EncDecBlocks(16, 32, 16 if kind == "additive" else 32, ENC_DEC_BLOCK_DV, 4)
+def enc_dec_blocks(query_rows: int) -> EncDecBlocks:
+    return ENC_DEC_TILES[0] if query_rows == 1 else ENC_DEC_TILES[1]
+
+
+def score_block_f(blocks: EncDecBlocks, kind_code: int) -> int:
+    return blocks.block_f if kind_code == KIND_ADDITIVE else DOT_BLOCK_F
+
+
+class ProjectionBlocks(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+
+
+def projection_blocks(itemsize: int) -> ProjectionBlocks:
+    """128 x 64 tensor-core tiles for 16-bit storage (~120 registers at launch specialisation,
+    no spill even with unknown strides); fp32 (full-precision FMA products) takes 64 x 64."""
+    return ProjectionBlocks(128, 64, 32, 4) if itemsize == 2 else ProjectionBlocks(64, 64, 16, 4)
+
+
+def _project(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (B, T, D) times w^T for w (N, D), in fp32: (B, T, N)."""
+    x2 = x.reshape(-1, x.shape[-1])  # a view for the (B, T, D) tensors models pass
+    rows, depth, cols = x2.shape[0], x2.shape[1], w.shape[0]
+    out = torch.empty((*x.shape[:-1], cols), dtype=torch.float32, device=x.device)
+    if out.numel():
+        blocks = projection_blocks(x.element_size())
+        projection_kernel[program_grid(triton.cdiv(cols, blocks.block_n), triton.cdiv(rows, blocks.block_m))](
+            x2, w, out, *x2.stride(), *w.stride(), rows, cols, depth, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+            BLOCK_K=blocks.block_k, DOT_F32=dot_f32(x), num_warps=blocks.num_warps)
+    return out
 
 
 def _score_inputs(query, keys, weight, w_query, w_keys, v, kind):
-    """(QP, KP, VA, F, scale, KIND): what the score kernels read. The projections (one matmul
-    each, O(T x A)) run in fp32, so fp16/bf16 storage rounds nothing that feeds a tanh."""
+    """(QP, KP, VA, F, scale, KIND): what the score kernels read. The projections are made once,
+    in fp32 (16-bit storage rounds nothing that feeds a tanh); VA is unused by the dot kinds."""
     if kind == "additive":
-        qp = torch.matmul(query.float(), w_query.float().T)
-        kp = torch.matmul(keys.float(), w_keys.float().T)
-        return qp, kp, v.float().contiguous(), v.shape[0], 1.0, KIND_ADDITIVE
-    qp = torch.matmul(query.float(), weight.float()) if kind == "general" else query
+        return _project(query, w_query), _project(keys, w_keys), v, v.shape[0], 1.0, KIND_ADDITIVE
+    qp = _project(query, weight.T) if kind == "general" else query
     scale = 1.0 / math.sqrt(keys.shape[-1]) if kind == "scaled_dot" else 1.0
-    return qp, keys, keys.new_zeros(1, dtype=torch.float32), keys.shape[-1], scale, KIND_DOT
+    return qp, keys, keys, keys.shape[-1], scale, KIND_DOT
 
 
 def _mask3(mask, like: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int], int]:
@@ -578,101 +725,121 @@ def _mask3(mask, like: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]
     return m, tuple(m.stride()), MASK_BOOL
 
 
-def _enc_dec_launch(mode, query, keys, values, mask, weight, w_query, w_keys, v, kind):
-    for name, x in (("query", query), ("keys", keys)):
-        check_dtype(x, name)
+def _launch_scores(out, query, keys, mask, weight, w_query, w_keys, v, kind, blocks):
+    """Scores (B, Tq, Tk) into ``out``: fp32 and masked for the softmax, or the scores output."""
     qp, kp, va, features, scale, kind_code = _score_inputs(query, keys, weight, w_query, w_keys, v, kind)
-    B, Tq, Tk = query.shape[0], query.shape[1], keys.shape[1]
-    dv = values.shape[2] if values is not None else 0
-    blocks = enc_dec_blocks(kind)
-    scores = torch.empty((B, Tq, Tk), dtype=query.dtype, device=query.device)
-    context = torch.empty((B, Tq, dv), dtype=query.dtype, device=query.device) if values is not None else scores
-    mask_bytes, mask_strides, mask_kind = _mask3(mask, scores)
-    values = scores if values is None else values
-    grid = (triton.cdiv(Tq, blocks.block_m), B, max(1, triton.cdiv(dv, blocks.block_dv)) if mode else 1)
-    if B and Tq:
-        attention_forward_kernel[grid](
-            qp, kp, va, values, mask_bytes, context, scores, scale, *qp.stride(), *kp.stride(), *values.stride(),
-            *mask_strides, *context.stride(), *scores.stride(), Tq, Tk, features, dv, KIND=kind_code, MODE=mode,
-            MASK_KIND=mask_kind, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_A=blocks.block_a,
-            BLOCK_DV=blocks.block_dv, num_warps=blocks.num_warps)
-    return context, scores
+    B, Tq, Tk = out.shape
+    mask_bytes, mask_strides, mask_kind = _mask3(mask, out)
+    enc_dec_scores_kernel[program_grid(triton.cdiv(Tq, blocks.block_m), triton.cdiv(Tk, blocks.block_n) * B)](
+        qp, kp, va, mask_bytes, out, scale, *qp.stride(), *kp.stride(), *mask_strides, *out.stride(), Tq, Tk,
+        features, KIND=kind_code, MASK_KIND=mask_kind, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+        BLOCK_F=score_block_f(blocks, kind_code), num_warps=blocks.num_warps)
 
 
-def _additive_backward(de, qp, kp, va):
-    """(d qp, d kp, d v) of the additive scores from dE, all fp32."""
+def _additive_backward(de, qp, kp, va, dtype):
+    """(d qp, d kp) in ``dtype`` and d v (fp32) of the additive scores, from dE (any float)."""
     B, Tq, Tk = de.shape
     A = qp.shape[2]
-    blocks = enc_dec_blocks("additive")
-    d_qp = torch.empty((B, Tq, A), dtype=torch.float32, device=de.device)
-    d_kp = torch.empty((B, Tk, A), dtype=torch.float32, device=de.device)
-    n_blocks = triton.cdiv(Tq, blocks.block_m)
-    d_v_parts = torch.empty((B, n_blocks, A), dtype=torch.float32, device=de.device)
-    if B and A and Tq:
-        common = dict(BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_A=blocks.block_a,
+    blocks = enc_dec_blocks(Tq)
+    d_qp = torch.empty((B, Tq, A), dtype=dtype, device=de.device)
+    d_kp = torch.empty((B, Tk, A), dtype=dtype, device=de.device)
+    key_tiles, feature_tiles = triton.cdiv(Tk, blocks.block_n), triton.cdiv(A, blocks.block_f)
+    d_v_parts = torch.zeros((B, key_tiles, A), dtype=torch.float32, device=de.device)
+    if B and A and Tq and Tk:
+        common = dict(BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_F=blocks.block_f,
                       num_warps=blocks.num_warps)
-        args = (qp, kp, va, de, d_qp, d_kp, d_v_parts, *qp.stride(), *kp.stride(), Tq, Tk, A, n_blocks)
-        a_blocks = triton.cdiv(A, blocks.block_a)
-        additive_backward_kernel[(n_blocks, B, a_blocks)](*args, FOR_KEYS=0, **common)
-        if Tk:
-            additive_backward_kernel[(triton.cdiv(Tk, blocks.block_n), B, a_blocks)](*args, FOR_KEYS=1, **common)
-    else:
-        d_qp.zero_(), d_kp.zero_(), d_v_parts.zero_()
+        args = (qp, kp, va, de, d_qp, d_kp, d_v_parts, *qp.stride(), *kp.stride(), *de.stride(), Tq, Tk, A)
+        additive_backward_kernel[program_grid(triton.cdiv(Tq, blocks.block_m), feature_tiles * B)](
+            *args, FOR_KEYS=0, **common)
+        additive_backward_kernel[program_grid(key_tiles, feature_tiles * B)](*args, FOR_KEYS=1, **common)
+    else:  # no keys or no rows: every sum is empty
+        d_qp.zero_(), d_kp.zero_()
     return d_qp, d_kp, d_v_parts.sum(dim=(0, 1))
 
 
 def _scores_backward(de, query, keys, weight, w_query, w_keys, v, kind):
-    """Gradients of (query, keys, weight, w_query, w_keys, v) from dE (fp32); the matmuls
-    around the kernels go to cuBLAS."""
-    qp, kp, va, _, scale, _ = _score_inputs(query, keys, weight, w_query, w_keys, v, kind)
+    """Gradients of (query, keys, weight, w_query, w_keys, v) from dE (fp32 or the storage
+    dtype). The products around the kernels go to cuBLAS in the storage dtype (fp32
+    accumulation), with dE and the projection gradients rounded to it first, as autograd's own
+    16-bit products would; fp32 storage stays fp32 throughout."""
+    dtype = query.dtype
     if kind == "additive":
-        d_qp, d_kp, d_v = _additive_backward(de, qp, kp, va)
-        d_query, d_keys = d_qp @ w_query.float(), d_kp @ w_keys.float()
-        d_w_query = d_qp.reshape(-1, d_qp.shape[2]).T @ query.reshape(-1, query.shape[2]).float()
-        d_w_keys = d_kp.reshape(-1, d_kp.shape[2]).T @ keys.reshape(-1, keys.shape[2]).float()
-        grads = (d_query, d_keys, None, d_w_query, d_w_keys, d_v)
-    else:
-        de = de * scale
-        d_qp = de @ keys.float()
-        d_keys = de.transpose(1, 2) @ qp.float()
-        if kind == "general":
-            d_weight = query.reshape(-1, query.shape[2]).float().T @ d_qp.reshape(-1, d_qp.shape[2])
-            grads = (d_qp @ weight.float().T, d_keys, d_weight, None, None, None)
-        else:
-            grads = (d_qp, d_keys, None, None, None, None)
-    return tuple(None if g is None else g.to(query.dtype) for g in grads)
+        qp, kp = _project(query, w_query), _project(keys, w_keys)
+        d_qp, d_kp, d_v = _additive_backward(de, qp, kp, v, dtype)
+        d_w_query = d_qp.reshape(-1, d_qp.shape[2]).T @ query.reshape(-1, query.shape[2])
+        d_w_keys = d_kp.reshape(-1, d_kp.shape[2]).T @ keys.reshape(-1, keys.shape[2])
+        return d_qp @ w_query, d_kp @ w_keys, None, d_w_query, d_w_keys, d_v.to(dtype)
+    de = (de * (1.0 / math.sqrt(keys.shape[-1])) if kind == "scaled_dot" else de).to(dtype)
+    d_qp = de @ keys
+    if kind == "general":
+        d_keys = de.transpose(1, 2) @ _project(query, weight.T).to(dtype)
+        d_weight = query.reshape(-1, query.shape[2]).T @ d_qp.reshape(-1, d_qp.shape[2])
+        return d_qp @ weight.T, d_keys, d_weight, None, None, None
+    return d_qp, de.transpose(1, 2) @ query, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
 # Encoder-decoder attention: what the dispatch layer calls
 
 
+def _check_dtypes(query, keys) -> None:
+    for name, x in (("query", query), ("keys", keys)):
+        check_dtype(x, name)
+
+
 def attention_scores(query, keys, weight=None, w_query=None, w_keys=None, v=None, *, kind="dot"):
-    return _enc_dec_launch(MODE_SCORES, query, keys, None, None, weight, w_query, w_keys, v, kind)[1]
+    _check_dtypes(query, keys)
+    B, Tq, Tk = query.shape[0], query.shape[1], keys.shape[1]
+    scores = torch.empty((B, Tq, Tk), dtype=query.dtype, device=query.device)
+    if scores.numel():
+        _launch_scores(scores, query, keys, None, weight, w_query, w_keys, v, kind, enc_dec_blocks(Tq))
+    return scores
 
 
 def attention_forward(query, keys, values, mask=None, weight=None, w_query=None, w_keys=None, v=None, *, kind="dot"):
-    return _enc_dec_launch(MODE_ATTENTION, query, keys, values, mask, weight, w_query, w_keys, v, kind)
+    _check_dtypes(query, keys)
+    B, Tq, Tk, Dv = query.shape[0], query.shape[1], keys.shape[1], values.shape[2]
+    blocks = enc_dec_blocks(Tq)
+    weights = torch.empty((B, Tq, Tk), dtype=query.dtype, device=query.device)
+    context = torch.empty((B, Tq, Dv), dtype=query.dtype, device=query.device)
+    if B and Tq:
+        scores = torch.empty((B, Tq, Tk), dtype=torch.float32, device=query.device)
+        if Tk:
+            _launch_scores(scores, query, keys, mask, weight, w_query, w_keys, v, kind, blocks)
+        grid = program_grid(triton.cdiv(max(Dv, 1), blocks.block_dv), triton.cdiv(Tq, blocks.block_m) * B)
+        enc_dec_softmax_context_kernel[grid](
+            scores, values, weights, context, *scores.stride(), *values.stride(), *weights.stride(),
+            *context.stride(), Tq, Tk, Dv, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+            BLOCK_DV=blocks.block_dv, DOT_F32=dot_f32(values), num_warps=blocks.num_warps)
+    return context, weights
 
 
 def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=None, w_keys=None, v=None, *,
                               kind="dot"):
-    return _scores_backward(grad_scores.float(), query, keys, weight, w_query, w_keys, v, kind)
+    _check_dtypes(query, keys)
+    return _scores_backward(grad_scores, query, keys, weight, w_query, w_keys, v, kind)
 
 
 def attention_backward(grad_context, grad_weights, query, keys, values, weights, weight=None, w_query=None,
                        w_keys=None, v=None, *, kind="dot"):
+    _check_dtypes(query, keys)
     B, Tq, Tk = weights.shape
-    dv = values.shape[2]
+    Dv = values.shape[2]
+    blocks = enc_dec_blocks(Tq)
     de = torch.empty((B, Tq, Tk), dtype=torch.float32, device=query.device)
     if de.numel():
-        blocks = enc_dec_blocks(kind)
+        key_tiles, row_tiles = triton.cdiv(Tk, blocks.block_n), triton.cdiv(Tq, blocks.block_m)
+        row_terms = torch.empty((B, key_tiles, Tq), dtype=torch.float32, device=query.device)
         dw = grad_weights if grad_weights is not None else weights
-        attention_backward_scores_kernel[(triton.cdiv(Tq, blocks.block_m), B)](
-            weights, dw, grad_context, values, de, *weights.stride(), *dw.stride(), *grad_context.stride(),
-            *values.stride(), Tq, Tk, dv, HAS_DW=grad_weights is not None, BLOCK_M=blocks.block_m,
-            BLOCK_N=blocks.block_n, BLOCK_DV=blocks.block_dv, num_warps=blocks.num_warps)
-    d_values = (weights.float().transpose(1, 2) @ grad_context.float()).to(values.dtype)
+        attention_backward_dp_kernel[program_grid(row_tiles, key_tiles * B)](
+            weights, dw, grad_context, values, de, row_terms, *weights.stride(), *dw.stride(),
+            *grad_context.stride(), *values.stride(), Tq, Tk, Dv, HAS_DW=grad_weights is not None,
+            BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_DV=blocks.block_dv, DOT_F32=dot_f32(values),
+            num_warps=blocks.num_warps)
+        attention_backward_de_kernel[program_grid(key_tiles, row_tiles * B)](
+            weights, de, row_terms, *weights.stride(), Tq, Tk, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+            num_warps=blocks.num_warps)
+    d_values = weights.transpose(1, 2) @ grad_context  # cuBLAS in the storage dtype, fp32 accumulation
     d_query, d_keys, d_weight, d_w_query, d_w_keys, d_v = _scores_backward(de, query, keys, weight, w_query, w_keys,
                                                                            v, kind)
     return d_query, d_keys, d_values, d_weight, d_w_query, d_w_keys, d_v
@@ -682,10 +849,10 @@ def attention_backward(grad_context, grad_weights, query, keys, values, weights,
 # Compile gate
 
 
-_CONSTEXPRS = ("MASK_KIND", "IS_CAUSAL", "BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "BLOCK_A", "DOT_F32", "KIND",
-               "MODE", "HAS_DW", "FOR_KEYS")
+_CONSTEXPRS = ("MASK_KIND", "IS_CAUSAL", "BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "BLOCK_F", "BLOCK_K", "DOT_F32",
+               "KIND", "HAS_DW", "FOR_KEYS")
 _INTS = ("H", "GROUPS", "L", "S", "E", "EV", "F", "Tq", "Tk", "Dv")
-_FP32_POINTERS = ("LSE", "DELTA", "VA", "DVA")
+_FP32_POINTERS = ("LSE", "DELTA")
 
 
 def _signature(kernel, tdtype: str, mask_type: str = "*u8") -> dict[str, str]:
@@ -746,45 +913,63 @@ def _sdpa_cases() -> Iterator[CompileCase]:
                     tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks_delta.block_m)})
 
 
+def _enc_dec_case(name, kernel, tdtype, pointers: dict[str, str], constexprs, blocks, tags) -> CompileCase:
+    """One encoder-decoder case: ``pointers`` overrides the element types of the pointers whose
+    dtype is not the storage dtype (fp32 projections, scratch and partial sums)."""
+    signature = _signature(kernel, tdtype)
+    signature.update({arg: f"*{t}" for arg, t in pointers.items()})
+    divisible = tuple(n for n in kernel.arg_names if signature[n].startswith("*") and n != "M")
+    return CompileCase(name=name, kernel=kernel, signature=signature, constexprs=constexprs,
+                       num_warps=blocks.num_warps, divisible=divisible,
+                       tags={"dtype": tdtype, "block_m": str(blocks.block_m), **tags})
+
+
 def _enc_dec_cases() -> Iterator[CompileCase]:
-    """The encoder-decoder kernels at their one tile config, for each kind of score input
-    (storage-dtype query/keys for dot and scaled_dot, fp32 projected query for general, fp32
-    projections for additive), both modes, with and without a mask, and the backward kernels."""
-    forward = [  # (kind name, KIND, MODE, MASK_KIND, dtype, fp32 query side, fp32 keys side)
-        ("dot", KIND_DOT, MODE_ATTENTION, MASK_BOOL, "fp16", False, False),
-        ("dot", KIND_DOT, MODE_SCORES, MASK_NONE, "fp32", False, False),
-        ("general", KIND_DOT, MODE_ATTENTION, MASK_NONE, "bf16", True, False),
-        ("additive", KIND_ADDITIVE, MODE_ATTENTION, MASK_BOOL, "bf16", True, True),
-        ("additive", KIND_ADDITIVE, MODE_SCORES, MASK_NONE, "fp16", True, True),
+    """The encoder-decoder kernels at each row tile (a decoder step, a block of rows), for each
+    kind of score input (storage-dtype query/keys for dot and scaled_dot, fp32 projected query
+    for general, fp32 projections for additive), scores into the fp32 scratch (with and without a
+    mask) or into the scores output, the softmax/context and backward kernels in each storage
+    dtype, and the projection at each storage width."""
+    for tdtype in ("fp16", "bf16", "fp32"):
+        blocks = projection_blocks(2 if tdtype != "fp32" else 4)
+        yield _enc_dec_case(
+            "attention_projection", projection_kernel, tdtype, {"Y": "fp32"},
+            dict(BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_K=blocks.block_k, DOT_F32=False),
+            blocks, {"block_n": str(blocks.block_n)})
+    scores = [  # (kind name, KIND, MASK_KIND, dtype, QP, KP, SC element types)
+        ("dot", KIND_DOT, MASK_BOOL, "fp16", "fp16", "fp16", "fp32"),
+        ("dot", KIND_DOT, MASK_NONE, "fp32", "fp32", "fp32", "fp32"),
+        ("general", KIND_DOT, MASK_NONE, "bf16", "fp32", "bf16", "bf16"),
+        ("additive", KIND_ADDITIVE, MASK_BOOL, "bf16", "fp32", "fp32", "fp32"),
+        ("additive", KIND_ADDITIVE, MASK_NONE, "fp16", "fp32", "fp32", "fp16"),
     ]
-    for kind, code, mode, mask_kind, tdtype, fp32_q, fp32_k in forward:
-        blocks = enc_dec_blocks(kind)
-        signature = _signature(attention_forward_kernel, tdtype)
-        signature.update(QP="*fp32" if fp32_q else f"*{tdtype}", KP="*fp32" if fp32_k else f"*{tdtype}")
-        yield CompileCase(
-            name="attention_forward", kernel=attention_forward_kernel, signature=signature,
-            constexprs=dict(KIND=code, MODE=mode, MASK_KIND=mask_kind, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                            BLOCK_A=blocks.block_a, BLOCK_DV=blocks.block_dv),
-            num_warps=blocks.num_warps, divisible=("QP", "KP", "VAL", "CTX", "W"),
-            tags={"kind": kind, "mode": ("scores", "attention")[mode], "mask": ("none", "bool")[mask_kind],
-                  "dtype": tdtype})
-    blocks = enc_dec_blocks("dot")
-    for has_dw, tdtype in ((True, "fp16"), (False, "fp32")):
-        signature = _signature(attention_backward_scores_kernel, tdtype)
-        signature["DE"] = "*fp32"
-        yield CompileCase(
-            name="attention_backward_scores", kernel=attention_backward_scores_kernel, signature=signature,
-            constexprs=dict(HAS_DW=has_dw, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_DV=blocks.block_dv),
-            num_warps=blocks.num_warps, divisible=("W", "DW", "DCTX", "VAL", "DE"),
-            tags={"has_dw": str(has_dw), "dtype": tdtype})
-    blocks = enc_dec_blocks("additive")
-    for for_keys in (0, 1):
-        yield CompileCase(
-            name="attention_additive_backward", kernel=additive_backward_kernel,
-            signature=_signature(additive_backward_kernel, "fp32"),
-            constexprs=dict(FOR_KEYS=for_keys, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_A=blocks.block_a),
-            num_warps=blocks.num_warps, divisible=("QP", "KP", "DE", "DQA", "DKB", "DVA"),
-            tags={"rows": ("query", "keys")[for_keys]})
+    for blocks in ENC_DEC_TILES:
+        tiles = dict(BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n)
+        for kind, code, mask_kind, tdtype, qp, kp, sc in scores:
+            yield _enc_dec_case(
+                "attention_scores", enc_dec_scores_kernel, tdtype, {"QP": qp, "KP": kp, "SC": sc},
+                dict(KIND=code, MASK_KIND=mask_kind, BLOCK_F=score_block_f(blocks, code), **tiles), blocks,
+                {"kind": kind, "mask": ("none", "bool")[mask_kind], "out": "scratch" if sc == "fp32" else "scores"})
+        for tdtype in ("fp16", "bf16", "fp32"):
+            yield _enc_dec_case(
+                "attention_softmax_context", enc_dec_softmax_context_kernel, tdtype, {"SC": "fp32"},
+                dict(BLOCK_DV=blocks.block_dv, DOT_F32=False, **tiles), blocks, {})
+        for has_dw, tdtype in ((True, "fp16"), (False, "bf16"), (True, "fp32")):
+            yield _enc_dec_case(
+                "attention_backward_dp", attention_backward_dp_kernel, tdtype, {"DE": "fp32", "RS": "fp32"},
+                dict(HAS_DW=has_dw, BLOCK_DV=blocks.block_dv, DOT_F32=False, **tiles), blocks,
+                {"has_dw": str(has_dw)})
+        yield _enc_dec_case("attention_backward_de", attention_backward_de_kernel, "fp16",
+                            {"DE": "fp32", "RS": "fp32"}, tiles, blocks, {})
+        # dE: the fp32 scratch of attention_backward, or the storage-dtype grad_scores given to
+        # attention_scores_backward.
+        for for_keys, (tdtype, de) in itertools.product((0, 1), (("fp16", "fp32"), ("bf16", "bf16"),
+                                                                 ("fp32", "fp32"))):
+            yield _enc_dec_case(
+                "attention_additive_backward", additive_backward_kernel, tdtype,
+                {"QP": "fp32", "KP": "fp32", "DE": de, "DVA": "fp32"},
+                dict(FOR_KEYS=for_keys, BLOCK_F=blocks.block_f, **tiles), blocks,
+                {"rows": ("query", "keys")[for_keys], "grad": "scratch" if de == "fp32" else "scores"})
 
 
 def compile_cases() -> Iterator[CompileCase]:
