@@ -12,10 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import gpukernels as gk
 from _helpers import DTYPES, as_float64, assert_close, random_tensor
-from conftest import HAS_CUDA
+from conftest import DEVICE
 from gpukernels.reference import attention as ref
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
