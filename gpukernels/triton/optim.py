@@ -264,9 +264,11 @@ NORM_TWO, NORM_INF, NORM_P = 0, 1, 2
 
 
 @triton.jit(do_not_specialize=["norm_kind"])
-def grad_norm_kernel(g_base, table_ptr, block_map_ptr, acc_ptr, norm_type, norm_kind, ALIGNED: tl.constexpr,
+def grad_norm_kernel(g_base, table_ptr, block_map_ptr, partial_ptr, norm_type, norm_kind, ALIGNED: tl.constexpr,
                      BLOCK: tl.constexpr):
-    """Pass 1 of clipping: every block adds its part of the norm into acc (atomics)."""
+    """Pass 1 of clipping: every block writes its part of the norm (the sum of |g|^2 or |g|^p,
+    or the max of |g|) and a NaN flag into its own slot; no atomics, so pass 2 can add the
+    parts in one fixed order and the norm has the same bits on every run."""
     row, n, start, idx = _locate(table_ptr, block_map_ptr, 2, BLOCK)
     g_ptr = _operand(g_base, row, 0, idx, ALIGNED)
     if start + BLOCK <= n:  # full block, unmasked (vector loads)
@@ -274,16 +276,40 @@ def grad_norm_kernel(g_base, table_ptr, block_map_ptr, acc_ptr, norm_type, norm_
     else:
         a = tl.where(idx < n, tl.abs(_load(g_ptr, idx < n)), 0.0)
     nan = tl.sum(tl.where(a != a, a, 0.0), axis=0)  # NaN if the block holds a NaN, else 0
-    if nan != nan:
-        tl.atomic_add(acc_ptr + 1, nan)
     if norm_kind == 0:  # NORM_TWO
-        tl.atomic_add(acc_ptr, tl.sum(a * a, axis=0))
-    elif norm_kind == 1:  # NORM_INF; NaN counted above, so max over the rest
-        tl.atomic_max(acc_ptr, tl.max(tl.where(a != a, 0.0, a), axis=0))
+        part = tl.sum(a * a, axis=0)
+    elif norm_kind == 1:  # NORM_INF; NaN is flagged apart, so max over the rest
+        part = tl.max(tl.where(a != a, 0.0, a), axis=0)
     else:  # NORM_P: |g|^p through exp and log (0 stays 0)
         positive = a > 0
         powers = tl.exp(norm_type * tl.log(tl.where(positive, a, 1.0)))
-        tl.atomic_add(acc_ptr, tl.sum(tl.where(positive, powers, 0.0), axis=0))
+        part = tl.sum(tl.where(positive, powers, 0.0), axis=0)
+    slot = partial_ptr + 2 * tl.program_id(0).to(tl.int64)
+    tl.store(slot, part)
+    tl.store(slot + 1, nan)
+
+
+@triton.jit(do_not_specialize=["count", "norm_kind"])
+def norm_reduce_kernel(partial_ptr, count, acc_ptr, norm_kind, BLOCK: tl.constexpr):
+    """Pass 2 of clipping, one program: folds the blocks' parts into acc (the sum, or max, and
+    the NaN flag) lane by lane in index order, then across lanes: a fixed order."""
+    lanes = tl.arange(0, BLOCK)
+    folded = tl.zeros([BLOCK], dtype=tl.float32)
+    flags = tl.zeros([BLOCK], dtype=tl.float32)
+    for first in range(0, count, BLOCK):
+        i = (first + lanes).to(tl.int64)
+        inside = i < count
+        part = tl.load(partial_ptr + 2 * i, mask=inside, other=0.0)
+        if norm_kind == 1:
+            folded = tl.maximum(folded, part)
+        else:
+            folded += part
+        flags += tl.load(partial_ptr + 2 * i + 1, mask=inside, other=0.0)
+    if norm_kind == 1:
+        tl.store(acc_ptr, tl.max(folded, axis=0))
+    else:
+        tl.store(acc_ptr, tl.sum(folded, axis=0))
+    tl.store(acc_ptr + 1, tl.sum(flags, axis=0))
 
 
 @triton.jit
@@ -547,6 +573,9 @@ def _norm_kind(norm_type: float) -> int:
     return NORM_INF if math.isinf(norm_type) else NORM_TWO if norm_type == 2.0 else NORM_P
 
 
+NORM_REDUCE_BLOCK = 1024  # lanes of the one program that folds the blocks' parts
+
+
 def _clip_plans(grads):
     for dtype, idx in _groups(grads):
         column = _select(grads, idx)
@@ -556,13 +585,20 @@ def _clip_plans(grads):
 
 def clip_grad_norm_(grads, *, max_norm, norm_type, error_if_nonfinite):
     # acc (the sum, or max, and a NaN flag) and the total norm in one buffer: one fill launch
-    sums = torch.zeros(3, dtype=torch.float32, device=grads[0].device)
+    device = grads[0].device
+    sums = torch.zeros(3, dtype=torch.float32, device=device)
     acc, total = sums[:2], sums[2:]
     kind = _norm_kind(norm_type)
     plans = list(_clip_plans(grads))
+    blocks = sum(launch.blocks for _, launch, _, _ in plans)
+    partials = torch.empty(2 * blocks, dtype=torch.float32, device=device)  # (part, NaN flag) per block
+    first = 0
     for base, launch, block, num_warps in plans:
-        grad_norm_kernel[(launch.blocks,)](base, launch.table, launch.block_map, acc, norm_type, kind,
-                                           ALIGNED=launch.aligned, BLOCK=block, num_warps=num_warps)
+        grad_norm_kernel[(launch.blocks,)](base, launch.table, launch.block_map, partials[2 * first:], norm_type,
+                                           kind, ALIGNED=launch.aligned, BLOCK=block, num_warps=num_warps)
+        first += launch.blocks
+    if blocks:
+        norm_reduce_kernel[(1,)](partials, blocks, acc, kind, BLOCK=NORM_REDUCE_BLOCK, num_warps=4)
     if error_if_nonfinite:  # needs the norm on the host before anything is scaled
         from gpukernels.reference.optim import nonfinite_norm_error
 
