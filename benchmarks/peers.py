@@ -54,6 +54,8 @@ def _flashrnn_lstm(mode: str):
         import torch
         from flashrnn import flashrnn
 
+        from .rnn import _timed
+
         module, x = inputs["theirs"], inputs["x"]  # torch.nn.LSTM weights, x [T, B, I]
         T, B, _ = x.shape
         H = module.hidden_size
@@ -68,20 +70,7 @@ def _flashrnn_lstm(mode: str):
             states, _ = flashrnn(projected, recurrent, bias, function="lstm", backend="triton_fused", dtype=dtype)
             return states[0]
 
-        if mode == "fwd":
-            def forward():
-                with torch.no_grad():
-                    return run()
-            return forward
-        if mode == "full":
-            def full():
-                out = run()
-                out.backward(torch.ones_like(out))
-                return out
-            return full
-        out = run()
-        grad = torch.ones_like(out)
-        return lambda: out.backward(grad, retain_graph=True)
+        return _timed(run, mode)
 
     return make
 
