@@ -64,18 +64,25 @@ def _rows(rows, kernel, target, **tags):
 
 
 def test_sdpa_rows_show_the_tensor_cores_and_async_copies_of_a_launch(triton_rows):
-    # The typical fp16 launch: contiguous tiles, so K/V stream through 16-byte cp.async into shared
-    # memory and the products run on the tensor cores: wgmma on sm_90 where a tile has the 64 rows a
-    # warpgroup needs, mma.sync on sm_80. fp32 storage multiplies in full fp32: no matrix instruction.
+    # 16-bit storage multiplies on the tensor cores: mma.sync on sm_80; on sm_90 wgmma where a tile
+    # has the 64 rows a warpgroup needs, mma.sync below. fp32 storage multiplies in full fp32 on
+    # the FMA units: no matrix instruction. The typical launch streams K/V through 16-byte cp.async
+    # into shared memory; the worst (strided views one element in) moves one element (or one fp32
+    # statistic) at a time.
     for kernel in ("sdpa_forward", "sdpa_backward_dq", "sdpa_backward_dkdv"):
-        for target, matrix in ((80, {"mma.sync"}), (90, {"wgmma", "mma.sync"})):
-            rows = _rows(triton_rows, kernel, target, dtype="fp16", launch="typical")
-            assert rows and all(r.matrix in matrix and "cp.async:16B" in r.tile_copies for r in rows), kernel
-        assert {r.matrix for r in _rows(triton_rows, kernel, 90, dtype="fp16", d=64)} == {"wgmma"}
-        assert {r.matrix for r in _rows(triton_rows, kernel, 90, dtype="fp32")} == {"none"}
-        # the worst launch (strided views one element in) moves one element (or fp32 statistic) at a time
-        worst = _rows(triton_rows, kernel, 90, dtype="fp16", launch="worst")
-        assert worst and all(r.load_bits <= 32 and "cp.async:16B" not in r.tile_copies for r in worst)
+        rows = [r for r in triton_rows if r.kernel == kernel]
+        assert len(rows) == 2 * 21
+        for r in rows:
+            tags = dict(part.split("=") for part in r.config.split(","))
+            if tags["dtype"] == "fp32":
+                want = "none"
+            else:
+                want = "wgmma" if r.target == 90 and int(tags["block_m"]) >= 64 else "mma.sync"
+            assert r.matrix == want, (kernel, r.config, r.target, r.matrix)
+            if tags["launch"] == "typical":
+                assert "cp.async:16B" in r.tile_copies and r.load_bits == 128, (kernel, r.config, r.tile_copies)
+            else:
+                assert "cp.async:16B" not in r.tile_copies and r.load_bits <= 32, (kernel, r.config, r.tile_copies)
 
 
 def test_builds_carry_the_launch_specialisation(triton_rows):

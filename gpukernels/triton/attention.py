@@ -438,15 +438,16 @@ def padded_head_dim(n: int) -> int:
 
 # Tiles of every SDPA kernel by (padded head dim, bytes per stored element): the largest with
 # which the forward and both backward kernels build without spilling (the compile gate's rule) on
-# sm_80 and sm_90, in the typical launch and in the heaviest one the dispatch can send (GQA, a
-# mask, causal, strided views); 8 warps share the accumulators. 16-bit storage multiplies on the
-# tensor cores. fp32 storage multiplies in full fp32 on the FMA units, whose operand layouts take
-# many more registers: the smallest tiles there, and the dK/dV kernel still spills (see
-# compile_cases).
+# sm_80 and sm_90 under Triton 3.6 and 3.7, in the typical launch and in the heaviest one the
+# dispatch can send (GQA, a mask, causal, strided views one element into their storage). 64-row
+# tiles, which sm_90's wgmma needs, spill in that launch (the dK/dV kernel most), so the 16-bit
+# tiles have 32 rows and multiply with mma.sync. fp32 storage multiplies in full fp32 on the FMA
+# units, whose operand layouts take many more registers: the smallest tiles there, and the dK/dV
+# kernel still spills at d >= 128 (see compile_cases).
 SDPA_TILES = {
-    (64, 2): SdpaBlocks(64, 32, 8),
+    (64, 2): SdpaBlocks(32, 32, 4),
     (128, 2): SdpaBlocks(32, 32, 8),
-    (256, 2): SdpaBlocks(32, 16, 8),
+    (256, 2): SdpaBlocks(16, 16, 8),
     (64, 4): SdpaBlocks(16, 16, 8),
     (128, 4): SdpaBlocks(16, 16, 8),
     (256, 4): SdpaBlocks(16, 16, 8),

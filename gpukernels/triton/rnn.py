@@ -245,10 +245,12 @@ class StepTile(NamedTuple):
     num_warps: int
 
 
-# Small batches waste nothing with 16-row tiles; larger ones reuse each w_hh tile over 64 rows
-# (8 warps over 16 hidden units keep the four fp32 accumulators of an LSTM tile and the worst
-# launch's 64-bit addressing clear of the register cap: 32 units spill, the compile gate shows).
-STEP_TILES = (StepTile(16, 32, 32, 4), StepTile(64, 16, 32, 8))
+# Small batches waste nothing with 16-row tiles; larger ones reuse each w_hh tile over 64 rows.
+# The hidden-unit and reduction widths are the largest with which every cell builds without a
+# spill in the worst launch (ragged sizes, unaligned slices) under Triton 3.6 and 3.7 (the
+# compile gate): 16-row tiles take the recurrent product 16 units of h at a time, 64-row tiles
+# cover 16 hidden units with 8 warps (32 spill in the LSTM and GRU cells).
+STEP_TILES = (StepTile(16, 32, 16, 4), StepTile(64, 16, 32, 8))
 BACKWARD_BLOCK, BACKWARD_WARPS = 512, 4
 
 
