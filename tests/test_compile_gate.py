@@ -211,6 +211,20 @@ def test_the_gate_fails_on_spills_missing_vector_loads_or_errors():
     assert CompileRow("cupy", "k", "c", 90, compiled=True, spill_bytes=0, load_bits=128, expect_load_bits=128).ok
 
 
+def test_a_known_spill_passes_only_while_it_spills():
+    from gpukernels.tools.verify.report import gate_summary
+
+    def row(target, spill, **extra):
+        return CompileRow("triton", "k", "c", target, compiled=True, spill_bytes=spill, known_spill="why", **extra)
+
+    assert row(80, 232).ok and row(80, 232).status() == "known spill (232 bytes): why"
+    assert gate_summary([row(80, 0), row(90, 232)])[0]  # spilling on one target keeps the note valid
+    passed, line = gate_summary([row(80, 0), row(90, 0)])
+    assert not passed and "no longer spills: remove known_spill" in line
+    assert not row(80, 8, load_bits=32, expect_load_bits=128).ok  # it excuses nothing else
+    assert not CompileRow("triton", "k", "c", 80, compiled=True, spill_bytes=8).ok
+
+
 def test_check_command_exits_non_zero_on_any_failure(monkeypatch, capsys):
     bad = CompileRow("cupy", "broken<float>", "x.cu", 90, compiled=False, error="syntax error")
     monkeypatch.setattr(nvrtc, "compile_all", lambda f=None: [bad])
