@@ -40,6 +40,8 @@ def test_every_activation_kernel_compiles_without_spills_on_both_targets(activat
     for line in activation_lines:
         r = line.row
         assert r.ok and r.compiled and r.spill_bytes == 0, r.problems()
+        # Triton's from its PTX, CuPy's from its SASS: no matrix unit, 128-bit vector loads
+        assert (r.matrix, r.tile_copies) == ("none", "ld.global:128b"), (r.kernel, r.target)
     built = {(r.backend, r.kernel, r.target) for r in (line.row for line in activation_lines)}
     cuda_names = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "leaky_relu": "LeakyRelu",
                   "gelu": "Gelu", "gelu_tanh": "GeluTanh"}
@@ -177,6 +179,10 @@ def test_report_command_writes_table_csvs_and_plot(activation_rows, monkeypatch,
     with (tmp_path / "report_kernels.csv").open() as handle:
         kernels = list(csv.DictReader(handle))
     assert [r["compiled_status"] for r in kernels] == ["ok", "ok"]
+    assert [(r["compiled_matrix_instruction"], r["compiled_tile_copies"]) for r in kernels] == [
+        ("none", "ld.global:128b")] * 2
+    # the launch specialisation of the build: aligned pointers and a size divisible by 16
+    assert {r["launch_divisible_args"] for r in kernels} == {"x_ptr y_ptr n_elements"}
     assert {r["target"] for r in kernels} == {"sm_80", "sm_90"}
     assert all(r["compiled_spill_bytes"] == "0" and float(r["estimated_occupancy_pct"]) > 0 for r in kernels)
     with (tmp_path / "report_bytes.csv").open() as handle:
@@ -190,14 +196,17 @@ def test_report_command_writes_table_csvs_and_plot(activation_rows, monkeypatch,
 
 
 def test_summary_gives_ranges_over_configurations():
-    def line(config, registers, target=80):
+    def line(config, registers, target=80, matrix="mma.sync", copies="cp.async:16B+ld.global:128b"):
         row = CompileRow("triton", "k", config, target, compiled=True, registers=registers, spill_bytes=0,
-                         shared_bytes=0, load_bits=128)
+                         shared_bytes=0, load_bits=128, matrix=matrix, tile_copies=copies)
         return report.KernelLine(row, 4, estimate(target, registers, 4))
 
-    records = report.summary_records([line("a,warps=4", 24), line("b,warps=4", 48), line("a,warps=4", 30, 90)])
+    records = report.summary_records([line("a,warps=4", 24), line("b,warps=4", 48, copies="ld.global:16b"),
+                                      line("a,warps=4", 30, 90, matrix="wgmma")])
     assert [(r["target"], r["configs"], r["compiled_registers"], r["estimated_occupancy_pct"]) for r in records] == [
         ("sm_80", 2, "24-48", "62.5-100.0"), ("sm_90", 1, "30", "100.0")]
+    assert [(r["compiled_matrix_instruction"], r["compiled_tile_copies"]) for r in records] == [
+        ("mma.sync", "cp.async:16B+ld.global:128b/ld.global:16b"), ("wgmma", "cp.async:16B+ld.global:128b")]
 
 
 def test_report_fails_on_a_gate_failure(monkeypatch, tmp_path, capsys):

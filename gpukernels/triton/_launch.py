@@ -45,33 +45,83 @@ def check_dtype(x: torch.Tensor, name: str) -> str:
         ) from None
 
 
+# ---------------------------------------------------------------------------------------------
+# The compile gate's description of a launch
+
+# Triton's names of the pointer types the kernels take, as torch dtypes
+TORCH_DTYPES = {**{name: dtype for dtype, name in TRITON_DTYPES.items()},
+                "u8": torch.uint8, "i32": torch.int32, "i64": torch.int64}
+
+
+class TensorArg:
+    """Stands in for a tensor argument of a representative launch: the two things Triton's
+    launcher reads from a tensor, its dtype (the pointer type) and its address (``data_ptr``,
+    whose 16-byte alignment becomes a divisibility hint). No memory behind it."""
+
+    _ALLOCATION = 1 << 40  # where an allocation starts: the caching allocator aligns to 512 bytes
+
+    def __init__(self, dtype: torch.dtype, offset: int = 0):
+        self.dtype = dtype
+        self.offset = offset  # bytes past the start of the allocation
+
+    def data_ptr(self) -> int:
+        return self._ALLOCATION + self.offset
+
+    def __repr__(self) -> str:
+        return f"TensorArg({self.dtype}, offset={self.offset})"
+
+
+def fresh(dtype: torch.dtype | str) -> TensorArg:
+    """A tensor the launcher allocates itself: the start of an allocation, 16-byte aligned."""
+    return TensorArg(TORCH_DTYPES.get(dtype, dtype))
+
+
+def passed(dtype: torch.dtype | str, aligned: bool) -> TensorArg:
+    """A tensor the caller hands in: aligned, or (the worst the dispatch lets through) a view
+    that starts one element into its storage, e.g. ``x[1:]``."""
+    dtype = TORCH_DTYPES.get(dtype, dtype)
+    return TensorArg(dtype, 0 if aligned else dtype.itemsize)
+
+
 @dataclass(frozen=True)
 class CompileCase:
-    """One kernel at one launch configuration, as the Triton runtime would specialise it."""
+    """One kernel launched one way. ``args`` holds every argument of the kernel by name with the
+    value a representative launch passes: ``TensorArg`` for tensors, the Python ints and floats
+    the launcher computes, the constexpr values. The gate derives the signature and the
+    specialisation from them with Triton's own launcher code (ints divisible by 16 or equal to
+    1, 16-byte-aligned pointers), so what it builds is what that launch builds."""
 
     name: str
     kernel: Any
-    signature: dict[str, str]
-    constexprs: dict[str, Any]
+    args: dict[str, Any]
     num_warps: int
-    # Arguments the runtime would see as 16-divisible (aligned pointers, sizes % 16 == 0).
-    divisible: tuple[str, ...] = ()
+    num_stages: int | None = None  # None: Triton's default, as for launches that pass none
     # Widest global load the PTX must show (bits), when alignment allows vector loads.
     expect_load_bits: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Why this build is known to spill, when no launch configuration avoids it: the gate reports
+    # the spill as known instead of failing, and fails once the build stops spilling (so the note
+    # cannot outlive the defect).
+    known_spill: str = ""
 
 
 ALIGNMENTS = ("aligned", "ragged", "offset")
 """How a flat elementwise launch can look to the runtime: 16-byte-aligned pointers and a size
-divisible by 16; aligned pointers with a ragged size; a view whose pointer is not aligned."""
+divisible by 16 (the typical contiguous launch); aligned pointers with a ragged size; inputs that
+are views one element into their storage, with a ragged size (the worst the dispatch sends:
+it passes contiguous views through, and allocates the outputs itself)."""
+
+_ELEMENTWISE_SIZES = {"i32": 1 << 22, "i64": (1 << 31) + (1 << 20)}  # 4M elements; past int32
+_RAGGED = 3  # elements past a multiple of 16
 
 
-def elementwise_divisible(alignment: str, pointers: tuple[str, ...], size: str) -> tuple[str, ...]:
-    if alignment == "aligned":
-        return (*pointers, size)
-    if alignment == "ragged":
-        return pointers
-    return ()
+def elementwise_args(alignment: str, size_type: str, dtype: str, inputs: tuple[str, ...],
+                     outputs: tuple[str, ...], size: str) -> dict[str, Any]:
+    """Representative pointer and size arguments of a flat elementwise launch."""
+    args: dict[str, Any] = {p: passed(dtype, alignment != "offset") for p in inputs}
+    args.update({p: fresh(dtype) for p in outputs})
+    args[size] = _ELEMENTWISE_SIZES[size_type] + (0 if alignment == "aligned" else _RAGGED)
+    return args
 
 
 def iter_elementwise_variants() -> Iterator[tuple[torch.dtype, str, str, str]]:

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import CompileCase, check_dtype, elementwise_divisible, elementwise_launch, iter_elementwise_variants
+from ._launch import CompileCase, check_dtype, elementwise_args, elementwise_launch, iter_elementwise_variants
 
 # ACT codes, the kernels' compile-time switch; the order matches the branches of _forward.
 ACT_CODES = {name: code for code, name in enumerate(("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh"))}
@@ -175,24 +175,22 @@ def backward(grad_output: torch.Tensor, saved: torch.Tensor, act: str, negative_
 
 
 def compile_cases() -> Iterator[CompileCase]:
-    """Both kernels, every activation, at every specialisation the launch helpers produce."""
+    """Both kernels, every activation, at every specialisation the launch helpers produce, with
+    the arguments ``_launch`` passes (inputs as the caller hands them, the output fresh)."""
     kernels = (
-        ("forward", activation_forward_kernel, ("x_ptr", "y_ptr")),
-        ("backward", activation_backward_kernel, ("dy_ptr", "saved_ptr", "dx_ptr")),
+        ("forward", activation_forward_kernel, ("x_ptr",), ("y_ptr",)),
+        ("backward", activation_backward_kernel, ("dy_ptr", "saved_ptr"), ("dx_ptr",)),
     )
-    for direction, kernel, pointers in kernels:
+    for direction, kernel, inputs, outputs in kernels:
         for dtype, tdtype, alignment, size_type in iter_elementwise_variants():
             block, num_warps = elementwise_launch(dtype)
-            signature = {p: f"*{tdtype}" for p in pointers}
-            signature.update(n_elements=size_type, negative_slope="fp32", ACT="constexpr", BLOCK="constexpr")
+            args = elementwise_args(alignment, size_type, tdtype, inputs, outputs, "n_elements")
             for act_name, act in ACT_CODES.items():
                 yield CompileCase(
                     name=f"activation_{direction}[{act_name}]",
                     kernel=kernel,
-                    signature=signature,
-                    constexprs={"ACT": act, "BLOCK": block},
+                    args={**args, "negative_slope": 0.01, "ACT": act, "BLOCK": block},
                     num_warps=num_warps,
-                    divisible=elementwise_divisible(alignment, pointers, "n_elements"),
                     expect_load_bits=None if alignment == "offset" else 128,
                     tags={"dtype": tdtype, "alignment": alignment, "n": size_type, "block": str(block)},
                 )

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import triton_interpreting
-from ._launch import CompileCase, TRITON_DTYPES, check_dtype
+from ._launch import CompileCase, TRITON_DTYPES, check_dtype, fresh, passed
 
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
 
@@ -551,18 +551,27 @@ def padded_head_dim(n: int) -> int:
     return max(HEAD_DIMS[0], triton.next_power_of_2(n))
 
 
+# Tiles of every SDPA kernel by (padded head dim, bytes per stored element): the largest with
+# which the forward and both backward kernels build without spilling (the compile gate's rule) on
+# sm_80 and sm_90 under Triton 3.6 and 3.7, in the typical launch and in the heaviest one the
+# dispatch can send (GQA, a mask, causal, strided views one element into their storage). 64-row
+# tiles, which sm_90's wgmma needs, spill in that launch (the dK/dV kernel most), so the 16-bit
+# tiles have 32 rows and multiply with mma.sync. fp32 storage multiplies in full fp32 on the FMA
+# units, whose operand layouts take many more registers: the smallest tiles there, and the dK/dV
+# kernel still spills at d >= 128 (see compile_cases).
+SDPA_TILES = {
+    (64, 2): SdpaBlocks(32, 32, 4),
+    (128, 2): SdpaBlocks(32, 32, 8),
+    (256, 2): SdpaBlocks(16, 16, 8),
+    (64, 4): SdpaBlocks(16, 16, 8),
+    (128, 4): SdpaBlocks(16, 16, 8),
+    (256, 4): SdpaBlocks(16, 16, 8),
+}
+
+
 def sdpa_blocks(block_d: int, block_dv: int, itemsize: int) -> SdpaBlocks:
-    """Tile sizes for every SDPA kernel: big query/key tiles for small heads, smaller tiles as
-    the padded head dim (and the fp32 storage) grow, so tiles stay in registers and the pipelined
-    K/V tiles fit in an sm_80 block's shared memory (163 KiB)."""
-    width = max(block_d, block_dv) * itemsize // 2  # fp32 rows weigh twice fp16 rows
-    if width <= 64:
-        return SdpaBlocks(64, 64, 4)
-    if width <= 128:
-        return SdpaBlocks(64, 32, 4)
-    if width <= 256:
-        return SdpaBlocks(32, 32, 4)
-    return SdpaBlocks(16, 16, 4)
+    """Tile sizes for every SDPA kernel, from ``SDPA_TILES`` by the wider padded head dim."""
+    return SDPA_TILES[(max(block_d, block_dv), 4 if itemsize == 4 else 2)]
 
 
 def dot_f32(x: torch.Tensor) -> bool:
@@ -849,38 +858,97 @@ def attention_backward(grad_context, grad_weights, query, keys, values, weights,
 # Compile gate
 
 
+# Representative launches. "typical": contiguous tensors of a training shape (SDPA: 4 x 16 heads x
+# 1024 x d, one query head per key head; encoder-decoder: 64 x 32 decoder rows x 1024 encoder
+# positions), 16-byte-aligned, so every size and stride but the unit ones is divisible by 16 and
+# the unit strides become constants. "worst": what tells Triton the least that the dispatch lets
+# through (the ops pass any strides on): GQA groups, ragged sizes, caller tensors that are strided
+# views (odd strides) starting one element into their storage. Outputs and workspaces are always
+# the launcher's own: contiguous and aligned.
+LAUNCHES = ("typical", "worst")
+_SDPA_SHAPES = {  # (Z, H, GROUPS, L, S, head dim short of the padded one)
+    "typical": (4, 16, 1, 1024, 1024, 0),
+    "worst": (3, 6, 3, 1023, 1001, 3),
+}
+_ENC_DEC_SHAPES = {  # (B, Tq, Tk, features, value features)
+    "typical": (64, 32, 1024, 512, 512),
+    "worst": (37, 31, 1001, 509, 509),
+}
+
 _CONSTEXPRS = ("MASK_KIND", "IS_CAUSAL", "BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "BLOCK_F", "BLOCK_K", "DOT_F32",
                "KIND", "HAS_DW", "FOR_KEYS")
 _INTS = ("H", "GROUPS", "L", "S", "E", "EV", "F", "Tq", "Tk", "Dv")
 _FP32_POINTERS = ("LSE", "DELTA")
 
 
-def _signature(kernel, tdtype: str, mask_type: str = "*u8") -> dict[str, str]:
-    """Triton types of ``kernel``'s arguments, named by the conventions of this module:
-    upper-case names are pointers (the mask ``M`` of ``mask_type``), lower-case ones ints, the
-    scale fp32."""
-    signature = {}
+def _strides(shape, launch: str, caller: bool = True) -> tuple[int, ...]:
+    """Strides of a tensor of ``shape``: contiguous, or (a caller's tensor in the worst launch)
+    odd ones, which Triton can neither mark divisible nor fold to 1."""
+    strides, step = [], 1 if launch == "typical" or not caller else 3
+    for size in reversed(shape):
+        strides.append(step)
+        step = step * size if launch == "typical" or not caller else (step * size + 2) | 1
+    return tuple(reversed(strides))
+
+
+def _gate_args(kernel, pointers: dict, strides: dict[str, tuple[int, ...]], values: dict) -> dict:
+    """Every argument of ``kernel`` by name: the pointers and values (constexprs included) given,
+    and each stride argument (``s`` + tensor letter + dim letter, a tensor's strides listed in
+    order) from the strides of its tensor, keyed by the two-letter prefix."""
+    args, used = {}, {}
     for name in kernel.arg_names:
-        if name in _CONSTEXPRS:
-            signature[name] = "constexpr"
-        elif name == "sm_scale":
-            signature[name] = "fp32"
-        elif name in _FP32_POINTERS:
-            signature[name] = "*fp32"
-        elif name == "M":
-            signature[name] = mask_type
-        elif name[0].isupper() and name not in _INTS:
-            signature[name] = f"*{tdtype}"
-        else:
-            signature[name] = "i32"
-    return signature
+        if name in pointers:
+            args[name] = pointers[name]
+        elif name in values:
+            args[name] = values[name]
+        else:  # KeyError here: the kernel grew an argument the gate does not know
+            prefix = name[:2]
+            args[name] = strides[prefix][used.setdefault(prefix, 0)]
+            used[prefix] += 1
+    return args
+
+
+def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, constexprs: dict) -> dict:
+    """The arguments ``sdpa_forward``/``sdpa_backward`` pass to ``kernel``."""
+    Z, H, groups, L, S, short = _SDPA_SHAPES[launch]
+    E = EV = block_d - short
+    aligned = launch == "typical"
+    q, kv, o = (Z, H, L, E), (Z, H // groups, S, E), (Z, H, L, EV)
+    pointers = {"Q": passed(tdtype, aligned), "K": passed(tdtype, aligned), "V": passed(tdtype, aligned),
+                "DO": passed(tdtype, aligned), "LSE": passed("fp32", aligned), "O": fresh(tdtype),
+                "DELTA": fresh("fp32"), "DQ": fresh(tdtype), "DK": fresh(tdtype), "DV": fresh(tdtype)}
+    if kernel is sdpa_forward_kernel:  # the log-sum-exp is the forward's output
+        pointers["LSE"] = fresh("fp32")
+    output_passed_back = kernel is sdpa_backward_delta_kernel  # O: the forward's output, from the caller
+    if output_passed_back:
+        pointers["O"] = passed(tdtype, aligned)
+    if mask_kind == MASK_NONE:  # the launcher passes q in the mask's place, with zero strides
+        pointers["M"], mask_strides = pointers["Q"], (0, 0, 0, 0)
+    else:
+        pointers["M"] = passed("u8" if mask_kind == MASK_BOOL else tdtype, aligned)
+        mask_strides = _strides((Z, H, L, S), launch)
+    strides = {"sq": _strides(q, launch), "sk": _strides(kv, launch), "sv": _strides(kv, launch),
+               "sm": mask_strides, "so": _strides(o, launch, caller=output_passed_back), "sg": _strides(o, launch)}
+    values = dict(sm_scale=1.0 / math.sqrt(E), H=H, GROUPS=groups, L=L, S=S, E=E, EV=EV, **constexprs)
+    return _gate_args(kernel, pointers, strides, values)
+
+
+# fp32 storage: the dK/dV kernel keeps k, v and the dK, dV accumulators of a key tile live over
+# its loop, and the FMA products' operand layouts take many registers; at d=256 (and at d=128 in
+# the GQA, masked, strided launch) it spills even at 16x16 tiles with 4 or 8 warps. No tile
+# config avoids that: it needs a kernel change (dK and dV in separate passes, say).
+_FP32_DKDV_SPILL = "fp32 dK/dV at this head dim spills at every tile config; needs a kernel change"
+
+
+def _known_spill(name: str, dtype: torch.dtype, block_d: int, launch: str) -> str:
+    heavy = block_d == 256 or (block_d == 128 and launch == "worst")
+    return _FP32_DKDV_SPILL if name == "sdpa_backward_dkdv" and dtype == torch.float32 and heavy else ""
 
 
 def _sdpa_cases() -> Iterator[CompileCase]:
-    """Each SDPA kernel at each (padded head dim, storage width) the launcher can pick. The
-    mask kind, causal flag and fp16/bf16 rotate over the cases so each is compiled somewhere;
-    they change the loads and the epilogue, not the tile shapes that decide registers."""
-    variants = [(MASK_NONE, False), (MASK_BOOL, False), (MASK_ADD, False), (MASK_NONE, True)]
+    """Each SDPA kernel at each (padded head dim, storage width) the launcher can pick, launched
+    three ways: typical without a mask, typical causal, and the worst launch with a mask (bool and
+    additive in turn) and causal, the heaviest code. bf16 builds fp16's tiles, at d=64 only."""
     kernels = (("sdpa_forward", sdpa_forward_kernel), ("sdpa_backward_dq", sdpa_backward_dq_kernel),
                ("sdpa_backward_dkdv", sdpa_backward_dkdv_kernel))
     index = 0
@@ -890,27 +958,76 @@ def _sdpa_cases() -> Iterator[CompileCase]:
                 continue
             tdtype = TRITON_DTYPES[dtype]
             blocks = sdpa_blocks(block_d, block_d, dtype.itemsize)
-            for name, kernel in kernels:
-                mask_kind, causal = variants[index % len(variants)]
-                index += 1
-                mask_type = "*u8" if mask_kind == MASK_BOOL else f"*{tdtype}"
+            worst_mask = (MASK_BOOL, MASK_ADD)[index % 2]
+            index += 1
+            launches = (("typical", MASK_NONE, False), ("typical", MASK_NONE, True), ("worst", worst_mask, True))
+            for (name, kernel), (launch, mask_kind, causal) in itertools.product(kernels, launches):
                 constexprs = dict(MASK_KIND=mask_kind, IS_CAUSAL=causal, BLOCK_M=blocks.block_m,
                                   BLOCK_N=blocks.block_n, BLOCK_D=block_d, BLOCK_DV=block_d, DOT_F32=False)
-                pointers = tuple(n for n in kernel.arg_names if n[0].isupper() and n not in _INTS + _CONSTEXPRS)
                 yield CompileCase(
-                    name=name, kernel=kernel, signature=_signature(kernel, tdtype, mask_type), constexprs=constexprs,
-                    num_warps=blocks.num_warps, divisible=pointers,
+                    name=name, kernel=kernel,
+                    args=_sdpa_args(kernel, tdtype, block_d, launch, mask_kind, constexprs),
+                    num_warps=blocks.num_warps, known_spill=_known_spill(name, dtype, block_d, launch),
                     tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m),
                           "block_n": str(blocks.block_n), "mask": ("none", "bool", "add")[mask_kind],
-                          "causal": str(causal)})
+                          "causal": str(causal), "launch": launch})
             if dtype != torch.bfloat16:
-                blocks_delta = blocks
-                yield CompileCase(
-                    name="sdpa_backward_delta", kernel=sdpa_backward_delta_kernel,
-                    signature=_signature(sdpa_backward_delta_kernel, tdtype),
-                    constexprs={"BLOCK_M": blocks_delta.block_m, "BLOCK_DV": block_d},
-                    num_warps=blocks_delta.num_warps, divisible=("O", "DO", "DELTA"),
-                    tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks_delta.block_m)})
+                for launch in LAUNCHES:
+                    yield CompileCase(
+                        name="sdpa_backward_delta", kernel=sdpa_backward_delta_kernel,
+                        args=_sdpa_args(sdpa_backward_delta_kernel, tdtype, block_d, launch, MASK_NONE,
+                                        {"BLOCK_M": blocks.block_m, "BLOCK_DV": block_d}),
+                        num_warps=blocks.num_warps,
+                        tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m), "launch": launch})
+
+
+def _enc_dec_forward_args(kind: str, tdtype: str, mode: int, mask_kind: int, launch: str, constexprs: dict) -> dict:
+    """The arguments ``_enc_dec_launch`` passes: query and keys as the caller hands them for dot
+    scores, the fp32 projections it computes itself (general: the query side; additive: both)."""
+    B, Tq, Tk, F, Dv = _ENC_DEC_SHAPES[launch]
+    aligned = launch == "typical"
+    caller_q, caller_k = kind in ("dot", "scaled_dot"), kind != "additive"
+    q_dtype, k_dtype = (tdtype if caller_q else "fp32"), (tdtype if caller_k else "fp32")
+    pointers = {"QP": passed(q_dtype, aligned) if caller_q else fresh(q_dtype),
+                "KP": passed(k_dtype, aligned) if caller_k else fresh(k_dtype),
+                # additive: the caller's v (fp32 passes through); dot kinds: a zero the launcher makes
+                "VA": passed("fp32", aligned) if kind == "additive" else fresh("fp32"),
+                "W": fresh(tdtype), "CTX": fresh(tdtype)}
+    strides = {"sq": _strides((B, Tq, F), launch, caller_q), "sk": _strides((B, Tk, F), launch, caller_k),
+               "sw": _strides((B, Tq, Tk), launch, caller=False)}
+    if mode == MODE_ATTENTION:
+        pointers["VAL"] = passed(tdtype, aligned)
+        strides.update(sv=_strides((B, Tk, Dv), launch), sc=_strides((B, Tq, Dv), launch, caller=False))
+    else:  # no values: the scores stand in for them and the context, and Dv is 0
+        pointers["VAL"] = pointers["CTX"] = pointers["W"]
+        strides.update(sv=strides["sw"], sc=strides["sw"])
+        Dv = 0
+    if mask_kind == MASK_BOOL:  # a (B, Tk) mask repeats over the rows: row stride 0
+        pointers["M"] = passed("u8", aligned)
+        batch, key = _strides((B, Tk), launch)
+        strides["sm"] = (batch, 0, key)
+    else:
+        pointers["M"], strides["sm"] = pointers["W"], (0, 0, 0)
+    values = dict(sm_scale=1.0 / math.sqrt(F) if kind == "scaled_dot" else 1.0, Tq=Tq, Tk=Tk, F=F, Dv=Dv,
+                  **constexprs)
+    return _gate_args(attention_forward_kernel, pointers, strides, values)
+
+
+def _enc_dec_backward_args(kernel, tdtype: str, launch: str, constexprs: dict) -> dict:
+    B, Tq, Tk, F, Dv = _ENC_DEC_SHAPES[launch]
+    aligned = launch == "typical"
+    if kernel is attention_backward_scores_kernel:  # the caller's weights, gradients and values
+        pointers = {"W": passed(tdtype, aligned), "DCTX": passed(tdtype, aligned), "VAL": passed(tdtype, aligned),
+                    "DE": fresh("fp32")}
+        pointers["DW"] = passed(tdtype, aligned) if constexprs["HAS_DW"] else pointers["W"]
+        strides = {"sw": _strides((B, Tq, Tk), launch), "sg": _strides((B, Tq, Tk), launch),
+                   "sc": _strides((B, Tq, Dv), launch), "sv": _strides((B, Tk, Dv), launch)}
+        return _gate_args(kernel, pointers, strides, dict(Tq=Tq, Tk=Tk, Dv=Dv, **constexprs))
+    # additive backward: everything is the launcher's own fp32 (projections, dE, partial sums)
+    pointers = {name: fresh("fp32") for name in ("QP", "KP", "VA", "DE", "DQA", "DKB", "DVA")}
+    strides = {"sq": _strides((B, Tq, F), launch, caller=False), "sk": _strides((B, Tk, F), launch, caller=False)}
+    n_blocks = triton.cdiv(Tq, enc_dec_blocks("additive").block_m)
+    return _gate_args(kernel, pointers, strides, dict(Tq=Tq, Tk=Tk, F=F, n_blocks=n_blocks, **constexprs))
 
 
 def _enc_dec_case(name, kernel, tdtype, pointers: dict[str, str], constexprs, blocks, tags) -> CompileCase:

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import TRITON_DTYPES, CompileCase, check_dtype, elementwise_launch
+from ._launch import TRITON_DTYPES, CompileCase, check_dtype, elementwise_launch, fresh, passed
 
 # ---------------------------------------------------------------------------------------------
 # Per-block helpers (fp32)
@@ -639,48 +639,46 @@ _STEP_KERNELS = {
 }
 
 
-def _step_signature(kernel, operands: str, flags, scalars, p: str, s: str) -> dict[str, str]:
+def _step_args(kernel, operands: str, flags, scalars, p: str, s: str, aligned: bool) -> dict:
+    """What ``_launch`` passes: the first tensor of each operand column as its base (the caller's
+    tensors: aligned, or with ``aligned`` False a view one element into its storage), the plan's
+    tables, the AMP scalars, fp32 hyper-parameters and 0/1 int flags."""
     names = kernel.arg_names
-    types = {"P": f"*{p}", "S": f"*{s}", "F": "*fp32"}
-    signature = {names[i]: types[code] for i, code in enumerate(operands)}
-    signature.update(table_ptr="*i64", block_map_ptr="*i32", grad_scale_ptr="*fp32", found_inf_ptr="*fp32")
-    signature.update({name: "fp32" for name in scalars})
-    signature.update({name: "i32" for name in flags})
-    signature.update(HAS_MASTER="constexpr", ALIGNED="constexpr", BLOCK="constexpr")
-    assert list(signature) == names, (list(signature), names)  # the gate compiles what the launcher passes
-    return signature
+    types = {"P": p, "S": s, "F": "fp32"}
+    args = {names[i]: passed(types[code], aligned or code == "F") for i, code in enumerate(operands)}
+    args.update(table_ptr=fresh("i64"), block_map_ptr=fresh("i32"), grad_scale_ptr=fresh("fp32"),
+                found_inf_ptr=fresh("fp32"))
+    args.update({name: 0.5 for name in scalars})
+    args.update({name: 0 for name in flags})
+    return args
 
 
 def compile_cases() -> Iterator[CompileCase]:
-    """Every kernel at every (dtype, master, alignment) the launch helpers can choose."""
+    """Every kernel at every (dtype, master, alignment) the launch helpers can choose. ALIGNED
+    (every tensor 16-byte aligned) is the typical launch; otherwise the worst: the base tensors
+    views one element into their storage."""
     for step, (kernel, operands, flags, scalars) in _STEP_KERNELS.items():
         for p_dtype, s_dtype, master in STEP_VARIANTS:
             p, s = TRITON_DTYPES[p_dtype], TRITON_DTYPES[s_dtype]
             block, num_warps = _block(p_dtype)
-            signature = _step_signature(kernel, operands, flags, scalars, p, s)
-            vector_args = [kernel.arg_names[i] for i, code in enumerate(operands) if code != "F"]
             for aligned in (True, False):
                 yield CompileCase(
-                    name=f"optim_{step}[{p}/{s}{'+master' if master else ''}]", kernel=kernel, signature=signature,
-                    constexprs={"HAS_MASTER": master, "ALIGNED": aligned, "BLOCK": block}, num_warps=num_warps,
-                    divisible=tuple(vector_args) if aligned else (), expect_load_bits=128 if aligned else None,
+                    name=f"optim_{step}[{p}/{s}{'+master' if master else ''}]", kernel=kernel,
+                    args={**_step_args(kernel, operands, flags, scalars, p, s, aligned),
+                          "HAS_MASTER": master, "ALIGNED": aligned, "BLOCK": block},
+                    num_warps=num_warps, expect_load_bits=128 if aligned else None,
                     tags={"dtype": p, "state": s, "alignment": "aligned" if aligned else "offset",
                           "block": str(block)},
                 )
     for dtype, name in TRITON_DTYPES.items():
         block, num_warps = _block(dtype)
         for aligned in (True, False):
-            common = dict(num_warps=num_warps, divisible=("g_base",) if aligned else (),
-                          expect_load_bits=128 if aligned else None,
+            common = dict(num_warps=num_warps, expect_load_bits=128 if aligned else None,
                           tags={"dtype": name, "alignment": "aligned" if aligned else "offset", "block": str(block)})
-            yield CompileCase(
-                name="optim_grad_norm", kernel=grad_norm_kernel,
-                signature=dict(g_base=f"*{name}", table_ptr="*i64", block_map_ptr="*i32", acc_ptr="*fp32",
-                               norm_type="fp32", norm_kind="i32", ALIGNED="constexpr", BLOCK="constexpr"),
-                constexprs={"ALIGNED": aligned, "BLOCK": block}, **common)
+            tables = dict(g_base=passed(name, aligned), table_ptr=fresh("i64"), block_map_ptr=fresh("i32"),
+                          acc_ptr=fresh("fp32"), norm_type=2.0, norm_kind=NORM_TWO, ALIGNED=aligned, BLOCK=block)
+            yield CompileCase(name="optim_grad_norm", kernel=grad_norm_kernel, args=tables, **common)
             yield CompileCase(
                 name="optim_clip_apply", kernel=clip_apply_kernel,
-                signature=dict(g_base=f"*{name}", table_ptr="*i64", block_map_ptr="*i32", acc_ptr="*fp32",
-                               total_ptr="*fp32", max_norm="fp32", norm_type="fp32", norm_kind="i32",
-                               clip_value="fp32", by_value="i32", ALIGNED="constexpr", BLOCK="constexpr"),
-                constexprs={"ALIGNED": aligned, "BLOCK": block}, **common)
+                args={**tables, "total_ptr": fresh("fp32"), "max_norm": 1.0, "clip_value": 0.0, "by_value": 0},
+                **common)

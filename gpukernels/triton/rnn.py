@@ -28,7 +28,7 @@ import triton.language as tl
 from .. import _rnn_driver as driver
 from .._dispatch import triton_interpreting
 from .._rnn_driver import GATES, GRU, GRU_N, GRU_RZ, LSTM, RNN, WORKSPACE_BLOCKS  # noqa: F401 (public names)
-from ._launch import TRITON_DTYPES, CompileCase, check_dtype
+from ._launch import TRITON_DTYPES, CompileCase, check_dtype, fresh, passed
 from .activation import _tanh
 
 # The cell codes (RNN covers tanh and relu, a runtime flag) come from the shared driver.
@@ -245,9 +245,12 @@ class StepTile(NamedTuple):
     num_warps: int
 
 
-# Small batches waste nothing with 16-row tiles; larger ones reuse each w_hh tile over 64 rows
-# (8 warps there keep the four fp32 accumulators of an LSTM tile clear of the register cap).
-STEP_TILES = (StepTile(16, 32, 32, 4), StepTile(64, 32, 32, 8))
+# Small batches waste nothing with 16-row tiles; larger ones reuse each w_hh tile over 64 rows.
+# The hidden-unit and reduction widths are the largest with which every cell builds without a
+# spill in the worst launch (ragged sizes, unaligned slices) under Triton 3.6 and 3.7 (the
+# compile gate): 16-row tiles take the recurrent product 16 units of h at a time, 64-row tiles
+# cover 16 hidden units with 8 warps (32 spill in the LSTM and GRU cells).
+STEP_TILES = (StepTile(16, 32, 16, 4), StepTile(64, 16, 32, 8))
 BACKWARD_BLOCK, BACKWARD_WARPS = 512, 4
 
 
@@ -351,35 +354,76 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, 
 # Compile gate
 
 
+# Representative launches, one step past the first: "typical" has a batch that fills its tile and
+# H = 256, so every stride and every per-step slice of y, gx and the workspace is 16-aligned;
+# "worst" has a ragged batch and H, so strides are ragged and the slices of step t start off
+# alignment, as do the caller's weights (``contiguous()`` passes views through). The cell flags
+# are ints: a launch with 1 compiles them in as constants, one with 0 keeps the runtime test.
+_GATE_H = {"typical": 256, "worst": 255}
+_GATE_BATCH = {("typical", 0): 16, ("typical", 1): 64, ("worst", 0): 13, ("worst", 1): 37}  # per tile
+_CELL_FLAG = {RNN: "relu", LSTM: "coupled"}  # the runtime flag each cell reads
+_LAYER_CELL = {RNN: "rnn_tanh", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru", GRU_N: "gru"}  # for gate and workspace widths
+
+
+def _flag_values(code: int, launch: str) -> list[dict[str, int]]:
+    """The flag arguments of the launches of cell ``code``: both values of the flag the cell reads
+    in typical launches, the runtime 0 alone in the worst."""
+    flags = {"relu": 0, "coupled": 0}
+    if code in _CELL_FLAG and launch == "typical":
+        return [flags, {**flags, _CELL_FLAG[code]: 1}]
+    return [flags]
+
+
+def _step_args(code: int, tdtype: str, launch: str, batch: int, flags: dict) -> dict:
+    """What ``_TorchBackend.forward_step`` passes at a step t > 0 (the state is a workspace slice)."""
+    H, aligned = _GATE_H[launch], launch == "typical"
+    G, K = GATES[_LAYER_CELL[code]], WORKSPACE_BLOCKS[_LAYER_CELL[code]]
+    state = passed("fp32", aligned)  # h (and c) of step t - 1: slices of the workspace
+    return dict(gx_ptr=passed(tdtype, aligned), gx_stride=G * H, hin_ptr=state, hin_stride=K * H,
+                hprev_ptr=state, hprev_stride=K * H, cprev_ptr=state, cprev_stride=K * H,
+                w_ptr=passed(tdtype, aligned), b_ptr=passed(tdtype, aligned), peep_ptr=passed(tdtype, aligned),
+                len_ptr=fresh("i32"), y_ptr=passed(tdtype, aligned), ws_ptr=passed("fp32", aligned),
+                ws_stride=K * H, t=1, B=batch, H=H, **flags)
+
+
+def _backward_step_args(code: int, tdtype: str, launch: str, flags: dict) -> dict:
+    """What ``_TorchBackend.backward_step`` passes at a step t > 0."""
+    H, aligned = _GATE_H[launch], launch == "typical"
+    K = WORKSPACE_BLOCKS[_LAYER_CELL[code]]
+    return dict(gy_ptr=passed(tdtype, aligned), dh_ptr=fresh("fp32"), dc_ptr=fresh("fp32"),
+                ws_ptr=passed("fp32", aligned), ws_stride=K * H, hprev_ptr=passed("fp32", aligned),
+                hprev_stride=K * H, cprev_ptr=passed("fp32", aligned), cprev_stride=K * H,
+                peep_ptr=passed(tdtype, aligned), len_ptr=fresh("i32"), drh_ptr=fresh("fp32"),
+                dgx_ptr=passed("fp32", aligned), dgh_ptr=passed("fp32", aligned), dhd_ptr=fresh("fp32"),
+                dcp_ptr=fresh("fp32"), t=1, B=_GATE_BATCH[(launch, 1)], H=H, **flags)
+
+
+def _flag_tags(flags: dict) -> dict[str, str]:
+    return {name: str(value) for name, value in flags.items() if value}
+
+
 def compile_cases() -> Iterator[CompileCase]:
-    """Both kernels, every cell code, every storage dtype, every tile the heuristic picks."""
+    """Both kernels, every cell code, every storage dtype, every tile the heuristic picks, in the
+    typical and the worst launch."""
     for dtype, name in TRITON_DTYPES.items():
         for code, cell_name in CELL_NAMES.items():
-            for tile in STEP_TILES:
-                signature = {"gx_ptr": f"*{name}", "gx_stride": "i32", "hin_ptr": "*fp32", "hin_stride": "i32",
-                             "hprev_ptr": "*fp32", "hprev_stride": "i32", "cprev_ptr": "*fp32",
-                             "cprev_stride": "i32", "w_ptr": f"*{name}", "b_ptr": f"*{name}",
-                             "peep_ptr": f"*{name}", "len_ptr": "*i32", "y_ptr": f"*{name}", "ws_ptr": "*fp32",
-                             "ws_stride": "i32", "t": "i32", "B": "i32", "H": "i32", "relu": "i32",
-                             "coupled": "i32"}
-                constexprs = {"CELL": code, "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "BLOCK_K": tile.block_k,
-                              "DOT_F32": False}
-                signature.update({k: "constexpr" for k in constexprs})
-                yield CompileCase(
-                    name=f"rnn_step[{cell_name}]", kernel=rnn_step_kernel, signature=signature,
-                    constexprs=constexprs, num_warps=tile.num_warps,
-                    tags={"dtype": name, "block_b": str(tile.block_b), "block_h": str(tile.block_h),
-                          "block_k": str(tile.block_k)},
-                )
-            signature = {"gy_ptr": f"*{name}", "dh_ptr": "*fp32", "dc_ptr": "*fp32", "ws_ptr": "*fp32",
-                         "ws_stride": "i32", "hprev_ptr": "*fp32", "hprev_stride": "i32",
-                         "cprev_ptr": "*fp32", "cprev_stride": "i32", "peep_ptr": f"*{name}", "len_ptr": "*i32",
-                         "drh_ptr": "*fp32", "dgx_ptr": "*fp32", "dgh_ptr": "*fp32", "dhd_ptr": "*fp32",
-                         "dcp_ptr": "*fp32", "t": "i32", "B": "i32", "H": "i32", "relu": "i32", "coupled": "i32"}
-            constexprs = {"CELL": code, "BLOCK": BACKWARD_BLOCK}
-            signature.update({k: "constexpr" for k in constexprs})
-            yield CompileCase(
-                name=f"rnn_backward_step[{cell_name}]", kernel=rnn_backward_step_kernel, signature=signature,
-                constexprs=constexprs, num_warps=BACKWARD_WARPS,
-                tags={"dtype": name, "block": str(BACKWARD_BLOCK)},
-            )
+            for launch in ("typical", "worst"):
+                for flags in _flag_values(code, launch):
+                    for index, tile in enumerate(STEP_TILES):
+                        batch = _GATE_BATCH[(launch, index)]
+                        assert step_tile(batch) == tile  # the batch picks this tile at run time
+                        yield CompileCase(
+                            name=f"rnn_step[{cell_name}]", kernel=rnn_step_kernel,
+                            args={**_step_args(code, name, launch, batch, flags), "CELL": code,
+                                  "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "BLOCK_K": tile.block_k,
+                                  "DOT_F32": False},
+                            num_warps=tile.num_warps,
+                            tags={"dtype": name, "block_b": str(tile.block_b), "block_h": str(tile.block_h),
+                                  "block_k": str(tile.block_k), "launch": launch, **_flag_tags(flags)},
+                        )
+                    yield CompileCase(
+                        name=f"rnn_backward_step[{cell_name}]", kernel=rnn_backward_step_kernel,
+                        args={**_backward_step_args(code, name, launch, flags), "CELL": code, "BLOCK": BACKWARD_BLOCK},
+                        num_warps=BACKWARD_WARPS,
+                        tags={"dtype": name, "block": str(BACKWARD_BLOCK), "launch": launch, **_flag_tags(flags)},
+                    )

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import CompileCase, check_dtype
+from ._launch import CompileCase, check_dtype, fresh, passed
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
@@ -272,25 +272,38 @@ def log_softmax_backward(grad_output: torch.Tensor, output: torch.Tensor, dim: i
 # ---------------------------------------------------------------------------------------------
 # Compile gate
 
-# How the rows can look to the runtime. "aligned": 16-byte-aligned pointers and a row length
-# divisible by 16, so every row starts aligned and loads are 128-bit. "offset": no divisibility
-# known (a ragged row length or an unaligned view); aligned pointers alone would not change the
-# code, since row r starts at r * n_cols. fp16/bf16 compile "offset" code identical to fp32's
-# but for the conversions, so only fp32 builds it, to keep the gate's time modest.
+# How the rows can look to the runtime. "aligned" (the typical launch): 16-byte-aligned pointers
+# and a row length divisible by 16, so every row starts aligned and loads are 128-bit. "offset"
+# (the worst the dispatch sends): the input (and a caller's mask) a view one element into its
+# storage, ragged row length and row count; ``as_rows`` passes such views through uncopied. The
+# output is always the launcher's own. fp16/bf16 compile "offset" code identical to fp32's but
+# for the conversions, so only fp32 builds it, to keep the gate's time modest.
 GATE_SPECIALISATIONS = (("fp32", "aligned"), ("fp16", "aligned"), ("bf16", "aligned"), ("fp32", "offset"))
 _FORWARD_VARIANTS = {"softmax": (False, False), "log_softmax": (True, False), "masked_softmax": (False, True)}
 _BACKWARD_VARIANTS = {"softmax": False, "log_softmax": True}
+_GATE_ROWS = 4096  # rows of a representative launch; "offset" launches have one fewer
+_RAGGED = 3  # columns short of the tier's width in "offset" launches
+
+
+def _gate_args(pointers, tdtype: str, alignment: str, launch: RowLaunch, masked: bool) -> dict:
+    """The pointers and sizes ``launch_forward``/``launch_backward`` pass for rows as wide as the
+    tier (the online tier: twice its chunk), the inputs as the caller hands them."""
+    aligned = alignment == "aligned"
+    width = launch.block_n * (2 if launch.online else 1)
+    *inputs, output = pointers
+    args = {p: passed(tdtype, aligned) for p in inputs}
+    args[output] = fresh(tdtype)
+    if "mask_ptr" in args:  # the uint8 keep-mask, or x itself in its place when unmasked
+        args["mask_ptr"] = passed("u8", aligned) if masked else args["x_ptr"]
+    args.update(n_rows=_GATE_ROWS - (0 if aligned else 1), n_cols=width - (0 if aligned else _RAGGED))
+    return args
 
 
 def _case(name, kernel, pointers, tdtype, alignment, launch, constexprs):
-    # the keep-mask is bytes whatever x's dtype; unmasked launches pass x in its place
-    signature = {p: "*u8" if p == "mask_ptr" and constexprs.get("MASKED") else f"*{tdtype}" for p in pointers}
-    signature.update({"n_rows": "i32", "n_cols": "i32"})
-    signature.update({k: "constexpr" for k in constexprs})
-    divisible = (*pointers, "n_cols") if alignment == "aligned" else ()
     return CompileCase(
-        name=name, kernel=kernel, signature=signature, constexprs=constexprs, num_warps=launch.num_warps,
-        divisible=divisible, expect_load_bits=128 if alignment == "aligned" else None,
+        name=name, kernel=kernel,
+        args={**_gate_args(pointers, tdtype, alignment, launch, constexprs.get("MASKED", False)), **constexprs},
+        num_warps=launch.num_warps, expect_load_bits=128 if alignment == "aligned" else None,
         tags={"dtype": tdtype, "alignment": alignment, "block_n": str(launch.block_n), "rows": str(launch.rows)},
     )
 
@@ -303,7 +316,7 @@ def compile_cases() -> Iterator[CompileCase]:
             kernel = softmax_forward_online_kernel if launch.online else softmax_forward_kernel
             name = f"softmax_forward{'_online' if launch.online else ''}[{variant}]"
             constexprs = {"LOG": log, "MASKED": masked, **dict(single), "BLOCK_N": launch.block_n}
-            yield _case(name, kernel, ("x_ptr", "y_ptr", "mask_ptr"), tdtype, alignment, launch, constexprs)
+            yield _case(name, kernel, ("x_ptr", "mask_ptr", "y_ptr"), tdtype, alignment, launch, constexprs)
         for variant, log in _BACKWARD_VARIANTS.items():
             kernel = softmax_backward_online_kernel if launch.online else softmax_backward_kernel
             name = f"softmax_backward{'_online' if launch.online else ''}[{variant}]"

@@ -1,5 +1,12 @@
 """Compile Triton kernels ahead of time for sm_80/sm_90 without a GPU
-(``triton.compile(ASTSource(...), target=GPUTarget(...))``) and read their resource usage."""
+(``triton.compile(ASTSource(...), target=GPUTarget(...))``) and read their resource usage.
+
+Each case is built as a launch with the case's representative arguments builds it: the
+signature, the constexprs and the specialisation attributes (ints divisible by 16 or equal to
+1, 16-byte-aligned pointers) come from the same Triton functions ``JITFunction.run`` calls
+(its binder, from ``create_function_from_signature``, and ``_pack_args``), so the gate and a
+real launch agree by construction rather than by a hand-kept list of hints.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import multiprocessing
 import os
 import pkgutil
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterator
+from typing import Any, Iterator
 
 from .report import TARGETS, CompileRow
 
@@ -26,7 +33,47 @@ def iter_cases() -> Iterator[tuple[str, object]]:
 
 
 def config_label(case) -> str:
-    return ",".join(f"{k}={v}" for k, v in case.tags.items()) + f",warps={case.num_warps}"
+    stages = "" if case.num_stages is None else f",stages={case.num_stages}"
+    return ",".join(f"{k}={v}" for k, v in case.tags.items()) + f",warps={case.num_warps}" + stages
+
+
+def launch_options(case) -> dict[str, Any]:
+    """The launch's keyword options, plus the two ``JITFunction.run`` adds before binding."""
+    from triton import knobs
+
+    options: dict[str, Any] = {"num_warps": case.num_warps}
+    if case.num_stages is not None:
+        options["num_stages"] = case.num_stages
+    options["debug"] = case.kernel.debug or knobs.runtime.debug
+    options["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    return options
+
+
+def launch_specialization(case, target: int):
+    """(signature, constexprs, attrs, options) of ``case.kernel`` launched with ``case.args`` on
+    an sm_``target`` GPU, computed as ``JITFunction.run`` computes them."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    kernel = case.kernel
+    backend = make_backend(GPUTarget("cuda", target, 32))
+    kwargs = {**case.args, **launch_options(case)}
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(**kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+    return signature, constexprs, attrs, options
+
+
+def specialized_names(kernel, constexprs: dict, attrs: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(arguments marked divisible by 16, runtime arguments turned into constants), by name:
+    the specialisation a launch applied beyond the kernel's own constexpr parameters."""
+    names = kernel.arg_names
+    divisible = tuple(names[path[0]] for path, marks in attrs.items()
+                      if any(mark[0] == "tt.divisibility" for mark in marks))
+    declared = {p.name for p in kernel.params if p.is_constexpr}
+    constants = tuple(names[path[0]] for path in constexprs if names[path[0]] not in declared)
+    return divisible, constants
 
 
 def compile_case(case, target: int) -> CompileRow:
@@ -34,23 +81,23 @@ def compile_case(case, target: int) -> CompileRow:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .sass import resources, widest_ptx_global_load_bits
+    from .sass import ptx_facts, resources
 
     row = CompileRow("triton", case.name, config_label(case), target, compiled=False,
-                     expect_load_bits=case.expect_load_bits)
-    names = list(case.signature)
-    attrs = {(names.index(arg),): [["tt.divisibility", 16]] for arg in case.divisible}
+                     expect_load_bits=case.expect_load_bits, known_spill=case.known_spill)
     try:
-        source = ASTSource(fn=case.kernel, signature=case.signature, constexprs=case.constexprs, attrs=attrs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", target, 32), options={"num_warps": case.num_warps})
+        signature, constexprs, attrs, options = launch_specialization(case, target)
+        row.divisible_args, row.constant_args = specialized_names(case.kernel, constexprs, attrs)
+        source = ASTSource(fn=case.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", target, 32), options=options.__dict__)
     except Exception as exc:  # any compiler failure is a gate failure with its message
         row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         return row
-    cubin = compiled.asm["cubin"]
-    usage = next(iter(resources(cubin).values()))
+    usage = next(iter(resources(compiled.asm["cubin"]).values()))
     row.compiled = True
-    row.registers, row.spill_bytes, row.shared_bytes = usage.registers, usage.local, compiled.metadata.shared
-    row.load_bits = widest_ptx_global_load_bits(compiled.asm["ptx"])
+    row.registers, row.spill_bytes, row.shared_bytes = usage.registers, usage.spill, compiled.metadata.shared
+    facts = ptx_facts(compiled.asm["ptx"])
+    row.load_bits, row.matrix, row.tile_copies = facts.load_bits, facts.matrix, facts.copies
     return row
 
 
