@@ -3,6 +3,7 @@ tensors here, on the GPU where there is one (same tests). Outputs are NaN-poison
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -453,7 +454,8 @@ def test_compile_gate_covers_every_sdpa_tile_config():
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
             blocks = tri.sdpa_blocks(block_d, block_d, dtype.itemsize)
             for kernel in ("sdpa_forward", "sdpa_backward_dq", "sdpa_backward_dkdv"):
-                key = (kernel, str(block_d), str(blocks.block_m), str(blocks.block_n), blocks.num_warps)
+                warps = blocks.dkdv_warps if kernel == "sdpa_backward_dkdv" else blocks.num_warps
+                key = (kernel, str(block_d), str(blocks.block_m), str(blocks.block_n), warps)
                 assert key in compiled, key
             assert ("sdpa_backward_delta", str(block_d), str(blocks.block_m), None, blocks.num_warps) in compiled
 
@@ -467,14 +469,19 @@ def test_compile_gate_covers_every_kernel_and_encoder_decoder_tile():
     kernels = {name for name in dir(tri) if name.endswith("_kernel")}
     assert kernels == {c.kernel.__name__ for c in cases}
     enc_dec = {c.kernel.__name__ for c in cases if not c.name.startswith(("sdpa", "attention_projection"))}
-    for query_rows in range(1, 40):
-        block_m = str(tri.enc_dec_blocks(query_rows).block_m)
-        for kernel in enc_dec:
-            assert any(c.kernel.__name__ == kernel and c.tags["block_m"] == block_m for c in cases), (kernel, block_m)
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+    for query_rows, kernel, launch, dtype in itertools.product(range(1, 40), enc_dec, tri.LAUNCHES, tri._ENC_DEC_DTYPES):
+        blocks = tri.enc_dec_blocks(query_rows)
+        assert any(c.kernel.__name__ == kernel and c.tags["launch"] == launch and c.tags["dtype"] == dtype
+                   and c.args["BLOCK_M"] == blocks.block_m and c.args["BLOCK_N"] == blocks.block_n
+                   and c.num_warps == blocks.num_warps for c in cases), (kernel, query_rows, launch, dtype)
+    scores = {(c.tags["kind"], c.tags["out"], c.tags["mask"], c.tags["block_m"], c.tags["launch"])
+              for c in cases if c.name == "attention_scores"}
+    assert len(scores) == 3 * 3 * 2 * 2  # every kind and output, at each row tile and launch
+    for dtype, launch in itertools.product((torch.float16, torch.bfloat16, torch.float32), tri.LAUNCHES):
         blocks = tri.projection_blocks(dtype.itemsize)
         assert any(c.name == "attention_projection" and c.tags["dtype"] == tri.TRITON_DTYPES[dtype]
-                   and c.constexprs["BLOCK_M"] == blocks.block_m and c.num_warps == blocks.num_warps for c in cases)
+                   and c.tags["launch"] == launch and c.args["BLOCK_M"] == blocks.block_m
+                   and c.args["BLOCK_K"] == blocks.block_k and c.num_warps == blocks.num_warps for c in cases)
 
 
 @pytest.mark.parametrize("Tq", [1, 20])
