@@ -540,7 +540,13 @@ class SdpaBlocks(NamedTuple):
     block_m: int
     block_n: int
     num_warps: int
-    dkdv_warps: int  # the dK/dV kernel holds k, v and two accumulators of a key tile: it may need more
+    # The dK/dV kernel's own tiles where they differ: it holds k, v and two accumulators of a key
+    # tile over its loop, more than the others hold. Its tiles are its own business: each kernel
+    # reads only the row statistics, which no tile shapes.
+    dkdv: SdpaBlocks | None = None
+
+    def for_dkdv(self) -> SdpaBlocks:
+        return self.dkdv or self
 
 
 # Padded head dims the SDPA kernels are built for. Heads below 64 pad to 64: real models use
@@ -563,18 +569,49 @@ def padded_head_dim(n: int) -> int:
 # ptxas holds them to 64 registers on sm_80 and they spill); the dK/dV kernel still spills at
 # d >= 128 (see compile_cases).
 SDPA_TILES = {
-    (64, 2): SdpaBlocks(32, 32, 4, 4),
-    (128, 2): SdpaBlocks(32, 32, 8, 8),
-    (256, 2): SdpaBlocks(16, 16, 8, 8),
-    (64, 4): SdpaBlocks(16, 16, 4, 8),
-    (128, 4): SdpaBlocks(16, 16, 8, 8),
-    (256, 4): SdpaBlocks(16, 16, 4, 8),
+    (64, 2): SdpaBlocks(32, 32, 4),
+    (128, 2): SdpaBlocks(32, 32, 8),
+    (256, 2): SdpaBlocks(16, 16, 8),
+    (64, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8)),
+    (128, 4): SdpaBlocks(16, 16, 8),
+    (256, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8)),
 }
 
 
-def sdpa_blocks(block_d: int, block_dv: int, itemsize: int) -> SdpaBlocks:
-    """Tile sizes for every SDPA kernel, from ``SDPA_TILES`` by the wider padded head dim."""
-    return SDPA_TILES[(max(block_d, block_dv), 4 if itemsize == 4 else 2)]
+# 16-bit tiles of a typical launch (``sdpa_typical_launch``), which the gate builds at its typical
+# launches only: 64-row tiles, which sm_90 multiplies with wgmma, for the forward and dQ at d=64
+# and 128 and for dK/dV (64 key rows) at d=128. dK/dV at d=64 and 256 takes small tiles: with
+# 64 (or 32) key rows at d=64, or 32 at d=256, it spills in the typical-gqa launch.
+SDPA_TYPICAL_TILES = {
+    64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4)),
+    128: SdpaBlocks(64, 32, 4, SdpaBlocks(32, 64, 8)),
+    256: SdpaBlocks(32, 32, 4, SdpaBlocks(16, 16, 8)),
+}
+
+
+def sdpa_typical_launch(addresses, strides, sizes, mask_kind: int) -> bool:
+    """Whether a launch is typical: no mask; every tensor the caller hands in (``addresses``,
+    with its ``strides``) 16-byte aligned, with unit stride on the head dim and every other
+    stride divisible by 16; every sequence length and head dim (``sizes``) divisible by 16.
+    Triton then marks all of these divisible by 16 and folds the unit strides, as in the gate's
+    typical builds, which prove the larger tiles; every other launch takes the tiles the gate
+    proves at the worst launch."""
+    return (mask_kind == MASK_NONE and all(n % 16 == 0 for n in sizes) and all(a % 16 == 0 for a in addresses)
+            and all(st[-1] == 1 and all(x % 16 == 0 for x in st[:-1]) for st in strides))
+
+
+def sdpa_blocks(block_d: int, block_dv: int, itemsize: int, typical: bool) -> SdpaBlocks:
+    """Tile sizes for every SDPA kernel by the wider padded head dim and the storage width: the
+    larger 16-bit tiles for a typical launch (``sdpa_typical_launch``), ``SDPA_TILES`` else."""
+    head_dim = max(block_d, block_dv)
+    if typical and itemsize == 2:
+        return SDPA_TYPICAL_TILES[head_dim]
+    return SDPA_TILES[(head_dim, 4 if itemsize == 4 else 2)]
+
+
+def _launch_blocks(tensors, sizes, mask_kind: int, block_d: int, block_dv: int, itemsize: int) -> SdpaBlocks:
+    typical = sdpa_typical_launch([t.data_ptr() for t in tensors], [t.stride() for t in tensors], sizes, mask_kind)
+    return sdpa_blocks(block_d, block_dv, itemsize, typical)
 
 
 def dot_f32(x: torch.Tensor) -> bool:
@@ -611,15 +648,15 @@ def _sdpa_setup(q, k, v, attn_mask, scale):
         mask_strides = mask4.stride()
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     block_d, block_dv = padded_head_dim(q.shape[-1]), padded_head_dim(v.shape[-1])
-    blocks = sdpa_blocks(block_d, block_dv, q.element_size())
-    return q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv, blocks
+    return q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv
 
 
 def sdpa_forward(query, key, value, attn_mask=None, *, is_causal=False, scale=None, groups=1):
-    q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv, blocks = _sdpa_setup(
+    q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv = _sdpa_setup(
         query, key, value, attn_mask, scale)
     Z, H, L, E = q4.shape
     S, EV = k4.shape[2], v4.shape[3]
+    blocks = _launch_blocks((q4, k4, v4), (L, S, E, EV), mask_kind, block_d, block_dv, query.element_size())
     out = torch.empty((Z, H, L, EV), dtype=query.dtype, device=query.device)
     lse = torch.empty((Z, H, L), dtype=torch.float32, device=query.device)
     if out.numel() and S == 0:  # softmax over no keys: nothing takes part
@@ -636,12 +673,14 @@ def sdpa_forward(query, key, value, attn_mask=None, *, is_causal=False, scale=No
 
 def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, logsumexp=None, *, is_causal=False,
                   scale=None, groups=1):
-    q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv, blocks = _sdpa_setup(
+    q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv = _sdpa_setup(
         query, key, value, attn_mask, scale)
     Z, H, L, E = q4.shape
     HK, S, EV = k4.shape[1], k4.shape[2], v4.shape[3]
     o4, do4 = _heads_view(output), _heads_view(grad_output)
     lse = logsumexp.reshape(Z * H, L).to(torch.float32).contiguous()
+    blocks = _launch_blocks((q4, k4, v4, o4, do4, lse), (L, S, E, EV), mask_kind, block_d, block_dv,
+                            query.element_size())
     dq = torch.empty((Z, H, L, E), dtype=query.dtype, device=query.device)
     dk = torch.empty((Z, HK, S, E), dtype=key.dtype, device=key.device)
     dv = torch.empty((Z, HK, S, EV), dtype=value.dtype, device=value.device)
@@ -651,12 +690,13 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, l
         meta = dict(MASK_KIND=mask_kind, IS_CAUSAL=is_causal, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
                     BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_F32=dot_f32(query), num_warps=blocks.num_warps)
         grid_m = program_grid(triton.cdiv(L, blocks.block_m), Z * H)
-        grid_n = program_grid(triton.cdiv(S, blocks.block_n), Z * HK)
         sdpa_backward_delta_kernel[grid_m](o4, do4, delta, *o4.stride(), *do4.stride(), H, L, EV,
                                            BLOCK_M=blocks.block_m, BLOCK_DV=block_dv, num_warps=blocks.num_warps)
         sdpa_backward_dq_kernel[grid_m](q4, k4, v4, mask4, do4, lse, delta, dq, sm_scale, *common, **meta)
-        sdpa_backward_dkdv_kernel[grid_n](
-            q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common, **{**meta, "num_warps": blocks.dkdv_warps})
+        kv = blocks.for_dkdv()
+        sdpa_backward_dkdv_kernel[program_grid(triton.cdiv(S, kv.block_n), Z * HK)](
+            q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common,
+            **{**meta, "BLOCK_M": kv.block_m, "BLOCK_N": kv.block_n, "num_warps": kv.num_warps})
     else:  # no query rows or no keys: every gradient is an empty sum
         dq.zero_(), dk.zero_(), dv.zero_()
     return dq.reshape(query.shape), dk.reshape(key.shape), dv.reshape(value.shape)
@@ -868,10 +908,13 @@ def attention_backward(grad_context, grad_weights, query, keys, values, weights,
 # the unit strides become constants. "worst": what tells Triton the least that the dispatch lets
 # through (the ops pass any strides on): GQA groups, ragged sizes, caller tensors that are strided
 # views (odd strides) starting one element into their storage. Outputs and workspaces are always
-# the launcher's own: contiguous and aligned.
+# the launcher's own: contiguous and aligned. SDPA adds "typical-gqa": typical tensors with query
+# heads sharing key/value heads, H and GROUPS neither 1 nor divisible by 16, the typical launch
+# that tells Triton the least (its larger tiles must build for it too).
 LAUNCHES = ("typical", "worst")
 _SDPA_SHAPES = {  # (Z, H, GROUPS, L, S, head dim short of the padded one)
     "typical": (4, 16, 1, 1024, 1024, 0),
+    "typical-gqa": (4, 12, 3, 1024, 1024, 0),
     "worst": (3, 6, 3, 1023, 1001, 3),
 }
 # Encoder-decoder: batch, decoder rows, encoder positions, features (query, keys and values),
@@ -885,10 +928,11 @@ _ENC_DEC_SHAPES = {
 def _strides(shape, launch: str, caller: bool = True) -> tuple[int, ...]:
     """Strides of a tensor of ``shape``: contiguous, or (a caller's tensor in the worst launch)
     odd ones, which Triton can neither mark divisible nor fold to 1."""
-    strides, step = [], 1 if launch == "typical" or not caller else 3
+    contiguous = launch != "worst" or not caller
+    strides, step = [], 1 if contiguous else 3
     for size in reversed(shape):
         strides.append(step)
-        step = step * size if launch == "typical" or not caller else (step * size + 2) | 1
+        step = step * size if contiguous else (step * size + 2) | 1
     return tuple(reversed(strides))
 
 
@@ -909,29 +953,40 @@ def _gate_args(kernel, pointers: dict, strides: dict[str, tuple[int, ...]], valu
     return args
 
 
-def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, constexprs: dict) -> dict:
-    """The arguments ``sdpa_forward``/``sdpa_backward`` pass to ``kernel``."""
+def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, causal: bool
+               ) -> tuple[dict, SdpaBlocks]:
+    """(the arguments ``sdpa_forward``/``sdpa_backward`` pass to ``kernel``, their tiles): the
+    tiles chosen by the launcher's own rule (``sdpa_typical_launch``) from the same arguments."""
     Z, H, groups, L, S, short = _SDPA_SHAPES[launch]
     E = EV = block_d - short
-    aligned = launch == "typical"
+    aligned = launch != "worst"
+    forward = kernel is sdpa_forward_kernel
     q, kv, o = (Z, H, L, E), (Z, H // groups, S, E), (Z, H, L, EV)
     pointers = {"Q": passed(tdtype, aligned), "K": passed(tdtype, aligned), "V": passed(tdtype, aligned),
-                "DO": passed(tdtype, aligned), "LSE": passed("fp32", aligned), "O": fresh(tdtype),
-                "DELTA": fresh("fp32"), "DQ": fresh(tdtype), "DK": fresh(tdtype), "DV": fresh(tdtype)}
-    if kernel is sdpa_forward_kernel:  # the log-sum-exp is the forward's output
+                "DO": passed(tdtype, aligned), "LSE": passed("fp32", aligned), "DELTA": fresh("fp32"),
+                "DQ": fresh(tdtype), "DK": fresh(tdtype), "DV": fresh(tdtype),
+                # the forward's output and log-sum-exp; the backward's O: the forward's, from the caller
+                "O": fresh(tdtype) if forward else passed(tdtype, aligned)}
+    if forward:
         pointers["LSE"] = fresh("fp32")
-    output_passed_back = kernel is sdpa_backward_delta_kernel  # O: the forward's output, from the caller
-    if output_passed_back:
-        pointers["O"] = passed(tdtype, aligned)
     if mask_kind == MASK_NONE:  # the launcher passes q in the mask's place, with zero strides
         pointers["M"], mask_strides = pointers["Q"], (0, 0, 0, 0)
     else:
         pointers["M"] = passed("u8" if mask_kind == MASK_BOOL else tdtype, aligned)
         mask_strides = _strides((Z, H, L, S), launch)
     strides = {"sq": _strides(q, launch), "sk": _strides(kv, launch), "sv": _strides(kv, launch),
-               "sm": mask_strides, "so": _strides(o, launch, caller=output_passed_back), "sg": _strides(o, launch)}
-    values = dict(sm_scale=1.0 / math.sqrt(E), H=H, GROUPS=groups, L=L, S=S, E=E, EV=EV, **constexprs)
-    return _gate_args(kernel, pointers, strides, values)
+               "sm": mask_strides, "so": _strides(o, launch, caller=not forward), "sg": _strides(o, launch)}
+    callers = {"Q": "sq", "K": "sk", "V": "sv"} if forward else {"Q": "sq", "K": "sk", "V": "sv", "O": "so",
+                                                                  "DO": "sg", "LSE": None}
+    typical = sdpa_typical_launch([pointers[n].data_ptr() for n in callers],
+                                  [strides[p] if p else (L, 1) for p in callers.values()], (L, S, E, EV), mask_kind)
+    blocks = sdpa_blocks(block_d, block_d, TORCH_DTYPES[tdtype].itemsize, typical)
+    if kernel is sdpa_backward_dkdv_kernel:
+        blocks = blocks.for_dkdv()
+    values = dict(sm_scale=1.0 / math.sqrt(E), H=H, GROUPS=groups, L=L, S=S, E=E, EV=EV, MASK_KIND=mask_kind,
+                  IS_CAUSAL=causal, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_D=block_d,
+                  BLOCK_DV=block_d, DOT_F32=False)
+    return _gate_args(kernel, pointers, strides, values), blocks
 
 
 # fp32 storage: the dK/dV kernel keeps k, v and the dK, dV accumulators of a key tile live over
@@ -948,8 +1003,10 @@ def _known_spill(name: str, dtype: torch.dtype, block_d: int, launch: str) -> st
 
 def _sdpa_cases() -> Iterator[CompileCase]:
     """Each SDPA kernel at each (padded head dim, storage width) the launcher can pick, launched
-    three ways: typical without a mask, typical causal, and the worst launch with a mask (bool and
-    additive in turn) and causal, the heaviest code. bf16 builds fp16's tiles, at d=64 only."""
+    four ways: typical without a mask, causal and not; typical-gqa causal; and the worst launch
+    with a mask (bool and additive in turn) and causal, the heaviest code. The tiles are the
+    launcher's choice for each launch: 16-bit storage takes the larger tiles at the typical
+    launches, the smaller at the worst. bf16 builds fp16's tiles, at d=64 only."""
     kernels = (("sdpa_forward", sdpa_forward_kernel), ("sdpa_backward_dq", sdpa_backward_dq_kernel),
                ("sdpa_backward_dkdv", sdpa_backward_dkdv_kernel))
     index = 0
@@ -958,27 +1015,23 @@ def _sdpa_cases() -> Iterator[CompileCase]:
             if dtype == torch.bfloat16 and block_d != 64:  # fp16's configs; one case checks the bf16 casts
                 continue
             tdtype = TRITON_DTYPES[dtype]
-            blocks = sdpa_blocks(block_d, block_d, dtype.itemsize)
             worst_mask = (MASK_BOOL, MASK_ADD)[index % 2]
             index += 1
-            launches = (("typical", MASK_NONE, False), ("typical", MASK_NONE, True), ("worst", worst_mask, True))
+            launches = (("typical", MASK_NONE, False), ("typical", MASK_NONE, True), ("typical-gqa", MASK_NONE, True),
+                        ("worst", worst_mask, True))
             for (name, kernel), (launch, mask_kind, causal) in itertools.product(kernels, launches):
-                constexprs = dict(MASK_KIND=mask_kind, IS_CAUSAL=causal, BLOCK_M=blocks.block_m,
-                                  BLOCK_N=blocks.block_n, BLOCK_D=block_d, BLOCK_DV=block_d, DOT_F32=False)
+                args, blocks = _sdpa_args(kernel, tdtype, block_d, launch, mask_kind, causal)
                 yield CompileCase(
-                    name=name, kernel=kernel,
-                    args=_sdpa_args(kernel, tdtype, block_d, launch, mask_kind, constexprs),
-                    num_warps=blocks.dkdv_warps if kernel is sdpa_backward_dkdv_kernel else blocks.num_warps,
-                    known_spill=_known_spill(name, dtype, block_d, launch),
+                    name=name, kernel=kernel, args=args,
+                    num_warps=blocks.num_warps, known_spill=_known_spill(name, dtype, block_d, launch),
                     tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m),
                           "block_n": str(blocks.block_n), "mask": ("none", "bool", "add")[mask_kind],
                           "causal": str(causal), "launch": launch})
             if dtype != torch.bfloat16:
                 for launch in LAUNCHES:
+                    args, blocks = _sdpa_args(sdpa_backward_delta_kernel, tdtype, block_d, launch, MASK_NONE, False)
                     yield CompileCase(
-                        name="sdpa_backward_delta", kernel=sdpa_backward_delta_kernel,
-                        args=_sdpa_args(sdpa_backward_delta_kernel, tdtype, block_d, launch, MASK_NONE,
-                                        {"BLOCK_M": blocks.block_m, "BLOCK_DV": block_d}),
+                        name="sdpa_backward_delta", kernel=sdpa_backward_delta_kernel, args=args,
                         num_warps=blocks.num_warps,
                         tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m), "launch": launch})
 
