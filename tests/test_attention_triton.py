@@ -3,6 +3,7 @@ tensors here, on the GPU where there is one (same tests). Outputs are NaN-poison
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -87,6 +88,9 @@ SDPA_SHAPES = [
     ("B2-Hq4-Hk2-L53-S37-D16-causal-gqa", 2, 4, 2, 53, 37, 16, 16, None, None, True),
     ("B1-H2-L19-S67-D32-causal", 1, 2, 2, 19, 67, 32, 32, None, None, True),
     ("B1-Hq3-Hk1-L1-S1-D16-gqa", 1, 3, 1, 1, 1, 16, 16, None, None, False),
+    # a typical launch (contiguous, lengths and head dims divisible by 16): the larger tiles,
+    # two 64-row query tiles and a part key tile
+    ("B1-Hq4-Hk2-L128-S80-D64-causal-gqa-typical", 1, 4, 2, 128, 80, 64, 64, None, None, True),
 ]
 SDPA_CASES = [pytest.param(*case[1:], dtype, id=f"{case[0]}-{SHORT[dtype]}")
               for case in SDPA_SHAPES for dtype in DTYPES]
@@ -442,20 +446,46 @@ def test_encoder_decoder_non_contiguous_inputs(rng):
 
 
 def test_compile_gate_covers_every_sdpa_tile_config():
-    """Each (padded head dim, storage dtype) the launcher can meet maps to tiles the gate compiles."""
+    """Each (padded head dim, storage dtype, launch class) the launcher can meet maps to tiles
+    the gate compiles at a launch of that class: the typical tiles at typical launches, the
+    others at the worst."""
     from gpukernels.triton import attention as tri
 
-    compiled = {(c.name, c.tags["d"], c.tags["block_m"], c.tags.get("block_n"), c.num_warps)
-                for c in tri.compile_cases() if c.name.startswith("sdpa")}
-    for head_dim in range(1, 257):
+    compiled = {(c.name, c.tags["d"], c.tags["launch"] != "worst", c.tags["block_m"], c.tags.get("block_n"),
+                 c.num_warps) for c in tri.compile_cases() if c.name.startswith("sdpa")}
+    for head_dim, typical in itertools.product(range(1, 257), (False, True)):
         block_d = tri.padded_head_dim(head_dim)
         assert block_d in tri.HEAD_DIMS
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            blocks = tri.sdpa_blocks(block_d, block_d, dtype.itemsize)
+            blocks = tri.sdpa_blocks(block_d, block_d, dtype.itemsize, typical)
             for kernel in ("sdpa_forward", "sdpa_backward_dq", "sdpa_backward_dkdv"):
-                key = (kernel, str(block_d), str(blocks.block_m), str(blocks.block_n), blocks.num_warps)
+                tiles = blocks.for_dkdv() if kernel == "sdpa_backward_dkdv" else blocks
+                key = (kernel, str(block_d), typical, str(tiles.block_m), str(tiles.block_n), tiles.num_warps)
                 assert key in compiled, key
-            assert ("sdpa_backward_delta", str(block_d), str(blocks.block_m), None, blocks.num_warps) in compiled
+            assert ("sdpa_backward_delta", str(block_d), typical, str(blocks.block_m), None,
+                    blocks.num_warps) in compiled
+
+
+def test_sdpa_takes_the_larger_tiles_only_for_typical_launches():
+    """Contiguous, 16-byte-aligned q/k/v (and o, dO, lse), lengths and head dims divisible by
+    16, no mask: the typical tiles; any one of those broken: the tiles proven at the worst launch."""
+    from gpukernels.triton import attention as tri
+
+    def blocks(tensors, sizes=(64, 48, 64, 64), mask_kind=tri.MASK_NONE, itemsize=2):
+        return tri._launch_blocks(tensors, sizes, mask_kind, 64, 64, itemsize)
+
+    q = torch.empty((2, 3, 64, 64), dtype=torch.float16)
+    big, small = tri.SDPA_TYPICAL_TILES[64], tri.SDPA_TILES[(64, 2)]
+    assert big.block_m == 64 and small.block_m < 64
+    assert blocks((q, q, q)) == big
+    assert blocks((q, q, q), (64, 40, 64, 64)) == small  # a ragged key length
+    assert blocks((q, q, q), mask_kind=tri.MASK_BOOL) == small
+    offset = torch.empty(q.numel() + 1, dtype=torch.float16)[1:].view(q.shape)  # one element into its storage
+    assert blocks((q, offset, q)) == small
+    assert blocks((q, q, q.transpose(2, 3))) == small  # head dim not the unit stride
+    padded = torch.empty((2, 3, 64, 72), dtype=torch.float16)[..., :64]  # rows 72 elements apart
+    assert blocks((q, q, padded)) == small
+    assert blocks((q, q, q), itemsize=4) == tri.SDPA_TILES[(64, 4)]
 
 
 def test_compile_gate_covers_every_kernel_and_encoder_decoder_tile():
@@ -467,14 +497,19 @@ def test_compile_gate_covers_every_kernel_and_encoder_decoder_tile():
     kernels = {name for name in dir(tri) if name.endswith("_kernel")}
     assert kernels == {c.kernel.__name__ for c in cases}
     enc_dec = {c.kernel.__name__ for c in cases if not c.name.startswith(("sdpa", "attention_projection"))}
-    for query_rows in range(1, 40):
-        block_m = str(tri.enc_dec_blocks(query_rows).block_m)
-        for kernel in enc_dec:
-            assert any(c.kernel.__name__ == kernel and c.tags["block_m"] == block_m for c in cases), (kernel, block_m)
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+    for query_rows, kernel, launch, dtype in itertools.product(range(1, 40), enc_dec, tri.LAUNCHES, tri._ENC_DEC_DTYPES):
+        blocks = tri.enc_dec_blocks(query_rows)
+        assert any(c.kernel.__name__ == kernel and c.tags["launch"] == launch and c.tags["dtype"] == dtype
+                   and c.args["BLOCK_M"] == blocks.block_m and c.args["BLOCK_N"] == blocks.block_n
+                   and c.num_warps == blocks.num_warps for c in cases), (kernel, query_rows, launch, dtype)
+    scores = {(c.tags["kind"], c.tags["out"], c.tags["mask"], c.tags["block_m"], c.tags["launch"])
+              for c in cases if c.name == "attention_scores"}
+    assert len(scores) == 3 * 3 * 2 * 2  # every kind and output, at each row tile and launch
+    for dtype, launch in itertools.product((torch.float16, torch.bfloat16, torch.float32), tri.LAUNCHES):
         blocks = tri.projection_blocks(dtype.itemsize)
         assert any(c.name == "attention_projection" and c.tags["dtype"] == tri.TRITON_DTYPES[dtype]
-                   and c.constexprs["BLOCK_M"] == blocks.block_m and c.num_warps == blocks.num_warps for c in cases)
+                   and c.tags["launch"] == launch and c.args["BLOCK_M"] == blocks.block_m
+                   and c.args["BLOCK_K"] == blocks.block_k and c.num_warps == blocks.num_warps for c in cases)
 
 
 @pytest.mark.parametrize("Tq", [1, 20])

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import triton_interpreting
-from ._launch import CompileCase, TRITON_DTYPES, check_dtype, fresh, passed
+from ._launch import TORCH_DTYPES, TRITON_DTYPES, CompileCase, TensorArg, check_dtype, fresh, passed
 
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
 
@@ -540,6 +540,13 @@ class SdpaBlocks(NamedTuple):
     block_m: int
     block_n: int
     num_warps: int
+    # The dK/dV kernel's own tiles where they differ: it holds k, v and two accumulators of a key
+    # tile over its loop, more than the others hold. Its tiles are its own business: each kernel
+    # reads only the row statistics, which no tile shapes.
+    dkdv: SdpaBlocks | None = None
+
+    def for_dkdv(self) -> SdpaBlocks:
+        return self.dkdv or self
 
 
 # Padded head dims the SDPA kernels are built for. Heads below 64 pad to 64: real models use
@@ -557,21 +564,54 @@ def padded_head_dim(n: int) -> int:
 # dispatch can send (GQA, a mask, causal, strided views one element into their storage). 64-row
 # tiles, which sm_90's wgmma needs, spill in that launch (the dK/dV kernel most), so the 16-bit
 # tiles have 32 rows and multiply with mma.sync. fp32 storage multiplies in full fp32 on the FMA
-# units, whose operand layouts take many more registers: the smallest tiles there, and the dK/dV
-# kernel still spills at d >= 128 (see compile_cases).
+# units, whose operand layouts take many more registers: the smallest tiles there, the dK/dV
+# kernel over 8 warps (over 4 it spills at d=64) and the others over 4 at d=64 and 256 (over 8,
+# ptxas holds them to 64 registers on sm_80 and they spill); the dK/dV kernel still spills at
+# d >= 128 (see compile_cases).
 SDPA_TILES = {
     (64, 2): SdpaBlocks(32, 32, 4),
     (128, 2): SdpaBlocks(32, 32, 8),
     (256, 2): SdpaBlocks(16, 16, 8),
-    (64, 4): SdpaBlocks(16, 16, 8),
+    (64, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8)),
     (128, 4): SdpaBlocks(16, 16, 8),
-    (256, 4): SdpaBlocks(16, 16, 8),
+    (256, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8)),
 }
 
 
-def sdpa_blocks(block_d: int, block_dv: int, itemsize: int) -> SdpaBlocks:
-    """Tile sizes for every SDPA kernel, from ``SDPA_TILES`` by the wider padded head dim."""
-    return SDPA_TILES[(max(block_d, block_dv), 4 if itemsize == 4 else 2)]
+# 16-bit tiles of a typical launch (``sdpa_typical_launch``), which the gate builds at its typical
+# launches only: 64-row tiles, which sm_90 multiplies with wgmma, for the forward and dQ at d=64
+# and 128 and for dK/dV (64 key rows) at d=128. dK/dV at d=64 and 256 takes small tiles: with
+# 64 (or 32) key rows at d=64, or 32 at d=256, it spills in the typical-gqa launch.
+SDPA_TYPICAL_TILES = {
+    64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4)),
+    128: SdpaBlocks(64, 32, 4, SdpaBlocks(32, 64, 8)),
+    256: SdpaBlocks(32, 32, 4, SdpaBlocks(16, 16, 8)),
+}
+
+
+def sdpa_typical_launch(addresses, strides, sizes, mask_kind: int) -> bool:
+    """Whether a launch is typical: no mask; every tensor the caller hands in (``addresses``,
+    with its ``strides``) 16-byte aligned, with unit stride on the head dim and every other
+    stride divisible by 16; every sequence length and head dim (``sizes``) divisible by 16.
+    Triton then marks all of these divisible by 16 and folds the unit strides, as in the gate's
+    typical builds, which prove the larger tiles; every other launch takes the tiles the gate
+    proves at the worst launch."""
+    return (mask_kind == MASK_NONE and all(n % 16 == 0 for n in sizes) and all(a % 16 == 0 for a in addresses)
+            and all(st[-1] == 1 and all(x % 16 == 0 for x in st[:-1]) for st in strides))
+
+
+def sdpa_blocks(block_d: int, block_dv: int, itemsize: int, typical: bool) -> SdpaBlocks:
+    """Tile sizes for every SDPA kernel by the wider padded head dim and the storage width: the
+    larger 16-bit tiles for a typical launch (``sdpa_typical_launch``), ``SDPA_TILES`` else."""
+    head_dim = max(block_d, block_dv)
+    if typical and itemsize == 2:
+        return SDPA_TYPICAL_TILES[head_dim]
+    return SDPA_TILES[(head_dim, 4 if itemsize == 4 else 2)]
+
+
+def _launch_blocks(tensors, sizes, mask_kind: int, block_d: int, block_dv: int, itemsize: int) -> SdpaBlocks:
+    typical = sdpa_typical_launch([t.data_ptr() for t in tensors], [t.stride() for t in tensors], sizes, mask_kind)
+    return sdpa_blocks(block_d, block_dv, itemsize, typical)
 
 
 def dot_f32(x: torch.Tensor) -> bool:
@@ -608,15 +648,15 @@ def _sdpa_setup(q, k, v, attn_mask, scale):
         mask_strides = mask4.stride()
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     block_d, block_dv = padded_head_dim(q.shape[-1]), padded_head_dim(v.shape[-1])
-    blocks = sdpa_blocks(block_d, block_dv, q.element_size())
-    return q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv, blocks
+    return q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv
 
 
 def sdpa_forward(query, key, value, attn_mask=None, *, is_causal=False, scale=None, groups=1):
-    q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv, blocks = _sdpa_setup(
+    q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv = _sdpa_setup(
         query, key, value, attn_mask, scale)
     Z, H, L, E = q4.shape
     S, EV = k4.shape[2], v4.shape[3]
+    blocks = _launch_blocks((q4, k4, v4), (L, S, E, EV), mask_kind, block_d, block_dv, query.element_size())
     out = torch.empty((Z, H, L, EV), dtype=query.dtype, device=query.device)
     lse = torch.empty((Z, H, L), dtype=torch.float32, device=query.device)
     if out.numel() and S == 0:  # softmax over no keys: nothing takes part
@@ -633,12 +673,14 @@ def sdpa_forward(query, key, value, attn_mask=None, *, is_causal=False, scale=No
 
 def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, logsumexp=None, *, is_causal=False,
                   scale=None, groups=1):
-    q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv, blocks = _sdpa_setup(
+    q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv = _sdpa_setup(
         query, key, value, attn_mask, scale)
     Z, H, L, E = q4.shape
     HK, S, EV = k4.shape[1], k4.shape[2], v4.shape[3]
     o4, do4 = _heads_view(output), _heads_view(grad_output)
     lse = logsumexp.reshape(Z * H, L).to(torch.float32).contiguous()
+    blocks = _launch_blocks((q4, k4, v4, o4, do4, lse), (L, S, E, EV), mask_kind, block_d, block_dv,
+                            query.element_size())
     dq = torch.empty((Z, H, L, E), dtype=query.dtype, device=query.device)
     dk = torch.empty((Z, HK, S, E), dtype=key.dtype, device=key.device)
     dv = torch.empty((Z, HK, S, EV), dtype=value.dtype, device=value.device)
@@ -648,12 +690,13 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, l
         meta = dict(MASK_KIND=mask_kind, IS_CAUSAL=is_causal, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
                     BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_F32=dot_f32(query), num_warps=blocks.num_warps)
         grid_m = program_grid(triton.cdiv(L, blocks.block_m), Z * H)
-        grid_n = program_grid(triton.cdiv(S, blocks.block_n), Z * HK)
         sdpa_backward_delta_kernel[grid_m](o4, do4, delta, *o4.stride(), *do4.stride(), H, L, EV,
                                            BLOCK_M=blocks.block_m, BLOCK_DV=block_dv, num_warps=blocks.num_warps)
         sdpa_backward_dq_kernel[grid_m](q4, k4, v4, mask4, do4, lse, delta, dq, sm_scale, *common, **meta)
-        sdpa_backward_dkdv_kernel[grid_n](
-            q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common, **meta)
+        kv = blocks.for_dkdv()
+        sdpa_backward_dkdv_kernel[program_grid(triton.cdiv(S, kv.block_n), Z * HK)](
+            q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common,
+            **{**meta, "BLOCK_M": kv.block_m, "BLOCK_N": kv.block_n, "num_warps": kv.num_warps})
     else:  # no query rows or no keys: every gradient is an empty sum
         dq.zero_(), dk.zero_(), dv.zero_()
     return dq.reshape(query.shape), dk.reshape(key.shape), dv.reshape(value.shape)
@@ -697,8 +740,9 @@ class ProjectionBlocks(NamedTuple):
 
 def projection_blocks(itemsize: int) -> ProjectionBlocks:
     """128 x 64 tensor-core tiles for 16-bit storage (~120 registers at launch specialisation,
-    no spill even with unknown strides); fp32 (full-precision FMA products) takes 64 x 64."""
-    return ProjectionBlocks(128, 64, 32, 4) if itemsize == 2 else ProjectionBlocks(64, 64, 16, 4)
+    no spill even with unknown strides); fp32 (full-precision FMA products) takes 64 x 64 over
+    8 warps: over 4 it spills 16 bytes on sm_80 with strided, unaligned inputs."""
+    return ProjectionBlocks(128, 64, 32, 4) if itemsize == 2 else ProjectionBlocks(64, 64, 16, 8)
 
 
 def _project(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -864,30 +908,31 @@ def attention_backward(grad_context, grad_weights, query, keys, values, weights,
 # the unit strides become constants. "worst": what tells Triton the least that the dispatch lets
 # through (the ops pass any strides on): GQA groups, ragged sizes, caller tensors that are strided
 # views (odd strides) starting one element into their storage. Outputs and workspaces are always
-# the launcher's own: contiguous and aligned.
+# the launcher's own: contiguous and aligned. SDPA adds "typical-gqa": typical tensors with query
+# heads sharing key/value heads, H and GROUPS neither 1 nor divisible by 16, the typical launch
+# that tells Triton the least (its larger tiles must build for it too).
 LAUNCHES = ("typical", "worst")
 _SDPA_SHAPES = {  # (Z, H, GROUPS, L, S, head dim short of the padded one)
     "typical": (4, 16, 1, 1024, 1024, 0),
+    "typical-gqa": (4, 12, 3, 1024, 1024, 0),
     "worst": (3, 6, 3, 1023, 1001, 3),
 }
-_ENC_DEC_SHAPES = {  # (B, Tq, Tk, features, value features)
-    "typical": (64, 32, 1024, 512, 512),
-    "worst": (37, 31, 1001, 509, 509),
+# Encoder-decoder: batch, decoder rows, encoder positions, features (query, keys and values),
+# attention size A. A decoder step (one row) takes its own tile, so each launch also runs at Tq=1.
+_ENC_DEC_SHAPES = {
+    "typical": dict(B=64, Tq=32, Tk=1024, D=512, A=256),
+    "worst": dict(B=37, Tq=31, Tk=1001, D=509, A=253),
 }
-
-_CONSTEXPRS = ("MASK_KIND", "IS_CAUSAL", "BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "BLOCK_F", "BLOCK_K", "DOT_F32",
-               "KIND", "HAS_DW", "FOR_KEYS")
-_INTS = ("H", "GROUPS", "L", "S", "E", "EV", "F", "Tq", "Tk", "Dv")
-_FP32_POINTERS = ("LSE", "DELTA")
 
 
 def _strides(shape, launch: str, caller: bool = True) -> tuple[int, ...]:
     """Strides of a tensor of ``shape``: contiguous, or (a caller's tensor in the worst launch)
     odd ones, which Triton can neither mark divisible nor fold to 1."""
-    strides, step = [], 1 if launch == "typical" or not caller else 3
+    contiguous = launch != "worst" or not caller
+    strides, step = [], 1 if contiguous else 3
     for size in reversed(shape):
         strides.append(step)
-        step = step * size if launch == "typical" or not caller else (step * size + 2) | 1
+        step = step * size if contiguous else (step * size + 2) | 1
     return tuple(reversed(strides))
 
 
@@ -908,29 +953,40 @@ def _gate_args(kernel, pointers: dict, strides: dict[str, tuple[int, ...]], valu
     return args
 
 
-def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, constexprs: dict) -> dict:
-    """The arguments ``sdpa_forward``/``sdpa_backward`` pass to ``kernel``."""
+def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, causal: bool
+               ) -> tuple[dict, SdpaBlocks]:
+    """(the arguments ``sdpa_forward``/``sdpa_backward`` pass to ``kernel``, their tiles): the
+    tiles chosen by the launcher's own rule (``sdpa_typical_launch``) from the same arguments."""
     Z, H, groups, L, S, short = _SDPA_SHAPES[launch]
     E = EV = block_d - short
-    aligned = launch == "typical"
+    aligned = launch != "worst"
+    forward = kernel is sdpa_forward_kernel
     q, kv, o = (Z, H, L, E), (Z, H // groups, S, E), (Z, H, L, EV)
     pointers = {"Q": passed(tdtype, aligned), "K": passed(tdtype, aligned), "V": passed(tdtype, aligned),
-                "DO": passed(tdtype, aligned), "LSE": passed("fp32", aligned), "O": fresh(tdtype),
-                "DELTA": fresh("fp32"), "DQ": fresh(tdtype), "DK": fresh(tdtype), "DV": fresh(tdtype)}
-    if kernel is sdpa_forward_kernel:  # the log-sum-exp is the forward's output
+                "DO": passed(tdtype, aligned), "LSE": passed("fp32", aligned), "DELTA": fresh("fp32"),
+                "DQ": fresh(tdtype), "DK": fresh(tdtype), "DV": fresh(tdtype),
+                # the forward's output and log-sum-exp; the backward's O: the forward's, from the caller
+                "O": fresh(tdtype) if forward else passed(tdtype, aligned)}
+    if forward:
         pointers["LSE"] = fresh("fp32")
-    output_passed_back = kernel is sdpa_backward_delta_kernel  # O: the forward's output, from the caller
-    if output_passed_back:
-        pointers["O"] = passed(tdtype, aligned)
     if mask_kind == MASK_NONE:  # the launcher passes q in the mask's place, with zero strides
         pointers["M"], mask_strides = pointers["Q"], (0, 0, 0, 0)
     else:
         pointers["M"] = passed("u8" if mask_kind == MASK_BOOL else tdtype, aligned)
         mask_strides = _strides((Z, H, L, S), launch)
     strides = {"sq": _strides(q, launch), "sk": _strides(kv, launch), "sv": _strides(kv, launch),
-               "sm": mask_strides, "so": _strides(o, launch, caller=output_passed_back), "sg": _strides(o, launch)}
-    values = dict(sm_scale=1.0 / math.sqrt(E), H=H, GROUPS=groups, L=L, S=S, E=E, EV=EV, **constexprs)
-    return _gate_args(kernel, pointers, strides, values)
+               "sm": mask_strides, "so": _strides(o, launch, caller=not forward), "sg": _strides(o, launch)}
+    callers = {"Q": "sq", "K": "sk", "V": "sv"} if forward else {"Q": "sq", "K": "sk", "V": "sv", "O": "so",
+                                                                  "DO": "sg", "LSE": None}
+    typical = sdpa_typical_launch([pointers[n].data_ptr() for n in callers],
+                                  [strides[p] if p else (L, 1) for p in callers.values()], (L, S, E, EV), mask_kind)
+    blocks = sdpa_blocks(block_d, block_d, TORCH_DTYPES[tdtype].itemsize, typical)
+    if kernel is sdpa_backward_dkdv_kernel:
+        blocks = blocks.for_dkdv()
+    values = dict(sm_scale=1.0 / math.sqrt(E), H=H, GROUPS=groups, L=L, S=S, E=E, EV=EV, MASK_KIND=mask_kind,
+                  IS_CAUSAL=causal, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_D=block_d,
+                  BLOCK_DV=block_d, DOT_F32=False)
+    return _gate_args(kernel, pointers, strides, values), blocks
 
 
 # fp32 storage: the dK/dV kernel keeps k, v and the dK, dV accumulators of a key tile live over
@@ -947,8 +1003,10 @@ def _known_spill(name: str, dtype: torch.dtype, block_d: int, launch: str) -> st
 
 def _sdpa_cases() -> Iterator[CompileCase]:
     """Each SDPA kernel at each (padded head dim, storage width) the launcher can pick, launched
-    three ways: typical without a mask, typical causal, and the worst launch with a mask (bool and
-    additive in turn) and causal, the heaviest code. bf16 builds fp16's tiles, at d=64 only."""
+    four ways: typical without a mask, causal and not; typical-gqa causal; and the worst launch
+    with a mask (bool and additive in turn) and causal, the heaviest code. The tiles are the
+    launcher's choice for each launch: 16-bit storage takes the larger tiles at the typical
+    launches, the smaller at the worst. bf16 builds fp16's tiles, at d=64 only."""
     kernels = (("sdpa_forward", sdpa_forward_kernel), ("sdpa_backward_dq", sdpa_backward_dq_kernel),
                ("sdpa_backward_dkdv", sdpa_backward_dkdv_kernel))
     index = 0
@@ -957,136 +1015,199 @@ def _sdpa_cases() -> Iterator[CompileCase]:
             if dtype == torch.bfloat16 and block_d != 64:  # fp16's configs; one case checks the bf16 casts
                 continue
             tdtype = TRITON_DTYPES[dtype]
-            blocks = sdpa_blocks(block_d, block_d, dtype.itemsize)
             worst_mask = (MASK_BOOL, MASK_ADD)[index % 2]
             index += 1
-            launches = (("typical", MASK_NONE, False), ("typical", MASK_NONE, True), ("worst", worst_mask, True))
+            launches = (("typical", MASK_NONE, False), ("typical", MASK_NONE, True), ("typical-gqa", MASK_NONE, True),
+                        ("worst", worst_mask, True))
             for (name, kernel), (launch, mask_kind, causal) in itertools.product(kernels, launches):
-                constexprs = dict(MASK_KIND=mask_kind, IS_CAUSAL=causal, BLOCK_M=blocks.block_m,
-                                  BLOCK_N=blocks.block_n, BLOCK_D=block_d, BLOCK_DV=block_d, DOT_F32=False)
+                args, blocks = _sdpa_args(kernel, tdtype, block_d, launch, mask_kind, causal)
                 yield CompileCase(
-                    name=name, kernel=kernel,
-                    args=_sdpa_args(kernel, tdtype, block_d, launch, mask_kind, constexprs),
+                    name=name, kernel=kernel, args=args,
                     num_warps=blocks.num_warps, known_spill=_known_spill(name, dtype, block_d, launch),
                     tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m),
                           "block_n": str(blocks.block_n), "mask": ("none", "bool", "add")[mask_kind],
                           "causal": str(causal), "launch": launch})
             if dtype != torch.bfloat16:
                 for launch in LAUNCHES:
+                    args, blocks = _sdpa_args(sdpa_backward_delta_kernel, tdtype, block_d, launch, MASK_NONE, False)
                     yield CompileCase(
-                        name="sdpa_backward_delta", kernel=sdpa_backward_delta_kernel,
-                        args=_sdpa_args(sdpa_backward_delta_kernel, tdtype, block_d, launch, MASK_NONE,
-                                        {"BLOCK_M": blocks.block_m, "BLOCK_DV": block_d}),
+                        name="sdpa_backward_delta", kernel=sdpa_backward_delta_kernel, args=args,
                         num_warps=blocks.num_warps,
                         tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m), "launch": launch})
 
 
-def _enc_dec_forward_args(kind: str, tdtype: str, mode: int, mask_kind: int, launch: str, constexprs: dict) -> dict:
-    """The arguments ``_enc_dec_launch`` passes: query and keys as the caller hands them for dot
-    scores, the fp32 projections it computes itself (general: the query side; additive: both)."""
-    B, Tq, Tk, F, Dv = _ENC_DEC_SHAPES[launch]
-    aligned = launch == "typical"
-    caller_q, caller_k = kind in ("dot", "scaled_dot"), kind != "additive"
-    q_dtype, k_dtype = (tdtype if caller_q else "fp32"), (tdtype if caller_k else "fp32")
-    pointers = {"QP": passed(q_dtype, aligned) if caller_q else fresh(q_dtype),
-                "KP": passed(k_dtype, aligned) if caller_k else fresh(k_dtype),
-                # additive: the caller's v (fp32 passes through); dot kinds: a zero the launcher makes
-                "VA": passed("fp32", aligned) if kind == "additive" else fresh("fp32"),
-                "W": fresh(tdtype), "CTX": fresh(tdtype)}
-    strides = {"sq": _strides((B, Tq, F), launch, caller_q), "sk": _strides((B, Tk, F), launch, caller_k),
-               "sw": _strides((B, Tq, Tk), launch, caller=False)}
-    if mode == MODE_ATTENTION:
-        pointers["VAL"] = passed(tdtype, aligned)
-        strides.update(sv=_strides((B, Tk, Dv), launch), sc=_strides((B, Tq, Dv), launch, caller=False))
-    else:  # no values: the scores stand in for them and the context, and Dv is 0
-        pointers["VAL"] = pointers["CTX"] = pointers["W"]
-        strides.update(sv=strides["sw"], sc=strides["sw"])
-        Dv = 0
-    if mask_kind == MASK_BOOL:  # a (B, Tk) mask repeats over the rows: row stride 0
-        pointers["M"] = passed("u8", aligned)
-        batch, key = _strides((B, Tk), launch)
-        strides["sm"] = (batch, 0, key)
+class _Tensor(NamedTuple):
+    arg: TensorArg
+    strides: tuple[int, ...]
+
+
+def _callers(dtype: str, shape, launch: str) -> _Tensor:
+    """A tensor the caller hands the op: contiguous and aligned in the typical launch, a strided
+    view one element into its storage in the worst (the ops pass views on as they are)."""
+    return _Tensor(passed(dtype, launch == "typical"), _strides(shape, launch))
+
+
+def _launchers(dtype: str, shape) -> _Tensor:
+    """A tensor the launcher allocates (``torch.empty``): contiguous and aligned."""
+    return _Tensor(fresh(dtype), _strides(shape, "typical"))
+
+
+def _enc_dec_args(kernel, tensors: dict[str, _Tensor], values: dict) -> dict:
+    """``_gate_args`` for tensors given as (pointer, strides), stride prefix ``s`` + the
+    pointer's first letter, lower case (QP: sq, DE: sd, CTX: sc, ...)."""
+    pointers = {name: t.arg for name, t in tensors.items()}
+    strides = {"s" + name[0].lower(): t.strides for name, t in tensors.items()}
+    return _gate_args(kernel, pointers, strides, values)
+
+
+def _projection_args(tdtype: str, launch: str, w_layout: str) -> tuple[dict, ProjectionBlocks]:
+    """What ``_project(x, w)`` passes. ``rows``: w is a caller's (N, D) parameter, as ``w_keys``
+    projecting the keys (additive); ``transposed``: w is ``weight.T`` (general), projecting the
+    query, so its unit stride is the row one. x is the caller's (B, T, D) tensor merged to 2-D
+    (a view whenever its strides allow; in the worst launch a mergeable view with odd strides)."""
+    s = _ENC_DEC_SHAPES[launch]
+    blocks = projection_blocks(TORCH_DTYPES[tdtype].itemsize)
+    if w_layout == "rows":
+        rows, depth, cols = s["B"] * s["Tk"], s["D"], s["A"]
+        w = _callers(tdtype, (cols, depth), launch)
     else:
-        pointers["M"], strides["sm"] = pointers["W"], (0, 0, 0)
-    values = dict(sm_scale=1.0 / math.sqrt(F) if kind == "scaled_dot" else 1.0, Tq=Tq, Tk=Tk, F=F, Dv=Dv,
-                  **constexprs)
-    return _gate_args(attention_forward_kernel, pointers, strides, values)
+        rows, depth, cols = s["B"] * s["Tq"], s["D"], s["D"]
+        weight = _callers(tdtype, (depth, cols), launch)
+        w = _Tensor(weight.arg, weight.strides[::-1])
+    x = _callers(tdtype, (rows, depth), launch)
+    pointers = {"X": x.arg, "W": w.arg, "Y": fresh("fp32")}
+    strides = {"sx": x.strides, "sw": w.strides}
+    values = dict(n_rows=rows, n_cols=cols, depth=depth, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+                  BLOCK_K=blocks.block_k, DOT_F32=False)
+    return _gate_args(projection_kernel, pointers, strides, values), blocks
 
 
-def _enc_dec_backward_args(kernel, tdtype: str, launch: str, constexprs: dict) -> dict:
-    B, Tq, Tk, F, Dv = _ENC_DEC_SHAPES[launch]
-    aligned = launch == "typical"
-    if kernel is attention_backward_scores_kernel:  # the caller's weights, gradients and values
-        pointers = {"W": passed(tdtype, aligned), "DCTX": passed(tdtype, aligned), "VAL": passed(tdtype, aligned),
-                    "DE": fresh("fp32")}
-        pointers["DW"] = passed(tdtype, aligned) if constexprs["HAS_DW"] else pointers["W"]
-        strides = {"sw": _strides((B, Tq, Tk), launch), "sg": _strides((B, Tq, Tk), launch),
-                   "sc": _strides((B, Tq, Dv), launch), "sv": _strides((B, Tk, Dv), launch)}
-        return _gate_args(kernel, pointers, strides, dict(Tq=Tq, Tk=Tk, Dv=Dv, **constexprs))
-    # additive backward: everything is the launcher's own fp32 (projections, dE, partial sums)
-    pointers = {name: fresh("fp32") for name in ("QP", "KP", "VA", "DE", "DQA", "DKB", "DVA")}
-    strides = {"sq": _strides((B, Tq, F), launch, caller=False), "sk": _strides((B, Tk, F), launch, caller=False)}
-    n_blocks = triton.cdiv(Tq, enc_dec_blocks("additive").block_m)
-    return _gate_args(kernel, pointers, strides, dict(Tq=Tq, Tk=Tk, F=F, n_blocks=n_blocks, **constexprs))
+def _scores_args(kind: str, tdtype: str, launch: str, Tq: int, blocks: EncDecBlocks, out: str, masked: bool) -> dict:
+    """What ``_launch_scores`` passes: the caller's query and keys for dot scores (keys also in
+    VA's place, unread), the launcher's fp32 projections for general (the query side) and
+    additive (both, with the caller's v); scores into ``attention``'s fp32 scratch or into
+    ``attention_scores``' output (never masked). The mask is the caller's bool tensor as bytes:
+    (B, Tk), repeated over rows with stride 0, in the typical launch, a (B, Tq, Tk) view in the
+    worst; no mask passes the output with zero strides."""
+    s = _ENC_DEC_SHAPES[launch]
+    B, Tk, D, A = s["B"], s["Tk"], s["D"], s["A"]
+    if kind == "additive":
+        qp, kp = _launchers("fp32", (B, Tq, A)), _launchers("fp32", (B, Tk, A))
+        va, features, kind_code = passed(tdtype, launch == "typical"), A, KIND_ADDITIVE
+    else:
+        qp = _launchers("fp32", (B, Tq, D)) if kind == "general" else _callers(tdtype, (B, Tq, D), launch)
+        kp = _callers(tdtype, (B, Tk, D), launch)
+        va, features, kind_code = kp.arg, D, KIND_DOT
+    sc = _launchers("fp32" if out == "scratch" else tdtype, (B, Tq, Tk))
+    if not masked:
+        mask = _Tensor(sc.arg, (0, 0, 0))
+    elif launch == "typical":
+        batch, key = _strides((B, Tk), launch)
+        mask = _Tensor(passed("u8", True), (batch, 0, key))
+    else:
+        mask = _callers("u8", (B, Tq, Tk), launch)
+    tensors = {"QP": qp, "KP": kp, "M": mask, "SC": sc}
+    values = dict(VA=va, sm_scale=1.0 / math.sqrt(D) if kind == "dot" else 1.0, Tq=Tq, Tk=Tk, F=features,
+                  KIND=kind_code, MASK_KIND=MASK_BOOL if masked else MASK_NONE, BLOCK_M=blocks.block_m,
+                  BLOCK_N=blocks.block_n, BLOCK_F=score_block_f(blocks, kind_code))
+    return _enc_dec_args(enc_dec_scores_kernel, tensors, values)
 
 
-def _enc_dec_case(name, kernel, tdtype, pointers: dict[str, str], constexprs, blocks, tags) -> CompileCase:
-    """One encoder-decoder case: ``pointers`` overrides the element types of the pointers whose
-    dtype is not the storage dtype (fp32 projections, scratch and partial sums)."""
-    signature = _signature(kernel, tdtype)
-    signature.update({arg: f"*{t}" for arg, t in pointers.items()})
-    divisible = tuple(n for n in kernel.arg_names if signature[n].startswith("*") and n != "M")
-    return CompileCase(name=name, kernel=kernel, signature=signature, constexprs=constexprs,
-                       num_warps=blocks.num_warps, divisible=divisible,
-                       tags={"dtype": tdtype, "block_m": str(blocks.block_m), **tags})
+def _softmax_context_args(tdtype: str, launch: str, Tq: int, blocks: EncDecBlocks) -> dict:
+    """What ``attention_forward`` passes: its fp32 scores, the caller's values, its weights and
+    context."""
+    s = _ENC_DEC_SHAPES[launch]
+    B, Tk, Dv = s["B"], s["Tk"], s["D"]
+    tensors = {"SC": _launchers("fp32", (B, Tq, Tk)), "VAL": _callers(tdtype, (B, Tk, Dv), launch),
+               "W": _launchers(tdtype, (B, Tq, Tk)), "CTX": _launchers(tdtype, (B, Tq, Dv))}
+    values = dict(Tq=Tq, Tk=Tk, Dv=Dv, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_DV=blocks.block_dv,
+                  DOT_F32=False)
+    return _enc_dec_args(enc_dec_softmax_context_kernel, tensors, values)
+
+
+def _backward_args(kernel, tdtype: str, launch: str, Tq: int, blocks: EncDecBlocks, has_dw: bool = False) -> dict:
+    """What ``attention_backward`` passes its two kernels: the caller's weights (the forward's,
+    handed back), grad_weights (or the weights again), grad_context and values; its own fp32 dE
+    and per-key-tile row terms."""
+    s = _ENC_DEC_SHAPES[launch]
+    B, Tk, Dv = s["B"], s["Tk"], s["D"]
+    weights = _callers(tdtype, (B, Tq, Tk), launch)
+    pointers = {"W": weights.arg, "DE": fresh("fp32"), "RS": fresh("fp32")}
+    strides = {"sw": weights.strides}
+    values = dict(Tq=Tq, Tk=Tk, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n)
+    if kernel is attention_backward_dp_kernel:
+        dw = _callers(tdtype, (B, Tq, Tk), launch) if has_dw else weights
+        dctx, val = _callers(tdtype, (B, Tq, Dv), launch), _callers(tdtype, (B, Tk, Dv), launch)
+        pointers.update(DW=dw.arg, DCTX=dctx.arg, VAL=val.arg)
+        strides.update(sg=dw.strides, sc=dctx.strides, sv=val.strides)
+        values.update(Dv=Dv, HAS_DW=has_dw, BLOCK_DV=blocks.block_dv, DOT_F32=False)
+    return _gate_args(kernel, pointers, strides, values)
+
+
+def _additive_backward_args(tdtype: str, launch: str, Tq: int, blocks: EncDecBlocks, grad: str,
+                            for_keys: int) -> dict:
+    """What ``_additive_backward`` passes: its fp32 projections, the caller's v, dE (the fp32
+    scratch of ``attention_backward``, or the caller's grad_scores given to
+    ``attention_scores_backward``), its storage-dtype gradients and fp32 partial sums of dv."""
+    s = _ENC_DEC_SHAPES[launch]
+    B, Tk, A = s["B"], s["Tk"], s["A"]
+    de = _launchers("fp32", (B, Tq, Tk)) if grad == "scratch" else _callers(tdtype, (B, Tq, Tk), launch)
+    tensors = {"QP": _launchers("fp32", (B, Tq, A)), "KP": _launchers("fp32", (B, Tk, A)), "DE": de}
+    values = dict(VA=passed(tdtype, launch == "typical"), DQA=fresh(tdtype), DKB=fresh(tdtype), DVA=fresh("fp32"),
+                  Tq=Tq, Tk=Tk, F=A, FOR_KEYS=for_keys, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+                  BLOCK_F=blocks.block_f)
+    return _enc_dec_args(additive_backward_kernel, tensors, values)
+
+
+_ENC_DEC_DTYPES = ("fp16", "bf16", "fp32")
+_SCORE_KINDS = ("dot", "general", "additive")  # scaled_dot is dot with another float scale
+_SCORE_OUTPUTS = (("scratch", False), ("scratch", True), ("scores", False))
 
 
 def _enc_dec_cases() -> Iterator[CompileCase]:
-    """The encoder-decoder kernels at each row tile (a decoder step, a block of rows), for each
-    kind of score input (storage-dtype query/keys for dot and scaled_dot, fp32 projected query
-    for general, fp32 projections for additive), scores into the fp32 scratch (with and without a
-    mask) or into the scores output, the softmax/context and backward kernels in each storage
-    dtype, and the projection at each storage width."""
-    for tdtype in ("fp16", "bf16", "fp32"):
-        blocks = projection_blocks(2 if tdtype != "fp32" else 4)
-        yield _enc_dec_case(
-            "attention_projection", projection_kernel, tdtype, {"Y": "fp32"},
-            dict(BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_K=blocks.block_k, DOT_F32=False),
-            blocks, {"block_n": str(blocks.block_n)})
-    scores = [  # (kind name, KIND, MASK_KIND, dtype, QP, KP, SC element types)
-        ("dot", KIND_DOT, MASK_BOOL, "fp16", "fp16", "fp16", "fp32"),
-        ("dot", KIND_DOT, MASK_NONE, "fp32", "fp32", "fp32", "fp32"),
-        ("general", KIND_DOT, MASK_NONE, "bf16", "fp32", "bf16", "bf16"),
-        ("additive", KIND_ADDITIVE, MASK_BOOL, "bf16", "fp32", "fp32", "fp32"),
-        ("additive", KIND_ADDITIVE, MASK_NONE, "fp16", "fp32", "fp32", "fp16"),
-    ]
-    for blocks in ENC_DEC_TILES:
-        tiles = dict(BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n)
-        for kind, code, mask_kind, tdtype, qp, kp, sc in scores:
-            yield _enc_dec_case(
-                "attention_scores", enc_dec_scores_kernel, tdtype, {"QP": qp, "KP": kp, "SC": sc},
-                dict(KIND=code, MASK_KIND=mask_kind, BLOCK_F=score_block_f(blocks, code), **tiles), blocks,
-                {"kind": kind, "mask": ("none", "bool")[mask_kind], "out": "scratch" if sc == "fp32" else "scores"})
-        for tdtype in ("fp16", "bf16", "fp32"):
-            yield _enc_dec_case(
-                "attention_softmax_context", enc_dec_softmax_context_kernel, tdtype, {"SC": "fp32"},
-                dict(BLOCK_DV=blocks.block_dv, DOT_F32=False, **tiles), blocks, {})
-        for has_dw, tdtype in ((True, "fp16"), (False, "bf16"), (True, "fp32")):
-            yield _enc_dec_case(
-                "attention_backward_dp", attention_backward_dp_kernel, tdtype, {"DE": "fp32", "RS": "fp32"},
-                dict(HAS_DW=has_dw, BLOCK_DV=blocks.block_dv, DOT_F32=False, **tiles), blocks,
-                {"has_dw": str(has_dw)})
-        yield _enc_dec_case("attention_backward_de", attention_backward_de_kernel, "fp16",
-                            {"DE": "fp32", "RS": "fp32"}, tiles, blocks, {})
-        # dE: the fp32 scratch of attention_backward, or the storage-dtype grad_scores given to
-        # attention_scores_backward.
-        for for_keys, (tdtype, de) in itertools.product((0, 1), (("fp16", "fp32"), ("bf16", "bf16"),
-                                                                 ("fp32", "fp32"))):
-            yield _enc_dec_case(
-                "attention_additive_backward", additive_backward_kernel, tdtype,
-                {"QP": "fp32", "KP": "fp32", "DE": de, "DVA": "fp32"},
-                dict(FOR_KEYS=for_keys, BLOCK_F=blocks.block_f, **tiles), blocks,
-                {"rows": ("query", "keys")[for_keys], "grad": "scratch" if de == "fp32" else "scores"})
+    """The encoder-decoder kernels, each at a typical and a worst launch: the projection at each
+    storage width (w as a parameter's rows or as ``weight.T``); then, at each row tile the
+    launcher picks (``enc_dec_blocks``: one decoder row, or a block of them), the scores for
+    each kind and output (fp32 scratch unmasked and masked, the scores output; the storage
+    dtypes rotate over them so each kind and each output meets each dtype), the softmax/context
+    and both attention-backward kernels in each storage dtype (dP with and without grad_weights),
+    and the additive backward for query and key rows in each storage dtype, from the fp32
+    scratch and from the caller's grad_scores."""
+    for tdtype, launch in itertools.product(_ENC_DEC_DTYPES, LAUNCHES):
+        for w_layout in ("rows", "transposed") if launch == "typical" else ("rows",):
+            args, blocks = _projection_args(tdtype, launch, w_layout)
+            yield CompileCase(
+                name="attention_projection", kernel=projection_kernel, args=args, num_warps=blocks.num_warps,
+                tags={"dtype": tdtype, "block_m": str(blocks.block_m), "block_n": str(blocks.block_n),
+                      "block_k": str(blocks.block_k), "w": w_layout, "launch": launch})
+    for launch in LAUNCHES:
+        for Tq in (1, _ENC_DEC_SHAPES[launch]["Tq"]):
+            blocks = enc_dec_blocks(Tq)
+            tiles = {"block_m": str(blocks.block_m), "block_n": str(blocks.block_n)}
+
+            def case(name, kernel, args, tdtype, **tags):
+                return CompileCase(name=name, kernel=kernel, args=args, num_warps=blocks.num_warps,
+                                   tags={"dtype": tdtype, **tiles, **tags, "launch": launch})
+
+            for (k, kind), (o, (out, masked)) in itertools.product(enumerate(_SCORE_KINDS), enumerate(_SCORE_OUTPUTS)):
+                tdtype = _ENC_DEC_DTYPES[(k + o) % 3]
+                yield case("attention_scores", enc_dec_scores_kernel,
+                           _scores_args(kind, tdtype, launch, Tq, blocks, out, masked), tdtype, kind=kind,
+                           block_f=str(score_block_f(blocks, KIND_ADDITIVE if kind == "additive" else KIND_DOT)),
+                           out=out, mask=str(masked))
+            for tdtype in _ENC_DEC_DTYPES:
+                yield case("attention_softmax_context", enc_dec_softmax_context_kernel,
+                           _softmax_context_args(tdtype, launch, Tq, blocks), tdtype, block_dv=str(blocks.block_dv))
+                for has_dw in (True, False):
+                    yield case("attention_backward_dp", attention_backward_dp_kernel,
+                               _backward_args(attention_backward_dp_kernel, tdtype, launch, Tq, blocks, has_dw),
+                               tdtype, block_dv=str(blocks.block_dv), has_dw=str(has_dw))
+                yield case("attention_backward_de", attention_backward_de_kernel,
+                           _backward_args(attention_backward_de_kernel, tdtype, launch, Tq, blocks), tdtype)
+                for grad, for_keys in itertools.product(("scratch", "scores"), (0, 1)):
+                    yield case("attention_additive_backward", additive_backward_kernel,
+                               _additive_backward_args(tdtype, launch, Tq, blocks, grad, for_keys), tdtype,
+                               block_f=str(blocks.block_f), rows=("query", "keys")[for_keys], grad=grad)
 
 
 def compile_cases() -> Iterator[CompileCase]:

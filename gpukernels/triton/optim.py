@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import TRITON_DTYPES, CompileCase, check_dtype, elementwise_launch, fresh, passed
+from ._launch import TRITON_DTYPES, CompileCase, TensorArg, check_dtype, elementwise_launch, fresh, passed
 
 # ---------------------------------------------------------------------------------------------
 # Per-block helpers (fp32)
@@ -676,9 +676,18 @@ def compile_cases() -> Iterator[CompileCase]:
             common = dict(num_warps=num_warps, expect_load_bits=128 if aligned else None,
                           tags={"dtype": name, "alignment": "aligned" if aligned else "offset", "block": str(block)})
             tables = dict(g_base=passed(name, aligned), table_ptr=fresh("i64"), block_map_ptr=fresh("i32"),
-                          acc_ptr=fresh("fp32"), norm_type=2.0, norm_kind=NORM_TWO, ALIGNED=aligned, BLOCK=block)
-            yield CompileCase(name="optim_grad_norm", kernel=grad_norm_kernel, args=tables, **common)
+                          norm_type=2.0, norm_kind=NORM_TWO, ALIGNED=aligned, BLOCK=block)
+            # a later dtype group's parts start 8 bytes past a 16-byte boundary when the blocks
+            # before it are odd in number
+            partials = fresh("fp32") if aligned else TensorArg(torch.float32, 8)
+            yield CompileCase(name="optim_grad_norm", kernel=grad_norm_kernel,
+                              args={**tables, "partial_ptr": partials}, **common)
             yield CompileCase(
                 name="optim_clip_apply", kernel=clip_apply_kernel,
-                args={**tables, "total_ptr": fresh("fp32"), "max_norm": 1.0, "clip_value": 0.0, "by_value": 0},
+                # acc and the total share one buffer: the total is 8 bytes in
+                args={**tables, "acc_ptr": fresh("fp32"), "total_ptr": TensorArg(torch.float32, 8), "max_norm": 1.0,
+                      "clip_value": 0.0, "by_value": 0},
                 **common)
+    yield CompileCase(name="optim_norm_reduce", kernel=norm_reduce_kernel,
+                      args=dict(partial_ptr=fresh("fp32"), count=1000, acc_ptr=fresh("fp32"), norm_kind=NORM_TWO,
+                                BLOCK=NORM_REDUCE_BLOCK), num_warps=4, tags={"block": str(NORM_REDUCE_BLOCK)})
