@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _parallel
 
-CHUNK = 1 << 15  # elements per batch: an update's five arrays and temporaries stay in L2
+CHUNK = 1 << 18  # elements per batch (1 MiB of float32 per list): fewer, larger NumPy calls
 PACK_BELOW = 1 << 13  # elements: a smaller tensor costs less copied into a batch than updated alone
 
 Piece = dict  # list name -> the array (a view) of one tensor, or of part or run of tensors
@@ -138,27 +138,20 @@ def foreach(formula: Callable[..., object], lists: Mapping[str, Sequence[np.ndar
     for dtypes, group in _by_dtypes(lists, indices).items():
         as_they_are = not copies and all(_work_dtype(d) == d for d in dtypes)
         alone = direct if as_they_are else (lambda piece: together([piece]))
-        small: list[Piece] = []  # consecutive small pieces: one task together
-        small_size = 0
+        batch: list[Piece] = []  # consecutive pieces of up to about a chunk: one task
+        batch_size = 0
         for piece in _pieces(lists, group):
             size = piece[names[0]].size
-            if size == 0:
-                continue
-            if size >= PACK_BELOW or not pack:
-                for chunk in _chunks(piece):
-                    if size > CHUNK:
-                        tasks.append(lambda chunk=chunk, alone=alone: [alone(chunk)])
-                    else:
-                        small.append(chunk)
-                        small_size += size
-            else:
-                small.append(piece)
-                small_size += size
-            if small_size >= CHUNK:
-                tasks.append(_task(small, pack, alone, together))
-                small, small_size = [], 0
-        if small:
-            tasks.append(_task(small, pack, alone, together))
+            if size > CHUNK:  # large: a task per chunk
+                tasks.extend(lambda chunk=chunk, alone=alone: [alone(chunk)] for chunk in _chunks(piece))
+            elif size > 0:
+                batch.append(piece)
+                batch_size += size
+            if batch and (batch_size >= CHUNK or size > CHUNK):
+                tasks.append(_task(batch, pack, alone, together))
+                batch, batch_size = [], 0
+        if batch:
+            tasks.append(_task(batch, pack, alone, together))
     results = [None] * len(tasks)
 
     def record(k: int) -> None:
@@ -169,10 +162,13 @@ def foreach(formula: Callable[..., object], lists: Mapping[str, Sequence[np.ndar
 
 
 def _task(pieces: list[Piece], pack: bool, alone, together) -> Callable[[], list]:
-    """Small pieces in one task: gathered into one batch (``pack``) or updated one by one."""
-    if pack and len(pieces) > 1 and all(next(iter(p.values())).size < PACK_BELOW for p in pieces):
-        return lambda: [together(pieces)]
-    return lambda: [alone(piece) for piece in pieces]
+    """One task for a batch of pieces: with ``pack``, the small ones gathered and updated
+    together, the others one by one."""
+    small = [p for p in pieces if pack and next(iter(p.values())).size < PACK_BELOW]
+    if len(small) < 2:
+        return lambda: [alone(piece) for piece in pieces]
+    others = [p for p in pieces if not (pack and next(iter(p.values())).size < PACK_BELOW)]
+    return lambda: [together(small)] + [alone(piece) for piece in others]
 
 
 def _by_dtypes(lists: Mapping[str, Sequence[np.ndarray]], indices: Sequence[int]) -> dict[tuple, list[int]]:

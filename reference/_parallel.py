@@ -36,6 +36,19 @@ MAX_CHUNK_BYTES = 1 << 20
 PARALLEL_MIN_BYTES = 2 * MIN_CHUNK_BYTES  # smaller outputs: one call on the calling thread
 
 
+def _raise_the_heaps_mmap_threshold() -> None:
+    """glibc's malloc serves blocks above 128 KiB with fresh mmap pages, and keeps doing so until
+    it frees such a block: every chunk's temporaries (up to 1 MiB) would fault in new pages on
+    every call, costing more than the arithmetic. Freeing one 4 MiB block moves the threshold to
+    4 MiB (and the heap's trim threshold to 8 MiB), as the first large NumPy array freed in a
+    process does anyway. Elsewhere this allocates and frees 4 MiB, nothing more."""
+    block = np.empty(4 << 20, dtype=np.uint8)
+    del block
+
+
+_raise_the_heaps_mmap_threshold()
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

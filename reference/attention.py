@@ -148,9 +148,24 @@ def sdpa_backward(grad_out, q, k, v, attn_mask=None, out=None, lse=None, *, is_c
 # Encoder-decoder attention: scores, masked softmax, context
 
 
+def _rows(x: np.ndarray) -> np.ndarray:
+    """(B, T, D) as (B*T, D): one matrix product over every position instead of B of them."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _project(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w.T`` for x of shape (B, T, D)."""
+    return (_rows(x) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+
+
+def _outer_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum over b, t of a[b, t, i] b[b, t, j]`` (the weight gradient of a projection)."""
+    return _rows(a).T @ _rows(b)
+
+
 def _additive_hidden(query, keys, w_query, w_keys):
     """(W_q s_i) and (W_k h_j): (B, Tq, A) and (B, Tk, A)."""
-    return np.matmul(query, w_query.T), np.matmul(keys, w_keys.T)
+    return _project(query, w_query), _project(keys, w_keys)
 
 
 def _additive_hidden_tanh(qa_i, kb):
@@ -218,8 +233,8 @@ def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=Non
             d_hidden *= v
             d_qa[:, i, :] = d_hidden.sum(axis=1)
             d_kb += d_hidden
-        d_w_query = np.einsum("bta,btd->ad", d_qa, query)
-        d_w_keys = np.einsum("bta,btd->ad", d_kb, keys)
+        d_w_query = _outer_sum(d_qa, query)
+        d_w_keys = _outer_sum(d_kb, keys)
         return d_qa @ w_query, d_kb @ w_keys, None, d_w_query, d_w_keys, d_v
     if kind == "scaled_dot":
         de = de * dtype.type(1.0 / math.sqrt(keys.shape[-1]))
@@ -227,7 +242,7 @@ def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=Non
     d_projected = np.matmul(de, keys)
     d_keys = np.matmul(np.swapaxes(de, -1, -2), projected)
     if kind == "general":
-        return np.matmul(d_projected, weight.T), d_keys, np.einsum("bti,btj->ij", query, d_projected), None, None, None
+        return np.matmul(d_projected, weight.T), d_keys, _outer_sum(query, d_projected), None, None, None
     return d_projected, d_keys, None, None, None, None
 
 
