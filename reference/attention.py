@@ -45,7 +45,7 @@ def _softmax_rows(scores, lse, out):
     shift[np.isneginf(shift)] = 0  # empty rows: exp(-inf - 0) = 0
     np.subtract(scores, shift, out=out)
     np.exp(out, out=out)
-    total = row_sum(out, -1 % out.ndim)
+    total = row_sum(out, out.ndim - 1)
     np.log(total, out=lse)
     lse += shift
     out /= total

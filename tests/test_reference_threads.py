@@ -159,8 +159,26 @@ def test_small_arrays_stay_on_the_calling_thread(monkeypatch, rng):
 
     _parallel.elementwise(formula, rng.standard_normal(1000).astype(np.float32))
     assert threads == {threading.get_ident()}
-    _parallel.elementwise(formula, rng.standard_normal(2_000_000).astype(np.float32))
-    assert len(threads) > 1  # the pool's threads took some of the chunks
+
+
+def test_large_arrays_run_on_several_threads_at_once(monkeypatch, rng):
+    monkeypatch.setenv("GPUKERNELS_NUM_THREADS", "4")
+    both_inside = threading.Barrier(2, timeout=10)  # broken (an error) unless two chunks overlap
+    lock = threading.Lock()
+    first_two = []
+
+    def formula(x, out):
+        with lock:
+            first = len(first_two) < 2
+            if first:
+                first_two.append(threading.get_ident())
+        if first:
+            both_inside.wait()
+        np.copyto(out, x)
+
+    x = rng.standard_normal(2_000_000).astype(np.float32)
+    np.testing.assert_array_equal(_parallel.elementwise(formula, x), x)
+    assert len(set(first_two)) == 2
 
 
 def test_num_threads_defaults_to_the_usable_cores(monkeypatch):
