@@ -43,11 +43,6 @@ def _low_precision_in_float32(fn):
     return wrapper
 
 
-def sigmoid(a: np.ndarray) -> np.ndarray:
-    # 0.5 (1 + tanh(a/2)): the logistic function without exp overflow for large |a|
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
-
-
 def _steps(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
@@ -113,14 +108,13 @@ def _lstm_step(cell, gx, h, c, w_hh_t, b_hh, w_peep, coupled, linear_before_rese
     i, f, g, o, c_new, h_new = _blocks(ws, H, 6)
     a = np.matmul(h, w_hh_t)  # the gate pre-activations, then (in place) the gates
     a += gx
-    if w_peep is None:
-        _activate(a, "ssts")  # on the contiguous array: faster than on the workspace's strided view
-        ws[:, :4 * H] = a
+    if w_peep is None:  # (on this contiguous array: faster than on the workspace's strided view)
+        _activate(a, "ssts")
     else:  # i and f see c, o sees c': o waits for c'
         a[:, :H] += w_peep[0] * c
         a[:, H:2 * H] += w_peep[1] * c
         _activate(a[:, :3 * H], "sst")
-        ws[:, :4 * H] = a
+    ws[:, :4 * H] = a
     if coupled:
         np.subtract(1, i, out=f)
     np.multiply(f, c, out=c_new)  # c' = f c + i g
