@@ -26,20 +26,20 @@ from ._precision import reference_op
 
 
 def row_dot(a: np.ndarray, b: np.ndarray, dim: int) -> np.ndarray:
-    """``sum(a * b)`` along ``dim``, kept as an axis of length 1. Along the last axis it is one
-    BLAS dot per row (a stack of 1 x n by n x 1 products): no product array, and about twice as
-    fast as NumPy's row-by-row pairwise sum. (One dot per row, not one matrix-vector product:
-    BLAS may split that across its own threads, and the rows' sums with them.)"""
+    """``sum(a * b)`` along ``dim``, kept as an axis of length 1 (along the last axis without
+    the product array)."""
     if dim != a.ndim - 1:
         return np.sum(a * b, axis=dim, keepdims=True)
-    return np.matmul(a[..., None, :], b[..., :, None])[..., 0]
+    return np.einsum("...j,...j->...", a, b)[..., None]
 
 
 def row_sum(a: np.ndarray, dim: int) -> np.ndarray:
-    """``sum(a)`` along ``dim``, kept as an axis of length 1 (along the last axis: a dot with ones)."""
+    """``sum(a)`` along ``dim``, kept as an axis of length 1. Along the last axis it is a
+    matrix-vector product with ones: BLAS adds up rows three times faster than NumPy's row-by-row
+    pairwise sum, and (unlike np.matmul) np.dot lets other threads run meanwhile."""
     if dim != a.ndim - 1:
         return np.sum(a, axis=dim, keepdims=True)
-    return row_dot(a, np.ones(a.shape[-1], dtype=a.dtype), dim)
+    return np.dot(a, np.ones(a.shape[-1], dtype=a.dtype))[..., None]
 
 
 def _row_max(x: np.ndarray, dim: int) -> np.ndarray:
