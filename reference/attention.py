@@ -24,6 +24,9 @@ import math
 
 import numpy as np
 
+from ._parallel import along
+from .softmax import row_dot, row_sum
+
 SCORE_KINDS = ("dot", "scaled_dot", "general", "additive")
 
 
@@ -35,26 +38,45 @@ def _cast(dtype: np.dtype, *arrays):
     return tuple(None if a is None else np.asarray(a, dtype=dtype) for a in arrays)
 
 
+def _softmax_rows(scores, lse, out):
+    """Softmax of ``scores`` along the last axis into ``out``, the row log-sum-exp into ``lse``
+    (shaped (..., 1)). Rows with nothing to keep (all -inf, or NaN) are zeros, lse -inf (NaN)."""
+    shift = np.max(scores, axis=-1, keepdims=True, initial=-np.inf)
+    shift[np.isneginf(shift)] = 0  # empty rows: exp(-inf - 0) = 0
+    np.subtract(scores, shift, out=out)
+    np.exp(out, out=out)
+    total = row_sum(out, out.ndim - 1)
+    np.log(total, out=lse)
+    lse += shift
+    out /= total
+    empty = ~(total > 0)
+    if empty.any():
+        np.putmask(out, np.broadcast_to(empty, out.shape), 0)
+
+
 def _masked_softmax(scores: np.ndarray, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(softmax over the last axis restricted to ``keep`` (and to finite scores), log-sum-exp).
 
-    Rows with nothing to keep give all-zero probabilities and a log-sum-exp of -inf.
+    Rows with nothing to keep give all-zero probabilities and a log-sum-exp of -inf. ``scores``
+    is overwritten: it becomes the probabilities.
     """
-    if keep is not None:
-        scores = np.where(keep, scores, -np.inf)
-    row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)
-    shift = np.where(np.isneginf(row_max), 0, row_max)  # empty rows: exp(-inf - 0) = 0
-    p = np.exp(scores - shift)
-    total = p.sum(axis=-1, keepdims=True)
+    if keep is not None:  # a select, not arithmetic: a masked NaN or inf must not count
+        np.copyto(scores, np.where(keep, scores, -np.inf))
+    lse = np.empty((*scores.shape[:-1], 1), dtype=scores.dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(total > 0, p / np.where(total > 0, total, 1), 0)
-        lse = (np.log(total) + shift)[..., 0]
-    return p, lse
+        along(_softmax_rows, scores, lse, axis=-1, out=scores)
+    return scores, lse[..., 0]
 
 
 def _softmax_backward(grad_p: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """d scores from d probabilities: ``p * (dp - sum_j p dp)``; zero where p is zero."""
-    return p * (grad_p - np.sum(p * grad_p, axis=-1, keepdims=True))
+    """d scores from d probabilities: ``p * (dp - sum_j p dp)``; zero where p is zero.
+    ``grad_p`` is overwritten: it becomes the result."""
+
+    def rows(grad_p, p, out):
+        np.subtract(grad_p, row_dot(p, grad_p, p.ndim - 1), out=out)
+        out *= p
+
+    return along(rows, grad_p, p, axis=-1, out=grad_p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +97,8 @@ def _sum_groups(x: np.ndarray, groups: int) -> np.ndarray:
 
 def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups):
     k = _repeat_kv(k, groups)
-    scores = np.matmul(q, np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
+    scores = np.matmul(q, np.swapaxes(k, -1, -2))
+    scores *= q.dtype.type(scale)
     keep = None
     if is_causal:
         L, S = scores.shape[-2:]
@@ -114,7 +137,8 @@ def sdpa_backward(grad_out, q, k, v, attn_mask=None, out=None, lse=None, *, is_c
         p, _ = _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups)
     v_rep = _repeat_kv(v, groups)
     dv = np.matmul(np.swapaxes(p, -1, -2), grad_out)
-    dscores = _softmax_backward(np.matmul(grad_out, np.swapaxes(v_rep, -1, -2)), p) * dtype.type(scale)
+    dscores = _softmax_backward(np.matmul(grad_out, np.swapaxes(v_rep, -1, -2)), p)
+    dscores *= dtype.type(scale)
     dq = np.matmul(dscores, _repeat_kv(k, groups))
     dk = np.matmul(np.swapaxes(dscores, -1, -2), q)
     return dq, _sum_groups(dk, groups), _sum_groups(dv, groups)
@@ -124,16 +148,37 @@ def sdpa_backward(grad_out, q, k, v, attn_mask=None, out=None, lse=None, *, is_c
 # Encoder-decoder attention: scores, masked softmax, context
 
 
+def _rows(x: np.ndarray) -> np.ndarray:
+    """(B, T, D) as (B*T, D): one matrix product over every position instead of B of them."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _project(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w.T`` for x of shape (B, T, D)."""
+    return (_rows(x) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+
+
+def _outer_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum over b, t of a[b, t, i] b[b, t, j]`` (the weight gradient of a projection)."""
+    return _rows(a).T @ _rows(b)
+
+
 def _additive_hidden(query, keys, w_query, w_keys):
     """(W_q s_i) and (W_k h_j): (B, Tq, A) and (B, Tk, A)."""
-    return np.matmul(query, w_query.T), np.matmul(keys, w_keys.T)
+    return _project(query, w_query), _project(keys, w_keys)
+
+
+def _additive_hidden_tanh(qa_i, kb):
+    """``tanh(W_q s_i + W_k h_j)`` for one query row: (B, Tk, A)."""
+    t = np.add(qa_i[:, None, :], kb)
+    return np.tanh(t, out=t)
 
 
 def _additive_scores(qa, kb, v):
     """``e_ij = v . tanh(qa_i + kb_j)``, one query row at a time so at most [B, Tk, A] lives."""
     scores = np.empty((qa.shape[0], qa.shape[1], kb.shape[1]), dtype=qa.dtype)
     for i in range(qa.shape[1]):
-        scores[:, i, :] = np.tanh(qa[:, i, None, :] + kb) @ v
+        scores[:, i, :] = _additive_hidden_tanh(qa[:, i], kb) @ v
     return scores
 
 
@@ -179,13 +224,17 @@ def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=Non
         d_kb = np.zeros_like(kb)
         d_v = np.zeros_like(v)
         for i in range(qa.shape[1]):  # one query row at a time: at most [B, Tk, A] lives
-            t = np.tanh(qa[:, i, None, :] + kb)
-            d_v += np.einsum("bj,bja->a", de[:, i, :], t)
-            d_hidden = de[:, i, :, None] * v * (1 - t) * (1 + t)
+            t = _additive_hidden_tanh(qa[:, i], kb)
+            d_v += de[:, i, :].reshape(-1) @ t.reshape(-1, t.shape[-1])  # sum over b, j of de_bij t_bj
+            d_hidden = np.add(1, t)  # de_bij v (1 - t^2), written (1 - t)(1 + t): no cancellation
+            np.subtract(1, t, out=t)
+            d_hidden *= t
+            d_hidden *= de[:, i, :, None]
+            d_hidden *= v
             d_qa[:, i, :] = d_hidden.sum(axis=1)
             d_kb += d_hidden
-        d_w_query = np.einsum("bta,btd->ad", d_qa, query)
-        d_w_keys = np.einsum("bta,btd->ad", d_kb, keys)
+        d_w_query = _outer_sum(d_qa, query)
+        d_w_keys = _outer_sum(d_kb, keys)
         return d_qa @ w_query, d_kb @ w_keys, None, d_w_query, d_w_keys, d_v
     if kind == "scaled_dot":
         de = de * dtype.type(1.0 / math.sqrt(keys.shape[-1]))
@@ -193,7 +242,7 @@ def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=Non
     d_projected = np.matmul(de, keys)
     d_keys = np.matmul(np.swapaxes(de, -1, -2), projected)
     if kind == "general":
-        return np.matmul(d_projected, weight.T), d_keys, np.einsum("bti,btj->ij", query, d_projected), None, None, None
+        return np.matmul(d_projected, weight.T), d_keys, _outer_sum(query, d_projected), None, None, None
     return d_projected, d_keys, None, None, None, None
 
 

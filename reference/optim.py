@@ -5,6 +5,10 @@ Every array is updated where it lies. float16 storage is computed in float32 and
 per step; with ``master_params`` the update runs on the float32 master copy and the parameter
 receives its rounding. ``found_inf`` (non-zero) skips the step; ``grad_scale`` divides the
 gradients first, as ``torch.amp.GradScaler`` asks of a fused optimizer.
+
+Each update is written once, for one tensor, as the textbook formula in in-place ufuncs;
+``foreach`` runs it over all tensors of the step in few NumPy calls (flat views of tensors that
+share a buffer, small tensors packed into batches, large ones in chunks, on the thread pool).
 """
 
 from __future__ import annotations
@@ -13,62 +17,110 @@ import math
 
 import numpy as np
 
-
-def _work(x: np.ndarray) -> np.ndarray:
-    """``x`` in the dtype the math runs in: float16 goes through float32, others as they are."""
-    return x.astype(np.float32) if x.dtype == np.float16 else x
+from ._multi_tensor import foreach
 
 
 def _scalar(x) -> float:
-    return float(np.asarray(x).reshape(-1)[0])
+    return float(x.item() if isinstance(x, np.ndarray) else np.asarray(x).reshape(-1)[0])
 
 
 def _skipped(found_inf) -> bool:
     return found_inf is not None and _scalar(found_inf) != 0.0
 
 
-def _grad(grad: np.ndarray, dtype, grad_scale, maximize: bool) -> np.ndarray:
-    g = grad.astype(dtype, copy=True)
+def _by_value(values: list) -> dict:
+    """Tensor indices grouped by a per-tensor value (a step count, a flag), in first-seen order."""
+    groups: dict = {}
+    for i, value in enumerate(values):
+        groups.setdefault(value, []).append(i)
+    return groups
+
+
+def _gradient(g: np.ndarray, p: np.ndarray, grad_scale: float | None, maximize: bool, weight_decay: float):
+    """The gradient the update uses: ``g / grad_scale``, negated to maximize, plus the L2 term
+    ``weight_decay * p``. The caller's gradient is never written: a change makes a new array."""
     if grad_scale is not None:
-        g /= dtype.type(_scalar(grad_scale))
+        g = np.divide(g, grad_scale, dtype=p.dtype)
     if maximize:
-        np.negative(g, out=g)
+        g = np.negative(g, dtype=p.dtype)
+    if weight_decay != 0:
+        g = np.add(g, weight_decay * p, dtype=p.dtype)
     return g
 
 
-def _store(param: np.ndarray, master, value: np.ndarray) -> None:
-    if master is not None:
-        master[...] = value
-    param[...] = value
+def _lists(**lists) -> dict:
+    """The lists an update touches, absent (None) ones left out."""
+    return {name: values for name, values in lists.items() if values is not None}
+
+
+def _parameter_lists(params, master_params) -> tuple[dict, dict]:
+    """(lists, copies): the update runs on ``p``, the master copies where there are some, and
+    each parameter then receives its master's rounding."""
+    if master_params is None:
+        return {"p": params}, {}
+    return {"p": master_params, "param": params}, {"param": "p"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam / AdamW
+
+
+def _adam(p, g, m, v, vmax=None, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
+          grad_scale, step_size, bias_correction2_sqrt):
+    g = _gradient(g, p, grad_scale, maximize, 0.0 if decoupled_weight_decay else weight_decay)
+    if decoupled_weight_decay:
+        p *= 1.0 - lr * weight_decay
+    t = np.subtract(g, m)  # m <- m + (1 - beta1) (g - m)   (torch's lerp)
+    t *= 1.0 - beta1
+    m += t
+    v *= beta2  # v <- beta2 v + (1 - beta2) g^2
+    np.multiply(g, g, out=t)
+    t *= 1.0 - beta2
+    v += t
+    if amsgrad:
+        np.maximum(vmax, v, out=vmax)
+        v = vmax
+    np.sqrt(v, out=t)  # p <- p - step_size m / (sqrt(v) / sqrt(bias_correction2) + eps)
+    t /= bias_correction2_sqrt
+    t += eps
+    np.divide(m, t, out=t)
+    t *= step_size
+    p -= t
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step, *,
               lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
     if _skipped(found_inf):
         return
+    steps = [_scalar(s) for s in step] if isinstance(step, list) else [_scalar(step)] * len(params)
+    parameters, copies = _parameter_lists(params, master_params)
+    lists = _lists(**parameters, g=grads, m=exp_avgs, v=exp_avg_sqs, vmax=max_exp_avg_sqs if amsgrad else None)
+    writes = [name for name in ("p", "m", "v", "vmax") if name in lists]
+    scale = None if grad_scale is None else _scalar(grad_scale)
     with np.errstate(all="ignore"):
-        for i, param in enumerate(params):
-            t = _scalar(step[i] if isinstance(step, list) else step)
-            bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
-            step_size = lr / (1.0 - beta1**t)
-            master = master_params[i] if master_params is not None else None
-            p = (master if master is not None else _work(param)).copy()
-            dtype = p.dtype
-            g = _grad(grads[i], dtype, grad_scale, maximize)
-            if decoupled_weight_decay:
-                p *= dtype.type(1.0 - lr * weight_decay)
-            elif weight_decay != 0:
-                g += dtype.type(weight_decay) * p
-            m, v = _work(exp_avgs[i]), _work(exp_avg_sqs[i])
-            m = m + dtype.type(1.0 - beta1) * (g - m)  # torch's lerp
-            v = dtype.type(beta2) * v + dtype.type(1.0 - beta2) * g * g
-            exp_avgs[i][...] = m
-            exp_avg_sqs[i][...] = v
-            if amsgrad:
-                v = np.maximum(_work(max_exp_avg_sqs[i]), v)
-                max_exp_avg_sqs[i][...] = v
-            denom = np.sqrt(v) / dtype.type(bias_correction2_sqrt) + dtype.type(eps)
-            _store(param, master, p - dtype.type(step_size) * m / denom)
+        for t, indices in _by_value(steps).items():  # the bias corrections depend on the step
+            def update(**arrays):
+                _adam(**arrays, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_scale=scale,
+                      step_size=lr / (1.0 - beta1**t), bias_correction2_sqrt=math.sqrt(1.0 - beta2**t))
+
+            foreach(update, lists, writes, copies, indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD
+
+
+def _sgd(p, g, b=None, *, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale):
+    g = _gradient(g, p, grad_scale, maximize, weight_decay)
+    if momentum != 0:
+        if first_step:
+            np.copyto(b, g)  # torch's clone of the first gradient
+        else:
+            b *= momentum  # b <- momentum b + (1 - dampening) g
+            b += (1.0 - dampening) * g
+        g = g + momentum * b if nesterov else b
+    p -= lr * g
 
 
 def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_inf, *,
@@ -76,67 +128,82 @@ def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_i
     """``first_step[i]``: buffer i was just created, so it becomes the gradient (torch's clone)."""
     if _skipped(found_inf):
         return
+    parameters, copies = _parameter_lists(params, master_params)
+    lists = _lists(**parameters, g=grads, b=momentum_buffers if momentum != 0 else None)
+    writes = [name for name in ("p", "b") if name in lists]
+    scale = None if grad_scale is None else _scalar(grad_scale)
     with np.errstate(all="ignore"):
-        for i, param in enumerate(params):
-            master = master_params[i] if master_params is not None else None
-            p = (master if master is not None else _work(param)).copy()
-            dtype = p.dtype
-            g = _grad(grads[i], dtype, grad_scale, maximize)
-            if weight_decay != 0:
-                g += dtype.type(weight_decay) * p
-            if momentum != 0:
-                if first_step[i]:
-                    b = g.copy()
-                else:
-                    b = dtype.type(momentum) * _work(momentum_buffers[i]) + dtype.type(1.0 - dampening) * g
-                momentum_buffers[i][...] = b
-                g = g + dtype.type(momentum) * b if nesterov else b
-            _store(param, master, p - dtype.type(lr) * g)
+        for first, indices in _by_value([bool(f) for f in first_step]).items():
+            def update(**arrays):
+                _sgd(**arrays, first_step=first, lr=lr, momentum=momentum, dampening=dampening,
+                     weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, grad_scale=scale)
+
+            foreach(update, lists, writes, copies, indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSprop
+
+
+def _rmsprop(p, g, v, a=None, b=None, *, lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale):
+    g = _gradient(g, p, grad_scale, maximize, weight_decay)
+    v *= alpha  # v <- alpha v + (1 - alpha) g^2
+    t = np.multiply(g, g)
+    t *= 1.0 - alpha
+    v += t
+    if centered:
+        np.subtract(g, a, out=t)  # a <- a + (1 - alpha) (g - a)   (torch's lerp)
+        t *= 1.0 - alpha
+        a += t
+        np.multiply(a, a, out=t)
+        np.subtract(v, t, out=t)  # v - a^2
+        np.sqrt(t, out=t)
+    else:
+        np.sqrt(v, out=t)
+    t += eps  # the root mean square, plus eps
+    np.divide(g, t, out=t)
+    if momentum > 0:
+        b *= momentum  # b <- momentum b + g / rms
+        b += t
+        t = b
+    p -= lr * t
 
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master_params, grad_scale, found_inf, *,
                  lr, alpha, eps, weight_decay, momentum, centered, maximize):
     if _skipped(found_inf):
         return
+    parameters, copies = _parameter_lists(params, master_params)
+    lists = _lists(**parameters, g=grads, v=square_avgs, a=grad_avgs if centered else None,
+                   b=momentum_buffers if momentum > 0 else None)
+    writes = [name for name in ("p", "v", "a", "b") if name in lists]
+    scale = None if grad_scale is None else _scalar(grad_scale)
     with np.errstate(all="ignore"):
-        for i, param in enumerate(params):
-            master = master_params[i] if master_params is not None else None
-            p = (master if master is not None else _work(param)).copy()
-            dtype = p.dtype
-            g = _grad(grads[i], dtype, grad_scale, maximize)
-            if weight_decay != 0:
-                g += dtype.type(weight_decay) * p
-            v = dtype.type(alpha) * _work(square_avgs[i]) + dtype.type(1.0 - alpha) * g * g
-            square_avgs[i][...] = v
-            if centered:
-                a = _work(grad_avgs[i])
-                a = a + dtype.type(1.0 - alpha) * (g - a)  # torch's lerp
-                grad_avgs[i][...] = a
-                v = v - a * a
-            avg = np.sqrt(v) + dtype.type(eps)
-            if momentum > 0:
-                b = dtype.type(momentum) * _work(momentum_buffers[i]) + g / avg
-                momentum_buffers[i][...] = b
-                p = p - dtype.type(lr) * b
-            else:
-                p = p - dtype.type(lr) * g / avg
-            _store(param, master, p)
+        def update(**arrays):
+            _rmsprop(**arrays, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                     centered=centered, maximize=maximize, grad_scale=scale)
+
+        foreach(update, lists, writes, copies)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient clipping
+
+
+def _norm_part(g: np.ndarray, norm_type: float):
+    """This array's share of the total: max |g|, sum g^2, or sum |g|^p (float16 summed in float32)."""
+    if math.isinf(norm_type):
+        return np.max(np.abs(g), initial=0.0)  # np.max keeps NaN
+    if norm_type == 2.0:
+        return np.vdot(g, g)  # (flattens: a tensor that is not contiguous arrives whole)
+    return np.sum(np.abs(g) ** norm_type)
 
 
 def grad_norm(grads, *, norm_type):
     """The norm of all gradients together, as one float64 scalar (NaN if any gradient is NaN).
-    Each tensor's part is summed in its own dtype (float16 in float32), as torch does."""
+    The parts are summed in the gradients' own dtype (float16 in float32), as torch does."""
     with np.errstate(all="ignore"):
-        parts = []
-        for g in grads:
-            a = np.abs(_work(g).reshape(-1))
-            if math.isinf(norm_type):
-                parts.append(a.max(initial=0.0))  # np.max keeps NaN
-            elif norm_type == 2.0:
-                parts.append(np.dot(a, a))
-            else:
-                parts.append(np.sum(a**norm_type))
-        parts = np.asarray(parts, dtype=np.float64)
+        parts = np.asarray(foreach(lambda g: _norm_part(g, norm_type), {"g": grads}, writes=(), pack=False), dtype=np.float64)
         if parts.size == 0:
             return np.float64(0.0)
         if math.isinf(norm_type):
@@ -159,14 +226,10 @@ def clip_grad_norm_(grads, *, max_norm, norm_type, error_if_nonfinite=False):
         raise nonfinite_norm_error(norm_type)
     coef = min(max_norm / (float(total) + 1e-6), 1.0) if not math.isnan(total) else math.nan
     with np.errstate(all="ignore"):
-        for g in grads:
-            if g.dtype == np.float16:
-                g[...] = g.astype(np.float32) * np.float32(coef)
-            else:
-                np.multiply(g, g.dtype.type(coef), out=g)
+        foreach(lambda g: np.multiply(g, coef, out=g), {"g": grads}, writes=("g",), pack=False)
     return np.asarray(total)
 
 
 def clip_grad_value_(grads, *, clip_value):
-    for g in grads:
-        np.clip(g, -clip_value, clip_value, out=g)  # np.clip keeps NaN, as torch.clamp does
+    # np.clip keeps NaN, as torch.clamp does
+    foreach(lambda g: np.clip(g, -clip_value, clip_value, out=g), {"g": grads}, writes=("g",), pack=False)

@@ -43,11 +43,6 @@ def _low_precision_in_float32(fn):
     return wrapper
 
 
-def sigmoid(a: np.ndarray) -> np.ndarray:
-    # 0.5 (1 + tanh(a/2)): the logistic function without exp overflow for large |a|
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
-
-
 def _steps(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
@@ -59,63 +54,118 @@ def _active(lengths, t: int, batch: int) -> np.ndarray | None:
     return (np.asarray(lengths) > t).reshape(batch, 1)
 
 
-def _input_projection(x: np.ndarray, w_ih: np.ndarray, b_ih) -> np.ndarray:
+def _input_projection(x: np.ndarray, w_ih: np.ndarray, bias) -> np.ndarray:
     T, B, _ = x.shape
     gx = x.reshape(T * B, x.shape[2]) @ w_ih.T
-    if b_ih is not None:
-        gx += b_ih
+    if bias is not None:
+        gx += bias
     return gx.reshape(T, B, w_ih.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
-# One step of each cell: (h', c', workspace gate blocks)
+# One step of each cell, written into this step's workspace row ``ws`` (B, K*H): the gates and
+# the new states land where backward reads them. ``gx`` already holds the biases that add to
+# the input projection (b_ih, and b_hh where it adds outside a product); ``w_hh_t`` is w_hh
+# transposed into a contiguous array once per layer, which BLAS multiplies fastest.
 
 
-def _recurrent(h, w_hh, b_hh):
-    out = h @ w_hh.T
-    if b_hh is not None:
-        out += b_hh
-    return out
+def _blocks(ws: np.ndarray, H: int, count: int) -> list[np.ndarray]:
+    return [ws[:, k * H:(k + 1) * H] for k in range(count)]
 
 
-def _rnn_step(cell, gx, h, c, w_hh, b_hh, w_peep, coupled, linear_before_reset):
-    a = gx + _recurrent(h, w_hh, b_hh)
-    h_new = np.tanh(a) if cell == "rnn_tanh" else np.maximum(a, 0)
-    return h_new, None, ()
+@functools.lru_cache(maxsize=32)
+def _sigmoid_via_tanh(pattern: str, H: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) for gate blocks named by ``pattern`` ('s' sigmoid, 't' tanh): with them
+    ``tanh(scale a) * scale + shift`` is sigmoid(a) = (1 + tanh(a/2)) / 2 on 's' blocks (no exp
+    overflow for large |a|) and tanh(a) on 't' blocks: every gate of a step in four calls."""
+    scale = np.repeat([0.5 if p == "s" else 1.0 for p in pattern], H).astype(dtype)
+    shift = np.repeat([0.5 if p == "s" else 0.0 for p in pattern], H).astype(dtype)
+    return scale, shift
 
 
-def _lstm_step(cell, gx, h, c, w_hh, b_hh, w_peep, coupled, linear_before_reset):
-    a_i, a_f, a_g, a_o = np.split(gx + _recurrent(h, w_hh, b_hh), 4, axis=1)
-    if w_peep is not None:
-        a_i = a_i + w_peep[0] * c
-        a_f = a_f + w_peep[1] * c
-    i = sigmoid(a_i)
-    f = 1 - i if coupled else sigmoid(a_f)
-    g = np.tanh(a_g)
-    c_new = f * c + i * g
-    if w_peep is not None:
-        a_o = a_o + w_peep[2] * c_new
-    o = sigmoid(a_o)
-    return o * np.tanh(c_new), c_new, (i, f, g, o)
+def _activate(a: np.ndarray, pattern: str) -> None:
+    """The gate nonlinearities of ``pattern`` (see _sigmoid_via_tanh), in place on ``a``."""
+    scale, shift = _sigmoid_via_tanh(pattern, a.shape[1] // len(pattern), a.dtype)
+    a *= scale
+    np.tanh(a, out=a)
+    a *= scale
+    a += shift
 
 
-def _gru_step(cell, gx, h, c, w_hh, b_hh, w_peep, coupled, linear_before_reset):
+def _rnn_step(cell, gx, h, c, w_hh_t, b_hh, w_peep, coupled, linear_before_reset, ws):
+    (h_new,) = _blocks(ws, h.shape[1], 1)
+    np.matmul(h, w_hh_t, out=h_new)
+    h_new += gx
+    if cell == "rnn_tanh":
+        np.tanh(h_new, out=h_new)
+    else:
+        np.maximum(h_new, 0, out=h_new)
+    return h_new, None
+
+
+def _lstm_step(cell, gx, h, c, w_hh_t, b_hh, w_peep, coupled, linear_before_reset, ws):
     H = h.shape[1]
-    x_r, x_z, x_n = np.split(gx, 3, axis=1)
+    i, f, g, o, c_new, h_new = _blocks(ws, H, 6)
+    a = np.matmul(h, w_hh_t)  # the gate pre-activations, then (in place) the gates
+    a += gx
+    if w_peep is None:  # (on this contiguous array: faster than on the workspace's strided view)
+        _activate(a, "ssts")
+    else:  # i and f see c, o sees c': o waits for c'
+        a[:, :H] += w_peep[0] * c
+        a[:, H:2 * H] += w_peep[1] * c
+        _activate(a[:, :3 * H], "sst")
+    ws[:, :4 * H] = a
+    if coupled:
+        np.subtract(1, i, out=f)
+    np.multiply(f, c, out=c_new)  # c' = f c + i g
+    c_new += i * g
+    if w_peep is not None:
+        o += w_peep[2] * c_new
+        _activate(o, "s")
+    np.tanh(c_new, out=h_new)  # h' = o tanh(c')
+    h_new *= o
+    return h_new, c_new
+
+
+def _gru_step(cell, gx, h, c, w_hh_t, b_hh, w_peep, coupled, linear_before_reset, ws):
+    H = h.shape[1]
+    r, z, n, m, h_new = _blocks(ws, H, 5)
+    x_rz, x_n = gx[:, :2 * H], gx[:, 2 * H:]
     if linear_before_reset:
-        h_r, h_z, h_n = np.split(_recurrent(h, w_hh, b_hh), 3, axis=1)
-        r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
-        m = h_n
-        n = np.tanh(x_n + r * h_n)
+        hh = h @ w_hh_t  # W_h{r,z,n} h (+ b_hn: b_hr, b_hz are in gx)
+        np.add(x_rz, hh[:, :2 * H], out=ws[:, :2 * H])
+        _activate(ws[:, :2 * H], "ss")
+        np.copyto(m, hh[:, 2 * H:])
+        if b_hh is not None:
+            m += b_hh[2 * H:]
+        np.multiply(r, m, out=n)  # n = tanh(x_n + r (W_hn h + b_hn))
     else:  # the original GRU: the reset gate scales h before the matmul
-        h_r, h_z = np.split(_recurrent(h, w_hh[:2 * H], None if b_hh is None else b_hh[:2 * H]), 2, axis=1)
-        r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
-        m = r * h
-        n = np.tanh(x_n + _recurrent(m, w_hh[2 * H:], None if b_hh is None else b_hh[2 * H:]))
-    return (1 - z) * n + z * h, None, (r, z, n, m)
+        np.matmul(h, w_hh_t[:, :2 * H], out=ws[:, :2 * H])
+        ws[:, :2 * H] += x_rz
+        _activate(ws[:, :2 * H], "ss")
+        np.multiply(r, h, out=m)
+        np.matmul(m, w_hh_t[:, 2 * H:], out=n)
+        if b_hh is not None:
+            n += b_hh[2 * H:]
+    n += x_n
+    np.tanh(n, out=n)
+    np.subtract(h, n, out=h_new)  # h' = (1 - z) n + z h = n + z (h - n)
+    h_new *= z
+    h_new += n
+    return h_new, None
 
 
 _STEP = {"rnn_tanh": _rnn_step, "rnn_relu": _rnn_step, "lstm": _lstm_step, "gru": _gru_step}
+
+
+def _projection_biases(cell, b_ih, b_hh, H):
+    """The biases that add to the input projection: b_ih, and b_hh except the GRU's b_hn (which
+    adds inside r * (W_hn h + b_hn), or inside the matmul of the original GRU)."""
+    if b_hh is None:
+        return b_ih
+    if cell == "gru":
+        b_hh = np.concatenate([b_hh[:2 * H], np.zeros(H, dtype=b_hh.dtype)])
+    return b_hh if b_ih is None else b_ih + b_hh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,22 +178,25 @@ def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, rever
     """(y, h_n, c_n or None, workspace) for one layer in one direction."""
     T, B, _ = x.shape
     H = h0.shape[1]
-    gx = _input_projection(x, w_ih, b_ih)
+    gx = _input_projection(x, w_ih, _projection_biases(cell, b_ih, b_hh, H))
+    w_hh_t = np.ascontiguousarray(w_hh.T)
     y = np.zeros((T, B, H), dtype=gx.dtype)
     workspace = np.zeros((T, B, WORKSPACE_BLOCKS[cell] * H), dtype=gx.dtype)
-    h, c = h0, c0
+    h, c = h0.astype(gx.dtype, copy=False), None if c0 is None else c0.astype(gx.dtype, copy=False)
     for t in _steps(T, reverse):
-        h_new, c_new, gates = _STEP[cell](cell, gx[t], h, c, w_hh, b_hh, w_peep, coupled, linear_before_reset)
+        ws = workspace[t]
+        h_new, c_new = _STEP[cell](cell, gx[t], h, c, w_hh_t, b_hh, w_peep, coupled, linear_before_reset, ws)
         active = _active(lengths, t, B)
         if active is None:
-            h, c, y[t] = h_new, c_new, h_new
-        else:
-            h = np.where(active, h_new, h)
-            c = None if c is None else np.where(active, c_new, c)
+            h, c = h_new, c_new
+            y[t] = h_new
+        else:  # an inactive sequence keeps its state: the workspace holds the state after the step
             y[t] = np.where(active, h_new, 0)
-        for k, block in enumerate((*gates, *([] if c is None else [c]), h)):
-            workspace[t, :, k * H:(k + 1) * H] = block
-    return y, h, c, workspace
+            np.copyto(h_new, np.where(active, h_new, h))
+            if c is not None:
+                np.copyto(c_new, np.where(active, c_new, c))
+            h, c = h_new, c_new
+    return y, h.copy(), None if c is None else c.copy(), workspace
 
 
 def _states_before(workspace: np.ndarray, block: int, initial: np.ndarray, H: int, reverse: bool) -> np.ndarray:

@@ -11,34 +11,65 @@ Masked softmax treats masked positions as absent: they get probability 0, and a 
 position kept (or whose kept entries are all -inf) is all zeros instead of 0/0 = NaN. Its
 backward is the softmax backward: y = 0 at every masked position, so the gradient is 0 there
 and over a fully masked row, whatever ``dy`` is.
+
+Each op is a formula over whole rows written into ``out``; ``along`` computes large inputs a
+block of rows at a time on the thread pool (a row is never split, so every sum runs as it would
+over the whole array).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ._parallel import along
 from ._precision import reference_op
 
 
-def _shifted(x: np.ndarray, dim: int) -> np.ndarray:
-    """``x - max(x)`` along ``dim``. A row that is all -inf shifts by 0 instead of -inf (its
-    -inf - -inf would be NaN before the caller decides what such a row means)."""
+def row_dot(a: np.ndarray, b: np.ndarray, dim: int) -> np.ndarray:
+    """``sum(a * b)`` along ``dim``, kept as an axis of length 1 (along the last axis without
+    the product array)."""
+    if dim != a.ndim - 1:
+        return np.sum(a * b, axis=dim, keepdims=True)
+    return np.einsum("...j,...j->...", a, b)[..., None]
+
+
+def row_sum(a: np.ndarray, dim: int) -> np.ndarray:
+    """``sum(a)`` along ``dim``, kept as an axis of length 1. Along the last axis it is a
+    matrix-vector product with ones: BLAS adds up rows three times faster than NumPy's row-by-row
+    pairwise sum, and (unlike np.matmul) np.dot lets other threads run meanwhile."""
+    if dim != a.ndim - 1:
+        return np.sum(a, axis=dim, keepdims=True)
+    return np.dot(a, np.ones(a.shape[-1], dtype=a.dtype))[..., None]
+
+
+def _row_max(x: np.ndarray, dim: int) -> np.ndarray:
+    """``max(x)`` along ``dim``, 0 for a row that is all -inf (its -inf - -inf would be NaN
+    before the caller decides what such a row means) or empty."""
     m = np.max(x, axis=dim, keepdims=True, initial=-np.inf)  # initial: rows of length 0
     m[np.isneginf(m)] = 0
-    return x - m
+    return m
+
+
+def _softmax(x, out, dim):
+    np.subtract(x, _row_max(x, dim), out=out)
+    np.exp(out, out=out)
+    # PyTorch's 0/0 = NaN for an all -inf row is kept: only masked_softmax promises zeros.
+    out /= row_sum(out, dim)
+
+
+def _log_softmax(x, out, dim):
+    np.subtract(x, _row_max(x, dim), out=out)
+    out -= np.log(row_sum(np.exp(out), dim))
 
 
 @reference_op
 def softmax(x: np.ndarray, dim: int) -> np.ndarray:
-    e = np.exp(_shifted(x, dim))
-    # PyTorch's 0/0 = NaN for an all -inf row is kept: only masked_softmax promises zeros.
-    return e / np.sum(e, axis=dim, keepdims=True)
+    return along(lambda x, out: _softmax(x, out, dim), x, axis=dim)
 
 
 @reference_op
 def log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
-    z = _shifted(x, dim)
-    return z - np.log(np.sum(np.exp(z), axis=dim, keepdims=True))
+    return along(lambda x, out: _log_softmax(x, out, dim), x, axis=dim)
 
 
 def keep_mask(shape: tuple[int, ...], mask: np.ndarray | None, lengths: np.ndarray | None, dim: int) -> np.ndarray:
@@ -54,21 +85,40 @@ def keep_mask(shape: tuple[int, ...], mask: np.ndarray | None, lengths: np.ndarr
     return keep
 
 
+def _masked_softmax(x, keep, out, dim):
+    # Masked positions are absent: -inf before the maximum, so a masked NaN or inf does not count.
+    np.copyto(out, np.where(keep, x, -np.inf))  # a select, not arithmetic: masked NaN * 0 is NaN
+    out -= _row_max(out, dim)
+    np.exp(out, out=out)
+    total = row_sum(out, dim)
+    empty = ~(total > 0)  # nothing finite kept (or a NaN): the row is zeros, not 0/0 = NaN
+    out /= total
+    if empty.any():
+        np.putmask(out, np.broadcast_to(empty, out.shape), 0)
+
+
 @reference_op
 def masked_softmax(x: np.ndarray, mask: np.ndarray | None, lengths: np.ndarray | None, dim: int) -> np.ndarray:
     keep = keep_mask(x.shape, mask, lengths, dim)
-    e = np.exp(_shifted(np.where(keep, x, -np.inf), dim))
-    total = np.sum(e, axis=dim, keepdims=True)
-    # total is 0 exactly when nothing finite is kept: such a row is zeros, not 0/0
-    return np.where(total > 0, e / np.where(total > 0, total, 1), 0).astype(x.dtype, copy=False)
+    return along(lambda x, keep, out: _masked_softmax(x, keep, out, dim), x, keep, axis=dim)
+
+
+def _softmax_backward(grad_output, y, out, dim):
+    np.subtract(grad_output, row_dot(grad_output, y, dim), out=out)
+    out *= y
+
+
+def _log_softmax_backward(grad_output, y, out, dim):
+    np.exp(y, out=out)
+    out *= row_sum(grad_output, dim)
+    np.subtract(grad_output, out, out=out)
 
 
 @reference_op
 def softmax_backward(grad_output: np.ndarray, output: np.ndarray, dim: int) -> np.ndarray:
-    dot = np.sum(grad_output * output, axis=dim, keepdims=True)
-    return output * (grad_output - dot)
+    return along(lambda g, y, out: _softmax_backward(g, y, out, dim), grad_output, output, axis=dim)
 
 
 @reference_op
 def log_softmax_backward(grad_output: np.ndarray, output: np.ndarray, dim: int) -> np.ndarray:
-    return grad_output - np.exp(output) * np.sum(grad_output, axis=dim, keepdims=True)
+    return along(lambda g, y, out: _log_softmax_backward(g, y, out, dim), grad_output, output, axis=dim)

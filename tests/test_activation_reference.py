@@ -95,3 +95,88 @@ def test_leaky_relu_every_kind_of_slope_matches_torch(slope, rng):
     x = np.concatenate([rng.standard_normal(50) * 3, [np.nan, np.inf, -np.inf, 0.0, -0.0]])
     want = F.leaky_relu(torch.from_numpy(x), slope).numpy()
     assert_close(ref.leaky_relu(x, slope), want, "float64")
+
+
+# ---------------------------------------------------------------------------------------------
+# The float32 path: computed in float32 (no float64 temporaries), accurate to float32 precision
+
+ULP = 2.0**-23  # float32's spacing at 1: relative errors below are in these units
+TINY = float(np.finfo(np.float32).tiny)
+
+
+def _every_range():
+    """float32 inputs from the far lower tail (Phi underflows below -14) to where Phi rounds to 1,
+    densely, plus the edges."""
+    dense = np.linspace(-16.0, 8.0, 2_000_001, dtype=np.float32)
+    edges = np.array([0.0, -0.0, 1e-30, -1e-30, 1e-3, -1e-3, -13.5, -14.0, -14.1, -15.0, 5.4, 6.0], np.float32)
+    return np.concatenate([dense, edges])
+
+
+def test_float32_normal_cdf_has_float32_precision_over_the_whole_range():
+    """Relative error against SciPy's float64 ndtr within a few float32 ulp everywhere Phi is a
+    normal float32, tails included (0.5 (1 + erf(x / sqrt 2)) in float32 has no correct digit
+    below x = -6), and within a few denormal steps where Phi underflows."""
+    from scipy.special import ndtr
+
+    x = _every_range()
+    got = ref.normal_cdf(x)
+    assert got.dtype == np.float32
+    want = ndtr(x.astype(np.float64))
+    normal = want >= TINY
+    relative = np.abs(got[normal] - want[normal]) / want[normal]
+    assert relative.max() <= 8 * ULP, f"max relative error {relative.max() / ULP:.1f} ulp at x = {x[normal][relative.argmax()]}"
+    assert np.abs(got[~normal] - want[~normal]).max() <= 8 * 2.0**-149
+
+
+def test_float32_gelu_and_gradient_have_float32_precision_over_the_whole_range():
+    x = _every_range()
+    x64 = x.astype(np.float64)
+    y, y64 = ref.gelu(x), ref.gelu(x64)
+    assert y.dtype == np.float32
+    big = np.abs(y64) >= TINY
+    relative = np.abs(y[big] - y64[big]) / np.abs(y64[big])
+    assert relative.max() <= 16 * ULP, f"gelu: {relative.max() / ULP:.1f} ulp at x = {x[big][relative.argmax()]}"
+    ones = np.ones_like(x)
+    g, g64 = ref.gelu_backward(ones, x), ref.gelu_backward(ones.astype(np.float64), x64)
+    assert g.dtype == np.float32
+    # gelu' crosses 0 at x = -0.75: there only an absolute bound means anything
+    assert np.abs(g - g64).max() <= 4 * ULP
+    away = (np.abs(g64) >= TINY) & ((x < -1.5) | (x > 0))
+    relative = np.abs(g[away] - g64[away]) / np.abs(g64[away])
+    assert relative.max() <= 16 * ULP, f"gelu': {relative.max() / ULP:.1f} ulp at x = {x[away][relative.argmax()]}"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_float32_nonfinite_inputs_as_in_float64(name):
+    forward, backward, _ = CASES[name]
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -30.0, 30.0, -3.0, 3.0])
+    dy = np.linspace(0.5, 2.0, x.size)
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    y32, y64 = forward(x32), forward(x)
+    assert_close(y32, y64, "float32")
+    assert_close(backward(dy32, x32, y32), backward(dy, x, y32.astype(np.float64)), "float32")
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 1.0, 2.5, -0.5])
+def test_leaky_relu_float32_every_kind_of_slope(slope, rng):
+    x = np.concatenate([rng.standard_normal(50) * 3, [np.nan, np.inf, -np.inf, 0.0, -0.0]]).astype(np.float32)
+    dy = rng.standard_normal(x.size).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = F.leaky_relu(xt, slope)
+    (gt,) = torch.autograd.grad(yt, xt, torch.from_numpy(dy))
+    assert_close(ref.leaky_relu(x, slope), yt.detach().numpy(), "float32")
+    assert_close(ref.leaky_relu_backward(dy, x, slope), gt.numpy(), "float32")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["relu", "leaky_relu"])
+def test_nonfinite_gradients_through_relu_like_backward_match_aten(name, dtype, rng):
+    """relu_backward selects: 0 where x <= 0 even when the gradient there is inf or NaN."""
+    x = np.repeat([np.nan, np.inf, -np.inf, 0.0, -0.0, -2.0, 2.0], 3).astype(dtype)
+    dy = np.tile([np.nan, np.inf, -np.inf], 7).astype(dtype)
+    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+    if name == "relu":
+        want, got = torch.ops.aten.threshold_backward(dyt, xt, 0), ref.relu_backward(dy, x)
+    else:
+        want, got = torch.ops.aten.leaky_relu_backward(dyt, xt, 0.2, False), ref.leaky_relu_backward(dy, x, 0.2)
+    np.testing.assert_array_equal(got, want.numpy())

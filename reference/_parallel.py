@@ -1,0 +1,247 @@
+"""Large arrays in chunks, on a small thread pool: how the reference keeps up with PyTorch CPU.
+
+NumPy releases the GIL inside its loops, so chunks of one array computed on several threads run
+in parallel. Working chunk by chunk also keeps a formula of several passes (``exp``, then ``+ 1``,
+then ``1 / ...``) inside the core's cache instead of streaming the whole array through memory
+once per pass.
+
+* The pool has ``num_threads()`` threads: the cores this process may run on
+  (``os.sched_getaffinity``), or ``GPUKERNELS_NUM_THREADS`` when set (1 turns the pool off).
+* Outputs below ``PARALLEL_MIN_BYTES`` are computed in one call on the calling thread.
+* Chunk boundaries depend on the array's shape alone, never on the thread count, and a chunk is
+  computed exactly as it would be alone: every thread count gives the same bits.
+
+Two ways in: :func:`elementwise` (a formula applied to equally shaped arrays, element by element)
+and :func:`along` (a formula whose reductions run along one axis, e.g. softmax along a row: split
+along another axis). :func:`run` runs independent tasks (e.g. one optimizer update per tensor).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import math
+import os
+import queue
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+
+ENV_VAR = "GPUKERNELS_NUM_THREADS"
+# A chunk is an eighth of the output, at least 256 KiB (a NumPy call costs about a microsecond,
+# as much as 10^4 elements take) and at most 1 MiB (the formula's temporaries stay in cache).
+MIN_CHUNK_BYTES = 1 << 18
+MAX_CHUNK_BYTES = 1 << 20
+PARALLEL_MIN_BYTES = 2 * MIN_CHUNK_BYTES  # smaller outputs: one call on the calling thread
+
+
+def _raise_the_heaps_mmap_threshold() -> None:
+    """glibc's malloc serves blocks above 128 KiB with fresh mmap pages, and keeps doing so until
+    it frees such a block: every chunk's temporaries (up to 1 MiB) would fault in new pages on
+    every call, costing more than the arithmetic. Freeing one 4 MiB block moves the threshold to
+    4 MiB (and the heap's trim threshold to 8 MiB), as the first large NumPy array freed in a
+    process does anyway. Elsewhere this allocates and frees 4 MiB, nothing more."""
+    block = np.empty(4 << 20, dtype=np.uint8)
+    del block
+
+
+_raise_the_heaps_mmap_threshold()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def num_threads() -> int:
+    """Threads the reference uses: ``GPUKERNELS_NUM_THREADS`` if set, else the usable cores."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    if not value:
+        return available_cores()
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"{ENV_VAR} must be a whole number >= 1 (the threads of the CPU reference), got {value!r}")
+    return threads
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool: daemon threads, each taking the next job from one queue
+
+
+_queue: queue.SimpleQueue = queue.SimpleQueue()
+_workers = 0
+_workers_lock = threading.Lock()
+_inside_task = threading.local()  # a task that itself calls run() runs those tasks inline
+
+
+def _serve() -> None:
+    _inside_task.active = True
+    while True:
+        _queue.get()()
+
+
+def _ensure_workers(count: int) -> None:
+    global _workers
+    with _workers_lock:
+        while _workers < count:
+            threading.Thread(target=_serve, name=f"gpukernels-reference-{_workers}", daemon=True).start()
+            _workers += 1
+
+
+def _forget_workers_after_fork() -> None:
+    # A forked child has none of the parent's threads: it starts its own when it needs them.
+    global _queue, _workers, _workers_lock
+    _queue, _workers, _workers_lock = queue.SimpleQueue(), 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers_after_fork)
+
+
+def run(tasks: Sequence[Callable[[], object]]) -> None:
+    """Run independent ``tasks`` on the pool (the calling thread takes part) and wait for all.
+
+    Threads take the next task as they become free, so a core slowed by other work takes fewer.
+    NumPy's error state (``np.errstate``) and other context variables of the caller hold in every
+    task. An exception in a task is raised here once every task has finished.
+    """
+    threads = min(num_threads(), len(tasks))
+    if threads <= 1 or getattr(_inside_task, "active", False):
+        for task in tasks:
+            task()
+        return
+    pending = iter(tasks)
+    lock = threading.Lock()
+    finished = threading.Event()
+    left = [len(tasks)]
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                task = next(pending, None)
+            if task is None:
+                return
+            try:
+                task()
+            except BaseException as error:  # raised in the caller, after the other tasks
+                errors.append(error)
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    finished.set()
+
+    _ensure_workers(threads - 1)
+    for _ in range(threads - 1):
+        _queue.put(functools.partial(contextvars.copy_context().run, work))
+    _inside_task.active = True
+    try:
+        work()
+    finally:
+        _inside_task.active = False
+    finished.wait()
+    if errors:
+        raise errors[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting arrays
+
+
+def split(length: int, step: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of ``step`` items (the last one shorter) covering ``length`` items."""
+    return [(start, min(start + step, length)) for start in range(0, length, step)]
+
+
+def _chunk_bytes(total_bytes: int) -> int:
+    return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, total_bytes // 8))
+
+
+def _items_per_chunk(items: int, item_bytes: int) -> int:
+    """How many items (elements, or slices along an axis) of ``item_bytes`` make one chunk: a
+    function of the sizes alone."""
+    return max(1, _chunk_bytes(items * item_bytes) // max(1, item_bytes))
+
+
+def elementwise(formula: Callable[..., object], *arrays: np.ndarray, dtype=None, out=None) -> np.ndarray:
+    """``out`` with ``formula(*arrays, out=out)`` computed for every element.
+
+    ``formula`` must be elementwise: each output element depends only on the input elements at
+    the same index. The arrays share one shape; ``out`` has it too, with ``dtype`` (default: the
+    first array's), and may be one of the arrays (in place). Large contiguous arrays go chunk by
+    chunk over the pool.
+    """
+    first = arrays[0]
+    if out is None:
+        out = np.empty(first.shape, dtype=first.dtype if dtype is None else dtype)
+    itemsize = max(a.itemsize for a in (*arrays, out))
+    if first.size * itemsize < PARALLEL_MIN_BYTES or not all(a.flags.c_contiguous and a.shape == first.shape
+                                                             for a in (*arrays, out)):
+        formula(*arrays, out=out)
+        return out
+    flat_in = [a.reshape(-1) for a in arrays]
+    flat_out = out.reshape(-1)
+    step = _items_per_chunk(first.size, itemsize)
+    run([lambda lo=lo, hi=hi: formula(*(a[lo:hi] for a in flat_in), out=flat_out[lo:hi])
+         for lo, hi in split(first.size, step)])
+    return out
+
+
+def along(formula: Callable[..., object], *arrays: np.ndarray, axis: int, out_shape=None, dtype=None,
+          out=None) -> np.ndarray:
+    """``out`` with ``formula(*arrays, out=out)``, for a formula whose reductions run along ``axis``.
+
+    The arrays share ``axis``'s length and are split along another axis (the longest) into
+    slices that hold whole lines along ``axis``; each slice is computed as the
+    formula would compute it alone. The arrays have as many dimensions as ``out`` and broadcast
+    against it (an axis of length 1 is not split); ``out`` has ``out_shape`` (default: the first
+    array's shape). ``out`` may be given, one of the arrays too (in place).
+    """
+    first = arrays[0]
+    if out is None:
+        shape = first.shape if out_shape is None else tuple(out_shape)
+        out = np.empty(shape, dtype=first.dtype if dtype is None else dtype)
+    shape = out.shape
+    size = math.prod(shape)
+    others = [k for k in range(len(shape)) if k != axis % max(len(shape), 1)]
+    cut = max(others, key=lambda k: shape[k], default=None)  # the first of the longest
+    itemsize = max(a.itemsize for a in (*arrays, out))
+    if size * itemsize < PARALLEL_MIN_BYTES or cut is None or shape[cut] == 1:
+        formula(*arrays, out=out)
+        return out
+    per_slice = size // shape[cut]
+    step = _items_per_chunk(shape[cut], per_slice * itemsize)
+
+    def piece(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        if a.shape[cut] == 1:  # broadcast along the split axis: every slice reads all of it
+            return a
+        return a[(slice(None),) * cut + (slice(lo, hi),)]
+
+    run([lambda lo=lo, hi=hi: formula(*(piece(a, lo, hi) for a in arrays), out=piece(out, lo, hi))
+         for lo, hi in split(shape[cut], step)])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _constant_chunk(value: float, dtype: np.dtype, size: int) -> np.ndarray:
+    chunk = np.full(size, value, dtype)
+    chunk.flags.writeable = False  # shared by every thread and every call
+    return chunk
+
+
+def filled_like(x: np.ndarray, value: float) -> np.ndarray:
+    """A read-only array of ``value`` shaped like ``x``; chunk-sized ones are made once.
+
+    NumPy's binary ufuncs broadcast a scalar through a loop several times slower than the one for
+    two arrays (np.maximum(x, 0) against np.maximum(x, zeros)): formulas pass arrays instead.
+    """
+    size = MAX_CHUNK_BYTES // x.itemsize
+    if x.size > size:
+        return np.full_like(x, value)
+    return _constant_chunk(float(value), x.dtype, size)[:x.size].reshape(x.shape)
