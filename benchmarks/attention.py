@@ -175,6 +175,10 @@ def _register_additive() -> None:
                     devices=devices))
 
 
+_register_sdpa()
+_register_additive()
+
+
 # ---------------------------------------------------------------------------------------------
 # The cost model of our additive path: each kernel at its roofline, the kernels in sequence
 
