@@ -434,17 +434,25 @@ def _write_back(caller: Any, converted: Any) -> None:
         caller[...] = value
 
 
-def _reach_triton_as_they_are(values: list | tuple) -> bool:
-    """Whether every entry of ``values`` would come out of ``_to_inplace_backend("triton", x)``
-    as a view of itself with nothing to copy back: a contiguous torch tensor the kernels can
-    address. One C-level check per tensor instead of a conversion (a detach and several type
-    checks): an optimizer step hands over hundreds of tensors, and the first H200 run's Adam
-    step spent most of its 7 ms here."""
+def _views_for(backend: str, values: list | tuple) -> list | None:
+    """``values`` as the arrays ``backend`` updates in place, when every entry is a contiguous
+    torch tensor the backend can use as it is (Triton: CUDA, or anything when interpreting;
+    numpy: CPU tensors of a dtype NumPy has, viewed with ``.numpy()``); None otherwise, and the
+    caller converts entry by entry. One C-level check per tensor instead of a conversion (a
+    detach and several type checks): an optimizer step hands over hundreds of tensors, and the
+    first H200 run's Adam step spent most of its 7 ms converting them."""
     torch = sys.modules.get("torch")
-    if torch is None:
-        return False
-    tensor, interpreting = torch.Tensor, triton_interpreting()
-    return all(isinstance(x, tensor) and (x.is_cuda or interpreting) and x.is_contiguous() for x in values)
+    if torch is None or backend == "cupy":
+        return None
+    tensor = torch.Tensor
+    if not all(isinstance(x, tensor) and x.is_contiguous() for x in values):
+        return None
+    if backend == "triton":
+        interpreting = triton_interpreting()
+        return list(values) if all(x.is_cuda or interpreting for x in values) else None
+    if all(x.device.type == "cpu" and x.dtype != torch.bfloat16 for x in values):
+        return [x.detach().numpy() for x in values]
+    return None
 
 
 def call_inplace(family: str, op: str, arrays: tuple, params: dict | None = None, *, template: Any,
@@ -464,9 +472,8 @@ def call_inplace(family: str, op: str, arrays: tuple, params: dict | None = None
 
     def convert(a: Any, position: int) -> Any:
         if isinstance(a, (list, tuple)):
-            if backend == "triton" and _reach_triton_as_they_are(a):
-                return list(a)
-            return [convert(x, position) for x in a]
+            views = _views_for(backend, a)
+            return views if views is not None else [convert(x, position) for x in a]
         converted, shared = _to_inplace_backend(backend, a)
         if not shared and position in writes:
             copies.append((a, converted))
