@@ -202,9 +202,11 @@ def sdpa_backward_dkdv_kernel(
     H, GROUPS, L, S, E, EV,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
+    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
 ):
     """dK and dV for one tile of key rows of one key/value head, summed over the GROUPS query
-    heads that read it: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij Q_i."""
+    heads that read it: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij Q_i. WITH_DK / WITH_DV
+    let a launch make one of the two (see ``dkdv_passes``): one accumulator fewer to hold."""
     pid_n, zhk = _tile_of_program(tl.cdiv(S, BLOCK_N))
     HK = H // GROUPS
     z, hk = zhk // HK, zhk % HK
@@ -214,10 +216,11 @@ def sdpa_backward_dkdv_kernel(
     k_mask = (offs_n[:, None] < S) & (offs_d[None, :] < E)
     v_mask = (offs_n[:, None] < S) & (offs_dv[None, :] < EV)
     k = tl.load(K + z * skz + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=k_mask, other=0.0)
-    v = tl.load(V + z * svz + hk * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=v_mask, other=0.0)
-
-    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    dv = tl.zeros((BLOCK_N, BLOCK_DV), tl.float32)
+    if WITH_DK:  # dV needs no V
+        v = tl.load(V + z * svz + hk * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=v_mask, other=0.0)
+        dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    if WITH_DV:
+        dv = tl.zeros((BLOCK_N, BLOCK_DV), tl.float32)
     lo = 0
     if IS_CAUSAL:  # query i only sees keys j <= i: skip the query tiles wholly above this key tile
         lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M
@@ -234,13 +237,18 @@ def sdpa_backward_dkdv_kernel(
             mask_ptrs = M + z * smz + h * smh + offs_m[:, None] * smm + offs_n[None, :] * smn
             s = _sdpa_scores(q, k, mask_ptrs, offs_m, offs_n, L, S, sm_scale, MASK_KIND, IS_CAUSAL, DOT_F32)
             p = tl.exp(s - lse[:, None])
-            dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_F32)
-            dp = _dot(do, tl.trans(v), DOT_F32)
-            ds = p * (dp - delta[:, None])
-            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_F32)
-    tl.store(DK + zhk * S * E + offs_n[:, None] * E + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-             mask=k_mask)
-    tl.store(DV + zhk * S * EV + offs_n[:, None] * EV + offs_dv[None, :], dv.to(DV.dtype.element_ty), mask=v_mask)
+            if WITH_DV:
+                dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_F32)
+            if WITH_DK:
+                dp = _dot(do, tl.trans(v), DOT_F32)
+                ds = p * (dp - delta[:, None])
+                dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_F32)
+    if WITH_DK:
+        tl.store(DK + zhk * S * E + offs_n[:, None] * E + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
+                 mask=k_mask)
+    if WITH_DV:
+        tl.store(DV + zhk * S * EV + offs_n[:, None] * EV + offs_dv[None, :], dv.to(DV.dtype.element_ty),
+                 mask=v_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,6 +557,14 @@ class SdpaBlocks(NamedTuple):
         return self.dkdv or self
 
 
+def dkdv_passes(itemsize: int, block_d: int) -> tuple[tuple[bool, bool], ...]:
+    """(WITH_DK, WITH_DV) of each dK/dV launch. fp32 storage at head dim 256 makes dK and dV in
+    two passes: its FMA products (no tensor cores) with both [16, 256] accumulators live spill at
+    every tile config, one accumulator each does not (d=128 fits both in one pass; split, ptxas
+    spills one of its builds). Everything else makes both in one."""
+    return ((True, False), (False, True)) if itemsize == 4 and block_d >= 256 else ((True, True),)
+
+
 # Padded head dims the SDPA kernels are built for. Heads below 64 pad to 64: real models use
 # 64 and 128, and three tiers keep the compile gate to a handful of tile configs.
 HEAD_DIMS = (64, 128, 256)
@@ -566,8 +582,9 @@ def padded_head_dim(n: int) -> int:
 # tiles have 32 rows and multiply with mma.sync. fp32 storage multiplies in full fp32 on the FMA
 # units, whose operand layouts take many more registers: the smallest tiles there, the dK/dV
 # kernel over 8 warps (over 4 it spills at d=64) and the others over 4 at d=64 and 256 (over 8,
-# ptxas holds them to 64 registers on sm_80 and they spill); the dK/dV kernel still spills at
-# d >= 128 (see compile_cases).
+# ptxas holds them to 64 registers on sm_80 and they spill); at d >= 128 the dK/dV kernel makes
+# dK and dV in two passes (``dkdv_passes``) and still spills in the worst launch (see
+# compile_cases).
 SDPA_TILES = {
     (64, 2): SdpaBlocks(32, 32, 4),
     (128, 2): SdpaBlocks(32, 32, 8),
@@ -694,9 +711,11 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, l
                                            BLOCK_M=blocks.block_m, BLOCK_DV=block_dv, num_warps=blocks.num_warps)
         sdpa_backward_dq_kernel[grid_m](q4, k4, v4, mask4, do4, lse, delta, dq, sm_scale, *common, **meta)
         kv = blocks.for_dkdv()
-        sdpa_backward_dkdv_kernel[program_grid(triton.cdiv(S, kv.block_n), Z * HK)](
-            q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common,
-            **{**meta, "BLOCK_M": kv.block_m, "BLOCK_N": kv.block_n, "num_warps": kv.num_warps})
+        for with_dk, with_dv in dkdv_passes(query.element_size(), block_d):
+            sdpa_backward_dkdv_kernel[program_grid(triton.cdiv(S, kv.block_n), Z * HK)](
+                q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common,
+                **{**meta, "BLOCK_M": kv.block_m, "BLOCK_N": kv.block_n, "num_warps": kv.num_warps,
+                   "WITH_DK": with_dk, "WITH_DV": with_dv})
     else:  # no query rows or no keys: every gradient is an empty sum
         dq.zero_(), dk.zero_(), dv.zero_()
     return dq.reshape(query.shape), dk.reshape(key.shape), dv.reshape(value.shape)
@@ -985,20 +1004,22 @@ def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, c
         blocks = blocks.for_dkdv()
     values = dict(sm_scale=1.0 / math.sqrt(E), H=H, GROUPS=groups, L=L, S=S, E=E, EV=EV, MASK_KIND=mask_kind,
                   IS_CAUSAL=causal, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_D=block_d,
-                  BLOCK_DV=block_d, DOT_F32=False)
+                  BLOCK_DV=block_d, DOT_F32=False, WITH_DK=True, WITH_DV=True)
     return _gate_args(kernel, pointers, strides, values), blocks
 
 
-# fp32 storage: the dK/dV kernel keeps k, v and the dK, dV accumulators of a key tile live over
-# its loop, and the FMA products' operand layouts take many registers; at d=256 (and at d=128 in
-# the GQA, masked, strided launch) it spills even at 16x16 tiles with 4 or 8 warps. No tile
-# config avoids that: it needs a kernel change (dK and dV in separate passes, say).
-_FP32_DKDV_SPILL = "fp32 dK/dV at this head dim spills at every tile config; needs a kernel change"
+# fp32 storage at head dims of 128 and 256, in the worst launch only (strided, unaligned, masked,
+# GQA): even with the smallest tiles (and at d=256 dK and dV in separate passes, ``dkdv_passes``),
+# the per-element int64 addresses of the [16, d] tiles plus the FMA products' operands exceed
+# 255 registers; 4 warps hold more per thread and 16 cap ptxas at 64. Typical launches, and
+# every 16-bit launch, build spill-free.
+_FP32_DKDV_SPILL = ("fp32 dK/dV at d >= 128 in the worst launch spills at every tile and warp count "
+                    "(at d=256 even in separate dK and dV passes)")
 
 
 def _known_spill(name: str, dtype: torch.dtype, block_d: int, launch: str) -> str:
-    heavy = block_d == 256 or (block_d == 128 and launch == "worst")
-    return _FP32_DKDV_SPILL if name == "sdpa_backward_dkdv" and dtype == torch.float32 and heavy else ""
+    heavy = name == "sdpa_backward_dkdv" and dtype == torch.float32 and block_d >= 128 and launch == "worst"
+    return _FP32_DKDV_SPILL if heavy else ""
 
 
 def _sdpa_cases() -> Iterator[CompileCase]:
@@ -1021,12 +1042,16 @@ def _sdpa_cases() -> Iterator[CompileCase]:
                         ("worst", worst_mask, True))
             for (name, kernel), (launch, mask_kind, causal) in itertools.product(kernels, launches):
                 args, blocks = _sdpa_args(kernel, tdtype, block_d, launch, mask_kind, causal)
-                yield CompileCase(
-                    name=name, kernel=kernel, args=args,
-                    num_warps=blocks.num_warps, known_spill=_known_spill(name, dtype, block_d, launch),
-                    tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m),
-                          "block_n": str(blocks.block_n), "mask": ("none", "bool", "add")[mask_kind],
-                          "causal": str(causal), "launch": launch})
+                dkdv = kernel is sdpa_backward_dkdv_kernel
+                for with_dk, with_dv in dkdv_passes(dtype.itemsize, block_d) if dkdv else ((True, True),):
+                    passes = {"WITH_DK": with_dk, "WITH_DV": with_dv} if dkdv else {}
+                    grads = {(True, True): "both", (True, False): "dk", (False, True): "dv"}[with_dk, with_dv]
+                    yield CompileCase(
+                        name=name, kernel=kernel, args={**args, **passes},
+                        num_warps=blocks.num_warps, known_spill=_known_spill(name, dtype, block_d, launch),
+                        tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m),
+                              "block_n": str(blocks.block_n), "mask": ("none", "bool", "add")[mask_kind],
+                              "causal": str(causal), "launch": launch, "grads": grads})
             if dtype != torch.bfloat16:
                 for launch in LAUNCHES:
                     args, blocks = _sdpa_args(sdpa_backward_delta_kernel, tdtype, block_d, launch, MASK_NONE, False)
