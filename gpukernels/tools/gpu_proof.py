@@ -253,11 +253,13 @@ def log_counts(log_text: str) -> tuple[dict[str, int], list[str]]:
 
 
 def run_pytest(label: str, targets: list[str], out: Path, budget: float, workers: int,
-               marker: str | None, per_test_timeout: int) -> tuple[bool, list[str]]:
+               marker: str | None, per_test_timeout: int, hide_gpu: bool = False) -> tuple[bool, list[str]]:
     junit = out / f"junit-{label}.xml"
     log = out / f"tests-{label}.log"
     command = _pytest_command(targets, junit, workers, marker, per_test_timeout)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if hide_gpu:  # the dry run rehearses the CPU plan on any machine: interpreter, CPU tensors
+        env.update(CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1")
     start = time.perf_counter()
     with log.open("w") as handle:
         handle.write("$ " + " ".join(command) + "\n")
@@ -294,7 +296,8 @@ def stage_tests(out: Path, device: str, budget: Budget, dry_run: bool) -> StageR
     workers = 1 if dry_run else max(2, min(14, os.cpu_count() or 2))
     lines = [f"pytest with {workers} worker(s) on {'the CPU (interpreter)' if device == 'cpu' else 'the GPU'}:"]
     if dry_run:
-        passed, text = run_pytest("dry-run", list(DRY_RUN_TESTS), out, budget.tests, workers, None, 120)
+        passed, text = run_pytest("dry-run", list(DRY_RUN_TESTS), out, budget.tests, workers, None, 120,
+                                  hide_gpu=True)
     else:
         ignores = [f"--ignore={path}" for path in GPU_RUN_IGNORES]
         lines.append("Left out on the device (CPU-only, proven in CI): " + ", ".join(GPU_RUN_IGNORES))
