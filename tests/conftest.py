@@ -52,8 +52,26 @@ def rng():
 
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
+        # The GPU-only tests first: on a borrowed GPU with a time budget they matter most.
+        items.sort(key=lambda item: "gpu" not in item.keywords)
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# GPUKERNELS_FAILURE_LOG=path: each failure's traceback is appended to that file the moment the
+# test fails, so a run killed at its time budget (gpu-proof) still leaves every traceback behind;
+# pytest itself prints them only at the end. Written by the controlling process only (xdist
+# workers send it their reports), one writer, no interleaving.
+FAILURE_LOG = os.environ.get("GPUKERNELS_FAILURE_LOG")
+
+
+def pytest_runtest_logreport(report):
+    if not FAILURE_LOG or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    text = report.longreprtext.splitlines()
+    with open(FAILURE_LOG, "a") as handle:
+        handle.write(f"=== {report.nodeid} ({report.when})\n")
+        handle.write("\n".join(text[-80:]) + "\n")

@@ -109,3 +109,25 @@ def test_offline_install_command_installs_a_working_package(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().startswith(str(target))
+
+
+def test_failure_log_gets_each_traceback_as_the_test_fails(tmp_path):
+    """tests/conftest.py's hook (the one gpu-proof relies on when it kills a run at its budget):
+    with xdist, every failure's traceback lands in GPUKERNELS_FAILURE_LOG exactly once."""
+    (tmp_path / "test_sample.py").write_text(
+        "def test_fails_here():\n    assert 1 + 1 == 3, 'arithmetic marker'\n\n"
+        "def test_passes():\n    assert True\n\n"
+        "def test_fails_too():\n    raise ValueError('second marker')\n")
+    log = tmp_path / "failures.log"
+    tests_dir = Path(__file__).resolve().parent
+    env = dict(os.environ, GPUKERNELS_FAILURE_LOG=str(log), PYTHONPATH=str(tests_dir))
+    env.pop("PYTEST_XDIST_WORKER", None)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-q",
+                             "-n", "2", "test_sample.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    text = log.read_text()
+    assert text.count("=== test_sample.py::test_fails_here (call)") == 1
+    assert text.count("=== test_sample.py::test_fails_too (call)") == 1
+    assert "arithmetic marker" in text and "ValueError: second marker" in text
+    assert "test_passes" not in text

@@ -257,7 +257,8 @@ def run_pytest(label: str, targets: list[str], out: Path, budget: float, workers
     junit = out / f"junit-{label}.xml"
     log = out / f"tests-{label}.log"
     command = _pytest_command(targets, junit, workers, marker, per_test_timeout)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    failures = out / f"tests-{label}-failures.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GPUKERNELS_FAILURE_LOG=str(failures.resolve()))
     if hide_gpu:  # the dry run rehearses the CPU plan on any machine: interpreter, CPU tensors
         env.update(CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1")
     start = time.perf_counter()
@@ -275,17 +276,21 @@ def run_pytest(label: str, targets: list[str], out: Path, budget: float, workers
     seconds = time.perf_counter() - start
     counts = junit_counts(junit)
     tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+    if failures.exists():
+        note = [f"  - tracebacks, written as each test failed: `{failures.name}`"]
+    else:
+        note = []
     if rc is None:
         seen, failed = log_counts(log.read_text())
         tally = ", ".join(f"{n} {outcome.lower()}" for outcome, n in sorted(seen.items())) or "no result"
         lines = [f"- `{label}`: **stopped at its {budget:.0f} s budget**, results incomplete: {tally} so far"]
-        return False, lines + [f"  - FAILED {name}" for name in failed[:60]]
+        return False, lines + note + [f"  - FAILED {name}" for name in failed[:60]]
     if counts is None:
         return False, [f"- `{label}`: pytest exited {rc} with no JUnit report; last line: `{tail[0] if tail else ''}`"]
     ok = rc in (0, 5) and counts["failures"] == 0 and counts["errors"] == 0
     lines = [f"- `{label}` ({seconds:.0f} s): {counts['passed']} passed, {counts['failures']} failed, "
              f"{counts['errors']} errors, {counts['skipped']} skipped"]
-    lines += [f"  - FAILED {name}" for name in junit_failures(junit)]
+    lines += note + [f"  - FAILED {name}" for name in junit_failures(junit)]
     return ok, lines
 
 
