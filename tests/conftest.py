@@ -45,6 +45,41 @@ def poison_fresh_outputs():
         torch.utils.deterministic.fill_uninitialized_memory = previous_fill
 
 
+def _math_settings() -> dict:
+    """Process-wide matmul/cuDNN precision switches. A test that changes one and does not put it
+    back makes every later test in its process compute differently (TF32 costs ~1e-3 in fp32)."""
+    backends = torch.backends
+    settings = {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+                "cudnn.enabled": backends.cudnn.enabled, "cudnn.benchmark": backends.cudnn.benchmark,
+                "cudnn.deterministic": backends.cudnn.deterministic}
+    for name, owner in (("fp32_precision", backends), ("cuda.matmul.fp32_precision", backends.cuda.matmul),
+                        ("cudnn.fp32_precision", backends.cudnn),
+                        ("cudnn.rnn.fp32_precision", getattr(backends.cudnn, "rnn", None)),
+                        ("cudnn.conv.fp32_precision", getattr(backends.cudnn, "conv", None))):
+        if owner is not None and hasattr(owner, "fp32_precision"):  # torch >= 2.9
+            settings[name] = owner.fp32_precision
+    if "cuda.matmul.fp32_precision" not in settings:  # older torch: the legacy switches alone
+        settings["cuda.matmul.allow_tf32"] = backends.cuda.matmul.allow_tf32
+        settings["cudnn.allow_tf32"] = backends.cudnn.allow_tf32
+    return settings
+
+
+@pytest.fixture(autouse=True)
+def math_settings_are_left_as_found(request):
+    """Fails the test that leaks a precision switch (named in the error), instead of the later
+    tests whose results it silently changes."""
+    if torch is None:
+        yield
+        return
+    before = _math_settings()
+    yield
+    after = _math_settings()
+    changed = {key: (before[key], after.get(key)) for key in before if after.get(key) != before[key]}
+    if changed:
+        torch.set_float32_matmul_precision(before["float32_matmul_precision"])
+        pytest.fail(f"{request.node.nodeid} left process-wide math settings changed (before, after): {changed}")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261124)
