@@ -115,6 +115,22 @@ def test_layers_through_time(kind, dtype, reverse, lengths, rng):
         assert torch.all(outputs[0][2:, 1] == 0) and torch.all(outputs[0][4:, 2] == 0)
 
 
+@pytest.mark.parametrize("kind,B,H,dtype", [pytest.param(k, b, h, d, id=f"{k}-T6-B{b}-H{h}-{SHORT[d]}") for k, b, h, d in (
+    ("rnn_tanh", 17, 257, "float16"), ("gru", 17, 257, "float16"))])
+def test_half_precision_layers_keep_the_state_and_projection_in_fp32(kind, B, H, dtype, rng):
+    """The sizes that failed on the H200: rounding the fp32 state to fp16 before each recurrent
+    product, and the input projection to fp16, put the gradients 5-9x over the fp16 bound here."""
+    T = 6
+    a = _inputs(rng, kind, B, 5, H, dtype, T=T)
+    gy = random_tensor(rng, (T, B, H), dtype, DEVICE, scale=1.0)
+    gh = random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0)
+    lengths = tuple(int(v) for v in rng.integers(1, T + 1, B))
+    with gk.use_backend("triton"):
+        outputs, grads = _layer(kind, a, gy, gh, None, True, lengths)
+    outputs64, grads64 = _layer(kind, _as64(a), as_float64(gy), as_float64(gh), None, True, lengths)
+    _check(kind, dtype, outputs, grads, outputs64, grads64)
+
+
 def test_layers_without_biases_and_with_a_large_batch_tile(rng):
     T, B, H = 2, 20, 9  # B > 16 picks the 64-row tile
     a = _inputs(rng, "lstm", B, 3, H, "float32", T=T)

@@ -43,12 +43,21 @@ def _gate_dot(acc, hk, w_ptr, gate, offs_k, offs_h, k_mask, h_mask, H, DOT_F32: 
     # (BLOCK_K, BLOCK_H) tile of w_hh^T for this gate block: element [k, j] = w[gate*H + j, k]
     rows = (gate * H + offs_h[None, :]).to(tl.int64)
     w = tl.load(w_ptr + rows * H + offs_k[:, None], mask=k_mask[:, None] & h_mask[None, :], other=0.0)
-    hk = hk.to(w.dtype)  # the fp32 state enters the matmul in the weights' dtype
+    if w.dtype == tl.float32:
+        return tl.dot(hk, w, acc=acc, input_precision="ieee")
+    # Half-precision weights: the fp32 state enters the tensor-core product as two halves, its
+    # rounding and the remainder, so the state is not rounded to fp16/bf16 at every step (that
+    # rounding compounds over the sequence and through saturated tanh units in backward). The
+    # second product costs little: the step is bound by reading w_hh, which both share.
+    hi = hk.to(w.dtype)
+    lo = (hk - hi.to(tl.float32)).to(w.dtype)
     if DOT_F32:
         # Triton's interpreter multiplies bfloat16 tiles wrongly: under it (only there) the
         # launcher sets DOT_F32 and the tiles, already rounded to bf16, go in as fp32.
-        return tl.dot(hk.to(tl.float32), w.to(tl.float32), acc=acc, input_precision="ieee")
-    return tl.dot(hk, w, acc=acc, input_precision="ieee")
+        acc = tl.dot(hi.to(tl.float32), w.to(tl.float32), acc=acc, input_precision="ieee")
+        return tl.dot(lo.to(tl.float32), w.to(tl.float32), acc=acc, input_precision="ieee")
+    acc = tl.dot(hi, w, acc=acc)
+    return tl.dot(lo, w, acc=acc)
 
 
 @triton.jit
@@ -302,8 +311,11 @@ class _TorchBackend:
         return torch.stack(parts)
 
     def input_projection(self, x2d, w_ih, b_ih):
-        # b_ih folds into the same GEMM.
-        return torch.addmm(b_ih, x2d, w_ih.t()) if b_ih is not None else x2d @ w_ih.t()
+        # In fp32 whatever the storage: a half-precision result would round every gate
+        # pre-activation once more before the cell (the fp16/bf16 errors of the H200 run at
+        # H=257). b_ih folds into the same GEMM.
+        x2d, w_ih = x2d.to(torch.float32), w_ih.to(torch.float32)
+        return torch.addmm(b_ih.to(torch.float32), x2d, w_ih.t()) if b_ih is not None else x2d @ w_ih.t()
 
     def step_weights(self, w_hh):
         return w_hh.contiguous()  # the step kernel reads rows of w_hh with stride H
@@ -379,7 +391,7 @@ def _step_args(code: int, tdtype: str, launch: str, batch: int, flags: dict) -> 
     H, aligned = _GATE_H[launch], launch == "typical"
     G, K = GATES[_LAYER_CELL[code]], WORKSPACE_BLOCKS[_LAYER_CELL[code]]
     state = passed("fp32", aligned)  # h (and c) of step t - 1: slices of the workspace
-    return dict(gx_ptr=passed(tdtype, aligned), gx_stride=G * H, hin_ptr=state, hin_stride=K * H,
+    return dict(gx_ptr=passed("fp32", aligned), gx_stride=G * H, hin_ptr=state, hin_stride=K * H,
                 hprev_ptr=state, hprev_stride=K * H, cprev_ptr=state, cprev_stride=K * H,
                 w_ptr=passed(tdtype, aligned), b_ptr=passed(tdtype, aligned), peep_ptr=passed(tdtype, aligned),
                 len_ptr=fresh("i32"), y_ptr=passed(tdtype, aligned), ws_ptr=passed("fp32", aligned),
