@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..ops import attention as _attn
-from ._library import LOWER_PRECISION, accumulation_dtype, autocast, empty, empty_like_inputs, fresh, fresh_all, \
+from ._library import LOWER_PRECISION, accumulation_dtype, autocast, autocast_inputs, empty, empty_like_inputs, fresh, fresh_all, \
     op, present
 
 
@@ -81,6 +81,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                          "pass attn_mask.detach() or use torch.nn.functional.scaled_dot_product_attention")
     if dropout_p != 0.0:
         raise ValueError(f"dropout_p={dropout_p}: dropout is not implemented, dropout_p must be 0.0")
+    # Cast here as the op's autocast rule would, so the dtype checks see what the op will get.
+    query, key, value, attn_mask = autocast_inputs(_AUTOCAST, query, key, value, attn_mask)
     _attn._check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     return _sdpa(query, key, value, attn_mask, is_causal, None if scale is None else float(scale), enable_gqa)[0]
 
@@ -179,18 +181,22 @@ _attention.register_autograd(_attention_grad, setup_context=_attention_setup)
 
 # Forward ops only: a backward runs in the dtypes its forward saved, whatever autocast says when
 # ``loss.backward()`` is called (torch's own backward ops are on no autocast list either).
+_AUTOCAST = {"cpu": LOWER_PRECISION, "cuda": LOWER_PRECISION}
 for _op in (_sdpa, _scores, _attention):
-    autocast(_op, cpu=LOWER_PRECISION, cuda=LOWER_PRECISION)
+    autocast(_op, **_AUTOCAST)
 
 
 def attention_scores(query, keys, kind="dot", weight=None, w_query=None, w_keys=None, v=None):
     """Differentiable ``gpukernels.attention_scores`` (argument meanings in ``gpukernels.ops.attention``)."""
+    query, keys, weight, w_query, w_keys, v = autocast_inputs(_AUTOCAST, query, keys, weight, w_query, w_keys, v)
     _attn._check_scores(query, keys, kind, weight, w_query, w_keys, v)
     return _scores(query, keys, kind, weight, w_query, w_keys, v)
 
 
 def attention(query, keys, values, kind="dot", mask=None, weight=None, w_query=None, w_keys=None, v=None):
     """Differentiable ``gpukernels.attention``: ``(context, weights)``; both may carry gradients."""
+    query, keys, values, weight, w_query, w_keys, v = autocast_inputs(_AUTOCAST, query, keys, values, weight,
+                                                                      w_query, w_keys, v)
     _attn._check_scores(query, keys, kind, weight, w_query, w_keys, v)
     _attn._check_values_and_mask(query, keys, values, mask)
     return _attention(query, keys, values, kind, mask, weight, w_query, w_keys, v)

@@ -49,6 +49,10 @@ NAMESPACE = "gpukernels"
 # softmax and log_softmax on CUDA. An op with no rule runs in its inputs' dtypes.
 LOWER_PRECISION = "lower_precision"
 FLOAT32 = "float32"
+# For wrappers only (``autocast_inputs``): the lower-precision dtype promoted with that of the
+# op's state (the first tensor given), as torch's composite cells come out when their
+# lower-precision matmuls meet the state in elementwise math.
+PROMOTE_WITH_STATE = "promote_with_state"
 
 _autocast_library = torch.library.Library(NAMESPACE, "IMPL")
 
@@ -135,15 +139,18 @@ def autocast(custom: Any, **policies: str) -> None:
 
 def autocast_inputs(policies: dict[str, str], *tensors: torch.Tensor | None) -> tuple:
     """``tensors`` cast as ``policies`` (device type -> policy) says under an active autocast
-    region, for wrappers whose policy depends on more than the op (the recurrent ops: torch's
-    rule differs between its LSTM layer and its LSTM cell, which share our op). Called from
+    region. For wrappers: those that check their inputs' dtypes against each other (the check
+    must see the casts the op's rule would make) and those whose rule depends on more than the
+    op (torch treats its LSTM layer and LSTM cell differently; they share our op). Called from
     traced code: dynamo folds the autocast state into the graph."""
     first = next(x for x in tensors if x is not None)
     device_type = first.device.type
     policy = policies.get(device_type)
     if policy is None or not torch.is_autocast_enabled(device_type):
         return tensors
-    dtype = torch.get_autocast_dtype(device_type) if policy == LOWER_PRECISION else torch.float32
+    dtype = torch.float32 if policy == FLOAT32 else torch.get_autocast_dtype(device_type)
+    if policy == PROMOTE_WITH_STATE:
+        dtype = torch.promote_types(dtype, first.dtype)
     return _cast(tensors, device_type, dtype)
 
 

@@ -14,8 +14,9 @@ tests/test_torch_autocast.py): on CUDA every RNN, LSTM and GRU layer and cell ru
 autocast dtype (cuDNN RNNs, ``lstm_cell``, ``gru_cell``, ... are on the lower-precision list).
 On the CPU torch runs the LSTM layer (``mkldnn_rnn_layer``) and the Elman RNN (a ``linear``
 and a tanh or relu) in the autocast dtype, while its GRU layer and LSTM/GRU cells come out in
-float32 (their fp32 state is promoted with the lower-precision matmuls): so ours cast the LSTM
-layer and the RNN to the autocast dtype and the GRU and the LSTM cell to float32.
+the state's dtype promoted with the autocast dtype (the state, float32 unless given otherwise,
+meets the lower-precision matmuls in elementwise math): so ours cast the LSTM layer and the RNN
+to the autocast dtype and the GRU and the LSTM cell to that promoted dtype.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor
 from .._dispatch import like
 from ..ops import rnn as _rnn
 from ..reference.rnn import WORKSPACE_BLOCKS
-from ._library import FLOAT32, LOWER_PRECISION, accumulation_dtype, autocast_inputs, empty, empty_like_inputs, \
+from ._library import LOWER_PRECISION, PROMOTE_WITH_STATE, accumulation_dtype, autocast_inputs, empty, empty_like_inputs, \
     fresh, fresh_all, op, present
 
 
@@ -96,9 +97,9 @@ _layer.register_autograd(_gradients, setup_context=_setup)
 # (cell kind, is a cell step) -> {device type: policy}; see the module docstring.
 _AUTOCAST = {
     ("lstm", False): {"cpu": LOWER_PRECISION, "cuda": LOWER_PRECISION},
-    ("lstm", True): {"cpu": FLOAT32, "cuda": LOWER_PRECISION},
-    ("gru", False): {"cpu": FLOAT32, "cuda": LOWER_PRECISION},
-    ("gru", True): {"cpu": FLOAT32, "cuda": LOWER_PRECISION},
+    ("lstm", True): {"cpu": PROMOTE_WITH_STATE, "cuda": LOWER_PRECISION},
+    ("gru", False): {"cpu": PROMOTE_WITH_STATE, "cuda": LOWER_PRECISION},
+    ("gru", True): {"cpu": PROMOTE_WITH_STATE, "cuda": LOWER_PRECISION},
     ("rnn", False): {"cpu": LOWER_PRECISION, "cuda": LOWER_PRECISION},
     ("rnn", True): {"cpu": LOWER_PRECISION, "cuda": LOWER_PRECISION},
 }
@@ -120,7 +121,9 @@ def _lengths_tensor(lengths, batch: int) -> Tensor | None:
 
 def _apply(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, rank, reverse=False, lengths=None, **options):
     policies = _AUTOCAST[(cell.split("_")[0], rank == 2)]
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep = autocast_inputs(policies, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
+    state = x if h0 is None else h0  # torch's zero state has the input's dtype
+    state, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep = autocast_inputs(policies, state, x, h0, c0, w_ih, w_hh, b_ih,
+                                                                       b_hh, w_peep)
     h0, c0, params = _rnn._prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, rank=rank, reverse=reverse,
                                    **options)
     if rank == 2:
