@@ -10,6 +10,15 @@ Two cases, out of the default set (compiling takes tens of seconds on the CPU):
   ``torch._dynamo.reset()``, compile, one step, timed as a whole (the first timing is a cold
   compile; the harness's median is over repeats, i.e. with Inductor's on-disk caches warm).
 
+Ours compiles with ``fullgraph=True``. torch.nn's cannot: dynamo refuses to trace
+``torch.nn.LSTM``/``GRU`` ("Attempted to wrap RNN, GRU, or LSTM"; its ``allow_rnn`` option is
+off by default), so that model is compiled as users compile it, with graph breaks around its
+recurrent layers, which then run in eager.
+
+On a CPU shared with other work, set ``OMP_NUM_THREADS`` to the cores you may use: Inductor's
+C++ kernels, torch and the NumPy reference each keep a thread pool, and oversubscribed pools
+spin against each other (on a loaded 2-core machine every provider ran about 10x slower).
+
 The model (also what tests/test_torch_compile.py compiles): a 2-layer bidirectional LSTM
 encoder, a GRU over its outputs, additive attention of the GRU's last state over the encoder
 outputs, GELU, log-softmax; the loss is the sum of the log-probabilities.
@@ -102,7 +111,7 @@ def _step_providers():
         def make(inputs):
             model = inputs[which]
             if compiled:
-                model = torch.compile(model, fullgraph=True)
+                model = torch.compile(model, fullgraph=which == "ours")
             return lambda: train_step(model, inputs["x"])
 
         return make
@@ -118,7 +127,7 @@ def _compile_providers():
         def make(inputs):
             def run():
                 torch._dynamo.reset()
-                return train_step(torch.compile(inputs[which], fullgraph=True), inputs["x"])
+                return train_step(torch.compile(inputs[which], fullgraph=which == "ours"), inputs["x"])
 
             return run
 

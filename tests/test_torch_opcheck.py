@@ -1,8 +1,8 @@
 """torch.library.opcheck for every operator in the ``gpukernels`` namespace (schema, autograd
 registration, fake tensors, AOT dispatch with dynamic shapes), on small random inputs. A backward
 op gets inputs that do not require grad (there is no double backward: backpropagating through
-one raises torch's "no autograd formula" error). Every registered op must have samples here: an op registered without them fails
-``test_every_registered_op_has_samples``."""
+one raises torch's "no autograd formula" error). Every registered op must have samples here: an
+op registered without them fails ``test_every_registered_op_has_samples``."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ..ops import attention as _attn
-from ._library import LOWER_PRECISION, accumulation_dtype, autocast, autocast_inputs, empty, empty_like_inputs, fresh, fresh_all, \
-    op, present
+from ._library import LOWER_PRECISION, accumulation_dtype, autocast, autocast_inputs, empty, empty_like_inputs, \
+    fresh, fresh_all, op, present
 
 
 # ---------------------------------------------------------------------------------------------

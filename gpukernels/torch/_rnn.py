@@ -27,15 +27,16 @@ from torch import Tensor
 from .._dispatch import like
 from ..ops import rnn as _rnn
 from ..reference.rnn import WORKSPACE_BLOCKS
-from ._library import LOWER_PRECISION, PROMOTE_WITH_STATE, accumulation_dtype, autocast_inputs, empty, empty_like_inputs, \
-    fresh, fresh_all, op, present
+from ._library import LOWER_PRECISION, PROMOTE_WITH_STATE, accumulation_dtype, autocast_inputs, empty, \
+    empty_like_inputs, fresh_all, op, present
 
 
 def _params(cell: str, reverse: bool, lengths: Tensor | None, T: int, B: int, coupled: bool,
             linear_before_reset: bool) -> dict:
     """The backend's keyword options; the lengths are checked (values 1..T) and read here."""
-    return {"cell": cell, "reverse": reverse, "lengths": None if lengths is None else _rnn._check_lengths(lengths, B, T),
-            "coupled": coupled, "linear_before_reset": linear_before_reset}
+    checked = None if lengths is None else _rnn._check_lengths(lengths, B, T)
+    return {"cell": cell, "reverse": reverse, "lengths": checked, "coupled": coupled,
+            "linear_before_reset": linear_before_reset}
 
 
 @op("recurrent_layer")
@@ -91,7 +92,6 @@ def _gradients(ctx, grad_y, grad_h_n, grad_c_n, _grad_workspace):
 
 
 _layer.register_autograd(_gradients, setup_context=_setup)
-
 
 
 # (cell kind, is a cell step) -> {device type: policy}; see the module docstring.
