@@ -149,3 +149,46 @@ def test_inductor_on_the_gpu_matches_eager():
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for name in grads:
         torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _every_op(x, lengths, mask, lstm_peep, gru_orig, cells, dot):
+    """A function touching every registered op and option that the model above leaves out."""
+    T, B, _ = x.shape
+    y, _, _ = lstm_peep(x, lengths)
+    y = y + gru_orig(x)[0]
+    h, c = cells[0](x[0])
+    h = h + cells[1](x[1], h) + cells[2](x[2], h)
+    q = y.transpose(0, 1)                                     # (B, T, 4)
+    context, weights = dot(q, q, mask=mask)
+    scores = GF.attention_scores(q, q, "scaled_dot")
+    attended = GF.scaled_dot_product_attention(q[:, None], q[:, None], q[:, None], is_causal=True)[:, 0]
+    probs = GF.masked_softmax(scores, mask[:, None, :].expand(B, T, T))
+    acts = GF.sigmoid(context) + GF.tanh(attended) + GF.relu(weights @ q) + GF.leaky_relu(q, 0.2)
+    return acts.sum() + probs.sum() + GF.log_softmax(h, dim=0).sum() + GF.gelu(c, approximate="tanh").sum()
+
+
+def test_every_op_and_option_compiles_without_graph_break_and_matches_eager():
+    torch.manual_seed(0)
+    lstm = gnn.LSTM(3, 4, peephole=True, coupled=True)
+    gru = gnn.GRU(3, 4, linear_before_reset=False)
+    cells = (gnn.LSTMCell(3, 4), gnn.GRUCell(3, 4), gnn.RNNCell(3, 4, nonlinearity="relu"))
+    dot = gnn.DotAttention(4, kind="general")
+
+    def lstm_with_lengths(x, lengths):  # the functional layer: variable lengths, peepholes, coupled gates
+        return GF.lstm_layer(x, None, None, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0,
+                             w_peep=lstm.weight_peep_l0, coupled=True, lengths=lengths)
+
+    def fn(x, lengths, mask):
+        return _every_op(x, lengths, mask, lstm_with_lengths, gru, cells, dot)
+
+    x = torch.randn(5, 3, 3, requires_grad=True)
+    lengths, mask = torch.tensor([5, 2, 4]), torch.rand(3, 5) > 0.3
+    mask[:, 0] = True
+    explanation = torch._dynamo.explain(fn)(x, lengths, mask)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    expected = fn(x, lengths, mask)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, lengths, mask)
+    (grad,) = torch.autograd.grad(compiled, x)
+    torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
