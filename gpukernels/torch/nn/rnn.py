@@ -135,9 +135,8 @@ class RNNBase(torch.nn.Module):
         packed = isinstance(input, PackedSequence)
         lstm = self.mode == "LSTM"
         if packed:
-            padded, lengths_tensor = pad_packed_sequence(input, batch_first=False)
-            lengths = [int(v) for v in lengths_tensor]
-            x, batched = padded, True
+            x, lengths = pad_packed_sequence(input, batch_first=False)  # lengths: a CPU int64 tensor
+            batched = True
         else:
             if not isinstance(input, torch.Tensor):
                 raise TypeError(f"input must be a torch.Tensor or PackedSequence, got {type(input).__name__}")
@@ -192,7 +191,7 @@ class RNNBase(torch.nn.Module):
             order = input.sorted_indices
             if order is not None:
                 output = output.index_select(1, order)
-            sorted_lengths = torch.tensor(lengths)[order.cpu()] if order is not None else torch.tensor(lengths)
+            sorted_lengths = lengths[order.cpu()] if order is not None else lengths
             data = pack_padded_sequence(output, sorted_lengths, enforce_sorted=True).data
             output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
         elif not batched:
