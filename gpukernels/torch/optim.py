@@ -88,7 +88,6 @@ def _check_hyper(lr, eps=None, weight_decay=None, betas=None, momentum=None, alp
         raise ValueError(f"Invalid alpha value: {alpha}")
 
 
-_IS_SPARSE = operator.attrgetter("is_sparse")
 
 
 class _Fused(torch.optim.Optimizer):
@@ -158,7 +157,7 @@ class _Fused(torch.optim.Optimizer):
             if g is not None:
                 params.append(p)
                 grads.append(g)
-        if any(map(_IS_SPARSE, grads)):
+        if any(g.is_sparse for g in grads):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         return params, grads
 
