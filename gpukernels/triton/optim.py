@@ -106,19 +106,19 @@ def _learning_rate(lr, lr_ptr, device_lr):
 
 
 @triton.jit
-def _bias_corrections(t, log_beta1, log_beta2, lr, step_size, bias_correction2_sqrt, decay, decoupled_weight_decay,
-                      device_step, device_lr):
+def _bias_corrections(t, log_beta1, log_beta2, lr, step_size, bias_correction2_sqrt, decay,
+                      decoupled_weight_decay, device_step, device_lr):
     """(lr / (1 - beta1^t), sqrt(1 - beta2^t), 1 - lr*wd): the host's values, or formed here
     from the tensor's step counter ``t`` (``device_step``, which a device ``lr`` implies) and
-    ``lr``. 1 - exp(t log beta) in fp64, where it loses nothing to cancellation (1 - 0.999^1);
-    the rest in fp32."""
+    ``lr``, the device's when ``device_lr``. 1 - exp(t log beta) in fp64, where it loses nothing to cancellation
+    (1 - 0.999^1); the rest in fp32."""
     if device_step:
+        if device_lr:
+            decay = 1.0 - lr * decoupled_weight_decay
         t64 = t.to(tl.float64)
         bias_correction1 = (1.0 - tl.exp(t64 * log_beta1)).to(tl.float32)
         step_size = lr / bias_correction1
         bias_correction2_sqrt = tl.sqrt_rn((1.0 - tl.exp(t64 * log_beta2)).to(tl.float32))
-    if device_lr:
-        decay = 1.0 - lr * decoupled_weight_decay
     return step_size, bias_correction2_sqrt, decay
 
 
@@ -232,8 +232,8 @@ def adam_kernel(p_base, g_base, m_base, v_base, vmax_base, master_base, step_bas
                        HAS_MASTER)
         else:
             _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, t, idx < n, grad_scale, grad_sign,
-                       beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps, weight_decay,
-                       decay, step_size, bias_correction2_sqrt, decoupled_weight_decay, amsgrad, device_step,
+                       beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps,
+                       weight_decay, decay, step_size, bias_correction2_sqrt, decoupled_weight_decay, amsgrad, device_step,
                        device_lr, HAS_MASTER)
 
 
@@ -415,12 +415,27 @@ def _block(dtype: torch.dtype) -> tuple[int, int]:
     return tuple(elementwise_launch(torch.float32))
 
 
-def _cached(cache: dict, key, build):
+# What a CUDA graph captured: the host arrays its copies read and the device tensors its kernels
+# read. Captured work runs at every replay, not at capture, so these must outlive the graph: kept
+# for the life of the process (a few small tables), never in the caches above, where an eager
+# step could find a device table that no replay has filled yet.
+_CAPTURED: list[torch.Tensor] = []
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _cached(cache: dict, key, build, device: torch.device | None = None):
     """``cache[key]``, built on a miss; the oldest entry goes when the cache is full (a training
-    loop uses one or two, so first-in-first-out serves, and a hit hashes the key only once)."""
+    loop uses one or two, so first-in-first-out serves, and a hit hashes the key only once).
+    A miss while a CUDA graph is being captured on ``device`` is built for that graph alone."""
     value = cache.get(key)
     if value is None:
-        value = cache[key] = build()
+        value = build()
+        if device is not None and _capturing(device):
+            return value
+        cache[key] = value
         if len(cache) > _CACHE_SIZE:
             del cache[next(iter(cache))]
     return value
@@ -430,6 +445,12 @@ def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
     host = torch.from_numpy(array)
     if device.type == "cpu":  # Triton's interpreter reads host memory where it lies
         return host
+    if _capturing(device):
+        # The graph records the copy and repeats it at each replay, reading the host array
+        # then (a non-blocking copy is capturable; pinning during capture is not).
+        on_device = host.to(device, non_blocking=True)
+        _CAPTURED.extend((host, on_device))
+        return on_device
     # From pinned memory without blocking: the copy queues on the stream behind the work
     # already there instead of making the host wait for it (a pageable copy would).
     return host.pin_memory().to(device, non_blocking=True)
@@ -468,8 +489,9 @@ def plan(columns: list[Column], block: int, vector_columns: int | None = None) -
     itemsizes = tuple((c if isinstance(c, torch.Tensor) else c[0]).element_size() for c in columns)
     device = columns[0][0].device
     table, aligned = _cached(_TABLES, (addresses, itemsizes, sizes, vector_columns, device),
-                             lambda: _build_table(addresses, itemsizes, sizes, vector_columns, device))
-    block_map, blocks = _cached(_BLOCK_MAPS, (sizes, block, device), lambda: _build_block_map(sizes, block, device))
+                             lambda: _build_table(addresses, itemsizes, sizes, vector_columns, device), device)
+    block_map, blocks = _cached(_BLOCK_MAPS, (sizes, block, device), lambda: _build_block_map(sizes, block, device),
+                                device)
     return Plan(table, block_map, blocks, aligned)
 
 
@@ -477,8 +499,11 @@ def _ones_and_zeros(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A cached fp32 one (grad_scale absent) and zero (found_inf absent) on ``device``."""
     key = str(device)
     if key not in _SCALARS:
-        _SCALARS[key] = (torch.ones(1, dtype=torch.float32, device=device),
-                         torch.zeros(1, dtype=torch.float32, device=device))
+        scalars = (torch.ones(1, dtype=torch.float32, device=device), torch.zeros(1, dtype=torch.float32, device=device))
+        if _capturing(device):  # filled at replay only: the graph's own, kept alive for it
+            _CAPTURED.extend(scalars)
+            return scalars
+        _SCALARS[key] = scalars
     return _SCALARS[key]
 
 
