@@ -88,22 +88,6 @@ def test_whole_training_step_in_a_cuda_graph(cls, kwargs):
             torch.testing.assert_close(opt.state[p][key], value, rtol=1e-5, atol=1e-6, msg=f"state {key!r}")
 
 
-def test_capture_without_capturable_is_refused_as_torch_refuses_it():
-    model = _model(1)
-    opt = gko.Adam(model.parameters(), lr=0.01)
-    x, y = _batches(1)[0]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with pytest.raises(RuntimeError, match="capturable is False"):
-        with torch.cuda.graph(graph):
-            opt.step()
-
-
 def test_capturable_step_makes_no_host_sync():
     """torch's sync-debug mode raises on any synchronising call inside the step."""
     model = _model(2)
@@ -119,3 +103,20 @@ def test_capturable_step_makes_no_host_sync():
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert float(opt.state[next(model.parameters())]["step"]) == 2.0
+
+
+def test_capture_without_capturable_is_refused_as_torch_refuses_it():
+    """Last in this file: the refused capture ends an (empty) capture by raising inside it."""
+    model = _model(1)
+    opt = gko.Adam(model.parameters(), lr=0.01)
+    x, y = _batches(1)[0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="capturable is False"):
+        with torch.cuda.graph(graph):
+            opt.step()
