@@ -10,6 +10,15 @@ host sync. ``torch.amp.GradScaler`` hands these optimizers its scale and inf fla
 (``_step_supports_amp_scaling``): gradients are unscaled inside the kernel and a step with
 inf/NaN gradients is skipped on the device.
 
+Training code: ``lr`` may be a one-element tensor, as in torch.optim, read by the kernels on the
+device; with ``capturable=True`` (Adam, AdamW, RMSprop) a step is then free of host reads, so
+forward, backward and step can be captured in one CUDA graph, and, as torch's optimizers do,
+capturing a step without it is refused. ``torch.compile(opt.step, fullgraph=True)`` traces the
+step to the ``gpukernels::*_step_`` operators (``_optim_ops``) without a graph break. DTensor
+parameters (FSDP2's ``fully_shard``) are updated on their local shards and their state tensors
+are DTensors alike, so ``torch.distributed.checkpoint`` saves and reloads them; a group must
+not mix DTensors and plain tensors (TypeError, before anything is updated).
+
 One addition, off by default: ``master_weights=True`` keeps a float32 copy of every float16 or
 bfloat16 parameter (state key 'master_param') and float32 moments; the update runs on the copy
 and the parameter receives its rounding.
@@ -17,7 +26,6 @@ and the parameter receives its rounding.
 
 from __future__ import annotations
 
-import operator
 import sys
 from typing import Any, Callable
 
@@ -157,7 +165,7 @@ class _Fused(torch.optim.Optimizer):
             if g is not None:
                 params.append(p)
                 grads.append(g)
-        if any(g.is_sparse for g in grads):
+        if True in [g.is_sparse for g in grads]:  # a list, not a generator: no Python call per tensor
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         return params, grads
 
@@ -268,12 +276,13 @@ class Adam(_Fused):
                     state["max_exp_avg_sq"] = self._zeros(group, p)
             max_sqs = [state["max_exp_avg_sq"] for state in states]
         masters = [state["master_param"] for state in states] if master else []
-        lists = [params, grads, [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states], max_sqs, masters]
+        lists = [params, grads, [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states],
+                 max_sqs, masters]
         if sharded:
             lists = list(map(_local, lists))
         beta1, beta2 = group["betas"]
-        ops.adam(*lists, [state["step"] for state in states], **self._amp_on(amp, params), **self._lr(group, params[0].device),
-                 beta1=float(beta1), beta2=float(beta2), eps=group["eps"], weight_decay=group["weight_decay"],
+        ops.adam(*lists, [state["step"] for state in states], **self._amp_on(amp, params),
+                 **self._lr(group, params[0].device), beta1=float(beta1), beta2=float(beta2), eps=group["eps"], weight_decay=group["weight_decay"],
                  amsgrad=group["amsgrad"], maximize=group["maximize"],
                  decoupled_weight_decay=group.get("decoupled_weight_decay", False))
 

@@ -233,8 +233,8 @@ def adam_kernel(p_base, g_base, m_base, v_base, vmax_base, master_base, step_bas
         else:
             _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, t, idx < n, grad_scale, grad_sign,
                        beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps,
-                       weight_decay, decay, step_size, bias_correction2_sqrt, decoupled_weight_decay, amsgrad, device_step,
-                       device_lr, HAS_MASTER)
+                       weight_decay, decay, step_size, bias_correction2_sqrt, decoupled_weight_decay, amsgrad,
+                       device_step, device_lr, HAS_MASTER)
 
 
 @triton.jit(do_not_specialize=["nesterov", "first_step", "device_lr"])
@@ -499,7 +499,8 @@ def _ones_and_zeros(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A cached fp32 one (grad_scale absent) and zero (found_inf absent) on ``device``."""
     key = str(device)
     if key not in _SCALARS:
-        scalars = (torch.ones(1, dtype=torch.float32, device=device), torch.zeros(1, dtype=torch.float32, device=device))
+        scalars = (torch.ones(1, dtype=torch.float32, device=device),
+                   torch.zeros(1, dtype=torch.float32, device=device))
         if _capturing(device):  # filled at replay only: the graph's own, kept alive for it
             _CAPTURED.extend(scalars)
             return scalars

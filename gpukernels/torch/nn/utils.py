@@ -47,7 +47,7 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
     if not grads:
         return torch.tensor(0.0)
     dtensor = _dtensor_type()
-    if dtensor is not None and any(isinstance(g, dtensor) for g in grads):
+    if dtensor is not None and any(issubclass(kind, dtensor) for kind in set(map(type, grads))):  # a few types
         return _clip_sharded(grads, float(max_norm), float(norm_type), error_if_nonfinite, dtensor)
     return F.clip_grad_norm_(grads, float(max_norm), float(norm_type), error_if_nonfinite)
 
