@@ -347,3 +347,24 @@ def test_device_lr_is_read_when_the_step_runs(rng):
             ref.sgd_step(p64, g64, None, None, None, None, first_step=[False, False], lr=value, momentum=0.0,
                          dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
     _check(params, p64, "float32")
+
+
+def test_tables_built_during_graph_capture_stay_out_of_the_caches(monkeypatch, rng):
+    """A table (or block map, or constant) first built while a CUDA graph is being captured is
+    filled only when the graph replays: it must serve that graph alone, never a later eager step
+    from the cache. (Here capture is simulated: the interpreter runs the very same launch.)"""
+    from gpukernels.triton import optim as triton_optim
+
+    params, grads = _tensors(rng, "float32", sizes=(5, 3001)), _tensors(rng, "float32", sizes=(5, 3001))
+    m, v = _tensors(rng, "float32", sizes=(5, 3001)), _tensors(rng, "float32", sizes=(5, 3001), positive=True)
+    p64, g64, m64, v64 = _f64(params), _f64(grads), _f64(m), _f64(v)
+    ref.adam_step(p64, g64, m64, v64, None, None, None, None, 2.0, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8,
+                  weight_decay=0.0, amsgrad=False, maximize=False, decoupled_weight_decay=False)
+    monkeypatch.setattr(triton_optim, "_TABLES", {})
+    monkeypatch.setattr(triton_optim, "_BLOCK_MAPS", {})
+    monkeypatch.setattr(triton_optim, "_SCALARS", {})
+    monkeypatch.setattr(triton_optim, "_capturing", lambda device: True)
+    with gk.use_backend("triton"):
+        gk.adam_step(params, grads, m, v, step=2, lr=0.01)
+    assert not triton_optim._TABLES and not triton_optim._BLOCK_MAPS and not triton_optim._SCALARS
+    _check(params, p64, "float32")
