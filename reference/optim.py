@@ -4,7 +4,8 @@ PyTorch's formulas (torch.optim.Adam/AdamW/SGD/RMSprop, torch.nn.utils.clip_grad
 Every array is updated where it lies. float16 storage is computed in float32 and rounded once
 per step; with ``master_params`` the update runs on the float32 master copy and the parameter
 receives its rounding. ``found_inf`` (non-zero) skips the step; ``grad_scale`` divides the
-gradients first, as ``torch.amp.GradScaler`` asks of a fused optimizer.
+gradients first, as ``torch.amp.GradScaler`` asks of a fused optimizer. ``device_lr``, when
+given (a one-element array: torch's tensor ``lr``), is the learning rate and ``lr`` is unused.
 
 Each update is written once, for one tensor, as the textbook formula in in-place ufuncs;
 ``foreach`` runs it over all tensors of the step in few NumPy calls (flat views of tensors that
@@ -88,10 +89,15 @@ def _adam(p, g, m, v, vmax=None, *, lr, beta1, beta2, eps, weight_decay, amsgrad
     p -= t
 
 
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step, *,
-              lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+def _learning_rate(lr, device_lr) -> float:
+    return lr if device_lr is None else _scalar(device_lr)
+
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step,
+              device_lr=None, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
     if _skipped(found_inf):
         return
+    lr = _learning_rate(lr, device_lr)
     steps = [_scalar(s) for s in step] if isinstance(step, list) else [_scalar(step)] * len(params)
     parameters, copies = _parameter_lists(params, master_params)
     lists = _lists(**parameters, g=grads, m=exp_avgs, v=exp_avg_sqs, vmax=max_exp_avg_sqs if amsgrad else None)
@@ -123,11 +129,12 @@ def _sgd(p, g, b=None, *, first_step, lr, momentum, dampening, weight_decay, nes
     p -= lr * g
 
 
-def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_inf, *,
+def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_inf, device_lr=None, *,
              first_step, lr, momentum, dampening, weight_decay, nesterov, maximize):
     """``first_step[i]``: buffer i was just created, so it becomes the gradient (torch's clone)."""
     if _skipped(found_inf):
         return
+    lr = _learning_rate(lr, device_lr)
     parameters, copies = _parameter_lists(params, master_params)
     lists = _lists(**parameters, g=grads, b=momentum_buffers if momentum != 0 else None)
     writes = [name for name in ("p", "b") if name in lists]
@@ -169,10 +176,11 @@ def _rmsprop(p, g, v, a=None, b=None, *, lr, alpha, eps, weight_decay, momentum,
     p -= lr * t
 
 
-def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master_params, grad_scale, found_inf, *,
-                 lr, alpha, eps, weight_decay, momentum, centered, maximize):
+def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master_params, grad_scale, found_inf,
+                 device_lr=None, *, lr, alpha, eps, weight_decay, momentum, centered, maximize):
     if _skipped(found_inf):
         return
+    lr = _learning_rate(lr, device_lr)
     parameters, copies = _parameter_lists(params, master_params)
     lists = _lists(**parameters, g=grads, v=square_avgs, a=grad_avgs if centered else None,
                    b=momentum_buffers if momentum > 0 else None)

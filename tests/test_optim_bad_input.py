@@ -57,6 +57,12 @@ ADAM_BAD = [
                  "grad_scale has dtype float64", id="grad-scale-dtype"),
     pytest.param(lambda a, rng: None, dict(step=1, master_params=[np.zeros(3, np.float16), np.zeros(5, np.float16)]),
                  TypeError, r"master_params\[0\] has dtype float16", id="master-dtype"),
+    pytest.param(lambda a, rng: None, dict(step=1, lr=np.full(2, 0.1, np.float32)), ValueError,
+                 "lr must hold exactly one", id="lr-array-shape"),
+    pytest.param(lambda a, rng: None, dict(step=1, lr=np.full(1, 0.1, np.float64)), TypeError,
+                 "lr has dtype float64", id="lr-array-dtype"),
+    pytest.param(lambda a, rng: None, dict(step=1, lr=torch.full((1,), 0.1)), TypeError,
+                 "lr is a torch array", id="lr-array-library"),
 ]
 
 

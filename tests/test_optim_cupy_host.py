@@ -215,3 +215,62 @@ def test_block_table():
     np.testing.assert_array_equal(block_map, [[0, 0], [2, 0], [2, 1], [2, 2]])
     assert table.dtype == np.uint64 and block_map.dtype == np.int32
     assert cupy_optim.tile_size(2) == 2048 and cupy_optim.tile_size(4) == 1024
+
+
+@pytest.mark.parametrize("dtype,master", STORAGE)
+@pytest.mark.parametrize("name", ["adamw", "adam-host-step", "sgd", "rmsprop-centered"])
+def test_device_lr(run, name, dtype, master, rng):
+    """The learning rate read through the kernel's lr pointer (torch's tensor lr), AdamW's decay
+    and the step size formed from it in adam_chunk; a float step is given to the kernel as a
+    counter."""
+    sd = "float32" if master else dtype
+    params = _tensors(rng, dtype)
+    masters = [p.astype(np.float32) for p in params] if master else None
+    grads = _tensors(rng, dtype, scale=0.1)
+    v = _tensors(rng, sd, positive=True)
+    for x in v:  # keep v - g_avg^2 well away from 0 (centered RMSprop)
+        x += np.asarray(0.5, dtype=x.dtype)
+    lr = np.array([0.03], np.float32)
+    p64, g64, v64 = _f64(masters if master else params), _f64(grads), _f64(v)
+    if name.startswith("adam"):
+        m = _tensors(rng, sd)
+        m64 = _f64(m)
+        hyper = dict(beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, amsgrad=False, maximize=False,
+                     decoupled_weight_decay=name == "adamw")
+        step = 3.0 if "host-step" in name else [np.array([i + 2.0], np.float32) for i in range(len(SIZES))]
+        ref.adam_step(p64, g64, m64, v64, None, None, None, None, step, lr=0.03, **hyper)
+        cupy_optim.adam_step(params, grads, m, v, None, masters, None, None, step, lr, lr=math.nan, run=run, **hyper)
+        _check(m, m64, sd)
+    elif name == "sgd":
+        b = _tensors(rng, sd)
+        b64 = _f64(b)
+        hyper = dict(first_step=[False] * len(SIZES), momentum=0.9, dampening=0.0, weight_decay=0.1, nesterov=True,
+                     maximize=False)
+        ref.sgd_step(p64, g64, b64, None, None, None, lr=0.03, **hyper)
+        cupy_optim.sgd_step(params, grads, b, masters, None, None, lr, lr=math.nan, run=run, **hyper)
+        _check(b, b64, sd)
+    else:
+        a = _tensors(rng, sd, scale=0.1)
+        a64 = _f64(a)
+        hyper = dict(alpha=0.9, eps=1e-6, weight_decay=0.0, momentum=0.0, centered=True, maximize=True)
+        ref.rmsprop_step(p64, g64, v64, a64, None, None, None, None, lr=0.03, **hyper)
+        cupy_optim.rmsprop_step(params, grads, v, a, None, masters, None, None, lr, lr=math.nan, run=run, **hyper)
+        _check(a, a64, sd)
+    _check(v, v64, sd)
+    _check(masters if master else params, p64, "float32" if master else dtype)
+
+
+def test_device_lr_scalars_leave_the_hosts_lr_out():
+    """With device_lr the host's lr is packed as 0 (the kernel reads the tensor), so a NaN
+    placeholder never reaches a kernel argument."""
+    adam = cupy_optim.adam_scalars(lr=math.nan, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, amsgrad=False,
+                                   maximize=False, decoupled_weight_decay=True, step=1.0, device_step=True,
+                                   device_lr=True)
+    sgd = cupy_optim.sgd_scalars(lr=math.nan, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                                 maximize=False, first_step=False, device_lr=True)
+    rms = cupy_optim.rmsprop_scalars(lr=math.nan, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                                     centered=False, maximize=False, device_lr=True)
+    for scalars in (adam, sgd, rms):
+        assert all(math.isfinite(float(x)) for x in scalars)
+        assert int(scalars[-1]) == 1  # device_lr, the last argument
+    assert float(adam[13]) == np.float32(0.1)  # decoupled_weight_decay, for the kernel's 1 - lr*wd

@@ -16,6 +16,7 @@ import gpukernels.torch.optim as gko
 from _helpers import assert_close
 from conftest import DEVICE, HAS_CUDA
 from gpukernels.torch.nn import utils as gku
+from gpukernels.torch import _optim_ops
 
 SHAPES = [(1,), (7,), (1000,), (4097,), (3, 5, 7), (13, 17)]
 BACKENDS = ("numpy", "triton")
@@ -194,7 +195,7 @@ def test_param_groups_zero_grad_and_skipped_params(rng):
         assert_close(mine, want.detach().double().cpu().numpy(), "float32", kind="reduction")
     assert float(ours.state[ours_params[1]]["step"]) == float(theirs.state[theirs_params[1]]["step"]) == 3
     # each group's counters are views of one buffer: advancing them is one launch, not one per tensor
-    assert ours._as_one_buffer([ours.state[p]["step"] for p in ours_params[3:]]) is not None
+    assert _optim_ops._as_one_buffer([ours.state[p]["step"] for p in ours_params[3:]]) is not None
     ours.zero_grad()
     assert all(p.grad is None for p in ours_params)
 
@@ -437,9 +438,9 @@ def test_step_counters_advance_in_one_launch_per_step(monkeypatch, rng):
     with gk.use_backend("triton"):
         opt.step()
         steps = [opt.state[p]["step"] for p in params]
-        assert opt._as_one_buffer(steps) is not None
-        assert opt._as_one_buffer(steps[::2]) is None  # not consecutive
-        assert opt._as_one_buffer(steps[:1] + steps[2:]) is None
+        assert _optim_ops._as_one_buffer(steps) is not None
+        assert _optim_ops._as_one_buffer(steps[::2]) is None  # not consecutive
+        assert _optim_ops._as_one_buffer(steps[:1] + steps[2:]) is None
         params[2].grad = None
         opt.step()
         _with_amp(opt).found_inf.fill_(1.0)  # a step GradScaler skips does not count

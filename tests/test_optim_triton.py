@@ -291,3 +291,80 @@ def test_copies_are_written_back_into_the_callers_tensors(backend, rng):
     _check(params, p64, "bfloat16")
     _check(buffers, b64, "bfloat16")
     assert_close(base.t(), p64[0], "bfloat16")  # the view's base tensor holds the update
+
+
+@pytest.mark.parametrize("dtype,master", STORAGE)
+@pytest.mark.parametrize("name", ["adam", "adamw-device-step", "sgd", "sgd-first", "rmsprop"])
+def test_device_lr(name, dtype, master, rng):
+    """torch's tensor ``lr``: the kernels read it on the device (``device_lr``); the update is the
+    one the host's float gives, AdamW's decay and Adam's step size formed from it in the kernel."""
+    sd = _state_dtype(dtype, master)
+    params = _tensors(rng, dtype)
+    masters = [p.float().clone() for p in params] if master else None
+    grads = _tensors(rng, dtype, scale=0.1)
+    state = [x + 0.5 for x in _tensors(rng, sd, positive=True)]
+    lr = torch.tensor([0.03], device=DEVICE)
+    p64, g64, s64 = _f64(masters if master else params), _f64(grads), _f64(state)
+    with gk.use_backend("triton"):
+        if name.startswith("adam"):
+            m = _tensors(rng, sd)
+            m64 = _f64(m)
+            decoupled = "adamw" in name
+            step = [torch.tensor([i + 2.0], device=DEVICE) for i in range(len(params))] if "device-step" in name else 4
+            counts = [i + 2.0 for i in range(len(params))] if "device-step" in name else [4.0] * len(params)
+            for i in range(len(params)):
+                ref.adam_step([p64[i]], [g64[i]], [m64[i]], [s64[i]], None, None, None, None, counts[i], lr=0.03,
+                              beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, amsgrad=False, maximize=False,
+                              decoupled_weight_decay=decoupled)
+            gk.adam_step(params, grads, m, state, step=step, lr=lr, betas=(0.9, 0.99), weight_decay=0.1,
+                         decoupled_weight_decay=decoupled, master_params=masters)
+            _check(m, m64, sd)
+        elif name.startswith("sgd"):
+            first = name.endswith("first")
+            buffers = [None] * len(params) if first else state
+            ref.sgd_step(p64, g64, [np.zeros(n) for n in SIZES] if first else s64, None, None, None,
+                         first_step=[first] * len(params), lr=0.03, momentum=0.9, dampening=0.0, weight_decay=0.1,
+                         nesterov=False, maximize=False)
+            gk.sgd_step(params, grads, buffers, lr=lr, momentum=0.9, weight_decay=0.1, master_params=masters)
+        else:
+            ref.rmsprop_step(p64, g64, s64, None, None, None, None, None, lr=0.03, alpha=0.9, eps=1e-6,
+                             weight_decay=0.1, momentum=0.0, centered=False, maximize=False)
+            gk.rmsprop_step(params, grads, state, lr=lr, alpha=0.9, eps=1e-6, weight_decay=0.1, master_params=masters)
+            _check(state, s64, sd)
+    _check(params, p64, dtype)  # fp32 device corrections: a few ulps, inside the pointwise bounds
+
+
+def test_device_lr_is_read_when_the_step_runs(rng):
+    """One set of arguments, the tensor changed between calls: each call uses the value it holds
+    then (what a replayed CUDA graph relies on)."""
+    params, grads = _tensors(rng, "float32", sizes=(5, 9)), _tensors(rng, "float32", sizes=(5, 9))
+    p64, g64 = _f64(params), _f64(grads)
+    lr = torch.tensor([0.5], device=DEVICE)
+    with gk.use_backend("triton"):
+        for value in (0.5, 0.25, 0.0):
+            lr.fill_(value)
+            gk.sgd_step(params, grads, lr=lr)
+            ref.sgd_step(p64, g64, None, None, None, None, first_step=[False, False], lr=value, momentum=0.0,
+                         dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
+    _check(params, p64, "float32")
+
+
+def test_tables_built_during_graph_capture_stay_out_of_the_caches(monkeypatch, rng):
+    """A table (or block map, or constant) first built while a CUDA graph is being captured is
+    filled only when the graph replays: it must serve that graph alone, never a later eager step
+    from the cache. (Here capture is simulated: the interpreter runs the very same launch.)"""
+    from gpukernels.triton import optim as triton_optim
+
+    params, grads = _tensors(rng, "float32", sizes=(5, 3001)), _tensors(rng, "float32", sizes=(5, 3001))
+    m, v = _tensors(rng, "float32", sizes=(5, 3001)), _tensors(rng, "float32", sizes=(5, 3001), positive=True)
+    p64, g64, m64, v64 = _f64(params), _f64(grads), _f64(m), _f64(v)
+    ref.adam_step(p64, g64, m64, v64, None, None, None, None, 2.0, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8,
+                  weight_decay=0.0, amsgrad=False, maximize=False, decoupled_weight_decay=False)
+    monkeypatch.setattr(triton_optim, "_TABLES", {})
+    monkeypatch.setattr(triton_optim, "_BLOCK_MAPS", {})
+    monkeypatch.setattr(triton_optim, "_SCALARS", {})
+    monkeypatch.setattr(triton_optim, "_capturing", lambda device: True)
+    with gk.use_backend("triton"):
+        gk.adam_step(params, grads, m, v, step=2, lr=0.01)
+    assert not triton_optim._TABLES and not triton_optim._BLOCK_MAPS and not triton_optim._SCALARS
+    _check(params, p64, "float32")

@@ -14,15 +14,23 @@ __device__ __forceinline__ long long chunk_first(const int* block_map, const gk:
   return ((long long)tile * GK_THREADS + threadIdx.x) * gk::Chunk<P>::size;
 }
 
+// device_lr: the learning rate is read from lr_tensor (torch's tensor lr) on the device, so a
+// captured CUDA graph replays with the value the tensor holds then; otherwise from lr.
+__device__ __forceinline__ float learning_rate(float lr, const float* lr_tensor, int device_lr) {
+  return device_lr ? *lr_tensor : lr;
+}
+
 template <class P, class S, bool MASTER>
 __global__ void adam_multi_tensor(const gk::addr_t* table, const int* block_map, const float* grad_scale,
-                                  const float* found_inf, float grad_sign, float beta1, float one_minus_beta1,
-                                  float beta2, float one_minus_beta2, float log_beta1, float log_beta2, float lr,
-                                  float eps, float weight_decay, float decay, float step_size,
-                                  float bias_correction2_sqrt, int amsgrad, int device_step) {
+                                  const float* found_inf, const float* lr_tensor, float grad_sign, float beta1,
+                                  float one_minus_beta1, float beta2, float one_minus_beta2, float log_beta1,
+                                  float log_beta2, float lr, float eps, float weight_decay, float decay,
+                                  float step_size, float bias_correction2_sqrt, float decoupled_weight_decay,
+                                  int amsgrad, int device_step, int device_lr) {
   if (*found_inf != 0.0f) return;  // GradScaler found inf/NaN: the step is skipped on the device
-  gk::AdamScalars s = {grad_sign, beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps,
-                       weight_decay, decay, step_size, bias_correction2_sqrt, amsgrad, device_step};
+  gk::AdamScalars s = {grad_sign, beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2,
+                       learning_rate(lr, lr_tensor, device_lr), eps, weight_decay, decay, step_size,
+                       bias_correction2_sqrt, decoupled_weight_decay, amsgrad, device_step, device_lr};
   const gk::addr_t* row;
   long long first = chunk_first<P>(block_map, table, 8, &row);
   gk::adam_chunk<P, S, MASTER>(row, first, s, *grad_scale);
@@ -30,10 +38,12 @@ __global__ void adam_multi_tensor(const gk::addr_t* table, const int* block_map,
 
 template <class P, class S, bool MASTER>
 __global__ void sgd_multi_tensor(const gk::addr_t* table, const int* block_map, const float* grad_scale,
-                                 const float* found_inf, float grad_sign, float lr, float momentum,
-                                 float one_minus_dampening, float weight_decay, int nesterov, int first_step) {
+                                 const float* found_inf, const float* lr_tensor, float grad_sign, float lr,
+                                 float momentum, float one_minus_dampening, float weight_decay, int nesterov,
+                                 int first_step, int device_lr) {
   if (*found_inf != 0.0f) return;
-  gk::SgdScalars s = {grad_sign, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step};
+  gk::SgdScalars s = {grad_sign, learning_rate(lr, lr_tensor, device_lr), momentum, one_minus_dampening,
+                      weight_decay, nesterov, first_step};
   const gk::addr_t* row;
   long long first = chunk_first<P>(block_map, table, 5, &row);
   gk::sgd_chunk<P, S, MASTER>(row, first, s, *grad_scale);
@@ -41,11 +51,12 @@ __global__ void sgd_multi_tensor(const gk::addr_t* table, const int* block_map, 
 
 template <class P, class S, bool MASTER>
 __global__ void rmsprop_multi_tensor(const gk::addr_t* table, const int* block_map, const float* grad_scale,
-                                     const float* found_inf, float grad_sign, float lr, float alpha,
-                                     float one_minus_alpha, float eps, float weight_decay, float momentum,
-                                     int centered) {
+                                     const float* found_inf, const float* lr_tensor, float grad_sign, float lr,
+                                     float alpha, float one_minus_alpha, float eps, float weight_decay,
+                                     float momentum, int centered, int device_lr) {
   if (*found_inf != 0.0f) return;
-  gk::RmspropScalars s = {grad_sign, lr, alpha, one_minus_alpha, eps, weight_decay, momentum, centered};
+  gk::RmspropScalars s = {grad_sign, learning_rate(lr, lr_tensor, device_lr), alpha, one_minus_alpha, eps,
+                          weight_decay, momentum, centered};
   const gk::addr_t* row;
   long long first = chunk_first<P>(block_map, table, 7, &row);
   gk::rmsprop_chunk<P, S, MASTER>(row, first, s, *grad_scale);

@@ -70,10 +70,12 @@ GK_HD void store_chunk(T* base, long long first, long long n, const float (&in)[
 
 // ---- per-element updates (fp32), PyTorch's formulas ----
 
+// lr, decay and step_size are the host's unless device_lr: then the kernel has put the device
+// tensor's lr into lr, and adam_chunk forms decay (from decoupled_weight_decay) and step_size.
 struct AdamScalars {
   float grad_sign, beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps, weight_decay,
-      decay, step_size, bias_correction2_sqrt;
-  int amsgrad, device_step;
+      decay, step_size, bias_correction2_sqrt, decoupled_weight_decay;
+  int amsgrad, device_step, device_lr;
 };
 
 struct SgdScalars {
@@ -88,8 +90,8 @@ struct RmspropScalars {
 
 // AdamW: decay = 1 - lr*wd and weight_decay = 0; Adam: decay = 1 and the L2 term in the gradient.
 GK_HD void adam_element(float& p, float g, float& m, float& v, float& vmax, const AdamScalars& s, float step_size,
-                        float bias_correction2_sqrt) {
-  p *= s.decay;
+                        float bias_correction2_sqrt, float decay) {
+  p *= decay;
   if (s.weight_decay != 0.0f) g += s.weight_decay * p;
   m = m + s.one_minus_beta1 * (g - m);  // torch's lerp
   v = s.beta2 * v + s.one_minus_beta2 * g * g;
@@ -156,7 +158,8 @@ GK_HD void adam_chunk(const addr_t* row, long long first, const AdamScalars& s, 
   const int V = Chunk<P>::size;
   long long n = static_cast<long long>(row[7]);
   if (first >= n) return;
-  float step_size = s.step_size, bias_correction2_sqrt = s.bias_correction2_sqrt;
+  float step_size = s.step_size, bias_correction2_sqrt = s.bias_correction2_sqrt, decay = s.decay;
+  if (s.device_lr) decay = 1.0f - s.lr * s.decoupled_weight_decay;
   if (s.device_step) {  // this tensor's counter, read on the device; the corrections in double
     double t = *operand<const float>(row, 6);
     step_size = float(double(s.lr) / (1.0 - exp(t * double(s.log_beta1))));
@@ -168,7 +171,7 @@ GK_HD void adam_chunk(const addr_t* row, long long first, const AdamScalars& s, 
   load_chunk<S, V>(operand<S>(row, 2), first, n, m);
   load_chunk<S, V>(operand<S>(row, 3), first, n, v);
   if (s.amsgrad) load_chunk<S, V>(operand<S>(row, 4), first, n, vmax);
-  for (int k = 0; k < V; ++k) adam_element(p[k], g[k], m[k], v[k], vmax[k], s, step_size, bias_correction2_sqrt);
+  for (int k = 0; k < V; ++k) adam_element(p[k], g[k], m[k], v[k], vmax[k], s, step_size, bias_correction2_sqrt, decay);
   store_chunk<S, V>(operand<S>(row, 2), first, n, m);
   store_chunk<S, V>(operand<S>(row, 3), first, n, v);
   if (s.amsgrad) store_chunk<S, V>(operand<S>(row, 4), first, n, vmax);

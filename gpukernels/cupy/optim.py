@@ -64,35 +64,39 @@ def block_table(addresses: Sequence[Sequence[int]], sizes: Sequence[int], tile: 
 
 
 def adam_scalars(*, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, step,
-                 device_step) -> tuple:
+                 device_step, device_lr=False) -> tuple:
     """adam_multi_tensor's scalar arguments, in order. With ``device_step`` each tensor's step
-    count is read on the device and the bias corrections are computed there (``step`` unused)."""
+    count is read on the device and the bias corrections are computed there (``step`` unused);
+    with ``device_lr`` (which needs ``device_step``) the learning rate too (``lr`` unused)."""
     t = 1.0 if device_step else step
+    lr = 0.0 if device_lr else lr
     log = lambda b: math.log(b) if b > 0 else -math.inf  # noqa: E731
+    decoupled = weight_decay if decoupled_weight_decay else 0.0
     f = np.float32
     return (
         f(-1.0 if maximize else 1.0), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(log(beta1)), f(log(beta2)),
-        f(lr), f(eps), f(0.0 if decoupled_weight_decay else weight_decay),
-        f(1.0 - lr * weight_decay if decoupled_weight_decay else 1.0), f(lr / (1.0 - beta1**t)),
-        f(math.sqrt(1.0 - beta2**t)), np.int32(amsgrad), np.int32(device_step),
+        f(lr), f(eps), f(0.0 if decoupled_weight_decay else weight_decay), f(1.0 - lr * decoupled),
+        f(lr / (1.0 - beta1**t)), f(math.sqrt(1.0 - beta2**t)), f(decoupled), np.int32(amsgrad),
+        np.int32(device_step), np.int32(device_lr),
     )
 
 
-def sgd_scalars(*, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step) -> tuple:
+def sgd_scalars(*, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, device_lr=False) -> tuple:
     f = np.float32
-    return (f(-1.0 if maximize else 1.0), f(lr), f(momentum), f(1.0 - dampening), f(weight_decay), np.int32(nesterov),
-            np.int32(first_step))
+    return (f(-1.0 if maximize else 1.0), f(0.0 if device_lr else lr), f(momentum), f(1.0 - dampening),
+            f(weight_decay), np.int32(nesterov), np.int32(first_step), np.int32(device_lr))
 
 
-def rmsprop_scalars(*, lr, alpha, eps, weight_decay, momentum, centered, maximize) -> tuple:
+def rmsprop_scalars(*, lr, alpha, eps, weight_decay, momentum, centered, maximize, device_lr=False) -> tuple:
     f = np.float32
-    return (f(-1.0 if maximize else 1.0), f(lr), f(alpha), f(1.0 - alpha), f(eps), f(weight_decay), f(momentum),
-            np.int32(centered))
+    return (f(-1.0 if maximize else 1.0), f(0.0 if device_lr else lr), f(alpha), f(1.0 - alpha), f(eps),
+            f(weight_decay), f(momentum), np.int32(centered), np.int32(device_lr))
 
 
 def step_launch(step: str, dtype: str, has_master: bool, table, block_map, blocks: int, amp, scalars) -> Launch:
-    """One launch of ``step`` over a dtype group; ``amp`` is (grad_scale, found_inf), one-element
-    float32 arrays the kernel reads on the device."""
+    """One launch of ``step`` over a dtype group; ``amp`` is (grad_scale, found_inf, lr tensor),
+    one-element float32 arrays the kernel reads on the device (the lr tensor only when the
+    scalars say ``device_lr``)."""
     p_type = CUDA_TYPES[dtype]
     s_type = "float" if has_master else p_type
     return Launch(f"{step}_multi_tensor<{p_type}, {s_type}, {flag(has_master)}>", (blocks,), (THREADS,),
@@ -166,13 +170,16 @@ def _plan(xp, columns):
     return result
 
 
-def _amp_scalars(xp, grad_scale, found_inf):
+def _amp_scalars(xp, grad_scale, found_inf, device_lr=None):
+    """(grad_scale, found_inf, lr tensor) as the kernels read them: a cached one or zero for an
+    absent one (the lr stand-in is never read)."""
     key = placement(xp)
     if key not in _CONSTANTS:
         _CONSTANTS[key] = (xp.ones(1, dtype=xp.float32), xp.zeros(1, dtype=xp.float32))
     one, zero = _CONSTANTS[key]
     return (one if grad_scale is None else grad_scale.reshape(1),
-            zero if found_inf is None else found_inf.reshape(1))
+            zero if found_inf is None else found_inf.reshape(1),
+            one if device_lr is None else device_lr.reshape(1))
 
 
 def _groups(params) -> dict[str, list[int]]:
@@ -200,16 +207,18 @@ def _step(run: Runner, step: str, columns, has_master: bool, scalars: tuple, amp
 
 
 @on_callers_stream
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step, *,
-              lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step,
+              device_lr=None, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
               run: Runner | None = None):
     run = run or on_gpu(PROGRAM)
-    amp = _amp_scalars(run.xp, grad_scale, found_inf)
+    amp = _amp_scalars(run.xp, grad_scale, found_inf, device_lr)
+    if device_lr is not None and isinstance(step, float):  # the kernel forms the corrections from lr: give it t
+        step = run.xp.full(1, step, dtype=run.xp.float32)
     device_step = not isinstance(step, float)
     steps = step if isinstance(step, list) else [step] * len(params) if device_step else [amp[0]] * len(params)
     scalars = adam_scalars(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                            maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, step=step,
-                           device_step=device_step)
+                           device_step=device_step, device_lr=device_lr is not None)
     for idx in _groups(params).values():
         state = [exp_avgs[i] for i in idx]
         columns = [[params[i] for i in idx], [grads[i] for i in idx], state, [exp_avg_sqs[i] for i in idx],
@@ -218,10 +227,10 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_para
 
 
 @on_callers_stream
-def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_inf, *, first_step, lr, momentum,
-             dampening, weight_decay, nesterov, maximize, run: Runner | None = None):
+def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_inf, device_lr=None, *, first_step, lr,
+             momentum, dampening, weight_decay, nesterov, maximize, run: Runner | None = None):
     run = run or on_gpu(PROGRAM)
-    amp = _amp_scalars(run.xp, grad_scale, found_inf)
+    amp = _amp_scalars(run.xp, grad_scale, found_inf, device_lr)
     for idx in _groups(params).values():
         for first in sorted({bool(first_step[i]) for i in idx}):  # new and old buffers: at most two launches
             part = [i for i in idx if bool(first_step[i]) == first]
@@ -229,17 +238,19 @@ def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_i
             columns = [[params[i] for i in part], [grads[i] for i in part], _pick(momentum_buffers, part, fallback),
                        _pick(master_params, part, fallback)]
             scalars = sgd_scalars(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                  nesterov=nesterov, maximize=maximize, first_step=first)
+                                  nesterov=nesterov, maximize=maximize, first_step=first,
+                                  device_lr=device_lr is not None)
             _step(run, "sgd", columns, master_params is not None, scalars, amp)
 
 
 @on_callers_stream
-def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master_params, grad_scale, found_inf, *,
-                 lr, alpha, eps, weight_decay, momentum, centered, maximize, run: Runner | None = None):
+def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master_params, grad_scale, found_inf,
+                 device_lr=None, *, lr, alpha, eps, weight_decay, momentum, centered, maximize,
+                 run: Runner | None = None):
     run = run or on_gpu(PROGRAM)
-    amp = _amp_scalars(run.xp, grad_scale, found_inf)
+    amp = _amp_scalars(run.xp, grad_scale, found_inf, device_lr)
     scalars = rmsprop_scalars(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                              centered=centered, maximize=maximize)
+                              centered=centered, maximize=maximize, device_lr=device_lr is not None)
     for idx in _groups(params).values():
         state = [square_avgs[i] for i in idx]
         columns = [[params[i] for i in idx], [grads[i] for i in idx], state, _pick(grad_avgs, idx, state[0]),

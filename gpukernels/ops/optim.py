@@ -8,6 +8,9 @@ exactly as in ``torch.optim``; a non-zero ``found_inf`` (``torch.amp.GradScaler`
 skips the whole step. ``grad_scale`` divides every gradient before the update.
 ``master_params``: float32 copies of float16/bfloat16 parameters; the update runs on them (with
 float32 state) and each parameter receives the rounded result.
+``lr`` is a number or, as torch.optim allows, a one-element float32 array on the parameters'
+device, read by the kernels on the device (no host sync; a captured CUDA graph replays with the
+value it holds then).
 """
 
 from __future__ import annotations
@@ -174,6 +177,14 @@ def _step_value(step: Any) -> Any:
     return float(step)
 
 
+def _split_lr(lr: Any) -> tuple[float, Any]:
+    """(the number the backends take as ``lr``, the device array they read it from instead, or
+    None). An array is checked with the other arrays; a number here, on every call."""
+    if array_library(lr) is not None:
+        return math.nan, lr  # never read: the backends take the array's value
+    return _check_nonneg(lr, "lr"), None
+
+
 def _check_nonneg(value: Any, name: str) -> float:
     value = check_real_number(value, name)
     if not (value >= 0.0 and math.isfinite(value)):
@@ -205,7 +216,7 @@ def _check_betas(betas: Any) -> tuple[float, float]:
 
 
 def adam_step(params: Sequence, grads: Sequence, exp_avgs: Sequence, exp_avg_sqs: Sequence, *, step: Any,
-              lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+              lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
               weight_decay: float = 0.0, amsgrad: bool = False, max_exp_avg_sqs: Sequence | None = None,
               maximize: bool = False, decoupled_weight_decay: bool = False, grad_scale: Any = None,
               found_inf: Any = None, master_params: Sequence | None = None) -> None:
@@ -216,7 +227,8 @@ def adam_step(params: Sequence, grads: Sequence, exp_avgs: Sequence, exp_avg_sqs
     (torch.optim's per-parameter counters). Arrays are read on the device, so a captured CUDA
     graph can advance them. With ``amsgrad``, ``max_exp_avg_sqs`` holds the running maxima.
     """
-    lr, eps, weight_decay = _check_nonneg(lr, "lr"), _check_nonneg(eps, "eps"), _check_nonneg(weight_decay, "weight_decay")
+    (lr, device_lr), eps = _split_lr(lr), _check_nonneg(eps, "eps")
+    weight_decay = _check_nonneg(weight_decay, "weight_decay")
     beta1, beta2 = _check_betas(betas)
     maximize, decoupled = _check_flag(maximize, "maximize"), _check_flag(decoupled_weight_decay, "decoupled_weight_decay")
     if _check_flag(amsgrad, "amsgrad") and max_exp_avg_sqs is None:
@@ -233,29 +245,30 @@ def adam_step(params: Sequence, grads: Sequence, exp_avgs: Sequence, exp_avg_sqs
         _check_step(step, params)
         _check_scalar_array(grad_scale, "grad_scale", params)
         _check_scalar_array(found_inf, "found_inf", params)
+        _check_scalar_array(device_lr, "lr", params)
 
     _check_arrays("adam_step", (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, step,
-                                    grad_scale, found_inf), check)
+                                    grad_scale, found_inf, device_lr), check)
     step = _step_value(step)
     if not params:
         return
     call_inplace(
         "optim", "adam_step",
-        (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step),
+        (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step, device_lr),
         dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
              maximize=maximize, decoupled_weight_decay=decoupled),
         template=params[0], writes=(0, 2, 3, 4, 5),
     )
 
 
-def sgd_step(params: Sequence, grads: Sequence, momentum_buffer_list: list | None = None, *, lr: float = 1e-3,
+def sgd_step(params: Sequence, grads: Sequence, momentum_buffer_list: list | None = None, *, lr: Any = 1e-3,
              momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
              maximize: bool = False, grad_scale: Any = None, found_inf: Any = None,
              master_params: Sequence | None = None) -> None:
     """One SGD step, in place. With ``momentum``, ``momentum_buffer_list`` holds one buffer per
     parameter; a None entry (the first step) is replaced by a new buffer equal to the gradient,
     as torch.optim.SGD does."""
-    lr, weight_decay = _check_nonneg(lr, "lr"), _check_nonneg(weight_decay, "weight_decay")
+    (lr, device_lr), weight_decay = _split_lr(lr), _check_nonneg(weight_decay, "weight_decay")
     momentum, dampening = _check_nonneg(momentum, "momentum"), check_real_number(dampening, "dampening")
     if not math.isfinite(dampening):
         raise ValueError(f"dampening must be finite, got {dampening}")
@@ -273,8 +286,9 @@ def sgd_step(params: Sequence, grads: Sequence, momentum_buffer_list: list | Non
             _check_state(params, buffers, "momentum_buffer_list", master, allow_none=True)
         _check_scalar_array(grad_scale, "grad_scale", params)
         _check_scalar_array(found_inf, "found_inf", params)
+        _check_scalar_array(device_lr, "lr", params)
 
-    _check_arrays("sgd_step", (params, grads, buffers, master_params, grad_scale, found_inf), check)
+    _check_arrays("sgd_step", (params, grads, buffers, master_params, grad_scale, found_inf, device_lr), check)
     if not params:
         return
     first_step = [False] * len(params) if buffers is None else [b is None for b in buffers]
@@ -284,7 +298,7 @@ def sgd_step(params: Sequence, grads: Sequence, momentum_buffer_list: list | Non
                 buffers[i] = _empty_like(params[i] if master_params is None else master_params[i])
     call_inplace(
         "optim", "sgd_step",
-        (params, grads, buffers, master_params, grad_scale, found_inf),
+        (params, grads, buffers, master_params, grad_scale, found_inf, device_lr),
         dict(first_step=first_step, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
              nesterov=nesterov, maximize=maximize),
         template=params[0], writes=(0, 2, 3),
@@ -297,13 +311,14 @@ def sgd_step(params: Sequence, grads: Sequence, momentum_buffer_list: list | Non
 
 
 def rmsprop_step(params: Sequence, grads: Sequence, square_avgs: Sequence, grad_avgs: Sequence | None = None,
-                 momentum_buffer_list: Sequence | None = None, *, lr: float = 1e-2, alpha: float = 0.99,
+                 momentum_buffer_list: Sequence | None = None, *, lr: Any = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
                  maximize: bool = False, grad_scale: Any = None, found_inf: Any = None,
                  master_params: Sequence | None = None) -> None:
     """One RMSprop step, in place; ``grad_avgs`` when ``centered``, ``momentum_buffer_list``
     (zero-initialised, as torch.optim.RMSprop keeps them) when ``momentum > 0``."""
-    lr, eps, weight_decay = _check_nonneg(lr, "lr"), _check_nonneg(eps, "eps"), _check_nonneg(weight_decay, "weight_decay")
+    (lr, device_lr), eps = _split_lr(lr), _check_nonneg(eps, "eps")
+    weight_decay = _check_nonneg(weight_decay, "weight_decay")
     alpha, momentum = _check_nonneg(alpha, "alpha"), _check_nonneg(momentum, "momentum")
     maximize = _check_flag(maximize, "maximize")
     if _check_flag(centered, "centered") and grad_avgs is None:
@@ -323,14 +338,15 @@ def rmsprop_step(params: Sequence, grads: Sequence, square_avgs: Sequence, grad_
             _check_state(params, buffers, "momentum_buffer_list", master)
         _check_scalar_array(grad_scale, "grad_scale", params)
         _check_scalar_array(found_inf, "found_inf", params)
+        _check_scalar_array(device_lr, "lr", params)
 
     _check_arrays("rmsprop_step", (params, grads, square_avgs, grad_avgs, buffers, master_params, grad_scale,
-                                       found_inf), check)
+                                       found_inf, device_lr), check)
     if not params:
         return
     call_inplace(
         "optim", "rmsprop_step",
-        (params, grads, square_avgs, grad_avgs, buffers, master_params, grad_scale, found_inf),
+        (params, grads, square_avgs, grad_avgs, buffers, master_params, grad_scale, found_inf, device_lr),
         dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
              maximize=maximize),
         template=params[0], writes=(0, 2, 3, 4, 5),

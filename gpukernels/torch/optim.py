@@ -10,6 +10,15 @@ host sync. ``torch.amp.GradScaler`` hands these optimizers its scale and inf fla
 (``_step_supports_amp_scaling``): gradients are unscaled inside the kernel and a step with
 inf/NaN gradients is skipped on the device.
 
+Training code: ``lr`` may be a one-element tensor, as in torch.optim, read by the kernels on the
+device; with ``capturable=True`` (Adam, AdamW, RMSprop) a step is then free of host reads, so
+forward, backward and step can be captured in one CUDA graph, and, as torch's optimizers do,
+capturing a step without it is refused. ``torch.compile(opt.step, fullgraph=True)`` traces the
+step to the ``gpukernels::*_step_`` operators (``_optim_ops``) without a graph break. DTensor
+parameters (FSDP2's ``fully_shard``) are updated on their local shards and their state tensors
+are DTensors alike, so ``torch.distributed.checkpoint`` saves and reloads them; a group must
+not mix DTensors and plain tensors (TypeError, before anything is updated).
+
 One addition, off by default: ``master_weights=True`` keeps a float32 copy of every float16 or
 bfloat16 parameter (state key 'master_param') and float32 moments; the update runs on the copy
 and the parameter receives its rounding.
@@ -17,23 +26,62 @@ and the parameter receives its rounding.
 
 from __future__ import annotations
 
-import contextlib
-import operator
+import sys
 from typing import Any, Callable
 
 import torch
 
 from ..ops import optim as F
+from . import _optim_ops as ops
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def _dtensor_type() -> type | None:
+    """``torch.distributed.tensor.DTensor``, or None while that module is not loaded (then no
+    parameter can be a DTensor, and importing it, seconds, is left to those who shard)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else module.DTensor
+
+
+def _is_dtensor(x: Any) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(x, dtensor)
+
+
+def _local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A DTensor's shard on this rank (a view: the kernels update the DTensor in place)."""
+    return [t.to_local() for t in tensors]
+
+
+def _check_placement(group_index: int, group: dict) -> bool:
+    """True when the group's parameters are DTensors (FSDP2's sharded parameters): the update
+    runs on their local shards. A group mixing DTensors and plain tensors is rejected, naming
+    the first parameter that differs from the group's first."""
+    params, dtensor = group["params"], _dtensor_type()
+    if not params or dtensor is None:
+        return False
+    sharded = [issubclass(kind, dtensor) for kind in set(map(type, params))]  # a few types: cheap per step
+    if all(sharded) or not any(sharded):
+        return sharded[0]
+    first = _is_dtensor(params[0])
+    for i, p in enumerate(params):
+        if _is_dtensor(p) != first:
+            kinds = ("a plain tensor", "a DTensor")
+            raise TypeError(
+                f"param_groups[{group_index}]['params'][{i}] is {kinds[not first]} but "
+                f"param_groups[{group_index}]['params'][0] is {kinds[first]}; a group's parameters must be all "
+                "DTensors (sharded, e.g. by fully_shard) or all plain tensors")
+    return first
+
+
 def _check_hyper(lr, eps=None, weight_decay=None, betas=None, momentum=None, alpha=None) -> None:
     """torch.optim's constructor checks and messages."""
-    if not isinstance(lr, torch.Tensor) and not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
     if isinstance(lr, torch.Tensor):
-        raise TypeError("lr must be a float for the fused gpukernels optimizers, not a tensor")
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+    elif not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
     if eps is not None and not 0.0 <= eps:
         raise ValueError(f"Invalid epsilon value: {eps}")
     if betas is not None:
@@ -48,9 +96,6 @@ def _check_hyper(lr, eps=None, weight_decay=None, betas=None, momentum=None, alp
         raise ValueError(f"Invalid alpha value: {alpha}")
 
 
-_EXP_AVG, _EXP_AVG_SQ, _STEP = (operator.itemgetter(k) for k in ("exp_avg", "exp_avg_sq", "step"))
-_DATA_PTR = torch.Tensor.data_ptr
-_IS_SPARSE = operator.attrgetter("is_sparse")
 
 
 class _Fused(torch.optim.Optimizer):
@@ -120,7 +165,7 @@ class _Fused(torch.optim.Optimizer):
             if g is not None:
                 params.append(p)
                 grads.append(g)
-        if any(map(_IS_SPARSE, grads)):
+        if True in [g.is_sparse for g in grads]:  # a list, not a generator: no Python call per tensor
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         return params, grads
 
@@ -138,7 +183,7 @@ class _Fused(torch.optim.Optimizer):
     def _new_steps(params: list[torch.Tensor], state_of: Callable[[torch.Tensor], dict],
                    values: list[float] | None = None) -> None:
         """Step counters (0, or ``values``) for ``params``: 0-d views into one float32 buffer per
-        device, so advancing them all is a single launch (see _advance)."""
+        device, so advancing them all is a single launch (see _optim_ops._advance)."""
         by_device: dict[torch.device, list[int]] = {}
         for i, p in enumerate(params):
             by_device.setdefault(p.device, []).append(i)
@@ -149,53 +194,6 @@ class _Fused(torch.optim.Optimizer):
                 counters = torch.tensor([values[i] for i in members], dtype=torch.float32).to(device)
             for j, i in enumerate(members):
                 state_of(params[i])["step"] = counters[j]
-
-    @staticmethod
-    def _as_one_buffer(steps: list[torch.Tensor]) -> torch.Tensor | None:
-        """The counters as one 1-D tensor when they are consecutive float32s of one storage
-        (as _new_steps makes them), else None."""
-        first = steps[0]
-        if first.dtype != torch.float32:
-            return None
-        start, size = first.data_ptr(), len(steps)
-        storage = first.untyped_storage()
-        if list(map(_DATA_PTR, steps)) != list(range(start, start + 4 * size, 4)) \
-                or start + 4 * size > storage.data_ptr() + storage.nbytes():
-            return None
-        return first.as_strided((size,), (1,))
-
-    def _advance(self, steps: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """Adds 1 to every counter in one launch; returns the counters as _retreat takes them."""
-        buffer = self._as_one_buffer(steps)
-        if buffer is not None:
-            buffer.add_(1.0)  # one launch, however many parameters
-            return buffer
-        torch._foreach_add_(steps, 1.0)  # one launch per device on CUDA
-        return steps
-
-    @staticmethod
-    def _retreat(counters: torch.Tensor | list[torch.Tensor], by: torch.Tensor | float) -> None:
-        """Takes ``by`` (a number, or a device tensor: no host sync) off every counter."""
-        if isinstance(counters, torch.Tensor):
-            counters.sub_(by)
-        elif isinstance(by, torch.Tensor):
-            torch._foreach_add_(counters, by.reshape(()), alpha=-1)
-        else:
-            torch._foreach_add_(counters, -by)
-
-    @contextlib.contextmanager
-    def _counting(self, steps: list[torch.Tensor], found_inf: torch.Tensor | None):
-        """Counts the step run in the block (its kernels read counters that include it). A step
-        the block rejects (raises) does not count, nor, as in torch's fused optimizers, one that
-        GradScaler skips (``found_inf``), taken off on the device."""
-        counters = self._advance(steps)
-        try:
-            yield
-        except BaseException:
-            self._retreat(counters, 1.0)
-            raise
-        if found_inf is not None:
-            self._retreat(counters, found_inf)
 
     def _states(self, group: dict, params: list[torch.Tensor], first: str, init) -> list[dict]:
         """The state dict of every parameter: a step counter for those without one, ``init`` run
@@ -212,6 +210,9 @@ class _Fused(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if "capturable" in self.defaults:  # torch's check: capturing a step needs capturable=True
+            getattr(self, "_accelerator_graph_capture_health_check", self._cuda_graph_capture_health_check)()
+        distributed = [_check_placement(i, group) for i, group in enumerate(self.param_groups)]  # before any update
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -222,20 +223,29 @@ class _Fused(torch.optim.Optimizer):
             "grad_scale": None if grad_scale is None else grad_scale.reshape(1).to(torch.float32),
             "found_inf": None if found_inf is None else found_inf.reshape(1).to(torch.float32),
         }
-        for group in self.param_groups:
+        for group, sharded in zip(self.param_groups, distributed):
             params, grads = self._with_grads(group)
             if params:
                 for master, part, part_grads in self._split(group, params, grads):
-                    self._group_step(group, part, part_grads, master, amp)
+                    self._group_step(group, part, part_grads, master, amp, sharded)
         return loss
 
     def _group_step(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor], master: bool,
-                    amp: dict) -> None:
+                    amp: dict, sharded: bool) -> None:
         raise NotImplementedError  # each optimizer below defines its update
 
     def _amp_on(self, amp: dict, params: list[torch.Tensor]) -> dict:
         device = params[0].device
         return {k: None if v is None else v.to(device) for k, v in amp.items()}
+
+    @staticmethod
+    def _lr(group: dict, device: torch.device) -> dict:
+        """The learning rate as the updates take it: a float, or torch's tensor ``lr`` as the
+        one-element float32 tensor on the parameters' device the kernels read (no host sync)."""
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            return {"lr_tensor": lr.detach().reshape(1).to(device=device, dtype=torch.float32), "lr": 0.0}
+        return {"lr_tensor": None, "lr": float(lr)}
 
 
 class Adam(_Fused):
@@ -257,24 +267,24 @@ class Adam(_Fused):
         state["exp_avg"] = self._zeros(group, p)
         state["exp_avg_sq"] = self._zeros(group, p)
 
-    def _group_step(self, group, params, grads, master, amp):
+    def _group_step(self, group, params, grads, master, amp, sharded):
         states = self._states(group, params, "exp_avg", self._init_state)
-        max_sqs = None
+        max_sqs = []
         if group["amsgrad"]:
             for p, state in zip(params, states):
                 if "max_exp_avg_sq" not in state:  # new, or amsgrad switched on later
                     state["max_exp_avg_sq"] = self._zeros(group, p)
             max_sqs = [state["max_exp_avg_sq"] for state in states]
-        steps = list(map(_STEP, states))
-        amp = self._amp_on(amp, params)
-        with self._counting(steps, amp["found_inf"]):
-            F.adam_step(
-                params, grads, list(map(_EXP_AVG, states)), list(map(_EXP_AVG_SQ, states)), step=steps,
-                lr=group["lr"], betas=tuple(group["betas"]), eps=group["eps"], weight_decay=group["weight_decay"],
-                amsgrad=group["amsgrad"], max_exp_avg_sqs=max_sqs, maximize=group["maximize"],
-                decoupled_weight_decay=group.get("decoupled_weight_decay", False),
-                master_params=[state["master_param"] for state in states] if master else None, **amp,
-            )
+        masters = [state["master_param"] for state in states] if master else []
+        lists = [params, grads, [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states],
+                 max_sqs, masters]
+        if sharded:
+            lists = list(map(_local, lists))
+        beta1, beta2 = group["betas"]
+        ops.adam(*lists, [state["step"] for state in states], **self._amp_on(amp, params),
+                 **self._lr(group, params[0].device), beta1=float(beta1), beta2=float(beta2), eps=group["eps"], weight_decay=group["weight_decay"],
+                 amsgrad=group["amsgrad"], maximize=group["maximize"],
+                 decoupled_weight_decay=group.get("decoupled_weight_decay", False))
 
 
 class AdamW(Adam):
@@ -306,7 +316,7 @@ class SGD(_Fused):
                         master_weights=master_weights)
         super().__init__(params, defaults)
 
-    def _group_step(self, group, params, grads, master, amp):
+    def _group_step(self, group, params, grads, master, amp, sharded):
         momentum = group["momentum"]
         buffers = masters = None
         if momentum != 0 or master:  # torch.optim.SGD keeps no state without momentum; neither do we
@@ -317,9 +327,24 @@ class SGD(_Fused):
                 buffers = [state.get("momentum_buffer") for state in states]
                 missing = [i for i, buffer in enumerate(buffers) if buffer is None]
         amp = self._amp_on(amp, params)
-        F.sgd_step(params, grads, buffers, lr=group["lr"], momentum=momentum, dampening=group["dampening"],
-                   weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-                   master_params=masters, **amp)
+        hyper = dict(momentum=momentum, dampening=group["dampening"], weight_decay=group["weight_decay"],
+                     nesterov=group["nesterov"], maximize=group["maximize"])
+        lr = self._lr(group, params[0].device)
+        if sharded or torch.compiler.is_compiling():
+            # The buffers must exist before the update (the operator, or DTensor state): made
+            # here, as torch's fused SGD makes them, and filled by the update.
+            first = [False] * len(params)
+            if buffers is not None:
+                for i in missing:
+                    first[i] = True
+                    buffers[i] = states[i]["momentum_buffer"] = self._zeros(group, params[i])
+            lists = [params, grads, buffers or [], masters or []]
+            if sharded:
+                lists = list(map(_local, lists))
+            ops.sgd(lists[0], lists[1], lists[2], first, lists[3], **amp, **lr, **hyper)
+            return
+        F.sgd_step(params, grads, buffers, lr=lr["lr"] if lr["lr_tensor"] is None else lr["lr_tensor"],
+                   master_params=masters, **amp, **hyper)
         if buffers is not None:
             for i in missing:  # buffers made by this step (none when GradScaler skipped it)
                 if buffers[i] is not None:
@@ -347,17 +372,18 @@ class RMSprop(_Fused):
         if group["centered"]:
             state["grad_avg"] = self._zeros(group, p)
 
-    def _group_step(self, group, params, grads, master, amp):
+    def _group_step(self, group, params, grads, master, amp, sharded):
         states = self._states(group, params, "square_avg", self._init_state)
-        steps = list(map(_STEP, states))
-        amp = self._amp_on(amp, params)
-        with self._counting(steps, amp["found_inf"]):
-            F.rmsprop_step(params, grads, [state["square_avg"] for state in states],
-                           [state["grad_avg"] for state in states] if group["centered"] else None,
-                           [state["momentum_buffer"] for state in states] if group["momentum"] > 0 else None,
-                           lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
-                           momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
-                           master_params=[state["master_param"] for state in states] if master else None, **amp)
+        lists = [params, grads, [state["square_avg"] for state in states],
+                 [state["grad_avg"] for state in states] if group["centered"] else [],
+                 [state["momentum_buffer"] for state in states] if group["momentum"] > 0 else [],
+                 [state["master_param"] for state in states] if master else []]
+        if sharded:
+            lists = list(map(_local, lists))
+        ops.rmsprop(*lists, [state["step"] for state in states], **self._amp_on(amp, params),
+                    **self._lr(group, params[0].device), alpha=group["alpha"], eps=group["eps"],
+                    weight_decay=group["weight_decay"], momentum=group["momentum"], centered=group["centered"],
+                    maximize=group["maximize"])
 
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop"]

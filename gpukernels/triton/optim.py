@@ -11,8 +11,9 @@ which gives 128-bit loads; they also run unchanged in Triton's interpreter, wher
 addresses are real host addresses.
 
 fp32 math whatever the storage; ``grad_scale`` and ``found_inf`` are read on the device (no
-host sync), and the Adam step counter may be a device tensor (``device_step``), so a step can
-be captured in a CUDA graph once the tables are cached.
+host sync), the Adam step counter may be a device tensor (``device_step``) and so may the
+learning rate of every step (``device_lr``, torch's tensor ``lr``), so a step can be captured in
+a CUDA graph once the tables are cached and replayed with a new learning rate.
 """
 
 from __future__ import annotations
@@ -96,30 +97,45 @@ def _store_param(p_ptr, master_ptr, p, mask, HAS_MASTER: tl.constexpr):
 
 
 @triton.jit
-def _bias_corrections(t, log_beta1, log_beta2, lr, step_size, bias_correction2_sqrt, device_step):
-    """(lr / (1 - beta1^t), sqrt(1 - beta2^t)): the host's values, or formed here from the
-    tensor's step counter ``t``. 1 - exp(t log beta) in fp64, where it loses nothing to
-    cancellation (1 - 0.999^1); the rest in fp32."""
+def _learning_rate(lr, lr_ptr, device_lr):
+    """The host's ``lr``, or the one a device tensor holds now (read here: no host sync, and a
+    replayed CUDA graph sees the value the tensor holds at replay)."""
+    if device_lr:
+        lr = tl.load(lr_ptr)
+    return lr
+
+
+@triton.jit
+def _bias_corrections(t, log_beta1, log_beta2, lr, step_size, bias_correction2_sqrt, decay,
+                      decoupled_weight_decay, device_step, device_lr):
+    """(lr / (1 - beta1^t), sqrt(1 - beta2^t), 1 - lr*wd): the host's values, or formed here
+    from the tensor's step counter ``t`` (``device_step``, which a device ``lr`` implies) and
+    ``lr``, the device's when ``device_lr``. 1 - exp(t log beta) in fp64, where it loses nothing to cancellation
+    (1 - 0.999^1); the rest in fp32."""
     if device_step:
+        if device_lr:
+            decay = 1.0 - lr * decoupled_weight_decay
         t64 = t.to(tl.float64)
         bias_correction1 = (1.0 - tl.exp(t64 * log_beta1)).to(tl.float32)
         step_size = lr / bias_correction1
         bias_correction2_sqrt = tl.sqrt_rn((1.0 - tl.exp(t64 * log_beta2)).to(tl.float32))
-    return step_size, bias_correction2_sqrt
+    return step_size, bias_correction2_sqrt, decay
 
 
 @triton.jit
 def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, t, mask, grad_scale, grad_sign, beta1,
                one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps, weight_decay, decay, step_size,
-               bias_correction2_sqrt, amsgrad, device_step, HAS_MASTER: tl.constexpr):
+               bias_correction2_sqrt, decoupled_weight_decay, amsgrad, device_step, device_lr,
+               HAS_MASTER: tl.constexpr):
     # Loads first, then the bias corrections, then the arithmetic on the loaded values: the
     # corrections' fp64 work runs while the loads are in flight instead of delaying them.
     p = _load_param(p_ptr, master_ptr, mask, HAS_MASTER)
     g = _load(g_ptr, mask)
     m = _load(m_ptr, mask)
     v = _load(v_ptr, mask)
-    step_size, bias_correction2_sqrt = _bias_corrections(t, log_beta1, log_beta2, lr, step_size,
-                                                         bias_correction2_sqrt, device_step)
+    step_size, bias_correction2_sqrt, decay = _bias_corrections(t, log_beta1, log_beta2, lr, step_size,
+                                                                bias_correction2_sqrt, decay, decoupled_weight_decay,
+                                                                device_step, device_lr)
     p = p * decay  # decay = 1 - lr*wd for AdamW, else 1
     g = g / grad_scale * grad_sign
     if weight_decay != 0:  # Adam's L2 term (zero for AdamW)
@@ -189,14 +205,16 @@ def _rmsprop_body(p_ptr, g_ptr, v_ptr, a_ptr, b_ptr, master_ptr, mask, grad_scal
 # the operand offsets were read, made it six.)
 
 
-@triton.jit(do_not_specialize=["amsgrad", "device_step"])
+@triton.jit(do_not_specialize=["amsgrad", "device_step", "device_lr"])
 def adam_kernel(p_base, g_base, m_base, v_base, vmax_base, master_base, step_base, table_ptr, block_map_ptr,
-                grad_scale_ptr, found_inf_ptr, grad_sign, beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1,
-                log_beta2, lr, eps, weight_decay, decay, step_size, bias_correction2_sqrt, amsgrad, device_step,
-                HAS_MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                grad_scale_ptr, found_inf_ptr, lr_ptr, grad_sign, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                log_beta1, log_beta2, lr, eps, weight_decay, decay, step_size, bias_correction2_sqrt,
+                decoupled_weight_decay, amsgrad, device_step, device_lr, HAS_MASTER: tl.constexpr,
+                ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     found_inf = tl.load(found_inf_ptr)
     row, n, start, idx = _locate(table_ptr, block_map_ptr, 8, BLOCK)
     grad_scale = tl.load(grad_scale_ptr)
+    lr = _learning_rate(lr, lr_ptr, device_lr)
     p_ptr = _operand(p_base, row, 0, idx, ALIGNED, HAS_MASTER)
     g_ptr = _operand(g_base, row, 1, idx, ALIGNED, HAS_MASTER)
     m_ptr = _operand(m_base, row, 2, idx, ALIGNED, HAS_MASTER)
@@ -210,20 +228,23 @@ def adam_kernel(p_base, g_base, m_base, v_base, vmax_base, master_base, step_bas
         if start + BLOCK <= n:  # full block, unmasked
             _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, t, None, grad_scale, grad_sign, beta1,
                        one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps, weight_decay, decay,
-                       step_size, bias_correction2_sqrt, amsgrad, device_step, HAS_MASTER)
+                       step_size, bias_correction2_sqrt, decoupled_weight_decay, amsgrad, device_step, device_lr,
+                       HAS_MASTER)
         else:
             _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, t, idx < n, grad_scale, grad_sign,
-                       beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps, weight_decay,
-                       decay, step_size, bias_correction2_sqrt, amsgrad, device_step, HAS_MASTER)
+                       beta1, one_minus_beta1, beta2, one_minus_beta2, log_beta1, log_beta2, lr, eps,
+                       weight_decay, decay, step_size, bias_correction2_sqrt, decoupled_weight_decay, amsgrad,
+                       device_step, device_lr, HAS_MASTER)
 
 
-@triton.jit(do_not_specialize=["nesterov", "first_step"])
-def sgd_kernel(p_base, g_base, b_base, master_base, table_ptr, block_map_ptr, grad_scale_ptr, found_inf_ptr,
-               grad_sign, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step,
+@triton.jit(do_not_specialize=["nesterov", "first_step", "device_lr"])
+def sgd_kernel(p_base, g_base, b_base, master_base, table_ptr, block_map_ptr, grad_scale_ptr, found_inf_ptr, lr_ptr,
+               grad_sign, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step, device_lr,
                HAS_MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     found_inf = tl.load(found_inf_ptr)
     row, n, start, idx = _locate(table_ptr, block_map_ptr, 5, BLOCK)
     grad_scale = tl.load(grad_scale_ptr)
+    lr = _learning_rate(lr, lr_ptr, device_lr)
     p_ptr = _operand(p_base, row, 0, idx, ALIGNED, HAS_MASTER)
     g_ptr = _operand(g_base, row, 1, idx, ALIGNED, HAS_MASTER)
     b_ptr = _operand(b_base, row, 2, idx, ALIGNED, HAS_MASTER)
@@ -237,13 +258,14 @@ def sgd_kernel(p_base, g_base, b_base, master_base, table_ptr, block_map_ptr, gr
                       one_minus_dampening, weight_decay, nesterov, first_step, HAS_MASTER)
 
 
-@triton.jit(do_not_specialize=["centered"])
+@triton.jit(do_not_specialize=["centered", "device_lr"])
 def rmsprop_kernel(p_base, g_base, v_base, a_base, b_base, master_base, table_ptr, block_map_ptr, grad_scale_ptr,
-                   found_inf_ptr, grad_sign, lr, alpha, one_minus_alpha, eps, weight_decay, momentum, centered,
-                   HAS_MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                   found_inf_ptr, lr_ptr, grad_sign, lr, alpha, one_minus_alpha, eps, weight_decay, momentum, centered,
+                   device_lr, HAS_MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     found_inf = tl.load(found_inf_ptr)
     row, n, start, idx = _locate(table_ptr, block_map_ptr, 7, BLOCK)
     grad_scale = tl.load(grad_scale_ptr)
+    lr = _learning_rate(lr, lr_ptr, device_lr)
     p_ptr = _operand(p_base, row, 0, idx, ALIGNED, HAS_MASTER)
     g_ptr = _operand(g_base, row, 1, idx, ALIGNED, HAS_MASTER)
     v_ptr = _operand(v_base, row, 2, idx, ALIGNED, HAS_MASTER)
@@ -393,12 +415,27 @@ def _block(dtype: torch.dtype) -> tuple[int, int]:
     return tuple(elementwise_launch(torch.float32))
 
 
-def _cached(cache: dict, key, build):
+# What a CUDA graph captured: the host arrays its copies read and the device tensors its kernels
+# read. Captured work runs at every replay, not at capture, so these must outlive the graph: kept
+# for the life of the process (a few small tables), never in the caches above, where an eager
+# step could find a device table that no replay has filled yet.
+_CAPTURED: list[torch.Tensor] = []
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _cached(cache: dict, key, build, device: torch.device | None = None):
     """``cache[key]``, built on a miss; the oldest entry goes when the cache is full (a training
-    loop uses one or two, so first-in-first-out serves, and a hit hashes the key only once)."""
+    loop uses one or two, so first-in-first-out serves, and a hit hashes the key only once).
+    A miss while a CUDA graph is being captured on ``device`` is built for that graph alone."""
     value = cache.get(key)
     if value is None:
-        value = cache[key] = build()
+        value = build()
+        if device is not None and _capturing(device):
+            return value
+        cache[key] = value
         if len(cache) > _CACHE_SIZE:
             del cache[next(iter(cache))]
     return value
@@ -408,6 +445,12 @@ def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
     host = torch.from_numpy(array)
     if device.type == "cpu":  # Triton's interpreter reads host memory where it lies
         return host
+    if _capturing(device):
+        # The graph records the copy and repeats it at each replay, reading the host array
+        # then (a non-blocking copy is capturable; pinning during capture is not).
+        on_device = host.to(device, non_blocking=True)
+        _CAPTURED.extend((host, on_device))
+        return on_device
     # From pinned memory without blocking: the copy queues on the stream behind the work
     # already there instead of making the host wait for it (a pageable copy would).
     return host.pin_memory().to(device, non_blocking=True)
@@ -446,8 +489,9 @@ def plan(columns: list[Column], block: int, vector_columns: int | None = None) -
     itemsizes = tuple((c if isinstance(c, torch.Tensor) else c[0]).element_size() for c in columns)
     device = columns[0][0].device
     table, aligned = _cached(_TABLES, (addresses, itemsizes, sizes, vector_columns, device),
-                             lambda: _build_table(addresses, itemsizes, sizes, vector_columns, device))
-    block_map, blocks = _cached(_BLOCK_MAPS, (sizes, block, device), lambda: _build_block_map(sizes, block, device))
+                             lambda: _build_table(addresses, itemsizes, sizes, vector_columns, device), device)
+    block_map, blocks = _cached(_BLOCK_MAPS, (sizes, block, device), lambda: _build_block_map(sizes, block, device),
+                                device)
     return Plan(table, block_map, blocks, aligned)
 
 
@@ -455,8 +499,12 @@ def _ones_and_zeros(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A cached fp32 one (grad_scale absent) and zero (found_inf absent) on ``device``."""
     key = str(device)
     if key not in _SCALARS:
-        _SCALARS[key] = (torch.ones(1, dtype=torch.float32, device=device),
-                         torch.zeros(1, dtype=torch.float32, device=device))
+        scalars = (torch.ones(1, dtype=torch.float32, device=device),
+                   torch.zeros(1, dtype=torch.float32, device=device))
+        if _capturing(device):  # filled at replay only: the graph's own, kept alive for it
+            _CAPTURED.extend(scalars)
+            return scalars
+        _SCALARS[key] = scalars
     return _SCALARS[key]
 
 
@@ -512,26 +560,40 @@ def _launch(kernel, columns: list[Column], dtype: torch.dtype, scalars: tuple, h
 # What the dispatch layer calls (torch tensors, updated in place)
 
 
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step, *,
-              lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+def _device_lr(device, device_lr) -> tuple[torch.Tensor, int]:
+    """(the pointer the kernels read ``lr`` from, the flag that says they do): ``device_lr``, a
+    one-element float32 tensor, or a stand-in the kernels never read."""
+    if device_lr is None:
+        return _ones_and_zeros(device)[0], 0
+    return device_lr.reshape(1), 1
+
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, grad_scale, found_inf, step,
+              device_lr=None, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
     device = params[0].device
     scale, found = _amp_scalars(device, grad_scale, found_inf)
+    lr_tensor, on_device_lr = _device_lr(device, device_lr)
+    if on_device_lr and isinstance(step, float):  # the kernel forms the corrections from lr: give it t
+        step = torch.full((1,), step, dtype=torch.float32, device=device)
     device_step = not isinstance(step, float)
     # ``step``: a number (the host's bias corrections), one counter for all, or one per parameter
     t = 1.0 if device_step else step
+    host_lr = 0.0 if on_device_lr else lr  # the kernel forms everything from the device's lr
     bias_correction1 = 1.0 - beta1**t
     log = lambda b: math.log(b) if b > 0 else -math.inf
+    decoupled = weight_decay if decoupled_weight_decay else 0.0
     scalars = (
-        -1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, log(beta1), log(beta2), lr, eps,
-        0.0 if decoupled_weight_decay else weight_decay, 1.0 - lr * weight_decay if decoupled_weight_decay else 1.0,
-        lr / bias_correction1, math.sqrt(1.0 - beta2**t), int(amsgrad), int(device_step),
+        -1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, log(beta1), log(beta2), host_lr, eps,
+        0.0 if decoupled_weight_decay else weight_decay, 1.0 - host_lr * decoupled,
+        host_lr / bias_correction1, math.sqrt(1.0 - beta2**t), decoupled, int(amsgrad), int(device_step),
+        on_device_lr,
     )
     for dtype, idx in _groups(params):
         state = _select(exp_avgs, idx)
         steps = _select(step, idx) if isinstance(step, list) else step if device_step else scale
         columns = [_select(params, idx), _select(grads, idx), state, _select(exp_avg_sqs, idx),
                    _pick(max_exp_avg_sqs, idx, state[0]), _pick(master_params, idx, state[0]), steps]
-        _launch(adam_kernel, columns, dtype, scalars, master_params is not None, extra=(scale, found),
+        _launch(adam_kernel, columns, dtype, scalars, master_params is not None, extra=(scale, found, lr_tensor),
                 vector_columns=6)
 
 
@@ -545,28 +607,32 @@ def _by_first_step(first_step: list[bool], idx: list[int] | None, count: int):
     return [(first, part) for first, part in parts if part]
 
 
-def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_inf, *, first_step, lr, momentum,
-             dampening, weight_decay, nesterov, maximize):
+def sgd_step(params, grads, momentum_buffers, master_params, grad_scale, found_inf, device_lr=None, *, first_step, lr,
+             momentum, dampening, weight_decay, nesterov, maximize):
     scale, found = _amp_scalars(params[0].device, grad_scale, found_inf)
+    lr_tensor, on_device_lr = _device_lr(params[0].device, device_lr)
     has_master = master_params is not None
     for dtype, idx in _groups(params):
         for first, part in _by_first_step(first_step, idx, len(params)):
             state_fallback = _first(master_params if has_master else params, part)
             columns = [_select(params, part), _select(grads, part), _pick(momentum_buffers, part, state_fallback),
                        _pick(master_params, part, state_fallback)]
-            scalars = (-1.0 if maximize else 1.0, lr, momentum, 1.0 - dampening, weight_decay, int(nesterov), int(first))
-            _launch(sgd_kernel, columns, dtype, scalars, has_master, extra=(scale, found))
+            scalars = (-1.0 if maximize else 1.0, 0.0 if on_device_lr else lr, momentum, 1.0 - dampening, weight_decay,
+                       int(nesterov), int(first), on_device_lr)
+            _launch(sgd_kernel, columns, dtype, scalars, has_master, extra=(scale, found, lr_tensor))
 
 
-def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master_params, grad_scale, found_inf, *,
-                 lr, alpha, eps, weight_decay, momentum, centered, maximize):
+def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master_params, grad_scale, found_inf,
+                 device_lr=None, *, lr, alpha, eps, weight_decay, momentum, centered, maximize):
     scale, found = _amp_scalars(params[0].device, grad_scale, found_inf)
-    scalars = (-1.0 if maximize else 1.0, lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, int(centered))
+    lr_tensor, on_device_lr = _device_lr(params[0].device, device_lr)
+    scalars = (-1.0 if maximize else 1.0, 0.0 if on_device_lr else lr, alpha, 1.0 - alpha, eps, weight_decay, momentum,
+               int(centered), on_device_lr)
     for dtype, idx in _groups(params):
         state = _select(square_avgs, idx)
         columns = [_select(params, idx), _select(grads, idx), state, _pick(grad_avgs, idx, state[0]),
                    _pick(momentum_buffers, idx, state[0]), _pick(master_params, idx, state[0])]
-        _launch(rmsprop_kernel, columns, dtype, scalars, master_params is not None, extra=(scale, found))
+        _launch(rmsprop_kernel, columns, dtype, scalars, master_params is not None, extra=(scale, found, lr_tensor))
 
 
 def _norm_kind(norm_type: float) -> int:
@@ -629,12 +695,12 @@ STEP_VARIANTS = (
 )
 _STEP_KERNELS = {
     # kernel, operand pointers (P: parameter dtype, S: state dtype, F: fp32), flags, fp32 scalars
-    "adam": (adam_kernel, "PPSSSSF", ("amsgrad", "device_step"),
+    "adam": (adam_kernel, "PPSSSSF", ("amsgrad", "device_step", "device_lr"),
              ("grad_sign", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "log_beta1", "log_beta2", "lr",
-              "eps", "weight_decay", "decay", "step_size", "bias_correction2_sqrt")),
-    "sgd": (sgd_kernel, "PPSS", ("nesterov", "first_step"),
+              "eps", "weight_decay", "decay", "step_size", "bias_correction2_sqrt", "decoupled_weight_decay")),
+    "sgd": (sgd_kernel, "PPSS", ("nesterov", "first_step", "device_lr"),
             ("grad_sign", "lr", "momentum", "one_minus_dampening", "weight_decay")),
-    "rmsprop": (rmsprop_kernel, "PPSSSS", ("centered",),
+    "rmsprop": (rmsprop_kernel, "PPSSSS", ("centered", "device_lr"),
                 ("grad_sign", "lr", "alpha", "one_minus_alpha", "eps", "weight_decay", "momentum")),
 }
 
@@ -647,7 +713,7 @@ def _step_args(kernel, operands: str, flags, scalars, p: str, s: str, aligned: b
     types = {"P": p, "S": s, "F": "fp32"}
     args = {names[i]: passed(types[code], aligned or code == "F") for i, code in enumerate(operands)}
     args.update(table_ptr=fresh("i64"), block_map_ptr=fresh("i32"), grad_scale_ptr=fresh("fp32"),
-                found_inf_ptr=fresh("fp32"))
+                found_inf_ptr=fresh("fp32"), lr_ptr=fresh("fp32"))
     args.update({name: 0.5 for name in scalars})
     args.update({name: 0 for name in flags})
     return args
