@@ -25,14 +25,14 @@ Backward returns the gradient of the reduced loss for the input and/or the targe
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from ._parallel import PARALLEL_MIN_BYTES, _items_per_chunk, run, split
 from ._precision import reference_op
 
 LOSSES = ("mse", "l1", "huber", "smooth_l1", "bce", "bce_logits", "focal")
 BCE_LOG_FLOOR = -100.0  # torch clamps each log of binary_cross_entropy here (log 0 = -inf otherwise)
-BCE_EPSILON = 1e-12  # ATen's floor for x (1 - x) in the BCE gradient
+# ATen's floor for x (1 - x) in the BCE gradient: 1e-12 as a float32 constant (ATen's is one)
+BCE_EPSILON = float(np.float32(1e-12))
 
 
 def _softplus(x):
@@ -40,9 +40,23 @@ def _softplus(x):
     return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
 
 
+def _sigmoid(x):
+    """1 / (1 + exp(-x)); exp overflowing to inf for very negative x gives the limit 0. (SciPy's
+    expit is several times slower on float32.)"""
+    out = np.negative(x)
+    np.exp(out, out=out)
+    out += 1
+    return np.divide(1, out, out=out)
+
+
 def _sigmoid_pair(x):
-    """(sigmoid(x), 1 - sigmoid(x)), each without cancellation."""
-    return expit(x), expit(-x)
+    """(sigmoid(x), 1 - sigmoid(x)), each without cancellation: with e = exp(-|x|), the larger
+    is 1 / (1 + e), the smaller e / (1 + e)."""
+    e = np.exp(-np.abs(x))
+    big = 1 / (1 + e)
+    small = e * big
+    positive = x >= 0
+    return np.where(positive, big, small), np.where(positive, small, big)
 
 
 def _focal_terms(x, t, alpha, gamma):
@@ -68,12 +82,16 @@ def elementwise_loss(loss, x, t, w, pw, p1, p2):
         out = d * d
     elif loss == "l1":
         out = np.abs(d)
-    elif loss == "huber":
+    elif loss in ("huber", "smooth_l1"):
+        # c = min(|d|, delta): c (|d| - c / 2) is d^2 / 2 inside and delta (|d| - delta / 2)
+        # outside, without a select (NaN stays NaN); smooth L1 is Huber divided by beta.
         a = np.abs(d)
-        out = np.where(a < p1, 0.5 * d * d, p1 * (a - 0.5 * p1))
-    elif loss == "smooth_l1":
-        a = np.abs(d)
-        out = np.where(a < p1, 0.5 * d * d / p1, a - 0.5 * p1)
+        c = np.minimum(a, p1)
+        c *= 0.5
+        np.subtract(a, c, out=a)
+        a *= c
+        a *= 2
+        out = a if loss == "huber" else np.divide(a, p1, out=a)
     elif loss == "bce":
         log_x = np.maximum(np.log(x), BCE_LOG_FLOOR)
         log_1mx = np.maximum(np.log1p(-x), BCE_LOG_FLOOR)
@@ -89,45 +107,48 @@ def elementwise_loss(loss, x, t, w, pw, p1, p2):
     return out if w is None else out * w
 
 
-def elementwise_grads(loss, x, t, w, pw, p1, p2):
-    """(d loss / dx, d loss / dt) per element, for a unit upstream gradient."""
+def grad_input(loss, x, t, w, pw, p1, p2):
+    """d loss / d input per element, for a unit upstream gradient."""
     d = x - t
     if loss == "mse":
-        dx = 2 * d
-        dt = -dx
+        d *= 2
+        g = d
     elif loss == "l1":
-        dx = np.sign(d)
-        dt = -dx
-    elif loss == "huber":
-        dx = np.clip(d, -p1, p1)  # d inside [-delta, delta], +-delta outside; NaN stays NaN
-        dt = -dx
-    elif loss == "smooth_l1":
-        dx = np.where(d < -p1, -1.0, np.where(d > p1, 1.0, d / p1)).astype(x.dtype)
-        dt = -dx
+        g = np.sign(d, out=d)
+    elif loss in ("huber", "smooth_l1"):
+        g = np.clip(d, -p1, p1, out=d)  # d inside [-delta, delta], +-delta outside; NaN stays NaN
+        if loss == "smooth_l1":
+            g /= p1
     elif loss == "bce":
-        dx = (x - t) / np.maximum((1 - x) * x, BCE_EPSILON)
-        dt = np.log1p(-x) - np.log(x)  # -logit(x)
+        g = d / np.maximum((1 - x) * x, BCE_EPSILON)
     elif loss == "bce_logits":
-        p, _ = _sigmoid_pair(x)
-        if pw is None:
-            dx = p - t
-            dt = -x
-        else:
-            dx = p * (1 + (pw - 1) * t) - pw * t
-            dt = pw * _softplus(-x) - _softplus(x)
+        p = _sigmoid(x)
+        g = p - t if pw is None else p * (1 + (pw - 1) * t) - pw * t
+    elif loss == "focal":
+        alpha_t, ce, m, m_gamma, p, q = _focal_terms(x, t, p1, p2)
+        g = alpha_t * ((p - t) * m_gamma + ce * _pow_derivative(m, p2) * p * q * (1 - 2 * t))
+    else:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    return g if w is None else g * w
+
+
+def grad_target(loss, x, t, w, pw, p1, p2):
+    """d loss / d target per element, for a unit upstream gradient."""
+    if loss in ("mse", "l1", "huber", "smooth_l1"):  # functions of x - t
+        return np.negative(grad_input(loss, x, t, w, pw, p1, p2))
+    if loss == "bce":
+        g = np.log1p(-x) - np.log(x)  # -logit(x)
+    elif loss == "bce_logits":
+        g = -x if pw is None else pw * _softplus(-x) - _softplus(x)
     elif loss == "focal":
         alpha, gamma = p1, p2
         alpha_t, ce, m, m_gamma, p, q = _focal_terms(x, t, alpha, gamma)
-        dm = _pow_derivative(m, gamma)
-        dx = alpha_t * ((p - t) * m_gamma + ce * dm * p * q * (1 - 2 * t))
-        dt = alpha_t * (-x * m_gamma + ce * dm * (1 - 2 * p))
-        if alpha >= 0:
-            dt = dt + (2 * alpha - 1) * ce * m_gamma
+        g = alpha_t * (-x * m_gamma + ce * _pow_derivative(m, gamma) * (1 - 2 * p))
+        if alpha >= 0:  # alpha_t depends on t too
+            g += (2 * alpha - 1) * ce * m_gamma
     else:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    if w is not None:
-        dx, dt = dx * w, dt * w
-    return dx, dt
+    return g if w is None else g * w
 
 
 def _full(a, shape, dtype):
@@ -142,7 +163,7 @@ def _operands(input, target, weight, pos_weight):
 
 
 def _on_chunks(formula, arrays, n_out=1):
-    """``formula(*arrays)`` (an array, or a tuple of ``n_out``) for arrays of one shape (None
+    """``formula(*arrays)`` (a tuple of ``n_out`` arrays, returned as one) for arrays of one shape (None
     entries passed through), computed a chunk of elements at a time on the thread pool for large
     inputs: the formula's temporaries stay in cache and the chunks run in parallel."""
     first = arrays[0]
@@ -152,7 +173,7 @@ def _on_chunks(formula, arrays, n_out=1):
 
     def chunk(lo, hi):
         results = formula(*(None if a is None else a[lo:hi] for a in flat))
-        for out, result in zip(flat_outs, results if n_out > 1 else (results,)):
+        for out, result in zip(flat_outs, results, strict=True):
             out[lo:hi] = result
 
     if first.size * first.itemsize < PARALLEL_MIN_BYTES:
@@ -160,7 +181,7 @@ def _on_chunks(formula, arrays, n_out=1):
     else:
         step = _items_per_chunk(first.size, first.itemsize)
         run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in split(first.size, step)])
-    return outs if n_out > 1 else outs[0]
+    return outs
 
 
 def _reduce(values, reduction):
@@ -176,7 +197,7 @@ def _reduce(values, reduction):
 def loss_forward(input: np.ndarray, target: np.ndarray, weight, pos_weight, *, loss: str, reduction: str,
                  p1: float = 0.0, p2: float = 0.0) -> np.ndarray:
     arrays = _operands(input, target, weight, pos_weight)
-    values = _on_chunks(lambda x, t, w, pw: elementwise_loss(loss, x, t, w, pw, p1, p2), arrays)
+    (values,) = _on_chunks(lambda x, t, w, pw: (elementwise_loss(loss, x, t, w, pw, p1, p2),), arrays)
     return _reduce(values, reduction)
 
 
@@ -187,15 +208,17 @@ def loss_backward(grad_output: np.ndarray, input: np.ndarray, target: np.ndarray
     arrays = _operands(input, target, weight, pos_weight)
     dtype = input.dtype
     if reduction == "none":
-        upstream = np.ascontiguousarray(np.broadcast_to(grad_output, input.shape), dtype=dtype)
-    else:  # the reduced loss's scalar gradient, spread over the elements (1/n for the mean)
+        arrays.append(np.ascontiguousarray(grad_output, dtype=dtype))
+        scale = None
+    else:  # the reduced loss's scalar gradient, the same for every element (1/n for the mean)
         scale = grad_output.astype(dtype) / (dtype.type(input.size) if reduction == "mean" else 1)
-        upstream = np.broadcast_to(scale, input.shape)
-    arrays.append(np.ascontiguousarray(upstream))
+    wanted = ("input", "target") if need == "both" else (need,)
 
-    def grads(x, t, w, pw, g):
-        dx, dt = elementwise_grads(loss, x, t, w, pw, p1, p2)
-        return dx * g, dt * g
+    formulas = {"input": grad_input, "target": grad_target}
 
-    dx, dt = _on_chunks(grads, arrays, n_out=2)
-    return {"input": dx, "target": dt, "both": (dx, dt)}[need]
+    def grads(x, t, w, pw, g=None):
+        g = scale if g is None else g
+        return tuple(np.multiply(formulas[k](loss, x, t, w, pw, p1, p2), g, dtype=dtype) for k in wanted)
+
+    results = _on_chunks(grads, arrays, n_out=len(wanted))
+    return results if need == "both" else results[0]
