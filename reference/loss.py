@@ -59,10 +59,20 @@ def _sigmoid_pair(x):
     return np.where(positive, big, small), np.where(positive, small, big)
 
 
+def _bce_logits(x, t, pw):
+    """(1 - t) x + (1 + (pw - 1) t) softplus(-x), written as a sum of terms >= 0 for t in [0, 1]
+    (the kernels' form; the plain one cancels for x < 0): (1 - t) x where x >= 0, pw t |x| where
+    x < 0, plus (1 + (pw - 1) t) log1p(exp(-|x|))."""
+    pw_t = t if pw is None else pw * t
+    log_weight = 1 if pw is None else 1 + (pw - 1) * t
+    linear = np.where(x >= 0, (1 - t) * x, -pw_t * x)
+    return linear + log_weight * np.log1p(np.exp(-np.abs(x)))
+
+
 def _focal_terms(x, t, alpha, gamma):
     """(alpha_t, ce, m = 1 - p_t, m^gamma, p, 1 - p) of the focal loss."""
     p, q = _sigmoid_pair(x)
-    ce = _softplus(x) - t * x
+    ce = _bce_logits(x, t, None)
     m = p * (1 - t) + q * t  # 1 - p_t as a sum of non-negative terms (no 1 - p_t cancellation)
     alpha_t = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else np.ones_like(x)
     return alpha_t, ce, m, m ** gamma, p, q
@@ -97,8 +107,7 @@ def elementwise_loss(loss, x, t, w, pw, p1, p2):
         log_1mx = np.maximum(np.log1p(-x), BCE_LOG_FLOOR)
         out = -(t * log_x + (1 - t) * log_1mx)
     elif loss == "bce_logits":
-        log_weight = 1 if pw is None else 1 + (pw - 1) * t
-        out = (1 - t) * x + log_weight * _softplus(-x)
+        out = _bce_logits(x, t, pw)
     elif loss == "focal":
         alpha_t, ce, _, m_gamma, _, _ = _focal_terms(x, t, p1, p2)
         out = alpha_t * ce * m_gamma
