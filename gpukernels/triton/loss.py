@@ -185,7 +185,7 @@ def loss_forward_kernel(x_ptr, t_ptr, w_ptr, pw_ptr, out_ptr, n_elements, p1, p2
     added in a fixed order. Else ``out`` = the per-element losses (BLOCKS is 1)."""
     pid = tl.program_id(0).to(tl.int64)
     acc = tl.zeros((BLOCK,), tl.float32)
-    for b in tl.static_range(BLOCKS):
+    for b in range(BLOCKS):  # a loop, not unrolled: 16 unrolled blocks cost 150+ registers in fp16
         start = (pid * BLOCKS + b) * BLOCK
         offsets = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n_elements:
@@ -337,66 +337,66 @@ def loss_backward(grad_output, input, target, weight, pos_weight, *, loss: str, 
 # ---------------------------------------------------------------------------------------------
 # Compile gate
 
-# Which weight switches each loss compiles with: BCE takes weight, BCE-with-logits weight and
-# pos_weight; the others neither.
-def _weight_variants(loss: str) -> tuple[tuple[bool, bool], ...]:
-    if loss == "bce":
-        return ((False, False), (True, False))
-    if loss == "bce_logits":
-        return ((False, False), (True, False), (False, True), (True, True))
-    return ((False, False),)
-
-
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# (dtype, alignment, size type): every dtype aligned, plus the worst case the dispatch sends
-# (views one element into their storage, ragged size) and a launch past 2^31 elements in fp32.
-_SPECIALISATIONS = (("fp32", "aligned", "i32"), ("fp16", "aligned", "i32"), ("bf16", "aligned", "i32"),
-                    ("fp32", "offset", "i32"), ("fp32", "aligned", "i64"))
+# What the gate builds (each build takes seconds; every switch combination at every
+# specialisation would be ~450 builds): every loss, both kernels, every mode at fp32 with aligned
+# pointers; BCE-with-logits with weight and pos_weight there too (the most operands); and the
+# heaviest loss, focal (the most registers), at every other specialisation: fp16, bf16, views one
+# element into their storage with a ragged size (no 128-bit loads expected), and past 2^31
+# elements. The other losses are strict subsets of focal's arithmetic and operands.
+_EVERY_LOSS = (("fp32", "aligned", "i32"),)
+_FOCAL_ONLY = (("fp16", "aligned", "i32"), ("bf16", "aligned", "i32"), ("fp32", "offset", "i32"),
+               ("fp32", "aligned", "i64"))
+
+
+def _gate_variants() -> Iterator[tuple[str, str, str, str, bool, bool]]:
+    """(dtype, alignment, size type, loss, has weight, has pos_weight) of every build."""
+    for tdtype, alignment, size_type in _EVERY_LOSS:
+        for loss in LOSS_CODES:
+            yield tdtype, alignment, size_type, loss, False, False
+        yield tdtype, alignment, size_type, "bce_logits", True, True
+    for tdtype, alignment, size_type in _FOCAL_ONLY:
+        yield tdtype, alignment, size_type, "focal", False, False
+
+
+def _pointers(alignment, size_type, tdtype, inputs, outputs, has_w, has_pw) -> dict:
+    present = inputs + tuple(p for p, on in (("w_ptr", has_w), ("pw_ptr", has_pw)) if on)
+    args = elementwise_args(alignment, size_type, tdtype, present, outputs, "n_elements")
+    for p in ("w_ptr", "pw_ptr"):
+        args.setdefault(p, args["x_ptr"])  # the launcher passes x when a weight is absent
+    return args
 
 
 def compile_cases() -> Iterator[CompileCase]:
-    """Both kernels for every loss and weight switch, forward per-element and reducing, backward
-    with a per-element and a scalar upstream gradient, at the specialisations above; and the
-    stage-two sum."""
-    for tdtype, alignment, size_type in _SPECIALISATIONS:
+    """Both kernels at the variants above, the forward per-element and reducing, the backward
+    with a per-element and a scalar upstream gradient; and the stage-two sum."""
+    for tdtype, alignment, size_type, loss, has_w, has_pw in _gate_variants():
         block, num_warps = elementwise_launch(_DTYPES[tdtype])
         tags = {"dtype": tdtype, "alignment": alignment, "n": size_type, "block": str(block)}
         loads = None if alignment == "offset" else 128
-        for loss, code in LOSS_CODES.items():
-            for has_w, has_pw in _weight_variants(loss):
-                weights = {"w_ptr": "w", "pw_ptr": "pw"}
-                suffix = ("+w" if has_w else "") + ("+pw" if has_pw else "")
-                for reduce in (False, True):
-                    inputs = ("x_ptr", "t_ptr") + tuple(p for p, on in (("w_ptr", has_w), ("pw_ptr", has_pw)) if on)
-                    args = elementwise_args(alignment, size_type, tdtype, inputs, () if reduce else ("out_ptr",),
-                                            "n_elements")
-                    for p in weights:
-                        args.setdefault(p, args["x_ptr"])  # the launcher passes x when a weight is absent
-                    if reduce:
-                        args["out_ptr"] = fresh("fp32")
-                    blocks = blocks_per_program(args["n_elements"], block, reduce)
-                    yield CompileCase(
-                        name=f"loss_forward[{loss}{suffix}{',sum' if reduce else ''}]", kernel=loss_forward_kernel,
-                        args={**args, "p1": 0.5, "p2": 2.0, "LOSS": code, "HAS_W": has_w, "HAS_PW": has_pw,
-                              "REDUCE": reduce, "BLOCKS": blocks, "BLOCK": block},
-                        num_warps=num_warps, expect_load_bits=loads, tags=tags)
-                for g_scalar in (False, True):
-                    inputs = ("x_ptr", "t_ptr") + tuple(p for p, on in (("w_ptr", has_w), ("pw_ptr", has_pw)) if on)
-                    inputs += () if g_scalar else ("g_ptr",)
-                    args = elementwise_args(alignment, size_type, tdtype, inputs, ("dx_ptr", "dt_ptr"), "n_elements")
-                    for p in weights:
-                        args.setdefault(p, args["x_ptr"])
-                    if g_scalar:
-                        args["g_ptr"] = fresh(tdtype)
-                    yield CompileCase(
-                        name=f"loss_backward[{loss}{suffix}{',scalar' if g_scalar else ''}]",
-                        kernel=loss_backward_kernel,
-                        args={**args, "p1": 0.5, "p2": 2.0, "g_scale": 1e-6, "LOSS": code, "HAS_W": has_w,
-                              "HAS_PW": has_pw, "G_SCALAR": g_scalar, "NEED_DX": True, "NEED_DT": True,
-                              "BLOCK": block},
-                        num_warps=num_warps, expect_load_bits=loads, tags=tags)
+        suffix = ("+w" if has_w else "") + ("+pw" if has_pw else "")
+        switches = {"p1": 0.5, "p2": 2.0, "LOSS": LOSS_CODES[loss], "HAS_W": has_w, "HAS_PW": has_pw}
+        for reduce in (False, True):
+            args = _pointers(alignment, size_type, tdtype, ("x_ptr", "t_ptr"), () if reduce else ("out_ptr",),
+                             has_w, has_pw)
+            if reduce:
+                args["out_ptr"] = fresh("fp32")
+            blocks = blocks_per_program(args["n_elements"], block, reduce)
+            yield CompileCase(
+                name=f"loss_forward[{loss}{suffix}{',sum' if reduce else ''}]", kernel=loss_forward_kernel,
+                args={**args, **switches, "REDUCE": reduce, "BLOCKS": blocks, "BLOCK": block},
+                num_warps=num_warps, expect_load_bits=loads, tags=tags)
+        for g_scalar in (False, True):
+            args = _pointers(alignment, size_type, tdtype, ("x_ptr", "t_ptr") + (() if g_scalar else ("g_ptr",)),
+                             ("dx_ptr", "dt_ptr"), has_w, has_pw)
+            if g_scalar:
+                args["g_ptr"] = fresh(tdtype)
+            yield CompileCase(
+                name=f"loss_backward[{loss}{suffix}{',scalar' if g_scalar else ''}]", kernel=loss_backward_kernel,
+                args={**args, **switches, "g_scale": 1e-6, "G_SCALAR": g_scalar, "NEED_DX": True, "NEED_DT": True,
+                      "BLOCK": block},
+                num_warps=num_warps, expect_load_bits=loads, tags=tags)
     yield CompileCase(name="loss_sum", kernel=loss_sum_kernel,
                       args={"partial_ptr": fresh("fp32"), "count": 4096, "out_ptr": TensorArg(torch.float32),
                             "scale": 1e-6, "BLOCK": SUM_BLOCK},
                       num_warps=SUM_WARPS, tags={"dtype": "fp32"})
-
