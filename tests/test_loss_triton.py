@@ -166,3 +166,8 @@ def test_launch_heuristic():
     assert tloss.blocks_per_program(10**6, 1024, reduce=False) == 1
     assert tloss.blocks_per_program(16 * 1024, 1024, reduce=True) == 1
     assert tloss.blocks_per_program(16 * 1024 + 1, 1024, reduce=True) == tloss.BLOCKS_PER_PARTIAL
+
+
+def test_every_thread_holds_eight_elements():
+    assert tloss.loss_launch(torch.float32) == (1024, 4)
+    assert tloss.loss_launch(torch.float16) == tloss.loss_launch(torch.bfloat16) == (2048, 8)
