@@ -13,7 +13,8 @@ import torch
 import gpukernels as gk
 from _helpers import DTYPES, as_float64, assert_close, torch_dtype
 from _loss_cases import CASE_IDS, CASES, REDUCTIONS
-from conftest import DEVICE
+from _gpu_math import DIRECTIONS, gpu_approximations
+from conftest import DEVICE, HAS_CUDA
 from gpukernels.ops.loss import loss_backward
 from gpukernels.triton import loss as tloss
 
@@ -171,3 +172,32 @@ def test_launch_heuristic():
 def test_every_thread_holds_eight_elements():
     assert tloss.loss_launch(torch.float32) == (1024, 4)
     assert tloss.loss_launch(torch.float16) == tloss.loss_launch(torch.bfloat16) == (2048, 8)
+
+
+# The GPU's approximate fp32 math, emulated (ex2.approx for exp, div.full for division; see
+# tests/_gpu_math.py; log is libdevice's, correctly rounded to an ulp). On a GPU the tests above
+# run the compiled kernels themselves.
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on a GPU the tests above run the compiled kernels, not an emulation")
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_fp32_holds_the_tolerances_with_the_gpus_approximate_math(case, direction, rng):
+    n = 4001
+    x, t, weights = case.draw(rng, (n,))
+    if case.inputs == "real":  # every regime: a fine grid over +-30 (logits deep in both tails)
+        x = torch.linspace(-30.0, 30.0, n, dtype=torch.float64)
+    x, t = x.float(), t.float()
+    weights = {k: v.float() for k, v in weights.items()}
+    g = torch.ones(n)
+    with gpu_approximations(*DIRECTIONS[direction]), gk.use_backend("triton"):
+        out = case.ours(x, t, "none", weights)
+        total = case.ours(x, t, "sum", weights)
+        gx, gt = _grads(case, g, x, t, "none", weights)
+    exact = lambda a: torch.from_numpy(as_float64(a))  # noqa: E731
+    x64, t64, w64 = exact(x), exact(t), {k: exact(v) for k, v in weights.items()}
+    assert_close(out, case.ours(x64, t64, "none", w64), "float32", "pointwise")
+    assert_close(total, case.ours(x64, t64, "sum", w64), "float32", "reduction")
+    want_gx, want_gt = _grads(case, exact(g), x64, t64, "none", w64)
+    assert_close(gx, want_gx, "float32", "reduction")
+    assert_close(gt, want_gt, "float32", "reduction")
