@@ -161,13 +161,15 @@ def grad_target(loss, x, t, w, pw, p1, p2):
 
 
 def _full(a, shape, dtype):
-    return None if a is None else np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype)
+    """``a`` broadcast to ``shape``, contiguous (np.ascontiguousarray makes a 0-d array 1-d: the
+    reshape keeps it 0-d); None stays None."""
+    return None if a is None else np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(shape)
 
 
 def _operands(input, target, weight, pos_weight):
     """The four operands as contiguous arrays of input's shape (weights broadcast), or None."""
     shape, dtype = input.shape, input.dtype
-    return [np.ascontiguousarray(input), np.ascontiguousarray(target, dtype=dtype), _full(weight, shape, dtype),
+    return [_full(input, shape, dtype), _full(target, shape, dtype), _full(weight, shape, dtype),
             _full(pos_weight, shape, dtype)]
 
 
@@ -217,7 +219,7 @@ def loss_backward(grad_output: np.ndarray, input: np.ndarray, target: np.ndarray
     arrays = _operands(input, target, weight, pos_weight)
     dtype = input.dtype
     if reduction == "none":
-        arrays.append(np.ascontiguousarray(grad_output, dtype=dtype))
+        arrays.append(_full(grad_output, input.shape, dtype))
         scale = None
     else:  # the reduced loss's scalar gradient, the same for every element (1/n for the mean)
         scale = grad_output.astype(dtype) / (dtype.type(input.size) if reduction == "mean" else 1)

@@ -49,12 +49,11 @@ class LossCase:
         if self.loss in ("mse", "l1", "huber", "smooth_l1"):
             t = rng.standard_normal(shape) * 2.0
         as_tensor = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64)).to(device=device, dtype=dtype)  # noqa: E731
-        classes = shape[-1] if len(shape) else 1
         weights = {}
         if "weight" in self.weights:
             weights["weight"] = as_tensor(rng.uniform(0.5, 2.0, shape))
         if "pos_weight" in self.weights:
-            weights["pos_weight"] = as_tensor(rng.uniform(0.5, 3.0, (classes,)))
+            weights["pos_weight"] = as_tensor(rng.uniform(0.5, 3.0, shape[-1:]))  # one per class (last dim)
         return as_tensor(x), as_tensor(t), weights
 
     def ours(self, x, t, reduction, weights):

@@ -146,3 +146,17 @@ def test_large_inputs_go_through_the_thread_pool_with_the_same_result(rng):
     whole = ref.elementwise_loss("huber", x, t, None, None, 0.5, 0.0)
     np.testing.assert_array_equal(gk.huber_loss(x, t, "none", delta=0.5), whole)
     assert_close(gk.huber_loss(x, t, "sum", delta=0.5), whole.astype(np.float64).sum(), "float32", "reduction")
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_zero_dimensional_input(case, rng):
+    x, t, weights = case.draw(rng, ())
+    upstream = torch.tensor(0.8, dtype=torch.float64)
+    want, want_gx, want_gt = torch_grads(case, x, t, "none", weights, upstream)
+    got = case.ours(x.numpy(), t.numpy(), "none", {k: v.numpy() for k, v in weights.items()})
+    assert got.shape == ()
+    assert_close(got, want, "float64")
+    gx, gt = _grads(case, upstream, x, t, "none", weights)
+    assert gx.shape == gt.shape == ()
+    assert_close(gx, want_gx, "float64")
+    assert_close(gt, want_gt, "float64")

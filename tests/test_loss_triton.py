@@ -201,3 +201,17 @@ def test_fp32_holds_the_tolerances_with_the_gpus_approximate_math(case, directio
     want_gx, want_gt = _grads(case, exact(g), x64, t64, "none", w64)
     assert_close(gx, want_gx, "float32", "reduction")
     assert_close(gt, want_gt, "float32", "reduction")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_zero_dimensional_input(reduction):
+    x, t = torch.tensor(0.3, device=DEVICE), torch.tensor(-1.2, device=DEVICE)
+    g = torch.tensor(0.5, device=DEVICE)
+    with gk.use_backend("triton"):
+        out = gk.huber_loss(x, t, reduction, delta=0.5)
+        grad = gk.huber_loss_backward(g, x, t, reduction, delta=0.5)
+    assert out.shape == grad.shape == ()
+    assert_close(out, torch.nn.functional.huber_loss(x.cpu().double(), t.cpu().double(), reduction=reduction,
+                                                     delta=0.5), "float32")
+    assert_close(grad, gk.huber_loss_backward(g.cpu().double(), x.cpu().double(), t.cpu().double(), reduction,
+                                              delta=0.5), "float32")
