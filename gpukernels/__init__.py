@@ -21,6 +21,11 @@ from .ops.rnn import (
     gru_cell, gru_cell_backward, gru_layer, gru_layer_backward, lstm_cell, lstm_cell_backward, lstm_layer,
     lstm_layer_backward, rnn_cell, rnn_cell_backward, rnn_layer, rnn_layer_backward,
 )
+from .ops.loss import (
+    binary_cross_entropy, binary_cross_entropy_backward, binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_backward, huber_loss, huber_loss_backward, l1_loss, l1_loss_backward, mse_loss,
+    mse_loss_backward, sigmoid_focal_loss, sigmoid_focal_loss_backward, smooth_l1_loss, smooth_l1_loss_backward,
+)
 from .ops.optim import adam_step, clip_grad_norm_, clip_grad_value_, rmsprop_step, sgd_step
 
 __version__ = "0.1.0"
@@ -35,5 +40,8 @@ __all__ = [
     "attention_scores", "attention_scores_backward", "attention", "attention_backward",
     "rnn_cell", "lstm_cell", "gru_cell", "rnn_cell_backward", "lstm_cell_backward", "gru_cell_backward",
     "rnn_layer", "lstm_layer", "gru_layer", "rnn_layer_backward", "lstm_layer_backward", "gru_layer_backward",
+    "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+    "sigmoid_focal_loss", "mse_loss_backward", "l1_loss_backward", "huber_loss_backward", "smooth_l1_loss_backward",
+    "binary_cross_entropy_backward", "binary_cross_entropy_with_logits_backward", "sigmoid_focal_loss_backward",
     "adam_step", "sgd_step", "rmsprop_step", "clip_grad_norm_", "clip_grad_value_",
 ]

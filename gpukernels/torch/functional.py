@@ -8,5 +8,9 @@ from ._activation import gelu, leaky_relu, relu, sigmoid, tanh
 from ._rnn import gru_cell, gru_layer, lstm_cell, lstm_layer, rnn_cell, rnn_layer
 from ._attention import attention, attention_scores, scaled_dot_product_attention
 from ._softmax import log_softmax, masked_softmax, softmax
+from ._loss import (
+    binary_cross_entropy, binary_cross_entropy_with_logits, huber_loss, l1_loss, mse_loss, sigmoid_focal_loss,
+    smooth_l1_loss,
+)
 
-__all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "softmax", "log_softmax", "masked_softmax", "scaled_dot_product_attention", "attention", "attention_scores", "rnn_cell", "lstm_cell", "gru_cell", "rnn_layer", "lstm_layer", "gru_layer"]
+__all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "softmax", "log_softmax", "masked_softmax", "scaled_dot_product_attention", "attention", "attention_scores", "rnn_cell", "lstm_cell", "gru_cell", "rnn_layer", "lstm_layer", "gru_layer", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss"]

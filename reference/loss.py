@@ -1,0 +1,235 @@
+"""Elementwise losses, forward and backward, in plain NumPy: MSE, L1, Huber, SmoothL1, binary
+cross-entropy (on probabilities and on logits) and torchvision's sigmoid focal loss.
+
+Every loss is ``l(x, t)`` per element (times ``weight`` where the loss takes one), then a
+reduction: ``"none"`` (the per-element losses), ``"sum"`` or ``"mean"`` (the sum over the
+element count; NaN for an empty input, as in PyTorch). The formulas are PyTorch's:
+
+* mse:         (x - t)^2
+* l1:          |x - t|
+* huber:       0.5 d^2 if |d| < delta else delta (|d| - 0.5 delta),      d = x - t
+* smooth_l1:   0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta        (beta = 0 is l1: the ops
+               layer sends it there, as torch.nn.functional does)
+* bce:         -w (t max(log x, -100) + (1 - t) max(log(1 - x), -100))
+* bce_logits:  w ((1 - t) x + (1 + (pw - 1) t) softplus(-x))            (pw: pos_weight)
+* focal:       alpha_t ce (1 - p_t)^gamma, p = sigmoid(x), ce = softplus(x) - t x,
+               p_t = p t + (1 - p)(1 - t), alpha_t = alpha t + (1 - alpha)(1 - t) (1 when alpha < 0)
+
+Backward returns the gradient of the reduced loss for the input and/or the target (``need``:
+"input", "target" or "both"), ``grad_output`` being a 0-d array for "mean"/"sum". The weights
+(``weight``, ``pos_weight``) are constants, as in PyTorch, which does not differentiate them.
+
+``p1`` is the loss's first parameter (delta, beta or alpha), ``p2`` its second (gamma).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._parallel import PARALLEL_MIN_BYTES, _items_per_chunk, run, split
+from ._precision import reference_op
+
+LOSSES = ("mse", "l1", "huber", "smooth_l1", "bce", "bce_logits", "focal")
+BCE_LOG_FLOOR = -100.0  # torch clamps each log of binary_cross_entropy here (log 0 = -inf otherwise)
+# ATen's floor for x (1 - x) in the BCE gradient: 1e-12 as a float32 constant (ATen's is one)
+BCE_EPSILON = float(np.float32(1e-12))
+
+
+def _softplus(x):
+    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _sigmoid(x):
+    """1 / (1 + exp(-x)); exp overflowing to inf for very negative x gives the limit 0. (SciPy's
+    expit is several times slower on float32.)"""
+    out = np.negative(x)
+    np.exp(out, out=out)
+    out += 1
+    return np.divide(1, out, out=out)
+
+
+def _sigmoid_pair(x):
+    """(sigmoid(x), 1 - sigmoid(x)), each without cancellation: with e = exp(-|x|), the larger
+    is 1 / (1 + e), the smaller e / (1 + e)."""
+    e = np.exp(-np.abs(x))
+    big = 1 / (1 + e)
+    small = e * big
+    positive = x >= 0
+    return np.where(positive, big, small), np.where(positive, small, big)
+
+
+def _bce_logits(x, t, pw):
+    """(1 - t) x + (1 + (pw - 1) t) softplus(-x), written as a sum of terms >= 0 for t in [0, 1]
+    (the kernels' form; the plain one cancels for x < 0): (1 - t) x where x >= 0, pw t |x| where
+    x < 0, plus (1 + (pw - 1) t) log1p(exp(-|x|))."""
+    pw_t = t if pw is None else pw * t
+    log_weight = 1 if pw is None else 1 + (pw - 1) * t
+    linear = np.where(x >= 0, (1 - t) * x, -pw_t * x)
+    return linear + log_weight * np.log1p(np.exp(-np.abs(x)))
+
+
+def _focal_terms(x, t, alpha, gamma):
+    """(alpha_t, ce, m = 1 - p_t, m^gamma, p, 1 - p) of the focal loss."""
+    p, q = _sigmoid_pair(x)
+    ce = _bce_logits(x, t, None)
+    m = p * (1 - t) + q * t  # 1 - p_t as a sum of non-negative terms (no 1 - p_t cancellation)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else np.ones_like(x)
+    return alpha_t, ce, m, m ** gamma, p, q
+
+
+def _pow_derivative(m, gamma):
+    """d(m^gamma)/dm = gamma m^(gamma - 1), 0 when gamma = 0 (as torch's pow backward)."""
+    if gamma == 0:
+        return np.zeros_like(m)
+    return gamma * m ** (gamma - 1)
+
+
+def elementwise_loss(loss, x, t, w, pw, p1, p2):
+    """The per-element loss (``w``/``pw`` arrays of x's shape, or None)."""
+    d = x - t
+    if loss == "mse":
+        out = d * d
+    elif loss == "l1":
+        out = np.abs(d)
+    elif loss in ("huber", "smooth_l1"):
+        # c = min(|d|, delta): c (|d| - c / 2) is d^2 / 2 inside and delta (|d| - delta / 2)
+        # outside, without a select (NaN stays NaN); smooth L1 is Huber divided by beta.
+        a = np.abs(d)
+        c = np.minimum(a, p1)
+        c *= 0.5
+        np.subtract(a, c, out=a)
+        a *= c
+        a *= 2
+        out = a if loss == "huber" else np.divide(a, p1, out=a)
+    elif loss == "bce":
+        log_x = np.maximum(np.log(x), BCE_LOG_FLOOR)
+        log_1mx = np.maximum(np.log1p(-x), BCE_LOG_FLOOR)
+        out = -(t * log_x + (1 - t) * log_1mx)
+    elif loss == "bce_logits":
+        out = _bce_logits(x, t, pw)
+    elif loss == "focal":
+        alpha_t, ce, _, m_gamma, _, _ = _focal_terms(x, t, p1, p2)
+        out = alpha_t * ce * m_gamma
+    else:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    return out if w is None else out * w
+
+
+def grad_input(loss, x, t, w, pw, p1, p2):
+    """d loss / d input per element, for a unit upstream gradient."""
+    d = x - t
+    if loss == "mse":
+        d *= 2
+        g = d
+    elif loss == "l1":
+        g = np.sign(d, out=d)
+    elif loss in ("huber", "smooth_l1"):
+        g = np.clip(d, -p1, p1, out=d)  # d inside [-delta, delta], +-delta outside; NaN stays NaN
+        if loss == "smooth_l1":
+            g /= p1
+    elif loss == "bce":
+        g = d / np.maximum((1 - x) * x, BCE_EPSILON)
+    elif loss == "bce_logits":
+        p = _sigmoid(x)
+        g = p - t if pw is None else p * (1 + (pw - 1) * t) - pw * t
+    elif loss == "focal":
+        alpha_t, ce, m, m_gamma, p, q = _focal_terms(x, t, p1, p2)
+        g = alpha_t * ((p - t) * m_gamma + ce * _pow_derivative(m, p2) * p * q * (1 - 2 * t))
+    else:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    return g if w is None else g * w
+
+
+def grad_target(loss, x, t, w, pw, p1, p2):
+    """d loss / d target per element, for a unit upstream gradient."""
+    if loss in ("mse", "l1", "huber", "smooth_l1"):  # functions of x - t
+        return np.negative(grad_input(loss, x, t, w, pw, p1, p2))
+    if loss == "bce":
+        g = np.log1p(-x) - np.log(x)  # -logit(x)
+    elif loss == "bce_logits":
+        g = -x if pw is None else pw * _softplus(-x) - _softplus(x)
+    elif loss == "focal":
+        alpha, gamma = p1, p2
+        alpha_t, ce, m, m_gamma, p, q = _focal_terms(x, t, alpha, gamma)
+        g = alpha_t * (-x * m_gamma + ce * _pow_derivative(m, gamma) * (1 - 2 * p))
+        if alpha >= 0:  # alpha_t depends on t too
+            g += (2 * alpha - 1) * ce * m_gamma
+    else:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    return g if w is None else g * w
+
+
+def _full(a, shape, dtype):
+    """``a`` broadcast to ``shape``, contiguous (np.ascontiguousarray makes a 0-d array 1-d: the
+    reshape keeps it 0-d); None stays None."""
+    return None if a is None else np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(shape)
+
+
+def _operands(input, target, weight, pos_weight):
+    """The four operands as contiguous arrays of input's shape (weights broadcast), or None."""
+    shape, dtype = input.shape, input.dtype
+    return [_full(input, shape, dtype), _full(target, shape, dtype), _full(weight, shape, dtype),
+            _full(pos_weight, shape, dtype)]
+
+
+def _on_chunks(formula, arrays, n_out=1):
+    """``formula(*arrays)`` (a tuple of ``n_out`` arrays, returned as one) for arrays of one shape (None
+    entries passed through), computed a chunk of elements at a time on the thread pool for large
+    inputs: the formula's temporaries stay in cache and the chunks run in parallel."""
+    first = arrays[0]
+    outs = tuple(np.empty(first.shape, first.dtype) for _ in range(n_out))
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    flat_outs = [o.reshape(-1) for o in outs]
+
+    def chunk(lo, hi):
+        results = formula(*(None if a is None else a[lo:hi] for a in flat))
+        for out, result in zip(flat_outs, results, strict=True):
+            out[lo:hi] = result
+
+    if first.size * first.itemsize < PARALLEL_MIN_BYTES:
+        chunk(0, first.size)
+    else:
+        step = _items_per_chunk(first.size, first.itemsize)
+        run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in split(first.size, step)])
+    return outs
+
+
+def _reduce(values, reduction):
+    if reduction == "none":
+        return values
+    total = np.sum(values, dtype=values.dtype)
+    if reduction == "sum":
+        return np.asarray(total)
+    return np.asarray(total / values.dtype.type(values.size) if values.size else np.nan, dtype=values.dtype)
+
+
+@reference_op
+def loss_forward(input: np.ndarray, target: np.ndarray, weight, pos_weight, *, loss: str, reduction: str,
+                 p1: float = 0.0, p2: float = 0.0) -> np.ndarray:
+    arrays = _operands(input, target, weight, pos_weight)
+    (values,) = _on_chunks(lambda x, t, w, pw: (elementwise_loss(loss, x, t, w, pw, p1, p2),), arrays)
+    return _reduce(values, reduction)
+
+
+@reference_op
+def loss_backward(grad_output: np.ndarray, input: np.ndarray, target: np.ndarray, weight, pos_weight, *,
+                  loss: str, reduction: str, p1: float = 0.0, p2: float = 0.0, need: str = "input"):
+    """The gradient for the input ("input"), the target ("target") or both, as a tuple ("both")."""
+    arrays = _operands(input, target, weight, pos_weight)
+    dtype = input.dtype
+    if reduction == "none":
+        arrays.append(_full(grad_output, input.shape, dtype))
+        scale = None
+    else:  # the reduced loss's scalar gradient, the same for every element (1/n for the mean)
+        scale = grad_output.astype(dtype) / (dtype.type(input.size) if reduction == "mean" else 1)
+    wanted = ("input", "target") if need == "both" else (need,)
+
+    formulas = {"input": grad_input, "target": grad_target}
+
+    def grads(x, t, w, pw, g=None):
+        g = scale if g is None else g
+        return tuple(np.multiply(formulas[k](loss, x, t, w, pw, p1, p2), g, dtype=dtype) for k in wanted)
+
+    results = _on_chunks(grads, arrays, n_out=len(wanted))
+    return results if need == "both" else results[0]
