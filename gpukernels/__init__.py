@@ -21,6 +21,10 @@ from .ops.rnn import (
     gru_cell, gru_cell_backward, gru_layer, gru_layer_backward, lstm_cell, lstm_cell_backward, lstm_layer,
     lstm_layer_backward, rnn_cell, rnn_cell_backward, rnn_layer, rnn_layer_backward,
 )
+from .ops.cross_entropy import (
+    cross_entropy, cross_entropy_backward, cross_entropy_forward, focal_loss, focal_loss_backward, focal_loss_forward,
+    linear_cross_entropy, linear_cross_entropy_backward, linear_cross_entropy_forward, nll_loss, nll_loss_backward,
+)
 from .ops.optim import adam_step, clip_grad_norm_, clip_grad_value_, rmsprop_step, sgd_step
 
 __version__ = "0.1.0"
@@ -36,4 +40,7 @@ __all__ = [
     "rnn_cell", "lstm_cell", "gru_cell", "rnn_cell_backward", "lstm_cell_backward", "gru_cell_backward",
     "rnn_layer", "lstm_layer", "gru_layer", "rnn_layer_backward", "lstm_layer_backward", "gru_layer_backward",
     "adam_step", "sgd_step", "rmsprop_step", "clip_grad_norm_", "clip_grad_value_",
+    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
+    "focal_loss", "focal_loss_forward", "focal_loss_backward",
+    "linear_cross_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
 ]
