@@ -39,8 +39,9 @@ def row_scales(xp, grad_output, denominator, reduction: str, device_of):
     stride 0. ``grad_output`` None means 1. Stays on the device (no host sync)."""
     g = _float32(xp, xp.ones(1, dtype=xp.int32, **device_of)) if grad_output is None else _float32(xp, grad_output)
     g = g.reshape(-1)
-    if reduction == "mean":
-        g = g / denominator.sum()
+    if reduction == "mean":  # an all-ignored batch: every row's gradient is 0, as in torch (not 0 * inf)
+        total = denominator.sum()
+        g = xp.where(total != 0, g / total, 0.0)
     return g
 
 

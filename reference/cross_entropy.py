@@ -20,7 +20,8 @@ Reductions follow torch: "mean" divides the summed loss by the summed weights of
 and (our choice for focal, where torch has no op) by the number of rows not ignored. A batch in
 which every row is ignored has a zero denominator: mean is 0/0 = NaN, as in torch.
 
-The gradient of a row is scaled by ``grad_output`` (per row for "none") over the denominator.
+The gradient of a row is scaled by ``grad_output`` (per row for "none") over the denominator
+(by 0 when the denominator is 0: an all-ignored batch has a zero gradient, as in torch).
 Large inputs run a block of rows at a time on the thread pool (``_parallel``).
 """
 
@@ -80,8 +81,9 @@ def denominators(kind: str, target: np.ndarray, weight: np.ndarray | None, ignor
 def row_scales(grad_output, denominator: np.ndarray, reduction: str, rows: int, dtype) -> np.ndarray:
     """What multiplies each row's gradient: the upstream gradient over the mean's denominator."""
     g = np.ones((), dtype) if grad_output is None else np.asarray(grad_output, dtype)
-    if reduction == "mean":
-        g = g / denominator.sum()
+    if reduction == "mean":  # an all-ignored batch: every row's gradient is 0, as in torch (not 0 * inf)
+        total = denominator.sum()
+        g = g / total if total != 0 else np.zeros_like(g)
     return np.broadcast_to(g, (rows,)).astype(dtype)
 
 
