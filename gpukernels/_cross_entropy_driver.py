@@ -67,6 +67,25 @@ def rows_loss(xp, kernel: RowKernel, input, target, weight, grad_output, *, kind
     return (None if loss is None else reduce(loss, denominator, reduction)), grad
 
 
+def nll_rows(xp, input, target, weight, grad_output, *, reduction: str, ignore_index: int, compute_loss: bool,
+             compute_grad: bool, device_of: dict, arange: Callable):
+    """NLL is a gather of one value per row and a scatter back: the array library's indexing does
+    it, no row kernel needed (the denominators, scales and reduction are the family's)."""
+    rows = input.shape[0]
+    denominator = denominators(xp, "index", target, weight, ignore_index, rows, device_of)
+    index = xp.where(target != ignore_index, target, 0)
+    picked = arange(rows)
+    loss = None
+    if compute_loss:
+        loss = reduce(-denominator * _float32(xp, input[picked, index]), denominator, reduction)
+    grad = None
+    if compute_grad:
+        scale = row_scales(xp, grad_output, denominator, reduction, device_of)
+        grad = xp.zeros_like(input)
+        grad[picked, index] = -denominator * scale
+    return loss, grad
+
+
 def linear_rows_loss(xp, kernel: RowKernel, input, weight, target, bias, grad_output, *, reduction: str,
                      ignore_index: int, label_smoothing: float, compute_loss: bool, compute_grad: bool,
                      chunk_size: int | None, device_of: dict, empty: Callable, zeros_float32: Callable,

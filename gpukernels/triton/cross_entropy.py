@@ -55,6 +55,14 @@ def cross_entropy_kernel(x_ptr, target_ptr, weight_ptr, scale_ptr, loss_ptr, gra
     qx = tl.zeros((), tl.float32)  # sum q_k x_k (probabilities) or sum w_k x_k (smoothing)
     qs = tl.zeros((), tl.float32)  # sum q_k (probabilities) or sum w_k (smoothing)
     uniform = smoothing / n_cols
+    # The target's logit is picked up in this first sweep, before the block-wide reductions: a
+    # gradient written over the logits (the linear + CE hands its chunk of logits as the gradient
+    # buffer) cannot then overwrite it before every thread has read it.
+    if KIND == 1:
+        label = tl.full((), -1, tl.int64)
+    else:
+        label = tl.load(target_ptr + row).to(tl.int64)
+    x_y = tl.zeros((), tl.float32)
     for start in range(0, n_cols, BLOCK_N):
         inside = start + cols < n_cols
         x = tl.load(x_ptr + base + start + cols, mask=inside, other=float("-inf")).to(tl.float32)
@@ -67,6 +75,7 @@ def cross_entropy_kernel(x_ptr, target_ptr, weight_ptr, scale_ptr, loss_ptr, gra
         else:
             w = tl.where(inside, 1.0, 0.0)
         x0 = tl.where(inside, x, 0.0)
+        x_y += tl.sum(tl.where(start + cols == label, x, 0.0), axis=0)
         if KIND == 1:
             t = tl.load(target_ptr + base + start + cols, mask=inside, other=0.0).to(tl.float32)
             q = (t * (1.0 - smoothing) + uniform) * w
@@ -79,19 +88,17 @@ def cross_entropy_kernel(x_ptr, target_ptr, weight_ptr, scale_ptr, loss_ptr, gra
     lse = _safe_max(m) + tl.log(total)
 
     # Row coefficients: gradient = (p * big_q - c_y [k == y] - c_w * w_k (or q_k)) * scale
-    y = tl.zeros((), tl.int64)
+    y = tl.full((), -1, tl.int64)
     c_y = tl.zeros((), tl.float32)
     c_w = tl.zeros((), tl.float32)
     if KIND == 1:
         loss = qs * lse - qx
         big_q = qs
     else:
-        label = tl.load(target_ptr + row).to(tl.int64)
         valid = label != ignore_index
-        y = tl.where(valid, label, 0)
-        x_y = tl.load(x_ptr + base + y).to(tl.float32)
+        y = tl.where(valid, label, -1)
         if HAS_WEIGHT:
-            w_y = tl.where(valid, tl.load(weight_ptr + y).to(tl.float32), 0.0)
+            w_y = tl.where(valid, tl.load(weight_ptr + tl.maximum(y, 0)).to(tl.float32), 0.0)
         else:
             w_y = tl.where(valid, 1.0, 0.0)
         if KIND == 0:
@@ -189,24 +196,10 @@ def cross_entropy_rows(input, target, weight, grad_output, *, kind: str, reducti
 
 def nll_loss_rows(input, target, weight, grad_output, *, reduction: str, ignore_index: int = -100,
                   compute_loss: bool = True, compute_grad: bool = False):
-    """NLL is a gather of one value per row and a scatter back: no row kernel to write, torch's
-    indexing does it (the denominators, scales and reduction are the family's)."""
     check_dtype(input, "input")
-    rows = input.shape[0]
-    target = target.to(torch.int64)
-    on = _on(input)
-    denominator = driver.denominators(torch, "index", target, weight, ignore_index, rows, on)
-    index = torch.where(target != ignore_index, target, 0)
-    picked = torch.arange(rows, device=input.device)
-    loss = None
-    if compute_loss:
-        loss = driver.reduce(-denominator * input[picked, index].float(), denominator, reduction)
-    grad = None
-    if compute_grad:
-        scale = driver.row_scales(torch, grad_output, denominator, reduction, on)
-        grad = torch.zeros_like(input)
-        grad[picked, index] = (-denominator * scale).to(input.dtype)
-    return loss, grad
+    return driver.nll_rows(torch, input, target.to(torch.int64), weight, grad_output, reduction=reduction,
+                           ignore_index=ignore_index, compute_loss=compute_loss, compute_grad=compute_grad,
+                           device_of=_on(input), arange=lambda n: torch.arange(n, device=input.device))
 
 
 def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduction: str, ignore_index: int = -100,
