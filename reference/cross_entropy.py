@@ -36,8 +36,9 @@ from ._parallel import run, split
 
 # A block of rows holds about this many bytes of logits (their exp is made in place of a copy).
 BLOCK_BYTES = 1 << 20
-# Rows of logits the linear + cross-entropy makes at once unless told: bounded (chunk x V) memory.
-LINEAR_CHUNK_BYTES = 64 << 20
+# Bytes of logits the linear + cross-entropy makes at once unless told (chunk x V), on the CPU
+# (the GPU backends' budget is larger: gpukernels._cross_entropy_driver.GPU_CHUNK_BYTES).
+LINEAR_CHUNK_BYTES = 16 << 20
 
 
 def loss_op(fn: Callable) -> Callable:
@@ -204,12 +205,12 @@ def nll_loss_rows(input, target, weight, grad_output, *, reduction: str, ignore_
 # Linear + cross-entropy: logits a chunk of rows at a time
 
 
-def chunk_rows(rows: int, vocab: int, itemsize: int, chunk_size: int | None) -> int:
-    """Rows per chunk: ``chunk_size`` if given, else as many as keep a chunk's logits (and their
-    gradient, made in place) within ``LINEAR_CHUNK_BYTES``."""
+def chunk_rows(rows: int, vocab: int, itemsize: int, chunk_size: int | None, budget: int = LINEAR_CHUNK_BYTES) -> int:
+    """Rows per chunk: ``chunk_size`` if given, else as many as keep a chunk's logits within
+    ``budget`` bytes."""
     if chunk_size:
         return int(chunk_size)
-    return max(1, min(rows, LINEAR_CHUNK_BYTES // max(1, vocab * itemsize)))
+    return max(1, min(rows, budget // max(1, vocab * itemsize)))
 
 
 @loss_op

@@ -220,6 +220,7 @@ def test_linear_cross_entropy_peak_memory_is_a_chunk_of_logits(rng):
 
 def test_automatic_chunk_bounds_the_logits():
     assert ref.chunk_rows(8192, 128256, 2, None) * 128256 * 2 <= ref.LINEAR_CHUNK_BYTES
+    assert ref.chunk_rows(8192, 128256, 2, None, 256 << 20) == (256 << 20) // (128256 * 2)
     assert ref.chunk_rows(10, 100, 4, None) == 10
     assert ref.chunk_rows(10, 10**9, 4, None) == 1
     assert ref.chunk_rows(100, 100, 4, 7) == 7

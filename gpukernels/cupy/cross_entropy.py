@@ -102,7 +102,11 @@ def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduc
         xp, _kernel(run), xp.ascontiguousarray(input), xp.ascontiguousarray(weight), target.astype(xp.int64), bias,
         grad_output, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
         compute_loss=compute_loss, compute_grad=compute_grad, chunk_size=chunk_size,
-        zeros_float32=lambda shape: xp.zeros(shape, dtype=xp.float32), empty_like=xp.empty_like, **_host(run))
+        zeros_like=xp.zeros_like, empty_like=xp.empty_like, accumulate_matmul=_accumulate_matmul, **_host(run))
+
+
+def _accumulate_matmul(acc, a, b):
+    acc += a @ b  # cuBLAS through cupy.matmul; cupy has no in-place GEMM with beta = 1
 
 
 def _cupy():

@@ -75,7 +75,7 @@ def cross_entropy_kernel(x_ptr, target_ptr, weight_ptr, scale_ptr, loss_ptr, gra
         else:
             w = tl.where(inside, 1.0, 0.0)
         x0 = tl.where(inside, x, 0.0)
-        x_y += tl.sum(tl.where(start + cols == label, x, 0.0), axis=0)
+        x_y += tl.sum(tl.where(cols == label - start, x, 0.0), axis=0)
         if KIND == 1:
             t = tl.load(target_ptr + base + start + cols, mask=inside, other=0.0).to(tl.float32)
             q = (t * (1.0 - smoothing) + uniform) * w
@@ -132,7 +132,7 @@ def cross_entropy_kernel(x_ptr, target_ptr, weight_ptr, scale_ptr, loss_ptr, gra
                 g -= (t * (1.0 - smoothing) + uniform) * w
             elif KIND == 0:
                 g -= c_w * w
-            g = tl.where(start + cols == y, g - c_y, g) * scale
+            g = tl.where(cols == y - start, g - c_y, g) * scale
             tl.store(grad_ptr + base + start + cols, g.to(grad_ptr.dtype.element_ty), mask=inside)
 
 
@@ -212,8 +212,8 @@ def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduc
         ignore_index=ignore_index, label_smoothing=label_smoothing, compute_loss=compute_loss,
         compute_grad=compute_grad, chunk_size=chunk_size, device_of=_on(x),
         empty=lambda n: torch.empty(n, dtype=torch.float32, device=x.device),
-        zeros_float32=lambda shape: torch.zeros(shape, dtype=torch.float32, device=x.device),
-        empty_like=torch.empty_like)
+        zeros_like=torch.zeros_like, empty_like=torch.empty_like,
+        accumulate_matmul=lambda acc, a, b: acc.addmm_(a, b))
 
 
 # ---------------------------------------------------------------------------------------------
