@@ -209,6 +209,9 @@ def test_input_that_does_not_require_grad_is_left_alone_and_unneeded_work_skippe
         loss = GF.cross_entropy(x, _index_target(rng, 4, 20))
     assert not loss.requires_grad and calls == [False]  # the loss-only kernel: no gradient written
     assert torch.equal(x, before)
+    with gk.use_backend("triton"), torch.no_grad():  # evaluation: requires_grad, but no graph
+        GF.cross_entropy(x.requires_grad_(), _index_target(rng, 4, 20))
+    assert calls == [False, False]
 
 
 def test_logits_used_elsewhere_keep_their_values(rng):

@@ -33,8 +33,9 @@ class _FusedRowLoss(torch.autograd.Function):
     ("focal_loss_forward", class weights ``alpha``)."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, forward_name, arguments):
-        compute_grad = ctx.needs_input_grad[0]
+    def forward(ctx, input, target, weight, forward_name, arguments, grad_enabled):
+        # needs_input_grad says True under torch.no_grad() too: the caller's grad mode decides
+        compute_grad = ctx.needs_input_grad[0] and grad_enabled
         weight_name = "alpha" if forward_name == "focal_loss_forward" else "weight"
         loss, grad = getattr(_ce, forward_name)(input, target, compute_grad=compute_grad, **{weight_name: weight},
                                                 **arguments)
@@ -47,8 +48,8 @@ class _FusedRowLoss(torch.autograd.Function):
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         if grad is None:
-            return None, None, None, None, None
-        return _unit_gradient_times(grad, grad_output, ctx.reduction, ctx.axis), None, None, None, None
+            return None, None, None, None, None, None
+        return _unit_gradient_times(grad, grad_output, ctx.reduction, ctx.axis), None, None, None, None, None
 
 
 class _NllLoss(torch.autograd.Function):
@@ -72,10 +73,10 @@ class _NllLoss(torch.autograd.Function):
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, weight, target, bias, arguments):
+    def forward(ctx, input, weight, target, bias, arguments, grad_enabled):
         ctx.reduction = arguments["reduction"]
         ctx.arguments = arguments
-        wanted = any(ctx.needs_input_grad[i] for i in (0, 1, 3))
+        wanted = grad_enabled and any(ctx.needs_input_grad[i] for i in (0, 1, 3))
         if wanted and ctx.reduction != "none":
             loss, *grads = _ce.linear_cross_entropy_forward(input, weight, target, bias, compute_grad=True,
                                                             **arguments)
@@ -99,7 +100,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_input, grad_weight, grad_bias = grads
         needs = ctx.needs_input_grad
         return (grad_input if needs[0] else None, grad_weight if needs[1] else None, None,
-                grad_bias if needs[3] else None, None)
+                grad_bias if needs[3] else None, None, None)
 
 
 def _legacy(size_average, reduce, reduction: str) -> str:
@@ -115,7 +116,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     """``torch.nn.functional.cross_entropy``: same arguments (legacy ones included)."""
     arguments = dict(ignore_index=ignore_index, reduction=_legacy(size_average, reduce, reduction),
                      label_smoothing=label_smoothing)
-    return _FusedRowLoss.apply(input, target, weight, "cross_entropy_forward", arguments)
+    return _FusedRowLoss.apply(input, target, weight, "cross_entropy_forward", arguments, torch.is_grad_enabled())
 
 
 def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, size_average=None,
@@ -128,7 +129,7 @@ def focal_loss(input: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, al
                ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
     """Multi-class focal loss on softmax probabilities (see ``gpukernels.focal_loss``)."""
     arguments = dict(gamma=gamma, ignore_index=ignore_index, reduction=reduction)
-    return _FusedRowLoss.apply(input, target, alpha, "focal_loss_forward", arguments)
+    return _FusedRowLoss.apply(input, target, alpha, "focal_loss_forward", arguments, torch.is_grad_enabled())
 
 
 def linear_cross_entropy(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
@@ -137,4 +138,4 @@ def linear_cross_entropy(input: torch.Tensor, weight: torch.Tensor, target: torc
     """``cross_entropy(input @ weight.T + bias, target)`` without materialising the logits."""
     arguments = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                      chunk_size=chunk_size)
-    return _LinearCrossEntropy.apply(input, weight, target, bias, arguments)
+    return _LinearCrossEntropy.apply(input, weight, target, bias, arguments, torch.is_grad_enabled())
