@@ -41,6 +41,10 @@ BLOCK_BYTES = 1 << 20
 LINEAR_CHUNK_BYTES = 16 << 20
 
 
+def _widen(a):
+    return a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float16 else a
+
+
 def loss_op(fn: Callable) -> Callable:
     """Compute float16 in float32 (NumPy's float16 arithmetic rounds at every step), rounding the
     results once; integer targets pass unchanged; silence NumPy on non-finite values."""
@@ -48,9 +52,8 @@ def loss_op(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **params):
         dtype = next(a.dtype for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f")
-        widen = lambda a: a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float16 else a  # noqa: E731
         with np.errstate(all="ignore"):
-            result = fn(*map(widen, args), **params)
+            result = fn(*map(_widen, args), **params)
         if dtype != np.float16:
             return result
         narrow = lambda r: r if r is None else np.asarray(r).astype(dtype)  # noqa: E731

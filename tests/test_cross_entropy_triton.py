@@ -7,7 +7,6 @@ Test ids: R<rows>-C<cols>-<dtype>."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF

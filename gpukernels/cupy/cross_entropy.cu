@@ -13,7 +13,8 @@ const unsigned FULL_WARP = 0xffffffffu;
 __device__ gk::CeStats block_merge(gk::CeStats a) {
   __shared__ float warp_m[32], warp_s[32], warp_qx[32], warp_qs[32], warp_xy[32];
   for (int offset = 16; offset > 0; offset >>= 1) {
-    gk::CeStats other{gk::RowStats{__shfl_xor_sync(FULL_WARP, a.st.m, offset), __shfl_xor_sync(FULL_WARP, a.st.s, offset)},
+    gk::CeStats other{gk::RowStats{__shfl_xor_sync(FULL_WARP, a.st.m, offset),
+                                   __shfl_xor_sync(FULL_WARP, a.st.s, offset)},
                       __shfl_xor_sync(FULL_WARP, a.qx, offset), __shfl_xor_sync(FULL_WARP, a.qs, offset),
                       __shfl_xor_sync(FULL_WARP, a.xy, offset)};
     a = gk::ce_merge(a, other);
