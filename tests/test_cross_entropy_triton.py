@@ -270,3 +270,12 @@ def test_compile_cases_cover_every_kind_and_launch():
     assert {n.split("[")[1].split(",")[0].rstrip("]") for n in names} == set(tce.KINDS)
     assert {int(c.tags["block_n"]) for c in cases} == {l.block_n for l in tce.all_launches()}
     assert tce.row_launch(1) == tce.all_launches()[0] and tce.row_launch(10**6) == tce.all_launches()[-1]
+
+
+def test_non_contiguous_inputs_and_probability_targets_over_a_spatial_dim(rng):
+    base = random_tensor(rng, (40, 12), "float16", DEVICE)
+    _compare("cross_entropy", base.t(), _index_target(rng, 12, 40), None, "float16", reduction="none")
+    _compare("cross_entropy", base[:, 1:], _index_target(rng, 40, 11), None, "float16", reduction="mean")
+    x = random_tensor(rng, (2, 6, 5), "float32", DEVICE)
+    probs = torch.softmax(torch.randn(2, 6, 5, dtype=torch.float64), 1).to(DEVICE, torch.float32)
+    _compare("cross_entropy", x, probs, None, "float32", reduction="none", label_smoothing=0.3)
