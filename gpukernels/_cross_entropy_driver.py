@@ -24,6 +24,8 @@ RowKernel = Callable[..., None]
 
 
 def _float32(xp, a):
+    """``a`` as float32 (torch: ``.to``; cupy/numpy: ``.astype``). The CuPy backend converts its
+    bfloat16 arrays itself before they get here: cupy cannot cast ml_dtypes' bfloat16."""
     return a.to(xp.float32) if hasattr(a, "to") else a.astype(xp.float32)
 
 
@@ -33,7 +35,7 @@ def denominators(xp, kind: str, target, weight, ignore_index: int, rows: int, de
         return _float32(xp, xp.ones(rows, dtype=xp.int32, **device_of))
     valid = target != ignore_index
     if kind == "index" and weight is not None:
-        gathered = _float32(xp, weight[xp.where(valid, target, 0)])
+        gathered = _float32(xp, weight)[xp.where(valid, target, 0)]
         return xp.where(valid, gathered, 0.0)
     return _float32(xp, valid)
 
@@ -58,10 +60,13 @@ def reduce(loss, denominator, reduction: str):
 
 def rows_loss(xp, kernel: RowKernel, input, target, weight, grad_output, *, kind: str, reduction: str,
               ignore_index: int, label_smoothing: float, gamma: float, compute_loss: bool, compute_grad: bool,
-              device_of: dict, empty_like: Callable, empty: Callable):
-    """(reduced loss or None, gradient or None) of the rows ``input`` with one kernel launch."""
+              device_of: dict, empty_like: Callable, empty: Callable, weight_float32=None):
+    """(reduced loss or None, gradient or None) of the rows ``input`` with one kernel launch.
+    ``weight_float32``: the class weights as float32 for the denominators, when the backend
+    made that copy itself (the kernel reads ``weight`` in its storage dtype)."""
     rows = input.shape[0]
-    denominator = denominators(xp, kind, target, weight, ignore_index, rows, device_of)
+    weight_for_sums = weight if weight_float32 is None else weight_float32
+    denominator = denominators(xp, kind, target, weight_for_sums, ignore_index, rows, device_of)
     scale = row_scales(xp, grad_output, denominator, reduction, device_of)
     loss = empty(rows) if compute_loss else None
     grad = empty_like(input) if compute_grad else None

@@ -91,14 +91,29 @@ def test_more_rows_than_blocks_loop_over_rows(run, monkeypatch, rng):
     _both(run, "index", x, x64, labels, labels, None, None, "float16", rng.standard_normal(5), reduction="none")
 
 
-def test_nll_loss(run, rng):
-    x, x64 = storage(rng.standard_normal((6, 9)), "float32")
-    w, w64 = storage(rng.random(9) + 0.5, "float32")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nll_loss(run, dtype, rng):
+    x, x64 = storage(rng.standard_normal((6, 9)), dtype)
+    w, w64 = storage(rng.random(9) + 0.5, dtype)
+    upstream, upstream64 = storage(np.array(2.0), dtype)
     labels = _labels(rng, 6, 9)
-    got = cce.nll_loss_rows(x, labels, w, np.float32(2.0).reshape(()), reduction="mean", compute_grad=True, run=run)
-    want = ref.nll_loss_rows(x64, labels, w64, np.array(2.0), reduction="mean", compute_grad=True)
-    assert_close(got[0], want[0], "float32", "reduction")
-    assert_close(got[1], want[1], "float32", "reduction")
+    got = cce.nll_loss_rows(x, labels, w, upstream, reduction="mean", compute_grad=True, run=run)
+    want = ref.nll_loss_rows(x64, labels, w64, upstream64, reduction="mean", compute_grad=True)
+    assert got[0].dtype == x.dtype and got[1].dtype == x.dtype
+    assert_close(decode(got[0]), want[0], dtype, "reduction")
+    assert_close(decode(got[1]), want[1], dtype, "reduction")
+
+
+def test_bfloat16_losses_come_back_in_bfloat16_and_linear_refuses_it(run, rng):
+    x, x64 = storage(rng.standard_normal((4, 9)), "bfloat16")
+    labels = _labels(rng, 4, 9)
+    loss = cce.cross_entropy_rows(x, labels, None, None, kind="index", reduction="sum", run=run)[0]
+    assert loss.dtype == x.dtype  # made here: the dispatch layer's cast cannot make ml_dtypes' bfloat16
+    assert_close(decode(loss), ref.cross_entropy_rows(x64, labels, None, None, kind="index", reduction="sum")[0],
+                 "bfloat16", "reduction")
+    w, _ = storage(rng.standard_normal((5, 9)), "bfloat16")
+    with pytest.raises(TypeError, match="bfloat16.*no bfloat16 matmul"):
+        cce.linear_cross_entropy_rows(x, w, labels, None, None, reduction="mean", run=run)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

@@ -13,6 +13,7 @@ import numpy as np
 from .. import _cross_entropy_driver as driver
 from ._module import CUDA_TYPES, NULL, Launch, NvrtcProgram, Runner, cuda_type, on_gpu
 from ._stream import on_callers_stream
+from .attention import from_float32, to_float32
 
 KINDS = {"index": 0, "probs": 1, "focal": 2}
 _MAX_GRID = 65535 * 32  # the kernel loops over rows beyond this many blocks
@@ -75,10 +76,11 @@ def cross_entropy_rows(input, target, weight, grad_output, *, kind: str, reducti
     x = xp.ascontiguousarray(input)
     target = xp.ascontiguousarray(target if kind == "probs" else target.astype(xp.int64))
     weight = None if weight is None else xp.ascontiguousarray(weight)
-    return driver.rows_loss(xp, _kernel(run), x, target, weight, grad_output, kind=kind, reduction=reduction,
-                            ignore_index=ignore_index, label_smoothing=label_smoothing, gamma=gamma,
-                            compute_loss=compute_loss, compute_grad=compute_grad, empty_like=xp.empty_like,
-                            **_host(run))
+    loss, grad = driver.rows_loss(
+        xp, _kernel(run), x, target, weight, _float32(xp, grad_output), kind=kind, reduction=reduction,
+        ignore_index=ignore_index, label_smoothing=label_smoothing, gamma=gamma, compute_loss=compute_loss,
+        compute_grad=compute_grad, empty_like=xp.empty_like, weight_float32=_float32(xp, weight), **_host(run))
+    return _storage(xp, loss, x.dtype), grad
 
 
 @on_callers_stream
@@ -86,9 +88,11 @@ def nll_loss_rows(input, target, weight, grad_output, *, reduction: str, ignore_
                   compute_loss: bool = True, compute_grad: bool = False, run: Runner | None = None):
     xp = (run or Runner(_cupy(), None)).xp
     cuda_type(input, "input")
-    return driver.nll_rows(xp, input, target.astype(xp.int64), weight, grad_output, reduction=reduction,
-                           ignore_index=ignore_index, compute_loss=compute_loss, compute_grad=compute_grad,
-                           device_of={}, arange=xp.arange)
+    # a gather and a scatter on float32 (cupy has no bfloat16 kernels: such inputs are widened)
+    loss, grad = driver.nll_rows(xp, _float32(xp, input), target.astype(xp.int64), _float32(xp, weight),
+                                 _float32(xp, grad_output), reduction=reduction, ignore_index=ignore_index,
+                                 compute_loss=compute_loss, compute_grad=compute_grad, device_of={}, arange=xp.arange)
+    return _storage(xp, loss, input.dtype), _storage(xp, grad, input.dtype)
 
 
 @on_callers_stream
@@ -97,7 +101,9 @@ def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduc
                               chunk_size: int | None = None, run: Runner | None = None):
     run = run or on_gpu(PROGRAM)
     xp = run.xp
-    cuda_type(input, "input")
+    if cuda_type(input, "input") == "gk::bfloat16":
+        raise TypeError("input has dtype bfloat16, which the cupy backend's linear_cross_entropy does not support "
+                        "(cupy has no bfloat16 matmul); use the triton backend, or float16/float32")
     return driver.linear_rows_loss(
         xp, _kernel(run), xp.ascontiguousarray(input), xp.ascontiguousarray(weight), target.astype(xp.int64), bias,
         grad_output, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
@@ -107,6 +113,16 @@ def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduc
 
 def _accumulate_matmul(acc, a, b):
     acc += a @ b  # cuBLAS through cupy.matmul; cupy has no in-place GEMM with beta = 1
+
+
+def _float32(xp, a):
+    """``a`` as float32 where the host side computes with it (None stays None)."""
+    return None if a is None else to_float32(a, xp)
+
+
+def _storage(xp, a, dtype):
+    """A float32 result in the storage dtype: the dispatch layer's cast back cannot make bfloat16."""
+    return None if a is None else from_float32(a, dtype, xp)
 
 
 def _cupy():
