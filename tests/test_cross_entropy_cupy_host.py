@@ -40,14 +40,15 @@ def _both(run, kind, x, x64, target, target64, weight, weight64, dtype, upstream
     assert_close(decode(back), want_back, dtype, "reduction")
 
 
-CASES = [pytest.param(rows, cols, dtype, id=f"R{rows}-C{cols}-{dtype}")
-         for rows, cols in ((1, 2), (3, 7), (4, 1000), (2, 4099)) for dtype in DTYPES]
+CASES = [pytest.param(rows, cols, dtype, misalign, id=f"R{rows}-C{cols}-{dtype}-{'offset' if misalign else 'aligned'}")
+         for rows, cols in ((1, 2), (3, 7), (4, 1000), (2, 4099)) for dtype in DTYPES for misalign in (False, True)]
 
 
-@pytest.mark.parametrize("rows,cols,dtype", CASES)
+@pytest.mark.parametrize("rows,cols,dtype,misalign", CASES)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_class_indices_with_weights_and_smoothing(run, rows, cols, dtype, reduction, rng):
-    x, x64 = storage(rng.standard_normal((rows, cols)) * 3, dtype)
+def test_class_indices_with_weights_and_smoothing(run, rows, cols, dtype, misalign, reduction, rng):
+    # aligned rows of 1000 take the 128-bit path for every full chunk; offset ones never do
+    x, x64 = storage(rng.standard_normal((rows, cols)) * 3, dtype, misalign)
     w, w64 = storage(rng.random(cols) + 0.5, dtype)
     labels = _labels(rng, rows, cols)
     upstream = rng.standard_normal(rows if reduction == "none" else ())
@@ -77,7 +78,7 @@ def test_focal_loss(run, gamma, dtype, rng):
 @pytest.mark.parametrize("nthreads", [32, 64, 1024])
 def test_any_block_size_gives_the_same_rows(run, monkeypatch, nthreads, rng):
     # 1024 threads on 300 columns: most threads see nothing and must merge as empty statistics
-    monkeypatch.setattr(cce, "threads_for", lambda n_cols: nthreads)
+    monkeypatch.setattr(cce, "threads_for", lambda n_cols, itemsize: nthreads)
     x, x64 = storage(rng.standard_normal((3, 300)) * 5, "float32")
     labels = _labels(rng, 3, 300)
     _both(run, "index", x, x64, labels, labels, None, None, "float32", rng.standard_normal(()), reduction="sum",
@@ -141,6 +142,6 @@ def test_launch_arguments():
     scale = np.ones(1, np.float32)
     spec = cce.rows_launch(x, np.zeros(10, np.int64), None, scale, None, x, kind="index", ignore_index=-100,
                            label_smoothing=0.0, gamma=0.0)
-    assert spec.kernel == "cross_entropy_rows<float, 0>" and spec.grid == (10,) and spec.block == (1024,)
+    assert spec.kernel == "cross_entropy_rows<float, 0>" and spec.grid == (10,) and spec.block == (512,)
     assert spec.args[2] == 0 and spec.args[3] == 0 and spec.args[5] == 0 and spec.args[6] == 0
-    assert cce.threads_for(1) == 32 and cce.threads_for(300) == 64 and cce.threads_for(10**6) == 1024
+    assert cce.threads_for(1, 4) == 32 and cce.threads_for(4096, 4) == 256 and cce.threads_for(10**6, 2) == 1024

@@ -35,23 +35,42 @@ GK_HD float probability_weight(const T* probs, const T* weight, long long k, flo
   return (to_float(probs[k]) * (1.0f - smoothing) + uniform) * class_weight(weight, k);
 }
 
+// Column k of value v joins a thread's statistics.
+template <class T, int KIND>
+GK_HD void ce_add(CeStats& acc, float v, const T* probs, const T* weight, long long k, long long label,
+                  float smoothing, float uniform) {
+  acc.st = stats_add(acc.st, v);
+  if (k == label) acc.xy += v;
+  if (KIND == 1) {
+    const float q = probability_weight(probs, weight, k, smoothing, uniform);
+    acc.qx += q * v;
+    acc.qs += q;
+  } else if (KIND == 0 && smoothing > 0.0f) {
+    const float w = class_weight(weight, k);
+    acc.qx += w * v;
+    acc.qs += w;
+  }
+}
+
+// A thread walks its row in 16-byte chunks (chunk tid, tid + nthreads, ...), as softmax.cuh does:
+// a full chunk of an aligned row moves as one 128-bit load, the rest element by element.
 template <class T, int KIND>
 GK_HD CeStats ce_thread_stats(const T* x, const T* probs, const T* weight, long long label, long long n,
                               float smoothing, int tid, int nthreads) {
   const float uniform = smoothing / float(n);
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(x);
   CeStats acc = ce_empty();
-  for (long long k = tid; k < n; k += nthreads) {
-    const float v = to_float(x[k]);
-    acc.st = stats_add(acc.st, v);
-    if (k == label) acc.xy += v;
-    if (KIND == 1) {
-      const float q = probability_weight(probs, weight, k, smoothing, uniform);
-      acc.qx += q * v;
-      acc.qs += q;
-    } else if (KIND == 0 && smoothing > 0.0f) {
-      const float w = class_weight(weight, k);
-      acc.qx += w * v;
-      acc.qs += w;
+  for (long long c = tid; c < chunks; c += nthreads) {
+    const long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first);
+      for (int j = 0; j < V; ++j)
+        ce_add<T, KIND>(acc, to_float(in.v[j]), probs, weight, first + j, label, smoothing, uniform);
+    } else {
+      for (long long k = first; k < n && k < first + V; ++k)
+        ce_add<T, KIND>(acc, to_float(x[k]), probs, weight, k, label, smoothing, uniform);
     }
   }
   return acc;
@@ -101,15 +120,37 @@ GK_HD CeRow ce_row(long long label, const T* weight, long long n, CeStats total,
 }
 
 template <class T, int KIND>
+GK_HD float ce_grad(float v, const T* probs, const T* weight, long long k, float lse, CeRow row, float scale,
+                    float smoothing, float uniform) {
+  float g = expf(v - lse) * row.big_q;
+  if (KIND == 1) g -= probability_weight(probs, weight, k, smoothing, uniform);
+  else if (KIND == 0) g -= row.c_w * class_weight(weight, k);
+  if (k == row.y) g -= row.c_y;
+  return g * scale;
+}
+
+// grad may be x itself (the fused linear + CE): each element is read before it is written, by the
+// same thread, and the row's other reads happened in ce_thread_stats, before the block merge.
+template <class T, int KIND>
 GK_HD void ce_thread_grad(const T* x, const T* probs, const T* weight, T* grad, long long n, float lse, CeRow row,
                           float scale, float smoothing, int tid, int nthreads) {
   const float uniform = smoothing / float(n);
-  for (long long k = tid; k < n; k += nthreads) {
-    float g = expf(to_float(x[k]) - lse) * row.big_q;
-    if (KIND == 1) g -= probability_weight(probs, weight, k, smoothing, uniform);
-    else if (KIND == 0) g -= row.c_w * class_weight(weight, k);
-    if (k == row.y) g -= row.c_y;
-    grad[k] = from_float<T>(g * scale);
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(x) && aligned16(grad);
+  for (long long c = tid; c < chunks; c += nthreads) {
+    const long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first), out;
+      for (int j = 0; j < V; ++j)
+        out.v[j] = from_float<T>(ce_grad<T, KIND>(to_float(in.v[j]), probs, weight, first + j, lse, row, scale,
+                                                  smoothing, uniform));
+      *reinterpret_cast<Vec16<T>*>(grad + first) = out;
+    } else {
+      for (long long k = first; k < n && k < first + V; ++k)
+        grad[k] = from_float<T>(ce_grad<T, KIND>(to_float(x[k]), probs, weight, k, lse, row, scale, smoothing,
+                                                 uniform));
+    }
   }
 }
 

@@ -17,23 +17,21 @@ from .attention import from_float32, to_float32
 
 KINDS = {"index": 0, "probs": 1, "focal": 2}
 _MAX_GRID = 65535 * 32  # the kernel loops over rows beyond this many blocks
-_COLUMNS_PER_THREAD = 8
+_CHUNKS_PER_THREAD = 4
 
-# The kernel walks a row one element per thread per step (coalesced across the warp) rather than in
-# 16-byte chunks: a row's reads are scalar, so the gate expects no 128-bit loads here.
 PROGRAM = NvrtcProgram("cross_entropy.cu", tuple(
-    f"cross_entropy_rows<{ctype}, {kind}>" for ctype in CUDA_TYPES.values() for kind in KINDS.values()),
-    expect_load_bits=None)
+    f"cross_entropy_rows<{ctype}, {kind}>" for ctype in CUDA_TYPES.values() for kind in KINDS.values()))
 
 
 def nvrtc_programs() -> Iterator[NvrtcProgram]:
     yield PROGRAM
 
 
-def threads_for(n_cols: int) -> int:
-    """Threads per row block: about eight columns each, a power of two in 32..1024 (whole warps
-    for the block merge)."""
-    wanted = max(1, -(-n_cols // _COLUMNS_PER_THREAD))
+def threads_for(n_cols: int, itemsize: int) -> int:
+    """Threads per row block: about four 16-byte chunks each, a power of two in 32..1024 (whole
+    warps for the block merge)."""
+    chunks = -(-n_cols // (16 // itemsize))
+    wanted = max(1, -(-chunks // _CHUNKS_PER_THREAD))
     return min(1024, max(32, 1 << (wanted - 1).bit_length()))
 
 
@@ -44,7 +42,7 @@ def rows_launch(x, target, weight, scale, loss, grad, *, kind: str, ignore_index
     probs = kind == "probs"
     return Launch(
         f"cross_entropy_rows<{cuda_type(x, 'input')}, {KINDS[kind]}>", (max(1, min(n_rows, _MAX_GRID)),),
-        (threads_for(n_cols),),
+        (threads_for(n_cols, x.itemsize),),
         (x, NULL if probs else target, target if probs else NULL, NULL if weight is None else weight, scale,
          np.int64(0 if scale.size == 1 else 1), NULL if loss is None else loss, NULL if grad is None else grad,
          np.int64(n_rows), np.int64(n_cols), np.int64(ignore_index), np.float32(label_smoothing), np.float32(gamma)))
