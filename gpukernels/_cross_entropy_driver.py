@@ -123,7 +123,7 @@ def linear_rows_loss(xp, kernel: RowKernel, input, weight, target, bias, grad_ou
                None if loss is None else loss[lo:hi], logits if compute_grad else None, kind="index",
                ignore_index=ignore_index, label_smoothing=label_smoothing, gamma=0.0)
         if compute_grad:
-            grad_input[lo:hi] = logits @ weight
+            xp.matmul(logits, weight, out=grad_input[lo:hi])
             accumulate_matmul(grad_weight, logits.T, input[lo:hi])
             if bias is not None:
                 grad_bias += logits.sum(0)
