@@ -28,7 +28,7 @@ ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 CE_GPU = ((8192, 32000), (4096, 128256))
 CE_CPU = ((4096, 32000),)
 LINEAR_GPU = ((8192, 4096, 128256),)
-LINEAR_CPU = ((2048, 256, 16384),)
+LINEAR_CPU = ((4096, 256, 16384),)
 
 
 def _ce_setup(rows: int, cols: int, dtype: str):
