@@ -26,6 +26,10 @@ from .ops.loss import (
     binary_cross_entropy_with_logits_backward, huber_loss, huber_loss_backward, l1_loss, l1_loss_backward, mse_loss,
     mse_loss_backward, sigmoid_focal_loss, sigmoid_focal_loss_backward, smooth_l1_loss, smooth_l1_loss_backward,
 )
+from .ops.cross_entropy import (
+    cross_entropy, cross_entropy_backward, cross_entropy_forward, focal_loss, focal_loss_backward, focal_loss_forward,
+    linear_cross_entropy, linear_cross_entropy_backward, linear_cross_entropy_forward, nll_loss, nll_loss_backward,
+)
 from .ops.optim import adam_step, clip_grad_norm_, clip_grad_value_, rmsprop_step, sgd_step
 
 __version__ = "0.1.0"
@@ -44,4 +48,7 @@ __all__ = [
     "sigmoid_focal_loss", "mse_loss_backward", "l1_loss_backward", "huber_loss_backward", "smooth_l1_loss_backward",
     "binary_cross_entropy_backward", "binary_cross_entropy_with_logits_backward", "sigmoid_focal_loss_backward",
     "adam_step", "sgd_step", "rmsprop_step", "clip_grad_norm_", "clip_grad_value_",
+    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
+    "focal_loss", "focal_loss_forward", "focal_loss_backward",
+    "linear_cross_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
 ]

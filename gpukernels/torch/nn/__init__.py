@@ -8,5 +8,6 @@ from .attention import AdditiveAttention, DotAttention
 from .softmax import LogSoftmax, Softmax
 from .loss import BCELoss, BCEWithLogitsLoss, HuberLoss, L1Loss, MSELoss, SigmoidFocalLoss, SmoothL1Loss
 from . import utils
+from .cross_entropy import CrossEntropyLoss, FocalLoss, NLLLoss
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss", "SigmoidFocalLoss"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss", "SigmoidFocalLoss", "CrossEntropyLoss", "NLLLoss", "FocalLoss"]

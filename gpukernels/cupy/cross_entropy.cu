@@ -1,0 +1,58 @@
+// Cross-entropy kernel: one block per row (grid-stride over rows); each thread runs the row
+// functions of cross_entropy.cuh over its columns, the block merges the threads' statistics,
+// then (write_grad) the same threads write the row's gradient. Instantiated per storage type and
+// KIND by name expression (e.g. "cross_entropy_rows<float, 0>"). Deterministic: the merge order
+// is fixed by the thread indices.
+#include "cross_entropy.cuh"
+
+namespace {
+
+const unsigned FULL_WARP = 0xffffffffu;
+
+// The block's merged statistics, in every thread. blockDim.x is a multiple of 32, at most 1024.
+__device__ gk::CeStats block_merge(gk::CeStats a) {
+  __shared__ float warp_m[32], warp_s[32], warp_qx[32], warp_qs[32], warp_xy[32];
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    gk::CeStats other{gk::RowStats{__shfl_xor_sync(FULL_WARP, a.st.m, offset),
+                                   __shfl_xor_sync(FULL_WARP, a.st.s, offset)},
+                      __shfl_xor_sync(FULL_WARP, a.qx, offset), __shfl_xor_sync(FULL_WARP, a.qs, offset),
+                      __shfl_xor_sync(FULL_WARP, a.xy, offset)};
+    a = gk::ce_merge(a, other);
+  }
+  if (threadIdx.x % 32 == 0) {
+    warp_m[threadIdx.x / 32] = a.st.m;
+    warp_s[threadIdx.x / 32] = a.st.s;
+    warp_qx[threadIdx.x / 32] = a.qx;
+    warp_qs[threadIdx.x / 32] = a.qs;
+    warp_xy[threadIdx.x / 32] = a.xy;
+  }
+  __syncthreads();
+  a = gk::ce_empty();
+  for (int w = 0; w < int(blockDim.x / 32); ++w)
+    a = gk::ce_merge(a, gk::CeStats{gk::RowStats{warp_m[w], warp_s[w]}, warp_qx[w], warp_qs[w], warp_xy[w]});
+  __syncthreads();  // the next row overwrites the arrays only once every thread has read them
+  return a;
+}
+
+}  // namespace
+
+// target: class indices (KIND 0, 2; int64 per row) or probabilities (KIND 1; T per element, rows x cols).
+// weight (per class) may be null; scale is read at row * scale_stride (0: one value for all rows).
+template <class T, int KIND>
+__global__ void __launch_bounds__(1024) cross_entropy_rows(const T* x, const long long* labels, const T* probs,
+                                                           const T* weight, const float* scale, long long scale_stride,
+                                                           float* loss, T* grad, long long rows, long long cols,
+                                                           long long ignore_index, float smoothing, float gamma) {
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const long long base = r * cols;
+    const T* row_probs = KIND == 1 ? probs + base : nullptr;
+    const long long label = KIND == 1 ? -1 : labels[r];
+    gk::CeStats total = block_merge(
+        gk::ce_thread_stats<T, KIND>(x + base, row_probs, weight, label, cols, smoothing, threadIdx.x, blockDim.x));
+    gk::CeRow row = gk::ce_row<T, KIND>(label, weight, cols, total, ignore_index, smoothing, gamma);
+    if (loss && threadIdx.x == 0) loss[r] = row.loss;
+    if (grad)
+      gk::ce_thread_grad<T, KIND>(x + base, row_probs, weight, grad + base, cols, gk::log_sum_exp(total.st), row,
+                                  scale[r * scale_stride], smoothing, threadIdx.x, blockDim.x);
+  }
+}

@@ -1,0 +1,129 @@
+"""Cross-entropy kernels through CuPy: cross_entropy.cu (one block per row) around the row
+functions of cross_entropy.cuh; the host side (denominators, scales, reductions, the linear +
+cross-entropy's chunk loop with cuBLAS matmuls) is ``gpukernels._cross_entropy_driver``, shared
+with the Triton backend. The rows arrive dense ``[rows, classes]`` (``gpukernels.ops`` laid them
+out)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .. import _cross_entropy_driver as driver
+from ._module import CUDA_TYPES, NULL, Launch, NvrtcProgram, Runner, cuda_type, on_gpu
+from ._stream import on_callers_stream
+from .attention import from_float32, to_float32
+
+KINDS = {"index": 0, "probs": 1, "focal": 2}
+_MAX_GRID = 65535 * 32  # the kernel loops over rows beyond this many blocks
+_CHUNKS_PER_THREAD = 4
+
+PROGRAM = NvrtcProgram("cross_entropy.cu", tuple(
+    f"cross_entropy_rows<{ctype}, {kind}>" for ctype in CUDA_TYPES.values() for kind in KINDS.values()))
+
+
+def nvrtc_programs() -> Iterator[NvrtcProgram]:
+    yield PROGRAM
+
+
+def threads_for(n_cols: int, itemsize: int) -> int:
+    """Threads per row block: about four 16-byte chunks each, a power of two in 32..1024 (whole
+    warps for the block merge)."""
+    chunks = -(-n_cols // (16 // itemsize))
+    wanted = max(1, -(-chunks // _CHUNKS_PER_THREAD))
+    return min(1024, max(32, 1 << (wanted - 1).bit_length()))
+
+
+def rows_launch(x, target, weight, scale, loss, grad, *, kind: str, ignore_index: int, label_smoothing: float,
+                gamma: float) -> Launch:
+    """The launch for the dense ``[rows, cols]`` ``x``; ``grad`` may be ``x`` itself."""
+    n_rows, n_cols = x.shape
+    probs = kind == "probs"
+    return Launch(
+        f"cross_entropy_rows<{cuda_type(x, 'input')}, {KINDS[kind]}>", (max(1, min(n_rows, _MAX_GRID)),),
+        (threads_for(n_cols, x.itemsize),),
+        (x, NULL if probs else target, target if probs else NULL, NULL if weight is None else weight, scale,
+         np.int64(0 if scale.size == 1 else 1), NULL if loss is None else loss, NULL if grad is None else grad,
+         np.int64(n_rows), np.int64(n_cols), np.int64(ignore_index), np.float32(label_smoothing), np.float32(gamma)))
+
+
+def _kernel(run: Runner):
+    def launch(*arrays, **params):
+        run.launch(rows_launch(*arrays, **params))
+
+    return launch
+
+
+def _host(run: Runner) -> dict:
+    xp = run.xp
+    return dict(device_of={}, empty=lambda n: xp.empty(n, dtype=xp.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the dispatch layer calls (cupy arrays in and out)
+
+
+@on_callers_stream
+def cross_entropy_rows(input, target, weight, grad_output, *, kind: str, reduction: str, ignore_index: int = -100,
+                       label_smoothing: float = 0.0, gamma: float = 0.0, compute_loss: bool = True,
+                       compute_grad: bool = False, run: Runner | None = None):
+    run = run or on_gpu(PROGRAM)
+    xp = run.xp
+    cuda_type(input, "input")
+    x = xp.ascontiguousarray(input)
+    target = xp.ascontiguousarray(target if kind == "probs" else target.astype(xp.int64))
+    weight = None if weight is None else xp.ascontiguousarray(weight)
+    loss, grad = driver.rows_loss(
+        xp, _kernel(run), x, target, weight, _float32(xp, grad_output), kind=kind, reduction=reduction,
+        ignore_index=ignore_index, label_smoothing=label_smoothing, gamma=gamma, compute_loss=compute_loss,
+        compute_grad=compute_grad, empty_like=xp.empty_like, weight_float32=_float32(xp, weight), **_host(run))
+    return _storage(xp, loss, x.dtype), grad
+
+
+@on_callers_stream
+def nll_loss_rows(input, target, weight, grad_output, *, reduction: str, ignore_index: int = -100,
+                  compute_loss: bool = True, compute_grad: bool = False, run: Runner | None = None):
+    xp = (run or Runner(_cupy(), None)).xp
+    cuda_type(input, "input")
+    # a gather and a scatter on float32 (cupy has no bfloat16 kernels: such inputs are widened)
+    loss, grad = driver.nll_rows(xp, _float32(xp, input), target.astype(xp.int64), _float32(xp, weight),
+                                 _float32(xp, grad_output), reduction=reduction, ignore_index=ignore_index,
+                                 compute_loss=compute_loss, compute_grad=compute_grad, device_of={}, arange=xp.arange)
+    return _storage(xp, loss, input.dtype), _storage(xp, grad, input.dtype)
+
+
+@on_callers_stream
+def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduction: str, ignore_index: int = -100,
+                              label_smoothing: float = 0.0, compute_loss: bool = True, compute_grad: bool = False,
+                              chunk_size: int | None = None, run: Runner | None = None):
+    run = run or on_gpu(PROGRAM)
+    xp = run.xp
+    if cuda_type(input, "input") == "gk::bfloat16":
+        raise TypeError("input has dtype bfloat16, which the cupy backend's linear_cross_entropy does not support "
+                        "(cupy has no bfloat16 matmul); use the triton backend, or float16/float32")
+    return driver.linear_rows_loss(
+        xp, _kernel(run), xp.ascontiguousarray(input), xp.ascontiguousarray(weight), target.astype(xp.int64), bias,
+        grad_output, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        compute_loss=compute_loss, compute_grad=compute_grad, chunk_size=chunk_size,
+        zeros_like=xp.zeros_like, empty_like=xp.empty_like, accumulate_matmul=_accumulate_matmul, **_host(run))
+
+
+def _accumulate_matmul(acc, a, b):
+    acc += a @ b  # cuBLAS through cupy.matmul; cupy has no in-place GEMM with beta = 1
+
+
+def _float32(xp, a):
+    """``a`` as float32 where the host side computes with it (None stays None)."""
+    return None if a is None else to_float32(a, xp)
+
+
+def _storage(xp, a, dtype):
+    """A float32 result in the storage dtype: the dispatch layer's cast back cannot make bfloat16."""
+    return None if a is None else from_float32(a, dtype, xp)
+
+
+def _cupy():
+    import cupy
+
+    return cupy

@@ -1,0 +1,61 @@
+"""Cross-entropy losses, drop-in for torch.nn.CrossEntropyLoss and torch.nn.NLLLoss: they are
+torch's own loss base classes (same constructor arguments, the legacy ``size_average``/``reduce``
+with torch's warning, ``weight`` a buffer, so ``state_dict`` moves unchanged) whose forward runs
+our ops. FocalLoss is the multi-class focal loss (``alpha`` a buffer like ``weight``)."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.modules.loss import _WeightedLoss
+
+from .. import _cross_entropy as F
+
+
+class CrossEntropyLoss(_WeightedLoss):
+    __constants__ = ["ignore_index", "reduction", "label_smoothing"]
+
+    def __init__(self, weight: torch.Tensor | None = None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(_WeightedLoss):
+    __constants__ = ["ignore_index", "reduction"]
+
+    def __init__(self, weight: torch.Tensor | None = None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean") -> None:
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = ignore_index
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+class FocalLoss(torch.nn.Module):
+    """``-alpha[y] (1 - p_y)^gamma log p_y`` with ``p = softmax(input)`` over the class dim."""
+
+    __constants__ = ["gamma", "ignore_index", "reduction"]
+
+    def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None, ignore_index: int = -100,
+                 reduction: str = "mean") -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("alpha", alpha)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.focal_loss(input, target, gamma=self.gamma, alpha=self.alpha, ignore_index=self.ignore_index,
+                            reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+
+__all__ = ["CrossEntropyLoss", "NLLLoss", "FocalLoss"]
