@@ -8,5 +8,6 @@ from ._activation import gelu, leaky_relu, relu, sigmoid, tanh
 from ._rnn import gru_cell, gru_layer, lstm_cell, lstm_layer, rnn_cell, rnn_layer
 from ._attention import attention, attention_scores, scaled_dot_product_attention
 from ._softmax import log_softmax, masked_softmax, softmax
+from ._normalization import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 
-__all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "softmax", "log_softmax", "masked_softmax", "scaled_dot_product_attention", "attention", "attention_scores", "rnn_cell", "lstm_cell", "gru_cell", "rnn_layer", "lstm_layer", "gru_layer"]
+__all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "softmax", "log_softmax", "masked_softmax", "scaled_dot_product_attention", "attention", "attention_scores", "rnn_cell", "lstm_cell", "gru_cell", "rnn_layer", "lstm_layer", "gru_layer", "layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]

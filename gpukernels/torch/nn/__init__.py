@@ -6,6 +6,7 @@ from .activation import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .attention import AdditiveAttention, DotAttention
 from .softmax import LogSoftmax, Softmax
+from .normalization import LayerNorm, RMSNorm
 from . import utils
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "LayerNorm", "RMSNorm"]
