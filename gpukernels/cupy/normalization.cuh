@@ -1,0 +1,153 @@
+// Layer norm and RMS norm row math: what one thread of a row-per-block kernel does, written as
+// functions of the thread's index; normalization.cu merges the threads' results across the block.
+// The CPU tests run normalization.cu itself, each thread a fiber of the block.
+//
+// A thread walks its row in 16-byte chunks (chunk tid, tid + nthreads, ...): a full chunk of an
+// aligned row moves as one 128-bit access, the rest element by element. Every sweep over a row
+// gives a thread the same chunks, so a thread re-reads only what it wrote itself.
+#pragma once
+#include "gk_math.cuh"
+
+namespace gk {
+
+// Running statistics of the values seen: the count n, their mean and m2, the sum of squared
+// deviations from the mean (layer norm, Welford's update and Chan's merge: no cancellation) or
+// the sum of squares (RMS norm, mean unused).
+struct Moments {
+  float n;
+  float mean;
+  float m2;
+};
+
+GK_HD Moments moments_empty() { return Moments{0.0f, 0.0f, 0.0f}; }
+
+template <bool RMS>
+GK_HD Moments moments_add(Moments a, float x) {
+  a.n += 1.0f;
+  if (RMS) {
+    a.m2 += x * x;
+  } else {
+    float delta = x - a.mean;
+    a.mean += delta / a.n;
+    a.m2 += delta * (x - a.mean);
+  }
+  return a;
+}
+
+template <bool RMS>
+GK_HD Moments moments_merge(Moments a, Moments b) {
+  float n = a.n + b.n;
+  if (RMS) return Moments{n, 0.0f, a.m2 + b.m2};
+  if (b.n == 0.0f) return a;
+  if (a.n == 0.0f) return b;
+  float delta = b.mean - a.mean, share = b.n / n;
+  return Moments{n, a.mean + delta * share, a.m2 + b.m2 + delta * delta * a.n * share};
+}
+
+// 1 / sqrt(variance + eps) of a row of `cols` values (a row of length 0: variance 0).
+GK_HD float moments_rstd(Moments st, long long cols, float eps) {
+  float n = cols > 0 ? float(cols) : 1.0f;
+  return 1.0f / sqrtf(st.m2 / n + eps);
+}
+
+GK_HD float parameter(const float* p, long long j, float absent) { return p ? p[j] : absent; }
+template <class T>
+GK_HD float parameter(const T* p, long long j, float absent) { return p ? to_float(p[j]) : absent; }
+
+// The value normalised: (v - mean) * rstd * w + b (RMS: mean 0).
+template <class T>
+GK_HD float norm_value(float v, float mean, float rstd, const T* w, const T* b, long long j) {
+  return (v - mean) * rstd * parameter(w, j, 1.0f) + parameter(b, j, 0.0f);
+}
+
+// The value to normalise at i: x[i], or (with a residual r) x[i] + r[i] rounded to the storage
+// type, written to s[i] so the caller gets the very sum whose statistics are taken.
+template <class T>
+GK_HD float norm_source(const T* x, const T* r, T* s, long long i) {
+  if (!r) return to_float(x[i]);
+  T total = from_float<T>(to_float(x[i]) + to_float(r[i]));
+  s[i] = total;
+  return to_float(total);
+}
+
+template <class T, bool RMS>
+GK_HD Moments norm_thread_stats(const T* x, const T* r, T* s, long long n, int tid, int nthreads) {
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(x) && (!r || (aligned16(r) && aligned16(s)));
+  Moments st = moments_empty();
+  for (long long c = tid; c < chunks; c += nthreads) {
+    long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first);
+      if (r) {
+        Vec16<T> res = *reinterpret_cast<const Vec16<T>*>(r + first);
+        for (int k = 0; k < V; ++k) in.v[k] = from_float<T>(to_float(in.v[k]) + to_float(res.v[k]));
+        *reinterpret_cast<Vec16<T>*>(s + first) = in;
+      }
+      for (int k = 0; k < V; ++k) st = moments_add<RMS>(st, to_float(in.v[k]));
+    } else {
+      for (long long i = first; i < n && i < first + V; ++i) st = moments_add<RMS>(st, norm_source(x, r, s, i));
+    }
+  }
+  return st;
+}
+
+// Writes y from `src` (the input, or the sum the first sweep stored).
+template <class T>
+GK_HD void norm_thread_write(const T* src, const T* w, const T* b, T* y, long long n, float mean, float rstd, int tid,
+                             int nthreads) {
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(src) && aligned16(y);
+  for (long long c = tid; c < chunks; c += nthreads) {
+    long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(src + first), out;
+      for (int k = 0; k < V; ++k) out.v[k] = from_float<T>(norm_value(to_float(in.v[k]), mean, rstd, w, b, first + k));
+      *reinterpret_cast<Vec16<T>*>(y + first) = out;
+    } else {
+      for (long long i = first; i < n && i < first + V; ++i)
+        y[i] = from_float<T>(norm_value(to_float(src[i]), mean, rstd, w, b, i));
+    }
+  }
+}
+
+// Backward. With xhat = (x - mean) * rstd and g = dy * w, a row needs sum(g) and sum(g * xhat);
+// then dx = rstd * (g - sum(g)/n - xhat * sum(g xhat)/n) (RMS: without the sum(g) term), plus
+// the gradient ds of the sum output, and this row's dy * xhat and dy add to the block's partial
+// dw and db rows (each element owned by one thread of one block: no atomics).
+struct GradSums {
+  float g;
+  float gx;
+};
+
+template <class T>
+GK_HD GradSums grad_thread_sums(const T* dy, const T* x, const T* w, long long n, float mean, float rstd, int tid,
+                                int nthreads) {
+  GradSums sums{0.0f, 0.0f};
+  for (long long i = tid; i < n; i += nthreads) {
+    float g = to_float(dy[i]) * parameter(w, i, 1.0f);
+    sums.g += g;
+    sums.gx += g * ((to_float(x[i]) - mean) * rstd);
+  }
+  return sums;
+}
+
+GK_HD float grad_value(float dy, float xhat, float w, float rstd, float mean_g, float mean_gx) {
+  return rstd * (dy * w - mean_g - xhat * mean_gx);
+}
+
+template <class T>
+GK_HD void grad_thread_write(const T* dy, const T* ds, const T* x, const T* w, T* dx, float* dw_part, float* db_part,
+                             long long n, float mean, float rstd, float mean_g, float mean_gx, int tid, int nthreads) {
+  for (long long i = tid; i < n; i += nthreads) {
+    float d = to_float(dy[i]), xhat = (to_float(x[i]) - mean) * rstd;
+    float value = grad_value(d, xhat, parameter(w, i, 1.0f), rstd, mean_g, mean_gx);
+    dx[i] = from_float<T>(ds ? value + to_float(ds[i]) : value);
+    if (dw_part) dw_part[i] += d * xhat;
+    if (db_part) db_part[i] += d;
+  }
+}
+
+}  // namespace gk
