@@ -50,7 +50,6 @@ GK_HD float moments_rstd(Moments st, long long cols, float eps) {
   return 1.0f / sqrtf(st.m2 / n + eps);
 }
 
-GK_HD float parameter(const float* p, long long j, float absent) { return p ? p[j] : absent; }
 template <class T>
 GK_HD float parameter(const T* p, long long j, float absent) { return p ? to_float(p[j]) : absent; }
 
@@ -122,14 +121,29 @@ struct GradSums {
   float gx;
 };
 
+GK_HD void grad_sums_add(GradSums& sums, float dy, float x, float w, float mean, float rstd) {
+  float g = dy * w;
+  sums.g += g;
+  sums.gx += g * ((x - mean) * rstd);
+}
+
 template <class T>
 GK_HD GradSums grad_thread_sums(const T* dy, const T* x, const T* w, long long n, float mean, float rstd, int tid,
                                 int nthreads) {
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(dy) && aligned16(x);
   GradSums sums{0.0f, 0.0f};
-  for (long long i = tid; i < n; i += nthreads) {
-    float g = to_float(dy[i]) * parameter(w, i, 1.0f);
-    sums.g += g;
-    sums.gx += g * ((to_float(x[i]) - mean) * rstd);
+  for (long long c = tid; c < chunks; c += nthreads) {
+    long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> d = *reinterpret_cast<const Vec16<T>*>(dy + first), v = *reinterpret_cast<const Vec16<T>*>(x + first);
+      for (int k = 0; k < V; ++k)
+        grad_sums_add(sums, to_float(d.v[k]), to_float(v.v[k]), parameter(w, first + k, 1.0f), mean, rstd);
+    } else {
+      for (long long i = first; i < n && i < first + V; ++i)
+        grad_sums_add(sums, to_float(dy[i]), to_float(x[i]), parameter(w, i, 1.0f), mean, rstd);
+    }
   }
   return sums;
 }
@@ -138,16 +152,56 @@ GK_HD float grad_value(float dy, float xhat, float w, float rstd, float mean_g, 
   return rstd * (dy * w - mean_g - xhat * mean_gx);
 }
 
+// dx at element j of the row, and its dw/db terms added to the partial rows.
+template <class T>
+GK_HD T grad_element(float d, float v, float s, const T* w, float* dw_part, float* db_part, long long j, float mean,
+                     float rstd, float mean_g, float mean_gx) {
+  float xhat = (v - mean) * rstd;
+  if (dw_part) dw_part[j] += d * xhat;
+  if (db_part) db_part[j] += d;
+  return from_float<T>(grad_value(d, xhat, parameter(w, j, 1.0f), rstd, mean_g, mean_gx) + s);
+}
+
 template <class T>
 GK_HD void grad_thread_write(const T* dy, const T* ds, const T* x, const T* w, T* dx, float* dw_part, float* db_part,
                              long long n, float mean, float rstd, float mean_g, float mean_gx, int tid, int nthreads) {
-  for (long long i = tid; i < n; i += nthreads) {
-    float d = to_float(dy[i]), xhat = (to_float(x[i]) - mean) * rstd;
-    float value = grad_value(d, xhat, parameter(w, i, 1.0f), rstd, mean_g, mean_gx);
-    dx[i] = from_float<T>(ds ? value + to_float(ds[i]) : value);
-    if (dw_part) dw_part[i] += d * xhat;
-    if (db_part) db_part[i] += d;
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(dy) && aligned16(x) && aligned16(dx) && (!ds || aligned16(ds));
+  for (long long c = tid; c < chunks; c += nthreads) {
+    long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> d = *reinterpret_cast<const Vec16<T>*>(dy + first), v = *reinterpret_cast<const Vec16<T>*>(x + first),
+               out;
+      Vec16<T> s = ds ? *reinterpret_cast<const Vec16<T>*>(ds + first) : Vec16<T>{};
+      for (int k = 0; k < V; ++k)
+        out.v[k] = grad_element<T>(to_float(d.v[k]), to_float(v.v[k]), ds ? to_float(s.v[k]) : 0.0f, w, dw_part,
+                                   db_part, first + k, mean, rstd, mean_g, mean_gx);
+      *reinterpret_cast<Vec16<T>*>(dx + first) = out;
+    } else {
+      for (long long i = first; i < n && i < first + V; ++i)
+        dx[i] = grad_element<T>(to_float(dy[i]), to_float(x[i]), ds ? to_float(ds[i]) : 0.0f, w, dw_part, db_part, i,
+                                mean, rstd, mean_g, mean_gx);
+    }
   }
+}
+
+// Column sums of the partial rows, four columns per call (one 128-bit load per partial row
+// where the rows are 16-byte aligned): out[c..c+3] = sum over p in order of part[p, c..c+3].
+template <class T>
+GK_HD void column_sum_quad(const float* part, T* out, long long parts, long long cols, long long first) {
+  float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const bool vector = aligned16(part) && cols % 4 == 0;
+  for (long long p = 0; p < parts; ++p) {
+    const float* row = part + p * cols;
+    if (vector) {
+      Vec16<float> in = *reinterpret_cast<const Vec16<float>*>(row + first);
+      for (int k = 0; k < 4; ++k) total[k] += in.v[k];
+    } else {
+      for (long long c = first; c < cols && c < first + 4; ++c) total[c - first] += row[c];
+    }
+  }
+  for (long long c = first; c < cols && c < first + 4; ++c) out[c] = from_float<T>(total[c - first]);
 }
 
 }  // namespace gk

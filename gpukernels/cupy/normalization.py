@@ -73,7 +73,7 @@ def backward_launch(dy, ds, x, weight, mean, rstd, dx, dw_part, db_part, *, rms:
 
 def column_sum_launch(part, out) -> Launch:
     n_parts, n_cols = part.shape
-    return Launch(f"norm_column_sum<{cuda_type(out, 'weight')}>", grid_for(n_cols), (THREADS,),
+    return Launch(f"norm_column_sum<{cuda_type(out, 'weight')}>", grid_for(-(-n_cols // 4)), (THREADS,),
                   (part, out, np.int64(n_parts), np.int64(n_cols)))
 
 
