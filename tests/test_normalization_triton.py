@@ -67,21 +67,34 @@ def _launch_id(launch):
     return f"{'long' if launch.long else 'single'}-B{launch.block_n}-R{launch.rows}-W{launch.num_warps}"
 
 
-@pytest.mark.parametrize("launch", tn.all_launches(), ids=_launch_id)
-@pytest.mark.parametrize("op", OPS)
-def test_every_launch_the_heuristic_can_pick(op, launch, rng):
-    # a ragged row and a partly filled last tile; the long path with two chunks and a ragged third
-    cols = 2 * launch.block_n + 5 if launch.long else max(1, launch.block_n - 3)
-    rows = 2 * launch.rows + 1
-    assert tn.row_launch(cols) == launch
-    a, a64 = inputs(rng, (rows, cols), 1, _tensor("float32"))
+def _forward_backward(op, a, forward_launch, backward_launch):
     rms, add = is_rms(op), is_add(op)
     y, s, mean, rstd = tn.launch_forward(a["x"], a["r"] if add else None, a["w"], None if rms else a["b"], 1e-5, rms,
-                                         launch)
+                                         forward_launch)
     dx, dw, db = tn.launch_backward(a["dy"], a["ds"] if add else None, s if add else a["x"], mean, rstd, a["w"],
-                                    not rms, rms, launch)
-    got = {"y": y, "s": s, "mean": None if mean is None else mean[:, None], "rstd": rstd[:, None], "dx": dx, "dw": dw,
-           "db": db}
+                                    not rms, rms, backward_launch)
+    return {"y": y, "s": s, "mean": None if mean is None else mean[:, None], "rstd": rstd[:, None], "dx": dx,
+            "dw": dw, "db": db}
+
+
+def _tier_shape(launch):
+    # a ragged row and a partly filled last tile; the long path with two chunks and a ragged third
+    return 2 * launch.rows + 1, (2 * launch.block_n + 5 if launch.long else max(1, launch.block_n - 3))
+
+
+# Each forward launch paired with a backward one (the same row length where both are single-pass).
+LAUNCH_PAIRS = list(zip(tn.all_launches("forward"), tn.all_launches("backward")))
+
+
+@pytest.mark.parametrize("pair", LAUNCH_PAIRS, ids=[f"{_launch_id(f)}+{_launch_id(b)}" for f, b in LAUNCH_PAIRS])
+@pytest.mark.parametrize("op", OPS)
+def test_every_launch_the_heuristic_can_pick(op, pair, rng):
+    forward, backward = pair
+    rows, cols = _tier_shape(forward)
+    rows = max(rows, 2 * backward.rows + 1)
+    assert tn.row_launch(cols, "forward") == forward and tn.row_launch(cols, "backward") == backward
+    a, a64 = inputs(rng, (rows, cols), 1, _tensor("float32"))
+    got = _forward_backward(op, a, forward, backward)
     want = expected(op, a64["x"], a64["r"], a64["w"], a64["b"], a64["dy"], a64["ds"], 1, source_of(op, got, a["x"]))
     check_outputs(op, got, want, "float32")
 
@@ -94,13 +107,7 @@ def test_a_row_of_70000_through_the_long_path_with_a_small_tile(op, dtype, rng):
     # 70000 columns in 1024-wide chunks: 69 chunks, the last ragged; rows spread over programs
     launch = tn.RowLaunch(long=True, block_n=1024, rows=1, num_warps=4)
     a, a64 = inputs(rng, (2, 70000), 1, _tensor(dtype))
-    rms, add = is_rms(op), is_add(op)
-    y, s, mean, rstd = tn.launch_forward(a["x"], a["r"] if add else None, a["w"], None if rms else a["b"], 1e-5, rms,
-                                         launch)
-    dx, dw, db = tn.launch_backward(a["dy"], a["ds"] if add else None, s if add else a["x"], mean, rstd, a["w"],
-                                    not rms, rms, launch)
-    got = {"y": y, "s": s, "mean": None if mean is None else mean[:, None], "rstd": rstd[:, None], "dx": dx, "dw": dw,
-           "db": db}
+    got = _forward_backward(op, a, launch, launch)
     want = expected(op, a64["x"], a64["r"], a64["w"], a64["b"], a64["dy"], a64["ds"], 1, source_of(op, got, a["x"]))
     check_outputs(op, got, want, dtype)
 
@@ -118,10 +125,11 @@ def test_long_rows_with_a_large_offset_keep_the_variance():
 
 def test_heuristic_picks_the_narrowest_tile_then_the_long_loop():
     assert tn.row_launch(1) == tn.RowLaunch(False, 64, 32, 4)
+    assert tn.row_launch(1, "backward") == tn.RowLaunch(False, 64, 16, 4)
     assert tn.row_launch(4096) == tn.RowLaunch(False, 4096, 1, 8)
-    assert tn.row_launch(8192).block_n == 8192 and not tn.row_launch(8192).long
-    assert tn.row_launch(8193).long and tn.row_launch(70000).long
-    assert tn.backward_programs(8192, tn.row_launch(4096)) == tn.MAX_BACKWARD_PROGRAMS
+    assert tn.row_launch(4096, "backward") == tn.RowLaunch(False, 4096, 1, 16)
+    assert tn.row_launch(4097).long and tn.row_launch(70000, "backward").long
+    assert tn.backward_programs(8192, tn.row_launch(4096, "backward")) == tn.MAX_BACKWARD_PROGRAMS
     assert tn.backward_programs(5, tn.row_launch(7)) == 1
 
 
@@ -200,10 +208,12 @@ def test_float64_is_rejected_with_the_supported_dtypes():
 def test_compile_cases_cover_every_launch_and_variant():
     cases = list(tn.compile_cases())
     for dtype, alignment in tn.GATE_SPECIALISATIONS:
-        for launch in tn.all_launches():
-            tags = {"dtype": dtype, "alignment": alignment, "block_n": str(launch.block_n), "rows": str(launch.rows)}
-            names = {c.name for c in cases if c.tags == tags and c.num_warps == launch.num_warps}
-            suffix = "_long" if launch.long else ""
-            for variant in ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"):
-                assert f"norm_forward{suffix}[{variant}]" in names and f"norm_backward{suffix}[{variant}]" in names
+        for direction in ("forward", "backward"):
+            for launch in tn.all_launches(direction):
+                tags = {"dtype": dtype, "alignment": alignment, "block_n": str(launch.block_n),
+                        "rows": str(launch.rows)}
+                names = {c.name for c in cases if c.tags == tags and c.num_warps == launch.num_warps}
+                suffix = "_long" if launch.long else ""
+                for variant in ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"):
+                    assert f"norm_{direction}{suffix}[{variant}]" in names, (direction, launch, variant)
     assert {c.tags["dtype"] for c in cases if c.name == "norm_column_sum"} == {"fp32", "fp16", "bf16"}

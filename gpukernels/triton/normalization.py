@@ -260,11 +260,17 @@ class RowLaunch(NamedTuple):
     num_warps: int
 
 
-# Single-pass tiers, narrowest first: (block_n, rows, warps). A tile holds 2K..8K elements, so
-# short rows share a program and a thread keeps at most 16 values of each operand.
-SINGLE_PASS_TIERS = ((64, 32, 4), (256, 8, 4), (1024, 2, 4), (2048, 1, 4), (4096, 1, 8), (8192, 1, 16))
-LONG = RowLaunch(long=True, block_n=4096, rows=1, num_warps=8)
-MAX_SINGLE_PASS = SINGLE_PASS_TIERS[-1][0]
+# Single-pass tiers, narrowest first: (block_n, rows, warps); short rows share a program. The
+# forward keeps 16 values of each operand per thread; the backward, with about twice the live
+# values per element (dy, x, xhat, g, the dw/db sums), 8, so that no build spills (the compile
+# gate: 16 per thread there spills with ragged fp32 rows, whose loads are scalar).
+TIERS = {
+    "forward": ((64, 32, 4), (256, 8, 4), (1024, 2, 4), (2048, 1, 4), (4096, 1, 8)),
+    "backward": ((64, 16, 4), (256, 4, 4), (1024, 1, 4), (2048, 1, 8), (4096, 1, 16)),
+}
+# Longer rows: 2048-wide chunks, 8 values per thread per operand.
+LONG = RowLaunch(long=True, block_n=2048, rows=1, num_warps=8)
+MAX_SINGLE_PASS = 4096
 # Backward programs at most: each adds its rows' dw/db into one fp32 row of the partial buffers,
 # so more programs fill the GPU better and cost a larger second reduction (512 x n_cols x 4 bytes,
 # an eighth of a bf16 (8192, 4096) backward's traffic).
@@ -272,16 +278,16 @@ MAX_BACKWARD_PROGRAMS = 512
 SUM_BLOCK_P, SUM_BLOCK_C, SUM_WARPS = 32, 128, 4
 
 
-def row_launch(n_cols: int) -> RowLaunch:
+def row_launch(n_cols: int, direction: str = "forward") -> RowLaunch:
     """The narrowest single-pass tile that holds the row, the chunked loop beyond."""
-    for block_n, rows, warps in SINGLE_PASS_TIERS:
+    for block_n, rows, warps in TIERS[direction]:
         if n_cols <= block_n:
             return RowLaunch(False, block_n, rows, warps)
     return LONG
 
 
-def all_launches() -> tuple[RowLaunch, ...]:
-    return (*(RowLaunch(False, b, r, w) for b, r, w in SINGLE_PASS_TIERS), LONG)
+def all_launches(direction: str = "forward") -> tuple[RowLaunch, ...]:
+    return (*(RowLaunch(False, b, r, w) for b, r, w in TIERS[direction]), LONG)
 
 
 def backward_programs(n_rows: int, launch: RowLaunch) -> int:
@@ -332,7 +338,7 @@ def column_sum(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def launch_backward(dy, ds, x, mean, rstd, weight, bias_grad: bool, rms: bool, launch: RowLaunch | None = None):
     """(dx, dw or None, db or None) for dense rows; ``ds`` (the sum's gradient) may be None."""
     n_rows, n_cols = x.shape
-    launch = launch or row_launch(n_cols)
+    launch = launch or row_launch(n_cols, "backward")
     programs = backward_programs(n_rows, launch)
     dx = torch.empty_like(x)
     wants = (weight is not None, bias_grad)
@@ -480,10 +486,11 @@ def _backward_case(tdtype, alignment, launch, variant) -> CompileCase:
 def compile_cases() -> Iterator[CompileCase]:
     """Forward and backward of every variant at every launch ``row_launch`` can pick, and the
     partial-sum reduction for each weight dtype."""
-    for (tdtype, alignment), launch in itertools.product(GATE_SPECIALISATIONS, all_launches()):
+    for tdtype, alignment in GATE_SPECIALISATIONS:
         variants = VARIANTS + ((PLAIN_VARIANT,) if (tdtype, alignment) == ("fp32", "aligned") else ())
-        for variant in variants:
+        for variant, launch in itertools.product(variants, all_launches("forward")):
             yield _forward_case(tdtype, alignment, launch, variant)
+        for variant, launch in itertools.product(variants, all_launches("backward")):
             yield _backward_case(tdtype, alignment, launch, variant)
     for tdtype in ("fp32", "fp16", "bf16"):
         yield CompileCase(
