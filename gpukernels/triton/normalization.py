@@ -167,14 +167,14 @@ def norm_backward_kernel(dy_ptr, ds_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_pt
         if not RMS:
             x = x - tl.load(mean_ptr + rows, mask=row_inside, other=0.0)[:, None]
         xhat = tl.where(inside, x * rstd, 0.0)
-        dx = _input_gradient(dy, xhat, w, rstd, n, inside, RMS)
-        if ADD:
-            dx += tl.load(ds_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=inside)
         if HAS_W:
             dw += tl.sum(dy * xhat, axis=0)
         if HAS_B:
             db += tl.sum(dy, axis=0)
+        dx = _input_gradient(dy, xhat, w, rstd, n, inside, RMS)
+        if ADD:
+            dx += tl.load(ds_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=inside)
     part = pid.to(tl.int64) * n_cols + cols
     if HAS_W:
         tl.store(dw_part_ptr + part, dw, mask=col_inside)
