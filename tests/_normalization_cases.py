@@ -90,5 +90,4 @@ def inputs(rng, shape, normalized_ndim, make):
     return arrays, {k: as_float64(a) for k, a in arrays.items()}
 
 
-__all__ = ["OPS", "EPS", "is_rms", "is_add", "run_op", "expected", "check_outputs", "source_of", "inputs",
-           "np"]
+__all__ = ["OPS", "EPS", "is_rms", "is_add", "run_op", "expected", "check_outputs", "source_of", "inputs"]
