@@ -134,3 +134,12 @@ def test_stats_are_float32_for_half_inputs(run, rng):
     _, _, mean, rstd = cn._forward(run, x, None, None, None, 1, 1e-5, False)
     assert mean.dtype == np.float32 and rstd.dtype == np.float32
     assert_close(mean, x64.mean(axis=1, keepdims=True), "float32", "reduction")
+
+
+@pytest.mark.parametrize("misalign", [False, True], ids=["aligned", "offset"])
+@pytest.mark.parametrize("op", OPS)
+def test_rows_longer_than_the_register_cache_are_swept_twice(run, monkeypatch, op, misalign, rng):
+    # 32 threads and 1000 bf16 values: 125 chunks > 4 per thread, so the forward re-reads the row
+    # (or, for the residual variants, the sum each thread stored)
+    monkeypatch.setattr(cn, "threads_for", lambda n_cols, itemsize: 32)
+    _case(run, op, (3, 1000), 1, "bfloat16", misalign, rng)

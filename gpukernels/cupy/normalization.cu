@@ -57,17 +57,27 @@ template <class T, bool RMS>
 __global__ void __launch_bounds__(1024) norm_forward(const T* x, const T* r, const T* w, const T* b, T* y, T* s,
                                                      float* mean, float* rstd, long long rows, long long cols,
                                                      float eps) {
+  // Uniform across the block (a function of the row length and block size), so every thread
+  // takes the same path and reaches the same barriers.
+  const bool cached = (cols + gk::Vec16<T>::size - 1) / gk::Vec16<T>::size <= (long long)gk::CACHED_CHUNKS * blockDim.x;
   for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
     const long long base = row * cols;
-    gk::Moments st = gk::norm_thread_stats<T, RMS>(x + base, r ? r + base : nullptr, s ? s + base : nullptr, cols,
-                                                   threadIdx.x, blockDim.x);
+    const T* row_r = r ? r + base : nullptr;
+    T* row_s = s ? s + base : nullptr;
+    gk::RowCache<T> cache;
+    gk::Moments st = cached ? gk::norm_thread_stats_cached<T, RMS>(x + base, row_r, row_s, cols, threadIdx.x, blockDim.x,
+                                                                   cache)
+                            : gk::norm_thread_stats<T, RMS>(x + base, row_r, row_s, cols, threadIdx.x, blockDim.x);
     st = block_moments<RMS>(st);
     const float inv_std = gk::moments_rstd(st, cols, eps), centre = RMS ? 0.0f : st.mean;
     if (threadIdx.x == 0) {
       rstd[row] = inv_std;
       if (mean) mean[row] = centre;
     }
-    gk::norm_thread_write<T>(r ? s + base : x + base, w, b, y + base, cols, centre, inv_std, threadIdx.x, blockDim.x);
+    if (cached)
+      gk::norm_thread_write_cached<T>(cache, w, b, y + base, cols, centre, inv_std, threadIdx.x, blockDim.x);
+    else  // longer rows: a second sweep reads the row (or the sum this thread stored) again
+      gk::norm_thread_write<T>(r ? row_s : x + base, w, b, y + base, cols, centre, inv_std, threadIdx.x, blockDim.x);
   }
 }
 

@@ -112,6 +112,65 @@ GK_HD void norm_thread_write(const T* src, const T* w, const T* b, T* y, long lo
   }
 }
 
+// Rows of at most CACHED_CHUNKS chunks per thread (the launcher's block sizes aim at four) are
+// read once: the statistics sweep keeps the thread's chunks in registers, as stored (the rounded
+// sum for the residual variants), and the write sweep normalises them from there.
+const int CACHED_CHUNKS = 4;
+
+template <class T>
+struct RowCache {
+  Vec16<T> chunk[CACHED_CHUNKS];
+};
+
+template <class T, bool RMS>
+GK_HD Moments norm_thread_stats_cached(const T* x, const T* r, T* s, long long n, int tid, int nthreads,
+                                       RowCache<T>& cache) {
+  const int V = Vec16<T>::size;
+  const bool vector = aligned16(x) && (!r || (aligned16(r) && aligned16(s)));
+  Moments st = moments_empty();
+  for (int k = 0; k < CACHED_CHUNKS; ++k) {
+    const long long first = (tid + (long long)k * nthreads) * V;
+    Vec16<T>& in = cache.chunk[k];
+    if (vector && first + V <= n) {
+      in = *reinterpret_cast<const Vec16<T>*>(x + first);
+      if (r) {
+        Vec16<T> res = *reinterpret_cast<const Vec16<T>*>(r + first);
+        for (int e = 0; e < V; ++e) in.v[e] = from_float<T>(to_float(in.v[e]) + to_float(res.v[e]));
+        *reinterpret_cast<Vec16<T>*>(s + first) = in;
+      }
+      for (int e = 0; e < V; ++e) st = moments_add<RMS>(st, to_float(in.v[e]));
+    } else {
+      for (int e = 0; e < V; ++e) {
+        if (first + e < n) {
+          float value = norm_source(x, r, s, first + e);
+          in.v[e] = from_float<T>(value);  // exact: value is a T already
+          st = moments_add<RMS>(st, value);
+        }
+      }
+    }
+  }
+  return st;
+}
+
+template <class T>
+GK_HD void norm_thread_write_cached(const RowCache<T>& cache, const T* w, const T* b, T* y, long long n, float mean,
+                                    float rstd, int tid, int nthreads) {
+  const int V = Vec16<T>::size;
+  const bool vector = aligned16(y);
+  for (int k = 0; k < CACHED_CHUNKS; ++k) {
+    const long long first = (tid + (long long)k * nthreads) * V;
+    const Vec16<T>& in = cache.chunk[k];
+    if (vector && first + V <= n) {
+      Vec16<T> out;
+      for (int e = 0; e < V; ++e) out.v[e] = from_float<T>(norm_value(to_float(in.v[e]), mean, rstd, w, b, first + e));
+      *reinterpret_cast<Vec16<T>*>(y + first) = out;
+    } else {
+      for (int e = 0; e < V; ++e)
+        if (first + e < n) y[first + e] = from_float<T>(norm_value(to_float(in.v[e]), mean, rstd, w, b, first + e));
+    }
+  }
+}
+
 // Backward. With xhat = (x - mean) * rstd and g = dy * w, a row needs sum(g) and sum(g * xhat);
 // then dx = rstd * (g - sum(g)/n - xhat * sum(g xhat)/n) (RMS: without the sum(g) term), plus
 // the gradient ds of the sum output, and this row's dy * xhat and dy add to the block's partial
