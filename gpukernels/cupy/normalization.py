@@ -97,11 +97,16 @@ def _forward(run: Runner, x, residual, weight, bias, normalized_ndim: int, eps: 
     n_rows, n_cols = rows.shape
     y = xp.empty_like(rows)
     s = None if residual is None else xp.empty_like(rows)
-    mean = None if rms else xp.zeros(n_rows, dtype=np.float32)
-    rstd = xp.full(n_rows, 1.0 / math.sqrt(eps) if eps > 0 else math.inf, dtype=np.float32)
+    launching = n_rows > 0 and n_cols > 0
+    if launching:  # the kernel writes every statistic
+        mean = None if rms else xp.empty(n_rows, dtype=np.float32)
+        rstd = xp.empty(n_rows, dtype=np.float32)
+    else:  # a row of length 0 has mean 0 and variance 0
+        mean = None if rms else xp.zeros(n_rows, dtype=np.float32)
+        rstd = xp.full(n_rows, 1.0 / math.sqrt(eps) if eps > 0 else math.inf, dtype=np.float32)
     spec = forward_launch(rows, None if residual is None else _as_rows(xp, residual, normalized_ndim),
                           _flat(xp, weight), _flat(xp, bias), y, s, mean, rstd, eps, rms=rms)
-    if n_rows and n_cols:  # a row of length 0 keeps mean 0, variance 0
+    if launching:
         run.launch(spec)
     stats = _stats_shape(x, normalized_ndim)
     return (y.reshape(x.shape), None if s is None else s.reshape(x.shape),

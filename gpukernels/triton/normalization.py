@@ -309,11 +309,13 @@ def launch_forward(x, residual, weight, bias, eps: float, rms: bool, launch: Row
     n_rows, n_cols = x.shape
     y = torch.empty_like(x)
     s = None if residual is None else torch.empty_like(x)
-    mean = None if rms else torch.zeros(n_rows, dtype=torch.float32, device=x.device)
-    rstd = torch.full((n_rows,), 1.0 / math.sqrt(eps) if eps > 0 else math.inf, dtype=torch.float32,
-                      device=x.device)
     if n_rows == 0 or n_cols == 0:  # nothing to launch; a row of length 0 has mean 0, variance 0
+        mean = None if rms else torch.zeros(n_rows, dtype=torch.float32, device=x.device)
+        rstd = torch.full((n_rows,), 1.0 / math.sqrt(eps) if eps > 0 else math.inf, dtype=torch.float32,
+                          device=x.device)
         return y, s, mean, rstd
+    mean = None if rms else torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     launch = launch or row_launch(n_cols)
     args = (x, x if residual is None else residual, x if weight is None else weight, x if bias is None else bias,
             y, y if s is None else s, rstd if mean is None else mean, rstd, n_rows, n_cols, eps)
