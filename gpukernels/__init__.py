@@ -31,6 +31,10 @@ from .ops.cross_entropy import (
     linear_cross_entropy, linear_cross_entropy_backward, linear_cross_entropy_forward, nll_loss, nll_loss_backward,
 )
 from .ops.optim import adam_step, clip_grad_norm_, clip_grad_value_, rmsprop_step, sgd_step
+from .ops.normalization import (
+    add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, layer_norm, layer_norm_backward,
+    rms_norm, rms_norm_backward,
+)
 
 __version__ = "0.1.0"
 
@@ -51,4 +55,5 @@ __all__ = [
     "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
     "focal_loss", "focal_loss_forward", "focal_loss_backward",
     "linear_cross_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
+    "layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "layer_norm_backward", "rms_norm_backward", "add_layer_norm_backward", "add_rms_norm_backward",
 ]

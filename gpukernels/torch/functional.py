@@ -13,5 +13,6 @@ from ._loss import (
     smooth_l1_loss,
 )
 from ._cross_entropy import cross_entropy, focal_loss, linear_cross_entropy, nll_loss
+from ._normalization import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 
-__all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "softmax", "log_softmax", "masked_softmax", "scaled_dot_product_attention", "attention", "attention_scores", "rnn_cell", "lstm_cell", "gru_cell", "rnn_layer", "lstm_layer", "gru_layer", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss", "cross_entropy", "nll_loss", "focal_loss", "linear_cross_entropy"]
+__all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "softmax", "log_softmax", "masked_softmax", "scaled_dot_product_attention", "attention", "attention_scores", "rnn_cell", "lstm_cell", "gru_cell", "rnn_layer", "lstm_layer", "gru_layer", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss", "cross_entropy", "nll_loss", "focal_loss", "linear_cross_entropy", "layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]

@@ -1,0 +1,214 @@
+"""Layer normalisation and RMS normalisation, with and without a fused residual add, forward and
+backward, in plain NumPy.
+
+Every op sees the input as rows: the last ``normalized_ndim`` axes are one row of ``n`` values.
+
+* layer_norm: ``y = (x - mean) * rstd * w + b`` with ``mean = sum(x) / n``,
+  ``rstd = 1 / sqrt(sum((x - mean)^2) / n + eps)`` (the biased variance, as PyTorch).
+* rms_norm:   ``y = x * rstd * w`` with ``rstd = 1 / sqrt(sum(x^2) / n + eps)``.
+* add_*:      ``s = input + residual`` (rounded to the storage dtype, as ``input + residual``
+  would be), then the norm of ``s``; both ``y`` and ``s`` are returned.
+
+Backward, with ``xhat = (x - mean) * rstd`` (rms: ``x * rstd``) and ``g = dy * w``:
+
+* ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (rms: without the ``mean(g)`` term),
+  plus the gradient of the sum output for the add variants;
+* ``dw = sum over rows of dy * xhat``, ``db = sum over rows of dy``.
+
+The statistics (``mean``, ``rstd``) have the input's shape with the normalised axes kept as 1
+(PyTorch's ``native_layer_norm``), in float32 for float16/bfloat16 inputs and in the input's
+dtype otherwise. A row of length 1 or of equal values has variance 0: ``y = b``. A row of
+length 0 has mean 0 and variance 0 (``rstd = 1 / sqrt(eps)``).
+
+Large inputs are computed a block of rows at a time on the thread pool; the weight and bias
+gradients are summed per block and the blocks' sums added in block order, so the bits do not
+depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._parallel import _items_per_chunk, run, split
+
+
+def _compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float16 is computed in float32 (NumPy rounds float16 arithmetic at every step)."""
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def _as_rows(x: np.ndarray, normalized_ndim: int) -> np.ndarray:
+    rows = math.prod(x.shape[:x.ndim - normalized_ndim])
+    return np.ascontiguousarray(x).reshape(rows, math.prod(x.shape[x.ndim - normalized_ndim:]))
+
+
+def _stats_shape(shape: tuple[int, ...], normalized_ndim: int) -> tuple[int, ...]:
+    return shape[:len(shape) - normalized_ndim] + (1,) * normalized_ndim
+
+
+def _chunks(rows: int, cols: int, itemsize: int) -> list[tuple[int, int]]:
+    """Blocks of whole rows, sized from the shape alone (so the sums' order is fixed)."""
+    return split(rows, _items_per_chunk(rows, max(cols, 1) * itemsize))
+
+
+def column_sum(a: np.ndarray) -> np.ndarray:
+    """``a.sum(axis=0)`` as a vector-matrix product: BLAS, and it lets other threads run."""
+    return np.dot(np.ones(a.shape[0], dtype=a.dtype), a)
+
+
+def row_mean(a: np.ndarray) -> np.ndarray:
+    """Mean of each row, kept as a column (0 for rows of length 0)."""
+    return np.dot(a, np.ones(a.shape[1], dtype=a.dtype))[:, None] / max(a.shape[1], 1)
+
+
+def row_mean_of_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b)[:, None] / max(a.shape[1], 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+
+
+def _normalise_rows(x, weight, bias, eps, rms, y, mean, rstd):
+    """One block of rows: ``x`` in the compute dtype; ``y``, ``mean``, ``rstd`` written."""
+    if rms:
+        np.copyto(y, x)
+    else:
+        mean[:] = row_mean(x)
+        np.subtract(x, mean, out=y)
+    rstd[:] = 1.0 / np.sqrt(row_mean_of_product(y, y) + eps)
+    y *= rstd
+    if weight is not None:
+        y *= weight
+    if bias is not None:
+        y += bias
+
+
+def _forward(x, residual, weight, bias, normalized_ndim, eps, rms):
+    """(y, s or None, mean or None, rstd) for any of the four forward ops."""
+    dtype = x.dtype
+    compute = _compute_dtype(dtype)
+    total = x if residual is None else np.add(x, residual)  # rounded to the storage dtype
+    rows = _as_rows(total, normalized_ndim)
+    n_rows, n_cols = rows.shape
+    w = None if weight is None else weight.reshape(-1).astype(compute, copy=False)
+    b = None if bias is None else bias.reshape(-1).astype(compute, copy=False)
+    y = np.empty((n_rows, n_cols), dtype=compute)
+    mean = np.zeros((n_rows, 1), dtype=compute)
+    rstd = np.empty((n_rows, 1), dtype=compute)
+
+    def block(lo: int, hi: int) -> None:
+        _normalise_rows(rows[lo:hi].astype(compute, copy=False), w, b, eps, rms, y[lo:hi], mean[lo:hi], rstd[lo:hi])
+
+    run([lambda lo=lo, hi=hi: block(lo, hi) for lo, hi in _chunks(n_rows, n_cols, compute.itemsize)])
+    stats = _stats_shape(x.shape, normalized_ndim)
+    return (y.reshape(x.shape).astype(dtype, copy=False), None if residual is None else total,
+            None if rms else mean.reshape(stats), rstd.reshape(stats))
+
+
+def layer_norm(input: np.ndarray, weight, bias, *, normalized_ndim: int, eps: float):
+    """(y, mean, rstd)."""
+    with np.errstate(all="ignore"):
+        y, _, mean, rstd = _forward(input, None, weight, bias, normalized_ndim, eps, rms=False)
+    return y, mean, rstd
+
+
+def rms_norm(input: np.ndarray, weight, *, normalized_ndim: int, eps: float):
+    """(y, rstd)."""
+    with np.errstate(all="ignore"):
+        y, _, _, rstd = _forward(input, None, weight, None, normalized_ndim, eps, rms=True)
+    return y, rstd
+
+
+def add_layer_norm(input: np.ndarray, residual: np.ndarray, weight, bias, *, normalized_ndim: int, eps: float):
+    """(y, s, mean, rstd) with ``s = input + residual``."""
+    with np.errstate(all="ignore"):
+        return _forward(input, residual, weight, bias, normalized_ndim, eps, rms=False)
+
+
+def add_rms_norm(input: np.ndarray, residual: np.ndarray, weight, *, normalized_ndim: int, eps: float):
+    """(y, s, rstd) with ``s = input + residual``."""
+    with np.errstate(all="ignore"):
+        y, total, _, rstd = _forward(input, residual, weight, None, normalized_ndim, eps, rms=True)
+    return y, total, rstd
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward
+
+
+def _gradient_rows(dy, x, mean, rstd, weight, rms, dx):
+    """One block of rows (compute dtype): ``dx`` written; returns the block's (dw, db) sums."""
+    xhat = dx  # dx's memory holds xhat until the last step
+    if rms:
+        np.multiply(x, rstd, out=xhat)
+    else:
+        np.subtract(x, mean, out=xhat)
+        xhat *= rstd
+    dw = column_sum(dy * xhat)
+    db = column_sum(dy)
+    g = dy if weight is None else dy * weight
+    c2 = row_mean_of_product(g, xhat)
+    xhat *= c2
+    np.subtract(g, xhat, out=dx)
+    if not rms:
+        dx -= row_mean(g)
+    dx *= rstd
+    return dw, db
+
+
+def _backward(grad_output, grad_sum, x, mean, rstd, weight, normalized_ndim, rms, bias_grad):
+    """(dx, dw or None, db or None)."""
+    dtype = x.dtype
+    compute = _compute_dtype(dtype)
+    dy_rows, x_rows = _as_rows(grad_output, normalized_ndim), _as_rows(x, normalized_ndim)
+    n_rows, n_cols = x_rows.shape
+    mean_rows = None if mean is None else mean.reshape(n_rows, 1).astype(compute, copy=False)
+    rstd_rows = rstd.reshape(n_rows, 1).astype(compute, copy=False)
+    w = None if weight is None else weight.reshape(-1).astype(compute, copy=False)
+    dx = np.empty((n_rows, n_cols), dtype=compute)
+    chunks = _chunks(n_rows, n_cols, compute.itemsize)
+    partial_dw = np.zeros((max(len(chunks), 1), n_cols), dtype=compute)
+    partial_db = np.zeros((max(len(chunks), 1), n_cols), dtype=compute)
+
+    def block(index: int, lo: int, hi: int) -> None:
+        partial_dw[index], partial_db[index] = _gradient_rows(
+            dy_rows[lo:hi].astype(compute, copy=False), x_rows[lo:hi].astype(compute, copy=False),
+            None if mean_rows is None else mean_rows[lo:hi], rstd_rows[lo:hi], w, rms, dx[lo:hi])
+
+    run([lambda i=i, lo=lo, hi=hi: block(i, lo, hi) for i, (lo, hi) in enumerate(chunks)])
+    if grad_sum is not None:
+        dx += _as_rows(grad_sum, normalized_ndim)
+    shape = x.shape[x.ndim - normalized_ndim:]
+    dw = None if weight is None else partial_dw.sum(axis=0).reshape(shape).astype(weight.dtype, copy=False)
+    db = partial_db.sum(axis=0).reshape(shape).astype(dtype, copy=False) if bias_grad else None
+    return dx.reshape(x.shape).astype(dtype, copy=False), dw, db
+
+
+def layer_norm_backward(grad_output, input, mean, rstd, weight, *, normalized_ndim: int, bias_grad: bool):
+    """(grad_input, grad_weight or None, grad_bias or None)."""
+    with np.errstate(all="ignore"):
+        return _backward(grad_output, None, input, mean, rstd, weight, normalized_ndim, False, bias_grad)
+
+
+def rms_norm_backward(grad_output, input, rstd, weight, *, normalized_ndim: int):
+    """(grad_input, grad_weight or None)."""
+    with np.errstate(all="ignore"):
+        dx, dw, _ = _backward(grad_output, None, input, None, rstd, weight, normalized_ndim, True, False)
+    return dx, dw
+
+
+def add_layer_norm_backward(grad_output, grad_sum, sum, mean, rstd, weight, *, normalized_ndim: int,
+                            bias_grad: bool):
+    """(grad of input and of residual (the same array), grad_weight or None, grad_bias or None);
+    ``grad_sum`` (the gradient of the sum output) may be None."""
+    with np.errstate(all="ignore"):
+        return _backward(grad_output, grad_sum, sum, mean, rstd, weight, normalized_ndim, False, bias_grad)
+
+
+def add_rms_norm_backward(grad_output, grad_sum, sum, rstd, weight, *, normalized_ndim: int):
+    with np.errstate(all="ignore"):
+        dx, dw, _ = _backward(grad_output, grad_sum, sum, None, rstd, weight, normalized_ndim, True, False)
+    return dx, dw
