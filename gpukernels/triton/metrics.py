@@ -1,0 +1,423 @@
+"""Metric kernels: confusion counts in one pass (integer atomics, exact in any order), the exact
+AUROC scan over sorted scores, binned ROC counts, and deterministic two-stage regression sums.
+
+What each computes is written out in ``gpukernels.reference.metrics``. Counts are int64 and
+accumulated with ``tl.atomic_add`` on integers only: integer addition is associative, so the
+result is the same bits in any order. Float sums never use atomics: each program writes its
+partial sums and a fixed-order reduction adds them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import CompileCase, fresh, passed
+
+_NO_IGNORE = -1  # ignore_index=None: targets below 0 never count anyway
+
+
+# ---------------------------------------------------------------------------------------------
+# Confusion counts
+
+
+@triton.jit
+def _column_sums(flags, col_ok):
+    """Per-column count of true flags of a (ROWS, BLOCK_L) tile, as int64."""
+    return tl.sum((flags & col_ok[None, :]).to(tl.int64), axis=0)
+
+
+@triton.jit
+def label_counts_kernel(preds_ptr, target_ptr, counts_ptr, n_rows, n_labels, threshold, ignore_index,
+                        ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
+    """A (ROWS, BLOCK_L) tile of (N, L) scores: the nine per-label counts of the reference's
+    ``label_counts`` summed over the tile's rows, then one integer atomic per count and label."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    col_ok = cols < n_labels
+    inside = (rows[:, None] < n_rows) & col_ok[None, :]
+    offsets = rows[:, None] * n_labels + cols[None, :]
+    p = tl.load(preds_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    t = tl.load(target_ptr + offsets, mask=inside, other=-1)
+    kept = inside & (t >= 0) & (t < 2) & (t != ignore_index)
+    positive = kept & (t == 1)
+    negative = kept & (t == 0)
+    as_probability = p > threshold
+    as_logit = tl.sigmoid(p) > threshold
+    out = counts_ptr + cols
+    tl.atomic_add(out + 0 * n_labels, _column_sums(as_probability & positive, col_ok), mask=col_ok)
+    tl.atomic_add(out + 1 * n_labels, _column_sums(as_probability & negative, col_ok), mask=col_ok)
+    tl.atomic_add(out + 2 * n_labels, _column_sums(~as_probability & negative, col_ok), mask=col_ok)
+    tl.atomic_add(out + 3 * n_labels, _column_sums(~as_probability & positive, col_ok), mask=col_ok)
+    tl.atomic_add(out + 4 * n_labels, _column_sums(as_logit & positive, col_ok), mask=col_ok)
+    tl.atomic_add(out + 5 * n_labels, _column_sums(as_logit & negative, col_ok), mask=col_ok)
+    tl.atomic_add(out + 6 * n_labels, _column_sums(~as_logit & negative, col_ok), mask=col_ok)
+    tl.atomic_add(out + 7 * n_labels, _column_sums(~as_logit & positive, col_ok), mask=col_ok)
+    tl.atomic_add(out + 8 * n_labels, _column_sums(inside & ((p < 0.0) | (p > 1.0)), col_ok), mask=col_ok)
+
+
+@triton.jit
+def class_counts_kernel(preds_ptr, target_ptr, counts_ptr, n_rows, n_classes, ignore_index,
+                        LABELS: tl.constexpr, ONE_HOT: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """ROWS samples: the predicted class (argmax of the score row, the first maximum winning as
+    in torch.argmax, read in BLOCK_C chunks; or the label itself when LABELS), then the counts.
+    ONE_HOT (n_classes <= BLOCK_C): the tile's per-class sums, one atomic per class and count;
+    else one atomic per sample and count, spread over the many classes."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    t = tl.load(target_ptr + rows, mask=row_ok, other=-1)
+    if LABELS:
+        label = tl.load(preds_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
+    else:
+        best = tl.full((ROWS,), float("-inf"), tl.float32)
+        label = tl.zeros((ROWS,), tl.int64)
+        for start in range(0, n_classes, BLOCK_C):
+            cols = start + tl.arange(0, BLOCK_C)
+            inside = row_ok[:, None] & (cols < n_classes)[None, :]
+            x = tl.load(preds_ptr + rows[:, None] * n_classes + cols[None, :], mask=inside,
+                        other=float("-inf")).to(tl.float32)
+            chunk_max = tl.max(x, axis=1)
+            first = tl.min(tl.where(x == chunk_max[:, None], cols[None, :], n_classes), axis=1).to(tl.int64)
+            better = chunk_max > best  # strictly: an earlier chunk keeps a tie
+            label = tl.where(better, first, label)
+            best = tl.where(better, chunk_max, best)
+    kept = row_ok & (t >= 0) & (t < n_classes) & (t != ignore_index) & (label >= 0) & (label < n_classes)
+    if ONE_HOT:
+        classes = tl.arange(0, BLOCK_C)
+        class_ok = classes < n_classes
+        predicted = (label[:, None] == classes[None, :]) & kept[:, None]
+        actual = (t[:, None] == classes[None, :]) & kept[:, None]
+        tl.atomic_add(counts_ptr + classes, _column_sums(predicted & actual, class_ok), mask=class_ok)
+        tl.atomic_add(counts_ptr + n_classes + classes, _column_sums(predicted, class_ok), mask=class_ok)
+        tl.atomic_add(counts_ptr + 2 * n_classes + classes, _column_sums(actual, class_ok), mask=class_ok)
+    else:
+        safe_t = tl.where(kept, t, 0)
+        safe_label = tl.where(kept, label, 0)
+        ones = tl.full((ROWS,), 1, tl.int64)
+        tl.atomic_add(counts_ptr + safe_t, (label == t).to(tl.int64), mask=kept)
+        tl.atomic_add(counts_ptr + n_classes + safe_label, ones, mask=kept)
+        tl.atomic_add(counts_ptr + 2 * n_classes + safe_t, ones, mask=kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# AUROC
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def roc_scan_kernel(scores_ptr, labels_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """One column of scores sorted in descending order (labels 1/0/-1 alongside): twice the
+    Mann-Whitney count (see the reference's ``roc_area``), P and N, in one forward sweep.
+
+    Carried between chunks: the counts so far and, for the tie group still open, the counts
+    before its first element. Inside a chunk, the exclusive prefix counts are non-decreasing, so
+    the values at the latest group start are a running maximum over the starts' values."""
+    column = tl.program_id(0).to(tl.int64)
+    scores_ptr += column * n
+    labels_ptr += column * n
+    offs = tl.arange(0, BLOCK)
+    tp_total = tl.zeros((), tl.int64)
+    fp_total = tl.zeros((), tl.int64)
+    tp_open = tl.zeros((), tl.int64)
+    fp_open = tl.zeros((), tl.int64)
+    area2 = tl.zeros((), tl.int64)
+    for start in range(0, n, BLOCK):
+        index = start + offs
+        inside = index < n
+        s = tl.load(scores_ptr + index, mask=inside, other=0.0).to(tl.float32)
+        previous = tl.load(scores_ptr + index - 1, mask=inside & (index > 0), other=0.0).to(tl.float32)
+        label = tl.load(labels_ptr + index, mask=inside, other=-1)
+        positive = (label == 1).to(tl.int64)
+        negative = (label == 0).to(tl.int64)
+        tp_before = tp_total + tl.cumsum(positive, axis=0) - positive
+        fp_before = fp_total + tl.cumsum(negative, axis=0) - negative
+        group_start = inside & ((index == 0) | (s != previous))
+        tp_start = tl.associative_scan(tl.where(group_start, tp_before, tp_open), 0, _maximum)
+        fp_start = tl.associative_scan(tl.where(group_start, fp_before, fp_open), 0, _maximum)
+        area2 += tl.sum(negative * (tp_start + tp_before) + positive * (fp_before - fp_start), axis=0)
+        tp_total += tl.sum(positive, axis=0)
+        fp_total += tl.sum(negative, axis=0)
+        tp_open = tl.max(tp_start, axis=0)
+        fp_open = tl.max(fp_start, axis=0)
+    tl.store(out_ptr + column, area2)
+    tl.store(out_ptr + tl.num_programs(0) + column, tp_total)
+    tl.store(out_ptr + 2 * tl.num_programs(0) + column, fp_total)
+
+
+@triton.jit
+def binned_counts_kernel(preds_ptr, target_ptr, thresholds_ptr, counts_ptr, n_rows, n_columns, n_thresholds,
+                         ignore_index, ONE_VS_REST: tl.constexpr, ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Histogram of (N, L) scores over the bins between ``n_thresholds`` linearly spaced
+    thresholds (bin k: thresholds[k] <= score < thresholds[k+1]; below all: bin T), positives and
+    negatives apart: counts[column, bin, 0 or 1]. The caller turns bins into ``>=`` counts."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    inside = (rows[:, None] < n_rows) & (cols < n_columns)[None, :]
+    p = tl.load(preds_ptr + rows[:, None] * n_columns + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+    if ONE_VS_REST:
+        t = tl.load(target_ptr + rows, mask=rows < n_rows, other=-1)
+        kept = inside & ((t >= 0) & (t < n_columns) & (t != ignore_index))[:, None]
+        positive = t[:, None] == cols[None, :]
+    else:
+        t = tl.load(target_ptr + rows[:, None] * n_columns + cols[None, :], mask=inside, other=-1)
+        kept = inside & (t >= 0) & (t < 2) & (t != ignore_index)
+        positive = t == 1
+    # the spacing is 1/(T-1): a first guess, then a step either way against the real thresholds
+    last = n_thresholds - 1
+    guess = tl.minimum(tl.maximum(tl.floor(p * last), -1.0), last * 1.0).to(tl.int32)
+    up = tl.minimum(guess + 1, last)
+    above = (guess < last) & (p >= tl.load(thresholds_ptr + up, mask=kept, other=0.0))
+    down = tl.maximum(guess, 0)
+    below = (guess >= 0) & (p < tl.load(thresholds_ptr + down, mask=kept, other=0.0))
+    k = tl.where(above, guess + 1, tl.where(below, guess - 1, guess))
+    k = tl.where(k < 0, n_thresholds, k)  # below every threshold
+    slot = (cols[None, :].to(tl.int64) * (n_thresholds + 1) + k) * 2 + tl.where(positive, 0, 1)
+    ones = tl.full((ROWS, BLOCK_L), 1, tl.int64)
+    tl.atomic_add(counts_ptr + tl.where(kept, slot, 0), ones, mask=kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Regression
+
+
+@triton.jit
+def regression_partials_kernel(preds_ptr, target_ptr, partials_ptr, n_rows, n_outputs, epsilon,
+                               ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A (ROWS, BLOCK_M) tile of (N, M): per output, the tile's count, sum(target), centred sum of
+    squares of the target around the tile's own mean, sum of squared, absolute and relative
+    errors, written to partials[6, n_tiles, M] (no atomics: merged in a fixed order after)."""
+    tile = tl.program_id(0).to(tl.int64)
+    rows = tile * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    col_ok = cols < n_outputs
+    inside = (rows[:, None] < n_rows) & col_ok[None, :]
+    offsets = rows[:, None] * n_outputs + cols[None, :]
+    p = tl.load(preds_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    t = tl.load(target_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    count = tl.sum(inside.to(tl.float32), axis=0)
+    total = tl.sum(t, axis=0)
+    mean = total / tl.maximum(count, 1.0)
+    centred = tl.where(inside, t - mean[None, :], 0.0)
+    error = tl.abs(p - t)
+    relative = error / tl.maximum(tl.abs(t), epsilon)
+    stride = tl.num_programs(0) * n_outputs
+    out = partials_ptr + tile * n_outputs + cols
+    tl.store(out, count, mask=col_ok)
+    tl.store(out + stride, total, mask=col_ok)
+    tl.store(out + 2 * stride, tl.sum(centred * centred, axis=0), mask=col_ok)
+    tl.store(out + 3 * stride, tl.sum(error * error, axis=0), mask=col_ok)
+    tl.store(out + 4 * stride, tl.sum(error, axis=0), mask=col_ok)
+    tl.store(out + 5 * stride, tl.sum(relative, axis=0), mask=col_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch choices: the one heuristic, used at run time and enumerated by compile_cases()
+
+TILE_ELEMENTS = 4096  # elements per program of the tiled kernels
+MAX_BLOCK_COLUMNS = 64  # widest column tile of the (N, L) kernels; wider inputs take more programs
+MAX_ONE_HOT = 1024  # widest class tile that reduces in registers; more classes scatter
+SCAN_BLOCK = 1024
+SCAN_WARPS = 4
+TILE_WARPS = 4
+
+
+class TileLaunch(NamedTuple):
+    rows: int
+    block: int
+
+
+def column_tile(n_columns: int) -> TileLaunch:
+    """(rows, columns) of a ~4K-element tile over (N, n_columns) data."""
+    block = min(MAX_BLOCK_COLUMNS, triton.next_power_of_2(max(n_columns, 1)))
+    return TileLaunch(TILE_ELEMENTS // block, block)
+
+
+class ClassLaunch(NamedTuple):
+    one_hot: bool
+    rows: int
+    block_c: int
+
+
+def class_launch(n_classes: int) -> ClassLaunch:
+    block_c = triton.next_power_of_2(n_classes)
+    if block_c <= MAX_ONE_HOT:
+        return ClassLaunch(True, max(1, TILE_ELEMENTS // block_c), block_c)
+    return ClassLaunch(False, 4, MAX_ONE_HOT)
+
+
+def all_column_tiles() -> tuple[TileLaunch, ...]:
+    return tuple(column_tile(1 << k) for k in range(0, MAX_BLOCK_COLUMNS.bit_length()))
+
+
+def all_class_launches() -> tuple[ClassLaunch, ...]:
+    return tuple(class_launch(1 << k) for k in range(1, MAX_ONE_HOT.bit_length() + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the dispatch layer calls (torch tensors in and out)
+
+
+def _ignore(ignore_index: int | None) -> int:
+    return _NO_IGNORE if ignore_index is None else ignore_index
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous()
+
+
+def label_counts(preds: torch.Tensor, target: torch.Tensor, threshold: float, ignore_index: int | None) -> torch.Tensor:
+    preds, target = _dense(preds), _dense(target)
+    n_rows, n_labels = preds.shape
+    counts = torch.zeros((9, n_labels), dtype=torch.int64, device=preds.device)
+    if preds.numel():
+        tile = column_tile(n_labels)
+        grid = (triton.cdiv(n_rows, tile.rows), triton.cdiv(n_labels, tile.block))
+        label_counts_kernel[grid](preds, target, counts, n_rows, n_labels, threshold, _ignore(ignore_index),
+                                  ROWS=tile.rows, BLOCK_L=tile.block, num_warps=TILE_WARPS)
+    return counts
+
+
+def class_counts(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
+    preds, target = _dense(preds), _dense(target)
+    counts = torch.zeros((3, num_classes), dtype=torch.int64, device=preds.device)
+    n_rows = target.shape[0]
+    if n_rows:
+        launch = class_launch(num_classes)
+        class_counts_kernel[(triton.cdiv(n_rows, launch.rows),)](
+            preds, target, counts, n_rows, num_classes, _ignore(ignore_index), LABELS=preds.ndim == 1,
+            ONE_HOT=launch.one_hot, ROWS=launch.rows, BLOCK_C=launch.block_c, num_warps=TILE_WARPS)
+    return counts
+
+
+def _column_labels(target: torch.Tensor, columns: int, one_vs_rest: bool, ignore_index: int | None) -> torch.Tensor:
+    """int8 (N, columns): 1 positive, 0 negative, -1 not counted (as the reference's)."""
+    if one_vs_rest:
+        kept = ((target >= 0) & (target < columns) & (target != _ignore(ignore_index)))[:, None]
+        positive = target[:, None] == torch.arange(columns, device=target.device)
+    else:
+        kept = (target >= 0) & (target < 2) & (target != _ignore(ignore_index))
+        positive = target == 1
+    return torch.where(kept, positive.to(torch.int8), torch.full((), -1, dtype=torch.int8, device=target.device))
+
+
+def roc_area(preds: torch.Tensor, target: torch.Tensor, one_vs_rest: bool, ignore_index: int | None) -> torch.Tensor:
+    """One sort per column (torch.sort, descending), then the scan kernel, one program per column."""
+    n, columns = preds.shape
+    labels = _column_labels(target, columns, one_vs_rest, ignore_index)
+    scores, order = torch.sort(preds.t(), dim=1, descending=True)
+    labels = torch.gather(labels.t(), 1, order)
+    out = torch.zeros((3, columns), dtype=torch.int64, device=preds.device)
+    if n and columns:
+        roc_scan_kernel[(columns,)](scores.contiguous(), labels.contiguous(), out, n, BLOCK=SCAN_BLOCK,
+                                    num_warps=SCAN_WARPS)
+    return out
+
+
+def binned_roc_counts(preds: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor, one_vs_rest: bool,
+                      ignore_index: int | None) -> torch.Tensor:
+    preds, target = _dense(preds), _dense(target)
+    n_rows, columns = preds.shape
+    count = thresholds.shape[0]
+    hist = torch.zeros((columns, count + 1, 2), dtype=torch.int64, device=preds.device)
+    if preds.numel():
+        tile = column_tile(columns)
+        grid = (triton.cdiv(n_rows, tile.rows), triton.cdiv(columns, tile.block))
+        binned_counts_kernel[grid](preds, target, thresholds.to(device=preds.device, dtype=torch.float32), hist,
+                                   n_rows, columns, count, _ignore(ignore_index), ONE_VS_REST=one_vs_rest,
+                                   ROWS=tile.rows, BLOCK_L=tile.block, num_warps=TILE_WARPS)
+    totals = hist.sum(1)
+    at_least = hist[:, :count].flip(1).cumsum(1).flip(1)  # >= threshold k: bins k..T-1
+    return torch.cat([at_least, totals[:, None]], dim=1)
+
+
+def merge_partials(partials: torch.Tensor) -> torch.Tensor:
+    """(6, tiles, M) float32 tile sums -> (6, M) float64, in a fixed order (deterministic): the
+    centred sums of squares combine around the overall mean (Chan et al.)."""
+    parts = partials.double()
+    count, total = parts[0], parts[1]
+    n = count.sum(0)
+    mean = total.sum(0) / n.clamp(min=1)
+    tile_mean = total / count.clamp(min=1)
+    m2 = parts[2].sum(0) + (count * (tile_mean - mean) ** 2).sum(0)
+    return torch.stack([n, total.sum(0), m2, parts[3].sum(0), parts[4].sum(0), parts[5].sum(0)])
+
+
+def regression_sums(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from gpukernels.reference.metrics import MAPE_EPSILON
+
+    preds, target = _dense(preds), _dense(target)
+    n_rows, outputs = preds.shape
+    tile = column_tile(outputs)
+    tiles = triton.cdiv(n_rows, tile.rows)
+    partials = torch.empty((6, tiles, outputs), dtype=torch.float32, device=preds.device)
+    if preds.numel():
+        regression_partials_kernel[(tiles, triton.cdiv(outputs, tile.block))](
+            preds, target, partials, n_rows, outputs, MAPE_EPSILON, ROWS=tile.rows, BLOCK_M=tile.block,
+            num_warps=TILE_WARPS)
+    return merge_partials(partials)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile gate: every kernel at every launch the heuristics pick, fp32/fp16/bf16 scores
+
+_GATE_ROWS = 1 << 20
+_STORAGE = ("fp32", "fp16", "bf16")
+
+
+def _tags(dtype: str, **more) -> dict[str, str]:
+    return {"dtype": dtype, **{k: str(v) for k, v in more.items()}}
+
+
+def compile_cases() -> Iterator[CompileCase]:
+    for dtype, tile in itertools.product(_STORAGE, all_column_tiles()):
+        columns = tile.block
+        yield CompileCase(
+            name="label_counts", kernel=label_counts_kernel,
+            args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True), "counts_ptr": fresh("i64"),
+                  "n_rows": _GATE_ROWS, "n_labels": columns, "threshold": 0.5, "ignore_index": -100,
+                  "ROWS": tile.rows, "BLOCK_L": tile.block},
+            num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
+        yield CompileCase(
+            name="regression_partials", kernel=regression_partials_kernel,
+            args={"preds_ptr": passed(dtype, True), "target_ptr": passed(dtype, True), "partials_ptr": fresh("fp32"),
+                  "n_rows": _GATE_ROWS, "n_outputs": columns, "epsilon": 1.17e-06,
+                  "ROWS": tile.rows, "BLOCK_M": tile.block},
+            num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
+        for one_vs_rest in (False, True):
+            yield CompileCase(
+                name=f"binned_counts[{'one_vs_rest' if one_vs_rest else 'labels'}]", kernel=binned_counts_kernel,
+                args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True),
+                      "thresholds_ptr": fresh("fp32"), "counts_ptr": fresh("i64"), "n_rows": _GATE_ROWS,
+                      "n_columns": columns, "n_thresholds": 200, "ignore_index": -100, "ONE_VS_REST": one_vs_rest,
+                      "ROWS": tile.rows, "BLOCK_L": tile.block},
+                num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
+    for launch in all_class_launches():
+        variants = [(dtype, False) for dtype in _STORAGE] + [("i64", True)]
+        for dtype, labels in variants:
+            yield CompileCase(
+                name=f"class_counts[{'labels' if labels else 'scores'}]", kernel=class_counts_kernel,
+                args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True), "counts_ptr": fresh("i64"),
+                      "n_rows": _GATE_ROWS, "n_classes": launch.block_c, "ignore_index": -100, "LABELS": labels,
+                      "ONE_HOT": launch.one_hot, "ROWS": launch.rows, "BLOCK_C": launch.block_c},
+                num_warps=TILE_WARPS, tags=_tags(dtype, rows=launch.rows, block_c=launch.block_c))
+    scatter = class_launch(MAX_ONE_HOT * 2)
+    for dtype in _STORAGE:
+        yield CompileCase(
+            name="class_counts[scores,scatter]", kernel=class_counts_kernel,
+            args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True), "counts_ptr": fresh("i64"),
+                  "n_rows": _GATE_ROWS, "n_classes": 32000, "ignore_index": -100, "LABELS": False,
+                  "ONE_HOT": scatter.one_hot, "ROWS": scatter.rows, "BLOCK_C": scatter.block_c},
+            num_warps=TILE_WARPS, tags=_tags(dtype, rows=scatter.rows, block_c=scatter.block_c))
+        yield CompileCase(
+            name="roc_scan", kernel=roc_scan_kernel,
+            args={"scores_ptr": fresh(dtype), "labels_ptr": fresh(torch.int8), "out_ptr": fresh("i64"),
+                  "n": _GATE_ROWS, "BLOCK": SCAN_BLOCK},
+            num_warps=SCAN_WARPS, tags=_tags(dtype, block=SCAN_BLOCK))
