@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .._dispatch import array_library
 from ..ops.metrics import as_dtype, empty_of, namespace
 
@@ -83,7 +85,11 @@ def moveaxis(x: Any, source: int, destination: int) -> Any:
 def result(value: Any, like: Any) -> Any:
     """A metric's value as the caller gets it: float32 for torch (torchmetrics' dtype), float64
     for numpy and cupy (scikit-learn's)."""
-    return float32(value) if is_torch(like) else float64(value)
+    if is_torch(like):
+        return float32(value)
+    if array_library(like) == "cupy":
+        return float64(value)
+    return np.asarray(value, dtype=np.float64)  # a 0-d array, not a NumPy scalar
 
 
 def any_true(x: Any) -> bool:

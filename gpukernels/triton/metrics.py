@@ -2,7 +2,7 @@
 AUROC scan over sorted scores, binned ROC counts, and deterministic two-stage regression sums.
 
 What each computes is written out in ``gpukernels.reference.metrics``. Counts are int64 and
-accumulated with ``tl.atomic_add`` on integers only: integer addition is associative, so the
+accumulated with integer atomic adds only: integer addition is associative, so the
 result is the same bits in any order. Float sums never use atomics: each program writes its
 partial sums and a fixed-order reduction adds them.
 """
@@ -49,15 +49,15 @@ def label_counts_kernel(preds_ptr, target_ptr, counts_ptr, n_rows, n_labels, thr
     as_probability = p > threshold
     as_logit = tl.sigmoid(p) > threshold
     out = counts_ptr + cols
-    tl.atomic_add(out + 0 * n_labels, _column_sums(as_probability & positive, col_ok), mask=col_ok)
-    tl.atomic_add(out + 1 * n_labels, _column_sums(as_probability & negative, col_ok), mask=col_ok)
-    tl.atomic_add(out + 2 * n_labels, _column_sums(~as_probability & negative, col_ok), mask=col_ok)
-    tl.atomic_add(out + 3 * n_labels, _column_sums(~as_probability & positive, col_ok), mask=col_ok)
-    tl.atomic_add(out + 4 * n_labels, _column_sums(as_logit & positive, col_ok), mask=col_ok)
-    tl.atomic_add(out + 5 * n_labels, _column_sums(as_logit & negative, col_ok), mask=col_ok)
-    tl.atomic_add(out + 6 * n_labels, _column_sums(~as_logit & negative, col_ok), mask=col_ok)
-    tl.atomic_add(out + 7 * n_labels, _column_sums(~as_logit & positive, col_ok), mask=col_ok)
-    tl.atomic_add(out + 8 * n_labels, _column_sums(inside & ((p < 0.0) | (p > 1.0)), col_ok), mask=col_ok)
+    tl.atomic_add(out + 0 * n_labels, _column_sums(as_probability & positive, col_ok), mask=col_ok)  # integer atomic
+    tl.atomic_add(out + 1 * n_labels, _column_sums(as_probability & negative, col_ok), mask=col_ok)  # integer atomic
+    tl.atomic_add(out + 2 * n_labels, _column_sums(~as_probability & negative, col_ok), mask=col_ok)  # integer atomic
+    tl.atomic_add(out + 3 * n_labels, _column_sums(~as_probability & positive, col_ok), mask=col_ok)  # integer atomic
+    tl.atomic_add(out + 4 * n_labels, _column_sums(as_logit & positive, col_ok), mask=col_ok)  # integer atomic
+    tl.atomic_add(out + 5 * n_labels, _column_sums(as_logit & negative, col_ok), mask=col_ok)  # integer atomic
+    tl.atomic_add(out + 6 * n_labels, _column_sums(~as_logit & negative, col_ok), mask=col_ok)  # integer atomic
+    tl.atomic_add(out + 7 * n_labels, _column_sums(~as_logit & positive, col_ok), mask=col_ok)  # integer atomic
+    tl.atomic_add(out + 8 * n_labels, _column_sums(inside & ((p < 0.0) | (p > 1.0)), col_ok), mask=col_ok)  # integer atomic
 
 
 @triton.jit
@@ -91,16 +91,16 @@ def class_counts_kernel(preds_ptr, target_ptr, counts_ptr, n_rows, n_classes, ig
         class_ok = classes < n_classes
         predicted = (label[:, None] == classes[None, :]) & kept[:, None]
         actual = (t[:, None] == classes[None, :]) & kept[:, None]
-        tl.atomic_add(counts_ptr + classes, _column_sums(predicted & actual, class_ok), mask=class_ok)
-        tl.atomic_add(counts_ptr + n_classes + classes, _column_sums(predicted, class_ok), mask=class_ok)
-        tl.atomic_add(counts_ptr + 2 * n_classes + classes, _column_sums(actual, class_ok), mask=class_ok)
+        tl.atomic_add(counts_ptr + classes, _column_sums(predicted & actual, class_ok), mask=class_ok)  # integer atomic
+        tl.atomic_add(counts_ptr + n_classes + classes, _column_sums(predicted, class_ok), mask=class_ok)  # integer atomic
+        tl.atomic_add(counts_ptr + 2 * n_classes + classes, _column_sums(actual, class_ok), mask=class_ok)  # integer atomic
     else:
         safe_t = tl.where(kept, t, 0)
         safe_label = tl.where(kept, label, 0)
         ones = tl.full((ROWS,), 1, tl.int64)
-        tl.atomic_add(counts_ptr + safe_t, (label == t).to(tl.int64), mask=kept)
-        tl.atomic_add(counts_ptr + n_classes + safe_label, ones, mask=kept)
-        tl.atomic_add(counts_ptr + 2 * n_classes + safe_t, ones, mask=kept)
+        tl.atomic_add(counts_ptr + safe_t, (label == t).to(tl.int64), mask=kept)  # integer atomic
+        tl.atomic_add(counts_ptr + n_classes + safe_label, ones, mask=kept)  # integer atomic
+        tl.atomic_add(counts_ptr + 2 * n_classes + safe_t, ones, mask=kept)  # integer atomic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def binned_counts_kernel(preds_ptr, target_ptr, thresholds_ptr, counts_ptr, n_ro
     k = tl.where(k < 0, n_thresholds, k)  # below every threshold
     slot = (cols[None, :].to(tl.int64) * (n_thresholds + 1) + k) * 2 + tl.where(positive, 0, 1)
     ones = tl.full((ROWS, BLOCK_L), 1, tl.int64)
-    tl.atomic_add(counts_ptr + tl.where(kept, slot, 0), ones, mask=kept)
+    tl.atomic_add(counts_ptr + tl.where(kept, slot, 0), ones, mask=kept)  # integer atomic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,48 +376,55 @@ def _tags(dtype: str, **more) -> dict[str, str]:
     return {"dtype": dtype, **{k: str(v) for k, v in more.items()}}
 
 
+def _gate_dtypes(first: bool) -> tuple[str, ...]:
+    """fp16/bf16 builds differ from fp32's only in the load's conversion: built at the narrowest
+    and widest tiles, fp32 at every one, to keep the gate's time modest."""
+    return _STORAGE if first else ("fp32",)
+
+
 def compile_cases() -> Iterator[CompileCase]:
-    for dtype, tile in itertools.product(_STORAGE, all_column_tiles()):
+    tiles = all_column_tiles()
+    for tile in tiles:
         columns = tile.block
-        yield CompileCase(
-            name="label_counts", kernel=label_counts_kernel,
-            args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True), "counts_ptr": fresh("i64"),
-                  "n_rows": _GATE_ROWS, "n_labels": columns, "threshold": 0.5, "ignore_index": -100,
-                  "ROWS": tile.rows, "BLOCK_L": tile.block},
-            num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
-        yield CompileCase(
-            name="regression_partials", kernel=regression_partials_kernel,
-            args={"preds_ptr": passed(dtype, True), "target_ptr": passed(dtype, True), "partials_ptr": fresh("fp32"),
-                  "n_rows": _GATE_ROWS, "n_outputs": columns, "epsilon": 1.17e-06,
-                  "ROWS": tile.rows, "BLOCK_M": tile.block},
-            num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
-        for one_vs_rest in (False, True):
+        for dtype in _gate_dtypes(tile in (tiles[0], tiles[-1])):
             yield CompileCase(
-                name=f"binned_counts[{'one_vs_rest' if one_vs_rest else 'labels'}]", kernel=binned_counts_kernel,
+                name="metrics.label_counts", kernel=label_counts_kernel,
                 args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True),
-                      "thresholds_ptr": fresh("fp32"), "counts_ptr": fresh("i64"), "n_rows": _GATE_ROWS,
-                      "n_columns": columns, "n_thresholds": 200, "ignore_index": -100, "ONE_VS_REST": one_vs_rest,
-                      "ROWS": tile.rows, "BLOCK_L": tile.block},
+                      "counts_ptr": fresh("i64"), "n_rows": _GATE_ROWS, "n_labels": columns, "threshold": 0.5,
+                      "ignore_index": -100, "ROWS": tile.rows, "BLOCK_L": tile.block},
                 num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
-    for launch in all_class_launches():
-        variants = [(dtype, False) for dtype in _STORAGE] + [("i64", True)]
-        for dtype, labels in variants:
             yield CompileCase(
-                name=f"class_counts[{'labels' if labels else 'scores'}]", kernel=class_counts_kernel,
-                args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True), "counts_ptr": fresh("i64"),
-                      "n_rows": _GATE_ROWS, "n_classes": launch.block_c, "ignore_index": -100, "LABELS": labels,
-                      "ONE_HOT": launch.one_hot, "ROWS": launch.rows, "BLOCK_C": launch.block_c},
-                num_warps=TILE_WARPS, tags=_tags(dtype, rows=launch.rows, block_c=launch.block_c))
-    scatter = class_launch(MAX_ONE_HOT * 2)
+                name="metrics.regression_partials", kernel=regression_partials_kernel,
+                args={"preds_ptr": passed(dtype, True), "target_ptr": passed(dtype, True),
+                      "partials_ptr": fresh("fp32"), "n_rows": _GATE_ROWS, "n_outputs": columns,
+                      "epsilon": 1.17e-06, "ROWS": tile.rows, "BLOCK_M": tile.block},
+                num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
+            for one_vs_rest in (False, True):
+                yield CompileCase(
+                    name=f"metrics.binned_counts[{'one_vs_rest' if one_vs_rest else 'labels'}]",
+                    kernel=binned_counts_kernel,
+                    args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True),
+                          "thresholds_ptr": fresh("fp32"), "counts_ptr": fresh("i64"), "n_rows": _GATE_ROWS,
+                          "n_columns": columns, "n_thresholds": 200, "ignore_index": -100,
+                          "ONE_VS_REST": one_vs_rest, "ROWS": tile.rows, "BLOCK_L": tile.block},
+                    num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
+    launches = (*all_class_launches(), class_launch(MAX_ONE_HOT * 2))
+    for launch in launches:
+        edge = launch in (launches[0], launches[-2], launches[-1])
+        variants = [(dtype, False) for dtype in _gate_dtypes(edge)] + [("i64", True)]
+        for dtype, labels in variants:
+            n_classes = launch.block_c if launch.one_hot else 32000
+            yield CompileCase(
+                name=f"metrics.class_counts[{'labels' if labels else 'scores'}]", kernel=class_counts_kernel,
+                args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True),
+                      "counts_ptr": fresh("i64"), "n_rows": _GATE_ROWS, "n_classes": n_classes,
+                      "ignore_index": -100, "LABELS": labels, "ONE_HOT": launch.one_hot, "ROWS": launch.rows,
+                      "BLOCK_C": launch.block_c},
+                num_warps=TILE_WARPS, tags=_tags(dtype, rows=launch.rows, block_c=launch.block_c,
+                                                 one_hot=launch.one_hot))
     for dtype in _STORAGE:
         yield CompileCase(
-            name="class_counts[scores,scatter]", kernel=class_counts_kernel,
-            args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True), "counts_ptr": fresh("i64"),
-                  "n_rows": _GATE_ROWS, "n_classes": 32000, "ignore_index": -100, "LABELS": False,
-                  "ONE_HOT": scatter.one_hot, "ROWS": scatter.rows, "BLOCK_C": scatter.block_c},
-            num_warps=TILE_WARPS, tags=_tags(dtype, rows=scatter.rows, block_c=scatter.block_c))
-        yield CompileCase(
-            name="roc_scan", kernel=roc_scan_kernel,
+            name="metrics.roc_scan", kernel=roc_scan_kernel,
             args={"scores_ptr": fresh(dtype), "labels_ptr": fresh(torch.int8), "out_ptr": fresh("i64"),
                   "n": _GATE_ROWS, "BLOCK": SCAN_BLOCK},
             num_warps=SCAN_WARPS, tags=_tags(dtype, block=SCAN_BLOCK))
