@@ -24,6 +24,8 @@ the public functions reject out-of-range targets before this runs.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MAPE_EPSILON = 1.17e-06  # torchmetrics' clamp of |target| in mean_absolute_percentage_error
@@ -37,29 +39,62 @@ def _kept(target: np.ndarray, low: int, high: int, ignore_index: int | None) -> 
     return keep
 
 
-def _confusion(hard: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> list[np.ndarray]:
-    return [(hard & positive).sum(0), (hard & negative).sum(0), (~hard & negative).sum(0), (~hard & positive).sum(0)]
+def logit(threshold: float) -> float:
+    """log(t / (1 - t)): ``sigmoid(p) > t`` is ``p > logit(t)``, with no exp per element."""
+    if threshold <= 0.0:
+        return -math.inf
+    if threshold >= 1.0:
+        return math.inf
+    return math.log(threshold / (1.0 - threshold))
+
+
+def float32_below(x: float) -> float:
+    """The largest float32 <= x: for every float32 p, ``p > float32_below(x)`` is ``p > x``."""
+    f = np.float32(x)
+    if float(f) > x:
+        f = np.nextafter(f, np.float32(-np.inf))
+    return float(f)
+
+
+def _scores(preds: np.ndarray) -> np.ndarray:
+    """Scores as the kernels compare them: float16 in float32 (as they load it), others as they are."""
+    return preds.astype(np.float32) if preds.dtype == np.float16 else preds
+
+
+def _confusion(hard: np.ndarray, truth: np.ndarray, columns: int, offsets: np.ndarray | int) -> np.ndarray:
+    """(4, L) tp, fp, tn, fn from one bincount of 2 * truth + hard (truth 2: not counted)."""
+    code = truth * 2 + hard + offsets
+    counts = np.bincount(code.reshape(-1), minlength=6 * columns).reshape(columns, 6)
+    return counts[:, [3, 1, 0, 2]].T
 
 
 def label_counts(preds: np.ndarray, target: np.ndarray, threshold: float, ignore_index: int | None) -> np.ndarray:
-    """int64 (9, L) counts of ``(N, L)`` scores against ``(N, L)`` targets (see the module doc)."""
-    scores = preds.astype(np.float64, copy=False)
-    keep = _kept(target, 0, 2, ignore_index)
-    positive = keep & (target == 1)
-    negative = keep & (target == 0)
-    with np.errstate(over="ignore"):
-        as_logits = 1.0 / (1.0 + np.exp(-scores)) > threshold
-    rows = [*_confusion(scores > threshold, positive, negative), *_confusion(as_logits, positive, negative),
-            ((scores < 0) | (scores > 1)).sum(0)]
-    return np.stack(rows).astype(np.int64).reshape(9, preds.shape[1])
+    """int64 (9, L) counts of ``(N, L)`` scores against ``(N, L)`` targets (see the module doc).
+    The logit reading compares with ``logit(threshold)`` (exactly ``sigmoid(p) > threshold``,
+    in float32 for float32 scores, as the kernels)."""
+    scores = _scores(preds)
+    columns = scores.shape[1]
+    truth = np.where(_kept(target, 0, 2, ignore_index), target, 2)
+    offsets = 6 * np.arange(columns) if columns > 1 else 0
+    limit = logit(threshold) if scores.dtype == np.float64 else float32_below(logit(threshold))
+    outside = (scores < 0).sum(0) + (scores > 1).sum(0)
+    rows = [_confusion(scores > threshold, truth, columns, offsets), _confusion(scores > limit, truth, columns, offsets),
+            outside[None, :]]
+    return np.concatenate(rows).astype(np.int64)
 
 
 def class_counts(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
     """int64 (3, C): tp, predicted and target counts per class of ``(N, C)`` scores or ``(N,)`` labels."""
     labels = preds.argmax(1) if preds.ndim == 2 else preds.astype(np.int64)
-    keep = _kept(target, 0, num_classes, ignore_index) & (labels >= 0) & (labels < num_classes)
-    t, p = target[keep].astype(np.int64), labels[keep].astype(np.int64)
-    return np.stack([np.bincount(t[p == t], minlength=num_classes), np.bincount(p, minlength=num_classes),
+    t = target.astype(np.int64, copy=False)
+    if ignore_index is not None or t.size and (t.min() < 0 or t.max() >= num_classes) \
+            or preds.ndim == 1 and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        keep = _kept(t, 0, num_classes, ignore_index) & (labels >= 0) & (labels < num_classes)
+        t, labels = t[keep], labels[keep]
+    if num_classes <= 256:  # the confusion matrix, one bincount
+        confusion = np.bincount(t * num_classes + labels, minlength=num_classes**2).reshape(num_classes, num_classes)
+        return np.stack([confusion.diagonal(), confusion.sum(0), confusion.sum(1)]).astype(np.int64)
+    return np.stack([np.bincount(t[labels == t], minlength=num_classes), np.bincount(labels, minlength=num_classes),
                      np.bincount(t, minlength=num_classes)]).astype(np.int64)
 
 
@@ -125,12 +160,18 @@ def binned_roc_counts(preds: np.ndarray, target: np.ndarray, thresholds: np.ndar
 
 
 def regression_sums(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """float64 (6, M) per output column of ``(N, M)`` arrays (see the module doc)."""
-    p, t = preds.astype(np.float64), target.astype(np.float64)
-    n = t.shape[0]
-    mean = t.mean(0) if n else np.zeros(t.shape[1])
-    error = np.abs(p - t)
-    return np.stack([
-        np.full(t.shape[1], float(n)), t.sum(0), ((t - mean) ** 2).sum(0), (error * error).sum(0), error.sum(0),
-        (error / np.maximum(np.abs(t), MAPE_EPSILON)).sum(0),
-    ])
+    """float64 (6, M) per output column of ``(N, M)`` arrays (see the module doc). Float32 and
+    float16 inputs are summed in float32 (NumPy's pairwise sums), float64 in float64."""
+    p, t = _scores(preds), _scores(target)
+    dtype = np.result_type(p, t)
+    n, outputs = t.shape
+    error = np.subtract(p, t, dtype=dtype)
+    squared = np.einsum("ij,ij->j", error, error)
+    np.abs(error, out=error)
+    absolute = error.sum(0)
+    error /= np.maximum(np.abs(t), dtype.type(MAPE_EPSILON))
+    relative = error.sum(0)
+    centred = np.subtract(t, t.mean(0) if n else 0, dtype=dtype)
+    spread = np.einsum("ij,ij->j", centred, centred)
+    return np.stack([np.full(outputs, float(n)), t.sum(0, dtype=dtype), spread, squared, absolute,
+                     relative]).astype(np.float64)

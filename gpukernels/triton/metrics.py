@@ -32,10 +32,12 @@ def _column_sums(flags, col_ok):
 
 
 @triton.jit
-def label_counts_kernel(preds_ptr, target_ptr, counts_ptr, n_rows, n_labels, threshold, ignore_index,
-                        ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
+def label_counts_kernel(preds_ptr, target_ptr, counts_ptr, n_rows, n_labels, threshold, logit_threshold,
+                        ignore_index, ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
     """A (ROWS, BLOCK_L) tile of (N, L) scores: the nine per-label counts of the reference's
-    ``label_counts`` summed over the tile's rows, then one integer atomic per count and label."""
+    ``label_counts`` summed over the tile's rows, then one integer atomic per count and label.
+    ``logit_threshold`` is the largest float32 <= log(t / (1 - t)), so ``p > logit_threshold``
+    is ``sigmoid(p) > t`` for every float32 p, without an exp per element."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     col_ok = cols < n_labels
@@ -47,7 +49,7 @@ def label_counts_kernel(preds_ptr, target_ptr, counts_ptr, n_rows, n_labels, thr
     positive = kept & (t == 1)
     negative = kept & (t == 0)
     as_probability = p > threshold
-    as_logit = tl.sigmoid(p) > threshold
+    as_logit = p > logit_threshold
     out = counts_ptr + cols
     tl.atomic_add(out + 0 * n_labels, _column_sums(as_probability & positive, col_ok), mask=col_ok)  # integer atomic
     tl.atomic_add(out + 1 * n_labels, _column_sums(as_probability & negative, col_ok), mask=col_ok)  # integer atomic
@@ -222,6 +224,7 @@ def regression_partials_kernel(preds_ptr, target_ptr, partials_ptr, n_rows, n_ou
 # Launch choices: the one heuristic, used at run time and enumerated by compile_cases()
 
 TILE_ELEMENTS = 4096  # elements per program of the tiled kernels
+MAX_ROWS = 1024  # more rows per program spill on sm_80 (a narrow tile's int64 targets fill the registers)
 MAX_BLOCK_COLUMNS = 64  # widest column tile of the (N, L) kernels; wider inputs take more programs
 MAX_ONE_HOT = 1024  # widest class tile that reduces in registers; more classes scatter
 SCAN_BLOCK = 1024
@@ -237,7 +240,7 @@ class TileLaunch(NamedTuple):
 def column_tile(n_columns: int) -> TileLaunch:
     """(rows, columns) of a ~4K-element tile over (N, n_columns) data."""
     block = min(MAX_BLOCK_COLUMNS, triton.next_power_of_2(max(n_columns, 1)))
-    return TileLaunch(TILE_ELEMENTS // block, block)
+    return TileLaunch(min(MAX_ROWS, TILE_ELEMENTS // block), block)
 
 
 class ClassLaunch(NamedTuple):
@@ -249,7 +252,7 @@ class ClassLaunch(NamedTuple):
 def class_launch(n_classes: int) -> ClassLaunch:
     block_c = triton.next_power_of_2(n_classes)
     if block_c <= MAX_ONE_HOT:
-        return ClassLaunch(True, max(1, TILE_ELEMENTS // block_c), block_c)
+        return ClassLaunch(True, max(1, min(MAX_ROWS, TILE_ELEMENTS // block_c)), block_c)
     return ClassLaunch(False, 4, MAX_ONE_HOT)
 
 
@@ -274,13 +277,17 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
 
 
 def label_counts(preds: torch.Tensor, target: torch.Tensor, threshold: float, ignore_index: int | None) -> torch.Tensor:
+    from gpukernels.reference.metrics import float32_below, logit
+
+
     preds, target = _dense(preds), _dense(target)
     n_rows, n_labels = preds.shape
     counts = torch.zeros((9, n_labels), dtype=torch.int64, device=preds.device)
     if preds.numel():
         tile = column_tile(n_labels)
         grid = (triton.cdiv(n_rows, tile.rows), triton.cdiv(n_labels, tile.block))
-        label_counts_kernel[grid](preds, target, counts, n_rows, n_labels, threshold, _ignore(ignore_index),
+        label_counts_kernel[grid](preds, target, counts, n_rows, n_labels, threshold,
+                                  float32_below(logit(threshold)), _ignore(ignore_index),
                                   ROWS=tile.rows, BLOCK_L=tile.block, num_warps=TILE_WARPS)
     return counts
 
@@ -390,7 +397,7 @@ def compile_cases() -> Iterator[CompileCase]:
             yield CompileCase(
                 name="metrics.label_counts", kernel=label_counts_kernel,
                 args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True),
-                      "counts_ptr": fresh("i64"), "n_rows": _GATE_ROWS, "n_labels": columns, "threshold": 0.5,
+                      "counts_ptr": fresh("i64"), "n_rows": _GATE_ROWS, "n_labels": columns, "threshold": 0.5, "logit_threshold": 0.25,
                       "ignore_index": -100, "ROWS": tile.rows, "BLOCK_L": tile.block},
                 num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
             yield CompileCase(
