@@ -123,7 +123,7 @@ def roc_area(preds: np.ndarray, target: np.ndarray, one_vs_rest: bool, ignore_in
     which needs only values known at the group's start: one sort and one forward scan."""
     n, columns = preds.shape
     labels = _column_labels(target, columns, one_vs_rest, ignore_index)
-    order = np.argsort(-preds.astype(np.float64), axis=0, kind="stable")
+    order = np.argsort(-_scores(preds), axis=0)  # the order within a tie group does not matter
     scores = np.take_along_axis(preds, order, 0)
     labels = np.take_along_axis(labels, order, 0)
     positive, negative = (labels == 1).astype(np.int64), (labels == 0).astype(np.int64)
@@ -138,11 +138,15 @@ def roc_area(preds: np.ndarray, target: np.ndarray, one_vs_rest: bool, ignore_in
     return np.stack([area2, positive.sum(0), negative.sum(0)]).astype(np.int64).reshape(3, columns)
 
 
-def binned_roc_counts(preds: np.ndarray, target: np.ndarray, thresholds: np.ndarray, one_vs_rest: bool,
+def binned_roc_counts(preds: np.ndarray, target: np.ndarray, thresholds: int | np.ndarray, one_vs_rest: bool,
                       ignore_index: int | None) -> np.ndarray:
-    """int64 (L, T, 2): per column and threshold, the positives and the negatives scored ``>=``
-    the threshold (``thresholds`` ascending), and (L, 2) totals in ``[:, -1]`` of a (L, T+1, 2)
-    array: the last entry is (P, N)."""
+    """int64 (L, T+1, 2): ``[:, k]`` the positives and the negatives scored ``>=`` threshold k
+    (thresholds ascending: an int means torchmetrics' ``linspace(0, 1, T)`` in float32), and
+    ``[:, T]`` all positives and negatives (P, N)."""
+    if not isinstance(thresholds, np.ndarray):
+        from gpukernels.ops.metrics import linspace_thresholds
+
+        thresholds = linspace_thresholds(thresholds)
     n, columns = preds.shape
     labels = _column_labels(target, columns, one_vs_rest, ignore_index)
     t = len(thresholds)

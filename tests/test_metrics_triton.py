@@ -114,8 +114,8 @@ def test_binned_roc_counts(thresholds, one_vs_rest, dtype, rng):
     preds = torch.from_numpy(values.reshape(n, columns)).to(device=DEVICE, dtype=torch_dtype(dtype))
     target = ints(rng, 0, columns, n) if one_vs_rest else ints(rng, 0, 2, (n, columns))
     counts = triton(ops.binned_roc_counts, preds, target, thresholds, one_vs_rest, None)
-    want = ref.binned_roc_counts(as_float64(preds).astype(np.float32), target.cpu().numpy(),
-                                 ops.linspace_thresholds(thresholds), one_vs_rest, None)
+    want = ref.binned_roc_counts(as_float64(preds).astype(np.float32), target.cpu().numpy(), thresholds,
+                                 one_vs_rest, None)
     np.testing.assert_array_equal(counts.cpu().numpy(), want)
 
 

@@ -33,11 +33,8 @@ def is_floating(x: Any) -> bool:
 
 
 def where(condition: Any, a: Any, b: Any) -> Any:
+    # torch.where takes Python scalars as they are (no host-to-device copy, so no sync)
     xp = namespace(next((x for x in (condition, a, b) if array_library(x) is not None), condition))
-    if xp.__name__ == "torch":
-        ref = b if hasattr(b, "dtype") else a
-        a = a if hasattr(a, "dtype") else xp.tensor(a, dtype=ref.dtype, device=ref.device)
-        b = b if hasattr(b, "dtype") else xp.tensor(b, dtype=ref.dtype, device=ref.device)
     return xp.where(condition, a, b)
 
 
@@ -90,6 +87,12 @@ def result(value: Any, like: Any) -> Any:
     if array_library(like) == "cupy":
         return float64(value)
     return np.asarray(value, dtype=np.float64)  # a 0-d array, not a NumPy scalar
+
+
+def on_host(x: Any) -> bool:
+    """Numpy arrays and CPU tensors: reading a value back costs no device sync."""
+    library = array_library(x)
+    return library == "numpy" or library == "torch" and x.device.type == "cpu"
 
 
 def any_true(x: Any) -> bool:

@@ -93,8 +93,10 @@ def auroc_scores(preds: Any, target: Any, *, multiclass: bool, ignore_index: int
     (a ``where``), so no host sync; the transform keeps float32's saturation ties as torchmetrics'."""
     kept = kept_rows(target, ignore_index)
     outside = outside_unit_interval(preds, kept[:, None] if multiclass else kept)
-    squashed = softmax(preds, dim=1) if multiclass else sigmoid(preds)
-    return A.where(outside, squashed, preds)
+    squash = (lambda: softmax(preds, dim=1)) if multiclass else (lambda: sigmoid(preds))
+    if A.on_host(preds):  # deciding costs no sync here: transform only when needed
+        return squash() if bool(outside) else preds
+    return A.where(outside, squash(), preds)
 
 
 def auroc_state(preds: Any, target: Any, thresholds: int | None, *, one_vs_rest: bool,

@@ -33,15 +33,15 @@ from ._regression import check_r2_arguments, mean_absolute_error_value, mape_val
 # Statistics with their checks
 
 
-def _validated(found, validate_args: bool) -> None:
+def _validated(preds, target, classes: int, ignore_index, validate_args: bool) -> None:
     if validate_args:
-        I.raise_problems(found)
+        I.raise_problems(I.problems(preds, target, classes=classes, ignore_index=ignore_index))
 
 
 def binary_stats(preds, target, threshold=0.5, ignore_index=None, validate_args=True):
     threshold, ignore_index = I.check_threshold(threshold), I.check_ignore_index(ignore_index)
     preds, target = I.binary_inputs(preds, target)
-    _validated(I.problems(preds, target, classes=2, ignore_index=ignore_index), validate_args)
+    _validated(preds, target, 2, ignore_index, validate_args)
     return C.label_stats(preds, target, threshold, ignore_index)
 
 
@@ -49,7 +49,7 @@ def multilabel_stats(preds, target, num_labels, threshold=0.5, ignore_index=None
     num_labels = I.check_count(num_labels, "num_labels")
     threshold, ignore_index = I.check_threshold(threshold), I.check_ignore_index(ignore_index)
     preds, target = I.multilabel_inputs(preds, target, num_labels)
-    _validated(I.problems(preds, target, classes=2, ignore_index=ignore_index), validate_args)
+    _validated(preds, target, 2, ignore_index, validate_args)
     return C.label_stats(preds, target, threshold, ignore_index)
 
 
@@ -57,7 +57,7 @@ def multiclass_stats(preds, target, num_classes, ignore_index=None, validate_arg
     num_classes = I.check_count(num_classes, "num_classes")
     ignore_index = I.check_ignore_index(ignore_index)
     preds, target = I.multiclass_inputs(preds, target, num_classes)
-    _validated(I.problems(preds, target, classes=num_classes, ignore_index=ignore_index), validate_args)
+    _validated(preds, target, num_classes, ignore_index, validate_args)
     return C.class_stats(preds, target, num_classes, ignore_index)
 
 
@@ -239,7 +239,7 @@ def f1_score(preds, target, task, threshold=0.5, num_classes=None, num_labels=No
 def binary_auroc_state(preds, target, thresholds=None, ignore_index=None, validate_args=True):
     thresholds, ignore_index = I.check_thresholds(thresholds), I.check_ignore_index(ignore_index)
     preds, target = I.binary_inputs(preds, target, allow_int=False)
-    _validated(I.problems(preds, target, classes=2, ignore_index=ignore_index), validate_args)
+    _validated(preds, target, 2, ignore_index, validate_args)
     scores = C.auroc_scores(preds, target, multiclass=False, ignore_index=ignore_index)
     return C.auroc_state(scores, target, thresholds, one_vs_rest=False, ignore_index=ignore_index)
 
@@ -248,7 +248,7 @@ def multiclass_auroc_state(preds, target, num_classes, thresholds=None, ignore_i
     num_classes = I.check_count(num_classes, "num_classes")
     thresholds, ignore_index = I.check_thresholds(thresholds), I.check_ignore_index(ignore_index)
     preds, target = I.multiclass_inputs(preds, target, num_classes, scores_only=True)
-    _validated(I.problems(preds, target, classes=num_classes, ignore_index=ignore_index), validate_args)
+    _validated(preds, target, num_classes, ignore_index, validate_args)
     scores = C.auroc_scores(preds, target, multiclass=True, ignore_index=ignore_index)
     return C.auroc_state(scores, target, thresholds, one_vs_rest=True, ignore_index=ignore_index)
 
@@ -258,7 +258,7 @@ def multilabel_auroc_state(preds, target, num_labels, thresholds=None, ignore_in
     num_labels = I.check_count(num_labels, "num_labels")
     thresholds, ignore_index = I.check_thresholds(thresholds), I.check_ignore_index(ignore_index)
     preds, target = I.multilabel_inputs(preds, target, num_labels, allow_int=False)
-    _validated(I.problems(preds, target, classes=2, ignore_index=ignore_index), validate_args)
+    _validated(preds, target, 2, ignore_index, validate_args)
     if micro:  # every (sample, label) pair is one binary sample
         preds, target = preds.reshape(-1, 1), target.reshape(-1, 1)
     scores = C.auroc_scores(preds, target, multiclass=False, ignore_index=ignore_index)

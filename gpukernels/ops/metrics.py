@@ -9,7 +9,8 @@ dtype. Shapes are already normalised here (the public functions reshape):
 * ``label_counts(preds (N, L) float, target (N, L) int64, threshold, ignore_index)`` -> (9, L)
 * ``class_counts(preds (N, C) float or (N,) int64, target (N,) int64, num_classes, ignore_index)`` -> (3, C)
 * ``roc_area(preds (N, L) float, target, one_vs_rest, ignore_index)`` -> (3, L)
-* ``binned_roc_counts(preds (N, L) float, target, thresholds, one_vs_rest, ignore_index)`` -> (L, T+1, 2)
+* ``binned_roc_counts(preds (N, L) float, target, thresholds: int, one_vs_rest, ignore_index)`` -> (L, T+1, 2),
+  the thresholds being ``linspace_thresholds(thresholds)``
 * ``regression_sums(preds (N, M) float, target (N, M) float)`` -> (6, M)
 
 The meaning of every row is in ``gpukernels.reference.metrics``. ``ignore_index=None`` ignores
@@ -92,8 +93,8 @@ def linspace_thresholds(count: int) -> np.ndarray:
 
 
 def binned_roc_counts(preds: Any, target: Any, thresholds: int, one_vs_rest: bool, ignore_index: int | None) -> Any:
-    return call("metrics", "binned_roc_counts", (preds, target, linspace_thresholds(thresholds)),
-                {"one_vs_rest": bool(one_vs_rest), "ignore_index": _ignore(ignore_index)},
+    return call("metrics", "binned_roc_counts", (preds, target),
+                {"thresholds": int(thresholds), "one_vs_rest": bool(one_vs_rest), "ignore_index": _ignore(ignore_index)},
                 returns_like=empty_of(preds, "int64"))
 
 

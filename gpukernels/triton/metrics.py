@@ -9,7 +9,7 @@ partial sums and a fixed-order reduction adds them.
 
 from __future__ import annotations
 
-import itertools
+import functools
 from typing import Iterator, NamedTuple
 
 import torch
@@ -328,16 +328,24 @@ def roc_area(preds: torch.Tensor, target: torch.Tensor, one_vs_rest: bool, ignor
     return out
 
 
-def binned_roc_counts(preds: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor, one_vs_rest: bool,
+@functools.lru_cache(maxsize=32)
+def device_thresholds(count: int, device: torch.device) -> torch.Tensor:
+    """The thresholds on ``device``, copied there once (a later update makes no host copy)."""
+    from gpukernels.ops.metrics import linspace_thresholds
+
+    return torch.from_numpy(linspace_thresholds(count)).to(device)
+
+
+def binned_roc_counts(preds: torch.Tensor, target: torch.Tensor, thresholds: int, one_vs_rest: bool,
                       ignore_index: int | None) -> torch.Tensor:
     preds, target = _dense(preds), _dense(target)
     n_rows, columns = preds.shape
-    count = thresholds.shape[0]
+    count = thresholds
     hist = torch.zeros((columns, count + 1, 2), dtype=torch.int64, device=preds.device)
     if preds.numel():
         tile = column_tile(columns)
         grid = (triton.cdiv(n_rows, tile.rows), triton.cdiv(columns, tile.block))
-        binned_counts_kernel[grid](preds, target, thresholds.to(device=preds.device, dtype=torch.float32), hist,
+        binned_counts_kernel[grid](preds, target, device_thresholds(count, preds.device), hist,
                                    n_rows, columns, count, _ignore(ignore_index), ONE_VS_REST=one_vs_rest,
                                    ROWS=tile.rows, BLOCK_L=tile.block, num_warps=TILE_WARPS)
     totals = hist.sum(1)
