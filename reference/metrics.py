@@ -179,3 +179,16 @@ def regression_sums(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
     spread = np.einsum("ij,ij->j", centred, centred)
     return np.stack([np.full(outputs, float(n)), t.sum(0, dtype=dtype), spread, squared, absolute,
                      relative]).astype(np.float64)
+
+
+def merge_partials(parts):
+    """The six (M,) rows of ``regression_sums`` from float64 (6, tiles, M) tile sums of the GPU
+    kernels (any array library: operators and ``.sum`` only). Fixed order, so deterministic; the
+    tiles' centred sums of squares combine around the overall mean (Chan et al.):
+    M2 = sum(M2_tile) + sum(n_tile * (mean_tile - mean)^2)."""
+    count, total = parts[0], parts[1]
+    n = count.sum(0)
+    mean = total.sum(0) / (n + (n == 0))  # no rows: 0, not 0/0
+    tile_mean = total / (count + (count == 0))
+    spread = parts[2].sum(0) + (count * (tile_mean - mean) ** 2).sum(0)
+    return [n, total.sum(0), spread, parts[3].sum(0), parts[4].sum(0), parts[5].sum(0)]

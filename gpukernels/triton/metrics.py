@@ -353,20 +353,8 @@ def binned_roc_counts(preds: torch.Tensor, target: torch.Tensor, thresholds: int
     return torch.cat([at_least, totals[:, None]], dim=1)
 
 
-def merge_partials(partials: torch.Tensor) -> torch.Tensor:
-    """(6, tiles, M) float32 tile sums -> (6, M) float64, in a fixed order (deterministic): the
-    centred sums of squares combine around the overall mean (Chan et al.)."""
-    parts = partials.double()
-    count, total = parts[0], parts[1]
-    n = count.sum(0)
-    mean = total.sum(0) / n.clamp(min=1)
-    tile_mean = total / count.clamp(min=1)
-    m2 = parts[2].sum(0) + (count * (tile_mean - mean) ** 2).sum(0)
-    return torch.stack([n, total.sum(0), m2, parts[3].sum(0), parts[4].sum(0), parts[5].sum(0)])
-
-
 def regression_sums(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    from gpukernels.reference.metrics import MAPE_EPSILON
+    from gpukernels.reference.metrics import MAPE_EPSILON, merge_partials
 
     preds, target = _dense(preds), _dense(target)
     n_rows, outputs = preds.shape
@@ -377,7 +365,7 @@ def regression_sums(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         regression_partials_kernel[(tiles, triton.cdiv(outputs, tile.block))](
             preds, target, partials, n_rows, outputs, MAPE_EPSILON, ROWS=tile.rows, BLOCK_M=tile.block,
             num_warps=TILE_WARPS)
-    return merge_partials(partials)
+    return torch.stack(merge_partials(partials.double()))
 
 
 # ---------------------------------------------------------------------------------------------
