@@ -237,10 +237,17 @@ class TileLaunch(NamedTuple):
     block: int
 
 
-def column_tile(n_columns: int) -> TileLaunch:
+def column_tile(n_columns: int, max_rows: int = MAX_ROWS) -> TileLaunch:
     """(rows, columns) of a ~4K-element tile over (N, n_columns) data."""
     block = min(MAX_BLOCK_COLUMNS, triton.next_power_of_2(max(n_columns, 1)))
-    return TileLaunch(min(MAX_ROWS, TILE_ELEMENTS // block), block)
+    return TileLaunch(min(max_rows, TILE_ELEMENTS // block), block)
+
+
+BINNED_MAX_ROWS = 512  # the binned kernel's scattered atomics: 1024 rows spilled 8 bytes on sm_80
+
+
+def binned_tile(n_columns: int) -> TileLaunch:
+    return column_tile(n_columns, BINNED_MAX_ROWS)
 
 
 class ClassLaunch(NamedTuple):
@@ -256,8 +263,8 @@ def class_launch(n_classes: int) -> ClassLaunch:
     return ClassLaunch(False, 4, MAX_ONE_HOT)
 
 
-def all_column_tiles() -> tuple[TileLaunch, ...]:
-    return tuple(column_tile(1 << k) for k in range(0, MAX_BLOCK_COLUMNS.bit_length()))
+def all_column_tiles(tile=column_tile) -> tuple[TileLaunch, ...]:
+    return tuple(tile(1 << k) for k in range(0, MAX_BLOCK_COLUMNS.bit_length()))
 
 
 def all_class_launches() -> tuple[ClassLaunch, ...]:
@@ -343,7 +350,7 @@ def binned_roc_counts(preds: torch.Tensor, target: torch.Tensor, thresholds: int
     count = thresholds
     hist = torch.zeros((columns, count + 1, 2), dtype=torch.int64, device=preds.device)
     if preds.numel():
-        tile = column_tile(columns)
+        tile = binned_tile(columns)
         grid = (triton.cdiv(n_rows, tile.rows), triton.cdiv(columns, tile.block))
         binned_counts_kernel[grid](preds, target, device_thresholds(count, preds.device), hist,
                                    n_rows, columns, count, _ignore(ignore_index), ONE_VS_REST=one_vs_rest,
@@ -402,13 +409,16 @@ def compile_cases() -> Iterator[CompileCase]:
                       "partials_ptr": fresh("fp32"), "n_rows": _GATE_ROWS, "n_outputs": columns,
                       "epsilon": 1.17e-06, "ROWS": tile.rows, "BLOCK_M": tile.block},
                 num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
+    binned = all_column_tiles(binned_tile)
+    for tile in binned:
+        for dtype in _gate_dtypes(tile in (binned[0], binned[-1])):
             for one_vs_rest in (False, True):
                 yield CompileCase(
                     name=f"metrics.binned_counts[{'one_vs_rest' if one_vs_rest else 'labels'}]",
                     kernel=binned_counts_kernel,
                     args={"preds_ptr": passed(dtype, True), "target_ptr": passed("i64", True),
                           "thresholds_ptr": fresh("fp32"), "counts_ptr": fresh("i64"), "n_rows": _GATE_ROWS,
-                          "n_columns": columns, "n_thresholds": 200, "ignore_index": -100,
+                          "n_columns": tile.block, "n_thresholds": 200, "ignore_index": -100,
                           "ONE_VS_REST": one_vs_rest, "ROWS": tile.rows, "BLOCK_L": tile.block},
                     num_warps=TILE_WARPS, tags=_tags(dtype, rows=tile.rows, block=tile.block))
     launches = (*all_class_launches(), class_launch(MAX_ONE_HOT * 2))
