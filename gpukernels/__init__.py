@@ -23,6 +23,8 @@ from .ops.rnn import (
 )
 from .ops.optim import adam_step, clip_grad_norm_, clip_grad_value_, rmsprop_step, sgd_step
 
+from . import metrics  # gpukernels.metrics: torchmetrics-style functional and stateful metrics
+
 __version__ = "0.1.0"
 
 __all__ = [
