@@ -41,7 +41,8 @@ GK_HD ArgMax argmax_add(ArgMax a, float x, long long j) {
 GK_HD long long threshold_bin(float p, const float* thresholds, long long n) {
   long long last = n - 1;
   float guess_f = floorf(p * float(last));
-  long long guess = guess_f < -1.0f ? -1 : (guess_f > float(last) ? last : (long long)guess_f);
+  // !(>= -1) also sends a NaN below every threshold rather than into an undefined conversion
+  long long guess = !(guess_f >= -1.0f) ? -1 : (guess_f > float(last) ? last : (long long)guess_f);
   if (guess < last && p >= thresholds[guess + 1]) guess += 1;
   else if (guess >= 0 && p < thresholds[guess]) guess -= 1;
   return guess < 0 ? n : guess;

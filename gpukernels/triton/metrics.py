@@ -172,7 +172,9 @@ def binned_counts_kernel(preds_ptr, target_ptr, thresholds_ptr, counts_ptr, n_ro
         t = tl.load(target_ptr + rows[:, None] * n_columns + cols[None, :], mask=inside, other=-1)
         kept = inside & (t >= 0) & (t < 2) & (t != ignore_index)
         positive = t == 1
-    # the spacing is 1/(T-1): a first guess, then a step either way against the real thresholds
+    # the spacing is 1/(T-1): a first guess, then a step either way against the real thresholds;
+    # a NaN score (only with validate_args=False) goes below every threshold, never out of bounds
+    p = tl.where(p == p, p, -1.0)
     last = n_thresholds - 1
     guess = tl.minimum(tl.maximum(tl.floor(p * last), -1.0), last * 1.0).to(tl.int32)
     up = tl.minimum(guess + 1, last)
