@@ -115,43 +115,61 @@ def _maximum(a, b):
 
 
 @triton.jit
-def roc_scan_kernel(scores_ptr, labels_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    """One column of scores sorted in descending order (labels 1/0/-1 alongside): twice the
-    Mann-Whitney count (see the reference's ``roc_area``), P and N, in one forward sweep.
+def _roc_chunk(scores_ptr, labels_ptr, n, BLOCK: tl.constexpr):
+    """Chunk ``program_id(0)`` of column ``program_id(1)`` of the sorted scores: (positive,
+    negative, whether each element starts a tie group, the chunk, the column)."""
+    chunk = tl.program_id(0).to(tl.int64)
+    column = tl.program_id(1).to(tl.int64)
+    index = chunk * BLOCK + tl.arange(0, BLOCK)
+    inside = index < n
+    s = tl.load(scores_ptr + column * n + index, mask=inside, other=0.0).to(tl.float32)
+    previous = tl.load(scores_ptr + column * n + index - 1, mask=inside & (index > 0), other=0.0).to(tl.float32)
+    label = tl.load(labels_ptr + column * n + index, mask=inside, other=-1)
+    positive = (label == 1).to(tl.int64)
+    negative = (label == 0).to(tl.int64)
+    starts = inside & ((index == 0) | (s != previous))
+    return positive, negative, starts, chunk, column
 
-    Carried between chunks: the counts so far and, for the tie group still open, the counts
-    before its first element. Inside a chunk, the exclusive prefix counts are non-decreasing, so
-    the values at the latest group start are a running maximum over the starts' values."""
-    column = tl.program_id(0).to(tl.int64)
-    scores_ptr += column * n
-    labels_ptr += column * n
-    offs = tl.arange(0, BLOCK)
-    tp_total = tl.zeros((), tl.int64)
-    fp_total = tl.zeros((), tl.int64)
-    tp_open = tl.zeros((), tl.int64)
-    fp_open = tl.zeros((), tl.int64)
-    area2 = tl.zeros((), tl.int64)
-    for start in range(0, n, BLOCK):
-        index = start + offs
-        inside = index < n
-        s = tl.load(scores_ptr + index, mask=inside, other=0.0).to(tl.float32)
-        previous = tl.load(scores_ptr + index - 1, mask=inside & (index > 0), other=0.0).to(tl.float32)
-        label = tl.load(labels_ptr + index, mask=inside, other=-1)
-        positive = (label == 1).to(tl.int64)
-        negative = (label == 0).to(tl.int64)
-        tp_before = tp_total + tl.cumsum(positive, axis=0) - positive
-        fp_before = fp_total + tl.cumsum(negative, axis=0) - negative
-        group_start = inside & ((index == 0) | (s != previous))
-        tp_start = tl.associative_scan(tl.where(group_start, tp_before, tp_open), 0, _maximum)
-        fp_start = tl.associative_scan(tl.where(group_start, fp_before, fp_open), 0, _maximum)
-        area2 += tl.sum(negative * (tp_start + tp_before) + positive * (fp_before - fp_start), axis=0)
-        tp_total += tl.sum(positive, axis=0)
-        fp_total += tl.sum(negative, axis=0)
-        tp_open = tl.max(tp_start, axis=0)
-        fp_open = tl.max(fp_start, axis=0)
-    tl.store(out_ptr + column, area2)
-    tl.store(out_ptr + tl.num_programs(0) + column, tp_total)
-    tl.store(out_ptr + 2 * tl.num_programs(0) + column, fp_total)
+
+@triton.jit
+def roc_chunk_counts_kernel(scores_ptr, labels_ptr, stats_ptr, n, n_chunks, BLOCK: tl.constexpr):
+    """Pass 1 of the exact AUROC scan, every chunk in parallel: the chunk's positives and
+    negatives, whether a tie group starts in it, and the counts (from the chunk's start) before
+    the last such start. stats: (5, columns, chunks) int64."""
+    positive, negative, starts, chunk, column = _roc_chunk(scores_ptr, labels_ptr, n, BLOCK)
+    tp_before = tl.cumsum(positive, axis=0) - positive
+    fp_before = tl.cumsum(negative, axis=0) - negative
+    out = stats_ptr + column * n_chunks + chunk
+    plane = tl.num_programs(1).to(tl.int64) * n_chunks
+    tl.store(out, tl.sum(positive, axis=0))
+    tl.store(out + plane, tl.sum(negative, axis=0))
+    # exclusive counts never decrease along the chunk: the last start's are the largest at a start
+    tl.store(out + 2 * plane, tl.max(tl.where(starts, tp_before, 0), axis=0))
+    tl.store(out + 3 * plane, tl.max(tl.where(starts, fp_before, 0), axis=0))
+    tl.store(out + 4 * plane, tl.max(starts.to(tl.int64), axis=0))
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def roc_scan_kernel(scores_ptr, labels_ptr, carry_ptr, area_ptr, n, n_chunks, BLOCK: tl.constexpr):
+    """Pass 2, every chunk in parallel: twice the chunk's share of the Mann-Whitney count (see
+    the reference's ``roc_area``), from the counts before the chunk and before the tie group
+    open at its start (carry: (4, columns, chunks) int64, from pass 1 by two cumulative ops).
+    Inside the chunk, the counts at the latest group start are a running maximum, since the
+    exclusive counts never decrease. area: (columns, chunks) int64."""
+    positive, negative, starts, chunk, column = _roc_chunk(scores_ptr, labels_ptr, n, BLOCK)
+    at = carry_ptr + column * n_chunks + chunk
+    plane = tl.num_programs(1).to(tl.int64) * n_chunks
+    tp_before = tl.load(at) + tl.cumsum(positive, axis=0) - positive
+    fp_before = tl.load(at + plane) + tl.cumsum(negative, axis=0) - negative
+    tp_start = tl.associative_scan(tl.where(starts, tp_before, tl.load(at + 2 * plane)), 0, _maximum)
+    fp_start = tl.associative_scan(tl.where(starts, fp_before, tl.load(at + 3 * plane)), 0, _maximum)
+    area2 = tl.sum(negative * (tp_start + tp_before) + positive * (fp_before - fp_start), axis=0)
+    tl.store(area_ptr + column * n_chunks + chunk, area2)
 
 
 @triton.jit
@@ -231,6 +249,7 @@ MAX_BLOCK_COLUMNS = 64  # widest column tile of the (N, L) kernels; wider inputs
 MAX_ONE_HOT = 1024  # widest class tile that reduces in registers; more classes scatter
 SCAN_BLOCK = 1024
 SCAN_WARPS = 4
+MAX_GRID_Y = 65535
 TILE_WARPS = 4
 
 
@@ -324,16 +343,40 @@ def _column_labels(target: torch.Tensor, columns: int, one_vs_rest: bool, ignore
     return torch.where(kept, positive.to(torch.int8), torch.full((), -1, dtype=torch.int8, device=target.device))
 
 
+def scan_carry(stats: torch.Tensor) -> torch.Tensor:
+    """(4, columns, chunks): the counts before each chunk, and before the tie group open at its
+    start (the last start in an earlier chunk: a running maximum, as the counts never decrease)."""
+    positives, negatives, last_tp, last_fp, has_start = stats
+    tp_before = positives.cumsum(-1) - positives
+    fp_before = negatives.cumsum(-1) - negatives
+    open_tp = torch.where(has_start > 0, tp_before + last_tp, 0).cummax(-1).values
+    open_fp = torch.where(has_start > 0, fp_before + last_fp, 0).cummax(-1).values
+    shift = lambda x: torch.nn.functional.pad(x[..., :-1], (1, 0))  # noqa: E731 - entering chunk c: up to c-1
+    return torch.stack([tp_before, fp_before, shift(open_tp), shift(open_fp)]).contiguous()
+
+
 def roc_area(preds: torch.Tensor, target: torch.Tensor, one_vs_rest: bool, ignore_index: int | None) -> torch.Tensor:
-    """One sort per column (torch.sort, descending), then the scan kernel, one program per column."""
+    """One sort per column (torch.sort, descending), a parallel count pass over chunks, two
+    cumulative ops over the chunks' counts, a parallel scan pass; integers throughout."""
     n, columns = preds.shape
     labels = _column_labels(target, columns, one_vs_rest, ignore_index)
     scores, order = torch.sort(preds.t(), dim=1, descending=True)
-    labels = torch.gather(labels.t(), 1, order)
+    labels = torch.gather(labels.t(), 1, order).contiguous()
+    scores = scores.contiguous()
     out = torch.zeros((3, columns), dtype=torch.int64, device=preds.device)
-    if n and columns:
-        roc_scan_kernel[(columns,)](scores.contiguous(), labels.contiguous(), out, n, BLOCK=SCAN_BLOCK,
-                                    num_warps=SCAN_WARPS)
+    if not (n and columns):
+        return out
+    chunks = triton.cdiv(n, SCAN_BLOCK)
+    for first in range(0, columns, MAX_GRID_Y):  # grid axis 1 holds at most 65535 columns
+        width = min(MAX_GRID_Y, columns - first)
+        part_scores, part_labels = scores[first:first + width], labels[first:first + width]
+        stats = torch.empty((5, width, chunks), dtype=torch.int64, device=preds.device)
+        roc_chunk_counts_kernel[(chunks, width)](part_scores, part_labels, stats, n, chunks, BLOCK=SCAN_BLOCK,
+                                                 num_warps=SCAN_WARPS)
+        area = torch.empty((width, chunks), dtype=torch.int64, device=preds.device)
+        roc_scan_kernel[(chunks, width)](part_scores, part_labels, scan_carry(stats), area, n, chunks,
+                                         BLOCK=SCAN_BLOCK, num_warps=SCAN_WARPS)
+        out[:, first:first + width] = torch.stack([area.sum(-1), stats[0].sum(-1), stats[1].sum(-1)])
     return out
 
 
@@ -438,8 +481,13 @@ def compile_cases() -> Iterator[CompileCase]:
                 num_warps=TILE_WARPS, tags=_tags(dtype, rows=launch.rows, block_c=launch.block_c,
                                                  one_hot=launch.one_hot))
     for dtype in _STORAGE:
+        scan_args = {"scores_ptr": fresh(dtype), "labels_ptr": fresh(torch.int8), "n": _GATE_ROWS,
+                     "n_chunks": _GATE_ROWS // SCAN_BLOCK, "BLOCK": SCAN_BLOCK}
+        yield CompileCase(
+            name="metrics.roc_chunk_counts", kernel=roc_chunk_counts_kernel,
+            args={**scan_args, "stats_ptr": fresh("i64")},
+            num_warps=SCAN_WARPS, tags=_tags(dtype, block=SCAN_BLOCK))
         yield CompileCase(
             name="metrics.roc_scan", kernel=roc_scan_kernel,
-            args={"scores_ptr": fresh(dtype), "labels_ptr": fresh(torch.int8), "out_ptr": fresh("i64"),
-                  "n": _GATE_ROWS, "BLOCK": SCAN_BLOCK},
+            args={**scan_args, "carry_ptr": fresh("i64"), "area_ptr": fresh("i64")},
             num_warps=SCAN_WARPS, tags=_tags(dtype, block=SCAN_BLOCK))
