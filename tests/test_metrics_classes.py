@@ -129,3 +129,14 @@ def test_torch_state_stays_torch_on_the_triton_backend(rng):
         results = [metric.compute(), auroc.compute(), mse.compute()]
     for out in results:
         assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("thresholds", [None, 25])
+def test_auroc_reads_logits_batch_by_batch_as_torchmetrics(thresholds, rng):
+    probs, logits = rng.random(40), rng.standard_normal(60) * 3
+    t1, t2 = rng.integers(0, 2, 40), rng.integers(0, 2, 60)
+    metric = M.AUROC(task="binary", thresholds=thresholds)
+    metric.update(probs, t1)  # inside [0, 1]: scores as they are
+    metric.update(logits, t2)  # outside: this batch goes through the sigmoid
+    want = M.binary_auroc(np.r_[probs, 1 / (1 + np.exp(-logits))], np.r_[t1, t2], thresholds=thresholds)
+    assert value(metric.compute()) == pytest.approx(value(want), abs=1e-12)

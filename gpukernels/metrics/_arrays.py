@@ -50,10 +50,6 @@ def sqrt(x: Any) -> Any:
     return namespace(x).sqrt(x)
 
 
-def flatten(x: Any) -> Any:
-    return x.reshape(-1)
-
-
 def zeros(like: Any, shape: tuple[int, ...], dtype: str) -> Any:
     """Zeros of ``shape`` and ``dtype`` in ``like``'s library and on its device."""
     template = empty_of(like, dtype)
@@ -93,11 +89,6 @@ def on_host(x: Any) -> bool:
     """Numpy arrays and CPU tensors: reading a value back costs no device sync."""
     library = array_library(x)
     return library == "numpy" or library == "torch" and x.device.type == "cpu"
-
-
-def any_true(x: Any) -> bool:
-    """Whether any element of ``x`` is true (a host sync: only validation calls it)."""
-    return bool(x.any())
 
 
 def count_true(x: Any) -> Any:

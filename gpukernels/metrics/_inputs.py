@@ -12,7 +12,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from ..ops._checks import check_array, check_match, device_name, dtype_name
+from ..ops._checks import check_array, device_name, dtype_name
 from ..ops.softmax import INTEGER_DTYPES
 from . import _arrays as A
 

@@ -198,9 +198,10 @@ class F1Score(_Classification):
 
 
 class AUROC(Metric):
-    """torchmetrics.AUROC. Exact (``thresholds=None``): keeps the batches' scores and targets and
-    sorts them all in ``compute`` (gathered from every process); binned (``thresholds=int``):
-    keeps (L, T+1, 2) counts, summed across processes."""
+    """torchmetrics.AUROC. Exact (``thresholds=None``): keeps the batches' scores (sigmoid or
+    softmax applied per batch where torchmetrics applies them) and targets, and sorts them all in
+    ``compute`` (gathered from every process); binned (``thresholds=int``): keeps (L, T+1, 2)
+    counts, summed across processes."""
 
     def __init__(self, task: str, thresholds: int | None = None, num_classes: int | None = None,
                  num_labels: int | None = None, average: str | None = "macro", max_fpr: float | None = None,
@@ -227,21 +228,25 @@ class AUROC(Metric):
             return preds, target, 2
         return (*I.multiclass_inputs(preds, target, self.num_classes, scores_only=True), self.num_classes)
 
-    def _state_of(self, preds, target):
-        multiclass = self.task == "multiclass"
-        scores = C.auroc_scores(preds, target, multiclass=multiclass, ignore_index=self.ignore_index)
-        return C.auroc_state(scores, target, self.thresholds, one_vs_rest=multiclass, ignore_index=self.ignore_index)
+    def _scores(self, preds, target):
+        """Per batch, as torchmetrics: a batch with a kept score outside [0, 1] is logits."""
+        return C.auroc_scores(preds, target, multiclass=self.task == "multiclass", ignore_index=self.ignore_index)
+
+    def _state_of(self, scores, target):
+        return C.auroc_state(scores, target, self.thresholds, one_vs_rest=self.task == "multiclass",
+                             ignore_index=self.ignore_index)
 
     def update(self, preds, target):
         preds, target, classes = self._normalised(preds, target)
         if self.validate_args:
             self._count_problems(I.problems(preds, target, classes=classes, ignore_index=self.ignore_index))
+        scores = self._scores(preds, target)
         if self.thresholds is not None:
-            counts = self._state_of(preds, target)
+            counts = self._state_of(scores, target)
             self._state = counts if self._state is None else self._state + counts
         else:
             self._state = [] if self._state is None else self._state
-            self._state.append((preds, target))
+            self._state.append((scores, target))
 
     def compute(self):
         self._require_update()
