@@ -124,7 +124,8 @@ def column_labels(xp, target, columns: int, one_vs_rest: bool, ignore_index) -> 
 def _roc_area(run: Runner, preds, target, one_vs_rest, ignore_index):
     """One sort per column (the library's argsort, descending), then one scan block per column."""
     xp = run.xp
-    preds = _floats(xp, preds)
+    # sorted as float32 (exact for fp16/bf16, and CuPy cannot negate or sort bfloat16 itself)
+    preds = preds.astype(xp.float32)
     n, columns = preds.shape
     labels = column_labels(xp, target, columns, one_vs_rest, ignore_index)
     order = xp.argsort(-preds.T, axis=1)
