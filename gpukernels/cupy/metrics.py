@@ -22,7 +22,7 @@ def _expressions() -> tuple[str, ...]:
     return (
         *(f"label_counts<{t}>" for t in scores),
         *(f"class_counts<{t}, false>" for t in scores), "class_counts<long long, true>",
-        *(f"roc_scan<{t}>" for t in scores),
+        "roc_scan<float>",  # scores are sorted as float32
         *(f"binned_counts<{t}, {flag(o)}>" for t in scores for o in (False, True)),
         *(f"regression_partials<{t}>" for t in scores),
     )
