@@ -36,6 +36,8 @@ from .ops.normalization import (
     rms_norm, rms_norm_backward,
 )
 
+from . import metrics  # gpukernels.metrics: torchmetrics-style functional and stateful metrics
+
 __version__ = "0.1.0"
 
 __all__ = [
