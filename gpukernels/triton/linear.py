@@ -1,0 +1,361 @@
+"""Dense-layer kernels: three matmuls with the activation fused where its data passes.
+
+* forward   y = act(x W^T + b): the bias and activation in the epilogue, and (gelu, gelu_tanh,
+  leaky_relu with a negative slope) the derivative act'(z) written beside y from the same
+  registers;
+* grad input   dx = dz W and grad weight   dW = dz^T x, where dz = dy * act'(z) is formed as the
+  A operand's tile is loaded, from dy and what the forward saved (see reference/linear.py): no
+  elementwise pass over dz in between, no dz in memory. The grad-weight kernel also sums dz over
+  the rows for the bias gradient: every program of the first grad-weight column block runs the
+  whole row loop, in order, so the sum has fixed order and no atomics.
+
+Why save act'(z) instead of z (or recomputing z): each element of dz is formed once per tile of
+the other operand (K / BLOCK_K times in dx, the same in dW). From a saved z that is erf/exp
+work per formation, as much CUDA-core time as the tensor-core product it feeds for K = 4096;
+from act'(z) it is one multiply. Recomputing z costs a whole extra matmul (2 M N K flops, as
+much as the forward). Saving either z or act'(z) costs the same bytes: M N elements written
+once and read twice. The activation math itself is the activation family's (``_forward``,
+``_backward`` of gpukernels/triton/activation.py).
+
+fp32 accumulation; fp16/bf16/fp32 storage. fp32 products follow
+``torch.backends.cuda.matmul.allow_tf32`` as F.linear does (default: exact fp32, "ieee").
+Tile configurations by ``@triton.autotune`` keyed on the shapes, pruned to those whose pipeline
+fits in shared memory for the dtype; every one of them is in the compile gate.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .._dispatch import triton_interpreting
+from ._launch import CompileCase, TRITON_DTYPES, check_dtype, fresh
+from .activation import ACT_CODES, _backward, _forward
+
+NO_ACT = -1  # the ACT code for no activation
+# How dz is formed from dy (the kernels' SAVED switch), by reference.linear.saved_kind
+SAVED_CODES = {"none": 0, "output": 1, "derivative": 2}
+
+
+class TileConfig(NamedTuple):
+    block_m: int  # rows of the output tile
+    block_n: int  # columns of the output tile
+    block_k: int  # reduction slice per step
+    num_warps: int
+    num_stages: int
+
+    def smem_bytes(self, itemsize: int) -> int:
+        """Shared memory of the operand pipeline: ``num_stages`` slices of both operands."""
+        return self.num_stages * (self.block_m + self.block_n) * self.block_k * itemsize
+
+
+# A small set: wide tiles for big layers (8 warps, two warpgroups of wgmma on sm_90), a
+# narrower one and a small one for thin layers. fp32 keeps those with BLOCK_K = 32 (the rest
+# would not fit the pipeline in sm_80's shared memory).
+TILE_CONFIGS = (
+    TileConfig(128, 128, 64, 8, 3),
+    TileConfig(128, 256, 64, 8, 3),
+    TileConfig(64, 128, 64, 4, 4),
+    TileConfig(128, 128, 32, 8, 3),
+    TileConfig(64, 64, 32, 4, 4),
+)
+GROUP_M = tl.constexpr(8)  # output tiles walked 8 row blocks at a time, so a W column block stays in L2
+SMEM_LIMIT = 160 * 1024  # below sm_80's 163 KiB per block (sm_90 has 227 KiB)
+
+
+def configs_for(itemsize: int) -> tuple[TileConfig, ...]:
+    return tuple(c for c in TILE_CONFIGS if c.smem_bytes(itemsize) <= SMEM_LIMIT)
+
+
+def _triton_config(c: TileConfig) -> triton.Config:
+    return triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k},
+                         num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Only the configurations whose pipeline fits for this dtype (those the gate compiles)."""
+    itemsize = named_args["x_ptr"].element_size() if "x_ptr" in named_args else named_args["dy_ptr"].element_size()
+    fitting = {(c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages) for c in configs_for(itemsize)}
+    return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps,
+                                   c.num_stages) in fitting]
+
+
+def _autotune(key):
+    # The interpreter cannot time anything: there the first configuration runs (the tests pick
+    # others through ``config=``, which bypasses the tuner).
+    chosen = TILE_CONFIGS[:1] if triton_interpreting() else TILE_CONFIGS
+    return triton.autotune(configs=[_triton_config(c) for c in chosen], key=key,
+                           prune_configs_by={"early_config_prune": _prune})
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _tile_ids(rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(row block, column block) of this program: grouped order, GROUP_M row blocks at a time,
+    so consecutive programs share the column block of the second operand in L2."""
+    pid = tl.program_id(0)
+    blocks_m = tl.cdiv(rows, BLOCK_M)
+    blocks_n = tl.cdiv(cols, BLOCK_N)
+    per_group = GROUP_M * blocks_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(blocks_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _dot(a, b, acc, TF32: tl.constexpr):
+    if TF32:
+        return tl.dot(a, b, acc, input_precision="tf32")
+    return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def _grad_preactivation(dy_ptr, saved_ptr, offsets, inside, negative_slope, ACT: tl.constexpr, SAVED: tl.constexpr):
+    """dz = dy * act'(z) for one tile (fp32), from dy and what the forward saved."""
+    dy = tl.load(dy_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    if SAVED == 0:  # no activation
+        dz = dy
+    elif SAVED == 1:  # the output y: the activation family's backward from y
+        y = tl.load(saved_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        dz = _backward(dy, y, negative_slope, ACT)
+    else:  # the derivative act'(z)
+        dz = dy * tl.load(saved_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    return dz
+
+
+@_autotune(key=["M", "N", "K"])
+@triton.jit
+def linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d_ptr, M, N, K, negative_slope,
+                          HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_DERIVATIVE: tl.constexpr,
+                          TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y[M, N] = act(x[M, K] W[N, K]^T + b); d = act'(z) too when SAVE_DERIVATIVE."""
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N)
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + rm[:, None] * K + rk[None, :]
+    b_ptrs = w_ptr + rn[None, :] * K + rk[:, None]  # W^T's tile, read from W's rows
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < K - k), other=0.0)
+        b = tl.load(b_ptrs, mask=(rn[None, :] < N) & (rk[:, None] < K - k), other=0.0)
+        acc = _dot(a, b, acc, TF32)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    offsets = rm[:, None] * N + rn[None, :]
+    inside = (rm[:, None] < M) & (rn[None, :] < N)
+    if ACT == -1:  # NO_ACT
+        y = acc
+    else:
+        y = _forward(acc, negative_slope, ACT)
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=inside)
+    if SAVE_DERIVATIVE:
+        ones = tl.full((BLOCK_M, BLOCK_N), 1.0, tl.float32)
+        tl.store(d_ptr + offsets, _backward(ones, acc, negative_slope, ACT).to(d_ptr.dtype.element_ty), mask=inside)
+
+
+@_autotune(key=["M", "N", "K"])
+@triton.jit
+def linear_grad_input_kernel(dy_ptr, saved_ptr, w_ptr, dx_ptr, M, N, K, negative_slope,
+                             ACT: tl.constexpr, SAVED: tl.constexpr, TF32: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dx[M, K] = dz[M, N] W[N, K]: output tiles BLOCK_M x BLOCK_N over (M, K), reducing over N
+    in slices of BLOCK_K."""
+    pid_m, pid_k = _tile_ids(M, K, BLOCK_M, BLOCK_N)
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, BLOCK_K)  # the reduction over N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for n in range(0, N, BLOCK_K):
+        a_offsets = rm[:, None] * N + (n + rr)[None, :]
+        a_inside = (rm[:, None] < M) & ((n + rr)[None, :] < N)
+        dz = _grad_preactivation(dy_ptr, saved_ptr, a_offsets, a_inside, negative_slope, ACT, SAVED)
+        w = tl.load(w_ptr + (n + rr)[:, None] * K + rk[None, :], mask=((n + rr)[:, None] < N) & (rk[None, :] < K),
+                    other=0.0)
+        acc = _dot(dz.to(w.dtype), w, acc, TF32)
+    inside = (rm[:, None] < M) & (rk[None, :] < K)
+    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
+@_autotune(key=["M", "N", "K"])
+@triton.jit
+def linear_grad_weight_kernel(dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr, M, N, K, negative_slope,
+                              HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVED: tl.constexpr, TF32: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dW[N, K] = dz^T[N, M] x[M, K]: output tiles BLOCK_M x BLOCK_N over (N, K), reducing over
+    the rows M in slices of BLOCK_K; db[N] = sum of dz over the rows, written by the programs of
+    the first column block (each sums its rows in loop order: deterministic)."""
+    pid_n, pid_k = _tile_ids(N, K, BLOCK_M, BLOCK_N)
+    rn = pid_n.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, BLOCK_K)  # the reduction over M
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    bias_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for m in range(0, M, BLOCK_K):
+        rows = (m + rr).to(tl.int64)
+        a_offsets = rows[None, :] * N + rn[:, None]  # dz^T's tile, read from dz's rows
+        a_inside = (rn[:, None] < N) & (rows[None, :] < M)
+        dz_t = _grad_preactivation(dy_ptr, saved_ptr, a_offsets, a_inside, negative_slope, ACT, SAVED)
+        x = tl.load(x_ptr + rows[:, None] * K + rk[None, :], mask=(rows[:, None] < M) & (rk[None, :] < K), other=0.0)
+        acc = _dot(dz_t.to(x.dtype), x, acc, TF32)
+        if HAS_BIAS:
+            bias_sum += tl.sum(dz_t, axis=1)
+    inside = (rn[:, None] < N) & (rk[None, :] < K)
+    tl.store(dw_ptr + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty), mask=inside)
+    if HAS_BIAS:
+        tl.store(db_ptr + rn, bias_sum.to(db_ptr.dtype.element_ty), mask=(rn < N) & (pid_k == 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch helpers
+
+
+def allow_tf32(dtype: torch.dtype) -> bool:
+    """fp32 products in tf32 only where torch allows it for F.linear (off by default)."""
+    return dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+
+
+def _act_code(activation: str | None) -> int:
+    return NO_ACT if activation is None else ACT_CODES[activation]
+
+
+def _launch(kernel, grid_rows: int, grid_cols: int, args: tuple, constexprs: dict, config: TileConfig | None):
+    """Launch through the autotuner, or (tests) with the one tile configuration ``config``."""
+    if config is None:
+        grid = lambda meta: (triton.cdiv(grid_rows, meta["BLOCK_M"]) * triton.cdiv(grid_cols, meta["BLOCK_N"]),)
+        kernel[grid](*args, **constexprs)
+        return
+    grid = (triton.cdiv(grid_rows, config.block_m) * triton.cdiv(grid_cols, config.block_n),)
+    kernel.fn[grid](*args, **constexprs, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                    num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def launch_forward(x, weight, bias, activation, negative_slope, save_derivative, config=None):
+    """(y, d): x (M, K), weight (N, K), bias (N,) or None, all contiguous of one dtype."""
+    (M, K), N = x.shape, weight.shape[0]
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    d = torch.empty_like(y) if save_derivative else None
+    if y.numel():
+        args = (x, weight, x if bias is None else bias, y, y if d is None else d, M, N, K, float(negative_slope))
+        constexprs = {"HAS_BIAS": bias is not None, "ACT": _act_code(activation),
+                      "SAVE_DERIVATIVE": save_derivative, "TF32": allow_tf32(x.dtype)}
+        _launch(linear_forward_kernel, M, N, args, constexprs, config)
+    return y, d
+
+
+def launch_grad_input(dy, saved, weight, activation, negative_slope, kind, config=None):
+    M, N = dy.shape
+    K = weight.shape[1]
+    dx = torch.empty((M, K), dtype=dy.dtype, device=dy.device)
+    if dx.numel():
+        args = (dy, dy if saved is None else saved, weight, dx, M, N, K, float(negative_slope))
+        constexprs = {"ACT": _act_code(activation), "SAVED": SAVED_CODES[kind], "TF32": allow_tf32(dy.dtype)}
+        _launch(linear_grad_input_kernel, M, K, args, constexprs, config)
+    return dx
+
+
+def launch_grad_weight(dy, saved, x, activation, negative_slope, kind, with_bias, config=None):
+    M, N = dy.shape
+    K = x.shape[1]
+    dw = torch.empty((N, K), dtype=dy.dtype, device=dy.device)
+    db = torch.empty((N,), dtype=dy.dtype, device=dy.device) if with_bias else None
+    if N:
+        args = (dy, dy if saved is None else saved, x, dw, dw if db is None else db, M, N, K, float(negative_slope))
+        constexprs = {"HAS_BIAS": with_bias, "ACT": _act_code(activation), "SAVED": SAVED_CODES[kind],
+                      "TF32": allow_tf32(dy.dtype)}
+        # At least one column block, so that the bias gradient is written when K = 0.
+        _launch(linear_grad_weight_kernel, N, max(K, 1), args, constexprs, config)
+    return dw, db
+
+
+# ---------------------------------------------------------------------------------------------
+# What the dispatch layer calls (torch tensors in and out)
+
+
+def forward(input, weight, bias, activation=None, negative_slope=0.01, save=False):
+    check_dtype(input, "input")
+    bias = None if bias is None else bias.contiguous()
+    return launch_forward(input.contiguous(), weight.contiguous(), bias, activation, negative_slope, save)
+
+
+def backward(grad_output, input, weight, saved, activation=None, negative_slope=0.01,
+             output_mask=(True, True, True)):
+    from ..reference.linear import saved_kind
+
+    check_dtype(grad_output, "grad_output")
+    kind = saved_kind(activation, negative_slope)
+    dy = grad_output.contiguous()
+    saved = None if saved is None else saved.contiguous()
+    grad_input = launch_grad_input(dy, saved, weight.contiguous(), activation, negative_slope, kind) \
+        if output_mask[0] else None
+    grad_weight = grad_bias = None
+    if output_mask[1] or output_mask[2]:
+        grad_weight, grad_bias = launch_grad_weight(dy, saved, input.contiguous(), activation, negative_slope, kind,
+                                                    output_mask[2])
+        if output_mask[2] and not output_mask[1]:
+            grad_weight = None  # computed alongside the bias gradient; not asked for
+    return grad_input, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile gate
+
+# A representative big layer: sizes divisible by 16 and 16-byte-aligned operands (the usual
+# launch: contiguous tensors of hidden sizes that are multiples of 16), and a ragged one.
+_GATE_SHAPES = {"aligned": (8192, 4096, 4096), "ragged": (8191, 4093, 1027)}
+_GATE_ACTS = (None, "relu", "gelu", "sigmoid")  # no activation, from y, from act'(z) (gelu), from y (sigmoid)
+
+
+def _gate_tags(tdtype, shape_name, config, act_name):
+    return {"dtype": tdtype, "shape": shape_name, "act": act_name,
+            "tile": f"{config.block_m}x{config.block_n}x{config.block_k}"}
+
+
+def compile_cases() -> Iterator[CompileCase]:
+    """The three kernels at every tile configuration the tuner may pick for each dtype, with
+    and without an activation; fp32 in exact and tf32 products. Gelu and sigmoid stand for the
+    saved-derivative and the from-the-output backward paths (the other activations differ from
+    them only in a few elementwise instructions)."""
+    from ..reference.linear import saved_kind
+
+    for torch_dtype, tdtype in TRITON_DTYPES.items():
+        itemsize = torch.empty((), dtype=torch_dtype).element_size()
+        for config in configs_for(itemsize):
+            for shape_name, (M, N, K) in _GATE_SHAPES.items():
+                if shape_name == "ragged" and tdtype != "bf16":
+                    continue  # the masks are the same code for every dtype
+                for tf32 in ((False, True) if tdtype == "fp32" else (False,)):
+                    for act in _GATE_ACTS:
+                        act_name = str(act) + ("-tf32" if tf32 else "")
+                        kind = saved_kind(act, 0.01)
+                        tags = _gate_tags(tdtype, shape_name, config, act_name)
+                        common = {"negative_slope": 0.01, "ACT": _act_code(act), "TF32": tf32,
+                                  "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
+                        yield CompileCase(
+                            name="linear_forward", kernel=linear_forward_kernel.fn,
+                            args={"x_ptr": fresh(tdtype), "w_ptr": fresh(tdtype), "b_ptr": fresh(tdtype),
+                                  "y_ptr": fresh(tdtype), "d_ptr": fresh(tdtype), "M": M, "N": N, "K": K,
+                                  "HAS_BIAS": True, "SAVE_DERIVATIVE": kind == "derivative", **common},
+                            num_warps=config.num_warps, num_stages=config.num_stages, tags=tags)
+                        yield CompileCase(
+                            name="linear_grad_input", kernel=linear_grad_input_kernel.fn,
+                            args={"dy_ptr": fresh(tdtype), "saved_ptr": fresh(tdtype), "w_ptr": fresh(tdtype),
+                                  "dx_ptr": fresh(tdtype), "M": M, "N": N, "K": K, "SAVED": SAVED_CODES[kind],
+                                  **common},
+                            num_warps=config.num_warps, num_stages=config.num_stages, tags=tags)
+                        yield CompileCase(
+                            name="linear_grad_weight", kernel=linear_grad_weight_kernel.fn,
+                            args={"dy_ptr": fresh(tdtype), "saved_ptr": fresh(tdtype), "x_ptr": fresh(tdtype),
+                                  "dw_ptr": fresh(tdtype), "db_ptr": fresh(tdtype), "M": M, "N": N, "K": K,
+                                  "HAS_BIAS": True, "SAVED": SAVED_CODES[kind], **common},
+                            num_warps=config.num_warps, num_stages=config.num_stages, tags=tags)
