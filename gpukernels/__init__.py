@@ -21,6 +21,7 @@ from .ops.rnn import (
     gru_cell, gru_cell_backward, gru_layer, gru_layer_backward, lstm_cell, lstm_cell_backward, lstm_layer,
     lstm_layer_backward, rnn_cell, rnn_cell_backward, rnn_layer, rnn_layer_backward,
 )
+from .ops.linear import linear, linear_backward
 from .ops.optim import adam_step, clip_grad_norm_, clip_grad_value_, rmsprop_step, sgd_step
 
 __version__ = "0.1.0"
@@ -35,5 +36,6 @@ __all__ = [
     "attention_scores", "attention_scores_backward", "attention", "attention_backward",
     "rnn_cell", "lstm_cell", "gru_cell", "rnn_cell_backward", "lstm_cell_backward", "gru_cell_backward",
     "rnn_layer", "lstm_layer", "gru_layer", "rnn_layer_backward", "lstm_layer_backward", "gru_layer_backward",
+    "linear", "linear_backward",
     "adam_step", "sgd_step", "rmsprop_step", "clip_grad_norm_", "clip_grad_value_",
 ]

@@ -53,11 +53,11 @@ class TileConfig(NamedTuple):
 
 
 # A small set: wide tiles for big layers (8 warps, two warpgroups of wgmma on sm_90), a
-# narrower one and a small one for thin layers. fp32 keeps those with BLOCK_K = 32 (the rest
+# narrower one and a small one for thin layers. (128 x 256 spills 760 bytes with the gelu
+# epilogue: 128 accumulators per thread leave no room for it.) fp32 keeps those with BLOCK_K = 32 (the rest
 # would not fit the pipeline in sm_80's shared memory).
 TILE_CONFIGS = (
     TileConfig(128, 128, 64, 8, 3),
-    TileConfig(128, 256, 64, 8, 3),
     TileConfig(64, 128, 64, 4, 4),
     TileConfig(128, 128, 32, 8, 3),
     TileConfig(64, 64, 32, 4, 4),
@@ -313,49 +313,46 @@ def backward(grad_output, input, weight, saved, activation=None, negative_slope=
 # A representative big layer: sizes divisible by 16 and 16-byte-aligned operands (the usual
 # launch: contiguous tensors of hidden sizes that are multiples of 16), and a ragged one.
 _GATE_SHAPES = {"aligned": (8192, 4096, 4096), "ragged": (8191, 4093, 1027)}
-_GATE_ACTS = (None, "relu", "gelu", "sigmoid")  # no activation, from y, from act'(z) (gelu), from y (sigmoid)
 
 
-def _gate_tags(tdtype, shape_name, config, act_name):
-    return {"dtype": tdtype, "shape": shape_name, "act": act_name,
-            "tile": f"{config.block_m}x{config.block_n}x{config.block_k}"}
+def _gate_builds() -> Iterator[tuple[str, str, TileConfig, bool, str | None]]:
+    """(dtype, shape, tile, tf32, activation) of every build the gate compiles: every tile each
+    dtype may run. No activation and gelu (the derivative saved: the heaviest epilogue, a plain
+    multiply in the backward) for every dtype; sigmoid (the backward's derivative from the
+    output) for bf16, whose code differs from fp16's only in conversions; relu, leaky_relu, tanh
+    and gelu_tanh differ from these in a few elementwise instructions. fp32 in exact and tf32
+    products. The ragged shape (masks that cut every tile) once, for bf16 with gelu."""
+    for torch_dtype, tdtype in TRITON_DTYPES.items():
+        itemsize = torch.empty((), dtype=torch_dtype).element_size()
+        acts = (None, "gelu", "sigmoid") if tdtype == "bf16" else (None, "gelu")
+        for config in configs_for(itemsize):
+            for tf32 in ((False, True) if tdtype == "fp32" else (False,)):
+                for act in acts:
+                    yield tdtype, "aligned", config, tf32, act
+    yield "bf16", "ragged", configs_for(2)[0], False, "gelu"
 
 
 def compile_cases() -> Iterator[CompileCase]:
-    """The three kernels at every tile configuration the tuner may pick for each dtype, with
-    and without an activation; fp32 in exact and tf32 products. Gelu and sigmoid stand for the
-    saved-derivative and the from-the-output backward paths (the other activations differ from
-    them only in a few elementwise instructions)."""
+    """The three kernels at each build of ``_gate_builds``, with the arguments the launchers pass
+    (fresh contiguous tensors: the public op makes its operands contiguous)."""
     from ..reference.linear import saved_kind
 
-    for torch_dtype, tdtype in TRITON_DTYPES.items():
-        itemsize = torch.empty((), dtype=torch_dtype).element_size()
-        for config in configs_for(itemsize):
-            for shape_name, (M, N, K) in _GATE_SHAPES.items():
-                if shape_name == "ragged" and tdtype != "bf16":
-                    continue  # the masks are the same code for every dtype
-                for tf32 in ((False, True) if tdtype == "fp32" else (False,)):
-                    for act in _GATE_ACTS:
-                        act_name = str(act) + ("-tf32" if tf32 else "")
-                        kind = saved_kind(act, 0.01)
-                        tags = _gate_tags(tdtype, shape_name, config, act_name)
-                        common = {"negative_slope": 0.01, "ACT": _act_code(act), "TF32": tf32,
-                                  "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
-                        yield CompileCase(
-                            name="linear_forward", kernel=linear_forward_kernel.fn,
-                            args={"x_ptr": fresh(tdtype), "w_ptr": fresh(tdtype), "b_ptr": fresh(tdtype),
-                                  "y_ptr": fresh(tdtype), "d_ptr": fresh(tdtype), "M": M, "N": N, "K": K,
-                                  "HAS_BIAS": True, "SAVE_DERIVATIVE": kind == "derivative", **common},
-                            num_warps=config.num_warps, num_stages=config.num_stages, tags=tags)
-                        yield CompileCase(
-                            name="linear_grad_input", kernel=linear_grad_input_kernel.fn,
-                            args={"dy_ptr": fresh(tdtype), "saved_ptr": fresh(tdtype), "w_ptr": fresh(tdtype),
-                                  "dx_ptr": fresh(tdtype), "M": M, "N": N, "K": K, "SAVED": SAVED_CODES[kind],
-                                  **common},
-                            num_warps=config.num_warps, num_stages=config.num_stages, tags=tags)
-                        yield CompileCase(
-                            name="linear_grad_weight", kernel=linear_grad_weight_kernel.fn,
-                            args={"dy_ptr": fresh(tdtype), "saved_ptr": fresh(tdtype), "x_ptr": fresh(tdtype),
-                                  "dw_ptr": fresh(tdtype), "db_ptr": fresh(tdtype), "M": M, "N": N, "K": K,
-                                  "HAS_BIAS": True, "SAVED": SAVED_CODES[kind], **common},
-                            num_warps=config.num_warps, num_stages=config.num_stages, tags=tags)
+    for tdtype, shape_name, config, tf32, act in _gate_builds():
+        M, N, K = _GATE_SHAPES[shape_name]
+        kind = saved_kind(act, 0.01)
+        tags = {"dtype": tdtype, "shape": shape_name, "act": str(act) + ("-tf32" if tf32 else ""),
+                "tile": f"{config.block_m}x{config.block_n}x{config.block_k}"}
+        common = {"M": M, "N": N, "K": K, "negative_slope": 0.01, "ACT": _act_code(act), "TF32": tf32,
+                  "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
+        kernels = (
+            ("linear_forward", linear_forward_kernel, ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "d_ptr"),
+             {"HAS_BIAS": True, "SAVE_DERIVATIVE": kind == "derivative"}),
+            ("linear_grad_input", linear_grad_input_kernel, ("dy_ptr", "saved_ptr", "w_ptr", "dx_ptr"),
+             {"SAVED": SAVED_CODES[kind]}),
+            ("linear_grad_weight", linear_grad_weight_kernel, ("dy_ptr", "saved_ptr", "x_ptr", "dw_ptr", "db_ptr"),
+             {"HAS_BIAS": True, "SAVED": SAVED_CODES[kind]}),
+        )
+        for name, kernel, pointers, switches in kernels:
+            yield CompileCase(name=name, kernel=kernel.fn,
+                              args={**{p: fresh(tdtype) for p in pointers}, **common, **switches},
+                              num_warps=config.num_warps, num_stages=config.num_stages, tags=tags)

@@ -5,7 +5,8 @@ One module per family in this package; this namespace gathers them."""
 from .activation import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .attention import AdditiveAttention, DotAttention
+from .linear import MLP, Linear
 from .softmax import LogSoftmax, Softmax
 from . import utils
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Linear", "MLP"]
