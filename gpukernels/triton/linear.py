@@ -52,22 +52,38 @@ class TileConfig(NamedTuple):
         return self.num_stages * (self.block_m + self.block_n) * self.block_k * itemsize
 
 
-# A small set: wide tiles for big layers (8 warps, two warpgroups of wgmma on sm_90), a
-# narrower one and a small one for thin layers. (128 x 256 spills 760 bytes with the gelu
-# epilogue: 128 accumulators per thread leave no room for it.) fp32 keeps those with BLOCK_K = 32 (the rest
-# would not fit the pipeline in sm_80's shared memory).
+# A small set: wide tiles for big layers (8 warps, two warpgroups of wgmma on sm_90), narrower
+# ones and a small one for thin layers. (128 x 256 spills 760 bytes with the gelu epilogue:
+# 128 accumulators per thread leave no room for it.)
 TILE_CONFIGS = (
     TileConfig(128, 128, 64, 8, 3),
     TileConfig(64, 128, 64, 4, 4),
     TileConfig(128, 128, 32, 8, 3),
+    TileConfig(128, 64, 32, 8, 3),
     TileConfig(64, 64, 32, 4, 4),
 )
-GROUP_M = tl.constexpr(8)  # output tiles walked 8 row blocks at a time, so a W column block stays in L2
 SMEM_LIMIT = 160 * 1024  # below sm_80's 163 KiB per block (sm_90 has 227 KiB)
+FP32_ACCUMULATORS = 32  # per thread: exact fp32 products run on the FMA units, operands in registers
+UNALIGNED_TILE = 64 * 64  # rows not 16-byte multiples: tiles move through registers, not cp.async
+GROUP_M = tl.constexpr(8)  # output tiles walked 8 row blocks at a time, so a W column block stays in L2
 
 
-def configs_for(itemsize: int) -> tuple[TileConfig, ...]:
-    return tuple(c for c in TILE_CONFIGS if c.smem_bytes(itemsize) <= SMEM_LIMIT)
+def configs_for(itemsize: int, aligned: bool = True) -> tuple[TileConfig, ...]:
+    """The tiles the tuner may run for an element size: the pipeline fits in shared memory; fp32
+    holds at most 32 accumulators per thread (the gelu epilogue spilled with 64); rows whose
+    length is not a 16-byte multiple (no async copies: every stage sits in registers) only the
+    small tile (128 x 128 spilled 136 to 648 bytes there)."""
+    return tuple(
+        c for c in TILE_CONFIGS
+        if c.smem_bytes(itemsize) <= SMEM_LIMIT
+        and (itemsize < 4 or c.block_m * c.block_n <= FP32_ACCUMULATORS * 32 * c.num_warps)
+        and (aligned or c.block_m * c.block_n <= UNALIGNED_TILE)
+    )
+
+
+def rows_aligned(itemsize: int, *lengths: int) -> bool:
+    """Whether rows of these lengths all start on 16-byte boundaries (contiguous operands)."""
+    return all(n * itemsize % 16 == 0 for n in lengths)
 
 
 def _triton_config(c: TileConfig) -> triton.Config:
@@ -76,11 +92,14 @@ def _triton_config(c: TileConfig) -> triton.Config:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Only the configurations whose pipeline fits for this dtype (those the gate compiles)."""
-    itemsize = named_args["x_ptr"].element_size() if "x_ptr" in named_args else named_args["dy_ptr"].element_size()
-    fitting = {(c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages) for c in configs_for(itemsize)}
+    """Only the configurations ``configs_for`` allows for these operands (those the gate compiles).
+    Every kernel's operands have rows of K or N elements."""
+    first = named_args["x_ptr"] if "x_ptr" in named_args else named_args["dy_ptr"]
+    itemsize = first.element_size()
+    allowed = configs_for(itemsize, rows_aligned(itemsize, named_args["K"], named_args["N"]))
+    keys = {(c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages) for c in allowed}
     return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps,
-                                   c.num_stages) in fitting]
+                                   c.num_stages) in keys]
 
 
 def _autotune(key):
@@ -111,7 +130,11 @@ def _tile_ids(rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _dot(a, b, acc, TF32: tl.constexpr):
+def _dot(a, b, acc, TF32: tl.constexpr, DOT_F32: tl.constexpr):
+    if DOT_F32:
+        # Triton's interpreter multiplies bfloat16 tiles wrongly, so under it (and only there) the
+        # launcher sets DOT_F32 and the tiles, already rounded to the storage dtype, go in as fp32.
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     if TF32:
         return tl.dot(a, b, acc, input_precision="tf32")
     return tl.dot(a, b, acc, input_precision="ieee")
@@ -135,7 +158,7 @@ def _grad_preactivation(dy_ptr, saved_ptr, offsets, inside, negative_slope, ACT:
 @triton.jit
 def linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d_ptr, M, N, K, negative_slope,
                           HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_DERIVATIVE: tl.constexpr,
-                          TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          TF32: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[M, N] = act(x[M, K] W[N, K]^T + b); d = act'(z) too when SAVE_DERIVATIVE."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N)
     rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -147,7 +170,7 @@ def linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d_ptr, M, N, K, negative_s
     for k in range(0, K, BLOCK_K):
         a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < K - k), other=0.0)
         b = tl.load(b_ptrs, mask=(rn[None, :] < N) & (rk[:, None] < K - k), other=0.0)
-        acc = _dot(a, b, acc, TF32)
+        acc = _dot(a, b, acc, TF32, DOT_F32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     if HAS_BIAS:
@@ -167,7 +190,7 @@ def linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d_ptr, M, N, K, negative_s
 @_autotune(key=["M", "N", "K"])
 @triton.jit
 def linear_grad_input_kernel(dy_ptr, saved_ptr, w_ptr, dx_ptr, M, N, K, negative_slope,
-                             ACT: tl.constexpr, SAVED: tl.constexpr, TF32: tl.constexpr,
+                             ACT: tl.constexpr, SAVED: tl.constexpr, TF32: tl.constexpr, DOT_F32: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dx[M, K] = dz[M, N] W[N, K]: output tiles BLOCK_M x BLOCK_N over (M, K), reducing over N
     in slices of BLOCK_K."""
@@ -182,7 +205,7 @@ def linear_grad_input_kernel(dy_ptr, saved_ptr, w_ptr, dx_ptr, M, N, K, negative
         dz = _grad_preactivation(dy_ptr, saved_ptr, a_offsets, a_inside, negative_slope, ACT, SAVED)
         w = tl.load(w_ptr + (n + rr)[:, None] * K + rk[None, :], mask=((n + rr)[:, None] < N) & (rk[None, :] < K),
                     other=0.0)
-        acc = _dot(dz.to(w.dtype), w, acc, TF32)
+        acc = _dot(dz.to(w.dtype), w, acc, TF32, DOT_F32)
     inside = (rm[:, None] < M) & (rk[None, :] < K)
     tl.store(dx_ptr + rm[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty), mask=inside)
 
@@ -191,7 +214,7 @@ def linear_grad_input_kernel(dy_ptr, saved_ptr, w_ptr, dx_ptr, M, N, K, negative
 @triton.jit
 def linear_grad_weight_kernel(dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr, M, N, K, negative_slope,
                               HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVED: tl.constexpr, TF32: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                              DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dW[N, K] = dz^T[N, M] x[M, K]: output tiles BLOCK_M x BLOCK_N over (N, K), reducing over
     the rows M in slices of BLOCK_K; db[N] = sum of dz over the rows, written by the programs of
     the first column block (each sums its rows in loop order: deterministic)."""
@@ -207,7 +230,7 @@ def linear_grad_weight_kernel(dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr, M, N, K,
         a_inside = (rn[:, None] < N) & (rows[None, :] < M)
         dz_t = _grad_preactivation(dy_ptr, saved_ptr, a_offsets, a_inside, negative_slope, ACT, SAVED)
         x = tl.load(x_ptr + rows[:, None] * K + rk[None, :], mask=(rows[:, None] < M) & (rk[None, :] < K), other=0.0)
-        acc = _dot(dz_t.to(x.dtype), x, acc, TF32)
+        acc = _dot(dz_t.to(x.dtype), x, acc, TF32, DOT_F32)
         if HAS_BIAS:
             bias_sum += tl.sum(dz_t, axis=1)
     inside = (rn[:, None] < N) & (rk[None, :] < K)
@@ -223,6 +246,10 @@ def linear_grad_weight_kernel(dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr, M, N, K,
 def allow_tf32(dtype: torch.dtype) -> bool:
     """fp32 products in tf32 only where torch allows it for F.linear (off by default)."""
     return dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+
+
+def _precision(dtype: torch.dtype) -> dict:
+    return {"TF32": allow_tf32(dtype), "DOT_F32": triton_interpreting() and dtype == torch.bfloat16}
 
 
 def _act_code(activation: str | None) -> int:
@@ -248,7 +275,7 @@ def launch_forward(x, weight, bias, activation, negative_slope, save_derivative,
     if y.numel():
         args = (x, weight, x if bias is None else bias, y, y if d is None else d, M, N, K, float(negative_slope))
         constexprs = {"HAS_BIAS": bias is not None, "ACT": _act_code(activation),
-                      "SAVE_DERIVATIVE": save_derivative, "TF32": allow_tf32(x.dtype)}
+                      "SAVE_DERIVATIVE": save_derivative, **_precision(x.dtype)}
         _launch(linear_forward_kernel, M, N, args, constexprs, config)
     return y, d
 
@@ -259,7 +286,7 @@ def launch_grad_input(dy, saved, weight, activation, negative_slope, kind, confi
     dx = torch.empty((M, K), dtype=dy.dtype, device=dy.device)
     if dx.numel():
         args = (dy, dy if saved is None else saved, weight, dx, M, N, K, float(negative_slope))
-        constexprs = {"ACT": _act_code(activation), "SAVED": SAVED_CODES[kind], "TF32": allow_tf32(dy.dtype)}
+        constexprs = {"ACT": _act_code(activation), "SAVED": SAVED_CODES[kind], **_precision(dy.dtype)}
         _launch(linear_grad_input_kernel, M, K, args, constexprs, config)
     return dx
 
@@ -272,7 +299,7 @@ def launch_grad_weight(dy, saved, x, activation, negative_slope, kind, with_bias
     if N:
         args = (dy, dy if saved is None else saved, x, dw, dw if db is None else db, M, N, K, float(negative_slope))
         constexprs = {"HAS_BIAS": with_bias, "ACT": _act_code(activation), "SAVED": SAVED_CODES[kind],
-                      "TF32": allow_tf32(dy.dtype)}
+                      **_precision(dy.dtype)}
         # At least one column block, so that the bias gradient is written when K = 0.
         _launch(linear_grad_weight_kernel, N, max(K, 1), args, constexprs, config)
     return dw, db
@@ -321,7 +348,8 @@ def _gate_builds() -> Iterator[tuple[str, str, TileConfig, bool, str | None]]:
     multiply in the backward) for every dtype; sigmoid (the backward's derivative from the
     output) for bf16, whose code differs from fp16's only in conversions; relu, leaky_relu, tanh
     and gelu_tanh differ from these in a few elementwise instructions. fp32 in exact and tf32
-    products. The ragged shape (masks that cut every tile) once, for bf16 with gelu."""
+    products. The ragged shape (rows that are not 16-byte multiples, masks that cut every tile)
+    at its tiles with gelu, for bf16 and fp32."""
     for torch_dtype, tdtype in TRITON_DTYPES.items():
         itemsize = torch.empty((), dtype=torch_dtype).element_size()
         acts = (None, "gelu", "sigmoid") if tdtype == "bf16" else (None, "gelu")
@@ -329,7 +357,9 @@ def _gate_builds() -> Iterator[tuple[str, str, TileConfig, bool, str | None]]:
             for tf32 in ((False, True) if tdtype == "fp32" else (False,)):
                 for act in acts:
                     yield tdtype, "aligned", config, tf32, act
-    yield "bf16", "ragged", configs_for(2)[0], False, "gelu"
+        if tdtype != "fp16":
+            for config in configs_for(itemsize, aligned=False):
+                yield tdtype, "ragged", config, False, "gelu"
 
 
 def compile_cases() -> Iterator[CompileCase]:
@@ -342,7 +372,7 @@ def compile_cases() -> Iterator[CompileCase]:
         kind = saved_kind(act, 0.01)
         tags = {"dtype": tdtype, "shape": shape_name, "act": str(act) + ("-tf32" if tf32 else ""),
                 "tile": f"{config.block_m}x{config.block_n}x{config.block_k}"}
-        common = {"M": M, "N": N, "K": K, "negative_slope": 0.01, "ACT": _act_code(act), "TF32": tf32,
+        common = {"M": M, "N": N, "K": K, "negative_slope": 0.01, "ACT": _act_code(act), "TF32": tf32, "DOT_F32": False,
                   "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
         kernels = (
             ("linear_forward", linear_forward_kernel, ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "d_ptr"),
