@@ -73,7 +73,7 @@ def test_every_tile_configuration(config, dtype, rng):
     # ragged in every dimension: more than one tile, the last cut by the masks
     M, K, N = config.block_m + 3, 2 * config.block_k + 5, config.block_n + 7
     x, w, b, dy = _layer(rng, M, K, N, dtype)
-    y, d = tl_linear.launch_forward(x, w, b, "gelu", 0.01, True, config=config)
+    y, d = tl_linear.launch_forward(x, w, b, "gelu", 0.01, "derivative", config=config)
     dx = tl_linear.launch_grad_input(dy, d, w, "gelu", 0.01, "derivative", config=config)
     dw, db = tl_linear.launch_grad_weight(dy, d, x, "gelu", 0.01, "derivative", True, config=config)
     _check(x, w, b, dy, "gelu", dtype, y=y, saved=d, grads=(dx, dw, db))
@@ -137,3 +137,14 @@ def test_autotune_prunes_to_the_tiles_the_gate_compiles():
             if case.tags["shape"] == "aligned"}
     for dtype, tiles in (("fp32", fp32), ("fp16", half), ("bf16", half)):
         assert {t for d, t in gate if d == dtype} == {f"{m}x{n}x{k}" for m, n, k in tiles}
+
+
+def test_the_saved_z_variant_gives_the_same_gradients(rng):
+    # the benchmark's alternative: z saved, act'(z) evaluated in the backward kernels
+    x, w, b, dy = _layer(rng, 37, 29, 23, "float32")
+    y, z = tl_linear.launch_forward(x, w, b, "gelu", 0.01, "preactivation")
+    assert_close(z, ref.preactivation(as_float64(x), as_float64(w), as_float64(b)), "float32", "reduction")
+    dx = tl_linear.launch_grad_input(dy, z, w, "gelu", 0.01, "preactivation")
+    dw, db = tl_linear.launch_grad_weight(dy, z, x, "gelu", 0.01, "preactivation", True)
+    _, derivative = ref.forward(*(as_float64(t) for t in (x, w, b)), "gelu", 0.01, save=True)
+    _check(x, w, b, dy, "gelu", "float32", y=y, saved=derivative, grads=(dx, dw, db))

@@ -36,8 +36,13 @@ from ._launch import CompileCase, TRITON_DTYPES, check_dtype, fresh
 from .activation import ACT_CODES, _backward, _forward
 
 NO_ACT = -1  # the ACT code for no activation
-# How dz is formed from dy (the kernels' SAVED switch), by reference.linear.saved_kind
-SAVED_CODES = {"none": 0, "output": 1, "derivative": 2}
+# How dz is formed from dy (the backward kernels' SAVED switch), by reference.linear.saved_kind.
+# "preactivation" (z saved, act'(z) evaluated in the backward) is not what the public op does: a
+# benchmark provider runs it so that a GPU run measures the choice (see the module docstring).
+# The activation family's _backward reads y for sigmoid/tanh and the input z for the others, so
+# the output and the pre-activation take the same code path.
+SAVED_CODES = {"none": 0, "output": 1, "preactivation": 1, "derivative": 2}
+SAVE_CODES = {None: 0, "derivative": 1, "preactivation": 2}  # what the forward writes beside y
 
 
 class TileConfig(NamedTuple):
@@ -157,9 +162,9 @@ def _grad_preactivation(dy_ptr, saved_ptr, offsets, inside, negative_slope, ACT:
 @_autotune(key=["M", "N", "K"])
 @triton.jit
 def linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d_ptr, M, N, K, negative_slope,
-                          HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_DERIVATIVE: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE: tl.constexpr,
                           TF32: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """y[M, N] = act(x[M, K] W[N, K]^T + b); d = act'(z) too when SAVE_DERIVATIVE."""
+    """y[M, N] = act(x[M, K] W[N, K]^T + b); into d also act'(z) (SAVE = 1) or z (SAVE = 2)."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N)
     rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -182,9 +187,11 @@ def linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d_ptr, M, N, K, negative_s
     else:
         y = _forward(acc, negative_slope, ACT)
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=inside)
-    if SAVE_DERIVATIVE:
+    if SAVE == 1:
         ones = tl.full((BLOCK_M, BLOCK_N), 1.0, tl.float32)
         tl.store(d_ptr + offsets, _backward(ones, acc, negative_slope, ACT).to(d_ptr.dtype.element_ty), mask=inside)
+    elif SAVE == 2:
+        tl.store(d_ptr + offsets, acc.to(d_ptr.dtype.element_ty), mask=inside)
 
 
 @_autotune(key=["M", "N", "K"])
@@ -267,15 +274,16 @@ def _launch(kernel, grid_rows: int, grid_cols: int, args: tuple, constexprs: dic
                     num_warps=config.num_warps, num_stages=config.num_stages)
 
 
-def launch_forward(x, weight, bias, activation, negative_slope, save_derivative, config=None):
-    """(y, d): x (M, K), weight (N, K), bias (N,) or None, all contiguous of one dtype."""
+def launch_forward(x, weight, bias, activation, negative_slope, save: str | None, config=None):
+    """(y, d): x (M, K), weight (N, K), bias (N,) or None, all contiguous of one dtype; d is
+    act'(z) (``save="derivative"``), z (``"preactivation"``) or None."""
     (M, K), N = x.shape, weight.shape[0]
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    d = torch.empty_like(y) if save_derivative else None
+    d = torch.empty_like(y) if save else None
     if y.numel():
         args = (x, weight, x if bias is None else bias, y, y if d is None else d, M, N, K, float(negative_slope))
         constexprs = {"HAS_BIAS": bias is not None, "ACT": _act_code(activation),
-                      "SAVE_DERIVATIVE": save_derivative, **_precision(x.dtype)}
+                      "SAVE": SAVE_CODES[save], **_precision(x.dtype)}
         _launch(linear_forward_kernel, M, N, args, constexprs, config)
     return y, d
 
@@ -312,7 +320,8 @@ def launch_grad_weight(dy, saved, x, activation, negative_slope, kind, with_bias
 def forward(input, weight, bias, activation=None, negative_slope=0.01, save=False):
     check_dtype(input, "input")
     bias = None if bias is None else bias.contiguous()
-    return launch_forward(input.contiguous(), weight.contiguous(), bias, activation, negative_slope, save)
+    return launch_forward(input.contiguous(), weight.contiguous(), bias, activation, negative_slope,
+                          "derivative" if save else None)
 
 
 def backward(grad_output, input, weight, saved, activation=None, negative_slope=0.01,
@@ -342,47 +351,62 @@ def backward(grad_output, input, weight, saved, activation=None, negative_slope=
 _GATE_SHAPES = {"aligned": (8192, 4096, 4096), "ragged": (8191, 4093, 1027)}
 
 
-def _gate_builds() -> Iterator[tuple[str, str, TileConfig, bool, str | None]]:
-    """(dtype, shape, tile, tf32, activation) of every build the gate compiles: every tile each
-    dtype may run. No activation and gelu (the derivative saved: the heaviest epilogue, a plain
-    multiply in the backward) for every dtype; sigmoid (the backward's derivative from the
-    output) for bf16, whose code differs from fp16's only in conversions; relu, leaky_relu, tanh
-    and gelu_tanh differ from these in a few elementwise instructions. fp32 in exact and tf32
-    products. The ragged shape (rows that are not 16-byte multiples, masks that cut every tile)
-    at its tiles with gelu, for bf16 and fp32."""
+class GateBuild(NamedTuple):
+    dtype: str
+    shape: str  # a key of _GATE_SHAPES
+    tile: TileConfig
+    tf32: bool
+    activation: str | None
+    saved: str  # what the backward reads: reference.linear.saved_kind, or "preactivation"
+
+
+def _gate_builds() -> Iterator[GateBuild]:
+    """Every build the gate compiles: every tile each dtype may run. No activation and gelu (the
+    derivative saved: the heaviest epilogue, a plain multiply in the backward) for every dtype;
+    sigmoid (the backward's derivative from the output) for bf16, whose code differs from
+    fp16's only in conversions; relu, leaky_relu, tanh and gelu_tanh differ from these in a few
+    elementwise instructions. fp32 in exact and tf32 products. For bf16 and fp32 also the ragged
+    shape (rows that are not 16-byte multiples, masks that cut every tile) at its tiles, and the
+    benchmark's saved-z variant of gelu."""
+    from ..reference.linear import saved_kind
+
     for torch_dtype, tdtype in TRITON_DTYPES.items():
         itemsize = torch.empty((), dtype=torch_dtype).element_size()
         acts = (None, "gelu", "sigmoid") if tdtype == "bf16" else (None, "gelu")
         for config in configs_for(itemsize):
             for tf32 in ((False, True) if tdtype == "fp32" else (False,)):
                 for act in acts:
-                    yield tdtype, "aligned", config, tf32, act
+                    yield GateBuild(tdtype, "aligned", config, tf32, act, saved_kind(act))
         if tdtype != "fp16":
             for config in configs_for(itemsize, aligned=False):
-                yield tdtype, "ragged", config, False, "gelu"
+                yield GateBuild(tdtype, "ragged", config, False, "gelu", "derivative")
+            for config in configs_for(itemsize):
+                yield GateBuild(tdtype, "aligned", config, False, "gelu", "preactivation")
 
 
 def compile_cases() -> Iterator[CompileCase]:
     """The three kernels at each build of ``_gate_builds``, with the arguments the launchers pass
     (fresh contiguous tensors: the public op makes its operands contiguous)."""
-    from ..reference.linear import saved_kind
-
-    for tdtype, shape_name, config, tf32, act in _gate_builds():
-        M, N, K = _GATE_SHAPES[shape_name]
-        kind = saved_kind(act, 0.01)
-        tags = {"dtype": tdtype, "shape": shape_name, "act": str(act) + ("-tf32" if tf32 else ""),
+    for build in _gate_builds():
+        M, N, K = _GATE_SHAPES[build.shape]
+        config = build.tile
+        act_label = str(build.activation) + ("-saved-z" if build.saved == "preactivation" else "") \
+            + ("-tf32" if build.tf32 else "")
+        tags = {"dtype": build.dtype, "shape": build.shape, "act": act_label,
                 "tile": f"{config.block_m}x{config.block_n}x{config.block_k}"}
-        common = {"M": M, "N": N, "K": K, "negative_slope": 0.01, "ACT": _act_code(act), "TF32": tf32, "DOT_F32": False,
+        common = {"M": M, "N": N, "K": K, "negative_slope": 0.01, "ACT": _act_code(build.activation),
+                  "TF32": build.tf32, "DOT_F32": False,
                   "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
+        saved = SAVED_CODES[build.saved]
         kernels = (
             ("linear_forward", linear_forward_kernel, ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "d_ptr"),
-             {"HAS_BIAS": True, "SAVE_DERIVATIVE": kind == "derivative"}),
+             {"HAS_BIAS": True, "SAVE": SAVE_CODES.get(build.saved, 0)}),
             ("linear_grad_input", linear_grad_input_kernel, ("dy_ptr", "saved_ptr", "w_ptr", "dx_ptr"),
-             {"SAVED": SAVED_CODES[kind]}),
+             {"SAVED": saved}),
             ("linear_grad_weight", linear_grad_weight_kernel, ("dy_ptr", "saved_ptr", "x_ptr", "dw_ptr", "db_ptr"),
-             {"HAS_BIAS": True, "SAVED": SAVED_CODES[kind]}),
+             {"HAS_BIAS": True, "SAVED": saved}),
         )
         for name, kernel, pointers, switches in kernels:
             yield CompileCase(name=name, kernel=kernel.fn,
-                              args={**{p: fresh(tdtype) for p in pointers}, **common, **switches},
+                              args={**{p: fresh(build.dtype) for p in pointers}, **common, **switches},
                               num_warps=config.num_warps, num_stages=config.num_stages, tags=tags)
