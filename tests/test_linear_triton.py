@@ -64,8 +64,9 @@ def test_every_activation_dtype_and_shape(M, K, N, activation, dtype, rng):
     _check(x, w, b, dy, activation, dtype, y=y, saved=saved, grads=grads)
 
 
-TILES = [pytest.param(c, dtype, id=f"{c.block_m}x{c.block_n}x{c.block_k}-{dtype}") for dtype in DTYPES
-         for c in tl_linear.configs_for(torch.empty((), dtype=getattr(torch, dtype)).element_size())]
+TILES = [pytest.param(c, dtype, id=f"{c.block_m}x{c.block_n}x{c.block_k}-w{c.num_warps}-{dtype}") for dtype in DTYPES
+         for c in sorted({*tl_linear.configs_for(torch.empty((), dtype=getattr(torch, dtype)).element_size()),
+                   tl_linear.UNALIGNED_CONFIG})]
 
 
 @pytest.mark.parametrize("config,dtype", TILES)
@@ -126,7 +127,8 @@ def test_tf32_follows_torch_allow_tf32():
 
 def test_rows_that_are_not_16_byte_multiples_take_the_small_tile_only():
     assert tl_linear.rows_aligned(2, 4096, 1024) and not tl_linear.rows_aligned(2, 4096, 1027)
-    assert all(c.block_m * c.block_n <= 64 * 64 for c in tl_linear.configs_for(2, aligned=False))
+    assert tl_linear.configs_for(2, aligned=False) == tl_linear.configs_for(4, aligned=False) == (
+        tl_linear.UNALIGNED_CONFIG,)
 
 
 def test_autotune_prunes_to_the_tiles_the_gate_compiles():

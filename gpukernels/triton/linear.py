@@ -67,22 +67,25 @@ TILE_CONFIGS = (
     TileConfig(128, 64, 32, 8, 3),
     TileConfig(64, 64, 32, 4, 4),
 )
+# Rows whose length is not a 16-byte multiple cannot be copied by 16-byte cp.async: the tiles
+# travel through registers (16-bit) or 4-byte copies (fp32), and only a small tile over 8 warps
+# stays clear of spills (64 x 64 over 4 warps spilled 8-16 bytes in fp32, 128 x 128 136-648).
+UNALIGNED_CONFIG = TileConfig(64, 64, 32, 8, 3)
 SMEM_LIMIT = 160 * 1024  # below sm_80's 163 KiB per block (sm_90 has 227 KiB)
 FP32_ACCUMULATORS = 32  # per thread: exact fp32 products run on the FMA units, operands in registers
-UNALIGNED_TILE = 64 * 64  # rows not 16-byte multiples: tiles move through registers, not cp.async
 GROUP_M = tl.constexpr(8)  # output tiles walked 8 row blocks at a time, so a W column block stays in L2
 
 
 def configs_for(itemsize: int, aligned: bool = True) -> tuple[TileConfig, ...]:
-    """The tiles the tuner may run for an element size: the pipeline fits in shared memory; fp32
-    holds at most 32 accumulators per thread (the gelu epilogue spilled with 64); rows whose
-    length is not a 16-byte multiple (no async copies: every stage sits in registers) only the
-    small tile (128 x 128 spilled 136 to 648 bytes there)."""
+    """The tiles the tuner may run: for unaligned rows the one small tile; otherwise those whose
+    pipeline fits in shared memory, and for fp32 with at most 32 accumulators per thread (the
+    gelu epilogue spilled with 64)."""
+    if not aligned:
+        return (UNALIGNED_CONFIG,)
     return tuple(
         c for c in TILE_CONFIGS
         if c.smem_bytes(itemsize) <= SMEM_LIMIT
         and (itemsize < 4 or c.block_m * c.block_n <= FP32_ACCUMULATORS * 32 * c.num_warps)
-        and (aligned or c.block_m * c.block_n <= UNALIGNED_TILE)
     )
 
 
@@ -110,7 +113,7 @@ def _prune(configs, named_args, **kwargs):
 def _autotune(key):
     # The interpreter cannot time anything: there the first configuration runs (the tests pick
     # others through ``config=``, which bypasses the tuner).
-    chosen = TILE_CONFIGS[:1] if triton_interpreting() else TILE_CONFIGS
+    chosen = TILE_CONFIGS[:1] if triton_interpreting() else (*TILE_CONFIGS, UNALIGNED_CONFIG)
     return triton.autotune(configs=[_triton_config(c) for c in chosen], key=key,
                            prune_configs_by={"early_config_prune": _prune})
 
