@@ -6,6 +6,7 @@ GPU: (M, K, N) = (8192, 4096, 4096) and (8192, 1024, 4096) in bf16 and fp32, gel
 derivative saved) and relu (the output saved). Two more of ours on the GPU in "full" for gelu
 measure the backward's choice (see gpukernels/triton/linear.py): the Triton launchers with
 act'(z) saved (what the op does) and with z saved and act'(z) evaluated in the backward kernels.
+Both on one small tile, so they time the choice rather than the tuner.
 CPU: a scaled-down layer, the NumPy fallback against PyTorch CPU."""
 
 from __future__ import annotations
@@ -51,16 +52,19 @@ def _run(layer, mode: str, compiled: bool = False):
 
 
 def _launchers(saved: str):
-    """The Triton launchers directly, forward and backward, saving act'(z) or z (gelu)."""
+    """The Triton launchers directly, forward and backward, saving act'(z) or z (gelu), both on
+    one tile (SMALL_TILE: the saved-z kernels spill at the wider ones on sm_80), so the two
+    differ only in what the backward does per operand tile."""
     def make(inputs):
         from gpukernels.triton import linear as kernels
 
         x, w, b, dy = (inputs[k].detach() for k in ("x", "w", "b", "dy"))
+        tile = kernels.SMALL_TILE
 
         def step():
-            y, kept = kernels.launch_forward(x, w, b, "gelu", 0.01, saved)
-            kernels.launch_grad_input(dy, kept, w, "gelu", 0.01, saved)
-            return kernels.launch_grad_weight(dy, kept, x, "gelu", 0.01, saved, True)
+            y, kept = kernels.launch_forward(x, w, b, "gelu", 0.01, saved, config=tile)
+            kernels.launch_grad_input(dy, kept, w, "gelu", 0.01, saved, config=tile)
+            return kernels.launch_grad_weight(dy, kept, x, "gelu", 0.01, saved, True, config=tile)
 
         return step
 

@@ -66,7 +66,7 @@ def test_every_activation_dtype_and_shape(M, K, N, activation, dtype, rng):
 
 TILES = [pytest.param(c, dtype, id=f"{c.block_m}x{c.block_n}x{c.block_k}-w{c.num_warps}-{dtype}") for dtype in DTYPES
          for c in sorted({*tl_linear.configs_for(torch.empty((), dtype=getattr(torch, dtype)).element_size()),
-                   tl_linear.UNALIGNED_CONFIG})]
+                   tl_linear.SMALL_TILE})]
 
 
 @pytest.mark.parametrize("config,dtype", TILES)
@@ -128,7 +128,7 @@ def test_tf32_follows_torch_allow_tf32():
 def test_rows_that_are_not_16_byte_multiples_take_the_small_tile_only():
     assert tl_linear.rows_aligned(2, 4096, 1024) and not tl_linear.rows_aligned(2, 4096, 1027)
     assert tl_linear.configs_for(2, aligned=False) == tl_linear.configs_for(4, aligned=False) == (
-        tl_linear.UNALIGNED_CONFIG,)
+        tl_linear.SMALL_TILE,)
 
 
 def test_autotune_prunes_to_the_tiles_the_gate_compiles():
