@@ -57,7 +57,7 @@ def _check(x, w, b, dy, activation, dtype, y, saved, grads, tolerance_dtype=None
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=str)
-@pytest.mark.parametrize("M,K,N", SHAPES, ids=lambda v: None)
+@pytest.mark.parametrize("M,K,N", [pytest.param(*s, id=f"M{s[0]}-K{s[1]}-N{s[2]}") for s in SHAPES])
 def test_kernels_on_the_device(backend, M, K, N, activation, dtype, rng):
     _skip_unless(backend, dtype)
     x, w, b, dy = _layer(rng, M, K, N, dtype)
@@ -65,7 +65,7 @@ def test_kernels_on_the_device(backend, M, K, N, activation, dtype, rng):
     _check(x, w, b, dy, activation, dtype, y, saved, grads)
 
 
-@pytest.mark.parametrize("M,K,N", [(8192, 1024, 4096)], ids=lambda v: None)
+@pytest.mark.parametrize("M,K,N", [pytest.param(*s, id=f"M{s[0]}-K{s[1]}-N{s[2]}") for s in [(8192, 1024, 4096)]])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_an_issue_sized_layer_against_torch(M, K, N, dtype, rng):
     x, w, b, dy = _layer(rng, M, K, N, dtype)

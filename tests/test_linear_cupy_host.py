@@ -58,7 +58,7 @@ def test_every_activation_and_dtype(run, activation, dtype, misalign, rng):
     _run_and_check(run, rng, 37, 29, 67, activation, dtype, misalign)  # 67 columns: three column blocks
 
 
-@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (0, 5, 3), (4, 0, 3), (4, 5, 0)], ids=lambda v: None)
+@pytest.mark.parametrize("M,K,N", [pytest.param(*s, id=f"M{s[0]}-K{s[1]}-N{s[2]}") for s in [(1, 1, 1), (0, 5, 3), (4, 0, 3), (4, 5, 0)]])
 def test_odd_and_empty_shapes(run, M, K, N, rng):
     _run_and_check(run, rng, M, K, N, "gelu", "float32")
 
