@@ -134,13 +134,17 @@ def test_rows_that_are_not_16_byte_multiples_take_the_small_tile_only():
 
 
 def test_autotune_prunes_to_the_tiles_the_gate_compiles():
-    fp32 = {(c.block_m, c.block_n, c.block_k) for c in tl_linear.configs_for(4)}
-    half = {(c.block_m, c.block_n, c.block_k) for c in tl_linear.configs_for(2)}
-    assert fp32 < half and all(k == 32 for *_, k in fp32)
-    gate = {(case.tags["dtype"], case.tags["tile"]) for case in tl_linear.compile_cases()
-            if case.tags["shape"] == "aligned"}
+    fp32, half = tl_linear.configs_for(4), tl_linear.configs_for(2)
+    assert set(fp32) | set(half) | {tl_linear.SMALL_TILE} == set(tl_linear.TILE_CONFIGS)
+    for c in fp32:  # FMA products: BLOCK_K 32, at most 32 accumulators per thread
+        assert c.block_k == 32 and c.block_m * c.block_n <= 32 * 32 * c.num_warps
+    for itemsize, tiles in ((4, fp32), (2, half)):  # every pipeline fits sm_80's shared memory
+        assert all(c.smem_bytes(itemsize) <= 160 * 1024 for c in tiles)
+    gate = {(case.tags["dtype"], case.tags["tile"], case.num_warps, case.num_stages)
+            for case in tl_linear.compile_cases() if case.tags["shape"] == "aligned" and "saved-z" not in case.tags["act"]}
     for dtype, tiles in (("fp32", fp32), ("fp16", half), ("bf16", half)):
-        assert {t for d, t in gate if d == dtype} == {f"{m}x{n}x{k}" for m, n, k in tiles}
+        assert {g[1:] for g in gate if g[0] == dtype} == {
+            (f"{c.block_m}x{c.block_n}x{c.block_k}", c.num_warps, c.num_stages) for c in tiles}
 
 
 def test_the_saved_z_variant_gives_the_same_gradients(rng):

@@ -57,38 +57,37 @@ class TileConfig(NamedTuple):
         return self.num_stages * (self.block_m + self.block_n) * self.block_k * itemsize
 
 
-# A small set: wide tiles for big layers (8 warps, two warpgroups of wgmma on sm_90), narrower
-# ones and a small one for thin layers. (128 x 256 spills 760 bytes with the gelu epilogue:
-# 128 accumulators per thread leave no room for it.)
-TILE_CONFIGS = (
-    TileConfig(128, 128, 64, 8, 3),
-    TileConfig(64, 128, 64, 4, 4),
-    TileConfig(128, 128, 32, 8, 3),
-    TileConfig(128, 64, 32, 8, 3),
-    TileConfig(64, 64, 32, 4, 4),
-)
 # Rows whose length is not a 16-byte multiple cannot be copied by 16-byte cp.async: the tiles
 # travel through registers (16-bit) or 4-byte copies (fp32), and only a small tile over 8 warps
 # stays clear of spills (64 x 64 over 4 warps spilled 8-16 bytes in fp32, 128 x 128 136-648).
 # The benchmark also compares the saved-z backward with ours on this tile: the saved-z kernels
 # spill 1.3-1.5 KB per thread on sm_80 at the 128-wide tiles (gelu' on every operand tile).
 SMALL_TILE = TileConfig(64, 64, 32, 8, 3)
-SMEM_LIMIT = 160 * 1024  # below sm_80's 163 KiB per block (sm_90 has 227 KiB)
-FP32_ACCUMULATORS = 32  # per thread: exact fp32 products run on the FMA units, operands in registers
+# 16-bit storage: wide tiles for big layers (8 warps, two warpgroups of wgmma on sm_90), narrower
+# ones and a small one for thin layers; every pipeline fits sm_80's shared memory (< 160 KiB).
+# (128 x 256 spilled 760 bytes with the gelu epilogue: 128 accumulators per thread.)
+HALF_TILES = (
+    TileConfig(128, 128, 64, 8, 3),
+    TileConfig(64, 128, 64, 4, 4),
+    TileConfig(128, 128, 32, 8, 3),
+    TileConfig(128, 64, 32, 8, 3),
+    TileConfig(64, 64, 32, 4, 4),
+)
+# fp32: exact products run on the FMA units with their operands in registers, so at most 32
+# accumulators per thread (64 spilled with the gelu epilogue) and BLOCK_K = 32 (the shared-memory
+# pipeline doubles); the 4-warp and 3-stage 128 x 64 builds left 8-16 byte stack frames in the
+# grad-weight kernel, these two none.
+FP32_TILES = (TileConfig(128, 64, 32, 8, 2), SMALL_TILE)
+TILE_CONFIGS = (*HALF_TILES, *FP32_TILES[:1], SMALL_TILE)  # everything the tuner may try
 GROUP_M = tl.constexpr(8)  # output tiles walked 8 row blocks at a time, so a W column block stays in L2
 
 
 def configs_for(itemsize: int, aligned: bool = True) -> tuple[TileConfig, ...]:
-    """The tiles the tuner may run: for unaligned rows the one small tile; otherwise those whose
-    pipeline fits in shared memory, and for fp32 with at most 32 accumulators per thread (the
-    gelu epilogue spilled with 64)."""
+    """The tiles the tuner may run for this element size and row alignment (the gate builds
+    exactly these)."""
     if not aligned:
         return (SMALL_TILE,)
-    return tuple(
-        c for c in TILE_CONFIGS
-        if c.smem_bytes(itemsize) <= SMEM_LIMIT
-        and (itemsize < 4 or c.block_m * c.block_n <= FP32_ACCUMULATORS * 32 * c.num_warps)
-    )
+    return FP32_TILES if itemsize == 4 else HALF_TILES
 
 
 def rows_aligned(itemsize: int, *lengths: int) -> bool:
@@ -115,7 +114,7 @@ def _prune(configs, named_args, **kwargs):
 def _autotune(key):
     # The interpreter cannot time anything: there the first configuration runs (the tests pick
     # others through ``config=``, which bypasses the tuner).
-    chosen = TILE_CONFIGS[:1] if triton_interpreting() else (*TILE_CONFIGS, SMALL_TILE)
+    chosen = TILE_CONFIGS[:1] if triton_interpreting() else TILE_CONFIGS
     return triton.autotune(configs=[_triton_config(c) for c in chosen], key=key,
                            prune_configs_by={"early_config_prune": _prune})
 
@@ -250,7 +249,8 @@ def linear_grad_weight_kernel(dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr, M, N, K,
     inside = (rn[:, None] < N) & (rk[None, :] < K)
     tl.store(dw_ptr + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty), mask=inside)
     if HAS_BIAS:
-        tl.store(db_ptr + rn, tl.sum(bias_tile, axis=1).to(db_ptr.dtype.element_ty), mask=(rn < N) & (pid_k == 0))
+        if pid_k == 0:
+            tl.store(db_ptr + rn, tl.sum(bias_tile, axis=1).to(db_ptr.dtype.element_ty), mask=rn < N)
 
 
 # ---------------------------------------------------------------------------------------------
