@@ -65,20 +65,21 @@ class TileConfig(NamedTuple):
 SMALL_TILE = TileConfig(64, 64, 32, 8, 3)
 # 16-bit storage: wide tiles for big layers (8 warps, two warpgroups of wgmma on sm_90), narrower
 # ones and a small one for thin layers; every pipeline fits sm_80's shared memory (< 160 KiB).
-# (128 x 256 spilled 760 bytes with the gelu epilogue: 128 accumulators per thread.)
+# (128 x 256 spilled 760 bytes with the gelu epilogue: 128 accumulators per thread; 64 x 128
+# over 4 warps spilled 8 bytes in the grad-weight kernel on sm_80, over 8 warps none.)
 HALF_TILES = (
     TileConfig(128, 128, 64, 8, 3),
-    TileConfig(64, 128, 64, 4, 4),
+    TileConfig(64, 128, 64, 8, 3),
     TileConfig(128, 128, 32, 8, 3),
     TileConfig(128, 64, 32, 8, 3),
     TileConfig(64, 64, 32, 4, 4),
 )
-# fp32: exact products run on the FMA units with their operands in registers, so at most 32
-# accumulators per thread (64 spilled with the gelu epilogue) and BLOCK_K = 32 (the shared-memory
-# pipeline doubles); the 4-warp and 3-stage 128 x 64 builds left 8-16 byte stack frames in the
-# grad-weight kernel, these two none.
-FP32_TILES = (TileConfig(128, 64, 32, 8, 2), SMALL_TILE)
-TILE_CONFIGS = (*HALF_TILES, *FP32_TILES[:1], SMALL_TILE)  # everything the tuner may try
+# fp32: exact products run on the FMA units with their operands in registers. 128 x 128 spilled
+# with the gelu epilogue (64 accumulators per thread); of the smaller tiles swept (128 x 64,
+# 64 x 128, 64 x 64 over 4 or 8 warps, 2 or 3 stages) every other one left ptxas spilling a
+# register or two (8-16 bytes) in one of the three kernels on sm_80 or sm_90.
+FP32_TILES = (TileConfig(64, 64, 32, 8, 2),)
+TILE_CONFIGS = (*HALF_TILES, *FP32_TILES, SMALL_TILE)  # everything the tuner may try
 GROUP_M = tl.constexpr(8)  # output tiles walked 8 row blocks at a time, so a W column block stays in L2
 
 
