@@ -72,8 +72,9 @@ def linear(input: Any, weight: Any, bias: Any = None, *, activation: str | None 
     output = output.reshape(out_shape)
     if not return_saved:
         return output
-    saved = {"none": None, "output": output}.get(kind, derivative if derivative is None else derivative.reshape(out_shape))
-    return output, saved
+    if kind == "none":
+        return output, None
+    return output, output if kind == "output" else derivative.reshape(out_shape)
 
 
 def linear_backward(grad_output: Any, input: Any, weight: Any, saved: Any = None, *, activation: str | None = None,
