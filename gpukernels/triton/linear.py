@@ -9,18 +9,22 @@
   the rows for the bias gradient: every program of the first grad-weight column block runs the
   whole row loop, in order, so the sum has fixed order and no atomics.
 
-Why save act'(z) instead of z (or recomputing z): each element of dz is formed once per tile of
-the other operand (K / BLOCK_K times in dx, the same in dW). From a saved z that is erf/exp
-work per formation, as much CUDA-core time as the tensor-core product it feeds for K = 4096;
-from act'(z) it is one multiply. Recomputing z costs a whole extra matmul (2 M N K flops, as
-much as the forward). Saving either z or act'(z) costs the same bytes: M N elements written
-once and read twice. The activation math itself is the activation family's (``_forward``,
-``_backward`` of gpukernels/triton/activation.py).
+Why save act'(z) instead of z (or recomputing z): each element of dz is formed once per output
+column block of the other product (K / BLOCK_N times in dx and again in dW: 2 x 32 times for
+K = 4096 and 128-wide tiles). From a saved z that is erf/exp work (~25 fp32 operations) each
+time: ~54 GFLOP on the CUDA cores for M = 8192, N = K = 4096, about as long as the backward's
+550 GFLOP on the tensor cores; from act'(z) it is one multiply (~2 GFLOP). Recomputing z costs
+a whole extra product (2 M N K = 275 GFLOP). Saving z or act'(z) costs the same bytes (M N
+elements written once, read by both backward kernels). The compile gate agrees: with z saved
+the backward kernels spill 1.3-1.5 KB per thread on sm_80 at the 128-wide tiles, with act'(z)
+none. (Benchmark providers run both ways on one tile, for a GPU run to time the choice.) The
+activation math itself is the activation family's (``_forward``, ``_backward`` of
+gpukernels/triton/activation.py).
 
 fp32 accumulation; fp16/bf16/fp32 storage. fp32 products follow
 ``torch.backends.cuda.matmul.allow_tf32`` as F.linear does (default: exact fp32, "ieee").
-Tile configurations by ``@triton.autotune`` keyed on the shapes, pruned to those whose pipeline
-fits in shared memory for the dtype; every one of them is in the compile gate.
+Tile configurations by ``@triton.autotune`` keyed on the shapes, pruned to the tiles listed for
+the storage width and row alignment (``configs_for``); every one of them is in the compile gate.
 """
 
 from __future__ import annotations
