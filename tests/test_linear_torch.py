@@ -115,3 +115,20 @@ def test_mlp_residual_only_where_widths_agree():
 def test_mlp_needs_a_hidden_layer():
     with pytest.raises(ValueError, match="hidden_features"):
         gknn.MLP(4, [])
+
+
+def test_mlp_with_layer_norm_matches_torch():
+    """Pre-norm residual MLP (norm=True uses our LayerNorm) against the same math in torch ops."""
+    torch.manual_seed(6)
+    mlp = gknn.MLP(8, [8, 8], activation="gelu", norm=True, dtype=torch.float64)
+    assert all(isinstance(norm, gknn.LayerNorm) for norm in mlp.norms)
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    h = x
+    for ln, layer in zip(mlp.norms, mlp.layers):
+        h = h + F.gelu(F.linear(F.layer_norm(h, (8,), ln.weight, ln.bias, ln.eps), layer.weight, layer.bias))
+    y = mlp(x)
+    torch.testing.assert_close(y, h)
+    g = torch.randn_like(y)
+    (ours,) = torch.autograd.grad(y, x, g)
+    (theirs,) = torch.autograd.grad(h, x, g)
+    torch.testing.assert_close(ours, theirs)

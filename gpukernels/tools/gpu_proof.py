@@ -83,6 +83,8 @@ GPU_BENCH = (
                    ("R=8192,C=4096",)),
     BenchSelection("metrics", ("binary_auroc", "multiclass_accuracy", "r2_score"), ("fwd",), ("float32",),
                    ("n=16777216", "n=67108864")),
+    BenchSelection("linear", ("linear_gelu",), ("fwd", "full"), ("bfloat16", "float32"),
+                   ("M=8192,K=4096,N=4096", "M=8192,K=1024,N=4096")),
 )
 # The dry run: the same families through the same code on the CPU, at the CPU cases' sizes.
 CPU_BENCH = (
