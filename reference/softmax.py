@@ -92,22 +92,22 @@ def keep_mask(shape: tuple[int, ...], mask: np.ndarray | None, lengths: np.ndarr
     return keep
 
 
-def _select_or_minus_inf(x, keep, out):
-    """``out = x where keep, else -inf``: a select on the bits, ((x ^ -inf) & drop) ^ x with
-    drop all ones where masked. Arithmetic would let a masked NaN or inf through (NaN * 0 is
-    NaN), and np.where on a random mask is about eight times slower."""
+def select_or_minus_inf(x: np.ndarray, keep: np.ndarray, out: np.ndarray) -> None:
+    """``out = x where keep, else -inf`` (``out`` may be ``x``): a select on the bits,
+    x ^ ((x ^ -inf) & drop) with drop all ones where masked. Arithmetic would let a masked NaN
+    or inf through (NaN * 0 is NaN), and np.where on a random mask is about eight times slower."""
     bits = np.dtype(f"i{out.itemsize}")
     drop = keep.astype(bits)
     drop -= 1  # keep: 1 - 1 = 0; masked: 0 - 1 = all ones
-    x_bits, out_bits = x.view(bits), out.view(bits)
-    np.bitwise_xor(x_bits, np.array(-np.inf, out.dtype).view(bits), out=out_bits)
-    out_bits &= drop
-    out_bits ^= x_bits
+    x_bits = x.view(bits)
+    flip = np.bitwise_xor(x_bits, np.array(-np.inf, out.dtype).view(bits))
+    flip &= drop
+    np.bitwise_xor(x_bits, flip, out=out.view(bits))
 
 
 def _masked_softmax(x, keep, out, dim):
     # Masked positions are absent: -inf before the maximum, so a masked NaN or inf does not count.
-    _select_or_minus_inf(x, keep, out)
+    select_or_minus_inf(x, keep, out)
     out -= _row_max(out, dim)
     np.exp(out, out=out)
     total = row_sum(out, dim)
