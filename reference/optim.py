@@ -226,6 +226,8 @@ def clip_grad_norm_(grads, *, max_norm, norm_type, error_if_nonfinite=False):
     if error_if_nonfinite and not math.isfinite(total):
         raise nonfinite_norm_error(norm_type)
     coef = min(max_norm / (float(total) + 1e-6), 1.0) if not math.isnan(total) else math.nan
+    if coef == 1.0:  # the norm is within max_norm: g * 1.0 is g, bit for bit (inf and NaN too)
+        return np.asarray(total)
     with np.errstate(all="ignore"):
         foreach(lambda g: np.multiply(g, coef, out=g), {"g": grads}, writes=("g",), pack=False)
     return np.asarray(total)
