@@ -123,7 +123,7 @@ def foreach(formula: Callable[..., object], lists: Mapping[str, Sequence[np.ndar
         indices = range(len(lists[names[0]]))
 
     def direct(piece: Piece):  # the formula on this piece's own arrays
-        return formula(**{name: piece[name] for name in arguments})
+        return formula(**(piece if not copies else {name: piece[name] for name in arguments}))
 
     def together(pieces: list[Piece]):  # the pieces gathered into one array per list
         work = {name: _gather([piece[name] for piece in pieces]) for name in arguments}
@@ -135,6 +135,9 @@ def foreach(formula: Callable[..., object], lists: Mapping[str, Sequence[np.ndar
         return result
 
     tasks: list[Callable[[], list]] = []
+    # Tasks that are batches of small tensors updated one by one spend their time in Python,
+    # holding the GIL: on the pool they would only queue for it. They run on the calling thread.
+    inline: set[int] = set()  # indices into tasks
     for dtypes, group in _by_dtypes(lists, indices).items():
         as_they_are = not copies and all(_work_dtype(d) == d for d in dtypes)
         alone = direct if as_they_are else (lambda piece: together([piece]))
@@ -148,27 +151,34 @@ def foreach(formula: Callable[..., object], lists: Mapping[str, Sequence[np.ndar
                 batch.append(piece)
                 batch_size += size
             if batch and (batch_size >= CHUNK or size > CHUNK):
-                tasks.append(_task(batch, pack, alone, together))
+                _task(batch, pack, alone, together, tasks, inline)
                 batch, batch_size = [], 0
         if batch:
-            tasks.append(_task(batch, pack, alone, together))
+            _task(batch, pack, alone, together, tasks, inline)
     results = [None] * len(tasks)
 
     def record(k: int) -> None:
         results[k] = tasks[k]()
 
-    _parallel.run([lambda k=k: record(k) for k in range(len(tasks))])
+    _parallel.run([lambda k=k: record(k) for k in range(len(tasks)) if k not in inline])
+    for k in inline:
+        record(k)
     return [value for values in results for value in values]
 
 
-def _task(pieces: list[Piece], pack: bool, alone, together) -> Callable[[], list]:
-    """One task for a batch of pieces: with ``pack``, the small ones gathered and updated
-    together, the others one by one."""
-    small = [p for p in pieces if pack and next(iter(p.values())).size < PACK_BELOW]
-    if len(small) < 2:
-        return lambda: [alone(piece) for piece in pieces]
-    others = [p for p in pieces if not (pack and next(iter(p.values())).size < PACK_BELOW)]
-    return lambda: [together(small)] + [alone(piece) for piece in others]
+def _task(pieces: list[Piece], pack: bool, alone, together, tasks: list, inline: set) -> None:
+    """Add the task for a batch of pieces: with ``pack``, the small ones gathered and updated
+    together, the others one by one. A batch of small pieces updated one by one is marked in
+    ``inline`` (by its index: Python-bound, for the calling thread)."""
+    is_small = [next(iter(p.values())).size < PACK_BELOW for p in pieces]
+    if not pack or sum(is_small) < 2:
+        if len(pieces) > 1 and all(is_small):
+            inline.add(len(tasks))
+        tasks.append(lambda: [alone(piece) for piece in pieces])
+        return
+    small = [p for p, s in zip(pieces, is_small) if s]
+    others = [p for p, s in zip(pieces, is_small) if not s]
+    tasks.append(lambda: [together(small)] + [alone(piece) for piece in others])
 
 
 def _by_dtypes(lists: Mapping[str, Sequence[np.ndarray]], indices: Sequence[int]) -> dict[tuple, list[int]]:

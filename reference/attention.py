@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from ._parallel import along
-from .softmax import row_dot, row_sum
+from .softmax import row_dot, row_sum, select_or_minus_inf
 
 SCORE_KINDS = ("dot", "scaled_dot", "general", "additive")
 
@@ -61,7 +61,7 @@ def _masked_softmax(scores: np.ndarray, keep: np.ndarray | None) -> tuple[np.nda
     is overwritten: it becomes the probabilities.
     """
     if keep is not None:  # a select, not arithmetic: a masked NaN or inf must not count
-        np.copyto(scores, np.where(keep, scores, -np.inf))
+        select_or_minus_inf(scores, keep, scores)
     lse = np.empty((*scores.shape[:-1], 1), dtype=scores.dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
         along(_softmax_rows, scores, lse, axis=-1, out=scores)

@@ -198,20 +198,21 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, master
 # Gradient clipping
 
 
-def _norm_part(g: np.ndarray, norm_type: float):
-    """This array's share of the total: max |g|, sum g^2, or sum |g|^p (float16 summed in float32)."""
+def _norm_part(norm_type: float):
+    """The formula for one array's share of the total: max |g|, sum g^2, or sum |g|^p (float16
+    summed in float32). Chosen once per call: it runs once per tensor."""
     if math.isinf(norm_type):
-        return np.max(np.abs(g), initial=0.0)  # np.max keeps NaN
+        return lambda g: np.max(np.abs(g), initial=0.0)  # np.max keeps NaN
     if norm_type == 2.0:
-        return np.vdot(g, g)  # (flattens: a tensor that is not contiguous arrives whole)
-    return np.sum(np.abs(g) ** norm_type)
+        return lambda g: np.vdot(g, g)  # (flattens: a tensor that is not contiguous arrives whole)
+    return lambda g: np.sum(np.abs(g) ** norm_type)
 
 
 def grad_norm(grads, *, norm_type):
     """The norm of all gradients together, as one float64 scalar (NaN if any gradient is NaN).
     The parts are summed in the gradients' own dtype (float16 in float32), as torch does."""
     with np.errstate(all="ignore"):
-        parts = np.asarray(foreach(lambda g: _norm_part(g, norm_type), {"g": grads}, writes=(), pack=False), dtype=np.float64)
+        parts = np.asarray(foreach(_norm_part(norm_type), {"g": grads}, writes=(), pack=False), dtype=np.float64)
         if parts.size == 0:
             return np.float64(0.0)
         if math.isinf(norm_type):
@@ -233,6 +234,8 @@ def clip_grad_norm_(grads, *, max_norm, norm_type, error_if_nonfinite=False):
     if error_if_nonfinite and not math.isfinite(total):
         raise nonfinite_norm_error(norm_type)
     coef = min(max_norm / (float(total) + 1e-6), 1.0) if not math.isnan(total) else math.nan
+    if coef == 1.0:  # the norm is within max_norm: g * 1.0 is g, bit for bit (inf and NaN too)
+        return np.asarray(total)
     with np.errstate(all="ignore"):
         foreach(lambda g: np.multiply(g, coef, out=g), {"g": grads}, writes=("g",), pack=False)
     return np.asarray(total)

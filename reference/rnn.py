@@ -83,6 +83,21 @@ def _sigmoid_via_tanh(pattern: str, H: int, dtype: np.dtype) -> tuple[np.ndarray
     return scale, shift
 
 
+def _gate_derivatives(y: np.ndarray, pattern: str) -> np.ndarray:
+    """The derivatives of the gate nonlinearities of ``pattern`` from their outputs ``y``, all
+    blocks in three calls: (1 - y)(y + shift), shift 0 on 's' blocks (sigmoid' = y (1 - y))
+    and 1 on 't' blocks (tanh' = (1 - y)(1 + y), which unlike 1 - y^2 does not cancel)."""
+    shift = _derivative_shift(pattern, y.shape[1] // len(pattern), y.dtype)
+    derivative = np.subtract(1, y)
+    derivative *= y + shift
+    return derivative
+
+
+@functools.lru_cache(maxsize=32)
+def _derivative_shift(pattern: str, H: int, dtype: np.dtype) -> np.ndarray:
+    return np.repeat([1.0 if p == "t" else 0.0 for p in pattern], H).astype(dtype)
+
+
 def _activate(a: np.ndarray, pattern: str) -> None:
     """The gate nonlinearities of ``pattern`` (see _sigmoid_via_tanh), in place on ``a``."""
     scale, shift = _sigmoid_via_tanh(pattern, a.shape[1] // len(pattern), a.dtype)
@@ -243,29 +258,36 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
         if cell in ("rnn_tanh", "rnn_relu"):
             h_new = ws[:, :H]
             da = dh_t * (1 - h_new * h_new) if cell == "rnn_tanh" else np.where(h_new > 0, dh_t, 0)
-            parts_x, dh_direct, dc_prev = (da,), 0.0, None
+            parts_x, dh_direct, dc_prev = (da,), None, None
             parts_h = parts_x
-        elif cell == "lstm":
+        elif cell == "lstm":  # written straight into d_gx[t]: about 18 NumPy calls a step
             i, f, g, o, c_new = (ws[:, k * H:(k + 1) * H] for k in range(5))
             c_prev = c_before[t]
+            d = d_gx[t]  # first the gradients of the gate outputs, then of their pre-activations
+            d_i, d_f, d_g, d_o = (d[:, k * H:(k + 1) * H] for k in range(4))
             tc = np.tanh(c_new)
-            da_o = dh_t * tc * o * (1 - o)
-            dc_t = dc + dh_t * o * (1 - tc * tc)
+            np.multiply(dh_t, tc, out=d_o)
+            dc_t = np.multiply(tc, tc)
+            np.subtract(1, dc_t, out=dc_t)
+            dc_t *= o
+            dc_t *= dh_t
+            dc_t += dc  # dc_t = dc + dh_t o (1 - tanh(c')^2)
             if w_peep is not None:
-                dc_t = dc_t + da_o * w_peep[2]
-            da_g = dc_t * i * (1 - g * g)
-            di = dc_t * g
-            if coupled:  # f = 1 - i
-                di = di - dc_t * c_prev
-                da_f = np.zeros_like(di)
+                dc_t += d_o * (o * (1 - o)) * w_peep[2]
+            np.multiply(dc_t, g, out=d_i)
+            np.multiply(dc_t, i, out=d_g)
+            if coupled:  # f = 1 - i: its gradient reaches i
+                d_i -= dc_t * c_prev
+                d_f.fill(0)
             else:
-                da_f = dc_t * c_prev * f * (1 - f)
-            da_i = di * i * (1 - i)
-            dc_prev = dc_t * f
+                np.multiply(dc_t, c_prev, out=d_f)
+            d *= _gate_derivatives(ws[:, :4 * H], "ssts")
+            dc_prev = np.multiply(dc_t, f)
             if w_peep is not None:
-                dc_prev = dc_prev + da_i * w_peep[0] + da_f * w_peep[1]
-            parts_x = parts_h = (da_i, da_f, da_g, da_o)
-            dh_direct = 0.0
+                dc_prev += d_i * w_peep[0]
+                dc_prev += d_f * w_peep[1]
+            parts_x = parts_h = None
+            dh_direct = None
         else:  # gru
             r, z, n, m = (ws[:, k * H:(k + 1) * H] for k in range(4))
             dh_direct = dh_t * z
@@ -281,7 +303,8 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
                 parts_h = (da_r, da_z, da_n)
             parts_x, dc_prev = (da_r, da_z, da_n), None
 
-        d_gx[t] = np.concatenate(parts_x, axis=1)
+        if parts_x is not None:
+            d_gx[t] = np.concatenate(parts_x, axis=1)
         if d_gh is not d_gx:
             d_gh[t] = np.concatenate(parts_h, axis=1)
         if active is not None:  # an inactive step passes the state's gradient through unchanged
@@ -289,7 +312,9 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
             if d_gh is not d_gx:
                 d_gh[t] *= active
         recurrent_rows = w_hh[:2 * H] if cell == "gru" and not linear_before_reset else w_hh
-        dh_new = dh_direct + d_gh[t][:, :recurrent_rows.shape[0]] @ recurrent_rows
+        dh_new = d_gh[t][:, :recurrent_rows.shape[0]] @ recurrent_rows
+        if dh_direct is not None:
+            dh_new += dh_direct
         if active is not None:
             dh_new = np.where(active, dh_new, dh)
             if dc is not None:
@@ -306,7 +331,8 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
     else:
         grad_w_hh = flat(d_gh).T @ flat(h_before)
     grad_b_ih = None if b_ih is None else d_gx.sum(axis=(0, 1))
-    grad_b_hh = None if b_hh is None else d_gh.sum(axis=(0, 1))
+    grad_b_hh = None if b_hh is None else (
+        grad_b_ih.copy() if d_gh is d_gx and grad_b_ih is not None else d_gh.sum(axis=(0, 1)))
     grad_w_peep = None
     if cell == "lstm" and w_peep is not None:
         da_i, da_f, da_o = d_gx[:, :, :H], d_gx[:, :, H:2 * H], d_gx[:, :, 3 * H:]

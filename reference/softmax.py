@@ -27,10 +27,15 @@ from ._precision import reference_op
 
 def row_dot(a: np.ndarray, b: np.ndarray, dim: int) -> np.ndarray:
     """``sum(a * b)`` along ``dim``, kept as an axis of length 1 (along the last axis without
-    the product array)."""
+    the product array: np.vecdot, twice as fast as the einsum that stands in before NumPy 2)."""
     if dim != a.ndim - 1:
         return np.sum(a * b, axis=dim, keepdims=True)
-    return np.einsum("...j,...j->...", a, b)[..., None]
+    if _vecdot is None:
+        return np.einsum("...j,...j->...", a, b)[..., None]
+    return _vecdot(a, b)[..., None]
+
+
+_vecdot = getattr(np, "vecdot", None)  # NumPy >= 2.0
 
 
 def row_sum(a: np.ndarray, dim: int) -> np.ndarray:
@@ -76,18 +81,33 @@ def keep_mask(shape: tuple[int, ...], mask: np.ndarray | None, lengths: np.ndarr
     """Boolean array of ``shape``: True where masked_softmax keeps a position. ``mask`` is
     broadcast to ``shape``; ``lengths`` (``shape`` without ``dim``) keeps index j along ``dim``
     while ``j < lengths``. Both may be given: a position must pass both."""
+    if mask is not None and lengths is None:  # (read-only: a view where mask already has the shape)
+        return np.broadcast_to(mask if mask.dtype == bool else mask != 0, shape)  # float16 calls widen mask
     keep = np.ones(shape, dtype=bool)
     if mask is not None:
-        keep &= np.broadcast_to(mask != 0, shape)  # != 0: float16 inputs arrive as float32
+        keep &= np.broadcast_to(mask != 0, shape)
     if lengths is not None:
         index = np.arange(shape[dim]).reshape([-1 if a == dim else 1 for a in range(len(shape))])
         keep &= index < np.expand_dims(lengths, dim)
     return keep
 
 
+def select_or_minus_inf(x: np.ndarray, keep: np.ndarray, out: np.ndarray) -> None:
+    """``out = x where keep, else -inf`` (``out`` may be ``x``): a select on the bits,
+    x ^ ((x ^ -inf) & drop) with drop all ones where masked. Arithmetic would let a masked NaN
+    or inf through (NaN * 0 is NaN), and np.where on a random mask is about eight times slower."""
+    bits = np.dtype(f"i{out.itemsize}")
+    drop = keep.astype(bits)
+    drop -= 1  # keep: 1 - 1 = 0; masked: 0 - 1 = all ones
+    x_bits = x.view(bits)
+    flip = np.bitwise_xor(x_bits, np.array(-np.inf, out.dtype).view(bits))
+    flip &= drop
+    np.bitwise_xor(x_bits, flip, out=out.view(bits))
+
+
 def _masked_softmax(x, keep, out, dim):
     # Masked positions are absent: -inf before the maximum, so a masked NaN or inf does not count.
-    np.copyto(out, np.where(keep, x, -np.inf))  # a select, not arithmetic: masked NaN * 0 is NaN
+    select_or_minus_inf(x, keep, out)
     out -= _row_max(out, dim)
     np.exp(out, out=out)
     total = row_sum(out, dim)
