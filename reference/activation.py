@@ -122,8 +122,8 @@ def _exp_minus_half_square(a, out):
     np.multiply(a, a, out=out)
     out *= -0.5
     np.exp(out, out=out)
-    far = np.flatnonzero(a > _EXACT_SQUARE_FROM)
-    if far.size:
+    far = a > _EXACT_SQUARE_FROM  # a boolean mask: indexes arrays of any rank
+    if far.any():
         b = a[far]
         h = (b.view(np.uint32) & np.uint32(0xFFFFF000)).view(np.float32)
         out[far] = np.exp(-0.5 * (h * h)) * np.exp(-0.5 * ((b - h) * (b + h)))

@@ -180,3 +180,16 @@ def test_nonfinite_gradients_through_relu_like_backward_match_aten(name, dtype, 
     else:
         want, got = torch.ops.aten.leaky_relu_backward(dyt, xt, 0.2, False), ref.leaky_relu_backward(dy, x, 0.2)
     np.testing.assert_array_equal(got, want.numpy())
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (4, 1, 5), (3, 257)], ids=lambda s: "x".join(map(str, s)))
+def test_float32_gelu_on_arrays_of_any_rank_with_tail_values(shape, rng):
+    """The tail correction (|x| > 4) once indexed flat positions into an n-d array: an
+    IndexError or the wrong elements. Same values as the flat call, and float32-accurate."""
+    x = (rng.standard_normal(shape) * 6).astype(np.float32)
+    x.reshape(-1)[:2] = [5.0, -6.5]
+    for op, args in (("gelu", (x,)), ("gelu_backward", (np.ones_like(x), x))):
+        got = getattr(ref, op)(*args)
+        flat = getattr(ref, op)(*(a.reshape(-1) for a in args)).reshape(shape)
+        assert got.shape == shape and np.array_equal(got, flat), op
+        assert_close(got, getattr(ref, op)(*(a.astype(np.float64) for a in args)), "float32")
