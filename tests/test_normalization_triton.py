@@ -191,12 +191,18 @@ def test_non_contiguous_and_offset_views(rng):
         assert_close(y, want, "float16", "reduction")
 
 
-def test_rms_norm_eps_none_is_the_dtypes_epsilon():
-    x = torch.full((2, 4), 1e-3, device=DEVICE, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_rms_norm_eps_none_is_torchs(dtype):
+    """torch's eps=None is the epsilon of the type it computes in: float32's for half inputs.
+    Rows of small values show it (the dtype's own epsilon would move them by up to 1.3)."""
+    x = (torch.randn(3, 64, generator=torch.Generator().manual_seed(3)) * 0.05).to(DEVICE, dtype)
     with gk.use_backend("triton"):
-        y = gk.rms_norm(x, (4,))
-    want = torch.nn.functional.rms_norm(x.double().cpu(), (4,), eps=torch.finfo(torch.bfloat16).eps)
-    assert_close(y, want.numpy(), "bfloat16", "reduction")
+        y = gk.rms_norm(x, (64,))
+    name = str(dtype).removeprefix("torch.")
+    want = torch.nn.functional.rms_norm(x.double().cpu(), (64,), eps=torch.finfo(torch.float32).eps)
+    assert_close(y, want.numpy(), name, "reduction")
+    torch_own = torch.nn.functional.rms_norm(x.cpu(), (64,))  # torch's half kernel, eps=None
+    assert_close(torch_own, want.numpy(), name, "reduction")
 
 
 def test_float64_is_rejected_with_the_supported_dtypes():
