@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.nn import _reduction
 
 from ..ops import cross_entropy as _ce
-from ._library import FLOAT32, LOWER_PRECISION, autocast, empty, fresh, fresh_all, op, present
+from ._library import FLOAT32, LOWER_PRECISION, autocast, autocast_inputs, empty, fresh, fresh_all, op
 
 
 def _grad_or_placeholder(grad, input: Tensor) -> Tensor:
@@ -229,9 +229,11 @@ def _linear_gradients(ctx, grad_output, *_grads_of_grads):
 
 _linear_cross_entropy.register_autograd(_linear_gradients, setup_context=_linear_setup)
 
+_ROW_AUTOCAST = {"cpu": FLOAT32, "cuda": FLOAT32}
+_LINEAR_AUTOCAST = {"cpu": LOWER_PRECISION, "cuda": LOWER_PRECISION}
 for _op in (_cross_entropy, _focal_loss, _nll_loss):
-    autocast(_op, cpu=FLOAT32, cuda=FLOAT32)
-autocast(_linear_cross_entropy, cpu=LOWER_PRECISION, cuda=LOWER_PRECISION)
+    autocast(_op, **_ROW_AUTOCAST)
+autocast(_linear_cross_entropy, **_LINEAR_AUTOCAST)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +255,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
                   size_average=None, ignore_index: int = -100, reduce=None, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> torch.Tensor:
     """``torch.nn.functional.cross_entropy``: same arguments (legacy ones included)."""
-    _, ignore_index, reduction = _ce.check_row_options("cross_entropy", input, target, weight, "weight", ignore_index,
+    checked = autocast_inputs(_ROW_AUTOCAST, input, target, weight)  # the dtypes the op will see
+    _, ignore_index, reduction = _ce.check_row_options("cross_entropy", *checked, "weight", ignore_index,
                                                        _legacy(size_average, reduce, reduction), True, values=False)
     label_smoothing = _ce._check_smoothing(label_smoothing)
     return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, _wants_grad(input))[0]
@@ -262,7 +265,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> torch.Tensor:
     """``torch.nn.functional.nll_loss``: same arguments (legacy ones included)."""
-    _, ignore_index, reduction = _ce.check_row_options("nll_loss", input, target, weight, "weight", ignore_index,
+    checked = autocast_inputs(_ROW_AUTOCAST, input, target, weight)
+    _, ignore_index, reduction = _ce.check_row_options("nll_loss", *checked, "weight", ignore_index,
                                                        _legacy(size_average, reduce, reduction), False, values=False)
     return _nll_loss(input, target, weight, ignore_index, reduction)
 
@@ -270,8 +274,9 @@ def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
 def focal_loss(input: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: torch.Tensor | None = None,
                ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
     """Multi-class focal loss on softmax probabilities (see ``gpukernels.focal_loss``)."""
-    _, ignore_index, reduction = _ce.check_row_options("focal_loss", input, target, alpha, "alpha", ignore_index,
-                                                       reduction, False, values=False)
+    checked = autocast_inputs(_ROW_AUTOCAST, input, target, alpha)
+    _, ignore_index, reduction = _ce.check_row_options("focal_loss", *checked, "alpha", ignore_index, reduction, False,
+                                                       values=False)
     gamma = _ce.check_real_number(gamma, "gamma")
     if not gamma >= 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
@@ -282,8 +287,9 @@ def linear_cross_entropy(input: torch.Tensor, weight: torch.Tensor, target: torc
                          bias: torch.Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
                          label_smoothing: float = 0.0, chunk_size: int | None = None) -> torch.Tensor:
     """``cross_entropy(input @ weight.T + bias, target)`` without materialising the logits."""
+    checked = autocast_inputs(_LINEAR_AUTOCAST, input, weight, target, bias)
     ignore_index, reduction, label_smoothing, _ = _ce.check_linear_options(
-        input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size, values=False)
+        *checked, ignore_index, reduction, label_smoothing, chunk_size, values=False)
     compute_grad = reduction != "none" and _wants_grad(input, weight, bias)
     loss = _linear_cross_entropy(input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size,
                                  compute_grad)[0]

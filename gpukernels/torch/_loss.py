@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..ops import loss as _loss
-from ._library import FLOAT32, autocast, empty, fresh, fresh_all, op, present
+from ._library import FLOAT32, autocast, autocast_inputs, empty, fresh, fresh_all, op, present
 
 # The kernel's name for each loss (``reference.loss.LOSSES``), keyed by our op's name.
 _KERNEL = {"mse_loss": "mse", "l1_loss": "l1", "huber_loss": "huber", "smooth_l1_loss": "smooth_l1",
@@ -137,9 +137,11 @@ for _op in (_mse, _l1, _huber, _smooth_l1, _bce, _bce_logits, _focal):
     _op.register_autograd(lambda ctx, g, _n=_arity: (*_gradients(ctx, g), *(None,) * (_n - 2)),
                           setup_context=_setup_context(_op))
 
+_FLOAT32 = {"cpu": FLOAT32, "cuda": FLOAT32}
+_BCE_AUTOCAST = {"cpu": FLOAT32}  # and refused on CUDA, below
 for _op in (_mse, _l1, _huber, _smooth_l1, _bce_logits, _focal):
-    autocast(_op, cpu=FLOAT32, cuda=FLOAT32)
-autocast(_bce, cpu=FLOAT32)
+    autocast(_op, **_FLOAT32)
+autocast(_bce, **_BCE_AUTOCAST)
 
 
 def _refuse_bce_under_cuda_autocast(_keyset, *args):
@@ -159,7 +161,9 @@ _ban_library.impl("binary_cross_entropy", _refuse_bce_under_cuda_autocast, "Auto
 # The checks here do not read the data: they run at trace time under torch.compile.
 
 
-def _check(input, target, reduction, weight=None, pos_weight=None) -> str:
+def _check(input, target, reduction, weight=None, pos_weight=None, policies=_FLOAT32) -> str:
+    # the dtype checks see the tensors as the op's autocast rule will cast them
+    input, target, weight, pos_weight = autocast_inputs(policies, input, target, weight, pos_weight)
     _loss._check_pair(input, target)
     _loss._check_weight(input, weight, "weight")
     _loss._check_weight(input, pos_weight, "pos_weight")
@@ -193,7 +197,7 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "
 def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                          reduction: str = "mean") -> torch.Tensor:
     _constant(weight, "weight", "binary_cross_entropy")
-    return _bce(input, target, weight, _check(input, target, reduction, weight))
+    return _bce(input, target, weight, _check(input, target, reduction, weight, policies=_BCE_AUTOCAST))
 
 
 def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,

@@ -7,9 +7,8 @@ the backward recomputes ``xhat`` from them in its one pass instead of saving it.
 
 Autocast (torch's lists): ``layer_norm`` and ``rms_norm`` run in float32 under CUDA autocast and
 have no rule on the CPU, where torch's mixed-dtype norms take a lower-precision input with
-float32 parameters and return the input's dtype; ours do the same there by casting the
-parameters to the input's dtype (their gradients come back in float32 through the cast). The
-fused residual variants follow the norm they end with.
+float32 parameters, compute in float32 and return the input's dtype; ours do the same there
+(see ``_mixed_dtype``). The fused residual variants follow the norm they end with.
 """
 
 from __future__ import annotations
@@ -181,14 +180,22 @@ for _op, _rms, _add in ((_layer_norm, False, False), (_rms_norm, True, False), (
 # torch.nn.functional's signatures; every check here (none reads the data) runs at trace time
 
 
+def _mixed_dtype(input: Tensor, *parameters: Tensor | None) -> torch.dtype | None:
+    """The dtype to return in when CPU autocast (no rule for the norms there) meets a
+    lower-precision input and float32 parameters, which torch's norms accept: they compute in
+    float32 with the parameters as they are and return the input's dtype. Ours do the same by
+    running on the input cast to float32 (rounding the parameters instead would cost the
+    gradients a factor of ten in accuracy, where the backward's terms cancel; and ``eps=None``
+    is then float32's epsilon, as torch's float32 math takes it). None otherwise."""
+    mixed = (input.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+             and input.dtype in (torch.float16, torch.bfloat16)
+             and any(p is not None and p.dtype == torch.float32 for p in parameters))
+    return input.dtype if mixed else None
+
+
 def _prepare(input, residual, normalized_shape, weight, bias, eps, rms: bool):
-    """(normalized_shape as a list, weight, bias, eps) after the forward's checks. Under CPU
-    autocast a lower-precision input meets float32 parameters, which torch's norms accept (the
-    output in the input's dtype): the parameters are cast to the input's dtype for our kernels."""
+    """(normalized_shape as a list, eps) after the forward's checks."""
     check_float(input, "input")
-    if (torch.is_autocast_enabled(input.device.type) and input.device.type == "cpu"
-            and input.dtype in (torch.float16, torch.bfloat16)):
-        weight, bias = (p if p is None or not p.is_floating_point() else p.to(input.dtype) for p in (weight, bias))
     shape = _norm.check_normalized_shape(input, normalized_shape)
     if residual is not None:
         check_same("input", input, residual=residual)
@@ -196,34 +203,45 @@ def _prepare(input, residual, normalized_shape, weight, bias, eps, rms: bool):
     _norm._check_parameter(input, "bias", bias, shape)
     if eps is not None or not rms:
         eps = _norm._check_eps(eps, input, default_machine_eps=False)
-    return list(shape), weight, bias, eps
+    return list(shape), eps
+
+
+def _in(dtype: torch.dtype | None, *tensors: Tensor | None) -> tuple:
+    """``tensors`` cast to ``dtype`` (None: unchanged)."""
+    return tuple(t if dtype is None or t is None else t.to(dtype) for t in tensors)
 
 
 def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
                bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
     """``torch.nn.functional.layer_norm``: same arguments and result."""
-    shape, weight, bias, eps = _prepare(input, None, normalized_shape, weight, bias, eps, False)
-    return _layer_norm(input, shape, weight, bias, eps)[0]
+    out_dtype = _mixed_dtype(input, weight, bias)
+    (input,) = _in(torch.float32 if out_dtype else None, input)
+    shape, eps = _prepare(input, None, normalized_shape, weight, bias, eps, False)
+    return _in(out_dtype, _layer_norm(input, shape, weight, bias, eps)[0])[0]
 
 
 def rms_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
              eps: float | None = None) -> torch.Tensor:
     """``torch.nn.functional.rms_norm``: same arguments (``eps=None``: the dtype's epsilon)."""
-    shape, weight, _, eps = _prepare(input, None, normalized_shape, weight, None, eps, True)
-    return _rms_norm(input, shape, weight, eps)[0]
+    out_dtype = _mixed_dtype(input, weight)
+    (input,) = _in(torch.float32 if out_dtype else None, input)
+    shape, eps = _prepare(input, None, normalized_shape, weight, None, eps, True)
+    return _in(out_dtype, _rms_norm(input, shape, weight, eps)[0])[0]
 
 
 def add_layer_norm(input: torch.Tensor, residual: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
                    bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """``(layer_norm(input + residual), input + residual)``, fused, differentiable in both outputs."""
-    shape, weight, bias, eps = _prepare(input, residual, normalized_shape, weight, bias, eps, False)
-    out, total, _, _ = _add_layer_norm(input, residual, shape, weight, bias, eps)
-    return out, total
+    out_dtype = _mixed_dtype(input, weight, bias)
+    input, residual = _in(torch.float32 if out_dtype else None, input, residual)
+    shape, eps = _prepare(input, residual, normalized_shape, weight, bias, eps, False)
+    return _in(out_dtype, *_add_layer_norm(input, residual, shape, weight, bias, eps)[:2])
 
 
 def add_rms_norm(input: torch.Tensor, residual: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
                  eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rms_norm(input + residual), input + residual)``, fused, differentiable in both outputs."""
-    shape, weight, _, eps = _prepare(input, residual, normalized_shape, weight, None, eps, True)
-    out, total, _ = _add_rms_norm(input, residual, shape, weight, eps)
-    return out, total
+    out_dtype = _mixed_dtype(input, weight)
+    input, residual = _in(torch.float32 if out_dtype else None, input, residual)
+    shape, eps = _prepare(input, residual, normalized_shape, weight, None, eps, True)
+    return _in(out_dtype, *_add_rms_norm(input, residual, shape, weight, eps)[:2])
