@@ -30,11 +30,14 @@ from .ops.cross_entropy import (
     cross_entropy, cross_entropy_backward, cross_entropy_forward, focal_loss, focal_loss_backward, focal_loss_forward,
     linear_cross_entropy, linear_cross_entropy_backward, linear_cross_entropy_forward, nll_loss, nll_loss_backward,
 )
+from .ops.linear import linear, linear_backward
 from .ops.optim import adam_step, clip_grad_norm_, clip_grad_value_, rmsprop_step, sgd_step
 from .ops.normalization import (
     add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, layer_norm, layer_norm_backward,
     rms_norm, rms_norm_backward,
 )
+
+from . import metrics  # gpukernels.metrics: torchmetrics-style functional and stateful metrics
 
 __version__ = "0.1.0"
 
@@ -51,6 +54,7 @@ __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
     "sigmoid_focal_loss", "mse_loss_backward", "l1_loss_backward", "huber_loss_backward", "smooth_l1_loss_backward",
     "binary_cross_entropy_backward", "binary_cross_entropy_with_logits_backward", "sigmoid_focal_loss_backward",
+    "linear", "linear_backward",
     "adam_step", "sgd_step", "rmsprop_step", "clip_grad_norm_", "clip_grad_value_",
     "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
     "focal_loss", "focal_loss_forward", "focal_loss_backward",

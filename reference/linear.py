@@ -1,0 +1,120 @@
+"""The dense layer y = act(x W^T + b), forward and backward, in plain NumPy.
+
+Shapes: ``input`` (M, K), ``weight`` (N, K) as torch.nn.Linear holds it, ``bias`` (N,) or None;
+the public op flattens leading dimensions to M. The activation math is the activation family's
+(``reference/activation.py``), applied to the pre-activation z = x W^T + b.
+
+What the backward needs besides the inputs ("saved", see ``saved_kind``):
+
+* no activation: nothing (dz = dy);
+* sigmoid, tanh, relu, leaky_relu with a slope >= 0: the output y, whose derivative act'(z) is a
+  function of y (y (1 - y), (1 - y)(1 + y), [y > 0]): a tensor the next layer keeps anyway;
+* gelu, gelu_tanh (and leaky_relu with a negative slope, where y > 0 no longer tells z > 0):
+  the derivative act'(z) itself, written by the forward once, so the backward multiplies instead
+  of re-evaluating erf/exp (the GPU kernels would do that once per tile of the other operand).
+
+Backward: dz = dy * act'(z), dx = dz W, dW = dz^T x, db = sum over rows of dz.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import importlib
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh")
+_OUTPUT_DERIVATIVE = ("sigmoid", "tanh", "relu")  # act'(z) is a function of y = act(z)
+
+
+def saved_kind(activation: str | None, negative_slope: float = 0.01) -> str:
+    """What the backward reads besides the inputs: 'none', 'output' (y) or 'derivative' (act'(z)).
+
+    leaky_relu's output tells z > 0 (y > 0) for any slope >= 0: z = -inf with slope 0 gives
+    y = NaN, and NaN > 0 is false as -inf > 0 is, so the gradient is the same. A negative slope
+    makes y > 0 for z < 0 too, so then the derivative is saved."""
+    if activation is None:
+        return "none"
+    if activation in _OUTPUT_DERIVATIVE or (activation == "leaky_relu" and negative_slope >= 0):
+        return "output"
+    return "derivative"
+
+
+def _act():
+    """The activation family's reference, imported on first use: the public ops import this
+    module for ``saved_kind`` while ``import gpukernels`` stays free of SciPy."""
+    return importlib.import_module(f"{__package__}.activation")
+
+
+def _activation_forward(z, activation, negative_slope):
+    # Flat, as the activation reference works best (and its float32 gelu tail path indexes
+    # flat: a 2-D array with |z| > 4 below the threading size raised IndexError there).
+    return _act().forward(z.reshape(-1), activation, negative_slope).reshape(z.shape)
+
+
+def _activation_backward(grad, saved, activation, negative_slope):
+    return _act().backward(grad.reshape(-1), saved.reshape(-1), activation, negative_slope).reshape(grad.shape)
+
+
+def _float16_in_float32(fn):
+    """float16 arrays computed in float32 and the array results rounded to float16 once (None
+    results pass through); NumPy's overflow/invalid warnings silenced as PyTorch's are."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **params):
+        with np.errstate(all="ignore"):
+            dtype = next(a.dtype for a in args if isinstance(a, np.ndarray))
+            if dtype != np.float16:
+                return fn(*args, **params)
+            widened = (a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in args)
+            result = fn(*widened, **params)
+        return tuple(None if r is None else r.astype(dtype) for r in result)
+
+    return wrapper
+
+
+def preactivation(input: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """z = x W^T + b (BLAS in the inputs' dtype, the bias added in place)."""
+    z = np.matmul(input, weight.T)
+    if bias is not None:
+        z += bias
+    return z
+
+
+@_float16_in_float32
+def forward(input: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, activation: str | None = None,
+            negative_slope: float = 0.01, save: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(y, act'(z) or None): the derivative only when ``save`` and ``saved_kind`` asks for it."""
+    z = preactivation(input, weight, bias)
+    if activation is None:
+        return z, None
+    y = _activation_forward(z, activation, negative_slope)
+    if not save or saved_kind(activation, negative_slope) != "derivative":
+        return y, None
+    return y, _activation_backward(np.ones_like(z), z, activation, negative_slope)
+
+
+def grad_preactivation(grad_output: np.ndarray, saved: np.ndarray | None, activation: str | None,
+                       negative_slope: float) -> np.ndarray:
+    """dz = dy * act'(z), from what ``saved_kind`` says the forward saved."""
+    kind = saved_kind(activation, negative_slope)
+    if kind == "none":
+        return grad_output
+    if kind == "output":
+        return _activation_backward(grad_output, saved, activation, negative_slope)
+    return grad_output * saved
+
+
+@_float16_in_float32
+def backward(grad_output: np.ndarray, input: np.ndarray, weight: np.ndarray, saved: np.ndarray | None,
+             activation: str | None = None, negative_slope: float = 0.01,
+             output_mask: tuple[bool, bool, bool] = (True, True, True)):
+    """(grad_input, grad_weight, grad_bias), None where ``output_mask`` says not needed."""
+    dz = grad_preactivation(grad_output, saved, activation, negative_slope)
+    grad_input = np.matmul(dz, weight) if output_mask[0] else None
+    grad_weight = np.matmul(dz.T, input) if output_mask[1] else None
+    # The column sums as a vector-matrix product: BLAS adds in blocks (NumPy's sum over axis 0
+    # adds the rows one after another, an error growing with M).
+    grad_bias = np.matmul(np.ones(dz.shape[0], dtype=dz.dtype), dz) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias
