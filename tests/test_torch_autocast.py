@@ -134,10 +134,11 @@ def test_cuda_autocast_dtypes_follow_torchs_lists(dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# Norms and losses. torch's rules (see gpukernels/torch/_normalization.py, _loss.py,
-# _cross_entropy.py): layer_norm and rms_norm are float32 on CUDA and untouched on the CPU
-# (lower-precision input, float32 parameters: the input's dtype out); every loss is float32 on
-# both, except binary_cross_entropy, which CUDA autocast refuses.
+# Dense layers, norms and losses. torch's rules (see gpukernels/torch/_linear.py,
+# _normalization.py, _loss.py, _cross_entropy.py): linear is in the autocast dtype on both;
+# layer_norm and rms_norm are float32 on CUDA and untouched on the CPU (lower-precision input,
+# float32 parameters: the input's dtype out); every loss is float32 on both, except
+# binary_cross_entropy, which CUDA autocast refuses.
 
 def _randomised(ours, theirs):
     """Random parameters in ours (copied into theirs by the comparison): at torch's initial ones
@@ -148,7 +149,35 @@ def _randomised(ours, theirs):
     return ours, theirs
 
 
-NORMS = [
+class _TorchLinearGELU(torch.nn.Linear):
+    """torch's spelling of ``gnn.Linear(..., activation="gelu")``, with its parameter names."""
+
+    def forward(self, input):
+        return F.gelu(super().forward(input))
+
+
+def _torch_mlp():
+    """torch's spelling of ``gnn.MLP(6, [6, 6], 3, norm=True)`` (pre-norm residual GELU layers,
+    a plain output layer), with its parameter names."""
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.Linear(6, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)])
+            self.norms = torch.nn.ModuleList([torch.nn.LayerNorm(6), torch.nn.LayerNorm(6)])
+
+        def forward(self, h):
+            for norm, layer in zip(self.norms, self.layers[:2]):
+                h = h + F.gelu(layer(norm(h)))
+            return self.layers[2](h)
+
+    return MLP()
+
+
+LAYERS = [
+    ("Linear", lambda: (gnn.Linear(6, 5), torch.nn.Linear(6, 5)), 3),
+    ("Linear-gelu", lambda: (gnn.Linear(6, 5, activation="gelu"), _TorchLinearGELU(6, 5)), 2),
+    ("MLP-norm", lambda: _randomised(gnn.MLP(6, [6, 6], 3, norm=True), _torch_mlp()), 3),
     ("LayerNorm", lambda: _randomised(gnn.LayerNorm(6), torch.nn.LayerNorm(6)), 3),
     ("LayerNorm-2d-nobias", lambda: _randomised(gnn.LayerNorm((3, 6), bias=False),
                                                 torch.nn.LayerNorm((3, 6), bias=False)), 3),
@@ -158,8 +187,8 @@ NORMS = [
 
 
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16], ids=["fp32-in", "bf16-in"])
-@pytest.mark.parametrize("make,rank", [m[1:] for m in NORMS], ids=[m[0] for m in NORMS])
-def test_cpu_bf16_autocast_norms_match_torch_nn(make, rank, input_dtype):
+@pytest.mark.parametrize("make,rank", [m[1:] for m in LAYERS], ids=[m[0] for m in LAYERS])
+def test_cpu_bf16_autocast_dense_and_norm_layers_match_torch_nn(make, rank, input_dtype):
     _compare_modules(make, rank, "cpu", torch.bfloat16, input_dtype)
 
 
@@ -270,8 +299,8 @@ def test_cpu_autocast_loss_and_norm_dtypes_follow_torchs_lists():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("make,rank", [m[1:] for m in NORMS], ids=[m[0] for m in NORMS])
-def test_cuda_autocast_norms_match_torch_nn(make, rank, dtype):
+@pytest.mark.parametrize("make,rank", [m[1:] for m in LAYERS], ids=[m[0] for m in LAYERS])
+def test_cuda_autocast_dense_and_norm_layers_match_torch_nn(make, rank, dtype):
     _compare_modules(make, rank, "cuda", dtype, torch.float32)
 
 

@@ -135,6 +135,8 @@ BAD_OPTIONS = [
     ("layer_norm-shape", lambda x: GF.layer_norm(x, (4,)), ValueError, "normalized_shape"),
     ("rms_norm-eps", lambda x: GF.rms_norm(x, 3, eps=-1.0), ValueError, "eps must be >= 0"),
     ("add_layer_norm-residual", lambda x: GF.add_layer_norm(x, x[0], 3), ValueError, "residual"),
+    ("linear-activation", lambda x: GF.linear(x, torch.ones(4, 3), activation="swish"), ValueError, "activation"),
+    ("linear-in_features", lambda x: GF.linear(x, torch.ones(4, 5)), ValueError, "in_features"),
 ]
 
 
@@ -210,19 +212,22 @@ def test_every_op_and_option_compiles_without_graph_break_and_matches_eager():
 
 
 # ---------------------------------------------------------------------------------------------
-# A whole training step: the model above, a LayerNorm on its output and our CrossEntropyLoss
+# A whole training step: the model above, a dense head, a LayerNorm and our CrossEntropyLoss
 
 
-CLASSES = 3 * HIDDEN  # the model's output features (attention context 2H and state H), read as class scores
+FEATURES = 3 * HIDDEN  # the model's output features (attention context 2H and state H)
+CLASSES = 10
 
 
 class _TrainingStep(torch.nn.Module):
-    """The loss of the model above under a LayerNorm, as one module, so that one compiled graph
-    holds the model, the norm and the loss (forward and backward)."""
+    """The loss of the model above through a fused dense head and a LayerNorm, as one module, so
+    that one compiled graph holds the model, the head, the norm and the loss (forward and
+    backward)."""
 
     def __init__(self):
         super().__init__()
         self.model, _ = build_models()
+        self.head = gnn.Linear(FEATURES, CLASSES, activation="gelu")
         self.norm = gnn.LayerNorm(CLASSES)
         self.loss = gnn.CrossEntropyLoss(label_smoothing=0.1)
         with torch.no_grad():  # not the identity torch.nn initialises a LayerNorm to
@@ -230,7 +235,7 @@ class _TrainingStep(torch.nn.Module):
             self.norm.bias.uniform_(-0.5, 0.5)
 
     def forward(self, x, target):
-        return self.loss(self.norm(self.model(x)), target)
+        return self.loss(self.norm(self.head(self.model(x))), target)
 
 
 def _targets(B, seed=2):
@@ -260,7 +265,7 @@ def test_training_step_with_norm_and_loss_compiles_fullgraph_and_matches_eager(b
     expected, expected_grads = _loss_and_grads(step, x, target)
     loss, grads = _loss_and_grads(torch.compile(step, fullgraph=True, backend=backend), x, target)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    assert grads.keys() == expected_grads.keys() and {"norm.weight", "norm.bias"} <= grads.keys()
+    assert grads.keys() == expected_grads.keys() and {"head.weight", "norm.weight", "norm.bias"} <= grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
@@ -295,7 +300,7 @@ def test_data_checks_run_inside_the_compiled_ops():
 
 
 def _every_new_op(x, h, w, b, target, y, pos_weight, norms):
-    """Every loss and norm op of the newer families, with their options."""
+    """Every loss, norm and dense-layer op of the newer families, with their options."""
     B, C = x.shape
     p = torch.sigmoid(y)
     elementwise = (GF.mse_loss(x, y) + GF.l1_loss(x, y, reduction="sum") + GF.huber_loss(x, y, delta=0.5)
@@ -312,10 +317,11 @@ def _every_new_op(x, h, w, b, target, y, pos_weight, norms):
     out, total = GF.add_layer_norm(x, y, C, norms.weight, norms.bias)
     out2, total2 = GF.add_rms_norm(out, total, (C,), norms.weight, eps=1e-6)
     normalised = GF.rms_norm(out2, C).sum() + total2.pow(2).sum() + GF.layer_norm(x, (C,)).pow(3).sum()
-    return elementwise + rows + normalised
+    dense = GF.linear(x, w.T, None, activation="tanh").sum() + GF.linear(h, w, b, activation="gelu").pow(2).sum()
+    return elementwise + rows + normalised + dense
 
 
-def test_every_loss_and_norm_op_compiles_without_graph_break_and_matches_eager():
+def test_every_loss_norm_and_dense_op_compiles_without_graph_break_and_matches_eager():
     torch.manual_seed(0)
     B, C, H = 4, 5, 3
     x, y = torch.randn(B, C, requires_grad=True), torch.randn(B, C, requires_grad=True)
