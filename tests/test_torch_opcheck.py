@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gpukernels.torch.functional  # noqa: F401  (registers the ops the samples call)
 from gpukernels.torch._library import registered_ops
 
 CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
@@ -182,3 +183,23 @@ def test_opcheck(name):
             args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         result = torch.library.opcheck(op, args, test_utils=CHECKS)
         assert result == {check: "SUCCESS" for check in CHECKS}, result
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "focal_loss", "linear_cross_entropy"])
+def test_losses_whose_forward_computes_the_gradient_refuse_double_backward(name):
+    """Their backward reuses the gradient the forward kernel computed, a constant to autograd:
+    create_graph=True would silently drop its dependence on the inputs, so it raises instead."""
+    torch.manual_seed(0)
+    x, target = _r(4, 5).double(), torch.tensor([0, 4, -100, 2])
+    if name == "linear_cross_entropy":
+        w = _r(5, 5).double()
+        loss = getattr(torch.ops.gpukernels, name)(x, w, target, None, -100, "mean", 0.0, None, True)[0]
+        leaves = (x, w)
+    else:
+        options = (None, -100, "mean", 0.1) if name == "cross_entropy" else (None, 2.0, -100, "mean")
+        loss = getattr(torch.ops.gpukernels, name)(x, target, *options, True)[0]
+        leaves = (x,)
+    (first,) = torch.autograd.grad(loss, leaves[:1], retain_graph=True)  # once: fine
+    assert torch.isfinite(first).all()
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(loss, leaves, create_graph=True)

@@ -165,6 +165,17 @@ def _unit_gradient_times(grad: Tensor, grad_output: Tensor, reduction: str, axis
     return grad * grad_output.to(grad.dtype)
 
 
+def _once_differentiable() -> None:
+    """A gradient saved by the forward kernel is a constant to autograd: differentiating the
+    backward (``create_graph=True``, which runs it with grad mode on) would silently miss its
+    dependence on the inputs, so it is refused, as ``torch.autograd.function.once_differentiable``
+    refuses (the backward ops refuse alike: they have no autograd formula)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("gpukernels cross_entropy, focal_loss and linear_cross_entropy are differentiable once: "
+                           "their backward reuses the gradient the forward kernel computed, so create_graph=True "
+                           "(double backward) is not supported")
+
+
 def _fused_setup(ctx, inputs, output):
     """cross_entropy and focal_loss: save the forward's gradient, or (without one) the inputs."""
     input, target, weights, *options, compute_grad = inputs
@@ -181,6 +192,7 @@ def _fused_gradients(backward_op):
         grad = None
         if ctx.needs_input_grad[0]:
             if ctx.compute_grad:
+                _once_differentiable()
                 grad = _unit_gradient_times(ctx.saved_tensors[0], grad_output, ctx.reduction, ctx.axis)
             else:
                 grad = backward_op(grad_output, *ctx.saved_tensors, *ctx.options)
@@ -219,6 +231,7 @@ def _linear_gradients(ctx, grad_output, *_grads_of_grads):
     if not (needs[0] or needs[1] or needs[3]):
         return (None,) * 9
     if ctx.saved_gradients:
+        _once_differentiable()
         grads = tuple(g * grad_output.to(g.dtype) for g in ctx.saved_tensors)
     else:
         grads = _linear_cross_entropy_backward(grad_output, *ctx.saved_tensors, *ctx.options)
