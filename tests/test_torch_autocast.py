@@ -204,7 +204,8 @@ def _probabilities(n=6, classes=5, device="cpu"):
 
 # (id, ours, torch's): each called as fn(input, device); input (6, 5) logits
 LOSSES = [
-    ("mse", lambda x, d: GF.mse_loss(x, _probabilities(device=d)), lambda x, d: F.mse_loss(x, _probabilities(device=d))),
+    ("mse", lambda x, d: GF.mse_loss(x, _probabilities(device=d)),
+     lambda x, d: F.mse_loss(x, _probabilities(device=d))),
     ("l1-sum", lambda x, d: GF.l1_loss(x, _probabilities(device=d), reduction="sum"),
      lambda x, d: F.l1_loss(x, _probabilities(device=d), reduction="sum")),
     ("huber", lambda x, d: GF.huber_loss(x, _probabilities(device=d), delta=0.5),
