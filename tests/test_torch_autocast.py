@@ -5,7 +5,10 @@ ours follow (see ``gpukernels.torch._library`` and each family's module docstrin
 log_softmax are float32 on CUDA and untouched on the CPU; scaled_dot_product_attention is in the
 autocast dtype on both; the activations are untouched; the recurrent layers and cells are in the
 autocast dtype on CUDA, and on the CPU the LSTM layer and the Elman RNN (layer and cell) are,
-while the GRU layer and the LSTM and GRU cells come out in float32."""
+while the GRU layer and the LSTM and GRU cells come out in float32. The dense layer is in the
+autocast dtype on both; layer_norm and rms_norm are float32 on CUDA and keep a lower-precision
+input's dtype on the CPU; the losses are float32 on both, and CUDA autocast refuses
+binary_cross_entropy."""
 
 from __future__ import annotations
 

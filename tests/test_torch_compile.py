@@ -3,7 +3,10 @@ AdditiveAttention, GELU, LogSoftmax; gpukernels.benchmarks.compiled): fullgraph=
 eager, aot_eager and inductor backends on the CPU gives eager's outputs and gradients, dynamo
 reports no graph break, a new batch size and sequence length recompile at most once, a backend
 forced with use_backend / GPUKERNELS_BACKEND is honoured inside compiled code, and a rejected
-option raises eager's error at trace time."""
+option raises eager's error at trace time. The same for a whole training step (that model, a
+fused dense head, LayerNorm and CrossEntropyLoss in one graph) and for every loss, norm and
+dense-layer op; their checks that read data (class indices, BCE probabilities) run inside the
+compiled ops."""
 
 from __future__ import annotations
 
