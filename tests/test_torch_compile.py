@@ -3,7 +3,10 @@ AdditiveAttention, GELU, LogSoftmax; gpukernels.benchmarks.compiled): fullgraph=
 eager, aot_eager and inductor backends on the CPU gives eager's outputs and gradients, dynamo
 reports no graph break, a new batch size and sequence length recompile at most once, a backend
 forced with use_backend / GPUKERNELS_BACKEND is honoured inside compiled code, and a rejected
-option raises eager's error at trace time."""
+option raises eager's error at trace time. The same for a whole training step (that model, a
+fused dense head, LayerNorm and CrossEntropyLoss in one graph) and for every loss, norm and
+dense-layer op; their checks that read data (class indices, BCE probabilities) run inside the
+compiled ops."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import gpukernels as gk
 import gpukernels._dispatch as dispatch
 import gpukernels.torch.functional as GF
 import gpukernels.torch.nn as gnn
-from gpukernels.benchmarks.compiled import build_models, make_input, train_step
+from gpukernels.benchmarks.compiled import HIDDEN, build_models, make_input, train_step
 
 
 @pytest.fixture(autouse=True)
@@ -120,6 +123,23 @@ BAD_OPTIONS = [
     ("leaky_relu-inplace", lambda x: GF.leaky_relu(x, -0.1, inplace=True), ValueError, "negative_slope >= 0"),
     ("sdpa-dropout", lambda x: GF.scaled_dot_product_attention(x, x, x, dropout_p=0.5), ValueError, "dropout_p"),
     ("lstm-hidden", lambda x: _LSTM(x, (torch.zeros(1, 3, 5), torch.zeros(1, 3, 5))), ValueError, "h_0"),
+    ("mse-reduction", lambda x: GF.mse_loss(x, x, reduction="avg"), ValueError, "reduction must be one of"),
+    ("huber-delta", lambda x: GF.huber_loss(x, x, delta=-1.0), ValueError, "delta > 0"),
+    ("bce-target-shape", lambda x: GF.binary_cross_entropy(x, x[0]), ValueError, "target"),
+    ("cross_entropy-smoothing", lambda x: GF.cross_entropy(x, torch.zeros(2, 3, dtype=torch.long),
+                                                           label_smoothing=1.5), ValueError, "label_smoothing"),
+    ("cross_entropy-target-dtype", lambda x: GF.cross_entropy(x, torch.zeros(2, 3)), TypeError, "class indices"),
+    ("nll-weight-shape", lambda x: GF.nll_loss(x, torch.zeros(2, 3, dtype=torch.long), torch.ones(2)), ValueError,
+     "weight has shape"),
+    ("focal-gamma", lambda x: GF.focal_loss(x, torch.zeros(2, 3, dtype=torch.long), gamma=-1.0), ValueError,
+     "gamma must be >= 0"),
+    ("linear_ce-weight", lambda x: GF.linear_cross_entropy(x, torch.ones(4, 2), torch.zeros(2, 3, dtype=torch.long)),
+     ValueError, "weight has shape"),
+    ("layer_norm-shape", lambda x: GF.layer_norm(x, (4,)), ValueError, "normalized_shape"),
+    ("rms_norm-eps", lambda x: GF.rms_norm(x, 3, eps=-1.0), ValueError, "eps must be >= 0"),
+    ("add_layer_norm-residual", lambda x: GF.add_layer_norm(x, x[0], 3), ValueError, "residual"),
+    ("linear-activation", lambda x: GF.linear(x, torch.ones(4, 3), activation="swish"), ValueError, "activation"),
+    ("linear-in_features", lambda x: GF.linear(x, torch.ones(4, 5)), ValueError, "in_features"),
 ]
 
 
@@ -192,3 +212,133 @@ def test_every_op_and_option_compiles_without_graph_break_and_matches_eager():
     (grad,) = torch.autograd.grad(compiled, x)
     torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole training step: the model above, a dense head, a LayerNorm and our CrossEntropyLoss
+
+
+FEATURES = 3 * HIDDEN  # the model's output features (attention context 2H and state H)
+CLASSES = 10
+
+
+class _TrainingStep(torch.nn.Module):
+    """The loss of the model above through a fused dense head and a LayerNorm, as one module, so
+    that one compiled graph holds the model, the head, the norm and the loss (forward and
+    backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model, _ = build_models()
+        self.head = gnn.Linear(FEATURES, CLASSES, activation="gelu")
+        self.norm = gnn.LayerNorm(CLASSES)
+        self.loss = gnn.CrossEntropyLoss(label_smoothing=0.1)
+        with torch.no_grad():  # not the identity torch.nn initialises a LayerNorm to
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x, target):
+        return self.loss(self.norm(self.head(self.model(x))), target)
+
+
+def _targets(B, seed=2):
+    target = torch.randint(0, CLASSES, (B,), generator=torch.Generator().manual_seed(seed))
+    target[0] = -100  # an ignored row
+    return target
+
+
+def _loss_and_grads(step, x, target):
+    step.zero_grad(set_to_none=True)
+    loss = step(x, target)
+    loss.backward()
+    return loss.detach(), {name.removeprefix("_orig_mod."): p.grad.clone() for name, p in step.named_parameters()}
+
+
+def test_training_step_with_norm_and_loss_has_no_graph_break():
+    step = _TrainingStep()
+    explanation = torch._dynamo.explain(step)(make_input(5, 3), _targets(3))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_training_step_with_norm_and_loss_compiles_fullgraph_and_matches_eager(backend):
+    step = _TrainingStep()
+    x, target = make_input(6, 4), _targets(4)
+    expected, expected_grads = _loss_and_grads(step, x, target)
+    loss, grads = _loss_and_grads(torch.compile(step, fullgraph=True, backend=backend), x, target)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys() and {"head.weight", "norm.weight", "norm.bias"} <= grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_training_step_new_batch_and_length_recompile_at_most_once():
+    step = _TrainingStep()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, fullgraph=True, backend=counter)
+    for T, B in ((5, 3), (7, 4), (9, 2), (4, 6)):
+        x, target = make_input(T, B), _targets(B)
+        torch.testing.assert_close(compiled(x, target), step(x, target), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count <= 2, f"compiled {counter.frame_count} times for 4 shapes"
+
+
+def test_data_checks_run_inside_the_compiled_ops():
+    """Checks that read the data (class indices in range, BCE probabilities in [0, 1]) are the
+    ops' own: they pass tracing and raise eager's error when the compiled graph runs them,
+    without a recompile."""
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+
+    @torch.compile(fullgraph=True, backend=counter)
+    def losses(x, target, probabilities):
+        return GF.cross_entropy(x, target) + GF.binary_cross_entropy(probabilities, probabilities.detach())
+
+    x, probabilities = torch.randn(4, 5, requires_grad=True), torch.rand(4, 5)
+    losses(x, torch.tensor([0, 4, -100, 2]), probabilities).backward()
+    with pytest.raises(ValueError, match="target holds class index 5, outside"):
+        losses(x, torch.tensor([0, 5, 1, 2]), probabilities)
+    with pytest.raises(ValueError, match="all elements of input should be between 0 and 1"):
+        losses(x, torch.tensor([0, 4, 1, 2]), probabilities + 1)
+    assert counter.frame_count == 1
+
+
+def _every_new_op(x, h, w, b, target, y, pos_weight, norms):
+    """Every loss, norm and dense-layer op of the newer families, with their options."""
+    B, C = x.shape
+    p = torch.sigmoid(y)
+    elementwise = (GF.mse_loss(x, y) + GF.l1_loss(x, y, reduction="sum") + GF.huber_loss(x, y, delta=0.5)
+                   + GF.smooth_l1_loss(x, y, beta=0.0) + GF.smooth_l1_loss(x, y, reduction="none", beta=2.0).mean()
+                   + GF.binary_cross_entropy(p, torch.sigmoid(x).detach(), pos_weight)
+                   + GF.binary_cross_entropy_with_logits(x, p, reduction="sum", pos_weight=pos_weight)
+                   + GF.sigmoid_focal_loss(x, p, reduction="mean"))
+    rows = (GF.cross_entropy(x, target, pos_weight, label_smoothing=0.2)
+            + GF.cross_entropy(x, torch.softmax(y, 1).detach(), reduction="sum")
+            + GF.nll_loss(GF.log_softmax(x, 1), target, reduction="none").sum()
+            + GF.focal_loss(x, target, 1.5, pos_weight, reduction="sum")
+            + GF.linear_cross_entropy(h, w, target, b, label_smoothing=0.1, chunk_size=2)
+            + GF.linear_cross_entropy(h, w, target, reduction="none").sum())
+    out, total = GF.add_layer_norm(x, y, C, norms.weight, norms.bias)
+    out2, total2 = GF.add_rms_norm(out, total, (C,), norms.weight, eps=1e-6)
+    normalised = GF.rms_norm(out2, C).sum() + total2.pow(2).sum() + GF.layer_norm(x, (C,)).pow(3).sum()
+    dense = GF.linear(x, w.T, None, activation="tanh").sum() + GF.linear(h, w, b, activation="gelu").pow(2).sum()
+    return elementwise + rows + normalised + dense
+
+
+def test_every_loss_norm_and_dense_op_compiles_without_graph_break_and_matches_eager():
+    torch.manual_seed(0)
+    B, C, H = 4, 5, 3
+    x, y = torch.randn(B, C, requires_grad=True), torch.randn(B, C, requires_grad=True)
+    h, w, b = torch.randn(B, H, requires_grad=True), torch.randn(C, H, requires_grad=True), torch.randn(C)
+    target, pos_weight = torch.tensor([0, 4, -100, 2]), torch.rand(C) + 0.5
+    norms = gnn.LayerNorm(C)
+    args = (x, h, w, b, target, y, pos_weight, norms)
+    explanation = torch._dynamo.explain(_every_new_op)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    inputs = (x, y, h, w, norms.weight, norms.bias)
+    expected = _every_new_op(*args)
+    expected_grads = torch.autograd.grad(expected, inputs)
+    compiled = torch.compile(_every_new_op, fullgraph=True, backend="aot_eager")(*args)
+    grads = torch.autograd.grad(compiled, inputs)
+    torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)

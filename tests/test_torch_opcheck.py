@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gpukernels.torch.functional  # noqa: F401  (registers the ops the samples call)
 from gpukernels.torch._library import registered_ops
 
 CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
@@ -51,6 +52,32 @@ def _sdpa_backward_args():
 ADDITIVE = lambda: (None, _r(6, 4), _r(6, 5), _r(6))  # noqa: E731  (weight, w_query, w_keys, v)
 
 
+def _classes(*shape, classes=5, ignored=True):
+    target = torch.randint(0, classes, shape)
+    if ignored and target.numel() > 1:
+        target.view(-1)[1] = -100
+    return target
+
+
+def _norm_backward_args(name, add, rms, shape=(3, 7), normalized=(7,), affine=True):
+    x = _r(*shape)
+    residual = (_r(*shape),) if add else ()
+    params = (_r(*normalized),) + (() if rms else (_r(*normalized),)) if affine else (None,) * (1 if rms else 2)
+    with torch.no_grad():
+        outputs = getattr(torch.ops.gpukernels, name)(x, *residual, list(normalized), *params, 1e-5)
+    stats = outputs[2:] if add else outputs[1:]
+    source = (_r(*shape), outputs[1]) if add else (x,)  # (grad_sum, sum) or (input,)
+    return (_r(*shape), *source, list(normalized), *stats, *params)
+
+
+def _linear_backward_args(activation, slope=0.01, bias=True, mask=(True, True, True)):
+    x, w = _r(2, 3, 4), _r(5, 4)
+    with torch.no_grad():
+        out, derivative = torch.ops.gpukernels.linear(x, w, _r(5) if bias else None, activation, slope)
+    saved = {"sigmoid": out, "relu": out, "gelu": derivative, "gelu_tanh": derivative}.get(activation)
+    return (_r(2, 3, 5), x, w, saved, activation, slope, *mask)
+
+
 def _y(op, x, dim):
     with torch.no_grad():
         return getattr(torch.ops.gpukernels, op)(x, dim)
@@ -87,6 +114,58 @@ SAMPLES = {
                                 _rnn_args("rnn_relu", lengths=torch.tensor([3, 1]))],
     "recurrent_layer_backward": lambda: [_rnn_backward_args("lstm"), _rnn_backward_args("gru"),
                                          _rnn_backward_args("rnn_tanh", lengths=torch.tensor([2, 3]))],
+    # elementwise losses: a target that requires grad too (every one of them differentiates it)
+    "mse_loss": lambda: [(_r(3, 7), _r(3, 7), "mean"), (_r(4,), _r(4, grad=False), "none")],
+    "l1_loss": lambda: [(_r(3, 7), _r(3, 7), "sum"), (_r(2, 3), _r(2, 3), "none")],
+    "huber_loss": lambda: [(_r(3, 7), _r(3, 7), "mean", 0.5), (_r(5,), _r(5,), "none", 2.0)],
+    "smooth_l1_loss": lambda: [(_r(3, 7), _r(3, 7), "mean", 0.5), (_r(5,), _r(5,), "sum", 0.0)],
+    "binary_cross_entropy": lambda: [
+        ((torch.rand(3, 7) * 0.9 + 0.05).requires_grad_(), torch.rand(3, 7).requires_grad_(), torch.rand(7), "mean"),
+        ((torch.rand(4,) * 0.9 + 0.05).requires_grad_(), torch.rand(4,), None, "none")],
+    "binary_cross_entropy_with_logits": lambda: [(_r(3, 7), torch.rand(3, 7), torch.rand(7), torch.rand(7), "mean"),
+                                                 (_r(2, 5), torch.rand(2, 5).requires_grad_(), None, None, "none")],
+    "sigmoid_focal_loss": lambda: [(_r(3, 7), torch.rand(3, 7), 0.25, 2.0, "none"),
+                                   (_r(6,), torch.rand(6,).requires_grad_(), -1.0, 1.5, "mean")],
+    "elementwise_loss_backward": lambda: [
+        ("mse", _r(3, 7), _r(3, 7), _r(3, 7), None, None, "none", 0.0, 0.0, True, True),
+        ("bce_logits", _r(()), _r(3, 7), torch.rand(3, 7), torch.rand(7), torch.rand(7), "mean", 0.0, 0.0, True,
+         False),
+        ("focal", _r(()), _r(4,), torch.rand(4,), None, None, "sum", 0.25, 2.0, False, True)],
+    # cross-entropy family: ignored targets, class weights, probability targets, spatial dims
+    "cross_entropy": lambda: [(_r(6, 5), _classes(6), torch.rand(5), -100, "mean", 0.1, True),
+                              (_r(2, 5, 3), _classes(2, 3), None, -100, "none", 0.0, False),
+                              (_r(4, 5), torch.softmax(torch.randn(4, 5), 1), None, -100, "sum", 0.2, True)],
+    "focal_loss": lambda: [(_r(6, 5), _classes(6), torch.rand(5), 2.0, -100, "mean", True),
+                           (_r(2, 5, 3), _classes(2, 3), None, 0.5, -100, "none", False)],
+    "cross_entropy_backward": lambda: [(_r(()), _r(6, 5), _classes(6), torch.rand(5), -100, "mean", 0.1),
+                                       (_r(2, 3), _r(2, 5, 3), _classes(2, 3), None, -100, "none", 0.0)],
+    "focal_loss_backward": lambda: [(_r(()), _r(6, 5), _classes(6), torch.rand(5), 2.0, -100, "sum")],
+    "nll_loss": lambda: [(_r(6, 5), _classes(6), torch.rand(5), -100, "mean"),
+                         (_r(2, 5, 3), _classes(2, 3, ignored=False), None, 1, "none")],
+    "nll_loss_backward": lambda: [(_r(()), _r(6, 5), _classes(6), torch.rand(5), -100, "mean")],
+    "linear_cross_entropy": lambda: [(_r(6, 4), _r(7, 4), _classes(6, classes=7), _r(7), -100, "mean", 0.1, 2, True),
+                                     (_r(2, 3, 4), _r(7, 4), _classes(2, 3, classes=7), None, -100, "none", 0.0,
+                                      None, False)],
+    "linear_cross_entropy_backward": lambda: [
+        (_r(2, 3), _r(2, 3, 4), _r(7, 4), _classes(2, 3, classes=7), _r(7), -100, "none", 0.1, 4),
+        (_r(()), _r(5, 4), _r(7, 4), _classes(5, classes=7), None, -100, "sum", 0.0, None)],
+    # normalisation
+    "layer_norm": lambda: [(_r(3, 7), [7], _r(7), _r(7), 1e-5), (_r(2, 3, 4), [3, 4], None, None, 1e-3)],
+    "rms_norm": lambda: [(_r(3, 7), [7], _r(7), None), (_r(2, 3, 4), [3, 4], None, 1e-3)],
+    "add_layer_norm": lambda: [(_r(3, 7), _r(3, 7), [7], _r(7), _r(7), 1e-5), (_r(2, 5), _r(2, 5), [5], None, None,
+                                                                                1e-5)],
+    "add_rms_norm": lambda: [(_r(3, 7), _r(3, 7), [7], _r(7), None), (_r(2, 5), _r(2, 5), [5], None, 1e-6)],
+    "layer_norm_backward": lambda: [_norm_backward_args("layer_norm", False, False),
+                                    _norm_backward_args("layer_norm", False, False, (2, 3, 4), (3, 4), False)],
+    "rms_norm_backward": lambda: [_norm_backward_args("rms_norm", False, True)],
+    "add_layer_norm_backward": lambda: [_norm_backward_args("add_layer_norm", True, False)],
+    "add_rms_norm_backward": lambda: [_norm_backward_args("add_rms_norm", True, True, affine=False)],
+    # the fused dense layer: each kind of saved tensor (none, the output, the derivative)
+    "linear": lambda: [(_r(2, 3, 4), _r(5, 4), _r(5), None, 0.01), (_r(3, 4), _r(5, 4), None, "gelu", 0.01),
+                       (_r(3, 4), _r(5, 4), _r(5), "sigmoid", 0.01), (_r(3, 4), _r(5, 4), _r(5), "leaky_relu", -0.2)],
+    "linear_backward": lambda: [_linear_backward_args(None), _linear_backward_args("gelu", bias=False,
+                                                                                   mask=(True, True, False)),
+                                _linear_backward_args("relu", mask=(False, True, True))],
 }
 
 
@@ -104,3 +183,23 @@ def test_opcheck(name):
             args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         result = torch.library.opcheck(op, args, test_utils=CHECKS)
         assert result == {check: "SUCCESS" for check in CHECKS}, result
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "focal_loss", "linear_cross_entropy"])
+def test_losses_whose_forward_computes_the_gradient_refuse_double_backward(name):
+    """Their backward reuses the gradient the forward kernel computed, a constant to autograd:
+    create_graph=True would silently drop its dependence on the inputs, so it raises instead."""
+    torch.manual_seed(0)
+    x, target = _r(4, 5).double(), torch.tensor([0, 4, -100, 2])
+    if name == "linear_cross_entropy":
+        w = _r(5, 5).double()
+        loss = getattr(torch.ops.gpukernels, name)(x, w, target, None, -100, "mean", 0.0, None, True)[0]
+        leaves = (x, w)
+    else:
+        options = (None, -100, "mean", 0.1) if name == "cross_entropy" else (None, 2.0, -100, "mean")
+        loss = getattr(torch.ops.gpukernels, name)(x, target, *options, True)[0]
+        leaves = (x,)
+    (first,) = torch.autograd.grad(loss, leaves[:1], retain_graph=True)  # once: fine
+    assert torch.isfinite(first).all()
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(loss, leaves, create_graph=True)

@@ -107,8 +107,9 @@ def _index_shape(input: Any) -> tuple[int, ...]:
 
 
 def _check_index_target(target: Any, want: tuple[int, ...], classes: int, ignore_index: int, op: str,
-                        of: str) -> None:
-    """``target`` holds class indices in ``[0, classes)`` (or ``ignore_index``) of shape ``want``."""
+                        of: str, values: bool = True) -> None:
+    """``target`` holds class indices in ``[0, classes)`` (or ``ignore_index``) of shape ``want``
+    (the indices themselves are read only if ``values``)."""
     dtype = dtype_name(target)
     if dtype not in INDEX_DTYPES:
         kind = "floating-point " if dtype in FLOAT_TARGET_DTYPES else ""
@@ -116,6 +117,8 @@ def _check_index_target(target: Any, want: tuple[int, ...], classes: int, ignore
                         f"(supported dtypes: {', '.join(INDEX_DTYPES)})")
     if tuple(target.shape) != want:
         raise ValueError(f"target has shape {tuple(target.shape)} but {of} needs class indices of shape {want}")
+    if not values:
+        return
     counted = target[target != ignore_index]
     outside = (counted < 0) | (counted >= classes)
     if counted.shape[0] and bool(outside.any()):
@@ -171,7 +174,11 @@ class _Rows:
         return grad_output.reshape(-1) if grad_output is not None and reduction == "none" else grad_output
 
 
-def _prepare(kind_name: str, input, target, weight, weight_name: str, ignore_index, reduction, allow_probs: bool):
+def check_row_options(kind_name: str, input, target, weight, weight_name: str, ignore_index, reduction,
+                      allow_probs: bool, values: bool = True):
+    """``(probs, ignore_index, reduction)`` after every check of a cross-entropy-like call; the
+    only one that reads data (class indices in range) runs only if ``values`` (the torch wrappers
+    leave it to the op, so that the rest runs at trace time under ``torch.compile``)."""
     _check_input(input)
     _check_target_library(input, target)
     ignore_index = _check_int(ignore_index, "ignore_index")
@@ -181,8 +188,15 @@ def _prepare(kind_name: str, input, target, weight, weight_name: str, ignore_ind
         check_match("input", input, "target", target, shape=True)
     else:
         _check_index_target(target, _index_shape(input), input.shape[class_axis(input)], ignore_index, kind_name,
-                            f"input {tuple(input.shape)} (its shape without the class dim {class_axis(input)})")
+                            f"input {tuple(input.shape)} (its shape without the class dim {class_axis(input)})",
+                            values)
     _check_class_weight(input, weight, weight_name, input.shape[class_axis(input)])
+    return probs, ignore_index, reduction
+
+
+def _prepare(kind_name: str, input, target, weight, weight_name: str, ignore_index, reduction, allow_probs: bool):
+    probs, ignore_index, reduction = check_row_options(kind_name, input, target, weight, weight_name, ignore_index,
+                                                       reduction, allow_probs)
     return _Rows(input, target, probs), probs, ignore_index, reduction
 
 
@@ -293,8 +307,11 @@ def focal_loss_backward(grad_output: Any, input: Any, target: Any, gamma: float 
 # Linear + cross-entropy
 
 
-def _linear(input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size, grad_output,
-            compute_loss, compute_grad):
+def check_linear_options(input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size,
+                         values: bool = True):
+    """``(ignore_index, reduction, label_smoothing, loss shape for "none")`` after every check of a
+    linear + cross-entropy call (the class indices read only if ``values``, see
+    ``check_row_options``)."""
     check_float(input, "input")
     if input.ndim < 1:
         raise ValueError("input must have a feature dim: shape (..., H), got a 0-d array")
@@ -316,7 +333,15 @@ def _linear(input, weight, target, bias, ignore_index, reduction, label_smoothin
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     none_shape = tuple(input.shape[:-1])  # the logits are (..., V), the class dim last
     _check_index_target(target, none_shape, vocab, ignore_index, "linear_cross_entropy",
-                        f"input {tuple(input.shape)} (its shape without the feature dim)")
+                        f"input {tuple(input.shape)} (its shape without the feature dim)", values)
+    return ignore_index, reduction, smoothing, none_shape
+
+
+def _linear(input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size, grad_output,
+            compute_loss, compute_grad):
+    ignore_index, reduction, smoothing, none_shape = check_linear_options(
+        input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size)
+    hidden = input.shape[-1]
     if grad_output is not None:
         _check_grad_output(grad_output, input, reduction, none_shape)
         if reduction == "none":

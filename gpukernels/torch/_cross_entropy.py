@@ -1,106 +1,256 @@
-"""Cross-entropy family as autograd Functions, one small Function per op.
+"""The cross-entropy family as PyTorch operators (``torch.ops.gpukernels.cross_entropy``,
+``focal_loss``, ``nll_loss``, ``linear_cross_entropy`` and their backward ops, see ``_library``).
 
 Cross-entropy and focal loss compute the input gradient in the forward kernel when the input
-requires grad (the loss as the last consumer of the logits), into a buffer of their own, saved
-for backward instead of the logits; backward multiplies it by the upstream gradient (per row for
-``reduction="none"``, so a non-uniform upstream gradient is exact). An input that does not
-require grad gets no gradient kernel work at all. Targets and class weights get no gradient
-(as for torch's class-index targets; probability targets are treated as constants too).
+requires grad (the loss as the last consumer of the logits): the op returns it as a second,
+non-differentiable output (``compute_grad=True``), saved for backward instead of the logits;
+backward multiplies it by the upstream gradient (per row for ``reduction="none"``, so a
+non-uniform upstream gradient is exact). Without ``compute_grad`` (an input that does not require
+grad, or grad mode off) the kernel does no gradient work, and should a gradient still be asked
+for (a direct call of the op), backward runs the backward op on the saved logits. Targets and
+class weights get no gradient (as for torch's class-index targets; probability targets are
+treated as constants too).
 
-The linear + cross-entropy saves its three gradients the same way for "mean" and "sum"; for
+The linear + cross-entropy returns its three gradients the same way for "mean" and "sum"; for
 "none" a row's share of the weight gradient depends on its upstream gradient, so backward
-recomputes the logits chunk by chunk instead.
+recomputes the logits chunk by chunk instead (``linear_cross_entropy_backward``).
+
+Checks: the wrappers run every check that does not read the data (shapes, dtypes, options), so
+a bad call fails at trace time under ``torch.compile``; the class indices are checked against
+the class count inside the ops, when they run.
+
+Autocast (torch's lists): ``cross_entropy`` and ``nll_loss`` run in float32 on the CPU and on
+CUDA (on CUDA torch's cross-entropy is a float32 log_softmax followed by a float32 nll_loss), and
+so does the focal loss (a softmax loss alike). ``linear_cross_entropy`` stands for
+``cross_entropy(linear(input, weight, bias), target)``: its inputs go to the autocast dtype, as
+``linear``'s do, and its loss comes out in float32, as ``cross_entropy``'s does.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 from torch.nn import _reduction
 
 from ..ops import cross_entropy as _ce
+from ._library import FLOAT32, LOWER_PRECISION, autocast, autocast_inputs, empty, fresh, fresh_all, op
 
 
-def _unit_gradient_times(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, axis: int) -> torch.Tensor:
+def _grad_or_placeholder(grad, input: Tensor) -> Tensor:
+    """An op returns tensors only: an empty placeholder where no gradient was computed."""
+    return input.new_empty(0) if grad is None else fresh(grad, input)
+
+
+@op("cross_entropy")
+def _cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str,
+                   label_smoothing: float, compute_grad: bool) -> tuple[Tensor, Tensor]:
+    loss, grad = _ce.cross_entropy_forward(input, target, weight, ignore_index, reduction, label_smoothing,
+                                           compute_grad=compute_grad)
+    return fresh(loss, input, target, weight), _grad_or_placeholder(grad, input)
+
+
+@op("focal_loss")
+def _focal_loss(input: Tensor, target: Tensor, alpha: Tensor | None, gamma: float, ignore_index: int,
+                reduction: str, compute_grad: bool) -> tuple[Tensor, Tensor]:
+    loss, grad = _ce.focal_loss_forward(input, target, gamma, alpha, ignore_index, reduction,
+                                        compute_grad=compute_grad)
+    return fresh(loss, input, target, alpha), _grad_or_placeholder(grad, input)
+
+
+@op("cross_entropy_backward")
+def _cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Tensor | None,
+                            ignore_index: int, reduction: str, label_smoothing: float) -> Tensor:
+    return fresh(_ce.cross_entropy_backward(grad_output.to(input.dtype).contiguous(), input, target, weight,
+                                            ignore_index, reduction, label_smoothing), grad_output, input)
+
+
+@op("focal_loss_backward")
+def _focal_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, alpha: Tensor | None, gamma: float,
+                         ignore_index: int, reduction: str) -> Tensor:
+    return fresh(_ce.focal_loss_backward(grad_output.to(input.dtype).contiguous(), input, target, gamma, alpha,
+                                         ignore_index, reduction), grad_output, input)
+
+
+@op("nll_loss")
+def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str) -> Tensor:
+    return fresh(_ce.nll_loss(input, target, weight, ignore_index, reduction), input, target, weight)
+
+
+@op("nll_loss_backward")
+def _nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                       reduction: str) -> Tensor:
+    return fresh(_ce.nll_loss_backward(grad_output.to(input.dtype).contiguous(), input, target, weight, ignore_index,
+                                       reduction), grad_output, input)
+
+
+@op("linear_cross_entropy")
+def _linear_cross_entropy(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None, ignore_index: int,
+                          reduction: str, label_smoothing: float, chunk_size: int | None,
+                          compute_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, grad input, grad weight, grad bias) for an upstream gradient of 1, the gradients
+    empty placeholders unless ``compute_grad`` (and for a missing bias)."""
+    arguments = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                     chunk_size=chunk_size)
+    if compute_grad:
+        loss, *grads = _ce.linear_cross_entropy_forward(input, weight, target, bias, compute_grad=True, **arguments)
+    else:
+        loss, grads = _ce.linear_cross_entropy(input, weight, target, bias, **arguments), (None, None, None)
+    return (fresh(loss, input, weight, bias), *fresh_all(tuple(grads), input, weight, bias))
+
+
+@op("linear_cross_entropy_backward")
+def _linear_cross_entropy_backward(grad_output: Tensor, input: Tensor, weight: Tensor, target: Tensor,
+                                   bias: Tensor | None, ignore_index: int, reduction: str, label_smoothing: float,
+                                   chunk_size: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _ce.linear_cross_entropy_backward(grad_output.to(input.dtype).contiguous(), input, weight, target, bias,
+                                              ignore_index, reduction, label_smoothing, chunk_size)
+    return fresh_all(tuple(grads), grad_output, input, weight, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake implementations: shapes and dtypes only (the loss in the input's dtype)
+
+
+def _loss_shape(input: Tensor, reduction: str, class_dim_last: bool = False) -> tuple:
+    if reduction != "none":
+        return ()
+    if class_dim_last:
+        return tuple(input.shape[:-1])
+    axis = _ce.class_axis(input)
+    return tuple(s for a, s in enumerate(input.shape) if a != axis)
+
+
+def _fake_gradient(x: Tensor | None, wanted: bool, template: Tensor) -> Tensor:
+    return empty(x) if wanted and x is not None else template.new_empty(0)
+
+
+@_cross_entropy.register_fake
+def _(input, target, weight, ignore_index, reduction, label_smoothing, compute_grad):
+    return empty(input, _loss_shape(input, reduction)), _fake_gradient(input, compute_grad, input)
+
+
+@_focal_loss.register_fake
+def _(input, target, alpha, gamma, ignore_index, reduction, compute_grad):
+    return empty(input, _loss_shape(input, reduction)), _fake_gradient(input, compute_grad, input)
+
+
+@_nll_loss.register_fake
+def _(input, target, weight, ignore_index, reduction):
+    return empty(input, _loss_shape(input, reduction))
+
+
+for _op in (_cross_entropy_backward, _focal_loss_backward, _nll_loss_backward):
+    _op.register_fake(lambda grad_output, input, *rest: empty(input))
+
+
+@_linear_cross_entropy.register_fake
+def _(input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size, compute_grad):
+    return (empty(input, _loss_shape(input, reduction, class_dim_last=True)),
+            *(_fake_gradient(x, compute_grad, input) for x in (input, weight, bias)))
+
+
+@_linear_cross_entropy_backward.register_fake
+def _(grad_output, input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size):
+    return tuple(_fake_gradient(x, True, input) for x in (input, weight, bias))
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd
+
+
+def _unit_gradient_times(grad: Tensor, grad_output: Tensor, reduction: str, axis: int) -> Tensor:
     """``grad`` (the gradient for an upstream gradient of 1) times the actual upstream gradient."""
     if reduction == "none":
         grad_output = grad_output.unsqueeze(axis)
     return grad * grad_output.to(grad.dtype)
 
 
-class _FusedRowLoss(torch.autograd.Function):
-    """cross_entropy ("cross_entropy_forward", class weights ``weight``) and focal_loss
-    ("focal_loss_forward", class weights ``alpha``)."""
-
-    @staticmethod
-    def forward(ctx, input, target, weight, forward_name, arguments, grad_enabled):
-        # needs_input_grad says True under torch.no_grad() too: the caller's grad mode decides
-        compute_grad = ctx.needs_input_grad[0] and grad_enabled
-        weight_name = "alpha" if forward_name == "focal_loss_forward" else "weight"
-        loss, grad = getattr(_ce, forward_name)(input, target, compute_grad=compute_grad, **{weight_name: weight},
-                                                **arguments)
-        ctx.reduction, ctx.axis = arguments["reduction"], _ce.class_axis(input)
-        ctx.save_for_backward(grad if compute_grad else None)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if grad is None:
-            return None, None, None, None, None, None
-        return _unit_gradient_times(grad, grad_output, ctx.reduction, ctx.axis), None, None, None, None, None
+def _once_differentiable() -> None:
+    """A gradient saved by the forward kernel is a constant to autograd: differentiating the
+    backward (``create_graph=True``, which runs it with grad mode on) would silently miss its
+    dependence on the inputs, so it is refused, as ``torch.autograd.function.once_differentiable``
+    refuses (the backward ops refuse alike: they have no autograd formula)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("gpukernels cross_entropy, focal_loss and linear_cross_entropy are differentiable once: "
+                           "their backward reuses the gradient the forward kernel computed, so create_graph=True "
+                           "(double backward) is not supported")
 
 
-class _NllLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, target, weight, ignore_index, reduction):
-        loss = _ce.nll_loss(input, target, weight, ignore_index, reduction)
-        ctx.save_for_backward(input, target, weight)
-        ctx.ignore_index, ctx.reduction = ignore_index, reduction
-        return loss
+def _fused_setup(ctx, inputs, output):
+    """cross_entropy and focal_loss: save the forward's gradient, or (without one) the inputs."""
+    input, target, weights, *options, compute_grad = inputs
+    loss, grad = output
+    ctx.mark_non_differentiable(grad)
+    ctx.options, ctx.compute_grad = tuple(options), compute_grad
+    ctx.reduction = next(o for o in options if isinstance(o, str))  # the only string option of either op
+    ctx.axis = _ce.class_axis(input)
+    ctx.save_for_backward(*((grad,) if compute_grad else (input, target, weights)))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        input, target, weight = ctx.saved_tensors
+
+def _fused_gradients(backward_op):
+    def gradients(ctx, grad_output, _grad_of_grad):
         grad = None
         if ctx.needs_input_grad[0]:
-            grad = _ce.nll_loss_backward(grad_output.to(input.dtype).contiguous(), input, target, weight,
-                                         ctx.ignore_index, ctx.reduction)
-        return grad, None, None, None, None
+            if ctx.compute_grad:
+                _once_differentiable()
+                grad = _unit_gradient_times(ctx.saved_tensors[0], grad_output, ctx.reduction, ctx.axis)
+            else:
+                grad = backward_op(grad_output, *ctx.saved_tensors, *ctx.options)
+        return grad, None, None, None, None, None, None
+
+    return gradients
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, weight, target, bias, arguments, grad_enabled):
-        ctx.reduction = arguments["reduction"]
-        ctx.arguments = arguments
-        wanted = grad_enabled and any(ctx.needs_input_grad[i] for i in (0, 1, 3))
-        if wanted and ctx.reduction != "none":
-            loss, *grads = _ce.linear_cross_entropy_forward(input, weight, target, bias, compute_grad=True,
-                                                            **arguments)
-            ctx.save_for_backward(*grads)
-            ctx.saved_gradients = True
-        else:
-            loss = _ce.linear_cross_entropy(input, weight, target, bias, **arguments)
-            ctx.save_for_backward(input, weight, target, bias)
-            ctx.saved_gradients = False
-        return loss
+_cross_entropy.register_autograd(_fused_gradients(_cross_entropy_backward), setup_context=_fused_setup)
+_focal_loss.register_autograd(_fused_gradients(_focal_loss_backward), setup_context=_fused_setup)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        if ctx.saved_gradients:
-            grads = [None if g is None else g * grad_output.to(g.dtype) for g in ctx.saved_tensors]
-        else:
-            input, weight, target, bias = ctx.saved_tensors
-            grads = _ce.linear_cross_entropy_backward(grad_output.to(input.dtype).contiguous(), input, weight, target,
-                                                      bias, **ctx.arguments)
-        grad_input, grad_weight, grad_bias = grads
-        needs = ctx.needs_input_grad
-        return (grad_input if needs[0] else None, grad_weight if needs[1] else None, None,
-                grad_bias if needs[3] else None, None, None)
+
+def _nll_setup(ctx, inputs, output):
+    input, target, weight, ignore_index, reduction = inputs
+    ctx.options = (ignore_index, reduction)
+    ctx.save_for_backward(input, target, weight)
+
+
+def _nll_gradients(ctx, grad_output):
+    grad = _nll_loss_backward(grad_output, *ctx.saved_tensors, *ctx.options) if ctx.needs_input_grad[0] else None
+    return grad, None, None, None, None
+
+
+_nll_loss.register_autograd(_nll_gradients, setup_context=_nll_setup)
+
+
+def _linear_setup(ctx, inputs, output):
+    input, weight, target, bias, *options, compute_grad = inputs
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.options, ctx.saved_gradients, ctx.has_bias = tuple(options), compute_grad, bias is not None
+    ctx.save_for_backward(*(output[1:] if compute_grad else (input, weight, target, bias)))
+
+
+def _linear_gradients(ctx, grad_output, *_grads_of_grads):
+    needs = ctx.needs_input_grad
+    if not (needs[0] or needs[1] or needs[3]):
+        return (None,) * 9
+    if ctx.saved_gradients:
+        _once_differentiable()
+        grads = tuple(g * grad_output.to(g.dtype) for g in ctx.saved_tensors)
+    else:
+        grads = _linear_cross_entropy_backward(grad_output, *ctx.saved_tensors, *ctx.options)
+    grad_input, grad_weight, grad_bias = grads
+    return (grad_input if needs[0] else None, grad_weight if needs[1] else None, None,
+            grad_bias if needs[3] and ctx.has_bias else None, None, None, None, None, None)
+
+
+_linear_cross_entropy.register_autograd(_linear_gradients, setup_context=_linear_setup)
+
+_ROW_AUTOCAST = {"cpu": FLOAT32, "cuda": FLOAT32}
+_LINEAR_AUTOCAST = {"cpu": LOWER_PRECISION, "cuda": LOWER_PRECISION}
+for _op in (_cross_entropy, _focal_loss, _nll_loss):
+    autocast(_op, **_ROW_AUTOCAST)
+autocast(_linear_cross_entropy, **_LINEAR_AUTOCAST)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.nn.functional's signatures; the checks that do not read the data run here (trace time)
 
 
 def _legacy(size_average, reduce, reduction: str) -> str:
@@ -110,32 +260,52 @@ def _legacy(size_average, reduce, reduction: str) -> str:
     return reduction
 
 
+def _wants_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                   size_average=None, ignore_index: int = -100, reduce=None, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> torch.Tensor:
     """``torch.nn.functional.cross_entropy``: same arguments (legacy ones included)."""
-    arguments = dict(ignore_index=ignore_index, reduction=_legacy(size_average, reduce, reduction),
-                     label_smoothing=label_smoothing)
-    return _FusedRowLoss.apply(input, target, weight, "cross_entropy_forward", arguments, torch.is_grad_enabled())
+    checked = autocast_inputs(_ROW_AUTOCAST, input, target, weight)  # the dtypes the op will see
+    _, ignore_index, reduction = _ce.check_row_options("cross_entropy", *checked, "weight", ignore_index,
+                                                       _legacy(size_average, reduce, reduction), True, values=False)
+    label_smoothing = _ce._check_smoothing(label_smoothing)
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, _wants_grad(input))[0]
 
 
 def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> torch.Tensor:
     """``torch.nn.functional.nll_loss``: same arguments (legacy ones included)."""
-    return _NllLoss.apply(input, target, weight, ignore_index, _legacy(size_average, reduce, reduction))
+    checked = autocast_inputs(_ROW_AUTOCAST, input, target, weight)
+    _, ignore_index, reduction = _ce.check_row_options("nll_loss", *checked, "weight", ignore_index,
+                                                       _legacy(size_average, reduce, reduction), False, values=False)
+    return _nll_loss(input, target, weight, ignore_index, reduction)
 
 
 def focal_loss(input: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: torch.Tensor | None = None,
                ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
     """Multi-class focal loss on softmax probabilities (see ``gpukernels.focal_loss``)."""
-    arguments = dict(gamma=gamma, ignore_index=ignore_index, reduction=reduction)
-    return _FusedRowLoss.apply(input, target, alpha, "focal_loss_forward", arguments, torch.is_grad_enabled())
+    checked = autocast_inputs(_ROW_AUTOCAST, input, target, alpha)
+    _, ignore_index, reduction = _ce.check_row_options("focal_loss", *checked, "alpha", ignore_index, reduction, False,
+                                                       values=False)
+    gamma = _ce.check_real_number(gamma, "gamma")
+    if not gamma >= 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    return _focal_loss(input, target, alpha, gamma, ignore_index, reduction, _wants_grad(input))[0]
 
 
 def linear_cross_entropy(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                          bias: torch.Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
                          label_smoothing: float = 0.0, chunk_size: int | None = None) -> torch.Tensor:
     """``cross_entropy(input @ weight.T + bias, target)`` without materialising the logits."""
-    arguments = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                     chunk_size=chunk_size)
-    return _LinearCrossEntropy.apply(input, weight, target, bias, arguments, torch.is_grad_enabled())
+    checked = autocast_inputs(_LINEAR_AUTOCAST, input, weight, target, bias)
+    ignore_index, reduction, label_smoothing, _ = _ce.check_linear_options(
+        *checked, ignore_index, reduction, label_smoothing, chunk_size, values=False)
+    compute_grad = reduction != "none" and _wants_grad(input, weight, bias)
+    loss = _linear_cross_entropy(input, weight, target, bias, ignore_index, reduction, label_smoothing, chunk_size,
+                                 compute_grad)[0]
+    if torch.is_autocast_enabled(input.device.type) and loss.dtype in (torch.float16, torch.bfloat16):
+        loss = loss.float()  # as cross_entropy's float32 rule gives it after linear's lower-precision one
+    return loss
