@@ -138,8 +138,8 @@ class Config:
     device: str = "cpu"
 
 
-QUICK = {"epochs": 2, "train_size": 3000, "test_size": 300}
-QUICK_SEQUENCE_ACCURACY = 0.5  # what --quick reaches with the fixed seed (stated, and tested)
+QUICK = {"epochs": 5, "train_size": 4000, "test_size": 300}
+QUICK_SEQUENCE_ACCURACY = 0.9  # --quick reaches it with the fixed seed (measured 94.3%; tested)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,10 +254,10 @@ def _pyplot():
 def plot_curves(runs: dict, path: str) -> None:
     plt = _pyplot()
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, run in runs.items():
+    for (name, run), style in zip(runs.items(), ("-", ":")):
         curves = run["curves"]
         loss_axes.plot(curves["step"], curves["loss"], label=f"{name} ({run['seconds_per_step'] * 1e3:.0f} ms/step)",
-                       linewidth=0.8)
+                       linewidth=0.8, linestyle=style)
         accuracy_axes.plot(curves["eval_step"], curves["sequence_accuracy"], marker="o", label=f"{name} sequence")
         accuracy_axes.plot(curves["eval_step"], curves["token_accuracy"], marker=".", linestyle="--",
                            label=f"{name} token")
