@@ -33,18 +33,26 @@ MODULES = ("gpukernels", "torch")
 
 # ---------------------------------------------------------------------------------------------
 # The two layers ours does not have yet: each is made in exactly one place, so switching to
-# gpukernels.torch.nn.Linear / our cross-entropy is a change to these two functions.
+# gpukernels.torch.nn.Linear / our cross-entropy is a change to these two functions. The
+# torch.nn twin keeps torch's (_TORCH_LINEAR, _torch_loss) whatever these become.
+
+
+_TORCH_LINEAR = torch.nn.Linear
+
+
+def _torch_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, label_smoothing: float) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index,
+                                             label_smoothing=label_smoothing)
 
 
 def _linear(in_features: int, out_features: int, bias: bool = True) -> torch.nn.Module:
-    """The dense layers of the model (bridge, attentional state, output projection)."""
-    return torch.nn.Linear(in_features, out_features, bias=bias)
+    """The dense layers of our model (bridge, attentional state, output projection)."""
+    return _TORCH_LINEAR(in_features, out_features, bias=bias)  # -> gpukernels.torch.nn.Linear
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, label_smoothing: float) -> torch.Tensor:
-    """Mean token cross-entropy over the non-padding target positions."""
-    return torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index,
-                                             label_smoothing=label_smoothing)
+    """Our model's mean token cross-entropy over the non-padding target positions."""
+    return _torch_loss(logits, target, ignore_index, label_smoothing)  # -> gpukernels.torch.functional.cross_entropy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +167,7 @@ class Seq2Seq(torch.nn.Module):
         self.modules_kind = modules
         ours = modules == "gpukernels"
         library = gknn if ours else torch.nn
+        linear = _linear if ours else _TORCH_LINEAR
         directions = 2 if bidirectional else 1
         encoder_hidden = hidden_size // directions
 
@@ -167,8 +176,8 @@ class Seq2Seq(torch.nn.Module):
         rnn = library.LSTM if cell == "lstm" else library.GRU
         self.encoder = rnn(embedding_dim, encoder_hidden, num_layers=num_layers, batch_first=True,
                            bidirectional=bidirectional)
-        self.bridge_h = _linear(hidden_size, hidden_size)
-        self.bridge_c = _linear(hidden_size, hidden_size) if cell == "lstm" else None
+        self.bridge_h = linear(hidden_size, hidden_size)
+        self.bridge_c = linear(hidden_size, hidden_size) if cell == "lstm" else None
         decoder_cell = library.LSTMCell if cell == "lstm" else library.GRUCell
         self.decoder = decoder_cell(embedding_dim + hidden_size, hidden_size)
         if attention == "additive":
@@ -177,10 +186,11 @@ class Seq2Seq(torch.nn.Module):
         else:
             self.attention = (gknn.DotAttention(hidden_size, hidden_size, kind=attention) if ours
                               else _EagerDotAttention(hidden_size, hidden_size, attention))
-        self.combine = _linear(2 * hidden_size, hidden_size, bias=False)
-        self.output = _linear(hidden_size, tgt_vocab_size)
+        self.combine = linear(2 * hidden_size, hidden_size, bias=False)
+        self.output = linear(hidden_size, tgt_vocab_size)
         self._tanh = gkF.tanh if ours else torch.tanh
         self._log_softmax = gkF.log_softmax if ours else torch.log_softmax
+        self._loss = _loss if ours else _torch_loss
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -290,7 +300,7 @@ class Seq2Seq(torch.nn.Module):
 
     def loss(self, logits: torch.Tensor, tgt: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         """Mean cross-entropy over the target tokens that are not padding."""
-        return _loss(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), self.pad_index, label_smoothing)
+        return self._loss(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), self.pad_index, label_smoothing)
 
     # -----------------------------------------------------------------------------------------
     # Inference
