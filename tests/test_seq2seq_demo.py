@@ -74,3 +74,10 @@ def test_compare_torch_same_weights_same_batches(tmp_path):
 def test_bad_options(option):
     with pytest.raises(SystemExit, match=option[0]):
         cli.main(["demo", "seq2seq", "--quick", "--no-plots", *option])
+
+
+@pytest.mark.parametrize("demo", ["seq2seq", "translate"])
+def test_help(demo, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["demo", demo, "--help"])
+    assert exit.value.code == 0 and "--" in capsys.readouterr().out

@@ -311,8 +311,8 @@ def limit_threads(count: int) -> None:
         return
     for path in libraries:
         library = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-                     "openblas_set_num_threads"):
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
             if hasattr(library, name):
                 getattr(library, name)(ctypes.c_int(count))
                 break
@@ -433,13 +433,15 @@ def run_translate(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"a short run ({QUICK['epochs']} epochs of {QUICK['train_size']} pairs) that reaches "
-                             f"about {QUICK_SEQUENCE_ACCURACY:.0%} held-out sequence accuracy")
+                             f"at least {QUICK_SEQUENCE_ACCURACY * 100:.0f}%% held-out sequence accuracy")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when torch sees a GPU, else cpu")
-    parser.add_argument("--cell", choices=("lstm", "gru"))
-    parser.add_argument("--attention", choices=("additive", "general", "dot"))
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int)
+    defaults = Config()
+    parser.add_argument("--cell", choices=("lstm", "gru"), help=f"the recurrent cell (default: {defaults.cell})")
+    parser.add_argument("--attention", choices=("additive", "general", "dot"),
+                        help=f"Bahdanau's additive or Luong's general/dot scores (default: {defaults.attention})")
+    parser.add_argument("--epochs", type=int, help=f"passes over the training pairs (default: {defaults.epochs})")
+    parser.add_argument("--batch-size", type=int, help=f"default: {defaults.batch_size}")
+    parser.add_argument("--seed", type=int, help=f"data, initial weights and batch order (default: {defaults.seed})")
     parser.add_argument("--threads", type=int,
                         help="CPU threads for torch and NumPy (default on the CPU: 1, fastest for these small "
                              "matrices and robust on a busy machine)")

@@ -159,7 +159,8 @@ class Seq2Seq(torch.nn.Module):
             if index >= tgt_vocab_size:
                 raise ValueError(f"{name}={index} is outside the target vocabulary of {tgt_vocab_size}")
         if len({pad_index, bos_index, eos_index}) != 3:
-            raise ValueError(f"pad_index, bos_index and eos_index must differ, got {pad_index}, {bos_index}, {eos_index}")
+            raise ValueError(f"pad_index, bos_index and eos_index must differ, got {pad_index}, {bos_index}, "
+                             f"{eos_index}")
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
         self.embedding_dim, self.hidden_size, self.num_layers = embedding_dim, hidden_size, num_layers
         self.cell, self.attention_kind, self.bidirectional = cell, attention, bidirectional
@@ -347,7 +348,8 @@ class Seq2Seq(torch.nn.Module):
         batch, source_len, k, device = src.shape[0], src.shape[1], beam_size, src.device
         # Every row of the batch repeated k times: rows b*k .. b*k+k-1 are sequence b's beams.
         outputs, mask = outputs.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
-        state = tuple(s.repeat_interleave(k, 0) for s in state) if self.cell == "lstm" else state.repeat_interleave(k, 0)
+        repeat = lambda s: s.repeat_interleave(k, 0)  # noqa: E731
+        state = tuple(map(repeat, state)) if self.cell == "lstm" else repeat(state)
         token = torch.full((batch * k,), self.bos_index, dtype=torch.int64, device=device)
         feed = outputs.new_zeros(batch * k, self.hidden_size)
         # Only the first beam is live at the start, so the k beams do not all pick the same token.
