@@ -196,7 +196,7 @@ class Seq2Seq(torch.nn.Module):
 
     def reset_parameters(self) -> None:
         """Uniform in +-1/sqrt(fan) everywhere (torch.nn's RNN rule), the same for both twins."""
-        for name, parameter in self.named_parameters():
+        for parameter in self.parameters():
             fan = parameter.shape[-1] if parameter.dim() > 1 else self.hidden_size
             bound = 1.0 / math.sqrt(fan)
             torch.nn.init.uniform_(parameter, -bound, bound)
@@ -283,8 +283,9 @@ class Seq2Seq(torch.nn.Module):
         if isinstance(teacher_forcing_ratio, bool) or not isinstance(teacher_forcing_ratio, (int, float)) \
                 or not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"teacher_forcing_ratio must be a number in [0, 1], got {teacher_forcing_ratio!r}")
-        outputs, mask, state = self.encode(src, src_lengths)
+        self._check_source(src, src_lengths)  # both checked before anything runs
         self._check_target(tgt, src.shape[0])
+        outputs, mask, state = self.encode(src, src_lengths)
         batch = src.shape[0]
         token = torch.full((batch,), self.bos_index, dtype=torch.int64, device=src.device)
         feed = outputs.new_zeros(batch, self.hidden_size)
@@ -293,7 +294,7 @@ class Seq2Seq(torch.nn.Module):
             step_logits, feed, state, _ = self.decode_step(token, feed, state, outputs, mask)
             logits.append(step_logits)
             token = tgt[:, t]
-            if teacher_forcing_ratio < 1.0:
+            if teacher_forcing_ratio < 1.0 and t + 1 < tgt.shape[1]:
                 own = step_logits.detach().argmax(-1)
                 gold = torch.rand(batch, generator=generator, device="cpu").to(src.device) < teacher_forcing_ratio
                 token = torch.where(gold, token, own)
