@@ -189,20 +189,55 @@ def evaluate(model, pairs, src_vocab, tgt_vocab, device, batch_size: int = 250) 
     return {"sequence_accuracy": right_sequences / len(pairs), "token_accuracy": right_tokens / total_tokens}
 
 
-def train(model, optimizer, clip, train_pairs, test_pairs, config: Config, src_vocab, tgt_vocab, label: str,
-          log=print) -> dict:
-    """Train for ``config.epochs``; returns the curves, the final accuracies and the timings."""
-    import torch
+class Run:
+    """One model being trained: its optimizer, clipping function, sampling generator and records."""
 
+    def __init__(self, label: str, model, optimizer, clip, seed: int):
+        import torch
+
+        self.label, self.model, self.optimizer, self.clip = label, model, optimizer, clip
+        self.sampler = torch.Generator().manual_seed(seed)  # scheduled sampling's draws, equal for twins
+        self.curves = {"step": [], "loss": [], "eval_step": [], "sequence_accuracy": [], "token_accuracy": []}
+        self.step_seconds: list[float] = []
+        self.seconds = 0.0  # training and evaluation
+        self.steps_to_99 = None
+
+    def step(self, src, lengths, tgt, ratio: float, clip: float) -> float:
+        began = time.perf_counter()
+        loss = self.model.loss(self.model(src, lengths, tgt, teacher_forcing_ratio=ratio, generator=self.sampler), tgt)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.clip(self.model.parameters(), clip)
+        self.optimizer.step()
+        value = loss.item()  # synchronises a GPU, so the step's time is all in
+        self.step_seconds.append(time.perf_counter() - began)
+        self.seconds += self.step_seconds[-1]
+        self.curves["step"].append(len(self.step_seconds))
+        self.curves["loss"].append(value)
+        return value
+
+    def summary(self) -> dict:
+        import statistics
+
+        curves, steps = self.curves, len(self.step_seconds)
+        return {"sequence_accuracy": curves["sequence_accuracy"][-1], "token_accuracy": curves["token_accuracy"][-1],
+                "steps": steps, "seconds": self.seconds, "train_seconds": sum(self.step_seconds),
+                "seconds_per_step": sum(self.step_seconds) / max(steps, 1),
+                "median_seconds_per_step": statistics.median(self.step_seconds) if steps else 0.0,
+                "steps_to_99": self.steps_to_99, "curves": curves}
+
+
+def train(runs: list[Run], train_pairs, test_pairs, config: Config, src_vocab, tgt_vocab, log=print) -> dict:
+    """Train every run for ``config.epochs`` in lockstep, each on the same batch in turn (so a
+    busy machine slows them alike); evaluate each after every epoch. Returns each run's
+    summary by label."""
     from gpukernels.torch.models import teacher_forcing_ratio
 
-    order = random.Random(config.seed + 7)  # the same batches for both twins
+    order = random.Random(config.seed + 7)
     steps_per_epoch = (len(train_pairs) + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * config.epochs
-    progress = Progress(total, label)
-    curves = {"step": [], "loss": [], "eval_step": [], "sequence_accuracy": [], "token_accuracy": []}
-    step, train_seconds, tokens_seen, steps_to_99 = 0, 0.0, 0, None
-    sampler = torch.Generator().manual_seed(config.seed)
+    progress = Progress(total, runs[0].label)
+    step, tokens_seen = 0, 0
     for epoch in range(config.epochs):
         shuffled = train_pairs[:]
         order.shuffle(shuffled)
@@ -210,31 +245,22 @@ def train(model, optimizer, clip, train_pairs, test_pairs, config: Config, src_v
             src, lengths, tgt = batch_tensors(shuffled[start:start + config.batch_size], src_vocab, tgt_vocab,
                                               config.device)
             ratio = teacher_forcing_ratio(step, total, 1.0, config.teacher_forcing_end)
-            began = time.perf_counter()
-            logits = model(src, lengths, tgt, teacher_forcing_ratio=ratio, generator=sampler)
-            loss = model.loss(logits, tgt)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip(model.parameters(), config.clip)
-            optimizer.step()
-            value = loss.item()  # synchronises a GPU, so the step's time is all in
-            train_seconds += time.perf_counter() - began
+            losses = [run.step(src, lengths, tgt, ratio, config.clip) for run in runs]
             step += 1
             tokens_seen += int((tgt != 0).sum()) + int(lengths.sum())
-            curves["step"].append(step)
-            curves["loss"].append(value)
-            progress.update(step, value, tokens_seen / train_seconds)
-        scores = evaluate(model, test_pairs, src_vocab, tgt_vocab, config.device)
-        curves["eval_step"].append(step)
-        curves["sequence_accuracy"].append(scores["sequence_accuracy"])
-        curves["token_accuracy"].append(scores["token_accuracy"])
-        if steps_to_99 is None and scores["sequence_accuracy"] >= 0.99:
-            steps_to_99 = step
-        log(f"{label} epoch {epoch + 1}/{config.epochs}: held-out sequence accuracy "
-            f"{scores['sequence_accuracy']:.2%}, token accuracy {scores['token_accuracy']:.2%}")
-    return {"sequence_accuracy": curves["sequence_accuracy"][-1], "token_accuracy": curves["token_accuracy"][-1],
-            "steps": step, "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(step, 1),
-            "steps_to_99": steps_to_99, "curves": curves}
+            progress.update(step, losses[0], tokens_seen / sum(runs[0].step_seconds))
+        for run in runs:
+            began = time.perf_counter()
+            scores = evaluate(run.model, test_pairs, src_vocab, tgt_vocab, config.device)
+            run.seconds += time.perf_counter() - began
+            run.curves["eval_step"].append(step)
+            run.curves["sequence_accuracy"].append(scores["sequence_accuracy"])
+            run.curves["token_accuracy"].append(scores["token_accuracy"])
+            if run.steps_to_99 is None and scores["sequence_accuracy"] >= 0.99:
+                run.steps_to_99 = step
+            log(f"{run.label} epoch {epoch + 1}/{config.epochs}: held-out sequence accuracy "
+                f"{scores['sequence_accuracy']:.2%}, token accuracy {scores['token_accuracy']:.2%}")
+    return {run.label: run.summary() for run in runs}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +282,8 @@ def plot_curves(runs: dict, path: str) -> None:
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
     for (name, run), style in zip(runs.items(), ("-", ":")):
         curves = run["curves"]
-        loss_axes.plot(curves["step"], curves["loss"], label=f"{name} ({run['seconds_per_step'] * 1e3:.0f} ms/step)",
+        label = f"{name} ({run['median_seconds_per_step'] * 1e3:.0f} ms/step)"
+        loss_axes.plot(curves["step"], curves["loss"], label=label,
                        linewidth=0.8, linestyle=style)
         accuracy_axes.plot(curves["eval_step"], curves["sequence_accuracy"], marker="o", label=f"{name} sequence")
         accuracy_axes.plot(curves["eval_step"], curves["token_accuracy"], marker=".", linestyle="--",
@@ -357,26 +384,25 @@ def run(args: argparse.Namespace) -> int:
           f"{config.cell}, {config.attention} attention, device {config.device}, backend {backend}")
 
     model = build(config, src_vocab, tgt_vocab)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    began = time.perf_counter()
-    optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ours = train(model, optimizer, clip_grad_norm_, train_pairs, test_pairs, config, src_vocab, tgt_vocab,
-                 "gpukernels")
-    ours["seconds"] = time.perf_counter() - began
-    runs = {"gpukernels": ours}
+    runs = [Run("gpukernels", model, AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+                clip_grad_norm_, config.seed)]
     if args.compare_torch:
         twin = build(config, src_vocab, tgt_vocab, modules="torch")
-        twin.load_state_dict(initial)
-        began = time.perf_counter()
-        optimizer = torch.optim.AdamW(twin.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        runs["torch.nn"] = train(twin, optimizer, torch.nn.utils.clip_grad_norm_, train_pairs, test_pairs, config,
-                                 src_vocab, tgt_vocab, "torch.nn")
-        runs["torch.nn"]["seconds"] = time.perf_counter() - began
+        twin.load_state_dict(model.state_dict())
+        runs.append(Run("torch.nn", twin, torch.optim.AdamW(twin.parameters(), lr=config.lr,
+                                                            weight_decay=config.weight_decay),
+                        torch.nn.utils.clip_grad_norm_, config.seed))
+    runs = train(runs, train_pairs, test_pairs, config, src_vocab, tgt_vocab)
+    ours = runs["gpukernels"]
 
-    print(f"held-out sequence accuracy {ours['sequence_accuracy']:.2%}, token accuracy {ours['token_accuracy']:.2%} "
-          f"after {ours['steps']} steps in {ours['seconds']:.1f} s ({ours['seconds_per_step'] * 1e3:.1f} ms/step"
-          + (f"; torch.nn twin {runs['torch.nn']['seconds_per_step'] * 1e3:.1f} ms/step, sequence accuracy "
-             f"{runs['torch.nn']['sequence_accuracy']:.2%}" if "torch.nn" in runs else "") + ")")
+    line = (f"held-out sequence accuracy {ours['sequence_accuracy']:.2%}, token accuracy {ours['token_accuracy']:.2%} "
+            f"after {ours['steps']} steps in {ours['seconds']:.1f} s (median "
+            f"{ours['median_seconds_per_step'] * 1e3:.1f} ms/step")
+    if "torch.nn" in runs:
+        twin_run = runs["torch.nn"]
+        line += (f"; torch.nn twin {twin_run['median_seconds_per_step'] * 1e3:.1f} ms/step, sequence accuracy "
+                 f"{twin_run['sequence_accuracy']:.2%}")
+    print(line + ")")
     model.eval()
     for source, target in test_pairs[:3]:
         print(f"  {source!r} -> {translate_with(model, [source], src_vocab, tgt_vocab, config.device)[0]} "
@@ -385,11 +411,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         metrics = {key: ours[key] for key in ("sequence_accuracy", "token_accuracy", "steps", "seconds",
-                                              "seconds_per_step", "steps_to_99")}
+                                              "seconds_per_step", "median_seconds_per_step", "steps_to_99")}
         metrics.update(backend=backend, device=config.device, config=asdict(config), quick=bool(args.quick),
                        curves=ours["curves"])
         if "torch.nn" in runs:
-            metrics["torch"] = {k: v for k, v in runs["torch.nn"].items()}
+            metrics["torch"] = runs["torch.nn"]
         with open(os.path.join(args.out, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=1)
         torch.save({"config": asdict(config), "state_dict": model.state_dict(), "src_characters": SOURCE_CHARACTERS,
