@@ -291,7 +291,7 @@ def plot_curves(runs: dict, path: str) -> None:
     loss_axes.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
     accuracy_axes.set(xlabel="step", ylabel="held-out accuracy", ylim=(0, 1.01), title="held-out accuracy")
     loss_axes.legend()
-    accuracy_axes.legend()
+    accuracy_axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
