@@ -1,5 +1,5 @@
 """Command line: ``gpukernels info``, ``gpukernels check``, ``gpukernels bench``,
-``gpukernels report``, ``gpukernels gpu-proof``."""
+``gpukernels report``, ``gpukernels gpu-proof``, ``gpukernels demo seq2seq``."""
 
 from __future__ import annotations
 
@@ -125,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_proof_arguments(proof)
     proof.set_defaults(run=cmd_gpu_proof)
+    from . import demo_seq2seq
+
+    demos = sub.add_parser("demo", help="train a model on our kernels end to end").add_subparsers(dest="demo",
+                                                                                                required=True)
+    seq2seq = demos.add_parser("seq2seq", help="attention seq2seq: human-written dates -> ISO dates")
+    demo_seq2seq.add_arguments(seq2seq)
+    seq2seq.set_defaults(run=demo_seq2seq.run)
+    translate = demos.add_parser("translate", help="rewrite dates with a checkpoint from `demo seq2seq --out`")
+    demo_seq2seq.add_translate_arguments(translate)
+    translate.set_defaults(run=demo_seq2seq.run_translate)
     args = parser.parse_args(argv)
     return args.run(args)
 
