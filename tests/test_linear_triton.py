@@ -5,6 +5,9 @@ bias gradient bitwise reproducible. Test ids: M<rows>-K<in>-N<out>-<activation>-
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -115,16 +118,33 @@ def test_bias_and_weight_gradients_are_bitwise_reproducible(rng):
         assert torch.equal(a, c)
 
 
-def test_tf32_follows_torch_allow_tf32():
-    previous = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        assert not tl_linear.allow_tf32(torch.float32)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        assert tl_linear.allow_tf32(torch.float32)
-        assert not tl_linear.allow_tf32(torch.bfloat16)  # 16-bit products are tensor-core products anyway
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+TF32_SWITCHES = {  # (off, on) for every way torch lets a user switch F.linear's fp32 products to TF32
+    "allow_tf32": ("torch.backends.cuda.matmul.allow_tf32 = False", "torch.backends.cuda.matmul.allow_tf32 = True"),
+    "fp32_precision": ('torch.backends.cuda.matmul.fp32_precision = "ieee"',
+                       'torch.backends.cuda.matmul.fp32_precision = "tf32"'),
+    "float32_matmul_precision": ('torch.set_float32_matmul_precision("highest")',
+                                 'torch.set_float32_matmul_precision("high")'),
+    "global": ('torch.backends.fp32_precision = "ieee"', 'torch.backends.fp32_precision = "tf32"'),
+}
+
+
+@pytest.mark.parametrize("api", list(TF32_SWITCHES))
+def test_tf32_follows_torch_allow_tf32(api):
+    """Each switch in a fresh process: torch >= 2.9 keeps legacy and new settings apart and
+    refuses to read a mix, so one process cannot try them all and put everything back."""
+    if api != "allow_tf32" and not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9 has only the legacy switch")
+    off, on = TF32_SWITCHES[api]
+    script = "\n".join([
+        "import torch", "from gpukernels.triton import linear as tl_linear",
+        "default = tl_linear.allow_tf32(torch.float32)",
+        off, "after_off = tl_linear.allow_tf32(torch.float32)",
+        on, "after_on = tl_linear.allow_tf32(torch.float32)",
+        "half = tl_linear.allow_tf32(torch.bfloat16)",  # 16-bit products are tensor-core products anyway
+        "print(default, after_off, after_on, half)"])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False", "False", "True", "False"], result.stdout
 
 
 def test_rows_that_are_not_16_byte_multiples_take_the_small_tile_only():

@@ -294,23 +294,22 @@ def test_training_step_runs_every_gpukernels_op_through_dispatch(monkeypatch):
     families = {(family, op) for family, op, _ in calls}
     assert {backend for _, _, backend in calls} == {"numpy"}  # CPU tensors: the reference, no fallback warning
     # The encoder layers and decoder cells (rnn layer ops), attention, tanh (activation), the
-    # clipping and AdamW: forward and backward of each.
+    # dense layers, the loss, the clipping and AdamW: forward and backward of each.
     assert families == {("rnn", "layer_forward"), ("rnn", "layer_backward"), ("attention", "attention_forward"),
                         ("attention", "attention_backward"), ("activation", "forward"), ("activation", "backward"),
+                        ("linear", "forward"), ("linear", "backward"), ("cross_entropy", "cross_entropy_rows"),
                         ("optim", "clip_grad_norm_"), ("optim", "adam_step")}, families
     ours = {name.split("::")[1] for name in aten.names if name.startswith("gpukernels::")}
     assert ours == {"recurrent_layer", "recurrent_layer_backward", "attention", "attention_backward", "tanh",
-                    "tanh_backward"}, ours
-    # torch's own recurrences, attention softmax, tanh and optimizer math never ran:
+                    "tanh_backward", "linear", "linear_backward", "cross_entropy"}, ours
+    # torch's own recurrences, attention softmax, tanh, dense layers, loss and optimizer math
+    # never ran: what remains on torch is the embedding and glue (cat, indexing, pack/pad).
     torch_ops = {name.split("::")[1] for name in aten.names if name.startswith("aten::")}
     ours_only = {"lstm", "gru", "lstm_cell", "gru_cell", "_thnn_fused_lstm_cell", "_thnn_fused_gru_cell", "tanh",
-                 "tanh_backward", "_softmax", "bmm", "_foreach_mul_", "_fused_adamw_", "addcdiv_", "lerp_"}
+                 "tanh_backward", "_softmax", "_log_softmax", "nll_loss_forward", "nll_loss_backward", "bmm",
+                 "addmm", "mm", "linear", "_foreach_mul_", "_fused_adamw_", "addcdiv_", "lerp_"}
     assert not torch_ops & ours_only, torch_ops & ours_only
-    # What remains on torch (until our Linear and cross-entropy replace _linear and _loss in
-    # models/seq2seq.py): the embedding, the dense layers and the loss.
     assert "embedding" in torch_ops
-    assert {"_log_softmax", "nll_loss_forward"} <= torch_ops
-    assert torch_ops & {"addmm", "mm"}
 
 
 # ---------------------------------------------------------------------------------------------

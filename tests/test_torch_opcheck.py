@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gpukernels.torch._optim_ops  # noqa: F401  (registers the optimizer operators)
 import gpukernels.torch.functional  # noqa: F401  (registers the ops the samples call)
 from gpukernels.torch._library import registered_ops
 
@@ -81,6 +82,19 @@ def _linear_backward_args(activation, slope=0.01, bias=True, mask=(True, True, T
 def _y(op, x, dim):
     with torch.no_grad():
         return getattr(torch.ops.gpukernels, op)(x, dim)
+
+
+def _plain(*shape):
+    return torch.randn(*shape)
+
+
+def _tensors(count=2):
+    """Fresh parameter-shaped lists for the in-place optimizer operators (no autograd)."""
+    return [_plain(3, 5), _plain(7)][:count]
+
+
+def _steps(count=2):
+    return [torch.tensor(float(n + 1)) for n in range(count)]
 
 
 SAMPLES = {
@@ -166,6 +180,25 @@ SAMPLES = {
     "linear_backward": lambda: [_linear_backward_args(None), _linear_backward_args("gelu", bias=False,
                                                                                    mask=(True, True, False)),
                                 _linear_backward_args("relu", mask=(False, True, True))],
+    # Optimizer steps (in place, mutated lists declared in the schema; steps/lr as device tensors):
+    # params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, grad_scale,
+    # found_inf, lr_tensor, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled
+    "adam_step_": lambda: [
+        (_tensors(), _tensors(), _tensors(), [t.abs() for t in _tensors()], [], [], _steps(), None, None, None,
+         1e-3, 0.9, 0.999, 1e-8, 0.01, False, False, True),
+        (_tensors(), _tensors(), _tensors(), [t.abs() for t in _tensors()], [t.abs() for t in _tensors()], [],
+         _steps(), torch.tensor(2.0), torch.tensor(0.0), torch.tensor(1e-3), 0.0, 0.9, 0.99, 1e-8, 0.0, True, True,
+         False)],
+    # params, grads, square_avgs, grad_avgs, momentum_buffers, master_params, steps, grad_scale,
+    # found_inf, lr_tensor, lr, alpha, eps, weight_decay, momentum, centered, maximize
+    "rmsprop_step_": lambda: [
+        (_tensors(), _tensors(), [t.abs() for t in _tensors()], _tensors(), _tensors(), [], _steps(), None, None,
+         None, 1e-2, 0.99, 1e-8, 0.0, 0.9, True, False)],
+    # params, grads, momentum_buffers, first_step, master_params, grad_scale, found_inf, lr_tensor,
+    # lr, momentum, dampening, weight_decay, nesterov, maximize
+    "sgd_step_": lambda: [
+        (_tensors(), _tensors(), _tensors(), [False, True], [], None, None, None, 0.1, 0.9, 0.0, 1e-4, True, False),
+        (_tensors(), _tensors(), [], [], [], None, None, torch.tensor(0.05), 0.0, 0.0, 0.0, 0.0, False, False)],
 }
 
 

@@ -156,7 +156,7 @@ def autocast_inputs(policies: dict[str, str], *tensors: torch.Tensor | None) -> 
 
 def registered_ops() -> list[Any]:
     """Every op registered in the ``gpukernels`` namespace (the families are imported first)."""
-    from . import functional  # noqa: F401  (importing the families registers their ops)
+    from . import _optim_ops, functional  # noqa: F401  (importing the families registers their ops)
 
     namespace = getattr(torch.ops, NAMESPACE)
     return [getattr(namespace, name).default for name in sorted(dir(namespace))

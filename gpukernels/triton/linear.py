@@ -263,8 +263,15 @@ def linear_grad_weight_kernel(dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr, M, N, K,
 
 
 def allow_tf32(dtype: torch.dtype) -> bool:
-    """fp32 products in tf32 only where torch allows it for F.linear (off by default)."""
-    return dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    """fp32 products in tf32 only where torch allows it for F.linear (off by default). Since
+    torch 2.9 the matmul's ``fp32_precision`` is the effective setting whichever API set it (the
+    legacy ``allow_tf32`` getter raises once the new API has been used)."""
+    if dtype != torch.float32:
+        return False
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision == "tf32"
+    return bool(matmul.allow_tf32)
 
 
 def _precision(dtype: torch.dtype) -> dict:

@@ -32,9 +32,8 @@ MODULES = ("gpukernels", "torch")
 
 
 # ---------------------------------------------------------------------------------------------
-# The two layers ours does not have yet: each is made in exactly one place, so switching to
-# gpukernels.torch.nn.Linear / our cross-entropy is a change to these two functions. The
-# torch.nn twin keeps torch's (_TORCH_LINEAR, _torch_loss) whatever these become.
+# The dense layers and the loss: ours (gpukernels.torch.nn.Linear, our cross-entropy); the
+# torch.nn twin keeps torch's (_TORCH_LINEAR, _torch_loss).
 
 
 _TORCH_LINEAR = torch.nn.Linear
@@ -46,13 +45,14 @@ def _torch_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, l
 
 
 def _linear(in_features: int, out_features: int, bias: bool = True) -> torch.nn.Module:
-    """The dense layers of our model (bridge, attentional state, output projection)."""
-    return _TORCH_LINEAR(in_features, out_features, bias=bias)  # -> gpukernels.torch.nn.Linear
+    """The dense layers of our model (bridge, attentional state, output projection): ours, with
+    torch.nn.Linear's parameters, so the twin's state_dict loads unchanged."""
+    return gknn.Linear(in_features, out_features, bias=bias)
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, label_smoothing: float) -> torch.Tensor:
     """Our model's mean token cross-entropy over the non-padding target positions."""
-    return _torch_loss(logits, target, ignore_index, label_smoothing)  # -> gpukernels.torch.functional.cross_entropy
+    return gkF.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
 
 
 # ---------------------------------------------------------------------------------------------
