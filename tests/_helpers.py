@@ -77,3 +77,13 @@ def random_tensor(rng, shape, dtype: str, device: str = "cpu", scale: float = 3.
     if specials and flat.size >= 6:
         flat[:6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-8]
     return torch.from_numpy(values).to(device=device, dtype=torch_dtype(dtype))
+
+
+def skip_unless_backend(backend: str, dtype: str) -> None:
+    """GPU tests of the CuPy backend need cupy, and ml_dtypes for bfloat16 arrays."""
+    import pytest
+
+    if backend == "cupy":
+        pytest.importorskip("cupy")
+        if dtype == "bfloat16":
+            pytest.importorskip("ml_dtypes", reason="cupy represents bfloat16 through ml_dtypes")

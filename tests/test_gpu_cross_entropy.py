@@ -12,7 +12,7 @@ import torch.nn.functional as TF
 
 import gpukernels as gk
 import gpukernels.torch.functional as GF
-from _helpers import DTYPES, as_float64, assert_close, random_tensor
+from _helpers import DTYPES, as_float64, assert_close, random_tensor, skip_unless_backend
 
 pytestmark = pytest.mark.gpu
 
@@ -27,13 +27,6 @@ def _to_library(t, backend: str):
     return cupy.from_dlpack(t.contiguous())
 
 
-def _skip_unless_backend(backend: str, dtype: str) -> None:
-    if backend == "cupy":
-        pytest.importorskip("cupy")
-        if dtype == "bfloat16":
-            pytest.importorskip("ml_dtypes", reason="cupy represents bfloat16 through ml_dtypes")
-
-
 def _numpy(t):
     return None if t is None else (as_float64(t) if t.is_floating_point() else t.cpu().numpy())
 
@@ -43,7 +36,7 @@ def _numpy(t):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["index", "probs", "focal"])
 def test_kernels_on_the_device(backend, kind, dtype, shape, rng):
-    _skip_unless_backend(backend, dtype)
+    skip_unless_backend(backend, dtype)
     rows, cols = shape
     x = random_tensor(rng, shape, dtype, "cuda")
     weight = (torch.rand(cols, dtype=torch.float64) + 0.5).to("cuda", x.dtype)
@@ -75,7 +68,7 @@ def test_kernels_on_the_device(backend, kind, dtype, shape, rng):
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_linear_cross_entropy_on_the_device(backend, reduction, rng):
-    _skip_unless_backend(backend, "float32")
+    skip_unless_backend(backend, "float32")
     h = random_tensor(rng, (300, 64), "float32", "cuda", scale=1.0)
     w = random_tensor(rng, (5003, 64), "float32", "cuda", scale=0.2)
     b = random_tensor(rng, (5003,), "float32", "cuda", scale=0.2)
@@ -126,7 +119,7 @@ def test_linear_cross_entropy_never_holds_the_logits():
 
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 def test_same_bits_every_run(backend, rng):
-    _skip_unless_backend(backend, "float32")
+    skip_unless_backend(backend, "float32")
     x = random_tensor(rng, (257, 30011), "float32", "cuda")
     target = torch.from_numpy(rng.integers(0, 30011, 257)).cuda()
     runs = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpukernels as gk
-from _helpers import DTYPES, as_float64, assert_close, torch_dtype
+from _helpers import DTYPES, as_float64, assert_close, skip_unless_backend, torch_dtype
 from _loss_cases import CASE_IDS, CASES, REDUCTIONS
 from gpukernels.ops.loss import loss_backward
 
@@ -25,13 +25,6 @@ def _to_library(t, backend: str):
     return cupy.from_dlpack(t.contiguous())
 
 
-def _skip_unless_backend(backend: str, dtype: str) -> None:
-    if backend == "cupy":
-        pytest.importorskip("cupy")
-        if dtype == "bfloat16":
-            pytest.importorskip("ml_dtypes", reason="cupy represents bfloat16 through ml_dtypes")
-
-
 def _inputs(case, rng, n, dtype):
     x, t, weights = case.draw(rng, (n // 7 + 1, 7) if n > 7 else (n,))
     cast = lambda a: a.to("cuda", torch_dtype(dtype))  # noqa: E731
@@ -46,7 +39,7 @@ def _inputs(case, rng, n, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_kernels_on_the_device(case, dtype, n, reduction, backend, rng):
-    _skip_unless_backend(backend, dtype)
+    skip_unless_backend(backend, dtype)
     (x, t, w), (x64, t64, w64) = _inputs(case, rng, n, dtype)
     if dtype == "float16" and reduction == "sum" and n > 2**16:
         reduction = "mean"  # a float16 sum of millions of losses overflows (in torch too)
@@ -66,7 +59,7 @@ def test_kernels_on_the_device(case, dtype, n, reduction, backend, rng):
 
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 def test_reduction_gives_the_same_bits_every_run(backend, rng):
-    _skip_unless_backend(backend, "float32")
+    skip_unless_backend(backend, "float32")
     x = torch.randn(2**24 + 3, device="cuda")
     t = torch.rand(2**24 + 3, device="cuda")
     lib = lambda a: _to_library(a, backend)  # noqa: E731

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gpukernels as gk
-from _helpers import DTYPES, torch_dtype
+from _helpers import DTYPES, skip_unless_backend, torch_dtype
 from _normalization_cases import OPS, check_outputs, expected, inputs, run_op, source_of
 
 pytestmark = pytest.mark.gpu
@@ -29,19 +29,12 @@ def _maker(backend: str, dtype: str):
     return make
 
 
-def _skip_unless_backend(backend: str, dtype: str) -> None:
-    if backend == "cupy":
-        pytest.importorskip("cupy")
-        if dtype == "bfloat16":
-            pytest.importorskip("ml_dtypes", reason="cupy represents bfloat16 through ml_dtypes")
-
-
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"R{s[0]}-C{s[1]}")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", OPS)
 def test_kernels_on_the_device(backend, op, dtype, shape, rng):
-    _skip_unless_backend(backend, dtype)
+    skip_unless_backend(backend, dtype)
     a, a64 = inputs(rng, shape, 1, _maker(backend, dtype))
     with gk.use_backend(backend):
         got = run_op(op, a["x"], a["r"], a["w"], a["b"], a["dy"], a["ds"], (shape[1],))
@@ -52,7 +45,7 @@ def test_kernels_on_the_device(backend, op, dtype, shape, rng):
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 @pytest.mark.parametrize("op", OPS)
 def test_gradients_are_bitwise_repeatable_at_the_benchmark_size(backend, op, rng):
-    _skip_unless_backend(backend, "bfloat16")
+    skip_unless_backend(backend, "bfloat16")
     a, _ = inputs(rng, (8192, 4096), 1, _maker(backend, "bfloat16"))
     runs = []
     for _ in range(2):

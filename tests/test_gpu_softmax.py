@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpukernels as gk
-from _helpers import DTYPES, as_float64, assert_close, random_tensor
+from _helpers import DTYPES, as_float64, assert_close, random_tensor, skip_unless_backend
 from gpukernels.reference import softmax as ref
 
 pytestmark = pytest.mark.gpu
@@ -24,19 +24,12 @@ def _to_library(t: torch.Tensor, backend: str):
     return t
 
 
-def _skip_unless_backend(backend: str, dtype: str) -> None:
-    if backend == "cupy":
-        pytest.importorskip("cupy")
-        if dtype == "bfloat16":
-            pytest.importorskip("ml_dtypes", reason="cupy represents bfloat16 through ml_dtypes")
-
-
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"R{s[0]}-C{s[1]}")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_kernels_on_the_device(backend, name, dtype, shape, rng):
-    _skip_unless_backend(backend, dtype)
+    skip_unless_backend(backend, dtype)
     # Large logits test the max shift; fp16 stops at 65504 and log-softmax outputs reach about
     # twice the logits' spread below 0, so fp16 gets the largest scale whose outputs stay finite
     # (at 1e4 the 33 x 1000 case rounds outputs to -inf while the float64 reference is finite).
@@ -53,7 +46,7 @@ def test_kernels_on_the_device(backend, name, dtype, shape, rng):
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 @pytest.mark.parametrize("dim", [0, 1, 2])
 def test_every_dim_on_the_device(backend, dim, rng):
-    _skip_unless_backend(backend, "float32")
+    skip_unless_backend(backend, "float32")
     x = random_tensor(rng, (17, 33, 65), "float32", "cuda")
     with gk.use_backend(backend):
         y = gk.softmax(_to_library(x, backend), dim)
@@ -64,7 +57,7 @@ def test_every_dim_on_the_device(backend, dim, rng):
 @pytest.mark.parametrize("cols", (7, 4097, 70000), ids=lambda c: f"R6-C{c}")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_masked_softmax_on_the_device(backend, dtype, cols, rng):
-    _skip_unless_backend(backend, dtype)
+    skip_unless_backend(backend, dtype)
     x = random_tensor(rng, (6, cols), dtype, "cuda", scale=1e4)
     dy = random_tensor(rng, (6, cols), dtype, "cuda", scale=1.0)
     keep = torch.rand(6, cols, device="cuda") > 0.5

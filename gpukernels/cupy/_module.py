@@ -140,3 +140,12 @@ def placement(xp) -> tuple:
 def to_host(a) -> np.ndarray:
     """``a`` as a numpy array (a copy from the device for cupy arrays)."""
     return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def threads_for(n_cols: int, itemsize: int) -> int:
+    """Threads per row block for the row kernels (softmax, cross-entropy, normalisation): about
+    four 16-byte chunks per thread, a power of two in 32..1024 (their block merge needs whole
+    warps)."""
+    chunks = -(-n_cols // (16 // itemsize))
+    wanted = max(1, -(-chunks // 4))
+    return min(1024, max(32, 1 << (wanted - 1).bit_length()))

@@ -11,13 +11,12 @@ from typing import Iterator
 import numpy as np
 
 from .. import _cross_entropy_driver as driver
-from ._module import CUDA_TYPES, NULL, Launch, NvrtcProgram, Runner, cuda_type, on_gpu
+from ._module import CUDA_TYPES, NULL, Launch, NvrtcProgram, Runner, cuda_type, on_gpu, threads_for
 from ._stream import on_callers_stream
 from .attention import from_float32, to_float32
 
 KINDS = {"index": 0, "probs": 1, "focal": 2}
 _MAX_GRID = 65535 * 32  # the kernel loops over rows beyond this many blocks
-_CHUNKS_PER_THREAD = 4
 
 PROGRAM = NvrtcProgram("cross_entropy.cu", tuple(
     f"cross_entropy_rows<{ctype}, {kind}>" for ctype in CUDA_TYPES.values() for kind in KINDS.values()))
@@ -25,14 +24,6 @@ PROGRAM = NvrtcProgram("cross_entropy.cu", tuple(
 
 def nvrtc_programs() -> Iterator[NvrtcProgram]:
     yield PROGRAM
-
-
-def threads_for(n_cols: int, itemsize: int) -> int:
-    """Threads per row block: about four 16-byte chunks each, a power of two in 32..1024 (whole
-    warps for the block merge)."""
-    chunks = -(-n_cols // (16 // itemsize))
-    wanted = max(1, -(-chunks // _CHUNKS_PER_THREAD))
-    return min(1024, max(32, 1 << (wanted - 1).bit_length()))
 
 
 def rows_launch(x, target, weight, scale, loss, grad, *, kind: str, ignore_index: int, label_smoothing: float,

@@ -15,12 +15,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ._module import CUDA_TYPES, NULL, THREADS, Launch, NvrtcProgram, Runner, cuda_type, flag, grid_for, on_gpu
+from ._module import CUDA_TYPES, NULL, THREADS, Launch, NvrtcProgram, Runner, cuda_type, flag, grid_for, on_gpu, threads_for
 from ._stream import on_callers_stream
 
 _MAX_GRID = 65535 * 32  # the forward loops over rows beyond this many blocks
 MAX_BACKWARD_BLOCKS = 512  # partial dw/db rows: a function of the shape alone, so the bits never vary
-_CHUNKS_PER_THREAD = 4
 
 
 def _expressions() -> tuple[str, ...]:
@@ -38,14 +37,6 @@ def nvrtc_programs() -> Iterator[NvrtcProgram]:
 
 # ---------------------------------------------------------------------------------------------
 # Launch helpers
-
-
-def threads_for(n_cols: int, itemsize: int) -> int:
-    """Threads per row block: about four 16-byte chunks per thread, a power of two in 32..1024
-    (the block merge needs whole warps)."""
-    chunks = -(-n_cols // (16 // itemsize))
-    wanted = max(1, -(-chunks // _CHUNKS_PER_THREAD))
-    return min(1024, max(32, 1 << (wanted - 1).bit_length()))
 
 
 def backward_blocks(n_rows: int) -> int:

@@ -8,11 +8,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ._module import CUDA_TYPES, NULL, Launch, NvrtcProgram, Runner, cuda_type, flag, on_gpu
+from ._module import CUDA_TYPES, NULL, Launch, NvrtcProgram, Runner, cuda_type, flag, on_gpu, threads_for
 from ._stream import on_callers_stream
 
 _MAX_GRID = 65535 * 32  # the kernels loop over rows beyond this many blocks
-_CHUNKS_PER_THREAD = 4
 
 
 def _expressions() -> tuple[str, ...]:
@@ -31,14 +30,6 @@ def nvrtc_programs() -> Iterator[NvrtcProgram]:
 
 # ---------------------------------------------------------------------------------------------
 # Launch helpers
-
-
-def threads_for(n_cols: int, itemsize: int) -> int:
-    """Threads per row block: about four 16-byte chunks per thread, a power of two in 32..1024
-    (the block merge needs whole warps)."""
-    chunks = -(-n_cols // (16 // itemsize))
-    wanted = max(1, -(-chunks // _CHUNKS_PER_THREAD))
-    return min(1024, max(32, 1 << (wanted - 1).bit_length()))
 
 
 def _row_blocks(rows) -> tuple[tuple[int], tuple[int]]:
