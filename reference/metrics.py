@@ -16,7 +16,12 @@ batches and processes.
   half (scikit-learn's trapezoidal ROC area), plus the positives and negatives.
 * ``binned_roc_counts``: for each threshold, the positives and negatives scored ``>=`` it.
 * ``regression_sums``: per output, n, sum(target), sum((target - mean)^2), sum((pred - target)^2),
-  sum(|pred - target|), sum(|pred - target| / max(|target|, eps)).
+  sum(|pred - target|), sum(|pred - target| / max(|target|, eps)); ``rows`` names the ones the
+  caller reads (the others are NaN, not computed).
+
+As the CPU fallback, large inputs are cut into tiles of rows (their size set by the shape alone)
+counted or summed on ``_parallel``'s pool; the tiles' integer counts add up exactly and their sums
+merge in a fixed order, so every thread count gives the same bits.
 
 Targets equal to ``ignore_index`` (None: nothing ignored) and targets out of range do not count;
 the public functions reject out-of-range targets before this runs.
@@ -27,6 +32,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from ._parallel import PARALLEL_MIN_BYTES, _items_per_chunk, run, split
 
 MAPE_EPSILON = 1.17e-06  # torchmetrics' clamp of |target| in mean_absolute_percentage_error
 
@@ -61,31 +68,73 @@ def _scores(preds: np.ndarray) -> np.ndarray:
     return preds.astype(np.float32) if preds.dtype == np.float16 else preds
 
 
-def _confusion(hard: np.ndarray, truth: np.ndarray, columns: int, offsets: np.ndarray | int) -> np.ndarray:
-    """(4, L) tp, fp, tn, fn from one bincount of 2 * truth + hard (truth 2: not counted)."""
-    code = truth * 2 + hard + offsets
-    counts = np.bincount(code.reshape(-1), minlength=6 * columns).reshape(columns, 6)
-    return counts[:, [3, 1, 0, 2]].T
+def _per_row_tile(function, *arrays: np.ndarray) -> list:
+    """``function`` applied to tiles of rows of the equally long ``arrays`` (on the pool when
+    they are large): the results in row order. One tile when small or empty."""
+    rows = arrays[0].shape[0]
+    row_bytes = max(a.itemsize * math.prod(a.shape[1:]) for a in arrays)
+    if rows * row_bytes < PARALLEL_MIN_BYTES:
+        return [function(*arrays)]
+    tiles = split(rows, _items_per_chunk(rows, row_bytes))
+    results: list = [None] * len(tiles)
+
+    def task(k: int, lo: int, hi: int) -> None:
+        results[k] = function(*(a[lo:hi] for a in arrays))
+
+    run([lambda k=k, lo=lo, hi=hi: task(k, lo, hi) for k, (lo, hi) in enumerate(tiles)])
+    return results
+
+
+def _count_per_column(mask: np.ndarray) -> np.ndarray:
+    """(L,) int64: the true entries of each column of an (N, L) bool mask."""
+    if mask.shape[1] == 1:  # count_nonzero without an axis is the fast (SIMD popcount) loop
+        return np.array([np.count_nonzero(mask)], dtype=np.int64)
+    return np.count_nonzero(mask, axis=0).astype(np.int64)
+
+
+def _label_tile(preds: np.ndarray, target: np.ndarray, threshold: float, limit: float,
+                ignore_index: int | None) -> np.ndarray:
+    """``label_counts`` of one tile of rows. Counted with boolean masks, not a bincount of
+    2 * truth + hard: bool passes over the tile are cheap, int64 codes are not."""
+    scores = _scores(preds)
+    if target.dtype.kind == "i":  # 0 <= target <= 1 in one compare: negative values wrap around
+        counted = target.view(f"u{target.itemsize}") <= 1
+    else:
+        counted = _kept(target, 0, 2, None)
+    positive = target == 1
+    negative = counted ^ positive  # counted and not 1: 0
+    if ignore_index in (0, 1):
+        (negative if ignore_index == 0 else positive)[...] = False
+    positives, negatives = _count_per_column(positive), _count_per_column(negative)
+    rows = []
+    for cut in (threshold, limit):  # the probability reading, then the logit reading
+        hard = scores > cut
+        tp, fp = _count_per_column(hard & positive), _count_per_column(hard & negative)
+        rows += [tp, fp, negatives - fp, positives - tp]
+    rows.append(_count_per_column(scores < 0) + _count_per_column(scores > 1))
+    return np.stack(rows)
 
 
 def label_counts(preds: np.ndarray, target: np.ndarray, threshold: float, ignore_index: int | None) -> np.ndarray:
     """int64 (9, L) counts of ``(N, L)`` scores against ``(N, L)`` targets (see the module doc).
     The logit reading compares with ``logit(threshold)`` (exactly ``sigmoid(p) > threshold``,
     in float32 for float32 scores, as the kernels)."""
-    scores = _scores(preds)
-    columns = scores.shape[1]
-    truth = np.where(_kept(target, 0, 2, ignore_index), target, 2)
-    offsets = 6 * np.arange(columns) if columns > 1 else 0
-    limit = logit(threshold) if scores.dtype == np.float64 else float32_below(logit(threshold))
-    outside = (scores < 0).sum(0) + (scores > 1).sum(0)
-    rows = [_confusion(scores > threshold, truth, columns, offsets), _confusion(scores > limit, truth, columns, offsets),
-            outside[None, :]]
-    return np.concatenate(rows).astype(np.int64)
+    limit = logit(threshold) if preds.dtype == np.float64 else float32_below(logit(threshold))
+    tiles = _per_row_tile(lambda p, t: _label_tile(p, t, threshold, limit, ignore_index), preds, target)
+    return np.sum(tiles, axis=0, dtype=np.int64)
+
+
+def _argmax_rows(scores: np.ndarray) -> np.ndarray:
+    """int64 (N,): ``scores.argmax(1)``, tiles of rows on the pool (a row of a few classes costs
+    NumPy's argmax a call of its inner loop each: the time is per row, not per byte)."""
+    labels = np.empty(scores.shape[0], dtype=np.int64)
+    _per_row_tile(lambda s, out: s.argmax(1, out=out), scores, labels)
+    return labels
 
 
 def class_counts(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
     """int64 (3, C): tp, predicted and target counts per class of ``(N, C)`` scores or ``(N,)`` labels."""
-    labels = preds.argmax(1) if preds.ndim == 2 else preds.astype(np.int64)
+    labels = _argmax_rows(preds) if preds.ndim == 2 else preds.astype(np.int64)
     t = target.astype(np.int64, copy=False)
     if ignore_index is not None or t.size and (t.min() < 0 or t.max() >= num_classes) \
             or preds.ndim == 1 and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -163,22 +212,43 @@ def binned_roc_counts(preds: np.ndarray, target: np.ndarray, thresholds: int | n
     return out
 
 
-def regression_sums(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """float64 (6, M) per output column of ``(N, M)`` arrays (see the module doc). Float32 and
-    float16 inputs are summed in float32 (NumPy's pairwise sums), float64 in float64."""
+REGRESSION_ROWS = (0, 1, 2, 3, 4, 5)
+
+
+def _regression_tile(preds: np.ndarray, target: np.ndarray, rows: frozenset) -> np.ndarray:
+    """float64 (6, M): the ``rows`` of ``regression_sums`` for one tile of rows, NaN elsewhere.
+    Float32 and float16 inputs are summed in float32 (NumPy's pairwise sums), float64 in float64."""
     p, t = _scores(preds), _scores(target)
     dtype = np.result_type(p, t)
     n, outputs = t.shape
-    error = np.subtract(p, t, dtype=dtype)
-    squared = np.einsum("ij,ij->j", error, error)
-    np.abs(error, out=error)
-    absolute = error.sum(0)
-    error /= np.maximum(np.abs(t), dtype.type(MAPE_EPSILON))
-    relative = error.sum(0)
-    centred = np.subtract(t, t.mean(0) if n else 0, dtype=dtype)
-    spread = np.einsum("ij,ij->j", centred, centred)
-    return np.stack([np.full(outputs, float(n)), t.sum(0, dtype=dtype), spread, squared, absolute,
-                     relative]).astype(np.float64)
+    sums = np.full((6, outputs), np.nan)
+    sums[0] = n
+    if rows & {1, 2}:
+        total = t.sum(0, dtype=dtype)
+        sums[1] = total
+        if 2 in rows:
+            centred = np.subtract(t, total / n if n else 0, dtype=dtype)
+            sums[2] = np.einsum("ij,ij->j", centred, centred)
+    if rows & {3, 4, 5}:
+        error = np.subtract(p, t, dtype=dtype)
+        if 3 in rows:
+            sums[3] = np.einsum("ij,ij->j", error, error)
+        if rows & {4, 5}:
+            np.abs(error, out=error)
+            sums[4] = error.sum(0)
+        if 5 in rows:
+            error /= np.maximum(np.abs(t), dtype.type(MAPE_EPSILON))
+            sums[5] = error.sum(0)
+    return sums
+
+
+def regression_sums(preds: np.ndarray, target: np.ndarray, rows: tuple[int, ...] = REGRESSION_ROWS) -> np.ndarray:
+    """float64 (6, M) per output column of ``(N, M)`` arrays (see the module doc); only the
+    ``rows`` asked for are computed (row 0, n, always is), the others are NaN. Tiles of rows
+    are summed alone and merged as the GPU kernels' tiles are (``merge_partials``)."""
+    wanted = frozenset(rows)
+    tiles = _per_row_tile(lambda p, t: _regression_tile(p, t, wanted), preds, target)
+    return np.stack(merge_partials(np.stack(tiles, axis=1)))
 
 
 def merge_partials(parts):

@@ -120,3 +120,85 @@ def test_regression_sums(shape, rng):
 def test_regression_sums_of_nothing():
     sums = ref.regression_sums(np.zeros((0, 2)), np.zeros((0, 2)))
     assert sums.shape == (6, 2) and not sums.any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Large inputs: tiles of rows on the thread pool (reference/_parallel.py), as the CPU fallback runs
+
+BIG = 100_003  # float32 scores and int64 targets: several uneven tiles of rows
+
+
+@pytest.mark.parametrize("ignore_index", [None, 0, 1, -100])
+@pytest.mark.parametrize("labels", [1, 3])
+def test_label_counts_in_tiles(labels, ignore_index, rng):
+    preds = (rng.standard_normal((BIG, labels)) * 0.7 + 0.5).astype(np.float32)
+    target = rng.integers(0, 2, (BIG, labels))
+    target[::97] = -100
+    target[5::101] = 7  # out of range: never counted
+    counts = ref.label_counts(preds, target, 0.3, ignore_index)
+    limit = ref.float32_below(ref.logit(0.3))
+    for j in range(labels):
+        kept = (target[:, j] >= 0) & (target[:, j] < 2) & (target[:, j] != ignore_index)
+        truth = target[kept, j] == 1
+        assert tuple(counts[0:4, j]) == confusion(preds[kept, j] > 0.3, truth)
+        assert tuple(counts[4:8, j]) == confusion(preds[kept, j] > limit, truth)
+        assert counts[8, j] == ((preds[:, j] < 0) | (preds[:, j] > 1)).sum()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_class_counts_in_tiles(dtype, rng):
+    scores = rng.standard_normal((BIG, 5)).astype(dtype)
+    scores[::7, 3] = scores[::7, 1]  # ties: the first maximum wins, as torch.argmax
+    target = rng.integers(0, 5, BIG)
+    counts = ref.class_counts(scores, target, 5, None)
+    labels = scores.astype(np.float64).argmax(1)
+    np.testing.assert_array_equal(counts[0], np.bincount(target[labels == target], minlength=5))
+    np.testing.assert_array_equal(counts[1], np.bincount(labels, minlength=5))
+    np.testing.assert_array_equal(counts[2], np.bincount(target, minlength=5))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_regression_sums_in_tiles(outputs, dtype, rng):
+    target = (rng.standard_normal((BIG, outputs)) * 3 + 100).astype(dtype)
+    preds = (target + rng.standard_normal((BIG, outputs))).astype(dtype)
+    sums = ref.regression_sums(preds, target)
+    p, t = preds.astype(np.float64), target.astype(np.float64)
+    error = p - t
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_array_equal(sums[0], BIG)
+    np.testing.assert_allclose(sums[1], t.sum(0), rtol=rtol)
+    np.testing.assert_allclose(sums[2], ((t - t.mean(0)) ** 2).sum(0), rtol=rtol * 10)
+    np.testing.assert_allclose(sums[3], (error**2).sum(0), rtol=rtol)
+    np.testing.assert_allclose(sums[4], np.abs(error).sum(0), rtol=rtol)
+    np.testing.assert_allclose(sums[5], (np.abs(error) / np.abs(t)).sum(0), rtol=rtol)
+
+
+@pytest.mark.parametrize("rows", [(0, 3), (0, 4), (0, 5), (0, 2, 3)], ids=lambda r: "rows" + "".join(map(str, r)))
+def test_regression_sums_of_some_rows(rows, rng):
+    preds, target = rng.standard_normal((BIG, 2)), rng.standard_normal((BIG, 2))
+    some, every = ref.regression_sums(preds, target, rows), ref.regression_sums(preds, target)
+    np.testing.assert_array_equal(some[list(rows)], every[list(rows)])
+    skipped = [r for r in range(6) if r not in rows and not (r == 1 and 2 in rows) and not (r == 4 and 5 in rows)]
+    assert np.isnan(some[skipped]).all()
+
+
+def _bits_per_thread_count(monkeypatch, compute) -> list[bytes]:
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setenv("GPUKERNELS_NUM_THREADS", str(threads))
+        results.append(np.ascontiguousarray(compute()).tobytes())
+    return results
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_bits_for_every_thread_count(dtype, monkeypatch, rng):
+    scores = rng.standard_normal((BIG, 3)).astype(dtype)
+    labels = rng.integers(0, 3, (BIG, 3))
+    target = (rng.standard_normal((BIG, 2)) * 5 + 1e3).astype(dtype)
+    preds = (target + rng.standard_normal((BIG, 2))).astype(dtype)
+    for compute in (lambda: ref.label_counts(scores, labels % 2, 0.5, None),
+                    lambda: ref.class_counts(scores, labels[:, 0], 3, None),
+                    lambda: ref.regression_sums(preds, target)):
+        first, *others = _bits_per_thread_count(monkeypatch, compute)
+        assert all(other == first for other in others), "the result changed with the thread count"

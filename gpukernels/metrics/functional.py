@@ -317,26 +317,27 @@ def auroc(preds, target, task, thresholds=None, num_classes=None, num_labels=Non
 # Regression
 
 
-def _flat_sums(preds, target):
+def _flat_sums(preds, target, row):
+    """n and the sum in ``row`` of ``regression_sums`` (the rows a mean of errors reads)."""
     I.regression_inputs(preds, target)
-    return ops.metrics.regression_sums(preds.reshape(-1, 1), target.reshape(-1, 1))
+    return ops.metrics.regression_sums(preds.reshape(-1, 1), target.reshape(-1, 1), (0, row))
 
 
 def mean_squared_error(preds, target, squared=True):
     """mean((preds - target)^2); its square root (RMSE) with ``squared=False``."""
     if not isinstance(squared, bool):
         raise TypeError(f"squared must be a bool, got {type(squared).__name__}")
-    return A.result(mse_value(_flat_sums(preds, target), squared), preds)
+    return A.result(mse_value(_flat_sums(preds, target, 3), squared), preds)
 
 
 def mean_absolute_error(preds, target):
     """mean(|preds - target|)."""
-    return A.result(mean_absolute_error_value(_flat_sums(preds, target)), preds)
+    return A.result(mean_absolute_error_value(_flat_sums(preds, target, 4)), preds)
 
 
 def mean_absolute_percentage_error(preds, target):
     """mean(|preds - target| / max(|target|, 1.17e-06)), a fraction (not per cent), as torchmetrics."""
-    return A.result(mape_value(_flat_sums(preds, target)), preds)
+    return A.result(mape_value(_flat_sums(preds, target, 5)), preds)
 
 
 def r2_score(preds, target, adjusted=0, multioutput="uniform_average"):
@@ -347,7 +348,7 @@ def r2_score(preds, target, adjusted=0, multioutput="uniform_average"):
     if preds.ndim not in (1, 2):
         raise ValueError(f"preds must have shape (N,) or (N, M), got {tuple(preds.shape)}")
     columns = (preds.reshape(-1, 1), target.reshape(-1, 1)) if preds.ndim == 1 else (preds, target)
-    sums = ops.metrics.regression_sums(*columns)
+    sums = ops.metrics.regression_sums(*columns, (0, 2, 3))  # n, TSS, RSS
     return A.result(r2_value(sums, int(preds.shape[0]), adjusted, multioutput), preds)
 
 

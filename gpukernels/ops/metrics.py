@@ -11,7 +11,9 @@ dtype. Shapes are already normalised here (the public functions reshape):
 * ``roc_area(preds (N, L) float, target, one_vs_rest, ignore_index)`` -> (3, L)
 * ``binned_roc_counts(preds (N, L) float, target, thresholds: int, one_vs_rest, ignore_index)`` -> (L, T+1, 2),
   the thresholds being ``linspace_thresholds(thresholds)``
-* ``regression_sums(preds (N, M) float, target (N, M) float)`` -> (6, M)
+* ``regression_sums(preds (N, M) float, target (N, M) float, rows)`` -> (6, M); ``rows``: the
+  rows the caller reads. The NumPy reference computes only those (the others NaN); the GPU
+  kernels compute all six in their one pass anyway.
 
 The meaning of every row is in ``gpukernels.reference.metrics``. ``ignore_index=None`` ignores
 nothing; targets outside the valid range are skipped (never written out of bounds), and the public
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .._dispatch import array_library, call
+from .._dispatch import array_library, call, select_backend
 
 
 def namespace(x: Any) -> Any:
@@ -98,8 +100,14 @@ def binned_roc_counts(preds: Any, target: Any, thresholds: int, one_vs_rest: boo
                 returns_like=empty_of(preds, "int64"))
 
 
-def regression_sums(preds: Any, target: Any) -> Any:
-    return call("metrics", "regression_sums", (preds, target), returns_like=empty_of(preds, "float64"))
+REGRESSION_ROWS = (0, 1, 2, 3, 4, 5)
+
+
+def regression_sums(preds: Any, target: Any, rows: tuple[int, ...] = REGRESSION_ROWS) -> Any:
+    # On the CPU every row is a pass or more over the inputs: the reference skips the rows not
+    # read (mean_squared_error needs 2 of the 6). A GPU kernel's cost is its one read of the inputs.
+    params = {"rows": tuple(rows)} if select_backend(preds) == "numpy" and tuple(rows) != REGRESSION_ROWS else {}
+    return call("metrics", "regression_sums", (preds, target), params, returns_like=empty_of(preds, "float64"))
 
 
 __all__ = ["label_counts", "class_counts", "roc_area", "binned_roc_counts", "regression_sums"]
