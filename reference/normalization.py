@@ -63,9 +63,16 @@ def row_mean(a: np.ndarray) -> np.ndarray:
     return np.dot(a, np.ones(a.shape[1], dtype=a.dtype))[:, None] / max(a.shape[1], 1)
 
 
+def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The dot product of each row of ``a`` with the same row of ``b``: NumPy 2's vecdot is one
+    dot product per row, 4x faster than einsum("ij,ij->i") (NumPy 1's way) and as deterministic."""
+    if hasattr(np, "vecdot"):
+        return np.vecdot(a, b)
+    return np.einsum("ij,ij->i", a, b)
+
+
 def row_mean_of_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # vecdot is a dot product per row: 4x faster than einsum("ij,ij->i") and as deterministic.
-    return np.vecdot(a, b)[:, None] / max(a.shape[1], 1)
+    return _row_dot(a, b)[:, None] / max(a.shape[1], 1)
 
 
 def _tiled(vector, rows: int):
@@ -169,7 +176,7 @@ def _gradient_rows(dy, x, mean, rstd, weight, weight_rows, rms, dx, grad_sum):
     dw = np.dot(rstd[:, 0], product)
     db = column_sum(dy)
     g = dy if weight is None else np.multiply(dy, weight_rows[:len(dy)], out=product)
-    scale = rstd * rstd * (np.vecdot(g, z)[:, None] / n)
+    scale = rstd * rstd * (_row_dot(g, z)[:, None] / n)
     np.multiply(z, scale, out=dx)
     np.subtract(g, dx, out=dx)
     if not rms:
