@@ -53,22 +53,33 @@ def _chunks(rows: int, cols: int, itemsize: int) -> list[tuple[int, int]]:
     return split(rows, _items_per_chunk(rows, max(cols, 1) * itemsize))
 
 
-def column_sum(a: np.ndarray) -> np.ndarray:
-    """``a.sum(axis=0)`` as a vector-matrix product: BLAS, and it lets other threads run."""
-    return np.dot(np.ones(a.shape[0], dtype=a.dtype), a)
+# No BLAS in the row blocks: they run on the reference's thread pool, and OpenBLAS threads a
+# matrix-vector product from about 10^4 elements on, putting its own threads (which spin while
+# waiting) on the cores the pool already uses. On the 2-core CI VM under load that made
+# layer_norm_backward (2048 x 1024) take 140 ms instead of 2.7 ms (OPENBLAS_NUM_THREADS=1).
+# vecdot is one dot product per row (OpenBLAS threads a dot product only from 10^4 elements);
+# the column sums are NumPy's and einsum's own loops.
+
+
+def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The dot product of each row of ``a`` with the same row of ``b`` (or with the vector
+    ``b``): NumPy 2's vecdot is one dot product per row, 4x faster than einsum("ij,ij->i")
+    (NumPy 1's way) and as deterministic."""
+    if hasattr(np, "vecdot"):
+        return np.vecdot(a, b)
+    return np.einsum("ij,ij->i", a, np.broadcast_to(b, a.shape))
+
+
+def column_sum(a: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """``sum_i a[i, j]`` (with ``weights``: ``sum_i weights[i] a[i, j]``), row after row."""
+    if weights is None:
+        return np.add.reduce(a, axis=0)
+    return np.einsum("i,ij->j", weights, a)
 
 
 def row_mean(a: np.ndarray) -> np.ndarray:
     """Mean of each row, kept as a column (0 for rows of length 0)."""
-    return np.dot(a, np.ones(a.shape[1], dtype=a.dtype))[:, None] / max(a.shape[1], 1)
-
-
-def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The dot product of each row of ``a`` with the same row of ``b``: NumPy 2's vecdot is one
-    dot product per row, 4x faster than einsum("ij,ij->i") (NumPy 1's way) and as deterministic."""
-    if hasattr(np, "vecdot"):
-        return np.vecdot(a, b)
-    return np.einsum("ij,ij->i", a, b)
+    return _row_dot(a, np.ones(a.shape[1], dtype=a.dtype))[:, None] / max(a.shape[1], 1)
 
 
 def row_mean_of_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -173,14 +184,14 @@ def _gradient_rows(dy, x, mean, rstd, weight, weight_rows, rms, dx, grad_sum):
     n = max(x.shape[1], 1)
     z = x if rms else np.subtract(x, mean, out=dx)  # dx's memory holds z until the last steps
     product = dy * z
-    dw = np.dot(rstd[:, 0], product)
+    dw = column_sum(product, rstd[:, 0])
     db = column_sum(dy)
     g = dy if weight is None else np.multiply(dy, weight_rows[:len(dy)], out=product)
     scale = rstd * rstd * (_row_dot(g, z)[:, None] / n)
     np.multiply(z, scale, out=dx)
     np.subtract(g, dx, out=dx)
     if not rms:
-        g_mean = (row_mean(dy) if weight is None else np.dot(dy, weight)[:, None] / n)
+        g_mean = row_mean(dy) if weight is None else _row_dot(dy, weight)[:, None] / n
         dx -= g_mean
     dx *= rstd
     if grad_sum is not None:
