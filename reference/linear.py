@@ -24,6 +24,8 @@ import importlib
 
 import numpy as np
 
+from . import _parallel
+
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh")
 _OUTPUT_DERIVATIVE = ("sigmoid", "tanh", "relu")  # act'(z) is a function of y = act(z)
 
@@ -55,6 +57,58 @@ def _activation_forward(z, activation, negative_slope):
 
 def _activation_backward(grad, saved, activation, negative_slope):
     return _act().backward(grad.reshape(-1), saved.reshape(-1), activation, negative_slope).reshape(grad.shape)
+
+
+def _gelu_and_derivative_float32(z, y, derivative):
+    """gelu(z) and gelu'(z) from one exp(-a^2/2) and one tail ratio R(a), a = min(|z|, 15): the
+    expensive parts the activation reference's gelu and gelu_backward each compute. Every step is
+    theirs, in their order, so the bits are the same as computing the two apart."""
+    act = _act()
+    a = np.abs(z)
+    np.add(z, a, out=y)
+    y *= 0.5  # relu(z)
+    clamped = np.minimum(a, act.filled_like(a, act._TAIL_CLAMP))
+    e = np.empty_like(a)
+    act._exp_minus_half_square(clamped, e)
+    ratio = np.empty_like(a)
+    act._tail_ratio(clamped, ratio)
+    tail = np.multiply(e, ratio)
+    tail *= clamped
+    y -= tail  # z Phi(z) = relu(z) - |z| Phi(-|z|), Phi(-a) = e R
+    a *= act.INV_SQRT_2PI
+    np.subtract(ratio, a, out=ratio)
+    ratio *= e  # W(|z|) = Phi(-|z|) - |z| phi(z)
+    np.multiply(ratio, -2.0, out=derivative)
+    derivative += 1
+    derivative *= np.greater(z, 0)
+    derivative += ratio
+
+
+def _gelu_and_derivative_float64(z, y, derivative):
+    """z Phi(z) and Phi(z) + z phi(z), with one Phi (the activation reference's steps)."""
+    act = _act()
+    cdf = act.ndtr(z)
+    np.multiply(z, cdf, out=y)
+    np.multiply(z, z, out=derivative)
+    derivative *= -0.5
+    np.exp(derivative, out=derivative)
+    derivative *= act.INV_SQRT_2PI
+    derivative *= z
+    derivative += cdf
+
+
+def _gelu_and_derivative(z):
+    """(gelu(z), gelu'(z)) for float32/float64 ``z``, block by block on the thread pool: each
+    block's exp and tail ratio serve both results while the block is in cache."""
+    formula = _gelu_and_derivative_float32 if z.dtype == np.float32 else _gelu_and_derivative_float64
+    flat = z.reshape(-1)
+    y, derivative = np.empty_like(flat), np.empty_like(flat)
+    step = _parallel._items_per_chunk(flat.size, flat.itemsize)
+    if flat.size * flat.itemsize < _parallel.PARALLEL_MIN_BYTES:
+        step = max(flat.size, 1)
+    _parallel.run([lambda lo=lo, hi=hi: formula(flat[lo:hi], y[lo:hi], derivative[lo:hi])
+                   for lo, hi in _parallel.split(flat.size, step)])
+    return y.reshape(z.shape), derivative.reshape(z.shape)
 
 
 def _float16_in_float32(fn):
@@ -89,6 +143,8 @@ def forward(input: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, acti
     z = preactivation(input, weight, bias)
     if activation is None:
         return z, None
+    if save and activation == "gelu":
+        return _gelu_and_derivative(z)
     y = _activation_forward(z, activation, negative_slope)
     if not save or saved_kind(activation, negative_slope) != "derivative":
         return y, None

@@ -80,6 +80,24 @@ def test_what_the_backward_reads():
     assert ref.saved_kind("gelu") == ref.saved_kind("gelu_tanh") == "derivative"
 
 
+@pytest.mark.parametrize("size", [1, 7, 1000, 300_001], ids=lambda n: f"n{n}")  # 300001: uneven pool blocks
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["fp32", "fp64"])
+def test_gelu_forward_saves_the_activation_references_bits(size, dtype, rng):
+    """The forward computes gelu and gelu' together (one exp and tail ratio for both): the bits
+    are the activation reference's, computed apart, specials and both tails included."""
+    from gpukernels.reference import activation
+
+    z = (rng.standard_normal(size) * 6).astype(dtype)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, -30.0, 4.5, -9.0], dtype=dtype)[:size]
+    z[:len(specials)] = specials
+    with np.errstate(all="ignore"):
+        y, derivative = ref._gelu_and_derivative(z.reshape(1, -1))
+        want_y = activation.forward(z, "gelu")
+        want_derivative = activation.backward(np.ones_like(z), z, "gelu")
+    assert np.array_equal(y.reshape(-1).view(np.uint8), want_y.view(np.uint8))
+    assert np.array_equal(derivative.reshape(-1).view(np.uint8), want_derivative.view(np.uint8))
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=str)
 def test_gradients_against_finite_differences(activation, rng):
     M, K, N = 3, 4, 5
