@@ -132,3 +132,24 @@ def test_mlp_with_layer_norm_matches_torch():
     (ours,) = torch.autograd.grad(y, x, g)
     (theirs,) = torch.autograd.grad(h, x, g)
     torch.testing.assert_close(ours, theirs)
+
+
+def test_no_derivative_is_kept_when_no_backward_can_follow(monkeypatch):
+    """gelu's act'(z) is an extra (M, N) write: made only when a backward can use it."""
+    from gpukernels.ops import linear as ops_linear
+
+    asked = []
+    real = ops_linear.linear
+    monkeypatch.setattr(ops_linear, "linear", lambda *a, **k: asked.append(k.get("return_saved", False)) or real(*a, **k))
+    x, layer = torch.randn(3, 6), gknn.Linear(6, 4, activation="gelu")
+    with torch.no_grad():
+        y_no_grad = layer(x)
+    layer.requires_grad_(False)
+    y_frozen = layer(x)
+    layer.requires_grad_(True)
+    y_train = layer(x)
+    assert asked == [False, False, True]
+    torch.testing.assert_close(y_no_grad, y_train.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(y_frozen, y_train.detach(), rtol=0, atol=0)
+    y_train.sum().backward()
+    assert layer.weight.grad is not None

@@ -74,7 +74,7 @@ def _norm_backward_args(name, add, rms, shape=(3, 7), normalized=(7,), affine=Tr
 def _linear_backward_args(activation, slope=0.01, bias=True, mask=(True, True, True)):
     x, w = _r(2, 3, 4), _r(5, 4)
     with torch.no_grad():
-        out, derivative = torch.ops.gpukernels.linear(x, w, _r(5) if bias else None, activation, slope)
+        out, derivative = torch.ops.gpukernels.linear(x, w, _r(5) if bias else None, activation, slope, True)
     saved = {"sigmoid": out, "relu": out, "gelu": derivative, "gelu_tanh": derivative}.get(activation)
     return (_r(2, 3, 5), x, w, saved, activation, slope, *mask)
 
@@ -175,8 +175,10 @@ SAMPLES = {
     "add_layer_norm_backward": lambda: [_norm_backward_args("add_layer_norm", True, False)],
     "add_rms_norm_backward": lambda: [_norm_backward_args("add_rms_norm", True, True, affine=False)],
     # the fused dense layer: each kind of saved tensor (none, the output, the derivative)
-    "linear": lambda: [(_r(2, 3, 4), _r(5, 4), _r(5), None, 0.01), (_r(3, 4), _r(5, 4), None, "gelu", 0.01),
-                       (_r(3, 4), _r(5, 4), _r(5), "sigmoid", 0.01), (_r(3, 4), _r(5, 4), _r(5), "leaky_relu", -0.2)],
+    "linear": lambda: [(_r(2, 3, 4), _r(5, 4), _r(5), None, 0.01, True), (_r(3, 4), _r(5, 4), None, "gelu", 0.01, True),
+                       (_r(3, 4), _r(5, 4), _r(5), "sigmoid", 0.01, True),
+                       (_r(3, 4), _r(5, 4), _r(5), "leaky_relu", -0.2, True),
+                       (_r(3, 4).detach(), _r(5, 4).detach(), None, "gelu", 0.01, False)],
     "linear_backward": lambda: [_linear_backward_args(None), _linear_backward_args("gelu", bias=False,
                                                                                    mask=(True, True, False)),
                                 _linear_backward_args("relu", mask=(False, True, True))],

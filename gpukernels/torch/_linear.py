@@ -26,11 +26,13 @@ _AUTOCAST = {"cpu": LOWER_PRECISION, "cuda": LOWER_PRECISION}
 
 @op("linear")
 def _linear(input: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None,
-            negative_slope: float) -> tuple[Tensor, Tensor]:
-    """(output, act'(z) where the backward needs it, else an empty placeholder)."""
+            negative_slope: float, save: bool) -> tuple[Tensor, Tensor]:
+    """(output, act'(z) where a backward will need it (``save``), else an empty placeholder).
+    Without ``save`` (inference, no_grad) the derivative is neither computed nor written."""
     output, saved = _lin.linear(input, weight, bias, activation=activation, negative_slope=negative_slope,
-                                return_saved=True)
-    derivative = saved if saved_kind(activation, negative_slope) == "derivative" else None
+                                return_saved=True) if save else (_lin.linear(
+                                    input, weight, bias, activation=activation, negative_slope=negative_slope), None)
+    derivative = saved if save and saved_kind(activation, negative_slope) == "derivative" else None
     return fresh(output, input, weight, bias), *fresh_all((derivative,), input, weight, bias)
 
 
@@ -45,9 +47,9 @@ def _linear_backward(grad_output: Tensor, input: Tensor, weight: Tensor, saved: 
 
 
 @_linear.register_fake
-def _(input, weight, bias, activation, negative_slope):
+def _(input, weight, bias, activation, negative_slope, save):
     output = empty(input, (*input.shape[:-1], weight.shape[0]))
-    derivative = empty(output) if saved_kind(activation, negative_slope) == "derivative" else input.new_empty(0)
+    derivative = empty(output) if save and saved_kind(activation, negative_slope) == "derivative" else input.new_empty(0)
     return output, derivative
 
 
@@ -59,7 +61,7 @@ def _(grad_output, input, weight, saved, activation, negative_slope, need_input,
 
 
 def _setup(ctx, inputs, output):
-    input, weight, bias, activation, negative_slope = inputs
+    input, weight, bias, activation, negative_slope, _save = inputs
     kind = saved_kind(activation, negative_slope)
     ctx.mark_non_differentiable(output[1])
     saved = output[0] if kind == "output" else output[1] if kind == "derivative" else None
@@ -72,9 +74,9 @@ def _gradients(ctx, grad_output, _grad_of_derivative):
     needs = ctx.needs_input_grad
     mask = (needs[0], needs[1], needs[2] and ctx.has_bias)
     if not any(mask):
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     grads = _linear_backward(grad_output, input, weight, saved, ctx.activation, ctx.negative_slope, *mask)
-    return (*(g if wanted else None for g, wanted in zip(grads, mask, strict=True)), None, None)
+    return (*(g if wanted else None for g, wanted in zip(grads, mask, strict=True)), None, None, None)
 
 
 _linear.register_autograd(_gradients, setup_context=_setup)
@@ -86,4 +88,6 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """``torch.nn.functional.linear`` followed by ``activation``, in one fused op."""
     negative_slope = _lin._check_activation(activation, negative_slope)
     _lin._check_layer(*autocast_inputs(_AUTOCAST, input, weight, bias))  # the dtypes the op will see
-    return _linear(input, weight, bias, activation, negative_slope)[0]
+    # Keep act'(z) only when a backward can follow: grad mode on and a differentiable operand.
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias))
+    return _linear(input, weight, bias, activation, negative_slope, save)[0]
