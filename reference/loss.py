@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._parallel import PARALLEL_MIN_BYTES, _items_per_chunk, run, split
+from ._parallel import PARALLEL_MIN_BYTES, _items_per_chunk, filled_like, run, split
 from ._precision import reference_op
 
 LOSSES = ("mse", "l1", "huber", "smooth_l1", "bce", "bce_logits", "focal")
@@ -37,7 +37,14 @@ BCE_EPSILON = float(np.float32(1e-12))
 
 def _softplus(x):
     """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    return np.maximum(x, filled_like(x, 0)) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _select(positive, a, b):
+    """a where ``positive`` (a 0/1 float array) is 1, b where it is 0: a * positive + b * (1 -
+    positive), exact for finite a and b (the other term adds 0). np.where on a random mask costs
+    as much as twenty arithmetic passes (branch mispredictions)."""
+    return a * positive + b * (1 - positive)
 
 
 def _sigmoid(x):
@@ -55,18 +62,29 @@ def _sigmoid_pair(x):
     e = np.exp(-np.abs(x))
     big = 1 / (1 + e)
     small = e * big
-    positive = x >= 0
-    return np.where(positive, big, small), np.where(positive, small, big)
+    positive = (x >= 0).astype(x.dtype)
+    return _select(positive, big, small), _select(positive, small, big)
 
 
 def _bce_logits(x, t, pw):
     """(1 - t) x + (1 + (pw - 1) t) softplus(-x), written as a sum of terms >= 0 for t in [0, 1]
     (the kernels' form; the plain one cancels for x < 0): (1 - t) x where x >= 0, pw t |x| where
-    x < 0, plus (1 + (pw - 1) t) log1p(exp(-|x|))."""
+    x < 0, plus (1 + (pw - 1) t) log1p(exp(-|x|)). The first two as (1 - t) max(x, 0) + pw t
+    max(-x, 0): one of the two maxima is 0, no select needed."""
     pw_t = t if pw is None else pw * t
     log_weight = 1 if pw is None else 1 + (pw - 1) * t
-    linear = np.where(x >= 0, (1 - t) * x, -pw_t * x)
-    return linear + log_weight * np.log1p(np.exp(-np.abs(x)))
+    positive_part = np.maximum(x, filled_like(x, 0))
+    negative_part = positive_part - x  # max(-x, 0), exactly
+    linear = (1 - t) * positive_part
+    linear += pw_t * negative_part
+    softplus_tail = np.abs(x)
+    np.negative(softplus_tail, out=softplus_tail)
+    np.exp(softplus_tail, out=softplus_tail)
+    np.log1p(softplus_tail, out=softplus_tail)
+    if pw is not None:
+        softplus_tail *= log_weight
+    linear += softplus_tail
+    return linear
 
 
 def _focal_terms(x, t, alpha, gamma):
@@ -93,18 +111,17 @@ def elementwise_loss(loss, x, t, w, pw, p1, p2):
     elif loss == "l1":
         out = np.abs(d)
     elif loss in ("huber", "smooth_l1"):
-        # c = min(|d|, delta): c (|d| - c / 2) is d^2 / 2 inside and delta (|d| - delta / 2)
-        # outside, without a select (NaN stays NaN); smooth L1 is Huber divided by beta.
-        a = np.abs(d)
-        c = np.minimum(a, p1)
-        c *= 0.5
-        np.subtract(a, c, out=a)
-        a *= c
-        a *= 2
-        out = a if loss == "huber" else np.divide(a, p1, out=a)
+        # c = clip(d, -delta, delta) (the gradient): c (d - c / 2) is d^2 / 2 inside and
+        # delta (|d| - delta / 2) outside (c and d share their sign), without a select (NaN
+        # stays NaN); smooth L1 is Huber divided by beta.
+        c = np.clip(d, -p1, p1)
+        d -= c * 0.5
+        d *= c
+        out = d if loss == "huber" else np.divide(d, p1, out=d)
     elif loss == "bce":
-        log_x = np.maximum(np.log(x), BCE_LOG_FLOOR)
-        log_1mx = np.maximum(np.log1p(-x), BCE_LOG_FLOOR)
+        floor = filled_like(x, BCE_LOG_FLOOR)
+        log_x = np.maximum(np.log(x), floor)
+        log_1mx = np.maximum(np.log1p(-x), floor)
         out = -(t * log_x + (1 - t) * log_1mx)
     elif loss == "bce_logits":
         out = _bce_logits(x, t, pw)
@@ -129,7 +146,7 @@ def grad_input(loss, x, t, w, pw, p1, p2):
         if loss == "smooth_l1":
             g /= p1
     elif loss == "bce":
-        g = d / np.maximum((1 - x) * x, BCE_EPSILON)
+        g = d / np.maximum((1 - x) * x, filled_like(x, BCE_EPSILON))
     elif loss == "bce_logits":
         p = _sigmoid(x)
         g = p - t if pw is None else p * (1 + (pw - 1) * t) - pw * t
@@ -173,43 +190,66 @@ def _operands(input, target, weight, pos_weight):
             _full(pos_weight, shape, dtype)]
 
 
+def _chunks(first):
+    """[lo, hi) ranges of the flattened arrays: one for small inputs, else chunks whose bounds
+    depend on the size alone (never on the thread count, so neither do the results)."""
+    if first.size * first.itemsize < PARALLEL_MIN_BYTES:
+        return [(0, first.size)]
+    return split(first.size, _items_per_chunk(first.size, first.itemsize))
+
+
 def _on_chunks(formula, arrays, n_out=1):
-    """``formula(*arrays)`` (a tuple of ``n_out`` arrays, returned as one) for arrays of one shape (None
-    entries passed through), computed a chunk of elements at a time on the thread pool for large
-    inputs: the formula's temporaries stay in cache and the chunks run in parallel."""
+    """``n_out`` arrays of the arrays' shape, filled by ``formula(*arrays, outs=...)`` for arrays
+    of one shape (None entries passed through), a chunk of elements at a time on the thread pool
+    for large inputs: the formula's temporaries stay in cache and the chunks run in parallel."""
     first = arrays[0]
     outs = tuple(np.empty(first.shape, first.dtype) for _ in range(n_out))
     flat = [None if a is None else a.reshape(-1) for a in arrays]
     flat_outs = [o.reshape(-1) for o in outs]
 
     def chunk(lo, hi):
-        results = formula(*(None if a is None else a[lo:hi] for a in flat))
-        for out, result in zip(flat_outs, results, strict=True):
-            out[lo:hi] = result
+        formula(*(None if a is None else a[lo:hi] for a in flat), outs=[o[lo:hi] for o in flat_outs])
 
-    if first.size * first.itemsize < PARALLEL_MIN_BYTES:
-        chunk(0, first.size)
-    else:
-        step = _items_per_chunk(first.size, first.itemsize)
-        run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in split(first.size, step)])
+    run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in _chunks(first)])
     return outs
 
 
-def _reduce(values, reduction):
-    if reduction == "none":
-        return values
-    total = np.sum(values, dtype=values.dtype)
+def _sum_on_chunks(formula, arrays):
+    """The sum of ``formula(*arrays)`` over all elements, without storing the values: each chunk
+    is summed while in cache, then the chunk sums in chunk order (one chunk for small inputs)."""
+    first = arrays[0]
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    bounds = _chunks(first)
+    sums = np.empty(len(bounds), first.dtype)
+
+    def chunk(k, lo, hi):
+        sums[k] = np.sum(formula(*(None if a is None else a[lo:hi] for a in flat)), dtype=first.dtype)
+
+    run([lambda k=k, lo=lo, hi=hi: chunk(k, lo, hi) for k, (lo, hi) in enumerate(bounds)])
+    return np.sum(sums, dtype=first.dtype)
+
+
+def _reduce(total, size, dtype, reduction):
+    """The "sum" or "mean" of ``size`` values summing to ``total``, as a 0-d array."""
     if reduction == "sum":
-        return np.asarray(total)
-    return np.asarray(total / values.dtype.type(values.size) if values.size else np.nan, dtype=values.dtype)
+        return np.asarray(total, dtype=dtype)
+    return np.asarray(total / dtype.type(size) if size else np.nan, dtype=dtype)
 
 
 @reference_op
 def loss_forward(input: np.ndarray, target: np.ndarray, weight, pos_weight, *, loss: str, reduction: str,
                  p1: float = 0.0, p2: float = 0.0) -> np.ndarray:
     arrays = _operands(input, target, weight, pos_weight)
-    (values,) = _on_chunks(lambda x, t, w, pw: (elementwise_loss(loss, x, t, w, pw, p1, p2),), arrays)
-    return _reduce(values, reduction)
+
+    def values(x, t, w, pw):
+        return elementwise_loss(loss, x, t, w, pw, p1, p2)
+
+    if reduction == "none":
+        def fill(x, t, w, pw, outs):
+            outs[0][...] = values(x, t, w, pw)
+
+        return _on_chunks(fill, arrays)[0]
+    return _reduce(_sum_on_chunks(values, arrays), input.size, input.dtype, reduction)
 
 
 @reference_op
@@ -227,9 +267,10 @@ def loss_backward(grad_output: np.ndarray, input: np.ndarray, target: np.ndarray
 
     formulas = {"input": grad_input, "target": grad_target}
 
-    def grads(x, t, w, pw, g=None):
+    def grads(x, t, w, pw, g=None, *, outs):
         g = scale if g is None else g
-        return tuple(np.multiply(formulas[k](loss, x, t, w, pw, p1, p2), g, dtype=dtype) for k in wanted)
+        for k, out in zip(wanted, outs, strict=True):
+            np.multiply(formulas[k](loss, x, t, w, pw, p1, p2), g, out=out)
 
     results = _on_chunks(grads, arrays, n_out=len(wanted))
     return results if need == "both" else results[0]
