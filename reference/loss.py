@@ -103,21 +103,35 @@ def _pow_derivative(m, gamma):
     return gamma * m ** (gamma - 1)
 
 
-def elementwise_loss(loss, x, t, w, pw, p1, p2):
-    """The per-element loss (``w``/``pw`` arrays of x's shape, or None)."""
-    d = x - t
-    if loss == "mse":
-        out = d * d
-    elif loss == "l1":
-        out = np.abs(d)
-    elif loss in ("huber", "smooth_l1"):
+def loss_factors(loss, x, t, pw, p1, p2):
+    """The per-element loss before ``weight`` as a product ``(a, b)``, ``b`` None where it is
+    ``a`` alone: a reduction sums a product in one pass (:func:`_sum_of_products`), cheaper
+    than a multiply and then a sum."""
+    if loss in ("mse", "huber", "smooth_l1"):
+        d = x - t
+        if loss == "mse":
+            return d, d
         # c = clip(d, -delta, delta) (the gradient): c (d - c / 2) is d^2 / 2 inside and
         # delta (|d| - delta / 2) outside (c and d share their sign), without a select (NaN
         # stays NaN); smooth L1 is Huber divided by beta.
         c = np.clip(d, -p1, p1)
         d -= c * 0.5
-        d *= c
-        out = d if loss == "huber" else np.divide(d, p1, out=d)
+        return (c if loss == "huber" else np.divide(c, p1, out=c)), d
+    return _elementwise_loss(loss, x, t, pw, p1, p2), None
+
+
+def elementwise_loss(loss, x, t, w, pw, p1, p2):
+    """The per-element loss (``w``/``pw`` arrays of x's shape, or None)."""
+    a, b = loss_factors(loss, x, t, pw, p1, p2)
+    out = a if b is None else np.multiply(a, b, out=b)
+    return out if w is None else np.multiply(out, w, out=out)
+
+
+def _elementwise_loss(loss, x, t, pw, p1, p2):
+    """The losses that are no product, before ``weight``."""
+    d = x - t
+    if loss == "l1":
+        out = np.abs(d)
     elif loss == "bce":
         floor = filled_like(x, BCE_LOG_FLOOR)
         log_x = np.maximum(np.log(x), floor)
@@ -130,7 +144,7 @@ def elementwise_loss(loss, x, t, w, pw, p1, p2):
         out = alpha_t * ce * m_gamma
     else:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    return out if w is None else out * w
+    return out
 
 
 def grad_input(loss, x, t, w, pw, p1, p2):
@@ -214,16 +228,38 @@ def _on_chunks(formula, arrays, n_out=1):
     return outs
 
 
+SUM_COLUMNS = 4096  # a chunk's sum: columns of this many elements, each summed down its rows
+
+
+def _sum_of_products(a, b, w):
+    """The sum of ``a * b * w`` over one chunk (``b``, ``w`` None for 1). The elements as rows
+    of SUM_COLUMNS: each column summed down the rows (einsum's sum of products where there is a
+    product: a multiply and a sum in one pass, twice as fast as np.multiply then np.sum; a
+    vectorised add across columns where there is not), then the columns pairwise by np.sum, the
+    elements past the last full row after. The order depends on the chunk's length alone."""
+    if w is not None:
+        b = w if b is None else b * w
+    full = a.size - a.size % SUM_COLUMNS
+    rows = a[:full].reshape(-1, SUM_COLUMNS)
+    if b is None:
+        columns, rest = np.sum(rows, axis=0), np.sum(a[full:])
+    else:
+        columns = np.einsum("ij,ij->j", rows, b[:full].reshape(-1, SUM_COLUMNS))
+        rest = np.sum(a[full:] * b[full:])
+    return np.sum(columns, dtype=a.dtype) + rest
+
+
 def _sum_on_chunks(formula, arrays):
-    """The sum of ``formula(*arrays)`` over all elements, without storing the values: each chunk
-    is summed while in cache, then the chunk sums in chunk order (one chunk for small inputs)."""
+    """The sum of ``formula(*arrays)`` (a product, as :func:`_sum_of_products` takes it) over all
+    elements, without storing the values: each chunk summed while in cache, then the chunk sums
+    in chunk order (one chunk for small inputs)."""
     first = arrays[0]
     flat = [None if a is None else a.reshape(-1) for a in arrays]
     bounds = _chunks(first)
     sums = np.empty(len(bounds), first.dtype)
 
     def chunk(k, lo, hi):
-        sums[k] = np.sum(formula(*(None if a is None else a[lo:hi] for a in flat)), dtype=first.dtype)
+        sums[k] = _sum_of_products(*formula(*(None if a is None else a[lo:hi] for a in flat)))
 
     run([lambda k=k, lo=lo, hi=hi: chunk(k, lo, hi) for k, (lo, hi) in enumerate(bounds)])
     return np.sum(sums, dtype=first.dtype)
@@ -240,16 +276,16 @@ def _reduce(total, size, dtype, reduction):
 def loss_forward(input: np.ndarray, target: np.ndarray, weight, pos_weight, *, loss: str, reduction: str,
                  p1: float = 0.0, p2: float = 0.0) -> np.ndarray:
     arrays = _operands(input, target, weight, pos_weight)
-
-    def values(x, t, w, pw):
-        return elementwise_loss(loss, x, t, w, pw, p1, p2)
-
     if reduction == "none":
         def fill(x, t, w, pw, outs):
-            outs[0][...] = values(x, t, w, pw)
+            outs[0][...] = elementwise_loss(loss, x, t, w, pw, p1, p2)
 
         return _on_chunks(fill, arrays)[0]
-    return _reduce(_sum_on_chunks(values, arrays), input.size, input.dtype, reduction)
+
+    def factors(x, t, w, pw):
+        return (*loss_factors(loss, x, t, pw, p1, p2), w)
+
+    return _reduce(_sum_on_chunks(factors, arrays), input.size, input.dtype, reduction)
 
 
 @reference_op
