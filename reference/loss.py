@@ -104,26 +104,35 @@ def _pow_derivative(m, gamma):
 
 
 def loss_factors(loss, x, t, pw, p1, p2):
-    """The per-element loss before ``weight`` as a product ``(a, b)``, ``b`` None where it is
-    ``a`` alone: a reduction sums a product in one pass (:func:`_sum_of_products`), cheaper
-    than a multiply and then a sum."""
+    """The per-element loss before ``weight`` as ``factor_scale(loss, p1) * a * b`` (``b`` None
+    where it is that times ``a``): a reduction sums a product in one pass
+    (:func:`_sum_of_products`), cheaper than a multiply and then a sum, and scales the sum."""
     if loss in ("mse", "huber", "smooth_l1"):
         d = x - t
         if loss == "mse":
             return d, d
         # c = clip(d, -delta, delta) (the gradient): c (d - c / 2) is d^2 / 2 inside and
         # delta (|d| - delta / 2) outside (c and d share their sign), without a select (NaN
-        # stays NaN); smooth L1 is Huber divided by beta.
-        c = np.clip(d, -p1, p1)
-        d -= c * 0.5
-        return (c if loss == "huber" else np.divide(c, p1, out=c)), d
+        # stays NaN); as 2 (c / 2) (d - c / 2), halving c in place. Smooth L1 is Huber / beta.
+        half_c = np.clip(d, -p1, p1)
+        half_c *= 0.5
+        d -= half_c
+        return half_c, d
     return _elementwise_loss(loss, x, t, pw, p1, p2), None
+
+
+def factor_scale(loss, p1):
+    """The constant factor of :func:`loss_factors`' product (1 for most losses)."""
+    return {"huber": 2, "smooth_l1": 2 / p1 if p1 else 1}.get(loss, 1)
 
 
 def elementwise_loss(loss, x, t, w, pw, p1, p2):
     """The per-element loss (``w``/``pw`` arrays of x's shape, or None)."""
     a, b = loss_factors(loss, x, t, pw, p1, p2)
     out = a if b is None else np.multiply(a, b, out=b)
+    scale = factor_scale(loss, p1)
+    if scale != 1:
+        out *= scale
     return out if w is None else np.multiply(out, w, out=out)
 
 
@@ -285,7 +294,8 @@ def loss_forward(input: np.ndarray, target: np.ndarray, weight, pos_weight, *, l
     def factors(x, t, w, pw):
         return (*loss_factors(loss, x, t, pw, p1, p2), w)
 
-    return _reduce(_sum_on_chunks(factors, arrays), input.size, input.dtype, reduction)
+    total = _sum_on_chunks(factors, arrays) * input.dtype.type(factor_scale(loss, p1))
+    return _reduce(total, input.size, input.dtype, reduction)
 
 
 @reference_op
