@@ -149,6 +149,44 @@ def test_large_inputs_go_through_the_thread_pool_with_the_same_result(rng):
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_large_float32_inputs_summed_chunk_by_chunk_match_float64(case, rng):
+    """Over 2^19 elements the reduced losses are summed a chunk at a time on the pool; the
+    gradients are written chunk by chunk: both still match the float64 reference."""
+    x, t, weights = case.draw(rng, (3, 174763))  # several chunks, the last one short
+    as32 = lambda a: a.numpy().astype(np.float32)  # noqa: E731
+    x32, t32, w32 = as32(x), as32(t), {k: as32(v) for k, v in weights.items()}
+    exact = [a.astype(np.float64) for a in (x32, t32)]
+    w64 = {k: v.astype(np.float64) for k, v in w32.items()}
+    for reduction in ("mean", "sum"):
+        got = case.ours(x32, t32, reduction, w32)
+        assert got.dtype == np.float32
+        assert_close(got, case.ours(*exact, reduction, w64), "float32", "reduction")
+    g = np.asarray(0.7, np.float32)
+    got_gx, got_gt = _grads(case, g, x32, t32, "mean", w32)
+    want_gx, want_gt = _grads(case, g.astype(np.float64), *exact, "mean", w64)
+    assert_close(got_gx, want_gx, "float32")
+    assert_close(got_gt, want_gt, "float32")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_same_bits_for_every_thread_count(case, dtype, monkeypatch, rng):
+    x, t, weights = case.draw(rng, (7, 57143))  # 400 001 elements: several uneven chunks
+    x, t = x.numpy().astype(dtype), t.numpy().astype(dtype)
+    x.reshape(-1)[:3] = [np.nan, np.inf, -np.inf] if case.loss not in ("bce",) else [0.0, 1.0, 0.5]
+    weights = {k: v.numpy().astype(dtype) for k, v in weights.items()}
+    g = rng.standard_normal(x.shape).astype(dtype)
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setenv("GPUKERNELS_NUM_THREADS", str(threads))
+        got = [case.ours(x, t, reduction, weights) for reduction in REDUCTIONS]
+        got += _grads(case, g, x, t, "none", weights) + _grads(case, np.asarray(g[0, 0]), x, t, "mean", weights)
+        results.append([np.ascontiguousarray(a).view(np.uint8) for a in got])
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_zero_dimensional_input(case, rng):
     x, t, weights = case.draw(rng, ())
     upstream = torch.tensor(0.8, dtype=torch.float64)
