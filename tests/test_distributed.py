@@ -19,7 +19,6 @@ no abort)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -32,17 +31,10 @@ TIMEOUT_S = 120  # per test, both processes: generous for 2 shared cores, short 
 HERE = Path(__file__).resolve().parent
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(case: str, tmp_path: Path) -> None:
-    port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GPUKERNELS_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("GPUKERNELS_BACKEND", None)
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), case, str(rank), str(WORLD), str(port),
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), case, str(rank), str(WORLD),
                                str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
              for rank in range(WORLD)]
     outputs = []
@@ -297,12 +289,15 @@ def _train_step_plain(model, opt, rank: int) -> None:
     opt.step()
 
 
-def _worker(case: str, rank: int, world: int, port: int, directory: Path) -> None:
+def _worker(case: str, rank: int, world: int, directory: Path) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    # A file store, not a TCP one: the TCP store's server thread lives in rank 0 and, under load,
+    # could still be running when the interpreter exits (an abort in torch's C++ teardown after
+    # "RANK 0 OK", seen once in CI); a file store has no thread to race.
+    dist.init_process_group("gloo", init_method=f"file://{directory / 'store'}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     try:
         if case == "ddp":
@@ -320,4 +315,4 @@ def _worker(case: str, rank: int, world: int, port: int, directory: Path) -> Non
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
+    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
