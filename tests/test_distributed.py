@@ -19,12 +19,13 @@ no abort)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from _ranks import run_ranks
 
 WORLD = 2
 TIMEOUT_S = 120  # per test, both processes: generous for 2 shared cores, short of a hung CI job
@@ -34,19 +35,10 @@ HERE = Path(__file__).resolve().parent
 def _run(case: str, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GPUKERNELS_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("GPUKERNELS_BACKEND", None)
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), case, str(rank), str(WORLD),
-                               str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for rank in range(WORLD)]
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        pytest.fail(f"{case}: the processes did not finish within {TIMEOUT_S} s (a hang?)")
-    for rank, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"rank {rank} exited with {proc.returncode}:\n{out[-6000:]}"
+    commands = [[sys.executable, str(Path(__file__).resolve()), case, str(rank), str(WORLD), str(tmp_path)]
+                for rank in range(WORLD)]
+    outputs = run_ranks(commands, [env] * WORLD, TIMEOUT_S, case)
+    for rank, out in enumerate(outputs):
         assert f"RANK {rank} OK" in out, out[-6000:]
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 
+from _ranks import run_ranks
 from _readme import example
 
 COMPILED_STEP = example("compiled-step")
@@ -47,24 +47,11 @@ def _torchrun(script: str, tmp_path, name: str, world: int = 2, timeout: int = 1
     path = tmp_path / f"{name}.py"
     path.write_text(script)
     port = str(_free_port())
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "OMP_NUM_THREADS": "1", "GPUKERNELS_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-        procs.append(subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, env=env))
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=timeout)[0])
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        pytest.fail(f"{name}: did not finish within {timeout} s")
-    for rank, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"{name} rank {rank} exited with {proc.returncode}:\n{out[-6000:]}"
-    return outputs
+    envs = [{**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+             "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+             "OMP_NUM_THREADS": "1", "GPUKERNELS_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+            for rank in range(world)]
+    return run_ranks([[sys.executable, str(path)]] * world, envs, timeout, name)
 
 
 def test_ddp_example(tmp_path):
