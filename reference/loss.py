@@ -181,6 +181,30 @@ def grad_input(loss, x, t, w, pw, p1, p2):
     return g if w is None else g * w
 
 
+DIFFERENCE_LOSSES = ("mse", "l1", "huber", "smooth_l1")  # functions of x - t alone, no weights
+
+
+def _difference_gradient(loss, x, t, p1, g, sign, out):
+    """``sign * g * grad_input(...)`` for the losses of d = x - t, written into ``out`` as
+    :func:`grad_input` computes it but in place: d, its clip or sign, then the upstream gradient,
+    without a temporary per step. The constant factors that are exact (mse's 2, the target's -1)
+    ride on a scalar ``g``: mse's gradient is two passes, (x - t) and one multiply."""
+    d = np.subtract(x, t, out=out)
+    if loss == "l1":
+        np.sign(d, out=d)
+    elif loss in ("huber", "smooth_l1"):
+        np.clip(d, -p1, p1, out=d)  # d inside [-delta, delta], +-delta outside; NaN stays NaN
+        if loss == "smooth_l1":
+            d /= p1
+    factor = sign * (2 if loss == "mse" else 1)
+    if g.ndim == 0:
+        d *= g * factor
+        return
+    if factor != 1:
+        d *= factor
+    d *= g
+
+
 def grad_target(loss, x, t, w, pw, p1, p2):
     """d loss / d target per element, for a unit upstream gradient."""
     if loss in ("mse", "l1", "huber", "smooth_l1"):  # functions of x - t
@@ -316,7 +340,10 @@ def loss_backward(grad_output: np.ndarray, input: np.ndarray, target: np.ndarray
     def grads(x, t, w, pw, g=None, *, outs):
         g = scale if g is None else g
         for k, out in zip(wanted, outs, strict=True):
-            np.multiply(formulas[k](loss, x, t, w, pw, p1, p2), g, out=out)
+            if loss in DIFFERENCE_LOSSES:
+                _difference_gradient(loss, x, t, p1, g, -1 if k == "target" else 1, out)
+            else:
+                np.multiply(formulas[k](loss, x, t, w, pw, p1, p2), g, out=out)
 
     results = _on_chunks(grads, arrays, n_out=len(wanted))
     return results if need == "both" else results[0]
