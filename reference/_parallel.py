@@ -42,10 +42,13 @@ PARALLEL_MIN_BYTES = 2 * MIN_CHUNK_BYTES  # smaller outputs: one call on the cal
 def _raise_the_heaps_mmap_threshold() -> None:
     """glibc's malloc serves blocks above 128 KiB with fresh mmap pages, and keeps doing so until
     it frees such a block: every chunk's temporaries (up to 2 MiB) would fault in new pages on
-    every call, costing more than the arithmetic. Freeing one 4 MiB block moves the threshold to
-    4 MiB (and the heap's trim threshold to 8 MiB), as the first large NumPy array freed in a
-    process does anyway. Elsewhere this allocates and frees 4 MiB, nothing more."""
-    block = np.empty(4 << 20, dtype=np.uint8)
+    every call, costing more than the arithmetic. Freeing one 16 MiB block moves the threshold to
+    16 MiB and the heap's trim threshold to 32 MiB, as the first large array freed in a process
+    does anyway. (A 4 MiB block, once used here, left the trim threshold at 8 MiB: the exact
+    GELU's five 2 MiB temporaries per chunk, freed together, were handed back to the system and
+    faulted in again by the next chunk, 3x slower, in any process that had not yet freed a large
+    array of its own.) Elsewhere this maps and unmaps 16 MiB of untouched pages, nothing more."""
+    block = np.empty(16 << 20, dtype=np.uint8)
     del block
 
 

@@ -6,6 +6,8 @@ and optimizer steps over flat buffers, packed small tensors and split large ones
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -179,6 +181,32 @@ def test_large_arrays_run_on_several_threads_at_once(monkeypatch, rng):
     x = rng.standard_normal(2_000_000).astype(np.float32)
     np.testing.assert_array_equal(_parallel.elementwise(formula, x), x)
     assert len(set(first_two)) == 2
+
+
+_KEPT_OUTPUTS_SCRIPT = """
+import resource
+import numpy as np
+from gpukernels.reference import activation
+x = np.random.default_rng(0).standard_normal(1 << 22).astype(np.float32)
+kept = [activation.gelu(x), activation.gelu(x)]  # the outputs stay alive, as a training step's do
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+kept.append(activation.gelu(x))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds; ru_minflt as Linux counts it")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunk_temporaries_are_not_faulted_in_again_on_every_call(threads):
+    """A fresh process (its own heap) computes the exact GELU of 2^22 float32 elements (2 MiB
+    chunks, five temporaries each) while keeping its outputs. Only the new 16 MiB output may take
+    page faults (4096 pages at most); with the heap's trim threshold at 8 MiB every chunk's
+    temporaries went back to the system and were faulted in again: 16 000 faults per call."""
+    env = dict(os.environ, GPUKERNELS_NUM_THREADS=str(threads))
+    run = subprocess.run([sys.executable, "-c", _KEPT_OUTPUTS_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    faults = int(run.stdout.split()[-1])
+    assert faults <= 4096 + 512, f"{faults} page faults for one call (the output has 4096 pages)"
 
 
 def test_num_threads_defaults_to_the_usable_cores(monkeypatch):
