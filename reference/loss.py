@@ -156,20 +156,37 @@ def _elementwise_loss(loss, x, t, pw, p1, p2):
     return out
 
 
+DIFFERENCE_LOSSES = ("mse", "l1", "huber", "smooth_l1")  # functions of d = x - t alone, no weights
+
+
+def _difference_gradient(loss, x, t, p1, g, out, sign=1):
+    """``sign * g * d loss / d input`` for the losses of d = x - t, written into ``out`` in place:
+    d, its clip or sign, then the upstream gradient ``g``, without a temporary per step. The exact
+    constant factors (mse's 2, the target's -1) ride on a 0-d ``g``: mse's gradient is then two
+    passes over memory, (x - t) and one multiply."""
+    d = np.subtract(x, t, out=out)
+    if loss == "l1":
+        np.sign(d, out=d)
+    elif loss in ("huber", "smooth_l1"):
+        np.clip(d, -p1, p1, out=d)  # d inside [-delta, delta], +-delta outside; NaN stays NaN
+        if loss == "smooth_l1":
+            d /= p1
+    factor = sign * (2 if loss == "mse" else 1)
+    if g.ndim == 0:
+        d *= g * factor
+        return d
+    if factor != 1:
+        d *= factor
+    d *= g
+    return d
+
+
 def grad_input(loss, x, t, w, pw, p1, p2):
     """d loss / d input per element, for a unit upstream gradient."""
-    d = x - t
-    if loss == "mse":
-        d *= 2
-        g = d
-    elif loss == "l1":
-        g = np.sign(d, out=d)
-    elif loss in ("huber", "smooth_l1"):
-        g = np.clip(d, -p1, p1, out=d)  # d inside [-delta, delta], +-delta outside; NaN stays NaN
-        if loss == "smooth_l1":
-            g /= p1
-    elif loss == "bce":
-        g = d / np.maximum((1 - x) * x, filled_like(x, BCE_EPSILON))
+    if loss in DIFFERENCE_LOSSES:
+        return _difference_gradient(loss, x, t, p1, np.ones((), x.dtype), np.empty_like(x))
+    if loss == "bce":
+        g = (x - t) / np.maximum((1 - x) * x, filled_like(x, BCE_EPSILON))
     elif loss == "bce_logits":
         p = _sigmoid(x)
         g = p - t if pw is None else p * (1 + (pw - 1) * t) - pw * t
@@ -181,34 +198,10 @@ def grad_input(loss, x, t, w, pw, p1, p2):
     return g if w is None else g * w
 
 
-DIFFERENCE_LOSSES = ("mse", "l1", "huber", "smooth_l1")  # functions of x - t alone, no weights
-
-
-def _difference_gradient(loss, x, t, p1, g, sign, out):
-    """``sign * g * grad_input(...)`` for the losses of d = x - t, written into ``out`` as
-    :func:`grad_input` computes it but in place: d, its clip or sign, then the upstream gradient,
-    without a temporary per step. The constant factors that are exact (mse's 2, the target's -1)
-    ride on a scalar ``g``: mse's gradient is two passes, (x - t) and one multiply."""
-    d = np.subtract(x, t, out=out)
-    if loss == "l1":
-        np.sign(d, out=d)
-    elif loss in ("huber", "smooth_l1"):
-        np.clip(d, -p1, p1, out=d)  # d inside [-delta, delta], +-delta outside; NaN stays NaN
-        if loss == "smooth_l1":
-            d /= p1
-    factor = sign * (2 if loss == "mse" else 1)
-    if g.ndim == 0:
-        d *= g * factor
-        return
-    if factor != 1:
-        d *= factor
-    d *= g
-
-
 def grad_target(loss, x, t, w, pw, p1, p2):
     """d loss / d target per element, for a unit upstream gradient."""
-    if loss in ("mse", "l1", "huber", "smooth_l1"):  # functions of x - t
-        return np.negative(grad_input(loss, x, t, w, pw, p1, p2))
+    if loss in DIFFERENCE_LOSSES:
+        return _difference_gradient(loss, x, t, p1, np.ones((), x.dtype), np.empty_like(x), sign=-1)
     if loss == "bce":
         g = np.log1p(-x) - np.log(x)  # -logit(x)
     elif loss == "bce_logits":
@@ -341,7 +334,7 @@ def loss_backward(grad_output: np.ndarray, input: np.ndarray, target: np.ndarray
         g = scale if g is None else g
         for k, out in zip(wanted, outs, strict=True):
             if loss in DIFFERENCE_LOSSES:
-                _difference_gradient(loss, x, t, p1, g, -1 if k == "target" else 1, out)
+                _difference_gradient(loss, x, t, p1, g, out, sign=-1 if k == "target" else 1)
             else:
                 np.multiply(formulas[k](loss, x, t, w, pw, p1, p2), g, out=out)
 
