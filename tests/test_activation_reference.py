@@ -182,6 +182,19 @@ def test_nonfinite_gradients_through_relu_like_backward_match_aten(name, dtype, 
     np.testing.assert_array_equal(got, want.numpy())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_is_torch_relu_bit_for_bit(dtype, rng):
+    """relu is one np.clip(x, 0, inf): the same bits as torch.relu, signed zeros and NaN payloads
+    (either sign) included, on arrays large enough for the thread pool's chunks."""
+    x = (rng.standard_normal(300_007) * 3).astype(dtype)
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, np.finfo(dtype).tiny, -np.finfo(dtype).tiny,
+                         np.finfo(dtype).smallest_subnormal, -np.finfo(dtype).smallest_subnormal], dtype)
+    x[:specials.size] = specials
+    x[-specials.size:] = specials
+    got, want = ref.relu(x), torch.relu(torch.from_numpy(x)).numpy()
+    assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
 @pytest.mark.parametrize("shape", [(2, 3), (4, 1, 5), (3, 257)], ids=lambda s: "x".join(map(str, s)))
 def test_float32_gelu_on_arrays_of_any_rank_with_tail_values(shape, rng):
     """The tail correction (|x| > 4) once indexed flat positions into an n-d array: an
