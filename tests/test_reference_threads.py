@@ -6,6 +6,7 @@ and optimizer steps over flat buffers, packed small tensors and split large ones
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -195,7 +196,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds; ru_minflt as Linux counts it")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc thresholds; ru_minflt as Linux counts it")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_chunk_temporaries_are_not_faulted_in_again_on_every_call(threads):
     """A fresh process (its own heap) computes the exact GELU of 2^22 float32 elements (2 MiB
