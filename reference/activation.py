@@ -90,9 +90,9 @@ def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
 #
 # 14 array passes where Horner's P and Q and their quotient take 18 (the exact GELU spends most
 # of its time here), and more accurate in float32: 3.4 ulp at most against SciPy's erfcx on 3e7
-# points of [0, 15], where Horner's form reaches 4.2. Each partial denominator stays above 0.79 in
-# magnitude on [0, 15]: no pole, no cancellation. Beyond a = 15 the factor exp(-a^2/2) is 0 in
-# float32, so a is clamped there. Nothing is subtracted from 1 on the way: Phi(x) keeps full
+# points of [0, 15], where Horner's form reaches 4.2 (the sums' rounding included). Each partial
+# denominator stays above 0.79 in magnitude on [0, 15]: no pole anywhere a can be. Beyond a = 15
+# the factor exp(-a^2/2) is 0 in float32, so a is clamped there. Nothing is subtracted from 1 on the way: Phi(x) keeps full
 # relative precision deep in the lower tail, where 0.5 (1 + erf(x / sqrt 2)) is all cancellation.
 
 _TAIL_K = (0.3989451, 0.98522705, 5.591276, -7.7476473, 63.76635)  # k0 .. k4
