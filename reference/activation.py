@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy.special import ndtr
 
-from ._parallel import elementwise, filled_like  # noqa: F401 (reference/linear.py takes filled_like from here)
+from ._parallel import elementwise
 from ._precision import reference_op
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

@@ -67,7 +67,7 @@ def _gelu_and_derivative_float32(z, y, derivative):
     a = np.abs(z)
     np.add(z, a, out=y)
     y *= 0.5  # relu(z)
-    clamped = np.minimum(a, act.filled_like(a, act._TAIL_CLAMP))
+    clamped = np.minimum(a, _parallel.filled_like(a, act._TAIL_CLAMP))
     e = np.empty_like(a)
     act._exp_minus_half_square(clamped, e)
     ratio = np.empty_like(a)
