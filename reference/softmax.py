@@ -3,7 +3,7 @@
 ``dim`` is a non-negative axis here (the public op normalises it). The forward subtracts the
 row maximum before exponentiating, so inputs around 1e4 neither overflow nor lose the answer;
 a block of rows whose maxima all lie where ``exp`` can neither overflow nor lose what the shift
-would keep (see ``_shift``) is exponentiated as it is, a pass fewer.
+would keep (see ``row_shift``) is exponentiated as it is, a pass fewer.
 Backward takes the forward's output ``y`` (ATen's ``_softmax_backward_data``):
 
 * softmax:     dx = y * (dy - sum(dy * y))
@@ -60,7 +60,7 @@ def _row_max(x: np.ndarray, dim: int) -> np.ndarray:
     return m
 
 
-def _shift(x: np.ndarray, dim: int) -> np.ndarray | None:
+def row_shift(x: np.ndarray, dim: int) -> np.ndarray | None:
     """What to subtract from ``x`` before exponentiating: the row maximum, or None (nothing)
     when no row needs it, which saves a pass over the block.
 
@@ -82,7 +82,7 @@ _EXP_MAX = {np.dtype(t): math.log(np.finfo(t).max) for t in (np.float32, np.floa
 
 
 def _softmax(x, out, dim):
-    shift = _shift(x, dim)
+    shift = row_shift(x, dim)
     if shift is None:
         np.exp(x, out=out)
     else:
@@ -94,7 +94,7 @@ def _softmax(x, out, dim):
 
 
 def _log_softmax(x, out, dim):
-    shift = _shift(x, dim)
+    shift = row_shift(x, dim)
     if shift is None:  # x - log(sum(exp(x))): one pass fewer than shifting x first
         np.subtract(x, np.log(row_sum(np.exp(x), dim)), out=out)
     else:
