@@ -21,6 +21,7 @@ over the whole array).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -69,16 +70,20 @@ def row_shift(x: np.ndarray, dim: int) -> np.ndarray | None:
     then ``exp(x) <= exp(m)`` and the sum of ``n`` of them stay finite, and ``exp(x) >= exp(x - m)``,
     so nothing underflows that the shifted form would keep. ``exp(x)`` is then at least as
     accurate as ``exp(x - m)`` (no rounding of ``x - m``). NaN, +inf and all -inf rows fail the
-    test and take the shift (as do all-negative rows such as log-probabilities)."""
+    test and take the shift (as do all-negative rows such as log-probabilities). The choice is
+    made per block of rows, and blocks follow from the shape alone: the bits do not depend on
+    the thread count."""
     m = np.max(x, axis=dim, keepdims=True, initial=-np.inf)  # initial: rows of length 0
-    if m.size and m.min() >= 0 and m.max() <= _EXP_MAX[x.dtype] - math.log(x.shape[dim]) - 1:
+    if m.size and m.min() >= 0 and m.max() <= _log_max(x.dtype) - math.log(x.shape[dim]) - 1:
         return None
     m[np.isneginf(m)] = 0
     return m
 
 
-# log of the largest finite value of each dtype the reference computes in (float16 runs in float32)
-_EXP_MAX = {np.dtype(t): math.log(np.finfo(t).max) for t in (np.float32, np.float64)}
+@functools.lru_cache(maxsize=None)
+def _log_max(dtype: np.dtype) -> float:
+    """log of the largest finite value of ``dtype`` (float16 inputs arrive here as float32)."""
+    return math.log(float(np.finfo(dtype).max))
 
 
 def _softmax(x, out, dim):
@@ -95,7 +100,9 @@ def _softmax(x, out, dim):
 
 def _log_softmax(x, out, dim):
     shift = row_shift(x, dim)
-    if shift is None:  # x - log(sum(exp(x))): one pass fewer than shifting x first
+    # Unshifted, x - log(sum(exp(x))) is a pass fewer; its rounding error is that of a number the
+    # size of the row maximum, as in ATen's x - (max + log(sum(exp(x - max)))).
+    if shift is None:
         np.subtract(x, np.log(row_sum(np.exp(x), dim)), out=out)
     else:
         np.subtract(x, shift, out=out)
