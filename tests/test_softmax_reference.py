@@ -89,6 +89,19 @@ def test_shift_invariance_across_both_ways_of_exponentiating(name, rng):
             np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-6)
 
 
+@pytest.mark.parametrize("cols", [1000, ref.EINSUM_ROW_MAX, ref.EINSUM_ROW_MAX + 1, 2**20])
+def test_row_sums_stay_float32_accurate_at_any_length(cols, rng):
+    """The softmax normaliser (the row sum of exp values) stays within a few float32 ulp however
+    long the row; a sum whose error grows along the row (einsum's: about 100 ulp at 2^20 values)
+    would not. And the float32 softmax of such rows adds up to 1."""
+    x = (rng.standard_normal((4, cols)) * 3).astype(np.float32)
+    values = np.exp(x)
+    want = values.astype(np.float64).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ref.row_sum(values, 1), want, rtol=4e-7)
+    y = ref.softmax(x, 1)
+    np.testing.assert_allclose(y.astype(np.float64).sum(axis=1), 1, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_backward_matches_central_differences(name, rng):
     x = rng.standard_normal((4, 9)) * 2
