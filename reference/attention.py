@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from ._parallel import along
-from .softmax import row_dot, row_sum, select_or_minus_inf
+from .softmax import row_dot, row_shift, row_sum, select_or_minus_inf
 
 SCORE_KINDS = ("dot", "scaled_dot", "general", "additive")
 
@@ -40,15 +40,19 @@ def _cast(dtype: np.dtype, *arrays):
 
 def _softmax_rows(scores, lse, out):
     """Softmax of ``scores`` along the last axis into ``out``, the row log-sum-exp into ``lse``
-    (shaped (..., 1)). Rows with nothing to keep (all -inf, or NaN) are zeros, lse -inf (NaN)."""
-    shift = np.max(scores, axis=-1, keepdims=True, initial=-np.inf)
-    shift[np.isneginf(shift)] = 0  # empty rows: exp(-inf - 0) = 0
-    np.subtract(scores, shift, out=out)
-    np.exp(out, out=out)
+    (shaped (..., 1)). Rows with nothing to keep (all -inf, or NaN) are zeros, lse -inf (NaN).
+    The maximum is subtracted only where a row needs it (``row_shift``)."""
+    shift = row_shift(scores, scores.ndim - 1)  # empty rows: a shift of 0, exp(-inf - 0) = 0
+    if shift is None:
+        np.exp(scores, out=out)
+    else:
+        np.subtract(scores, shift, out=out)
+        np.exp(out, out=out)
     total = row_sum(out, out.ndim - 1)
     np.log(total, out=lse)
-    lse += shift
-    out /= total
+    if shift is not None:
+        lse += shift
+    out *= np.reciprocal(total)  # a reciprocal per row and a multiply: cheaper than a division each
     empty = ~(total > 0)
     if empty.any():
         np.putmask(out, np.broadcast_to(empty, out.shape), 0)
@@ -96,9 +100,11 @@ def _sum_groups(x: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups):
+    """(probabilities, log-sum-exp, ``q * scale``). The scale multiplies the query, (L, E),
+    rather than the scores, (L, S): the same product with a smaller pass."""
     k = _repeat_kv(k, groups)
-    scores = np.matmul(q, np.swapaxes(k, -1, -2))
-    scores *= q.dtype.type(scale)
+    q_scaled = q * q.dtype.type(scale)
+    scores = np.matmul(q_scaled, np.swapaxes(k, -1, -2))
     keep = None
     if is_causal:
         L, S = scores.shape[-2:]
@@ -107,10 +113,10 @@ def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups):
         if attn_mask.dtype == np.bool_:
             keep = attn_mask if keep is None else keep & attn_mask
         else:
-            scores = scores + attn_mask.astype(scores.dtype)
+            scores += attn_mask.astype(scores.dtype)  # broadcasts to scores' shape, which it keeps
     if keep is not None:
         keep = np.broadcast_to(keep, scores.shape)
-    return _masked_softmax(scores, keep)
+    return (*_masked_softmax(scores, keep), q_scaled)
 
 
 def default_scale(head_dim: int, scale: float | None) -> float:
@@ -122,7 +128,7 @@ def sdpa_forward(q, k, v, attn_mask=None, *, is_causal=False, scale=None, groups
     dtype = _compute_dtype(q)
     q, k, v = _cast(dtype, q, k, v)
     with np.errstate(over="ignore"):
-        p, lse = _sdpa_probabilities(q, k, attn_mask, is_causal, default_scale(q.shape[-1], scale), groups)
+        p, lse, _ = _sdpa_probabilities(q, k, attn_mask, is_causal, default_scale(q.shape[-1], scale), groups)
     out = np.matmul(p, _repeat_kv(v, groups))
     return out.astype(dtype, copy=False), lse
 
@@ -134,13 +140,14 @@ def sdpa_backward(grad_out, q, k, v, attn_mask=None, out=None, lse=None, *, is_c
     grad_out, q, k, v = _cast(dtype, grad_out, q, k, v)
     scale = default_scale(q.shape[-1], scale)
     with np.errstate(over="ignore"):
-        p, _ = _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups)
+        p, _, q_scaled = _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups)
     v_rep = _repeat_kv(v, groups)
     dv = np.matmul(np.swapaxes(p, -1, -2), grad_out)
-    dscores = _softmax_backward(np.matmul(grad_out, np.swapaxes(v_rep, -1, -2)), p)
-    dscores *= dtype.type(scale)
+    dscores = _softmax_backward(np.matmul(grad_out, np.swapaxes(v_rep, -1, -2)), p)  # d(scaled scores)
+    # The scale goes on the (L, E) and (S, E) sides, not on the (L, S) dscores: a smaller pass.
     dq = np.matmul(dscores, _repeat_kv(k, groups))
-    dk = np.matmul(np.swapaxes(dscores, -1, -2), q)
+    dq *= dtype.type(scale)
+    dk = np.matmul(np.swapaxes(dscores, -1, -2), q_scaled)
     return dq, _sum_groups(dk, groups), _sum_groups(dv, groups)
 
 

@@ -43,6 +43,65 @@ def test_matches_torch_autograd_float64(name, shape, dim, scale, rng):
     assert_close(backward(dy, y, dim), g_torch, "float64")
 
 
+# Row maxima that let the forward exponentiate x itself (0 .. 80 for 1000 columns in float32) and
+# ones that need the maximum subtracted first: all negative (log-probabilities), around 0, past
+# exp's float32 range, and a block where one row alone needs the shift.
+OFFSETS = {"minus200": -200.0, "minus95": -95.0, "around0": None, "plus40": 40.0, "plus79": 79.0, "plus85": 85.0, "one-row-over": "mixed"}
+
+
+def _offset_rows(rng, offset) -> np.ndarray:
+    x = rng.standard_normal((6, 1000)) * 3
+    if offset is None:
+        return x - x.max(axis=1, keepdims=True) + rng.uniform(-1, 1, (6, 1))  # maxima on both sides of 0
+    if offset == "mixed":
+        x[2] += 300
+        return x
+    return x + offset
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("offset", list(OFFSETS.values()), ids=list(OFFSETS))
+def test_rows_far_from_zero_match_torch_and_keep_float32_accuracy(name, offset, rng):
+    x = _offset_rows(rng, offset)
+    dy = rng.standard_normal(x.shape)
+    y_torch, g_torch = _torch_forward_backward(getattr(torch, name), x, dy, 1)
+    forward, backward = getattr(ref, name), getattr(ref, f"{name}_backward")
+    y = forward(x, 1)
+    assert_close(y, y_torch, "float64")
+    assert_close(backward(dy, y, 1), g_torch, "float64")
+    y32 = forward(x.astype(np.float32), 1)
+    assert np.isfinite(y32).all()
+    assert_close(y32, y, "float32", "reduction")
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_shift_invariance_across_both_ways_of_exponentiating(name, rng):
+    """softmax(x + c) = softmax(x) and log_softmax(x + c) = log_softmax(x): a block whose maxima
+    allow exp(x) (c = 30) against the same block shifted below 0 (c = -30), which subtracts
+    the maximum first, agree to float32 precision."""
+    x = (rng.standard_normal((64, 333)) * 3).astype(np.float32)
+    forward = getattr(ref, name)
+    want = forward(x.astype(np.float64), 1)
+    for c in (30.0, -30.0):
+        got = forward(x + np.float32(c), 1)
+        assert_close(got, want, "float32", "reduction")
+        if name == "softmax":
+            np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cols", [1000, ref.EINSUM_ROW_MAX, ref.EINSUM_ROW_MAX + 1, 2**20])
+def test_row_sums_stay_float32_accurate_at_any_length(cols, rng):
+    """The softmax normaliser (the row sum of exp values) stays within a few float32 ulp however
+    long the row; a sum whose error grows along the row (einsum's: about 100 ulp at 2^20 values)
+    would not. And the float32 softmax of such rows adds up to 1."""
+    x = (rng.standard_normal((4, cols)) * 3).astype(np.float32)
+    values = np.exp(x)
+    want = values.astype(np.float64).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ref.row_sum(values, 1), want, rtol=4e-7)
+    y = ref.softmax(x, 1)
+    np.testing.assert_allclose(y.astype(np.float64).sum(axis=1), 1, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_backward_matches_central_differences(name, rng):
     x = rng.standard_normal((4, 9)) * 2
