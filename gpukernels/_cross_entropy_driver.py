@@ -19,8 +19,11 @@ from .reference.cross_entropy import chunk_rows
 GPU_CHUNK_BYTES = 256 << 20
 
 # A row kernel: (logits [R, C], target, weight, scale [R] or [1] (stride 0), loss out or None,
-# grad out or None (may be the logits themselves), params) -> None
+# grad out or None (may be the logits themselves), params, lse=log-sum-exp out or None) -> None
 RowKernel = Callable[..., None]
+# The probability target's gradient: (logits [R, C], lse [R] or None (recomputed), weight,
+# scale [R] or [1], grad out [R, C], label_smoothing) -> None
+TargetKernel = Callable[..., None]
 
 
 def _float32(xp, a):
@@ -60,20 +63,37 @@ def reduce(loss, denominator, reduction: str):
 
 def rows_loss(xp, kernel: RowKernel, input, target, weight, grad_output, *, kind: str, reduction: str,
               ignore_index: int, label_smoothing: float, gamma: float, compute_loss: bool, compute_grad: bool,
-              device_of: dict, empty_like: Callable, empty: Callable, weight_float32=None):
-    """(reduced loss or None, gradient or None) of the rows ``input`` with one kernel launch.
-    ``weight_float32``: the class weights as float32 for the denominators, when the backend
-    made that copy itself (the kernel reads ``weight`` in its storage dtype)."""
+              device_of: dict, empty_like: Callable, empty: Callable, weight_float32=None,
+              compute_logsumexp: bool = False):
+    """(reduced loss or None, gradient or None, float32 row log-sum-exp or None) of the rows
+    ``input`` with one kernel launch. ``weight_float32``: the class weights as float32 for the
+    denominators, when the backend made that copy itself (the kernel reads ``weight`` in its
+    storage dtype)."""
     rows = input.shape[0]
     weight_for_sums = weight if weight_float32 is None else weight_float32
     denominator = denominators(xp, kind, target, weight_for_sums, ignore_index, rows, device_of)
     scale = row_scales(xp, grad_output, denominator, reduction, device_of)
     loss = empty(rows) if compute_loss else None
     grad = empty_like(input) if compute_grad else None
-    if rows and (compute_loss or compute_grad):
+    lse = empty(rows) if compute_logsumexp else None
+    if rows and (compute_loss or compute_grad or compute_logsumexp):
         kernel(input, target, weight, scale, loss, grad, kind=kind, ignore_index=ignore_index,
-               label_smoothing=label_smoothing, gamma=gamma)
-    return (None if loss is None else reduce(loss, denominator, reduction)), grad
+               label_smoothing=label_smoothing, gamma=gamma, lse=lse)
+    return (None if loss is None else reduce(loss, denominator, reduction)), grad, lse
+
+
+def target_rows(xp, kernel: TargetKernel, input, logsumexp, weight, grad_output, *, reduction: str,
+                label_smoothing: float, device_of: dict, empty_like: Callable):
+    """The probability target's gradient ``(1 - s) w_k (lse - x_k)`` times the row's scale ("mean"
+    divides by the number of rows), one kernel launch; ``logsumexp`` None: the kernel makes it."""
+    rows = input.shape[0]
+    denominator = denominators(xp, "probs", None, None, 0, rows, device_of)
+    scale = row_scales(xp, grad_output, denominator, reduction, device_of)
+    grad = empty_like(input)
+    if rows and input.shape[1]:
+        kernel(input, None if logsumexp is None else _float32(xp, logsumexp), weight, scale, grad,
+               label_smoothing=label_smoothing)
+    return grad
 
 
 def nll_rows(xp, input, target, weight, grad_output, *, reduction: str, ignore_index: int, compute_loss: bool,

@@ -154,4 +154,30 @@ GK_HD void ce_thread_grad(const T* x, const T* probs, const T* weight, T* grad, 
   }
 }
 
+// A probability target's gradient: d loss / d t_k = (1 - s) w_k (lse - x_k), times the row's
+// scale; factor = (1 - s) scale. Derived in gpukernels/reference/cross_entropy.py.
+template <class T>
+GK_HD float ce_target_grad(float v, const T* weight, long long k, float lse, float factor) {
+  return (lse - v) * factor * class_weight(weight, k);
+}
+
+template <class T>
+GK_HD void ce_thread_target_grad(const T* x, const T* weight, T* grad, long long n, float lse, float factor, int tid,
+                                 int nthreads) {
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(x) && aligned16(grad);
+  for (long long c = tid; c < chunks; c += nthreads) {
+    const long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first), out;
+      for (int j = 0; j < V; ++j) out.v[j] = from_float<T>(ce_target_grad(to_float(in.v[j]), weight, first + j, lse, factor));
+      *reinterpret_cast<Vec16<T>*>(grad + first) = out;
+    } else {
+      for (long long k = first; k < n && k < first + V; ++k)
+        grad[k] = from_float<T>(ce_target_grad(to_float(x[k]), weight, k, lse, factor));
+    }
+  }
+}
+
 }  // namespace gk
