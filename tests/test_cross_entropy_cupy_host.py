@@ -144,4 +144,58 @@ def test_launch_arguments():
                            label_smoothing=0.0, gamma=0.0)
     assert spec.kernel == "cross_entropy_rows<float, 0>" and spec.grid == (10,) and spec.block == (512,)
     assert spec.args[2] == 0 and spec.args[3] == 0 and spec.args[5] == 0 and spec.args[6] == 0
+    assert spec.args[8] == 0  # no log-sum-exp kept
+    lse = np.empty(10, np.float32)
+    spec = cce.target_grad_launch(x, lse, None, np.ones(10, np.float32), x, label_smoothing=0.1)
+    assert spec.kernel == "cross_entropy_target_grad<float>" and spec.grid == (10,) and spec.block == (512,)
+    assert spec.args[1] is lse and spec.args[2] == 0 and spec.args[4] == 1
     assert cce.threads_for(1, 4) == 32 and cce.threads_for(4096, 4) == 256 and cce.threads_for(10**6, 2) == 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# The gradient of a probability target: the log-sum-exp the forward keeps, or the block recomputing it
+
+
+def _target_grads(run, x, probs, w, upstream, **kwargs):
+    """(loss, lse, target gradient from the kept lse, target gradient recomputing it) on the host build."""
+    loss, _, lse = cce.cross_entropy_rows(x, probs, w, None, kind="probs", compute_logsumexp=True, run=run, **kwargs)
+    reduction, smoothing = kwargs["reduction"], kwargs.get("label_smoothing", 0.0)
+    kept = cce.cross_entropy_target_rows(x, lse, w, upstream, reduction=reduction, label_smoothing=smoothing, run=run)
+    recomputed = cce.cross_entropy_target_rows(x, None, w, upstream, reduction=reduction, label_smoothing=smoothing,
+                                               run=run)
+    return loss, lse, kept, recomputed
+
+
+@pytest.mark.parametrize("rows,cols,dtype,misalign", CASES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_probability_target_gradient(run, rows, cols, dtype, misalign, reduction, rng):
+    x, x64 = storage(rng.standard_normal((rows, cols)) * 3, dtype, misalign)
+    p = rng.random((rows, cols))
+    probs, probs64 = storage(p / p.sum(1, keepdims=True), dtype, misalign)
+    w, w64 = storage(rng.random(cols) + 0.5, dtype)
+    upstream = rng.standard_normal(rows if reduction == "none" else ())
+    kwargs = dict(reduction=reduction, label_smoothing=0.2)
+    loss, lse, kept, recomputed = _target_grads(run, x, probs, w, upstream.astype(np.float32), **kwargs)
+    want_loss, _, want_lse = ref.cross_entropy_rows(x64, probs64, w64, None, kind="probs", compute_logsumexp=True,
+                                                    **kwargs)
+    want = ref.cross_entropy_target_rows(x64, want_lse, w64, upstream, reduction=reduction, label_smoothing=0.2)
+    assert lse.dtype == np.float32
+    assert_close(lse, want_lse, "float32", "reduction")
+    assert_close(loss, want_loss, dtype, "reduction")
+    for got in (kept, recomputed):
+        assert got.dtype == x.dtype
+        assert_close(decode(got), want, dtype, "reduction")
+
+
+@pytest.mark.parametrize("nthreads", [32, 1024])
+def test_target_gradient_with_any_block_size(run, monkeypatch, nthreads, rng):
+    monkeypatch.setattr(cce, "threads_for", lambda n_cols, itemsize: nthreads)
+    monkeypatch.setattr(cce, "_MAX_GRID", 2)  # and more rows than blocks
+    x, x64 = storage(rng.standard_normal((5, 300)) * 5, "float32")
+    p = rng.random((5, 300))
+    probs, probs64 = storage(p / p.sum(1, keepdims=True), "float32")
+    upstream = rng.standard_normal(5)
+    _, _, kept, recomputed = _target_grads(run, x, probs, None, upstream.astype(np.float32), reduction="none")
+    want = ref.cross_entropy_target_rows(x64, None, None, upstream, reduction="none")
+    for got in (kept, recomputed):
+        assert_close(decode(got), want, "float32", "reduction")

@@ -224,3 +224,79 @@ def test_automatic_chunk_bounds_the_logits():
     assert ref.chunk_rows(10, 100, 4, None) == 10
     assert ref.chunk_rows(10, 10**9, 4, None) == 1
     assert ref.chunk_rows(100, 100, 4, 7) == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# The gradient of a probability target (torch differentiates it: the loss is linear in it)
+
+
+def _torch_target_grad(x, target, weight, upstream_seed, **kwargs):
+    tt = torch.from_numpy(target).requires_grad_()
+    loss = TF.cross_entropy(torch.from_numpy(x), tt, None if weight is None else torch.from_numpy(weight), **kwargs)
+    upstream = torch.from_numpy(np.random.default_rng(upstream_seed).standard_normal(loss.shape))
+    (grad,) = torch.autograd.grad(loss, tt, upstream)
+    return grad.numpy(), upstream.numpy()
+
+
+TARGET_CASES = [pytest.param(shape, weighted, smoothing, reduction,
+                             id=f"N{'x'.join(map(str, shape))}{'-weight' if weighted else ''}-ls{smoothing}-{reduction}")
+                for shape in SHAPES for weighted in (False, True) for smoothing in (0.0, 0.3)
+                for reduction in REDUCTIONS]
+
+
+@pytest.mark.parametrize("shape,weighted,smoothing,reduction", TARGET_CASES)
+def test_probability_target_gradient_matches_torch_float64(shape, weighted, smoothing, reduction, rng):
+    x = rng.standard_normal(shape) * 3
+    target = _targets(rng, shape, probs=True)
+    weight = rng.random(shape[_class_axis(shape)]) + 0.5 if weighted else None
+    kwargs = dict(reduction=reduction, label_smoothing=smoothing)
+    want, upstream = _torch_target_grad(x, target, weight, 4, **kwargs)
+    recomputed = gk.cross_entropy_target_backward(upstream, x, target, weight, **kwargs)
+    loss, unit_grad, lse = gk.cross_entropy_forward(x, target, weight, compute_logsumexp=True, **kwargs)
+    kept = gk.cross_entropy_target_backward(upstream, x, target, weight, logsumexp=lse, **kwargs)
+    assert lse.dtype == np.float64 and lse.shape == tuple(s for a, s in enumerate(shape) if a != _class_axis(shape))
+    assert_close(recomputed, want, "float64")
+    assert_close(kept, want, "float64")
+    assert_close(loss, gk.cross_entropy(x, target, weight, **kwargs), "float64")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_probability_target_gradient_matches_central_differences(reduction, rng):
+    x = rng.standard_normal((3, 5, 2)) * 2
+    target = rng.random((3, 5, 2))  # any float target: the loss is linear in it, probabilities or not
+    weight = rng.random(5) + 0.5
+    kwargs = dict(reduction=reduction, label_smoothing=0.2)
+    upstream = rng.standard_normal((3, 2) if reduction == "none" else ())
+    grad = gk.cross_entropy_target_backward(upstream, x, target, weight, **kwargs)
+    h = 1e-6
+    numeric = np.empty_like(target)
+    for index in np.ndindex(target.shape):
+        step = np.zeros_like(target)
+        step[index] = h
+        change = gk.cross_entropy(x, target + step, weight, **kwargs) - gk.cross_entropy(x, target - step, weight,
+                                                                                          **kwargs)
+        numeric[index] = np.sum(upstream * change) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_probability_target_gradient_in_low_precision(dtype, rng):
+    # float16 computes in float32 and keeps the log-sum-exp in float32 (the gradient subtracts logits from it)
+    x64 = rng.standard_normal((6, 301)) * 4
+    p = rng.random((6, 301))
+    t64 = p / p.sum(1, keepdims=True)
+    x, target = x64.astype(dtype), t64.astype(dtype)
+    want, upstream = _torch_target_grad(x.astype(np.float64), target.astype(np.float64), None, 5, reduction="none")
+    _, _, lse = gk.cross_entropy_forward(x, target, compute_logsumexp=True, compute_grad=False, reduction="none")
+    assert lse.dtype == np.float32
+    for kept in (None, lse):
+        got = gk.cross_entropy_target_backward(upstream.astype(dtype), x, target, reduction="none", logsumexp=kept)
+        assert got.dtype == np.dtype(dtype)
+        assert_close(got, want, dtype, "reduction")
+
+
+def test_probability_target_gradient_of_an_empty_batch_and_one_class():
+    x, target = np.zeros((0, 4)), np.zeros((0, 4))
+    assert gk.cross_entropy_target_backward(np.array(1.0), x, target).shape == (0, 4)
+    one = np.array([[2.5], [-1.0]])  # log_softmax of a single class is 0: so is the gradient
+    assert (gk.cross_entropy_target_backward(np.array(1.0), one, np.ones((2, 1))) == 0).all()

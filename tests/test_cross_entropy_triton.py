@@ -266,9 +266,16 @@ def test_linear_cross_entropy(reduction, rng):
 
 def test_compile_cases_cover_every_kind_and_launch():
     cases = list(tce.compile_cases())
-    names = {c.name for c in cases}
-    assert {n.split("[")[1].split(",")[0].rstrip("]") for n in names} == set(tce.KINDS)
-    assert {int(c.tags["block_n"]) for c in cases} == {l.block_n for l in tce.all_launches()}
+    loss_cases = [c for c in cases if c.kernel is tce.cross_entropy_kernel]
+    target_cases = [c for c in cases if c.kernel is tce.cross_entropy_target_grad_kernel]
+    assert len(loss_cases) + len(target_cases) == len(cases)
+    assert {c.name.split("[")[1].split(",")[0].rstrip("]") for c in loss_cases} == set(tce.KINDS)
+    assert {c.args["KIND"] for c in loss_cases if c.args["WRITE_LSE"]} == {tce.KINDS["probs"]}
+    assert {(c.args["HAS_LSE"], c.args["HAS_WEIGHT"], c.tags["dtype"], c.args["BLOCK_N"]) for c in target_cases} == {
+        (lse, weight, dtype, l.block_n) for lse in (False, True) for weight in (False, True)
+        for dtype in tce.GATE_DTYPES for l in tce.all_launches()}
+    for group in (loss_cases, target_cases):
+        assert {int(c.tags["block_n"]) for c in group} == {l.block_n for l in tce.all_launches()}
     assert tce.row_launch(1) == tce.all_launches()[0] and tce.row_launch(10**6) == tce.all_launches()[-1]
 
 
@@ -279,3 +286,97 @@ def test_non_contiguous_inputs_and_probability_targets_over_a_spatial_dim(rng):
     x = random_tensor(rng, (2, 6, 5), "float32", DEVICE)
     probs = torch.softmax(torch.randn(2, 6, 5, dtype=torch.float64), 1).to(DEVICE, torch.float32)
     _compare("cross_entropy", x, probs, None, "float32", reduction="none", label_smoothing=0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The gradient of a probability target: from the forward's log-sum-exp, or recomputing it
+
+
+def _compare_target_grad(x, target, weight, dtype, **kwargs):
+    """``cross_entropy_target_backward`` on Triton (recomputing the log-sum-exp and with the one
+    the forward kept) against the float64 reference."""
+    upstream_shape = tuple(s for a, s in enumerate(x.shape) if a != (1 if x.dim() > 1 else 0))
+    upstream = torch.randn(upstream_shape if kwargs.get("reduction") == "none" else (), dtype=x.dtype, device=DEVICE)
+    with gk.use_backend("triton"):
+        loss, grad, lse = gk.cross_entropy_forward(x, target, weight, compute_logsumexp=True, **kwargs)
+        recomputed = gk.cross_entropy_target_backward(upstream, x, target, weight, **kwargs)
+        kept = gk.cross_entropy_target_backward(upstream, x, target, weight, logsumexp=lse, **kwargs)
+    with gk.use_backend("numpy"):
+        want_loss, want_grad = gk.cross_entropy_forward(_numpy(x), _numpy(target), _numpy(weight), **kwargs)
+        want = gk.cross_entropy_target_backward(_numpy(upstream), _numpy(x), _numpy(target), _numpy(weight), **kwargs)
+    assert lse.dtype == torch.float32 and lse.shape == upstream_shape
+    assert_close(lse, torch.logsumexp(x.double(), 1 if x.dim() > 1 else 0).cpu().numpy(), "float32", "reduction")
+    assert recomputed.dtype == kept.dtype == target.dtype and kept.shape == target.shape
+    assert_close(loss, want_loss, dtype, "reduction")
+    assert_close(grad, want_grad, dtype, "reduction")
+    assert_close(recomputed, want, dtype, "reduction")
+    assert_close(kept, want, dtype, "reduction")
+
+
+def _probability_target(rows, cols, dtype):
+    return torch.softmax(torch.randn(rows, cols, dtype=torch.float64), 1).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("rows,cols,dtype", CASES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_probability_target_gradient(rows, cols, dtype, reduction, rng):
+    x = random_tensor(rng, (rows, cols), dtype, DEVICE)
+    weight = (torch.rand(cols, dtype=torch.float64) + 0.5).to(DEVICE, x.dtype)
+    _compare_target_grad(x, _probability_target(rows, cols, x.dtype), weight, dtype, reduction=reduction,
+                         label_smoothing=0.2)
+
+
+def test_probability_target_gradient_over_a_spatial_dim_and_a_single_row(rng):
+    x = random_tensor(rng, (2, 6, 5), "float32", DEVICE)
+    probs = torch.softmax(torch.randn(2, 6, 5, dtype=torch.float64), 1).to(DEVICE, torch.float32)
+    _compare_target_grad(x, probs, None, "float32", reduction="sum")
+    x1 = random_tensor(rng, (11,), "float32", DEVICE)
+    _compare_target_grad(x1, torch.softmax(torch.randn(11), 0).to(DEVICE), None, "float32", reduction="none")
+
+
+@pytest.mark.parametrize("launch", tce.all_launches(), ids=lambda l: f"B{l.block_n}-W{l.num_warps}")
+@pytest.mark.parametrize("kept", [False, True], ids=["recompute", "kept"])
+def test_target_gradient_at_every_launch_with_several_chunks(launch, kept, rng):
+    cols = 2 * launch.block_n + 5  # two full chunks and a ragged third
+    x = random_tensor(rng, (3, cols), "float32", DEVICE, scale=20.0)
+    weight = torch.rand(cols, device=DEVICE) + 0.5
+    scale = torch.randn(3, device=DEVICE)
+    lse = torch.logsumexp(x, 1) if kept else None
+    grad = torch.full_like(x, float("nan"))
+    tce.launch_target_grad(x, lse, weight, scale, grad, label_smoothing=0.1, launch=launch)
+    x64 = as_float64(x)
+    want = (torch.logsumexp(torch.from_numpy(x64), 1)[:, None].numpy() - x64) * 0.9 * as_float64(weight)
+    assert_close(grad, want * as_float64(scale)[:, None], "float32", "reduction")
+
+
+def test_target_gradient_of_an_empty_batch_and_zero_classes():
+    with gk.use_backend("triton"):
+        for shape in ((0, 5), (3, 0)):
+            x = torch.randn(*shape, device=DEVICE)
+            grad = gk.cross_entropy_target_backward(torch.tensor(1.0, device=DEVICE), x, torch.rand(*shape,
+                                                                                                  device=DEVICE))
+            assert grad.shape == shape
+
+
+def test_fused_forward_with_input_and_target_requiring_grad(rng, monkeypatch):
+    # one forward launch writes the loss, the input's gradient and the log-sum-exp; backward: one target launch
+    x = random_tensor(rng, (6, 40), "float32", DEVICE).requires_grad_()
+    target = _probability_target(6, 40, torch.float32).requires_grad_()
+    upstream = torch.linspace(-2, 3, 6, device=DEVICE)
+    launches = []
+    for name in ("launch_rows", "launch_target_grad"):
+        original = getattr(tce, name)
+        monkeypatch.setattr(tce, name,
+                            lambda *a, _o=original, _n=name, **k: (launches.append((_n, a, k)), _o(*a, **k))[1])
+    with gk.use_backend("triton"):
+        loss = GF.cross_entropy(x, target, reduction="none", label_smoothing=0.1)
+        gx, gt = torch.autograd.grad(loss, (x, target), upstream)
+    assert [n for n, _, _ in launches] == ["launch_rows", "launch_target_grad"]
+    assert launches[0][1][5] is not None and launches[0][2]["lse"] is not None  # gradient and lse in the forward
+    assert launches[1][1][1] is not None  # the target kernel read the kept log-sum-exp
+    x64, t64 = (a.detach().double().cpu().requires_grad_() for a in (x, target))
+    want = TF.cross_entropy(x64, t64, reduction="none", label_smoothing=0.1)
+    wx, wt = torch.autograd.grad(want, (x64, t64), upstream.double().cpu())
+    assert_close(loss, want.detach().numpy(), "float32", "reduction")
+    assert_close(gx, wx.numpy(), "float32", "reduction")
+    assert_close(gt, wt.numpy(), "float32", "reduction")

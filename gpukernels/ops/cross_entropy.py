@@ -358,7 +358,7 @@ def focal_loss(input: Any, target: Any, gamma: float = 2.0, alpha: Any = None, i
 def focal_loss_forward(input: Any, target: Any, gamma: float = 2.0, alpha: Any = None, ignore_index: int = -100,
                        reduction: str = "mean", compute_grad: bool = True):
     """``(loss, grad_input for grad_output = 1)`` from one kernel, as ``cross_entropy_forward``."""
-    return _focal(input, target, gamma, alpha, ignore_index, reduction, None, True, bool(compute_grad))
+    return _focal(input, target, gamma, alpha, ignore_index, reduction, None, True, bool(compute_grad))[:2]
 
 
 def focal_loss_backward(grad_output: Any, input: Any, target: Any, gamma: float = 2.0, alpha: Any = None,
