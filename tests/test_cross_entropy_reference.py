@@ -239,7 +239,8 @@ def _torch_target_grad(x, target, weight, upstream_seed, **kwargs):
 
 
 TARGET_CASES = [pytest.param(shape, weighted, smoothing, reduction,
-                             id=f"N{'x'.join(map(str, shape))}{'-weight' if weighted else ''}-ls{smoothing}-{reduction}")
+                             id=f"N{'x'.join(map(str, shape))}-probs{'-weight' if weighted else ''}-ls{smoothing}"
+                                f"-{reduction}")
                 for shape in SHAPES for weighted in (False, True) for smoothing in (0.0, 0.3)
                 for reduction in REDUCTIONS]
 

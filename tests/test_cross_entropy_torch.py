@@ -236,3 +236,16 @@ def test_probability_target_gradient_on_the_triton_kernels(dtype):
     assert_close(x.grad, x64.grad.numpy(), dtype, "reduction")
     assert target.grad.dtype == torch_dtype
     assert_close(target.grad, t64.grad.numpy(), dtype, "reduction")
+
+
+def test_probability_target_gradient_under_torch_compile():
+    compiled = torch.compile(lambda v, t: GF.cross_entropy(v, t, reduction="none", label_smoothing=0.1),
+                             fullgraph=True)
+    x = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    loss = compiled(x, target)
+    upstream = torch.randn_like(loss)
+    want = TF.cross_entropy(x, target, reduction="none", label_smoothing=0.1)
+    torch.testing.assert_close(loss, want)
+    for a, b in zip(torch.autograd.grad(loss, (x, target), upstream), torch.autograd.grad(want, (x, target), upstream)):
+        torch.testing.assert_close(a, b)

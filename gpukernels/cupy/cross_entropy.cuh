@@ -171,7 +171,8 @@ GK_HD void ce_thread_target_grad(const T* x, const T* weight, T* grad, long long
     const long long first = c * V;
     if (vector && first + V <= n) {
       Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first), out;
-      for (int j = 0; j < V; ++j) out.v[j] = from_float<T>(ce_target_grad(to_float(in.v[j]), weight, first + j, lse, factor));
+      for (int j = 0; j < V; ++j)
+        out.v[j] = from_float<T>(ce_target_grad(to_float(in.v[j]), weight, first + j, lse, factor));
       *reinterpret_cast<Vec16<T>*>(grad + first) = out;
     } else {
       for (long long k = first; k < n && k < first + V; ++k)

@@ -453,7 +453,8 @@ def linear_cross_entropy_backward(grad_output: Any, input: Any, weight: Any, tar
 
 
 __all__ = [
-    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_target_backward", "nll_loss", "nll_loss_backward",
+    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_target_backward", "nll_loss",
+    "nll_loss_backward",
     "focal_loss", "focal_loss_forward", "focal_loss_backward", "linear_cross_entropy",
     "linear_cross_entropy_forward", "linear_cross_entropy_backward",
 ]
