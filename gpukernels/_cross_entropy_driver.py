@@ -24,6 +24,10 @@ RowKernel = Callable[..., None]
 # The probability target's gradient: (logits [R, C], lse [R] or None (recomputed), weight,
 # scale [R] or [1], grad out [R, C], label_smoothing) -> None
 TargetKernel = Callable[..., None]
+# The class weights' gradient: (logits [R, C], target [R, C], lse [R] float32, scale [R] or [1],
+# out [C], label_smoothing, empty=float32 workspace maker) -> None, deterministic (two stages);
+# with R = 0 it writes zeros (lse is then None)
+WeightKernel = Callable[..., None]
 
 
 def _float32(xp, a):
@@ -94,6 +98,26 @@ def target_rows(xp, kernel: TargetKernel, input, logsumexp, weight, grad_output,
         kernel(input, None if logsumexp is None else _float32(xp, logsumexp), weight, scale, grad,
                label_smoothing=label_smoothing)
     return grad
+
+
+def weight_rows(xp, row_kernel: RowKernel, weight_kernel: WeightKernel, input, target, logsumexp, grad_output, *,
+                reduction: str, label_smoothing: float, device_of: dict, empty: Callable, out):
+    """The class weights' gradient of probability targets, ``sum_r g_r t'_rk (lse_r - x_rk)``, into
+    ``out`` ``[C]`` (the storage dtype): a two-stage column sum (``weight_kernel``); the row
+    log-sum-exp, when the forward did not keep it, from a lse-only launch of the row kernel. With
+    no rows stage 1 has nothing to do and stage 2 writes the zeros of an empty sum."""
+    rows, cols = input.shape
+    denominator = denominators(xp, "probs", None, None, 0, rows, device_of)
+    scale = row_scales(xp, grad_output, denominator, reduction, device_of)
+    if not cols:
+        return out
+    if logsumexp is None and rows:
+        logsumexp = empty(rows)
+        row_kernel(input, target, None, scale, None, None, kind="probs", ignore_index=-100,
+                   label_smoothing=label_smoothing, gamma=0.0, lse=logsumexp)
+    weight_kernel(input, target, None if logsumexp is None else _float32(xp, logsumexp), scale, out,
+                  label_smoothing=label_smoothing, empty=empty)
+    return out
 
 
 def nll_rows(xp, input, target, weight, grad_output, *, reduction: str, ignore_index: int, compute_loss: bool,

@@ -26,7 +26,14 @@ The gradient of a row is scaled by ``grad_output`` (per row for "none") over the
 Probability targets get a gradient too (torch gives one): ``loss_r`` is linear in ``t`` with
 ``dloss_r/dt_k = (1 - s) w_k (lse - x_k) = -(1 - s) w_k log_softmax(x)_k``, scaled per row as
 above. It needs the logits and the row's log-sum-exp only, which the forward can hand back
-(``compute_logsumexp``) so that the backward does not sweep the row twice.
+(``compute_logsumexp``) so that the backward does not sweep the row twice. The class weights of
+probability targets get one too (torch gives it; "mean" divides by R whatever the weights, so
+the loss is linear in them): with ``g_r`` the row's scale,
+
+    dloss/dw_k = sum_r g_r ((1 - s) t_rk + s / C) (lse_r - x_rk)
+
+a sum over rows per column, made block by block and the blocks' sums added in block order (the
+same bits every run). Class-index targets give the weights none (torch refuses one there).
 Large inputs run a block of rows at a time on the thread pool (``_parallel``).
 """
 
@@ -238,6 +245,39 @@ def cross_entropy_target_rows(input, logsumexp, weight, grad_output, *, reductio
                                             grad[lo:hi])
          for lo, hi in split(rows, _block_rows(input))])
     return grad
+
+
+def _weight_block(x, target, lse, scale, smoothing, work):
+    """A block's share of the class weights' gradient, ``sum_r g_r t'_rk (lse_r - x_rk)``, with
+    ``work`` (the block's shape) as scratch; ``lse`` None: made here."""
+    classes = x.shape[1]
+    if lse is None:
+        lse = _log_sum_exp(x, work)
+    np.subtract(lse[:, None], x, out=work)
+    smoothed = target * (1 - smoothing)
+    smoothed += smoothing / classes
+    work *= smoothed
+    return scale @ work  # the rows' sum weighted by their scales, one BLAS call
+
+
+@loss_op
+def cross_entropy_weight_rows(input, target, logsumexp, grad_output, *, reduction: str,
+                              label_smoothing: float = 0.0):
+    """Gradient of the probability-target cross-entropy w.r.t. the class weights ``[C]``, from the
+    logits, the targets ``[R, C]`` and (when the forward kept it; None recomputes it) the row
+    log-sum-exp. The weights' values do not enter: the loss is linear in them."""
+    rows, classes = input.shape
+    scale = row_scales(grad_output, np.ones(rows, input.dtype), reduction, rows, input.dtype)  # "mean": over R
+    lse = None if logsumexp is None else np.asarray(logsumexp, input.dtype)
+    blocks = split(rows, _block_rows(input))
+    partial = np.zeros((len(blocks), classes), input.dtype)
+
+    def block(i, lo, hi):
+        partial[i] = _weight_block(input[lo:hi], target[lo:hi], _piece(lse, lo, hi), scale[lo:hi], label_smoothing,
+                                   np.empty_like(input[lo:hi]))
+
+    run([lambda i=i, lo=lo, hi=hi: block(i, lo, hi) for i, (lo, hi) in enumerate(blocks)])
+    return partial.sum(axis=0)  # block order fixed by the rows, not by which thread finished first
 
 
 @loss_op

@@ -80,3 +80,31 @@ __global__ void __launch_bounds__(1024) cross_entropy_target_grad(const T* x, co
                                  scale[r * scale_stride] * (1.0f - smoothing), threadIdx.x, blockDim.x);
   }
 }
+
+// The class weights' gradient, stage 1: block (i, j) holds columns i * blockDim.x + thread, one
+// thread per column (neighbouring threads read neighbouring logits), and sums rows
+// [j * rows_per_block, (j + 1) * rows_per_block) into partial[j][column] (grid-stride over both).
+template <class T>
+__global__ void __launch_bounds__(1024) cross_entropy_weight_partial(const T* x, const T* probs, const float* lse,
+                                                                     const float* scale, long long scale_stride,
+                                                                     float* partial, long long rows, long long cols,
+                                                                     long long rows_per_block, float smoothing) {
+  const long long blocks = (rows + rows_per_block - 1) / rows_per_block;
+  for (long long j = blockIdx.y; j < blocks; j += gridDim.y) {
+    const long long first = j * rows_per_block;
+    const long long last = first + rows_per_block < rows ? first + rows_per_block : rows;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < cols; k += stride)
+      partial[j * cols + k] = gk::ce_weight_partial<T>(x, probs, lse, scale, scale_stride, first, last, cols, k,
+                                                       smoothing);
+  }
+}
+
+// Stage 2: each column's partials in block order, stored in the storage type.
+template <class T>
+__global__ void __launch_bounds__(1024) cross_entropy_weight_sum(const float* partial, T* out, long long blocks,
+                                                                 long long cols) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < cols; k += stride)
+    out[k] = gk::from_float<T>(gk::ce_weight_sum(partial, blocks, cols, k));
+}

@@ -181,4 +181,27 @@ GK_HD void ce_thread_target_grad(const T* x, const T* weight, T* grad, long long
   }
 }
 
+// The class weights' gradient of probability targets (derived in gpukernels/reference/cross_entropy.py):
+// d loss / d w_k = sum_r g_r ((1 - s) t_rk + s / C) (lse_r - x_rk), a column sum in two stages.
+// Stage 1: column k of the rows [first, last), in row order (one thread per column: the same bits every run).
+template <class T>
+GK_HD float ce_weight_partial(const T* x, const T* probs, const float* lse, const float* scale,
+                              long long scale_stride, long long first, long long last, long long cols, long long k,
+                              float smoothing) {
+  const float uniform = smoothing / float(cols);
+  float acc = 0.0f;
+  for (long long r = first; r < last; ++r) {
+    const float t = to_float(probs[r * cols + k]) * (1.0f - smoothing) + uniform;
+    acc += t * (lse[r] - to_float(x[r * cols + k])) * scale[r * scale_stride];
+  }
+  return acc;
+}
+
+// Stage 2: column k of the [blocks, cols] partials, added in block order.
+GK_HD float ce_weight_sum(const float* partial, long long blocks, long long cols, long long k) {
+  float acc = 0.0f;
+  for (long long b = 0; b < blocks; ++b) acc += partial[b * cols + k];
+  return acc;
+}
+
 }  // namespace gk

@@ -20,7 +20,11 @@ _MAX_GRID = 65535 * 32  # the kernel loops over rows beyond this many blocks
 
 PROGRAM = NvrtcProgram("cross_entropy.cu", tuple(
     f"cross_entropy_rows<{ctype}, {kind}>" for ctype in CUDA_TYPES.values() for kind in KINDS.values()) + tuple(
-    f"cross_entropy_target_grad<{ctype}>" for ctype in CUDA_TYPES.values()))
+    f"{kernel}<{ctype}>" for kernel in ("cross_entropy_target_grad", "cross_entropy_weight_partial",
+                                        "cross_entropy_weight_sum") for ctype in CUDA_TYPES.values()))
+# Rows one stage-1 block of the class weights' gradient sums: the partials are 1/256 of the logits.
+WEIGHT_ROWS_PER_BLOCK = 256
+_MAX_GRID_Y = 65535  # stage 1 strides over row blocks beyond this many
 
 
 def nvrtc_programs() -> Iterator[NvrtcProgram]:
@@ -55,6 +59,44 @@ def target_grad_launch(x, lse, weight, scale, grad, *, label_smoothing: float) -
         f"cross_entropy_target_grad<{cuda_type(x, 'input')}>", _grid(n_rows), (threads_for(n_cols, x.itemsize),),
         (x, _or_null(lse), _or_null(weight), scale, np.int64(0 if scale.size == 1 else 1), grad, np.int64(n_rows),
          np.int64(n_cols), np.float32(label_smoothing)))
+
+
+def weight_row_blocks(n_rows: int) -> int:
+    return -(-n_rows // WEIGHT_ROWS_PER_BLOCK)
+
+
+def _column_threads(n_cols: int) -> int:
+    """One thread per column, whole warps, at most 256 (more columns: more blocks)."""
+    return min(256, max(32, -(-n_cols // 32) * 32))
+
+
+def weight_partial_launch(x, target, lse, scale, partial, *, label_smoothing: float) -> Launch:
+    """Stage 1 of the class weights' gradient: columns over grid x, blocks of rows over grid y."""
+    n_rows, n_cols = x.shape
+    threads = _column_threads(n_cols)
+    return Launch(
+        f"cross_entropy_weight_partial<{cuda_type(x, 'input')}>",
+        (-(-n_cols // threads), min(weight_row_blocks(n_rows), _MAX_GRID_Y)), (threads,),
+        (x, target, lse, scale, np.int64(0 if scale.size == 1 else 1), partial, np.int64(n_rows), np.int64(n_cols),
+         np.int64(WEIGHT_ROWS_PER_BLOCK), np.float32(label_smoothing)))
+
+
+def weight_sum_launch(partial, out) -> Launch:
+    """Stage 2: each column's partials added in block order into ``out`` (the storage type)."""
+    blocks, n_cols = partial.shape
+    threads = _column_threads(n_cols)
+    return Launch(f"cross_entropy_weight_sum<{cuda_type(out, 'input')}>", (-(-n_cols // threads),), (threads,),
+                  (partial, out, np.int64(blocks), np.int64(n_cols)))
+
+
+def _weight_kernel(run: Runner):
+    def launch(x, target, lse, scale, out, *, label_smoothing: float, empty) -> None:
+        partial = empty((weight_row_blocks(x.shape[0]), x.shape[1]))
+        if partial.shape[0]:  # no rows: stage 2 alone writes the zeros of an empty sum
+            run.launch(weight_partial_launch(x, target, lse, scale, partial, label_smoothing=label_smoothing))
+        run.launch(weight_sum_launch(partial, out))
+
+    return launch
 
 
 def _kernel(run: Runner, launch_of=rows_launch):
@@ -102,6 +144,19 @@ def cross_entropy_target_rows(input, logsumexp, weight, grad_output, *, reductio
         None if logsumexp is None else xp.ascontiguousarray(logsumexp),
         None if weight is None else xp.ascontiguousarray(weight), _float32(xp, grad_output), reduction=reduction,
         label_smoothing=label_smoothing, empty_like=xp.empty_like, device_of={})
+
+
+@on_callers_stream
+def cross_entropy_weight_rows(input, target, logsumexp, grad_output, *, reduction: str, label_smoothing: float = 0.0,
+                              run: Runner | None = None):
+    run = run or on_gpu(PROGRAM)
+    xp = run.xp
+    cuda_type(input, "input")
+    x = xp.ascontiguousarray(input)
+    return driver.weight_rows(
+        xp, _kernel(run), _weight_kernel(run), x, xp.ascontiguousarray(target),
+        None if logsumexp is None else xp.ascontiguousarray(logsumexp), _float32(xp, grad_output),
+        reduction=reduction, label_smoothing=label_smoothing, out=xp.empty(x.shape[1], dtype=x.dtype), **_host(run))
 
 
 @on_callers_stream

@@ -25,9 +25,9 @@ the gradient w.r.t. ``input`` (and, for linear + cross-entropy, ``weight`` and `
 ``cross_entropy_target_backward`` returns the gradient w.r.t. a probability ``target``
 (``-(1 - label_smoothing) * weight * log_softmax(input)`` scaled as the input's), from the
 row log-sum-exp that ``cross_entropy_forward(..., compute_logsumexp=True)`` hands back, or
-recomputing it. Class-index targets and class weights get no gradient (torch refuses a weight
-that requires grad for class indices; it differentiates the weight of probability targets,
-which gpukernels does not: ``gpukernels.torch`` refuses such a weight with an error).
+recomputing it; ``cross_entropy_weight_backward`` (same arguments) the gradient w.r.t. the
+class weights of probability targets, a deterministic two-stage column sum. Class-index targets
+get no gradient, nor do their class weights (torch refuses a weight that requires grad there).
 
 Every check runs before any backend does; class-index targets are checked against the class
 count, which reads the targets on the host (one device synchronisation on a GPU).
@@ -280,6 +280,25 @@ def _check_logsumexp(logsumexp: Any, input: Any, none_shape: tuple[int, ...]) ->
                          f"shape {none_shape} (its shape without the class dim)")
 
 
+def _probability_backward(op_name: str, grad_output, input, target, weight, ignore_index, reduction,
+                          label_smoothing, logsumexp):
+    """(rows, flat log-sum-exp or None, reduction, smoothing) of a probability-target backward
+    call, after every check; class-index targets are refused."""
+    probs, ignore_index, reduction = check_row_options(op_name, input, target, weight, "weight", ignore_index,
+                                                       reduction, allow_probs=True, values=False)
+    if not probs:
+        raise TypeError(f"target has dtype {dtype_name(target)} and shape {tuple(target.shape)}: class indices, "
+                        f"which have no gradient (nor have their class weights); {op_name} needs probability "
+                        f"targets (a float array of input's shape {tuple(input.shape)})")
+    smoothing = _check_smoothing(label_smoothing)
+    rows = _Rows(input, target, probs=True)
+    _check_grad_output(grad_output, input, reduction, rows.none_shape)
+    if logsumexp is not None:
+        _check_logsumexp(logsumexp, input, rows.none_shape)
+        logsumexp = logsumexp.reshape(-1)
+    return rows, logsumexp, reduction, smoothing
+
+
 def cross_entropy_target_backward(grad_output: Any, input: Any, target: Any, weight: Any = None,
                                   ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                                   logsumexp: Any = None) -> Any:
@@ -289,23 +308,31 @@ def cross_entropy_target_backward(grad_output: Any, input: Any, target: Any, wei
     is the row log-sum-exp from ``cross_entropy_forward(..., compute_logsumexp=True)``; None
     recomputes it (one more sweep over the logits). Class-index targets have no gradient: a
     TypeError."""
-    probs, ignore_index, reduction = check_row_options("cross_entropy_target_backward", input, target, weight,
-                                                       "weight", ignore_index, reduction, allow_probs=True,
-                                                       values=False)
-    if not probs:
-        raise TypeError(f"target has dtype {dtype_name(target)} and shape {tuple(target.shape)}: class indices, which "
-                        "have no gradient; cross_entropy_target_backward needs probability targets (a float array "
-                        f"of input's shape {tuple(input.shape)})")
-    smoothing = _check_smoothing(label_smoothing)
-    rows = _Rows(input, target, probs=True)
-    _check_grad_output(grad_output, input, reduction, rows.none_shape)
-    if logsumexp is not None:
-        _check_logsumexp(logsumexp, input, rows.none_shape)
-        logsumexp = logsumexp.reshape(-1)
+    rows, logsumexp, reduction, smoothing = _probability_backward(
+        "cross_entropy_target_backward", grad_output, input, target, weight, ignore_index, reduction,
+        label_smoothing, logsumexp)
     grad = call("cross_entropy", "cross_entropy_target_rows",
                 (rows.input, logsumexp, weight, rows.upstream(grad_output, reduction)),
                 dict(reduction=reduction, label_smoothing=smoothing), returns_like=rows.input)
     return rows.grad(grad)
+
+
+def cross_entropy_weight_backward(grad_output: Any, input: Any, target: Any, weight: Any = None,
+                                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                                  logsumexp: Any = None) -> Any:
+    """Gradient of ``cross_entropy`` with probability targets w.r.t. the class weights ``[C]``
+    (input's dtype): ``-sum_r g_r ((1 - s) t_rc + s / C) log_softmax(input)_rc`` with ``g_r`` the
+    upstream gradient (over the number of rows for "mean"), summed over every row and spatial
+    position in a fixed order (the same bits every run). The arguments are
+    ``cross_entropy_target_backward``'s; ``weight``'s values do not enter (the loss is linear in
+    it) and it may be None. Class-index targets: a TypeError (torch gives the weights no
+    gradient there either)."""
+    rows, logsumexp, reduction, smoothing = _probability_backward(
+        "cross_entropy_weight_backward", grad_output, input, target, weight, ignore_index, reduction,
+        label_smoothing, logsumexp)
+    return call("cross_entropy", "cross_entropy_weight_rows",
+                (rows.input, rows.target, logsumexp, rows.upstream(grad_output, reduction)),
+                dict(reduction=reduction, label_smoothing=smoothing), returns_like=rows.input)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,7 +480,8 @@ def linear_cross_entropy_backward(grad_output: Any, input: Any, weight: Any, tar
 
 
 __all__ = [
-    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_target_backward", "nll_loss",
+    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_target_backward",
+    "cross_entropy_weight_backward", "nll_loss",
     "nll_loss_backward",
     "focal_loss", "focal_loss_forward", "focal_loss_backward", "linear_cross_entropy",
     "linear_cross_entropy_forward", "linear_cross_entropy_backward",

@@ -173,6 +173,45 @@ def cross_entropy_target_grad_kernel(x_ptr, lse_ptr, weight_ptr, scale_ptr, grad
         tl.store(grad_ptr + base + start + cols, g.to(grad_ptr.dtype.element_ty), mask=inside)
 
 
+@triton.jit
+def cross_entropy_weight_partial_kernel(x_ptr, target_ptr, lse_ptr, scale_ptr, partial_ptr, n_rows, n_cols,
+                                        scale_stride, smoothing, ROWS_PER_PROGRAM: tl.constexpr,
+                                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Stage 1 of the class weights' gradient of probability targets: program (b, j) sums
+    ``g_r ((1 - s) t_rk + s / C) (lse_r - x_rk)`` over its ``ROWS_PER_PROGRAM`` rows for its
+    ``BLOCK_C`` columns into ``partial[b, columns]`` (float32). Every sum runs in an order the
+    code fixes (no atomics), so the same inputs give the same partials."""
+    row_block = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_inside = cols < n_cols
+    uniform = smoothing / n_cols
+    acc = tl.zeros((BLOCK_R, BLOCK_C), tl.float32)
+    for start in range(0, ROWS_PER_PROGRAM, BLOCK_R):
+        rows = row_block * ROWS_PER_PROGRAM + start + tl.arange(0, BLOCK_R)
+        row_inside = rows < n_rows
+        lse = tl.load(lse_ptr + rows, mask=row_inside, other=0.0).to(tl.float32)
+        scale = tl.load(scale_ptr + rows * scale_stride, mask=row_inside, other=0.0).to(tl.float32)
+        inside = row_inside[:, None] & col_inside[None, :]
+        offsets = rows[:, None] * n_cols + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        t = tl.load(target_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        term = (t * (1.0 - smoothing) + uniform) * (lse[:, None] - x) * scale[:, None]
+        acc += tl.where(inside, term, 0.0)
+    tl.store(partial_ptr + row_block * n_cols + cols, tl.sum(acc, axis=0), mask=col_inside)
+
+
+@triton.jit
+def cross_entropy_weight_sum_kernel(partial_ptr, out_ptr, n_blocks, n_cols, BLOCK_C: tl.constexpr):
+    """Stage 2: each column's partials added in row-block order, in float32, stored in the
+    output's dtype."""
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    inside = cols < n_cols
+    acc = tl.zeros((BLOCK_C,), tl.float32)
+    for block in range(0, n_blocks):
+        acc += tl.load(partial_ptr + block * n_cols + cols, mask=inside, other=0.0)
+    tl.store(out_ptr + cols, acc.to(out_ptr.dtype.element_ty), mask=inside)
+
+
 # ---------------------------------------------------------------------------------------------
 # Launch choice: the one heuristic, used at run time and enumerated by compile_cases()
 
@@ -221,6 +260,37 @@ def launch_target_grad(x, lse, weight, scale, grad, *, label_smoothing: float,
         HAS_WEIGHT=weight is not None, BLOCK_N=launch.block_n, num_warps=launch.num_warps)
 
 
+class WeightLaunch(NamedTuple):
+    rows_per_program: int  # rows one stage-1 program sums: the partial buffer is R / this x C floats
+    block_r: int
+    block_c: int
+    num_warps: int
+
+
+# One launch for any size: a 16 x 128 tile (16 values per thread at 4 warps), 256 rows per program,
+# so the partials are 1/256 of the logits and a 128k-class row still splits into 1000 programs.
+WEIGHT_LAUNCH = WeightLaunch(256, 16, 128, 4)
+
+
+def weight_row_blocks(n_rows: int, launch: WeightLaunch = WEIGHT_LAUNCH) -> int:
+    return triton.cdiv(n_rows, launch.rows_per_program)
+
+
+def launch_weight_grad(x, target, lse, scale, partial, out, *, label_smoothing: float,
+                       launch: WeightLaunch = WEIGHT_LAUNCH) -> None:
+    """The class weights' gradient of the dense ``[rows, cols]`` ``x`` and ``target`` into
+    ``out`` ``[cols]``, through ``partial`` ``[weight_row_blocks(rows), cols]`` float32."""
+    n_rows, n_cols = x.shape
+    blocks = weight_row_blocks(n_rows, launch)
+    if blocks:  # no rows: stage 2 alone writes the zeros of an empty sum
+        cross_entropy_weight_partial_kernel[(blocks, triton.cdiv(n_cols, launch.block_c))](
+            x, target, lse, scale, partial, n_rows, n_cols, 0 if scale.numel() == 1 else 1, float(label_smoothing),
+            ROWS_PER_PROGRAM=launch.rows_per_program, BLOCK_R=launch.block_r, BLOCK_C=launch.block_c,
+            num_warps=launch.num_warps)
+    cross_entropy_weight_sum_kernel[(triton.cdiv(n_cols, launch.block_c),)](
+        partial, out, blocks, n_cols, BLOCK_C=launch.block_c, num_warps=launch.num_warps)
+
+
 def _on(x: torch.Tensor) -> dict:
     return {"device": x.device}
 
@@ -251,6 +321,23 @@ def cross_entropy_target_rows(input, logsumexp, weight, grad_output, *, reductio
         torch, launch_target_grad, x, None if logsumexp is None else logsumexp.contiguous(),
         None if weight is None else weight.contiguous(), grad_output, reduction=reduction,
         label_smoothing=label_smoothing, device_of=_on(x), empty_like=torch.empty_like)
+
+
+def cross_entropy_weight_rows(input, target, logsumexp, grad_output, *, reduction: str,
+                              label_smoothing: float = 0.0):
+    check_dtype(input, "input")
+    x = input.contiguous()
+    return driver.weight_rows(
+        torch, launch_rows, _weight_grad, x, target.contiguous(),
+        None if logsumexp is None else logsumexp.contiguous(), grad_output, reduction=reduction,
+        label_smoothing=label_smoothing, device_of=_on(x),
+        empty=lambda shape: torch.empty(shape, dtype=torch.float32, device=x.device),
+        out=torch.empty(x.shape[1], dtype=x.dtype, device=x.device))
+
+
+def _weight_grad(x, target, lse, scale, out, *, label_smoothing: float, empty) -> None:
+    partial = empty((weight_row_blocks(x.shape[0]), x.shape[1]))
+    launch_weight_grad(x, target, lse, scale, partial, out, label_smoothing=label_smoothing)
 
 
 def nll_loss_rows(input, target, weight, grad_output, *, reduction: str, ignore_index: int = -100,
@@ -314,3 +401,30 @@ def compile_cases() -> Iterator[CompileCase]:
             name=f"cross_entropy_target_grad[{'lse' if has_lse else 'recompute'}{',weight' if has_weight else ''}]",
             kernel=cross_entropy_target_grad_kernel, args=args, num_warps=launch.num_warps,
             tags={"dtype": tdtype, "block_n": str(launch.block_n)})
+    for tdtype in GATE_DTYPES:
+        # the log-sum-exp alone: what the weights' gradient launches when the forward did not keep it
+        args = {
+            "x_ptr": passed(tdtype, True), "target_ptr": passed(tdtype, True), "weight_ptr": passed(tdtype, True),
+            "scale_ptr": fresh("fp32"), "loss_ptr": fresh("fp32"), "grad_ptr": fresh(tdtype), "lse_ptr": fresh("fp32"),
+            "n_cols": 0, "scale_stride": 1, "ignore_index": -100, "smoothing": 0.1, "gamma": 0.0,
+            "KIND": KINDS["probs"], "HAS_WEIGHT": False, "WRITE_LOSS": False, "WRITE_GRAD": False, "WRITE_LSE": True,
+        }
+        for launch in all_launches():
+            yield CompileCase(
+                name="cross_entropy[probs,lse-only]", kernel=cross_entropy_kernel,
+                args={**args, "n_cols": launch.block_n * 2, "BLOCK_N": launch.block_n}, num_warps=launch.num_warps,
+                tags={"dtype": tdtype, "block_n": str(launch.block_n)})
+        weight = WEIGHT_LAUNCH
+        yield CompileCase(
+            name="cross_entropy_weight_partial", kernel=cross_entropy_weight_partial_kernel,
+            args={"x_ptr": passed(tdtype, True), "target_ptr": passed(tdtype, True), "lse_ptr": passed("fp32", True),
+                  "scale_ptr": passed("fp32", True), "partial_ptr": fresh("fp32"), "n_rows": _GATE_ROWS,
+                  "n_cols": weight.block_c * 2, "scale_stride": 1, "smoothing": 0.1,
+                  "ROWS_PER_PROGRAM": weight.rows_per_program, "BLOCK_R": weight.block_r,
+                  "BLOCK_C": weight.block_c},
+            num_warps=weight.num_warps, tags={"dtype": tdtype, "block_n": str(weight.block_c)})
+        yield CompileCase(
+            name="cross_entropy_weight_sum", kernel=cross_entropy_weight_sum_kernel,
+            args={"partial_ptr": passed("fp32", True), "out_ptr": fresh(tdtype), "n_blocks": 32,
+                  "n_cols": weight.block_c * 2, "BLOCK_C": weight.block_c},
+            num_warps=weight.num_warps, tags={"dtype": tdtype, "block_n": str(weight.block_c)})
