@@ -194,13 +194,11 @@ def test_the_target_gradient_comes_from_the_kept_log_sum_exp(monkeypatch):
     torch.testing.assert_close(target.grad, -torch.log_softmax(x.detach(), 1))
 
 
-def test_class_weights_that_require_grad_are_refused():
+def test_class_weights_of_class_index_targets_that_require_grad_are_refused():
     x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     weight = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
     index_target = torch.tensor([0, 1, 2, 3])
-    with pytest.raises(RuntimeError, match="weight requires grad.*no gradient to the class weights"):
-        GF.cross_entropy(x, _probs(4, 5), weight)
-    with pytest.raises(RuntimeError, match="weight requires grad"):
+    with pytest.raises(RuntimeError, match="weight requires grad.*no gradient to the class weights of class-index"):
         GF.cross_entropy(x, index_target, weight)
     with pytest.raises(RuntimeError, match="weight requires grad"):
         GF.nll_loss(x, index_target, weight)
@@ -248,4 +246,86 @@ def test_probability_target_gradient_under_torch_compile():
     want = TF.cross_entropy(x, target, reduction="none", label_smoothing=0.1)
     torch.testing.assert_close(loss, want)
     for a, b in zip(torch.autograd.grad(loss, (x, target), upstream), torch.autograd.grad(want, (x, target), upstream)):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Class weights that require grad, with probability targets (torch differentiates them)
+
+
+@pytest.mark.parametrize("leaves", ["weight", "weight+input", "all"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(6, 5), (3, 5, 4), (2, 5, 3, 2), (5,)], ids=lambda s: "N" + "x".join(map(str, s)))
+def test_class_weight_gradient_matches_torch_float64(shape, reduction, leaves):
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=leaves != "weight")
+    target = _probs(*shape).requires_grad_(leaves == "all")
+    weight = torch.nn.Parameter(torch.rand(5, dtype=torch.float64) + 0.5)
+    options = dict(reduction=reduction, label_smoothing=0.15)
+    ours = gnn.CrossEntropyLoss(weight, **options)(x, target)
+    theirs = torch.nn.CrossEntropyLoss(weight, **options)(x, target)
+    upstream = torch.randn_like(theirs)  # non-uniform for "none"
+    wanted = [t for t in (weight, x, target) if t.requires_grad]
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, wanted, upstream), torch.autograd.grad(theirs, wanted, upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_class_weight_gradcheck_and_a_training_step():
+    x = torch.randn(4, 6, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(4, 6, 3, dtype=torch.float64)
+    weight = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
+    for reduction in ("none", "mean", "sum"):
+        assert torch.autograd.gradcheck(
+            lambda v, w: GF.cross_entropy(v, target, w, reduction=reduction, label_smoothing=0.3), (x, weight))
+    # the module's weight as a Parameter: .backward() fills its .grad as torch's does
+    ours, theirs = gnn.CrossEntropyLoss(torch.nn.Parameter(weight.detach().clone())), torch.nn.CrossEntropyLoss(
+        torch.nn.Parameter(weight.detach().clone()))
+    ours(x.detach(), target).backward()
+    theirs(x.detach(), target).backward()
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_the_class_weight_gradient_comes_from_the_kept_log_sum_exp(monkeypatch):
+    import gpukernels.torch._cross_entropy as tce_torch
+
+    seen = []
+    original = tce_torch._ce.cross_entropy_weight_backward
+    monkeypatch.setattr(tce_torch._ce, "cross_entropy_weight_backward",
+                        lambda *a: (seen.append(a[-1]), original(*a))[1])
+    x = torch.randn(3, 4, dtype=torch.float64)
+    target = _probs(3, 4)
+    weight = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+    GF.cross_entropy(x, target, weight, reduction="sum").backward()
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (3,)
+    torch.testing.assert_close(weight.grad, -(target * torch.log_softmax(x, 1)).sum(0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_class_weight_gradient_on_the_triton_kernels(dtype):
+    torch_dtype = getattr(torch, dtype)
+    x = (torch.randn(5, 3, 33, device=DEVICE) * 2).to(torch_dtype).requires_grad_()
+    target = _probs(5, 3, 33, dtype=torch_dtype, device=DEVICE)
+    weight = (torch.rand(3, device=DEVICE) + 0.5).to(torch_dtype).requires_grad_()
+    upstream = torch.randn(5, 33, device=DEVICE).to(torch_dtype)
+    with gk.use_backend("triton"):
+        loss = gnn.CrossEntropyLoss(weight, label_smoothing=0.1, reduction="none")(x, target)
+        loss.backward(upstream)
+    x64, w64 = (a.detach().double().cpu().requires_grad_() for a in (x, weight))
+    want = TF.cross_entropy(x64, target.double().cpu(), w64, label_smoothing=0.1, reduction="none")
+    want.backward(upstream.double().cpu())
+    assert_close(x.grad, x64.grad.numpy(), dtype, "reduction")
+    assert weight.grad.dtype == torch_dtype and weight.grad.shape == (3,)
+    assert_close(weight.grad, w64.grad.numpy(), dtype, "reduction")
+
+
+def test_class_weight_gradient_under_torch_compile():
+    compiled = torch.compile(lambda v, t, w: GF.cross_entropy(v, t, w, reduction="mean", label_smoothing=0.1),
+                             fullgraph=True)
+    x = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(3, 5, 2, dtype=torch.float64)
+    weight = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
+    loss = compiled(x, target, weight)
+    want = TF.cross_entropy(x, target, weight, reduction="mean", label_smoothing=0.1)
+    torch.testing.assert_close(loss, want)
+    for a, b in zip(torch.autograd.grad(loss, (x, weight)), torch.autograd.grad(want, (x, weight))):
         torch.testing.assert_close(a, b)

@@ -10,13 +10,13 @@ non-uniform upstream gradient is exact). Without ``compute_grad`` (an input that
 grad, or grad mode off) the kernel does no gradient work, and should a gradient still be asked
 for (a direct call of the op), backward runs the backward op on the saved logits.
 
-Probability targets get their gradient, as in torch: when the target requires grad the forward
-kernel also keeps each row's log-sum-exp (``compute_logsumexp=True``: one float per row, not
-the softmax), and backward runs ``cross_entropy_target_backward`` on the logits and it. Class-index
-targets have no gradient, and class weights (``weight``, the focal loss's ``alpha``) get none:
-the functions here refuse a weight that requires grad with a RuntimeError (torch refuses it for
-class-index targets and ``nll_loss`` too; for probability targets torch differentiates it and
-gpukernels does not).
+Probability targets get their gradient, as in torch, and so do their class weights: when the
+target or the weight requires grad the forward kernel also keeps each row's log-sum-exp
+(``compute_logsumexp=True``: one float per row, not the softmax), and backward runs
+``cross_entropy_target_backward`` / ``cross_entropy_weight_backward`` (a deterministic column sum)
+on the logits and it. Class-index targets have no gradient, nor do their class weights, nor the
+weights of ``nll_loss`` and the focal loss's ``alpha``: the functions here refuse such a weight
+that requires grad with a RuntimeError, as torch refuses it for class indices and ``nll_loss``.
 
 The linear + cross-entropy returns its three gradients the same way for "mean" and "sum"; for
 "none" a row's share of the weight gradient depends on its upstream gradient, so backward
@@ -67,6 +67,15 @@ def _cross_entropy_target_backward(grad_output: Tensor, input: Tensor, target: T
     return fresh(_ce.cross_entropy_target_backward(grad_output.to(input.dtype).contiguous(), input, target, weight,
                                                    ignore_index, reduction, label_smoothing, logsumexp),
                  grad_output, input, target)
+
+
+@op("cross_entropy_weight_backward")
+def _cross_entropy_weight_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Tensor | None,
+                                   ignore_index: int, reduction: str, label_smoothing: float,
+                                   logsumexp: Tensor | None) -> Tensor:
+    return fresh(_ce.cross_entropy_weight_backward(grad_output.to(input.dtype).contiguous(), input, target, weight,
+                                                   ignore_index, reduction, label_smoothing, logsumexp),
+                 grad_output, input, target, weight)
 
 
 @op("focal_loss")
@@ -164,6 +173,8 @@ def _(input, target, weight, ignore_index, reduction):
 for _op in (_cross_entropy_backward, _focal_loss_backward, _nll_loss_backward):
     _op.register_fake(lambda grad_output, input, *rest: empty(input))
 _cross_entropy_target_backward.register_fake(lambda grad_output, input, target, *rest: empty(target))
+_cross_entropy_weight_backward.register_fake(
+    lambda grad_output, input, *rest: empty(input, (input.shape[_ce.class_axis(input)],)))
 
 
 @_linear_cross_entropy.register_fake
@@ -201,7 +212,8 @@ def _once_differentiable() -> None:
 
 def _fused_setup(ctx, inputs, output):
     """cross_entropy and focal_loss: save the forward's gradient, or (without one) the logits;
-    the logits and the row log-sum-exp too when a probability target wants its gradient."""
+    the logits and the row log-sum-exp too when a probability target or its class weights want
+    a gradient."""
     kept_logsumexp = len(inputs) == 8 and inputs[7]  # cross_entropy's compute_logsumexp
     input, target, weights, *options, compute_grad = inputs[:7]
     grad, *lse = output[1:]
@@ -210,15 +222,17 @@ def _fused_setup(ctx, inputs, output):
     ctx.reduction = next(o for o in options if isinstance(o, str))  # the only string option of either op
     ctx.axis = _ce.class_axis(input)
     # the logits stay alive only where backward reads them: no forward gradient, or the target's
-    wants_target = len(output) == 3 and target.requires_grad and target.is_floating_point()
+    # or the class weights' (probability targets only)
+    wants_target = len(output) == 3 and target.is_floating_point() and (
+        target.requires_grad or (weights is not None and weights.requires_grad))
     ctx.save_for_backward(grad if compute_grad else None, input if wants_target or not compute_grad else None,
                           target, weights, lse[0] if kept_logsumexp else None)
 
 
-def _fused_gradients(backward_op, target_backward_op=None):
+def _fused_gradients(backward_op, target_backward_op=None, weight_backward_op=None):
     def gradients(ctx, grad_output, *_grads_of_outputs):
         grad, input, target, weights, lse = ctx.saved_tensors
-        grad_input = grad_target = None
+        grad_input = grad_target = grad_weight = None
         if ctx.needs_input_grad[0]:
             if ctx.compute_grad:
                 _once_differentiable()
@@ -227,13 +241,15 @@ def _fused_gradients(backward_op, target_backward_op=None):
                 grad_input = backward_op(grad_output, input, target, weights, *ctx.options)
         if ctx.needs_input_grad[1] and target_backward_op is not None and target.is_floating_point():
             grad_target = target_backward_op(grad_output, input, target, weights, *ctx.options, lse)
-        return (grad_input, grad_target) + (None,) * (len(ctx.needs_input_grad) - 2)
+        if ctx.needs_input_grad[2] and weight_backward_op is not None and target.is_floating_point():
+            grad_weight = weight_backward_op(grad_output, input, target, weights, *ctx.options, lse)
+        return (grad_input, grad_target, grad_weight) + (None,) * (len(ctx.needs_input_grad) - 3)
 
     return gradients
 
 
-_cross_entropy.register_autograd(_fused_gradients(_cross_entropy_backward, _cross_entropy_target_backward),
-                                 setup_context=_fused_setup)
+_cross_entropy.register_autograd(_fused_gradients(_cross_entropy_backward, _cross_entropy_target_backward,
+                                                  _cross_entropy_weight_backward), setup_context=_fused_setup)
 _focal_loss.register_autograd(_fused_gradients(_focal_loss_backward), setup_context=_fused_setup)
 
 
@@ -298,11 +314,11 @@ def _wants_grad(*tensors: Tensor | None) -> bool:
 
 def _refuse_weight_grad(op_name: str, weight: Tensor | None, name: str = "weight") -> None:
     """A class weight that requires grad would silently get none: refused, as torch refuses it
-    for class-index targets (for probability targets torch differentiates it; gpukernels does not)."""
+    for class-index targets and nll_loss (probability targets differentiate it: not called there)."""
     if _wants_grad(weight):
-        raise RuntimeError(f"{name} requires grad, but gpukernels {op_name} gives no gradient to the class weights; "
-                           f"pass {name}.detach() (torch's nll_loss and class-index cross_entropy refuse such a "
-                           "weight too)")
+        raise RuntimeError(f"{name} requires grad, but gpukernels {op_name} gives no gradient to the class weights "
+                           f"of class-index targets; pass {name}.detach() (torch's nll_loss and class-index "
+                           "cross_entropy refuse such a weight too)")
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -314,9 +330,10 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
                                                            _legacy(size_average, reduce, reduction), True,
                                                            values=False)
     label_smoothing = _ce._check_smoothing(label_smoothing)
-    _refuse_weight_grad("cross_entropy", weight)
+    if not probs:
+        _refuse_weight_grad("cross_entropy", weight)
     return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, _wants_grad(input),
-                          probs and _wants_grad(target))[0]
+                          probs and _wants_grad(target, weight))[0]
 
 
 def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, size_average=None,
