@@ -76,6 +76,18 @@ ONE = np.ones((), np.float32)
      "label_smoothing must be between"),
     (lambda: gk.cross_entropy_target_backward(ONE, X, P, weight=np.ones(5, np.float64)), TypeError,
      "weight has dtype float64"),
+    # the gradient of the class weights of probability targets: the same checks
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P, logsumexp=np.zeros(4, np.float32)), None, None),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, T, np.ones(5, np.float32)), TypeError,
+     "class indices, which have no gradient \\(nor have their class weights\\); cross_entropy_weight_backward"),
+    (lambda: gk.cross_entropy_weight_backward(np.ones(4, np.float32), X, P), ValueError,
+     r"grad_output has shape \(4,\)"),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P, logsumexp=np.zeros(5, np.float32)), ValueError,
+     r"logsumexp has shape \(5,\)"),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P, np.ones(4, np.float32)), ValueError,
+     r"weight has shape \(4,\) but must be \(5,\)"),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P, reduction="avg"), ValueError, "reduction"),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P[:, :4]), TypeError, "target has floating-point dtype"),
 ], ids=lambda v: "" if callable(v) else str(v)[:40])
 def test_rejected_before_any_backend_runs(call, error, match):
     if error is None:  # accepted: the backend (refusing) is reached

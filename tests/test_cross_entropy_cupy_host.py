@@ -199,3 +199,64 @@ def test_target_gradient_with_any_block_size(run, monkeypatch, nthreads, rng):
     want = ref.cross_entropy_target_rows(x64, None, None, upstream, reduction="none")
     for got in (kept, recomputed):
         assert_close(decode(got), want, "float32", "reduction")
+
+
+# ---------------------------------------------------------------------------------------------
+# The gradient of the class weights of probability targets: two-stage column sum
+
+
+@pytest.mark.parametrize("rows,cols,dtype,misalign", CASES + [pytest.param(300, 37, "float16", False,
+                                                                             id="R300-C37-float16-aligned")])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_class_weight_gradient(run, rows, cols, dtype, misalign, reduction, rng):
+    x, x64 = storage(rng.standard_normal((rows, cols)) * 3, dtype, misalign)
+    p = rng.random((rows, cols))
+    probs, probs64 = storage(p / p.sum(1, keepdims=True), dtype, misalign)
+    upstream = rng.standard_normal(rows if reduction == "none" else ())
+    kwargs = dict(reduction=reduction, label_smoothing=0.2)
+    _, _, lse = cce.cross_entropy_rows(x, probs, None, None, kind="probs", compute_loss=False,
+                                       compute_logsumexp=True, run=run, **kwargs)
+    want = ref.cross_entropy_weight_rows(x64, probs64, None, upstream, **kwargs)
+    for kept in (lse, None):
+        got = cce.cross_entropy_weight_rows(x, probs, kept, upstream.astype(np.float32), run=run, **kwargs)
+        assert got.dtype == x.dtype and got.shape == (cols,)
+        assert_close(decode(got), want, dtype, "reduction")
+
+
+def test_class_weight_gradient_over_many_row_blocks_and_grid_strides(run, monkeypatch, rng):
+    # 7 row blocks of 8 rows through a grid of 2 in y, and 70 columns through 3 column blocks of 32 threads
+    monkeypatch.setattr(cce, "WEIGHT_ROWS_PER_BLOCK", 8)
+    monkeypatch.setattr(cce, "_MAX_GRID_Y", 2)
+    monkeypatch.setattr(cce, "_column_threads", lambda n_cols: 32)
+    x, x64 = storage(rng.standard_normal((53, 70)) * 4, "float32")
+    probs, probs64 = storage(rng.random((53, 70)), "float32")
+    upstream = rng.standard_normal(53)
+    want = ref.cross_entropy_weight_rows(x64, probs64, None, upstream, reduction="none", label_smoothing=0.1)
+    runs = [cce.cross_entropy_weight_rows(x, probs, None, upstream.astype(np.float32), reduction="none",
+                                          label_smoothing=0.1, run=run) for _ in range(2)]
+    assert_close(runs[0], want, "float32", "reduction")
+    assert runs[0].tobytes() == runs[1].tobytes()  # the same bits every run
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")  # "mean" of no rows: 1 / 0
+def test_class_weight_gradient_of_an_empty_batch_and_zero_classes(run):
+    got = cce.cross_entropy_weight_rows(np.zeros((0, 5), np.float32), np.zeros((0, 5), np.float32), None,
+                                        np.ones((), np.float32), reduction="mean", run=run)
+    assert got.shape == (5,) and (got == 0).all()  # stage 2 alone writes the zeros of an empty sum
+    got = cce.cross_entropy_weight_rows(np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32), None,
+                                        np.ones((), np.float32), reduction="sum", run=run)
+    assert got.shape == (0,)
+
+
+def test_class_weight_launch_arguments():
+    x = np.zeros((600, 1000), np.float32)
+    lse, scale = np.zeros(600, np.float32), np.ones(1, np.float32)
+    partial = np.zeros((cce.weight_row_blocks(600), 1000), np.float32)
+    spec = cce.weight_partial_launch(x, x, lse, scale, partial, label_smoothing=0.1)
+    assert spec.kernel == "cross_entropy_weight_partial<float>" and spec.block == (256,) and spec.grid == (4, 3)
+    assert spec.args[2] is lse and spec.args[4] == 0 and spec.args[5] is partial and spec.args[8] == 256
+    spec = cce.weight_sum_launch(partial, np.zeros(1000, np.float16))
+    assert spec.kernel == "cross_entropy_weight_sum<gk::half>" and spec.grid == (4,) and spec.args[2] == 3
+    tall = np.zeros((65536 * 256 + 1, 1), np.float32)  # more row blocks than grid y holds: the kernel strides
+    assert cce.weight_partial_launch(tall, tall, None, scale, None, label_smoothing=0.0).grid == (1, 65535)
+    assert cce._column_threads(1) == 32 and cce._column_threads(33) == 64 and cce._column_threads(10**6) == 256
