@@ -223,13 +223,22 @@ def test_class_weight_gradient(run, rows, cols, dtype, misalign, reduction, rng)
         assert_close(decode(got), want, dtype, "reduction")
 
 
-def test_class_weight_gradient_over_many_row_blocks_and_grid_strides(run, monkeypatch, rng):
-    # 7 row blocks of 8 rows through a grid of 2 in y, and 70 columns through 3 column blocks of 32 threads
+@pytest.mark.parametrize("cols,misalign", [(70, False), (72, False), (72, True)],
+                         ids=["C70-aligned", "C72-aligned", "C72-offset"])
+def test_class_weight_gradient_over_many_row_blocks_and_grid_strides(run, monkeypatch, cols, misalign, rng):
+    # 7 row blocks of 8 rows through a grid of 2 in y, and 1 thread block of 32 threads striding over
+    # the column chunks; 72 float32 columns take the 128-bit path (aligned), 70 and offset ones do not
     monkeypatch.setattr(cce, "WEIGHT_ROWS_PER_BLOCK", 8)
     monkeypatch.setattr(cce, "_MAX_GRID_Y", 2)
-    monkeypatch.setattr(cce, "_column_threads", lambda n_cols: 32)
-    x, x64 = storage(rng.standard_normal((53, 70)) * 4, "float32")
-    probs, probs64 = storage(rng.random((53, 70)), "float32")
+    real_launch = cce.weight_partial_launch
+
+    def one_block_wide(*args, **kwargs):
+        spec = real_launch(*args, **kwargs)
+        return cce.Launch(spec.kernel, (1, spec.grid[1]), (32,), spec.args)
+
+    monkeypatch.setattr(cce, "weight_partial_launch", one_block_wide)
+    x, x64 = storage(rng.standard_normal((53, cols)) * 4, "float32", misalign)
+    probs, probs64 = storage(rng.random((53, cols)), "float32", misalign)
     upstream = rng.standard_normal(53)
     want = ref.cross_entropy_weight_rows(x64, probs64, None, upstream, reduction="none", label_smoothing=0.1)
     runs = [cce.cross_entropy_weight_rows(x, probs, None, upstream.astype(np.float32), reduction="none",
@@ -253,10 +262,14 @@ def test_class_weight_launch_arguments():
     lse, scale = np.zeros(600, np.float32), np.ones(1, np.float32)
     partial = np.zeros((cce.weight_row_blocks(600), 1000), np.float32)
     spec = cce.weight_partial_launch(x, x, lse, scale, partial, label_smoothing=0.1)
-    assert spec.kernel == "cross_entropy_weight_partial<float>" and spec.block == (256,) and spec.grid == (4, 3)
+    # 250 chunks of 4 float32 columns: 256 threads, one block wide; 3 blocks of 256 rows
+    assert spec.kernel == "cross_entropy_weight_partial<float>" and spec.block == (256,) and spec.grid == (1, 3)
     assert spec.args[2] is lse and spec.args[4] == 0 and spec.args[5] is partial and spec.args[8] == 256
-    spec = cce.weight_sum_launch(partial, np.zeros(1000, np.float16))
-    assert spec.kernel == "cross_entropy_weight_sum<gk::half>" and spec.grid == (4,) and spec.args[2] == 3
+    half = np.zeros((600, 1000), np.float16)  # 8 columns a chunk: 125 chunks, 128 threads
+    assert cce.weight_partial_launch(half, half, lse, scale, partial, label_smoothing=0.1).block == (128,)
+    spec = cce.weight_sum_launch(np.zeros((3, 5000), np.float32), np.zeros(5000, np.float16))
+    assert spec.kernel == "cross_entropy_weight_sum<gk::half>" and spec.grid == (5,) and spec.block == (256,)
+    assert spec.args[2] == 3 and spec.args[3] == 5000
     tall = np.zeros((65536 * 256 + 1, 1), np.float32)  # more row blocks than grid y holds: the kernel strides
     assert cce.weight_partial_launch(tall, tall, None, scale, None, label_smoothing=0.0).grid == (1, 65535)
-    assert cce._column_threads(1) == 32 and cce._column_threads(33) == 64 and cce._column_threads(10**6) == 256
+    assert cce._chunk_threads(1) == 32 and cce._chunk_threads(33) == 64 and cce._chunk_threads(10**6) == 256

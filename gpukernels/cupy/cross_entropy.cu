@@ -81,30 +81,32 @@ __global__ void __launch_bounds__(1024) cross_entropy_target_grad(const T* x, co
   }
 }
 
-// The class weights' gradient, stage 1: block (i, j) holds columns i * blockDim.x + thread, one
-// thread per column (neighbouring threads read neighbouring logits), and sums rows
-// [j * rows_per_block, (j + 1) * rows_per_block) into partial[j][column] (grid-stride over both).
+// The class weights' gradient, stage 1: thread i of block (bx, by) owns the 16-byte chunk of
+// columns bx * blockDim.x + i (neighbouring threads read neighbouring chunks of a row) and sums
+// rows [j * rows_per_block, (j + 1) * rows_per_block) into partial[j], j = by (grid-stride over both).
 template <class T>
 __global__ void __launch_bounds__(1024) cross_entropy_weight_partial(const T* x, const T* probs, const float* lse,
                                                                      const float* scale, long long scale_stride,
                                                                      float* partial, long long rows, long long cols,
                                                                      long long rows_per_block, float smoothing) {
   const long long blocks = (rows + rows_per_block - 1) / rows_per_block;
+  const long long chunks = (cols + gk::Vec16<T>::size - 1) / gk::Vec16<T>::size;
+  const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long j = blockIdx.y; j < blocks; j += gridDim.y) {
     const long long first = j * rows_per_block;
     const long long last = first + rows_per_block < rows ? first + rows_per_block : rows;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < cols; k += stride)
-      partial[j * cols + k] = gk::ce_weight_partial<T>(x, probs, lse, scale, scale_stride, first, last, cols, k,
-                                                       smoothing);
+    for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < chunks; c += stride)
+      gk::ce_weight_partial_chunk<T>(x, probs, lse, scale, scale_stride, first, last, cols, c * gk::Vec16<T>::size,
+                                     smoothing, partial + j * cols);
   }
 }
 
-// Stage 2: each column's partials in block order, stored in the storage type.
+// Stage 2: thread i owns the chunk of 4 columns blockIdx.x * blockDim.x + i; the partials in block order.
 template <class T>
 __global__ void __launch_bounds__(1024) cross_entropy_weight_sum(const float* partial, T* out, long long blocks,
                                                                  long long cols) {
+  const long long chunks = (cols + 3) / 4;
   const long long stride = (long long)gridDim.x * blockDim.x;
-  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < cols; k += stride)
-    out[k] = gk::from_float<T>(gk::ce_weight_sum(partial, blocks, cols, k));
+  for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < chunks; c += stride)
+    gk::ce_weight_sum_chunk<T>(partial, out, blocks, cols, c * 4);
 }

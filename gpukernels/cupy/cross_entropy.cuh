@@ -182,26 +182,55 @@ GK_HD void ce_thread_target_grad(const T* x, const T* weight, T* grad, long long
 }
 
 // The class weights' gradient of probability targets (derived in gpukernels/reference/cross_entropy.py):
-// d loss / d w_k = sum_r g_r ((1 - s) t_rk + s / C) (lse_r - x_rk), a column sum in two stages.
-// Stage 1: column k of the rows [first, last), in row order (one thread per column: the same bits every run).
-template <class T>
-GK_HD float ce_weight_partial(const T* x, const T* probs, const float* lse, const float* scale,
-                              long long scale_stride, long long first, long long last, long long cols, long long k,
-                              float smoothing) {
-  const float uniform = smoothing / float(cols);
-  float acc = 0.0f;
-  for (long long r = first; r < last; ++r) {
-    const float t = to_float(probs[r * cols + k]) * (1.0f - smoothing) + uniform;
-    acc += t * (lse[r] - to_float(x[r * cols + k])) * scale[r * scale_stride];
-  }
-  return acc;
+// d loss / d w_k = sum_r g_r ((1 - s) t_rk + s / C) (lse_r - x_rk), a column sum in two stages. A
+// thread owns a 16-byte chunk of columns and adds its rows in row order: the same bits every run.
+GK_HD float ce_weight_term(float t, float v, float lse, float scale, float smoothing, float uniform) {
+  return (t * (1.0f - smoothing) + uniform) * (lse - v) * scale;
 }
 
-// Stage 2: column k of the [blocks, cols] partials, added in block order.
-GK_HD float ce_weight_sum(const float* partial, long long blocks, long long cols, long long k) {
-  float acc = 0.0f;
-  for (long long b = 0; b < blocks; ++b) acc += partial[b * cols + k];
-  return acc;
+// Stage 1: the chunk of columns [first, first + V) of rows [row0, row1) into out (the block's row of
+// partials). Every row's chunk moves as one 128-bit load when all of them are aligned (aligned
+// starts and a row length of whole chunks), element by element otherwise.
+template <class T>
+GK_HD void ce_weight_partial_chunk(const T* x, const T* probs, const float* lse, const float* scale,
+                                   long long scale_stride, long long row0, long long row1, long long cols,
+                                   long long first, float smoothing, float* out) {
+  const int V = Vec16<T>::size;
+  const float uniform = smoothing / float(cols);
+  const bool vector = first + V <= cols && cols % V == 0 && aligned16(x) && aligned16(probs);
+  float acc[Vec16<T>::size];
+  for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+  for (long long r = row0; r < row1; ++r) {
+    const long long at = r * cols + first;
+    const float l = lse[r], g = scale[r * scale_stride];
+    if (vector) {
+      Vec16<T> xs = *reinterpret_cast<const Vec16<T>*>(x + at), ts = *reinterpret_cast<const Vec16<T>*>(probs + at);
+      for (int j = 0; j < V; ++j)
+        acc[j] += ce_weight_term(to_float(ts.v[j]), to_float(xs.v[j]), l, g, smoothing, uniform);
+    } else {
+      for (int j = 0; j < V && first + j < cols; ++j)
+        acc[j] += ce_weight_term(to_float(probs[at + j]), to_float(x[at + j]), l, g, smoothing, uniform);
+    }
+  }
+  for (int j = 0; j < V && first + j < cols; ++j) out[first + j] = acc[j];
+}
+
+// Stage 2: the chunk of columns [first, first + 4) of the [blocks, cols] float32 partials, added in
+// block order, into out (the storage type).
+template <class T>
+GK_HD void ce_weight_sum_chunk(const float* partial, T* out, long long blocks, long long cols, long long first) {
+  const bool vector = first + 4 <= cols && cols % 4 == 0 && aligned16(partial);
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (long long b = 0; b < blocks; ++b) {
+    const float* row = partial + b * cols + first;
+    if (vector) {
+      Vec16<float> chunk = *reinterpret_cast<const Vec16<float>*>(row);
+      for (int j = 0; j < 4; ++j) acc[j] += chunk.v[j];
+    } else {
+      for (int j = 0; j < 4 && first + j < cols; ++j) acc[j] += row[j];
+    }
+  }
+  for (int j = 0; j < 4 && first + j < cols; ++j) out[first + j] = from_float<T>(acc[j]);
 }
 
 }  // namespace gk

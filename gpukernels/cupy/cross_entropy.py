@@ -65,27 +65,30 @@ def weight_row_blocks(n_rows: int) -> int:
     return -(-n_rows // WEIGHT_ROWS_PER_BLOCK)
 
 
-def _column_threads(n_cols: int) -> int:
-    """One thread per column, whole warps, at most 256 (more columns: more blocks)."""
-    return min(256, max(32, -(-n_cols // 32) * 32))
+def _chunk_threads(chunks: int) -> int:
+    """One thread per 16-byte chunk of columns, whole warps, at most 256 (more chunks: more blocks)."""
+    return min(256, max(32, -(-chunks // 32) * 32))
 
 
 def weight_partial_launch(x, target, lse, scale, partial, *, label_smoothing: float) -> Launch:
-    """Stage 1 of the class weights' gradient: columns over grid x, blocks of rows over grid y."""
+    """Stage 1 of the class weights' gradient: chunks of columns over grid x, blocks of rows over grid y."""
     n_rows, n_cols = x.shape
-    threads = _column_threads(n_cols)
+    chunks = -(-n_cols // (16 // x.itemsize))
+    threads = _chunk_threads(chunks)
     return Launch(
         f"cross_entropy_weight_partial<{cuda_type(x, 'input')}>",
-        (-(-n_cols // threads), min(weight_row_blocks(n_rows), _MAX_GRID_Y)), (threads,),
+        (-(-chunks // threads), min(weight_row_blocks(n_rows), _MAX_GRID_Y)), (threads,),
         (x, target, lse, scale, np.int64(0 if scale.size == 1 else 1), partial, np.int64(n_rows), np.int64(n_cols),
          np.int64(WEIGHT_ROWS_PER_BLOCK), np.float32(label_smoothing)))
 
 
 def weight_sum_launch(partial, out) -> Launch:
-    """Stage 2: each column's partials added in block order into ``out`` (the storage type)."""
+    """Stage 2: each column's partials (float32, 4 columns a chunk) added in block order into
+    ``out`` (the storage type)."""
     blocks, n_cols = partial.shape
-    threads = _column_threads(n_cols)
-    return Launch(f"cross_entropy_weight_sum<{cuda_type(out, 'input')}>", (-(-n_cols // threads),), (threads,),
+    chunks = -(-n_cols // 4)
+    threads = _chunk_threads(chunks)
+    return Launch(f"cross_entropy_weight_sum<{cuda_type(out, 'input')}>", (-(-chunks // threads),), (threads,),
                   (partial, out, np.int64(blocks), np.int64(n_cols)))
 
 
