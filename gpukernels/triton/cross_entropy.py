@@ -11,6 +11,11 @@ stay intact; only the fused linear + cross-entropy hands its own chunk of logits
 buffer. Per-row losses go to a float32 array and are summed by torch afterwards (two stages, no
 atomics). ``KIND``: 0 class indices, 1 class probabilities, 2 focal loss (see
 ``gpukernels.reference.cross_entropy`` for the formulas).
+
+The class weights of probability targets get their gradient from two more kernels, a column sum
+in two stages: ``cross_entropy_weight_partial_kernel`` sums a fixed block of rows per program
+into a float32 ``[row_blocks, C]`` buffer, ``cross_entropy_weight_sum_kernel`` adds each column's
+partials in block order (the same bits every run, no atomics).
 """
 
 from __future__ import annotations
