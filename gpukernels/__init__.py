@@ -27,7 +27,8 @@ from .ops.loss import (
     mse_loss_backward, sigmoid_focal_loss, sigmoid_focal_loss_backward, smooth_l1_loss, smooth_l1_loss_backward,
 )
 from .ops.cross_entropy import (
-    cross_entropy, cross_entropy_backward, cross_entropy_forward, focal_loss, focal_loss_backward, focal_loss_forward,
+    cross_entropy, cross_entropy_backward, cross_entropy_forward, cross_entropy_target_backward, focal_loss,
+    cross_entropy_weight_backward, focal_loss_backward, focal_loss_forward,
     linear_cross_entropy, linear_cross_entropy_backward, linear_cross_entropy_forward, nll_loss, nll_loss_backward,
 )
 from .ops.linear import linear, linear_backward
@@ -56,7 +57,8 @@ __all__ = [
     "binary_cross_entropy_backward", "binary_cross_entropy_with_logits_backward", "sigmoid_focal_loss_backward",
     "linear", "linear_backward",
     "adam_step", "sgd_step", "rmsprop_step", "clip_grad_norm_", "clip_grad_value_",
-    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
+    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_target_backward", "nll_loss",
+    "nll_loss_backward", "cross_entropy_weight_backward",
     "focal_loss", "focal_loss_forward", "focal_loss_backward",
     "linear_cross_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
     "layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "layer_norm_backward", "rms_norm_backward", "add_layer_norm_backward", "add_rms_norm_backward",

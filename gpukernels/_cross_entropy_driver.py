@@ -19,8 +19,15 @@ from .reference.cross_entropy import chunk_rows
 GPU_CHUNK_BYTES = 256 << 20
 
 # A row kernel: (logits [R, C], target, weight, scale [R] or [1] (stride 0), loss out or None,
-# grad out or None (may be the logits themselves), params) -> None
+# grad out or None (may be the logits themselves), params, lse=log-sum-exp out or None) -> None
 RowKernel = Callable[..., None]
+# The probability target's gradient: (logits [R, C], lse [R] or None (recomputed), weight,
+# scale [R] or [1], grad out [R, C], label_smoothing) -> None
+TargetKernel = Callable[..., None]
+# The class weights' gradient: (logits [R, C], target [R, C], lse [R] float32, scale [R] or [1],
+# out [C], label_smoothing, empty=float32 workspace maker) -> None, deterministic (two stages);
+# with R = 0 it writes zeros (lse is then None)
+WeightKernel = Callable[..., None]
 
 
 def _float32(xp, a):
@@ -60,20 +67,57 @@ def reduce(loss, denominator, reduction: str):
 
 def rows_loss(xp, kernel: RowKernel, input, target, weight, grad_output, *, kind: str, reduction: str,
               ignore_index: int, label_smoothing: float, gamma: float, compute_loss: bool, compute_grad: bool,
-              device_of: dict, empty_like: Callable, empty: Callable, weight_float32=None):
-    """(reduced loss or None, gradient or None) of the rows ``input`` with one kernel launch.
-    ``weight_float32``: the class weights as float32 for the denominators, when the backend
-    made that copy itself (the kernel reads ``weight`` in its storage dtype)."""
+              device_of: dict, empty_like: Callable, empty: Callable, weight_float32=None,
+              compute_logsumexp: bool = False):
+    """(reduced loss or None, gradient or None, float32 row log-sum-exp or None) of the rows
+    ``input`` with one kernel launch. ``weight_float32``: the class weights as float32 for the
+    denominators, when the backend made that copy itself (the kernel reads ``weight`` in its
+    storage dtype)."""
     rows = input.shape[0]
     weight_for_sums = weight if weight_float32 is None else weight_float32
     denominator = denominators(xp, kind, target, weight_for_sums, ignore_index, rows, device_of)
     scale = row_scales(xp, grad_output, denominator, reduction, device_of)
     loss = empty(rows) if compute_loss else None
     grad = empty_like(input) if compute_grad else None
-    if rows and (compute_loss or compute_grad):
+    lse = empty(rows) if compute_logsumexp else None
+    if rows and (compute_loss or compute_grad or compute_logsumexp):
         kernel(input, target, weight, scale, loss, grad, kind=kind, ignore_index=ignore_index,
-               label_smoothing=label_smoothing, gamma=gamma)
-    return (None if loss is None else reduce(loss, denominator, reduction)), grad
+               label_smoothing=label_smoothing, gamma=gamma, lse=lse)
+    return (None if loss is None else reduce(loss, denominator, reduction)), grad, lse
+
+
+def target_rows(xp, kernel: TargetKernel, input, logsumexp, weight, grad_output, *, reduction: str,
+                label_smoothing: float, device_of: dict, empty_like: Callable):
+    """The probability target's gradient ``(1 - s) w_k (lse - x_k)`` times the row's scale ("mean"
+    divides by the number of rows), one kernel launch; ``logsumexp`` None: the kernel makes it."""
+    rows = input.shape[0]
+    denominator = denominators(xp, "probs", None, None, 0, rows, device_of)
+    scale = row_scales(xp, grad_output, denominator, reduction, device_of)
+    grad = empty_like(input)
+    if rows and input.shape[1]:
+        kernel(input, None if logsumexp is None else _float32(xp, logsumexp), weight, scale, grad,
+               label_smoothing=label_smoothing)
+    return grad
+
+
+def weight_rows(xp, row_kernel: RowKernel, weight_kernel: WeightKernel, input, target, logsumexp, grad_output, *,
+                reduction: str, label_smoothing: float, device_of: dict, empty: Callable, out):
+    """The class weights' gradient of probability targets, ``sum_r g_r t'_rk (lse_r - x_rk)``, into
+    ``out`` ``[C]`` (the storage dtype): a two-stage column sum (``weight_kernel``); the row
+    log-sum-exp, when the forward did not keep it, from a lse-only launch of the row kernel. With
+    no rows stage 1 has nothing to do and stage 2 writes the zeros of an empty sum."""
+    rows, cols = input.shape
+    denominator = denominators(xp, "probs", None, None, 0, rows, device_of)
+    scale = row_scales(xp, grad_output, denominator, reduction, device_of)
+    if not cols:
+        return out
+    if logsumexp is None and rows:
+        logsumexp = empty(rows)
+        row_kernel(input, target, None, scale, None, None, kind="probs", ignore_index=-100,
+                   label_smoothing=label_smoothing, gamma=0.0, lse=logsumexp)
+    weight_kernel(input, target, None if logsumexp is None else _float32(xp, logsumexp), scale, out,
+                  label_smoothing=label_smoothing, empty=empty)
+    return out
 
 
 def nll_rows(xp, input, target, weight, grad_output, *, reduction: str, ignore_index: int, compute_loss: bool,

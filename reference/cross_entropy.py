@@ -22,6 +22,18 @@ which every row is ignored has a zero denominator: mean is 0/0 = NaN, as in torc
 
 The gradient of a row is scaled by ``grad_output`` (per row for "none") over the denominator
 (by 0 when the denominator is 0: an all-ignored batch has a zero gradient, as in torch).
+
+Probability targets get a gradient too (torch gives one): ``loss_r`` is linear in ``t`` with
+``dloss_r/dt_k = (1 - s) w_k (lse - x_k) = -(1 - s) w_k log_softmax(x)_k``, scaled per row as
+above. It needs the logits and the row's log-sum-exp only, which the forward can hand back
+(``compute_logsumexp``) so that the backward does not sweep the row twice. The class weights of
+probability targets get one too (torch gives it; "mean" divides by R whatever the weights, so
+the loss is linear in them): with ``g_r`` the row's scale,
+
+    dloss/dw_k = sum_r g_r ((1 - s) t_rk + s / C) (lse_r - x_rk)
+
+a sum over rows per column, made block by block and the blocks' sums added in block order (the
+same bits every run). Class-index targets give the weights none (torch refuses one there).
 Large inputs run a block of rows at a time on the thread pool (``_parallel``).
 """
 
@@ -45,9 +57,12 @@ def _widen(a):
     return a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float16 else a
 
 
-def loss_op(fn: Callable) -> Callable:
+def loss_op(fn: Callable | None = None, *, wide_results: tuple[int, ...] = ()) -> Callable:
     """Compute float16 in float32 (NumPy's float16 arithmetic rounds at every step), rounding the
-    results once; integer targets pass unchanged; silence NumPy on non-finite values."""
+    results once, except those at ``wide_results`` (a log-sum-exp stays float32: the backward
+    subtracts logits from it); integer targets pass unchanged; silence NumPy on non-finite values."""
+    if fn is None:
+        return functools.partial(loss_op, wide_results=wide_results)
 
     @functools.wraps(fn)
     def wrapper(*args, **params):
@@ -57,7 +72,9 @@ def loss_op(fn: Callable) -> Callable:
         if dtype != np.float16:
             return result
         narrow = lambda r: r if r is None else np.asarray(r).astype(dtype)  # noqa: E731
-        return tuple(map(narrow, result)) if isinstance(result, tuple) else narrow(result)
+        if not isinstance(result, tuple):
+            return narrow(result)
+        return tuple(r if i in wide_results else narrow(r) for i, r in enumerate(result))
 
     return wrapper
 
@@ -113,9 +130,10 @@ def _log_sum_exp(x: np.ndarray, work: np.ndarray) -> np.ndarray:
     return m + np.log(total)
 
 
-def _block(kind, x, target, weight, scale, out_loss, out_grad, ignore_index, smoothing, gamma):
-    """Loss and gradient of a block of rows. ``out_grad`` may be ``x`` itself (the linear + CE's
-    chunk of logits): every read of ``x`` comes before the softmax is written over it."""
+def _block(kind, x, target, weight, scale, out_loss, out_grad, ignore_index, smoothing, gamma, out_lse=None):
+    """Loss, gradient and log-sum-exp of a block of rows (each output None if not wanted).
+    ``out_grad`` may be ``x`` itself (the linear + CE's chunk of logits): every read of ``x``
+    comes before the softmax is written over it."""
     rows, classes = x.shape
     ones = np.ones(classes, x.dtype)
     w = ones if weight is None else weight
@@ -129,6 +147,8 @@ def _block(kind, x, target, weight, scale, out_loss, out_grad, ignore_index, smo
         wx = np.dot(x, w) if kind == "index" and smoothing else None
     p = np.empty_like(x) if out_grad is None else out_grad
     lse = _log_sum_exp(x, p)
+    if out_lse is not None:
+        out_lse[...] = lse
     if kind == "probs":
         q_sum = np.dot(q, ones)
         loss = q_sum * lse - qx
@@ -165,31 +185,99 @@ def _block(kind, x, target, weight, scale, out_loss, out_grad, ignore_index, smo
         out_grad -= np.where(valid, smoothing / classes * scale, 0)[:, None] * w
 
 
-def _rows(kind, x, target, weight, scale, want_loss, want_grad, ignore_index, smoothing, gamma, grad_into=None):
-    """Per-row losses and the gradient (into ``grad_into`` when given: it may be ``x``)."""
-    rows, classes = x.shape
+def _block_rows(x) -> int:
+    return max(1, BLOCK_BYTES // max(1, x.shape[1] * x.itemsize))
+
+
+def _piece(a, lo, hi):
+    return None if a is None else a[lo:hi]
+
+
+def _rows(kind, x, target, weight, scale, want_loss, want_grad, ignore_index, smoothing, gamma, grad_into=None,
+          want_lse=False):
+    """Per-row losses, the gradient (into ``grad_into`` when given: it may be ``x``) and the row
+    log-sum-exps (each None unless wanted)."""
+    rows = x.shape[0]
     loss = np.empty(rows, x.dtype) if want_loss else None
     grad = (np.empty_like(x) if grad_into is None else grad_into) if want_grad else None
-    step = max(1, BLOCK_BYTES // max(1, classes * x.itemsize))
-    piece = lambda a, lo, hi: None if a is None else a[lo:hi]  # noqa: E731
-    run([lambda lo=lo, hi=hi: _block(kind, x[lo:hi], target[lo:hi], weight, scale[lo:hi], piece(loss, lo, hi),
-                                     piece(grad, lo, hi), ignore_index, smoothing, gamma)
-         for lo, hi in split(rows, step)])
-    return loss, grad
+    lse = np.empty(rows, x.dtype) if want_lse else None
+    run([lambda lo=lo, hi=hi: _block(kind, x[lo:hi], target[lo:hi], weight, scale[lo:hi], _piece(loss, lo, hi),
+                                     _piece(grad, lo, hi), ignore_index, smoothing, gamma, _piece(lse, lo, hi))
+         for lo, hi in split(rows, _block_rows(x))])
+    return loss, grad, lse
 
 
-@loss_op
+@loss_op(wide_results=(2,))
 def cross_entropy_rows(input, target, weight, grad_output, *, kind: str, reduction: str, ignore_index: int = -100,
                        label_smoothing: float = 0.0, gamma: float = 0.0, compute_loss: bool = True,
-                       compute_grad: bool = False):
-    """(loss reduced as asked or None, gradient w.r.t. ``input`` or None). ``kind`` is "index",
-    "probs" or "focal" (``weight`` is then alpha); ``grad_output`` None means ones."""
+                       compute_grad: bool = False, compute_logsumexp: bool = False):
+    """(loss reduced as asked or None, gradient w.r.t. ``input`` or None, row log-sum-exp or
+    None). ``kind`` is "index", "probs" or "focal" (``weight`` is then alpha); ``grad_output``
+    None means ones."""
     rows = input.shape[0]
     denominator = denominators(kind, target, weight, ignore_index, input.dtype)
     scale = row_scales(grad_output, denominator, reduction, rows, input.dtype)
-    loss, grad = _rows(kind, input, target, weight, scale, compute_loss, compute_grad, ignore_index,
-                       label_smoothing, gamma)
-    return (None if loss is None else reduce(loss, denominator, reduction)), grad
+    loss, grad, lse = _rows(kind, input, target, weight, scale, compute_loss, compute_grad, ignore_index,
+                            label_smoothing, gamma, want_lse=compute_logsumexp)
+    return (None if loss is None else reduce(loss, denominator, reduction)), grad, lse
+
+
+def _target_block(x, lse, weight, scale, smoothing, out):
+    """``(1 - s) w_k (lse - x_k)`` times the row's scale, into ``out`` (which first holds the
+    softmax ``_log_sum_exp`` leaves behind when ``lse`` must be made here)."""
+    if lse is None:
+        lse = _log_sum_exp(x, out)
+    np.subtract(lse[:, None], x, out=out)
+    out *= scale[:, None] * (1 - smoothing)
+    if weight is not None:
+        out *= weight
+
+
+@loss_op
+def cross_entropy_target_rows(input, logsumexp, weight, grad_output, *, reduction: str, label_smoothing: float = 0.0):
+    """Gradient of the probability-target cross-entropy w.r.t. the target ``[R, C]``, from the
+    logits and (when the forward kept it; None recomputes it) the row log-sum-exp."""
+    rows = input.shape[0]
+    scale = row_scales(grad_output, np.ones(rows, input.dtype), reduction, rows, input.dtype)  # "mean": over R
+    lse = None if logsumexp is None else np.asarray(logsumexp, input.dtype)
+    grad = np.empty_like(input)
+    run([lambda lo=lo, hi=hi: _target_block(input[lo:hi], _piece(lse, lo, hi), weight, scale[lo:hi], label_smoothing,
+                                            grad[lo:hi])
+         for lo, hi in split(rows, _block_rows(input))])
+    return grad
+
+
+def _weight_block(x, target, lse, scale, smoothing, work):
+    """A block's share of the class weights' gradient, ``sum_r g_r t'_rk (lse_r - x_rk)``, with
+    ``work`` (the block's shape) as scratch; ``lse`` None: made here."""
+    classes = x.shape[1]
+    if lse is None:
+        lse = _log_sum_exp(x, work)
+    np.subtract(lse[:, None], x, out=work)
+    smoothed = target * (1 - smoothing)
+    smoothed += smoothing / classes
+    work *= smoothed
+    return scale @ work  # the rows' sum weighted by their scales, one BLAS call
+
+
+@loss_op
+def cross_entropy_weight_rows(input, target, logsumexp, grad_output, *, reduction: str,
+                              label_smoothing: float = 0.0):
+    """Gradient of the probability-target cross-entropy w.r.t. the class weights ``[C]``, from the
+    logits, the targets ``[R, C]`` and (when the forward kept it; None recomputes it) the row
+    log-sum-exp. The weights' values do not enter: the loss is linear in them."""
+    rows, classes = input.shape
+    scale = row_scales(grad_output, np.ones(rows, input.dtype), reduction, rows, input.dtype)  # "mean": over R
+    lse = None if logsumexp is None else np.asarray(logsumexp, input.dtype)
+    blocks = split(rows, _block_rows(input))
+    partial = np.zeros((len(blocks), classes), input.dtype)
+
+    def block(i, lo, hi):
+        partial[i] = _weight_block(input[lo:hi], target[lo:hi], _piece(lse, lo, hi), scale[lo:hi], label_smoothing,
+                                   np.empty_like(input[lo:hi]))
+
+    run([lambda i=i, lo=lo, hi=hi: block(i, lo, hi) for i, (lo, hi) in enumerate(blocks)])
+    return partial.sum(axis=0)  # block order fixed by the rows, not by which thread finished first
 
 
 @loss_op
@@ -239,7 +327,7 @@ def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduc
         if bias is not None:
             logits += bias
         # the logit gradient replaces the chunk's logits (nothing else reads them)
-        chunk_loss, dlogits = _rows("index", logits, target[lo:hi], None, scale[lo:hi], compute_loss, compute_grad,
+        chunk_loss, dlogits, _ = _rows("index", logits, target[lo:hi], None, scale[lo:hi], compute_loss, compute_grad,
                                     ignore_index, label_smoothing, 0.0, grad_into=logits)
         del logits
         if compute_loss:

@@ -21,6 +21,8 @@ def no_backend_runs(monkeypatch):
 
 X = np.zeros((4, 5), np.float32) + 0.5
 T = np.array([0, 1, 4, -100])
+P = np.full((4, 5), 0.2, np.float32)  # probability targets
+ONE = np.ones((), np.float32)
 
 
 @pytest.mark.parametrize("call,error,match", [
@@ -57,6 +59,35 @@ T = np.array([0, 1, 4, -100])
      "chunk_size must be >= 1"),
     (lambda: gk.linear_cross_entropy_forward(X, np.ones((7, 5), np.float32), T, reduction="none"), ValueError,
      "compute_grad=True needs reduction"),
+    # the gradient of a probability target
+    (lambda: gk.cross_entropy_target_backward(ONE, X, P, logsumexp=np.zeros(4, np.float32)), None, None),
+    (lambda: gk.cross_entropy_target_backward(ONE, X, T), TypeError, "class indices, which have no gradient"),
+    (lambda: gk.cross_entropy_forward(X, T, compute_logsumexp=True), ValueError,
+     "compute_logsumexp=True needs probability targets"),
+    (lambda: gk.cross_entropy_target_backward(np.ones(4, np.float32), X, P), ValueError,
+     r"grad_output has shape \(4,\)"),
+    (lambda: gk.cross_entropy_target_backward(ONE, X, P, logsumexp=np.zeros(3, np.float32)), ValueError,
+     r"logsumexp has shape \(3,\)"),
+    (lambda: gk.cross_entropy_target_backward(ONE, X, P, logsumexp=np.zeros(4, np.float16)), TypeError,
+     "logsumexp has dtype float16; supported dtypes are float32"),
+    (lambda: gk.cross_entropy_target_backward(ONE, X, P, logsumexp=torch.zeros(4)), TypeError,
+     "logsumexp is a torch array but input is a numpy"),
+    (lambda: gk.cross_entropy_target_backward(ONE, X, P, label_smoothing=-0.1), ValueError,
+     "label_smoothing must be between"),
+    (lambda: gk.cross_entropy_target_backward(ONE, X, P, weight=np.ones(5, np.float64)), TypeError,
+     "weight has dtype float64"),
+    # the gradient of the class weights of probability targets: the same checks
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P, logsumexp=np.zeros(4, np.float32)), None, None),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, T, np.ones(5, np.float32)), TypeError,
+     "class indices, which have no gradient \\(nor have their class weights\\); cross_entropy_weight_backward"),
+    (lambda: gk.cross_entropy_weight_backward(np.ones(4, np.float32), X, P), ValueError,
+     r"grad_output has shape \(4,\)"),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P, logsumexp=np.zeros(5, np.float32)), ValueError,
+     r"logsumexp has shape \(5,\)"),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P, np.ones(4, np.float32)), ValueError,
+     r"weight has shape \(4,\) but must be \(5,\)"),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P, reduction="avg"), ValueError, "reduction"),
+    (lambda: gk.cross_entropy_weight_backward(ONE, X, P[:, :4]), TypeError, "target has floating-point dtype"),
 ], ids=lambda v: "" if callable(v) else str(v)[:40])
 def test_rejected_before_any_backend_runs(call, error, match):
     if error is None:  # accepted: the backend (refusing) is reached

@@ -224,3 +224,172 @@ def test_automatic_chunk_bounds_the_logits():
     assert ref.chunk_rows(10, 100, 4, None) == 10
     assert ref.chunk_rows(10, 10**9, 4, None) == 1
     assert ref.chunk_rows(100, 100, 4, 7) == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# The gradient of a probability target (torch differentiates it: the loss is linear in it)
+
+
+def _torch_target_grad(x, target, weight, upstream_seed, **kwargs):
+    tt = torch.from_numpy(target).requires_grad_()
+    loss = TF.cross_entropy(torch.from_numpy(x), tt, None if weight is None else torch.from_numpy(weight), **kwargs)
+    upstream = torch.from_numpy(np.random.default_rng(upstream_seed).standard_normal(loss.shape))
+    (grad,) = torch.autograd.grad(loss, tt, upstream)
+    return grad.numpy(), upstream.numpy()
+
+
+TARGET_CASES = [pytest.param(shape, weighted, smoothing, reduction,
+                             id=f"N{'x'.join(map(str, shape))}-probs{'-weight' if weighted else ''}-ls{smoothing}"
+                                f"-{reduction}")
+                for shape in SHAPES for weighted in (False, True) for smoothing in (0.0, 0.3)
+                for reduction in REDUCTIONS]
+
+
+@pytest.mark.parametrize("shape,weighted,smoothing,reduction", TARGET_CASES)
+def test_probability_target_gradient_matches_torch_float64(shape, weighted, smoothing, reduction, rng):
+    x = rng.standard_normal(shape) * 3
+    target = _targets(rng, shape, probs=True)
+    weight = rng.random(shape[_class_axis(shape)]) + 0.5 if weighted else None
+    kwargs = dict(reduction=reduction, label_smoothing=smoothing)
+    want, upstream = _torch_target_grad(x, target, weight, 4, **kwargs)
+    recomputed = gk.cross_entropy_target_backward(upstream, x, target, weight, **kwargs)
+    loss, unit_grad, lse = gk.cross_entropy_forward(x, target, weight, compute_logsumexp=True, **kwargs)
+    kept = gk.cross_entropy_target_backward(upstream, x, target, weight, logsumexp=lse, **kwargs)
+    assert lse.dtype == np.float64 and lse.shape == tuple(s for a, s in enumerate(shape) if a != _class_axis(shape))
+    assert_close(recomputed, want, "float64")
+    assert_close(kept, want, "float64")
+    assert_close(loss, gk.cross_entropy(x, target, weight, **kwargs), "float64")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_probability_target_gradient_matches_central_differences(reduction, rng):
+    x = rng.standard_normal((3, 5, 2)) * 2
+    target = rng.random((3, 5, 2))  # any float target: the loss is linear in it, probabilities or not
+    weight = rng.random(5) + 0.5
+    kwargs = dict(reduction=reduction, label_smoothing=0.2)
+    upstream = rng.standard_normal((3, 2) if reduction == "none" else ())
+    grad = gk.cross_entropy_target_backward(upstream, x, target, weight, **kwargs)
+    h = 1e-6
+    numeric = np.empty_like(target)
+    for index in np.ndindex(target.shape):
+        step = np.zeros_like(target)
+        step[index] = h
+        change = gk.cross_entropy(x, target + step, weight, **kwargs) - gk.cross_entropy(x, target - step, weight,
+                                                                                          **kwargs)
+        numeric[index] = np.sum(upstream * change) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_probability_target_gradient_in_low_precision(dtype, rng):
+    # float16 computes in float32 and keeps the log-sum-exp in float32 (the gradient subtracts logits from it)
+    x64 = rng.standard_normal((6, 301)) * 4
+    p = rng.random((6, 301))
+    t64 = p / p.sum(1, keepdims=True)
+    x, target = x64.astype(dtype), t64.astype(dtype)
+    want, upstream = _torch_target_grad(x.astype(np.float64), target.astype(np.float64), None, 5, reduction="none")
+    _, _, lse = gk.cross_entropy_forward(x, target, compute_logsumexp=True, compute_grad=False, reduction="none")
+    assert lse.dtype == np.float32
+    for kept in (None, lse):
+        got = gk.cross_entropy_target_backward(upstream.astype(dtype), x, target, reduction="none", logsumexp=kept)
+        assert got.dtype == np.dtype(dtype)
+        assert_close(got, want, dtype, "reduction")
+
+
+def test_probability_target_gradient_of_an_empty_batch_and_one_class():
+    x, target = np.zeros((0, 4)), np.zeros((0, 4))
+    assert gk.cross_entropy_target_backward(np.array(1.0), x, target).shape == (0, 4)
+    one = np.array([[2.5], [-1.0]])  # log_softmax of a single class is 0: so is the gradient
+    assert (gk.cross_entropy_target_backward(np.array(1.0), one, np.ones((2, 1))) == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The gradient of the class weights of probability targets (torch differentiates them there)
+
+
+def _torch_weight_grad(x, target, weight, upstream_seed, **kwargs):
+    wt = torch.from_numpy(weight).requires_grad_()
+    loss = TF.cross_entropy(torch.from_numpy(x), torch.from_numpy(target), wt, **kwargs)
+    upstream = torch.from_numpy(np.random.default_rng(upstream_seed).standard_normal(loss.shape))
+    (grad,) = torch.autograd.grad(loss, wt, upstream)
+    return grad.numpy(), upstream.numpy()
+
+
+WEIGHT_CASES = [pytest.param(shape, smoothing, reduction,
+                             id=f"N{'x'.join(map(str, shape))}-ls{smoothing}-{reduction}")
+                for shape in SHAPES + [(301, 7)] for smoothing in (0.0, 0.3) for reduction in REDUCTIONS]
+
+
+@pytest.mark.parametrize("shape,smoothing,reduction", WEIGHT_CASES)
+def test_class_weight_gradient_matches_torch_float64(shape, smoothing, reduction, rng):
+    # "mean" divides by the number of rows and spatial positions (torch's divisor for probability
+    # targets, whatever the weights); "none" takes a non-uniform upstream gradient
+    x = rng.standard_normal(shape) * 3
+    target = _targets(rng, shape, probs=True)
+    weight = rng.random(shape[_class_axis(shape)]) + 0.5
+    kwargs = dict(reduction=reduction, label_smoothing=smoothing)
+    want, upstream = _torch_weight_grad(x, target, weight, 6, **kwargs)
+    recomputed = gk.cross_entropy_weight_backward(upstream, x, target, weight, **kwargs)
+    _, _, lse = gk.cross_entropy_forward(x, target, weight, compute_logsumexp=True, **kwargs)
+    kept = gk.cross_entropy_weight_backward(upstream, x, target, weight, logsumexp=lse, **kwargs)
+    unweighted = gk.cross_entropy_weight_backward(upstream, x, target, None, logsumexp=lse, **kwargs)
+    assert recomputed.shape == (shape[_class_axis(shape)],) and recomputed.dtype == np.float64
+    for got in (recomputed, kept, unweighted):  # the weights' values do not enter: the loss is linear in them
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_class_weight_gradient_matches_central_differences(reduction, rng):
+    x = rng.standard_normal((3, 5, 2)) * 2
+    target = rng.random((3, 5, 2))  # any float target
+    weight = rng.random(5) + 0.5
+    kwargs = dict(reduction=reduction, label_smoothing=0.2)
+    upstream = rng.standard_normal((3, 2) if reduction == "none" else ())
+    grad = gk.cross_entropy_weight_backward(upstream, x, target, weight, **kwargs)
+    h = 1e-6
+    numeric = np.empty_like(weight)
+    for c in range(5):
+        step = np.zeros_like(weight)
+        step[c] = h
+        change = gk.cross_entropy(x, target, weight + step, **kwargs) - gk.cross_entropy(x, target, weight - step,
+                                                                                          **kwargs)
+        numeric[c] = np.sum(upstream * change) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_class_weight_gradient_in_low_precision(dtype, rng):
+    x64 = rng.standard_normal((40, 301)) * 4
+    p = rng.random((40, 301))
+    x, target = x64.astype(dtype), (p / p.sum(1, keepdims=True)).astype(dtype)
+    weight = (rng.random(301) + 0.5).astype(dtype)
+    want, upstream = _torch_weight_grad(x.astype(np.float64), target.astype(np.float64), weight.astype(np.float64),
+                                        7, reduction="none", label_smoothing=0.1)
+    _, _, lse = gk.cross_entropy_forward(x, target, weight, compute_logsumexp=True, compute_grad=False,
+                                         reduction="none", label_smoothing=0.1)
+    for kept in (None, lse):
+        got = gk.cross_entropy_weight_backward(upstream.astype(dtype), x, target, weight, reduction="none",
+                                               label_smoothing=0.1, logsumexp=kept)
+        assert got.dtype == np.dtype(dtype) and got.shape == (301,)
+        assert_close(got, want, dtype, "reduction")
+
+
+def test_class_weight_gradient_over_many_blocks_is_the_same_bits_every_run(monkeypatch, rng):
+    # small blocks of rows on the thread pool: the blocks' sums are added in block order
+    monkeypatch.setattr(ref, "BLOCK_BYTES", 8 * 13 * 8)
+    x = rng.standard_normal((1000, 13))
+    target = rng.random((1000, 13))
+    upstream = rng.standard_normal(1000)
+    runs = [gk.cross_entropy_weight_backward(upstream, x, target, reduction="none").tobytes() for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    want, _ = _torch_weight_grad(x, target, np.ones(13), 0, reduction="none")
+    got = gk.cross_entropy_weight_backward(np.random.default_rng(0).standard_normal(1000), x, target,
+                                           reduction="none")
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_class_weight_gradient_of_an_empty_batch_and_one_class():
+    grad = gk.cross_entropy_weight_backward(np.array(1.0), np.zeros((0, 4)), np.zeros((0, 4)))
+    assert grad.shape == (4,) and (grad == 0).all()  # a sum over no rows (mean: 0/0 rows scale by 0, as in torch)
+    one = np.array([[2.5], [-1.0]])  # log_softmax of a single class is 0: so is the gradient
+    assert (gk.cross_entropy_weight_backward(np.array(1.0), one, np.ones((2, 1))) == 0).all()

@@ -120,3 +120,212 @@ def test_modules_on_the_triton_kernels(dtype):
     assert loss.dtype == torch_dtype
     assert_close(loss, want.detach().numpy(), dtype, "reduction")
     assert_close(x.grad, x64.grad.numpy(), dtype, "reduction")
+
+
+# ---------------------------------------------------------------------------------------------
+# Probability targets that require grad (torch differentiates them)
+
+
+def _probs(*shape, dtype=torch.float64, device="cpu"):
+    return torch.softmax(torch.randn(*shape, dtype=torch.float64), 1 if len(shape) > 1 else 0).to(device, dtype)
+
+
+@pytest.mark.parametrize("input_grad", [True, False], ids=["input+target", "target-only"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(6, 5), (3, 5, 4), (5,)], ids=lambda s: "N" + "x".join(map(str, s)))
+def test_probability_target_gradient_matches_torch_float64(shape, reduction, input_grad):
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=input_grad)
+    target = _probs(*shape).requires_grad_()
+    weight = torch.rand(5, dtype=torch.float64) + 0.5
+    options = dict(reduction=reduction, label_smoothing=0.15)
+    ours = gnn.CrossEntropyLoss(weight, **options)(x, target)
+    theirs = torch.nn.CrossEntropyLoss(weight, **options)(x, target)
+    upstream = torch.randn_like(theirs)  # non-uniform for "none"
+    leaves = (x, target) if input_grad else (target,)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, leaves, upstream), torch.autograd.grad(theirs, leaves, upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_probability_target_gradcheck():
+    x = torch.randn(4, 6, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(4, 6, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(6, dtype=torch.float64) + 0.5
+    for reduction in ("none", "mean"):
+        assert torch.autograd.gradcheck(
+            lambda v, t: GF.cross_entropy(v, t, weight, reduction=reduction, label_smoothing=0.3), (x, target))
+
+
+def _saved_tensors(fn):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = fn()
+    return loss, saved
+
+
+def test_the_forward_saves_the_log_sum_exp_not_a_softmax():
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    target = _probs(6, 5).requires_grad_()
+    logits = x * 2  # an intermediate: what is saved keeps it alive
+    loss, saved = _saved_tensors(lambda: GF.cross_entropy(logits, target))
+    full = [t for t in saved if t.shape == logits.shape]
+    rows = [t for t in saved if t.shape == (6,)]
+    # the forward's input gradient, the logits and the target (the gradient's formula reads the logits
+    # and the log-sum-exp only); no softmax
+    assert len(full) == 3 and any(t is logits for t in full) and any(t is target for t in full)
+    assert len(rows) == 1 and rows[0].dtype == torch.float64
+    torch.testing.assert_close(rows[0], torch.logsumexp(logits, 1))
+    _, saved_input_only = _saved_tensors(lambda: GF.cross_entropy(logits, target.detach()))
+    assert not any(t is logits for t in saved_input_only)  # the fused forward frees the logits
+
+
+def test_the_target_gradient_comes_from_the_kept_log_sum_exp(monkeypatch):
+    # the backward op receives the forward's log-sum-exp rather than sweeping the rows again
+    import gpukernels.torch._cross_entropy as tce_torch
+
+    seen = []
+    original = tce_torch._ce.cross_entropy_target_backward
+    monkeypatch.setattr(tce_torch._ce, "cross_entropy_target_backward",
+                        lambda *a: (seen.append(a[-1]), original(*a))[1])
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    target = _probs(3, 4).requires_grad_()
+    GF.cross_entropy(x, target, reduction="sum").backward()
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (3,)
+    torch.testing.assert_close(target.grad, -torch.log_softmax(x.detach(), 1))
+
+
+def test_class_weights_of_class_index_targets_that_require_grad_are_refused():
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    weight = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
+    index_target = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(RuntimeError, match="weight requires grad.*no gradient to the class weights of class-index"):
+        GF.cross_entropy(x, index_target, weight)
+    with pytest.raises(RuntimeError, match="weight requires grad"):
+        GF.nll_loss(x, index_target, weight)
+    with pytest.raises(RuntimeError, match="alpha requires grad"):
+        GF.focal_loss(x, index_target, alpha=weight)
+    with pytest.raises(RuntimeError):  # torch refuses it for class indices too
+        TF.cross_entropy(x, index_target, weight).backward()
+    with torch.no_grad():  # no graph, nothing to refuse
+        GF.cross_entropy(x, _probs(4, 5), weight)
+
+
+def test_linear_cross_entropy_refuses_probability_targets():
+    h, w = torch.randn(4, 3), torch.randn(5, 3)
+    with pytest.raises(TypeError, match="target has floating-point dtype float32 but linear_cross_entropy needs "
+                                        "class indices"):
+        GF.linear_cross_entropy(h, w, torch.softmax(torch.randn(4, 5), 1).requires_grad_())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_probability_target_gradient_on_the_triton_kernels(dtype):
+    torch_dtype = getattr(torch, dtype)
+    x = (torch.randn(5, 3, 33, device=DEVICE) * 2).to(torch_dtype).requires_grad_()
+    target = _probs(5, 3, 33, dtype=torch_dtype, device=DEVICE).requires_grad_()
+    weight = (torch.rand(3, device=DEVICE) + 0.5).to(torch_dtype)
+    upstream = torch.randn(5, 33, device=DEVICE).to(torch_dtype)
+    with gk.use_backend("triton"):
+        loss = gnn.CrossEntropyLoss(weight, label_smoothing=0.1, reduction="none")(x, target)
+        loss.backward(upstream)
+    x64, t64 = (a.detach().double().cpu().requires_grad_() for a in (x, target))
+    want = TF.cross_entropy(x64, t64, weight.double().cpu(), label_smoothing=0.1, reduction="none")
+    want.backward(upstream.double().cpu())
+    assert_close(loss, want.detach().numpy(), dtype, "reduction")
+    assert_close(x.grad, x64.grad.numpy(), dtype, "reduction")
+    assert target.grad.dtype == torch_dtype
+    assert_close(target.grad, t64.grad.numpy(), dtype, "reduction")
+
+
+def test_probability_target_gradient_under_torch_compile():
+    compiled = torch.compile(lambda v, t: GF.cross_entropy(v, t, reduction="none", label_smoothing=0.1),
+                             fullgraph=True)
+    x = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    loss = compiled(x, target)
+    upstream = torch.randn_like(loss)
+    want = TF.cross_entropy(x, target, reduction="none", label_smoothing=0.1)
+    torch.testing.assert_close(loss, want)
+    for a, b in zip(torch.autograd.grad(loss, (x, target), upstream), torch.autograd.grad(want, (x, target), upstream)):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Class weights that require grad, with probability targets (torch differentiates them)
+
+
+@pytest.mark.parametrize("leaves", ["weight", "weight+input", "all"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(6, 5), (3, 5, 4), (2, 5, 3, 2), (5,)], ids=lambda s: "N" + "x".join(map(str, s)))
+def test_class_weight_gradient_matches_torch_float64(shape, reduction, leaves):
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=leaves != "weight")
+    target = _probs(*shape).requires_grad_(leaves == "all")
+    weight = torch.nn.Parameter(torch.rand(5, dtype=torch.float64) + 0.5)
+    options = dict(reduction=reduction, label_smoothing=0.15)
+    ours = gnn.CrossEntropyLoss(weight, **options)(x, target)
+    theirs = torch.nn.CrossEntropyLoss(weight, **options)(x, target)
+    upstream = torch.randn_like(theirs)  # non-uniform for "none"
+    wanted = [t for t in (weight, x, target) if t.requires_grad]
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, wanted, upstream), torch.autograd.grad(theirs, wanted, upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_class_weight_gradcheck_and_a_training_step():
+    x = torch.randn(4, 6, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(4, 6, 3, dtype=torch.float64)
+    weight = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
+    for reduction in ("none", "mean", "sum"):
+        assert torch.autograd.gradcheck(
+            lambda v, w: GF.cross_entropy(v, target, w, reduction=reduction, label_smoothing=0.3), (x, weight))
+    # the module's weight as a Parameter: .backward() fills its .grad as torch's does
+    ours, theirs = gnn.CrossEntropyLoss(torch.nn.Parameter(weight.detach().clone())), torch.nn.CrossEntropyLoss(
+        torch.nn.Parameter(weight.detach().clone()))
+    ours(x.detach(), target).backward()
+    theirs(x.detach(), target).backward()
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_the_class_weight_gradient_comes_from_the_kept_log_sum_exp(monkeypatch):
+    import gpukernels.torch._cross_entropy as tce_torch
+
+    seen = []
+    original = tce_torch._ce.cross_entropy_weight_backward
+    monkeypatch.setattr(tce_torch._ce, "cross_entropy_weight_backward",
+                        lambda *a: (seen.append(a[-1]), original(*a))[1])
+    x = torch.randn(3, 4, dtype=torch.float64)
+    target = _probs(3, 4)
+    weight = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+    GF.cross_entropy(x, target, weight, reduction="sum").backward()
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (3,)
+    torch.testing.assert_close(weight.grad, -(target * torch.log_softmax(x, 1)).sum(0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_class_weight_gradient_on_the_triton_kernels(dtype):
+    torch_dtype = getattr(torch, dtype)
+    x = (torch.randn(5, 3, 33, device=DEVICE) * 2).to(torch_dtype).requires_grad_()
+    target = _probs(5, 3, 33, dtype=torch_dtype, device=DEVICE)
+    weight = (torch.rand(3, device=DEVICE) + 0.5).to(torch_dtype).requires_grad_()
+    upstream = torch.randn(5, 33, device=DEVICE).to(torch_dtype)
+    with gk.use_backend("triton"):
+        loss = gnn.CrossEntropyLoss(weight, label_smoothing=0.1, reduction="none")(x, target)
+        loss.backward(upstream)
+    x64, w64 = (a.detach().double().cpu().requires_grad_() for a in (x, weight))
+    want = TF.cross_entropy(x64, target.double().cpu(), w64, label_smoothing=0.1, reduction="none")
+    want.backward(upstream.double().cpu())
+    assert_close(x.grad, x64.grad.numpy(), dtype, "reduction")
+    assert weight.grad.dtype == torch_dtype and weight.grad.shape == (3,)
+    assert_close(weight.grad, w64.grad.numpy(), dtype, "reduction")
+
+
+def test_class_weight_gradient_under_torch_compile():
+    compiled = torch.compile(lambda v, t, w: GF.cross_entropy(v, t, w, reduction="mean", label_smoothing=0.1),
+                             fullgraph=True)
+    x = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(3, 5, 2, dtype=torch.float64)
+    weight = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
+    loss = compiled(x, target, weight)
+    want = TF.cross_entropy(x, target, weight, reduction="mean", label_smoothing=0.1)
+    torch.testing.assert_close(loss, want)
+    for a, b in zip(torch.autograd.grad(loss, (x, weight)), torch.autograd.grad(want, (x, weight))):
+        torch.testing.assert_close(a, b)

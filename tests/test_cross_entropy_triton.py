@@ -266,9 +266,24 @@ def test_linear_cross_entropy(reduction, rng):
 
 def test_compile_cases_cover_every_kind_and_launch():
     cases = list(tce.compile_cases())
-    names = {c.name for c in cases}
-    assert {n.split("[")[1].split(",")[0].rstrip("]") for n in names} == set(tce.KINDS)
-    assert {int(c.tags["block_n"]) for c in cases} == {l.block_n for l in tce.all_launches()}
+    loss_cases = [c for c in cases if c.kernel is tce.cross_entropy_kernel]
+    target_cases = [c for c in cases if c.kernel is tce.cross_entropy_target_grad_kernel]
+    weight_cases = [c for c in cases if c.kernel in (tce.cross_entropy_weight_partial_kernel,
+                                                     tce.cross_entropy_weight_sum_kernel)]
+    assert len(loss_cases) + len(target_cases) + len(weight_cases) == len(cases)
+    assert {c.name.split("[")[1].split(",")[0].rstrip("]") for c in loss_cases} == set(tce.KINDS)
+    assert {c.args["KIND"] for c in loss_cases if c.args["WRITE_LSE"]} == {tce.KINDS["probs"]}
+    # the lse-only launch (the weights' gradient without a kept log-sum-exp) at every tier and dtype
+    assert {(c.tags["dtype"], c.args["BLOCK_N"]) for c in loss_cases if not c.args["WRITE_LOSS"]} == {
+        (dtype, l.block_n) for dtype in tce.GATE_DTYPES for l in tce.all_launches()}
+    assert {(c.kernel, c.tags["dtype"]) for c in weight_cases} == {
+        (k, dtype) for k in (tce.cross_entropy_weight_partial_kernel, tce.cross_entropy_weight_sum_kernel)
+        for dtype in tce.GATE_DTYPES}
+    assert {(c.args["HAS_LSE"], c.args["HAS_WEIGHT"], c.tags["dtype"], c.args["BLOCK_N"]) for c in target_cases} == {
+        (lse, weight, dtype, l.block_n) for lse in (False, True) for weight in (False, True)
+        for dtype in tce.GATE_DTYPES for l in tce.all_launches()}
+    for group in (loss_cases, target_cases):
+        assert {int(c.tags["block_n"]) for c in group} == {l.block_n for l in tce.all_launches()}
     assert tce.row_launch(1) == tce.all_launches()[0] and tce.row_launch(10**6) == tce.all_launches()[-1]
 
 
@@ -279,3 +294,198 @@ def test_non_contiguous_inputs_and_probability_targets_over_a_spatial_dim(rng):
     x = random_tensor(rng, (2, 6, 5), "float32", DEVICE)
     probs = torch.softmax(torch.randn(2, 6, 5, dtype=torch.float64), 1).to(DEVICE, torch.float32)
     _compare("cross_entropy", x, probs, None, "float32", reduction="none", label_smoothing=0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The gradient of a probability target: from the forward's log-sum-exp, or recomputing it
+
+
+def _compare_target_grad(x, target, weight, dtype, **kwargs):
+    """``cross_entropy_target_backward`` on Triton (recomputing the log-sum-exp and with the one
+    the forward kept) against the float64 reference."""
+    upstream_shape = tuple(s for a, s in enumerate(x.shape) if a != (1 if x.dim() > 1 else 0))
+    upstream = torch.randn(upstream_shape if kwargs.get("reduction") == "none" else (), dtype=x.dtype, device=DEVICE)
+    with gk.use_backend("triton"):
+        loss, grad, lse = gk.cross_entropy_forward(x, target, weight, compute_logsumexp=True, **kwargs)
+        recomputed = gk.cross_entropy_target_backward(upstream, x, target, weight, **kwargs)
+        kept = gk.cross_entropy_target_backward(upstream, x, target, weight, logsumexp=lse, **kwargs)
+    with gk.use_backend("numpy"):
+        want_loss, want_grad = gk.cross_entropy_forward(_numpy(x), _numpy(target), _numpy(weight), **kwargs)
+        want = gk.cross_entropy_target_backward(_numpy(upstream), _numpy(x), _numpy(target), _numpy(weight), **kwargs)
+    assert lse.dtype == torch.float32 and lse.shape == upstream_shape
+    assert_close(lse, torch.logsumexp(x.double(), 1 if x.dim() > 1 else 0).cpu().numpy(), "float32", "reduction")
+    assert recomputed.dtype == kept.dtype == target.dtype and kept.shape == target.shape
+    assert_close(loss, want_loss, dtype, "reduction")
+    assert_close(grad, want_grad, dtype, "reduction")
+    assert_close(recomputed, want, dtype, "reduction")
+    assert_close(kept, want, dtype, "reduction")
+
+
+def _probability_target(rows, cols, dtype):
+    return torch.softmax(torch.randn(rows, cols, dtype=torch.float64), 1).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("rows,cols,dtype", CASES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_probability_target_gradient(rows, cols, dtype, reduction, rng):
+    x = random_tensor(rng, (rows, cols), dtype, DEVICE)
+    weight = (torch.rand(cols, dtype=torch.float64) + 0.5).to(DEVICE, x.dtype)
+    _compare_target_grad(x, _probability_target(rows, cols, x.dtype), weight, dtype, reduction=reduction,
+                         label_smoothing=0.2)
+
+
+def test_probability_target_gradient_over_a_spatial_dim_and_a_single_row(rng):
+    x = random_tensor(rng, (2, 6, 5), "float32", DEVICE)
+    probs = torch.softmax(torch.randn(2, 6, 5, dtype=torch.float64), 1).to(DEVICE, torch.float32)
+    _compare_target_grad(x, probs, None, "float32", reduction="sum")
+    x1 = random_tensor(rng, (11,), "float32", DEVICE)
+    _compare_target_grad(x1, torch.softmax(torch.randn(11), 0).to(DEVICE), None, "float32", reduction="none")
+
+
+@pytest.mark.parametrize("launch", tce.all_launches(), ids=lambda l: f"B{l.block_n}-W{l.num_warps}")
+@pytest.mark.parametrize("kept", [False, True], ids=["recompute", "kept"])
+def test_target_gradient_at_every_launch_with_several_chunks(launch, kept, rng):
+    cols = 2 * launch.block_n + 5  # two full chunks and a ragged third
+    x = random_tensor(rng, (3, cols), "float32", DEVICE, scale=20.0)
+    weight = torch.rand(cols, device=DEVICE) + 0.5
+    scale = torch.randn(3, device=DEVICE)
+    lse = torch.logsumexp(x, 1) if kept else None
+    grad = torch.full_like(x, float("nan"))
+    tce.launch_target_grad(x, lse, weight, scale, grad, label_smoothing=0.1, launch=launch)
+    x64 = as_float64(x)
+    want = (torch.logsumexp(torch.from_numpy(x64), 1)[:, None].numpy() - x64) * 0.9 * as_float64(weight)
+    assert_close(grad, want * as_float64(scale)[:, None], "float32", "reduction")
+
+
+def test_target_gradient_of_an_empty_batch_and_zero_classes():
+    with gk.use_backend("triton"):
+        for shape in ((0, 5), (3, 0)):
+            x = torch.randn(*shape, device=DEVICE)
+            grad = gk.cross_entropy_target_backward(torch.tensor(1.0, device=DEVICE), x, torch.rand(*shape,
+                                                                                                  device=DEVICE))
+            assert grad.shape == shape
+
+
+def test_fused_forward_with_input_and_target_requiring_grad(rng, monkeypatch):
+    # one forward launch writes the loss, the input's gradient and the log-sum-exp; backward: one target launch
+    x = random_tensor(rng, (6, 40), "float32", DEVICE).requires_grad_()
+    target = _probability_target(6, 40, torch.float32).requires_grad_()
+    upstream = torch.linspace(-2, 3, 6, device=DEVICE)
+    launches = []
+    for name in ("launch_rows", "launch_target_grad"):
+        original = getattr(tce, name)
+        monkeypatch.setattr(tce, name,
+                            lambda *a, _o=original, _n=name, **k: (launches.append((_n, a, k)), _o(*a, **k))[1])
+    with gk.use_backend("triton"):
+        loss = GF.cross_entropy(x, target, reduction="none", label_smoothing=0.1)
+        gx, gt = torch.autograd.grad(loss, (x, target), upstream)
+    assert [n for n, _, _ in launches] == ["launch_rows", "launch_target_grad"]
+    assert launches[0][1][5] is not None and launches[0][2]["lse"] is not None  # gradient and lse in the forward
+    assert launches[1][1][1] is not None  # the target kernel read the kept log-sum-exp
+    x64, t64 = (a.detach().double().cpu().requires_grad_() for a in (x, target))
+    want = TF.cross_entropy(x64, t64, reduction="none", label_smoothing=0.1)
+    wx, wt = torch.autograd.grad(want, (x64, t64), upstream.double().cpu())
+    assert_close(loss, want.detach().numpy(), "float32", "reduction")
+    assert_close(gx, wx.numpy(), "float32", "reduction")
+    assert_close(gt, wt.numpy(), "float32", "reduction")
+
+
+# ---------------------------------------------------------------------------------------------
+# The gradient of the class weights of probability targets: a two-stage column sum
+
+
+def _compare_weight_grad(x, target, dtype, **kwargs):
+    """``cross_entropy_weight_backward`` on Triton (recomputing the log-sum-exp and with the one
+    the forward kept) against the float64 reference."""
+    upstream_shape = tuple(s for a, s in enumerate(x.shape) if a != (1 if x.dim() > 1 else 0))
+    upstream = torch.randn(upstream_shape if kwargs.get("reduction") == "none" else (), dtype=x.dtype, device=DEVICE)
+    with gk.use_backend("triton"):
+        _, _, lse = gk.cross_entropy_forward(x, target, compute_logsumexp=True, compute_grad=False, **kwargs)
+        recomputed = gk.cross_entropy_weight_backward(upstream, x, target, **kwargs)
+        kept = gk.cross_entropy_weight_backward(upstream, x, target, logsumexp=lse, **kwargs)
+    with gk.use_backend("numpy"):
+        want = gk.cross_entropy_weight_backward(_numpy(upstream), _numpy(x), _numpy(target), **kwargs)
+    classes = x.shape[1 if x.dim() > 1 else 0]
+    for got in (recomputed, kept):
+        assert got.dtype == x.dtype and got.shape == (classes,)
+        assert_close(got, want, dtype, "reduction")
+
+
+@pytest.mark.parametrize("rows,cols,dtype", CASES + [pytest.param(300, 131, "float32", id="R300-C131-float32")])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_class_weight_gradient(rows, cols, dtype, reduction, rng):
+    # 300 rows: two row blocks of the first stage (256 rows each) and a ragged second; 131 and 257
+    # columns: a ragged last column block
+    x = random_tensor(rng, (rows, cols), dtype, DEVICE)
+    _compare_weight_grad(x, _probability_target(rows, cols, x.dtype), dtype, reduction=reduction,
+                         label_smoothing=0.2)
+
+
+def test_class_weight_gradient_over_a_spatial_dim_and_a_single_row(rng):
+    x = random_tensor(rng, (2, 6, 5), "float32", DEVICE)
+    probs = torch.softmax(torch.randn(2, 6, 5, dtype=torch.float64), 1).to(DEVICE, torch.float32)
+    _compare_weight_grad(x, probs, "float32", reduction="sum")
+    x1 = random_tensor(rng, (11,), "float32", DEVICE)
+    _compare_weight_grad(x1, torch.softmax(torch.randn(11), 0).to(DEVICE), "float32", reduction="none")
+
+
+def test_class_weight_gradient_stages_with_small_blocks(rng):
+    # several row blocks and column blocks, every stage-1 partial written before stage 2 reads it
+    launch = tce.WeightLaunch(rows_per_program=32, block_r=16, block_c=16, num_warps=1)
+    rows, cols = 75, 37
+    x = random_tensor(rng, (rows, cols), "float32", DEVICE, scale=5.0)
+    target = torch.rand(rows, cols, device=DEVICE)
+    lse = torch.logsumexp(x, 1)
+    scale = torch.randn(rows, device=DEVICE)
+    blocks = tce.weight_row_blocks(rows, launch)
+    partial = torch.full((blocks, cols), float("nan"), device=DEVICE)
+    out = torch.full((cols,), float("nan"), device=DEVICE)
+    tce.launch_weight_grad(x, target, lse, scale, partial, out, label_smoothing=0.1, launch=launch)
+    x64, t64, s64 = as_float64(x), as_float64(target), as_float64(scale)
+    term = (0.9 * t64 + 0.1 / cols) * (torch.logsumexp(torch.from_numpy(x64), 1)[:, None].numpy() - x64) * s64[:, None]
+    assert blocks == 3
+    assert_close(partial, [term[32 * b:32 * (b + 1)].sum(0) for b in range(3)], "float32", "reduction")
+    assert_close(out, term.sum(0), "float32", "reduction")
+
+
+def test_class_weight_gradient_of_an_empty_batch_and_zero_classes():
+    with gk.use_backend("triton"):
+        grad = gk.cross_entropy_weight_backward(torch.tensor(1.0, device=DEVICE), torch.randn(0, 5, device=DEVICE),
+                                                torch.rand(0, 5, device=DEVICE))
+        assert grad.shape == (5,) and (grad == 0).all()  # stage 2 alone: the zeros of an empty sum
+        grad = gk.cross_entropy_weight_backward(torch.tensor(1.0, device=DEVICE), torch.randn(3, 0, device=DEVICE),
+                                                torch.rand(3, 0, device=DEVICE))
+        assert grad.shape == (0,)
+
+
+def test_class_weight_gradient_is_the_same_bits_every_run(rng):
+    x = random_tensor(rng, (600, 70), "float32", DEVICE)
+    target = _probability_target(600, 70, torch.float32)
+    upstream = torch.randn(600, device=DEVICE)
+    with gk.use_backend("triton"):
+        runs = [gk.cross_entropy_weight_backward(upstream, x, target, reduction="none").cpu().numpy().tobytes()
+                for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_fused_forward_with_input_and_weight_requiring_grad(rng, monkeypatch):
+    # one forward launch writes the loss, the input's gradient and the log-sum-exp; backward: the weights' stages
+    x = random_tensor(rng, (6, 40), "float32", DEVICE).requires_grad_()
+    target = _probability_target(6, 40, torch.float32)
+    weight = (torch.rand(40, device=DEVICE) + 0.5).requires_grad_()
+    upstream = torch.linspace(-2, 3, 6, device=DEVICE)
+    launches = []
+    for name in ("launch_rows", "launch_weight_grad"):
+        original = getattr(tce, name)
+        monkeypatch.setattr(tce, name,
+                            lambda *a, _o=original, _n=name, **k: (launches.append((_n, a, k)), _o(*a, **k))[1])
+    with gk.use_backend("triton"):
+        loss = GF.cross_entropy(x, target, weight, reduction="none", label_smoothing=0.1)
+        gx, gw = torch.autograd.grad(loss, (x, weight), upstream)
+    assert [n for n, _, _ in launches] == ["launch_rows", "launch_weight_grad"]
+    assert launches[0][2]["lse"] is not None and launches[1][1][2] is not None  # the kept log-sum-exp read
+    x64, w64 = (a.detach().double().cpu().requires_grad_() for a in (x, weight))
+    want = TF.cross_entropy(x64, target.double().cpu(), w64, reduction="none", label_smoothing=0.1)
+    wx, ww = torch.autograd.grad(want, (x64, w64), upstream.double().cpu())
+    assert_close(gx, wx.numpy(), "float32", "reduction")
+    assert_close(gw, ww.numpy(), "float32", "reduction")

@@ -60,6 +60,14 @@ def _classes(*shape, classes=5, ignored=True):
     return target
 
 
+def _probs(*shape):
+    return torch.softmax(torch.randn(*shape), 1).requires_grad_()
+
+
+def _logsumexp(x, dim):
+    return torch.logsumexp(x.detach(), dim)
+
+
 def _norm_backward_args(name, add, rms, shape=(3, 7), normalized=(7,), affine=True):
     x = _r(*shape)
     residual = (_r(*shape),) if add else ()
@@ -148,7 +156,21 @@ SAMPLES = {
     # cross-entropy family: ignored targets, class weights, probability targets, spatial dims
     "cross_entropy": lambda: [(_r(6, 5), _classes(6), torch.rand(5), -100, "mean", 0.1, True),
                               (_r(2, 5, 3), _classes(2, 3), None, -100, "none", 0.0, False),
-                              (_r(4, 5), torch.softmax(torch.randn(4, 5), 1), None, -100, "sum", 0.2, True)],
+                              (_r(4, 5), torch.softmax(torch.randn(4, 5), 1), None, -100, "sum", 0.2, True),
+                              # probability targets that require grad: the row log-sum-exp kept for them
+                              (_r(4, 5), _probs(4, 5), torch.rand(5), -100, "mean", 0.2, True, True),
+                              (_r(2, 5, 3, grad=False), _probs(2, 5, 3), None, -100, "none", 0.0, False, True),
+                              # class weights that require grad (probability targets): differentiated too
+                              (_r(4, 5, grad=False), _probs(4, 5).detach(), torch.rand(5).requires_grad_(), -100,
+                               "mean", 0.2, False, True),
+                              (_r(2, 5, 3), _probs(2, 5, 3), torch.rand(5).requires_grad_(), -100, "none", 0.1, True,
+                               True)],
+    "cross_entropy_target_backward": lambda: [
+        (_r(()), _r(4, 5), _probs(4, 5), torch.rand(5), -100, "mean", 0.1, _logsumexp(_r(4, 5), 1)),
+        (_r(2, 3), _r(2, 5, 3), _probs(2, 5, 3), None, -100, "none", 0.0, None)],
+    "cross_entropy_weight_backward": lambda: [
+        (_r(()), _r(4, 5), _probs(4, 5), torch.rand(5), -100, "mean", 0.1, _logsumexp(_r(4, 5), 1)),
+        (_r(2, 3), _r(2, 5, 3), _probs(2, 5, 3), None, -100, "none", 0.0, None)],
     "focal_loss": lambda: [(_r(6, 5), _classes(6), torch.rand(5), 2.0, -100, "mean", True),
                            (_r(2, 5, 3), _classes(2, 3), None, 0.5, -100, "none", False)],
     "cross_entropy_backward": lambda: [(_r(()), _r(6, 5), _classes(6), torch.rand(5), -100, "mean", 0.1),

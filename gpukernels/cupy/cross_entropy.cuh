@@ -154,4 +154,83 @@ GK_HD void ce_thread_grad(const T* x, const T* probs, const T* weight, T* grad, 
   }
 }
 
+// A probability target's gradient: d loss / d t_k = (1 - s) w_k (lse - x_k), times the row's
+// scale; factor = (1 - s) scale. Derived in gpukernels/reference/cross_entropy.py.
+template <class T>
+GK_HD float ce_target_grad(float v, const T* weight, long long k, float lse, float factor) {
+  return (lse - v) * factor * class_weight(weight, k);
+}
+
+template <class T>
+GK_HD void ce_thread_target_grad(const T* x, const T* weight, T* grad, long long n, float lse, float factor, int tid,
+                                 int nthreads) {
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(x) && aligned16(grad);
+  for (long long c = tid; c < chunks; c += nthreads) {
+    const long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first), out;
+      for (int j = 0; j < V; ++j)
+        out.v[j] = from_float<T>(ce_target_grad(to_float(in.v[j]), weight, first + j, lse, factor));
+      *reinterpret_cast<Vec16<T>*>(grad + first) = out;
+    } else {
+      for (long long k = first; k < n && k < first + V; ++k)
+        grad[k] = from_float<T>(ce_target_grad(to_float(x[k]), weight, k, lse, factor));
+    }
+  }
+}
+
+// The class weights' gradient of probability targets (derived in gpukernels/reference/cross_entropy.py):
+// d loss / d w_k = sum_r g_r ((1 - s) t_rk + s / C) (lse_r - x_rk), a column sum in two stages. A
+// thread owns a 16-byte chunk of columns and adds its rows in row order: the same bits every run.
+GK_HD float ce_weight_term(float t, float v, float lse, float scale, float smoothing, float uniform) {
+  return (t * (1.0f - smoothing) + uniform) * (lse - v) * scale;
+}
+
+// Stage 1: the chunk of columns [first, first + V) of rows [row0, row1) into out (the block's row of
+// partials). Every row's chunk moves as one 128-bit load when all of them are aligned (aligned
+// starts and a row length of whole chunks), element by element otherwise.
+template <class T>
+GK_HD void ce_weight_partial_chunk(const T* x, const T* probs, const float* lse, const float* scale,
+                                   long long scale_stride, long long row0, long long row1, long long cols,
+                                   long long first, float smoothing, float* out) {
+  const int V = Vec16<T>::size;
+  const float uniform = smoothing / float(cols);
+  const bool vector = first + V <= cols && cols % V == 0 && aligned16(x) && aligned16(probs);
+  float acc[Vec16<T>::size];
+  for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+  for (long long r = row0; r < row1; ++r) {
+    const long long at = r * cols + first;
+    const float l = lse[r], g = scale[r * scale_stride];
+    if (vector) {
+      Vec16<T> xs = *reinterpret_cast<const Vec16<T>*>(x + at), ts = *reinterpret_cast<const Vec16<T>*>(probs + at);
+      for (int j = 0; j < V; ++j)
+        acc[j] += ce_weight_term(to_float(ts.v[j]), to_float(xs.v[j]), l, g, smoothing, uniform);
+    } else {
+      for (int j = 0; j < V && first + j < cols; ++j)
+        acc[j] += ce_weight_term(to_float(probs[at + j]), to_float(x[at + j]), l, g, smoothing, uniform);
+    }
+  }
+  for (int j = 0; j < V && first + j < cols; ++j) out[first + j] = acc[j];
+}
+
+// Stage 2: the chunk of columns [first, first + 4) of the [blocks, cols] float32 partials, added in
+// block order, into out (the storage type).
+template <class T>
+GK_HD void ce_weight_sum_chunk(const float* partial, T* out, long long blocks, long long cols, long long first) {
+  const bool vector = first + 4 <= cols && cols % 4 == 0 && aligned16(partial);
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (long long b = 0; b < blocks; ++b) {
+    const float* row = partial + b * cols + first;
+    if (vector) {
+      Vec16<float> chunk = *reinterpret_cast<const Vec16<float>*>(row);
+      for (int j = 0; j < 4; ++j) acc[j] += chunk.v[j];
+    } else {
+      for (int j = 0; j < 4 && first + j < cols; ++j) acc[j] += row[j];
+    }
+  }
+  for (int j = 0; j < 4 && first + j < cols; ++j) out[first + j] = from_float<T>(acc[j]);
+}
+
 }  // namespace gk

@@ -22,6 +22,12 @@ a batch whose every target is ignored gives 0/0 = NaN, as torch does. Backward f
 the upstream gradient first (``cross_entropy_backward(grad_output, input, target, ...)``,
 ``nll_loss_backward``, ``focal_loss_backward``, ``linear_cross_entropy_backward``) and return
 the gradient w.r.t. ``input`` (and, for linear + cross-entropy, ``weight`` and ``bias``).
+``cross_entropy_target_backward`` returns the gradient w.r.t. a probability ``target``
+(``-(1 - label_smoothing) * weight * log_softmax(input)`` scaled as the input's), from the
+row log-sum-exp that ``cross_entropy_forward(..., compute_logsumexp=True)`` hands back, or
+recomputing it; ``cross_entropy_weight_backward`` (same arguments) the gradient w.r.t. the
+class weights of probability targets, a deterministic two-stage column sum. Class-index targets
+get no gradient, nor do their class weights (torch refuses a weight that requires grad there).
 
 Every check runs before any backend does; class-index targets are checked against the class
 count, which reads the targets on the host (one device synchronisation on a GPU).
@@ -36,6 +42,7 @@ from typing import Any
 
 from .._dispatch import array_library, call
 from ._checks import check_array, check_choice, check_float, check_match, check_real_number, device_name, dtype_name
+from .attention import _float32_template
 
 REDUCTIONS = ("none", "mean", "sum")
 INDEX_DTYPES = ("int8", "int16", "int32", "int64", "uint8")
@@ -201,9 +208,14 @@ def _prepare(kind_name: str, input, target, weight, weight_name: str, ignore_ind
 
 
 def _run(family_op: str, rows: _Rows, weight, grad_output, params: dict):
-    loss, grad = call("cross_entropy", family_op, (rows.input, rows.target, weight, grad_output), params,
-                      returns_like=(rows.input, rows.input))
-    return rows.loss(loss, params["reduction"]), rows.grad(grad)
+    """(loss, gradient w.r.t. input, row log-sum-exp in the loss's "none" shape), each None
+    unless asked for; the log-sum-exp float32 (float64 for float64 input) whatever the storage."""
+    templates = (rows.input, rows.input)
+    if family_op == "cross_entropy_rows":  # nll_loss_rows has no log-sum-exp
+        templates += (_float32_template(rows.input),)
+    loss, grad, *lse = call("cross_entropy", family_op, (rows.input, rows.target, weight, grad_output), params,
+                            returns_like=templates)
+    return rows.loss(loss, params["reduction"]), rows.grad(grad), rows.loss(next(iter(lse), None), "none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,14 +223,18 @@ def _run(family_op: str, rows: _Rows, weight, grad_output, params: dict):
 
 
 def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, grad_output, compute_loss,
-                   compute_grad):
+                   compute_grad, compute_logsumexp=False):
     rows, probs, ignore_index, reduction = _prepare("cross_entropy", input, target, weight, "weight", ignore_index,
                                                     reduction, allow_probs=True)
     smoothing = _check_smoothing(label_smoothing)
+    if compute_logsumexp and not probs:
+        raise ValueError("compute_logsumexp=True needs probability targets (a float target of input's shape): the "
+                         "log-sum-exp is kept for the target's gradient, and class-index targets have none")
     if grad_output is not None:
         _check_grad_output(grad_output, input, reduction, rows.none_shape)
     params = dict(kind="probs" if probs else "index", reduction=reduction, ignore_index=ignore_index,
-                  label_smoothing=smoothing, compute_loss=compute_loss, compute_grad=compute_grad)
+                  label_smoothing=smoothing, compute_loss=compute_loss, compute_grad=compute_grad,
+                  compute_logsumexp=compute_logsumexp)
     return _run("cross_entropy_rows", rows, weight, rows.upstream(grad_output, reduction), params)
 
 
@@ -230,18 +246,93 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, ignore_index: int
 
 
 def cross_entropy_forward(input: Any, target: Any, weight: Any = None, ignore_index: int = -100,
-                          reduction: str = "mean", label_smoothing: float = 0.0, compute_grad: bool = True):
+                          reduction: str = "mean", label_smoothing: float = 0.0, compute_grad: bool = True,
+                          compute_logsumexp: bool = False):
     """``(loss, grad_input for grad_output = 1)`` from one kernel (None for the gradient unless
     ``compute_grad``): the loss as the last consumer of the logits. For "none" the gradient is
-    that of every row's own loss; multiply row r by the upstream ``grad_output[r]``."""
-    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, None, True,
-                          bool(compute_grad))
+    that of every row's own loss; multiply row r by the upstream ``grad_output[r]``.
+    ``compute_logsumexp`` (probability targets only) adds a third result, the row log-sum-exp
+    (the loss's "none" shape, float32, float64 for float64 input), which
+    ``cross_entropy_target_backward`` takes instead of sweeping the rows again."""
+    loss, grad, lse = _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, None, True,
+                                     bool(compute_grad), bool(compute_logsumexp))
+    return (loss, grad, lse) if compute_logsumexp else (loss, grad)
 
 
 def cross_entropy_backward(grad_output: Any, input: Any, target: Any, weight: Any = None, ignore_index: int = -100,
                            reduction: str = "mean", label_smoothing: float = 0.0) -> Any:
     """Gradient of ``cross_entropy`` w.r.t. ``input`` (``softmax * sum(q) - q`` scaled)."""
     return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, grad_output, False, True)[1]
+
+
+def _check_logsumexp(logsumexp: Any, input: Any, none_shape: tuple[int, ...]) -> None:
+    """The log-sum-exp as ``cross_entropy_forward`` returns it: input's library and device,
+    float64 for float64 input and float32 otherwise, the loss's "none" shape."""
+    check_array(logsumexp, "logsumexp")
+    if array_library(logsumexp) != array_library(input):
+        raise TypeError(f"logsumexp is a {array_library(logsumexp)} array but input is a {array_library(input)} "
+                        "array; pass arrays of one library")
+    if device_name(logsumexp) != device_name(input):
+        raise ValueError(f"logsumexp is on {device_name(logsumexp)} but input is on {device_name(input)}")
+    check_float(logsumexp, "logsumexp", ("float64",) if dtype_name(input) == "float64" else ("float32",))
+    if tuple(logsumexp.shape) != none_shape:
+        raise ValueError(f"logsumexp has shape {tuple(logsumexp.shape)} but input {tuple(input.shape)} has rows of "
+                         f"shape {none_shape} (its shape without the class dim)")
+
+
+def _probability_backward(op_name: str, grad_output, input, target, weight, ignore_index, reduction,
+                          label_smoothing, logsumexp):
+    """(rows, flat log-sum-exp or None, reduction, smoothing) of a probability-target backward
+    call, after every check; class-index targets are refused."""
+    probs, ignore_index, reduction = check_row_options(op_name, input, target, weight, "weight", ignore_index,
+                                                       reduction, allow_probs=True, values=False)
+    if not probs:
+        raise TypeError(f"target has dtype {dtype_name(target)} and shape {tuple(target.shape)}: class indices, "
+                        f"which have no gradient (nor have their class weights); {op_name} needs probability "
+                        f"targets (a float array of input's shape {tuple(input.shape)})")
+    smoothing = _check_smoothing(label_smoothing)
+    rows = _Rows(input, target, probs=True)
+    _check_grad_output(grad_output, input, reduction, rows.none_shape)
+    if logsumexp is not None:
+        _check_logsumexp(logsumexp, input, rows.none_shape)
+        logsumexp = logsumexp.reshape(-1)
+    return rows, logsumexp, reduction, smoothing
+
+
+def cross_entropy_target_backward(grad_output: Any, input: Any, target: Any, weight: Any = None,
+                                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                                  logsumexp: Any = None) -> Any:
+    """Gradient of ``cross_entropy`` w.r.t. a probability ``target``:
+    ``-(1 - label_smoothing) * weight[c] * log_softmax(input)[c]`` times the upstream gradient
+    (over the number of rows for "mean", torch's divisor for probability targets). ``logsumexp``
+    is the row log-sum-exp from ``cross_entropy_forward(..., compute_logsumexp=True)``; None
+    recomputes it (one more sweep over the logits). Class-index targets have no gradient: a
+    TypeError."""
+    rows, logsumexp, reduction, smoothing = _probability_backward(
+        "cross_entropy_target_backward", grad_output, input, target, weight, ignore_index, reduction,
+        label_smoothing, logsumexp)
+    grad = call("cross_entropy", "cross_entropy_target_rows",
+                (rows.input, logsumexp, weight, rows.upstream(grad_output, reduction)),
+                dict(reduction=reduction, label_smoothing=smoothing), returns_like=rows.input)
+    return rows.grad(grad)
+
+
+def cross_entropy_weight_backward(grad_output: Any, input: Any, target: Any, weight: Any = None,
+                                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                                  logsumexp: Any = None) -> Any:
+    """Gradient of ``cross_entropy`` with probability targets w.r.t. the class weights ``[C]``
+    (input's dtype): ``-sum_r g_r ((1 - s) t_rc + s / C) log_softmax(input)_rc`` with ``g_r`` the
+    upstream gradient (over the number of rows for "mean"), summed over every row and spatial
+    position in a fixed order (the same bits every run). The arguments are
+    ``cross_entropy_target_backward``'s; ``weight``'s values do not enter (the loss is linear in
+    it) and it may be None. Class-index targets: a TypeError (torch gives the weights no
+    gradient there either)."""
+    rows, logsumexp, reduction, smoothing = _probability_backward(
+        "cross_entropy_weight_backward", grad_output, input, target, weight, ignore_index, reduction,
+        label_smoothing, logsumexp)
+    return call("cross_entropy", "cross_entropy_weight_rows",
+                (rows.input, rows.target, logsumexp, rows.upstream(grad_output, reduction)),
+                dict(reduction=reduction, label_smoothing=smoothing), returns_like=rows.input)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +385,7 @@ def focal_loss(input: Any, target: Any, gamma: float = 2.0, alpha: Any = None, i
 def focal_loss_forward(input: Any, target: Any, gamma: float = 2.0, alpha: Any = None, ignore_index: int = -100,
                        reduction: str = "mean", compute_grad: bool = True):
     """``(loss, grad_input for grad_output = 1)`` from one kernel, as ``cross_entropy_forward``."""
-    return _focal(input, target, gamma, alpha, ignore_index, reduction, None, True, bool(compute_grad))
+    return _focal(input, target, gamma, alpha, ignore_index, reduction, None, True, bool(compute_grad))[:2]
 
 
 def focal_loss_backward(grad_output: Any, input: Any, target: Any, gamma: float = 2.0, alpha: Any = None,
@@ -389,7 +480,9 @@ def linear_cross_entropy_backward(grad_output: Any, input: Any, weight: Any, tar
 
 
 __all__ = [
-    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
+    "cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_target_backward",
+    "cross_entropy_weight_backward", "nll_loss",
+    "nll_loss_backward",
     "focal_loss", "focal_loss_forward", "focal_loss_backward", "linear_cross_entropy",
     "linear_cross_entropy_forward", "linear_cross_entropy_backward",
 ]

@@ -1,5 +1,6 @@
 """The cross-entropy family as PyTorch operators (``torch.ops.gpukernels.cross_entropy``,
-``focal_loss``, ``nll_loss``, ``linear_cross_entropy`` and their backward ops, see ``_library``).
+``focal_loss``, ``nll_loss``, ``linear_cross_entropy``, their backward ops and
+``cross_entropy_target_backward``, see ``_library``).
 
 Cross-entropy and focal loss compute the input gradient in the forward kernel when the input
 requires grad (the loss as the last consumer of the logits): the op returns it as a second,
@@ -7,9 +8,15 @@ non-differentiable output (``compute_grad=True``), saved for backward instead of
 backward multiplies it by the upstream gradient (per row for ``reduction="none"``, so a
 non-uniform upstream gradient is exact). Without ``compute_grad`` (an input that does not require
 grad, or grad mode off) the kernel does no gradient work, and should a gradient still be asked
-for (a direct call of the op), backward runs the backward op on the saved logits. Targets and
-class weights get no gradient (as for torch's class-index targets; probability targets are
-treated as constants too).
+for (a direct call of the op), backward runs the backward op on the saved logits.
+
+Probability targets get their gradient, as in torch, and so do their class weights: when the
+target or the weight requires grad the forward kernel also keeps each row's log-sum-exp
+(``compute_logsumexp=True``: one float per row, not the softmax), and backward runs
+``cross_entropy_target_backward`` / ``cross_entropy_weight_backward`` (a deterministic column sum)
+on the logits and it. Class-index targets have no gradient, nor do their class weights, nor the
+weights of ``nll_loss`` and the focal loss's ``alpha``: the functions here refuse such a weight
+that requires grad with a RuntimeError, as torch refuses it for class indices and ``nll_loss``.
 
 The linear + cross-entropy returns its three gradients the same way for "mean" and "sum"; for
 "none" a row's share of the weight gradient depends on its upstream gradient, so backward
@@ -43,10 +50,32 @@ def _grad_or_placeholder(grad, input: Tensor) -> Tensor:
 
 @op("cross_entropy")
 def _cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str,
-                   label_smoothing: float, compute_grad: bool) -> tuple[Tensor, Tensor]:
-    loss, grad = _ce.cross_entropy_forward(input, target, weight, ignore_index, reduction, label_smoothing,
-                                           compute_grad=compute_grad)
-    return fresh(loss, input, target, weight), _grad_or_placeholder(grad, input)
+                   label_smoothing: float, compute_grad: bool,
+                   compute_logsumexp: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, input gradient for an upstream gradient of 1, row log-sum-exp), the last two empty
+    placeholders unless ``compute_grad`` / ``compute_logsumexp`` (probability targets only)."""
+    loss, grad, *lse = _ce.cross_entropy_forward(input, target, weight, ignore_index, reduction, label_smoothing,
+                                                 compute_grad=compute_grad, compute_logsumexp=compute_logsumexp)
+    return (fresh(loss, input, target, weight), _grad_or_placeholder(grad, input),
+            _grad_or_placeholder(next(iter(lse), None), input))
+
+
+@op("cross_entropy_target_backward")
+def _cross_entropy_target_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Tensor | None,
+                                   ignore_index: int, reduction: str, label_smoothing: float,
+                                   logsumexp: Tensor | None) -> Tensor:
+    return fresh(_ce.cross_entropy_target_backward(grad_output.to(input.dtype).contiguous(), input, target, weight,
+                                                   ignore_index, reduction, label_smoothing, logsumexp),
+                 grad_output, input, target)
+
+
+@op("cross_entropy_weight_backward")
+def _cross_entropy_weight_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Tensor | None,
+                                   ignore_index: int, reduction: str, label_smoothing: float,
+                                   logsumexp: Tensor | None) -> Tensor:
+    return fresh(_ce.cross_entropy_weight_backward(grad_output.to(input.dtype).contiguous(), input, target, weight,
+                                                   ignore_index, reduction, label_smoothing, logsumexp),
+                 grad_output, input, target, weight)
 
 
 @op("focal_loss")
@@ -125,8 +154,10 @@ def _fake_gradient(x: Tensor | None, wanted: bool, template: Tensor) -> Tensor:
 
 
 @_cross_entropy.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, compute_grad):
-    return empty(input, _loss_shape(input, reduction)), _fake_gradient(input, compute_grad, input)
+def _(input, target, weight, ignore_index, reduction, label_smoothing, compute_grad, compute_logsumexp=False):
+    lse_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    lse = empty(input, _loss_shape(input, "none"), lse_dtype) if compute_logsumexp else input.new_empty(0)
+    return empty(input, _loss_shape(input, reduction)), _fake_gradient(input, compute_grad, input), lse
 
 
 @_focal_loss.register_fake
@@ -141,6 +172,9 @@ def _(input, target, weight, ignore_index, reduction):
 
 for _op in (_cross_entropy_backward, _focal_loss_backward, _nll_loss_backward):
     _op.register_fake(lambda grad_output, input, *rest: empty(input))
+_cross_entropy_target_backward.register_fake(lambda grad_output, input, target, *rest: empty(target))
+_cross_entropy_weight_backward.register_fake(
+    lambda grad_output, input, *rest: empty(input, (input.shape[_ce.class_axis(input)],)))
 
 
 @_linear_cross_entropy.register_fake
@@ -177,31 +211,45 @@ def _once_differentiable() -> None:
 
 
 def _fused_setup(ctx, inputs, output):
-    """cross_entropy and focal_loss: save the forward's gradient, or (without one) the inputs."""
-    input, target, weights, *options, compute_grad = inputs
-    loss, grad = output
-    ctx.mark_non_differentiable(grad)
+    """cross_entropy and focal_loss: save the forward's gradient, or (without one) the logits;
+    the logits and the row log-sum-exp too when a probability target or its class weights want
+    a gradient."""
+    kept_logsumexp = len(inputs) == 8 and inputs[7]  # cross_entropy's compute_logsumexp
+    input, target, weights, *options, compute_grad = inputs[:7]
+    grad, *lse = output[1:]
+    ctx.mark_non_differentiable(*output[1:])
     ctx.options, ctx.compute_grad = tuple(options), compute_grad
     ctx.reduction = next(o for o in options if isinstance(o, str))  # the only string option of either op
     ctx.axis = _ce.class_axis(input)
-    ctx.save_for_backward(*((grad,) if compute_grad else (input, target, weights)))
+    # the logits stay alive only where backward reads them: no forward gradient, or the target's
+    # or the class weights' (probability targets only)
+    wants_target = len(output) == 3 and target.is_floating_point() and (
+        target.requires_grad or (weights is not None and weights.requires_grad))
+    ctx.save_for_backward(grad if compute_grad else None, input if wants_target or not compute_grad else None,
+                          target, weights, lse[0] if kept_logsumexp else None)
 
 
-def _fused_gradients(backward_op):
-    def gradients(ctx, grad_output, _grad_of_grad):
-        grad = None
+def _fused_gradients(backward_op, target_backward_op=None, weight_backward_op=None):
+    def gradients(ctx, grad_output, *_grads_of_outputs):
+        grad, input, target, weights, lse = ctx.saved_tensors
+        grad_input = grad_target = grad_weight = None
         if ctx.needs_input_grad[0]:
             if ctx.compute_grad:
                 _once_differentiable()
-                grad = _unit_gradient_times(ctx.saved_tensors[0], grad_output, ctx.reduction, ctx.axis)
+                grad_input = _unit_gradient_times(grad, grad_output, ctx.reduction, ctx.axis)
             else:
-                grad = backward_op(grad_output, *ctx.saved_tensors, *ctx.options)
-        return grad, None, None, None, None, None, None
+                grad_input = backward_op(grad_output, input, target, weights, *ctx.options)
+        if ctx.needs_input_grad[1] and target_backward_op is not None and target.is_floating_point():
+            grad_target = target_backward_op(grad_output, input, target, weights, *ctx.options, lse)
+        if ctx.needs_input_grad[2] and weight_backward_op is not None and target.is_floating_point():
+            grad_weight = weight_backward_op(grad_output, input, target, weights, *ctx.options, lse)
+        return (grad_input, grad_target, grad_weight) + (None,) * (len(ctx.needs_input_grad) - 3)
 
     return gradients
 
 
-_cross_entropy.register_autograd(_fused_gradients(_cross_entropy_backward), setup_context=_fused_setup)
+_cross_entropy.register_autograd(_fused_gradients(_cross_entropy_backward, _cross_entropy_target_backward,
+                                                  _cross_entropy_weight_backward), setup_context=_fused_setup)
 _focal_loss.register_autograd(_fused_gradients(_focal_loss_backward), setup_context=_fused_setup)
 
 
@@ -264,15 +312,28 @@ def _wants_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _refuse_weight_grad(op_name: str, weight: Tensor | None, name: str = "weight") -> None:
+    """A class weight that requires grad would silently get none: refused, as torch refuses it
+    for class-index targets and nll_loss (probability targets differentiate it: not called there)."""
+    if _wants_grad(weight):
+        raise RuntimeError(f"{name} requires grad, but gpukernels {op_name} gives no gradient to the class weights "
+                           f"of class-index targets; pass {name}.detach() (torch's nll_loss and class-index "
+                           "cross_entropy refuse such a weight too)")
+
+
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                   size_average=None, ignore_index: int = -100, reduce=None, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> torch.Tensor:
     """``torch.nn.functional.cross_entropy``: same arguments (legacy ones included)."""
     checked = autocast_inputs(_ROW_AUTOCAST, input, target, weight)  # the dtypes the op will see
-    _, ignore_index, reduction = _ce.check_row_options("cross_entropy", *checked, "weight", ignore_index,
-                                                       _legacy(size_average, reduce, reduction), True, values=False)
+    probs, ignore_index, reduction = _ce.check_row_options("cross_entropy", *checked, "weight", ignore_index,
+                                                           _legacy(size_average, reduce, reduction), True,
+                                                           values=False)
     label_smoothing = _ce._check_smoothing(label_smoothing)
-    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, _wants_grad(input))[0]
+    if not probs:
+        _refuse_weight_grad("cross_entropy", weight)
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, _wants_grad(input),
+                          probs and _wants_grad(target, weight))[0]
 
 
 def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, size_average=None,
@@ -281,6 +342,7 @@ def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     checked = autocast_inputs(_ROW_AUTOCAST, input, target, weight)
     _, ignore_index, reduction = _ce.check_row_options("nll_loss", *checked, "weight", ignore_index,
                                                        _legacy(size_average, reduce, reduction), False, values=False)
+    _refuse_weight_grad("nll_loss", weight)
     return _nll_loss(input, target, weight, ignore_index, reduction)
 
 
@@ -293,6 +355,7 @@ def focal_loss(input: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, al
     gamma = _ce.check_real_number(gamma, "gamma")
     if not gamma >= 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
+    _refuse_weight_grad("focal_loss", alpha, "alpha")
     return _focal_loss(input, target, alpha, gamma, ignore_index, reduction, _wants_grad(input))[0]
 
 
