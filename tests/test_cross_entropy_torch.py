@@ -94,6 +94,25 @@ def test_linear_cross_entropy_gradients(reduction):
         torch.testing.assert_close(a, c)
 
 
+def test_linear_cross_entropy_module_trains_an_lm_head_as_torch_does():
+    # The module takes the model's own projection: gradients land on lm_head's parameters.
+    torch.manual_seed(3)
+    head = torch.nn.Linear(8, 13, dtype=torch.float64)
+    twin = torch.nn.Linear(8, 13, dtype=torch.float64)
+    twin.load_state_dict(head.state_dict())
+    h = torch.randn(7, 8, dtype=torch.float64)
+    target = _targets(7, 13)
+    loss_fn = gnn.LinearCrossEntropyLoss(label_smoothing=0.2, chunk_size=2)
+    ours = loss_fn(h, head.weight, target, head.bias)
+    theirs = torch.nn.CrossEntropyLoss(label_smoothing=0.2)(twin(h), target)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(head.weight.grad, twin.weight.grad)
+    torch.testing.assert_close(head.bias.grad, twin.bias.grad)
+    assert "chunk_size=2" in repr(loss_fn)
+
+
 def test_linear_cross_entropy_only_weight_requires_grad():
     h = torch.randn(6, 4, dtype=torch.float64)
     w = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)

@@ -9,7 +9,7 @@ from .linear import MLP, Linear
 from .softmax import LogSoftmax, Softmax
 from .loss import BCELoss, BCEWithLogitsLoss, HuberLoss, L1Loss, MSELoss, SigmoidFocalLoss, SmoothL1Loss
 from . import utils
-from .cross_entropy import CrossEntropyLoss, FocalLoss, NLLLoss
+from .cross_entropy import CrossEntropyLoss, FocalLoss, LinearCrossEntropyLoss, NLLLoss
 from .normalization import LayerNorm, RMSNorm
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss", "SigmoidFocalLoss", "CrossEntropyLoss", "NLLLoss", "FocalLoss", "LayerNorm", "RMSNorm", "Linear", "MLP"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "AdditiveAttention", "DotAttention", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss", "SigmoidFocalLoss", "CrossEntropyLoss", "NLLLoss", "FocalLoss", "LinearCrossEntropyLoss", "LayerNorm", "RMSNorm", "Linear", "MLP"]

@@ -1,7 +1,9 @@
 """Cross-entropy losses, drop-in for torch.nn.CrossEntropyLoss and torch.nn.NLLLoss: they are
 torch's own loss base classes (same constructor arguments, the legacy ``size_average``/``reduce``
 with torch's warning, ``weight`` a buffer, so ``state_dict`` moves unchanged) whose forward runs
-our ops. FocalLoss is the multi-class focal loss (``alpha`` a buffer like ``weight``)."""
+our ops. FocalLoss is the multi-class focal loss (``alpha`` a buffer like ``weight``).
+LinearCrossEntropyLoss is the last layer and the loss in one: it takes the hidden states and the
+output projection's weight, so the (N, V) logits are never built."""
 
 from __future__ import annotations
 
@@ -58,4 +60,32 @@ class FocalLoss(torch.nn.Module):
         return f"gamma={self.gamma}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
 
 
-__all__ = ["CrossEntropyLoss", "NLLLoss", "FocalLoss"]
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """``cross_entropy(input @ weight.T + bias, target)`` computed a chunk of rows at a time.
+
+    The projection belongs to the model (typically its ``lm_head``), so ``forward`` takes its
+    ``weight`` and ``bias`` as arguments, in ``F.linear``'s order: ``loss(hidden, lm_head.weight,
+    target, lm_head.bias)``. Class-index targets only."""
+
+    __constants__ = ["ignore_index", "reduction", "label_smoothing", "chunk_size"]
+
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                 chunk_size: int | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.chunk_size = chunk_size
+
+    def forward(self, input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear_cross_entropy(input, weight, target, bias, ignore_index=self.ignore_index,
+                                      reduction=self.reduction, label_smoothing=self.label_smoothing,
+                                      chunk_size=self.chunk_size)
+
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}, chunk_size={self.chunk_size}")
+
+
+__all__ = ["CrossEntropyLoss", "NLLLoss", "FocalLoss", "LinearCrossEntropyLoss"]
