@@ -50,6 +50,12 @@ from .activation import _tanh
 # ---------------------------------------------------------------------------------------------
 # Kernel pieces
 
+# One binary per cell, dtype and tile: no argument is specialised on its value (1, multiples of
+# 16) or on its pointer's alignment. The time loop runs on products of on-chip tiles, which such
+# hints do not speed up, and it keeps the compile gate to one build per configuration.
+_RUNTIME_ONLY = ["gx_ptr", "h0_ptr", "c0_ptr", "w_ptr", "b_ptr", "peep_ptr", "len_ptr", "y_ptr", "ws_ptr", "bar_ptr",
+                 "gy_ptr", "dh_ptr", "dc_ptr", "dgx_ptr", "dgh_ptr", "T", "B", "H", "relu", "coupled", "reverse"]
+
 
 @triton.jit
 def _grid_barrier(bar_ptr, phase, programs):
@@ -67,19 +73,11 @@ def _grid_barrier(bar_ptr, phase, programs):
 
 
 @triton.jit
-def _state_dot(acc, state, w, DOT_F32: tl.constexpr):
-    """acc + state @ w for an fp32 ``state`` and ``w`` in the storage dtype. Half-precision
-    weights: the state enters the tensor-core product as its rounding plus the remainder, so
-    the fp32 state is not rounded to fp16/bf16 at every step (as in the per-step kernel)."""
-    if w.dtype == tl.float32:
-        return tl.dot(state, w, acc=acc, input_precision="ieee")
-    hi = state.to(w.dtype)
-    lo = (state - hi.to(tl.float32)).to(w.dtype)
-    if DOT_F32:  # the interpreter multiplies bfloat16 tiles wrongly: exact fp32 products there
-        acc = tl.dot(hi.to(tl.float32), w.to(tl.float32), acc=acc, input_precision="ieee")
-        return tl.dot(lo.to(tl.float32), w.to(tl.float32), acc=acc, input_precision="ieee")
-    acc = tl.dot(hi, w, acc=acc)
-    return tl.dot(lo, w, acc=acc)
+def _state_dot(acc, state, w):
+    """acc + state @ w, all fp32: exact products (FMA, not tensor cores), so the fp32 state is
+    never rounded to the storage dtype, whatever it is. The step is bound by the latency of the
+    step loop, not by these few products, and fp32 tiles can live in shared memory across steps."""
+    return tl.dot(state, w, acc=acc, input_precision="ieee")
 
 
 @triton.jit
@@ -88,7 +86,8 @@ def _rows_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
     (forward: h @ w_g^T restricted to the slice)."""
     offs_k = tl.arange(0, HP)
     rows = (gate * H + offs_h[None, :]).to(tl.int64)
-    return tl.load(w_ptr + rows * H + offs_k[:, None], mask=(offs_k[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    w = tl.load(w_ptr + rows * H + offs_k[:, None], mask=(offs_k[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    return w.to(tl.float32)
 
 
 @triton.jit
@@ -97,7 +96,8 @@ def _columns_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
     ``gate`` (backward: dgates_g @ w_g restricted to the slice)."""
     offs_j = tl.arange(0, HP)
     rows = (gate * H + offs_j[:, None]).to(tl.int64)
-    return tl.load(w_ptr + rows * H + offs_h[None, :], mask=(offs_j[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    w = tl.load(w_ptr + rows * H + offs_h[None, :], mask=(offs_j[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    return w.to(tl.float32)
 
 
 @triton.jit
@@ -152,7 +152,7 @@ def _step_index(s, T, reverse):
 @triton.jit
 def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr,
                    B, H, relu, coupled, offs_h, CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                   HP: tl.constexpr, DOT_F32: tl.constexpr):
+                   HP: tl.constexpr):
     """Step ``t`` of the hidden units ``offs_h``, every batch row: the same cell as the per-step
     kernel, writing y[t] and the workspace of step t (layout of gpukernels.reference.rnn)."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
@@ -188,16 +188,16 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
         gx_tile = gx_t + offs_b[:, None] * (G * H) + offs_h[None, :]
         ws_tile = ws_t + offs_b[:, None] * (K * H) + offs_h[None, :]
         active = (tl.load(len_ptr + offs_b, mask=b_mask, other=0) > t)[:, None]
-        a0 = _state_dot(acc, state, w0, DOT_F32) + tl.load(gx_tile, mask=tile_mask, other=0.0) + b0
+        a0 = _state_dot(acc, state, w0) + tl.load(gx_tile, mask=tile_mask, other=0.0) + b0
         if CELL == 0:  # RNN
             h_new = tl.where(relu != 0, tl.where(a0 < 0, 0.0, a0), _tanh(a0))
             tl.store(ws_tile, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
         elif CELL == 1:  # LSTM, gates i, f, g, o
             c_prev = tl.load(c_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0,
                              cache_modifier=".cg")
-            a1 = _state_dot(acc, state, w1, DOT_F32) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
-            a2 = _state_dot(acc, state, w2, DOT_F32) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2
-            a3 = _state_dot(acc, state, w3, DOT_F32) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3
+            a1 = _state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
+            a2 = _state_dot(acc, state, w2) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2
+            a3 = _state_dot(acc, state, w3) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3
             i = tl.sigmoid(a0 + p_i * c_prev)
             f = tl.where(coupled != 0, 1.0 - i, tl.sigmoid(a1 + p_f * c_prev))
             g = _tanh(a2)
@@ -212,8 +212,8 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
             tl.store(ws_tile + 5 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
         else:  # GRU (linear_before_reset), gates r, z, n; m = W_hn h + b_hn is what backward needs
             r = tl.sigmoid(a0)
-            z = tl.sigmoid(_state_dot(acc, state, w1, DOT_F32) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1)
-            m = _state_dot(acc, state, w2, DOT_F32) + b2
+            z = tl.sigmoid(_state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1)
+            m = _state_dot(acc, state, w2) + b2
             n = _tanh(tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + r * m)
             h_new = (1.0 - z) * n + z * h_prev
             tl.store(ws_tile, r.to(dtype), mask=tile_mask)
@@ -225,12 +225,12 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
         tl.store(y_tile, tl.where(active, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_mask)
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@triton.jit(do_not_specialize=_RUNTIME_ONLY)
 def rnn_persistent_forward_kernel(
     gx_ptr, h0_ptr, c0_ptr, w_ptr, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr, bar_ptr,
     T, B, H, relu, coupled, reverse,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
-    SLICE_LOOP: tl.constexpr, DOT_F32: tl.constexpr,
+    SLICE_LOOP: tl.constexpr,
 ):
     """All T steps of one layer direction. gx: (T, B, G*H) fp32 input projection (b_ih in it);
     h0/c0: (B, H) fp32; w: (G*H, H); y: (T, B, H); ws: (T, B, K*H) fp32; bar: one int32, zero."""
@@ -244,7 +244,7 @@ def rnn_persistent_forward_kernel(
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
                 w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP)
                 _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
-                               ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, DOT_F32)
+                               ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP)
             _grid_barrier(bar_ptr, s + 1, programs)
     else:
         # One slice per program: its rows of w_hh are loaded once and stay on chip for all steps.
@@ -253,7 +253,7 @@ def rnn_persistent_forward_kernel(
         for s in range(0, T):
             t, t_prev = _step_index(s, T, reverse)
             _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
-                           ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, DOT_F32)
+                           ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP)
             _grid_barrier(bar_ptr, s + 1, programs)
 
 
@@ -334,7 +334,7 @@ def _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_pt
 
 @triton.jit
 def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
-                        CELL: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr, DOT_F32: tl.constexpr):
+                        CELL: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr):
     """Phase 2 of step t for the columns ``offs_h``: dh[:, slice] += dgh[t] @ w_hh[:, slice]
     (every program's gate gradients of step t, read after the barrier)."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
@@ -349,24 +349,22 @@ def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
         dg_rows = dg_t + offs_b[:, None] * (G * H) + offs_j[None, :]
         dg_mask = b_mask[:, None] & j_mask[None, :]
         acc = tl.load(dh_ptr + offs_b[:, None] * H + offs_h[None, :], mask=tile_mask, other=0.0)
-        acc = _state_dot(acc, tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w0, DOT_F32)
+        acc = _state_dot(acc, tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w0)
         if CELL != 0:
-            acc = _state_dot(acc, tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w1, DOT_F32)
-            acc = _state_dot(acc, tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w2,
-                             DOT_F32)
+            acc = _state_dot(acc, tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w1)
+            acc = _state_dot(acc, tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w2)
         if CELL == 1:
-            acc = _state_dot(acc, tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w3,
-                             DOT_F32)
+            acc = _state_dot(acc, tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w3)
         tl.store(dh_ptr + offs_b[:, None] * H + offs_h[None, :], acc, mask=tile_mask)
     tl.debug_barrier()  # the next step's phase 1 reads dh in another thread layout
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@triton.jit(do_not_specialize=_RUNTIME_ONLY)
 def rnn_persistent_backward_kernel(
     gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, w_ptr, peep_ptr, len_ptr, dgx_ptr, dgh_ptr, bar_ptr,
     T, B, H, relu, coupled, reverse,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
-    SLICE_LOOP: tl.constexpr, DOT_F32: tl.constexpr,
+    SLICE_LOOP: tl.constexpr,
 ):
     """All T steps back through one layer direction. dh/dc: (B, H) fp32, grad_h_n/grad_c_n on
     entry, grad_h0/grad_c0 on exit; dgx/dgh: (T, B, G*H) fp32 gate gradients (the same buffer
@@ -385,7 +383,7 @@ def rnn_persistent_backward_kernel(
             for slice_index in range(pid, n_slices, programs):
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
                 w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP)
-                _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, DOT_F32)
+                _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP)
     else:
         # One slice per program: its columns of w_hh are loaded once and stay on chip.
         offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -395,7 +393,7 @@ def rnn_persistent_backward_kernel(
             _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
                                 dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B)
             _grid_barrier(bar_ptr, s + 1, programs)
-            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, DOT_F32)
+            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,12 +402,13 @@ def rnn_persistent_backward_kernel(
 PERSISTENT_CELLS = {"rnn_tanh": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU}
 BLOCK_B = 16  # batch rows per product (tl.dot needs 16)
 BLOCK_H = 16  # hidden units per program: the smallest tl.dot width, so the most programs
-NUM_WARPS = 8
-# The on-chip w_hh slice (every gate block, HP x BLOCK_H elements each) may take half of the
-# registers a program of NUM_WARPS warps can hold at the 255-per-thread limit; beyond that, the
-# per-step path (the compile gate checks the largest slices build without a spill).
-MAX_REGISTERS_PER_THREAD = 255
-SLICE_BUDGET_BYTES = MAX_REGISTERS_PER_THREAD * 4 * 32 * NUM_WARPS // 2
+NUM_WARPS = 4
+# The w_hh slice (every gate block, HP x BLOCK_H fp32 elements each) stays in shared memory for
+# the whole sequence; backward also stages the gate gradients of the step beside it, about as
+# much again. So a slice may take half of the largest shared memory a program can have (227 KiB
+# on sm_90); the launch then checks the compiled kernel's shared memory against the device.
+MAX_SHARED_PER_PROGRAM = 227 * 1024
+SLICE_BUDGET_BYTES = MAX_SHARED_PER_PROGRAM // 2
 ENVIRONMENT_SWITCH = "GPUKERNELS_RNN_PERSISTENT"
 
 
@@ -425,16 +424,17 @@ def reduction_width(H: int) -> int:
     return max(BLOCK_H, triton.next_power_of_2(H))
 
 
-def slice_bytes(cell: str, H: int, itemsize: int) -> int:
-    """Bytes of w_hh one program keeps on chip: every gate block's HP x BLOCK_H tile."""
-    return GATES[cell] * reduction_width(H) * BLOCK_H * itemsize
+def slice_bytes(cell: str, H: int) -> int:
+    """Bytes of w_hh one program keeps on chip: every gate block's HP x BLOCK_H tile, in fp32
+    whatever the storage dtype (the products are exact fp32 ones)."""
+    return GATES[cell] * reduction_width(H) * BLOCK_H * 4
 
 
-def slice_tile(cell: str, H: int, itemsize: int, linear_before_reset: bool = True) -> SliceTile | None:
+def slice_tile(cell: str, H: int, linear_before_reset: bool = True) -> SliceTile | None:
     """The persistent tile of a layer, or None when the cell or the slice rules it out."""
     if cell not in PERSISTENT_CELLS or (cell == "gru" and not linear_before_reset) or H < 1:
         return None
-    if slice_bytes(cell, H, itemsize) > SLICE_BUDGET_BYTES:
+    if slice_bytes(cell, H) > SLICE_BUDGET_BYTES:
         return None
     return SliceTile(BLOCK_B, BLOCK_H, reduction_width(H), NUM_WARPS)
 
@@ -482,30 +482,35 @@ class Plan:
     reason: str = ""
 
 
-def plan_launch(cell: str, H: int, itemsize: int, *, linear_before_reset: bool = True, switch: str | None = None,
+def plan_launch(cell: str, H: int, T: int, *, linear_before_reset: bool = True, switch: str | None = None,
                 interpreting: bool = False, device: DeviceLimits | None = None,
                 kernel: KernelResources | None = None) -> Plan:
     """Persistent or per-step, and with how many programs.
 
-    ``switch`` is GPUKERNELS_RNN_PERSISTENT: "0" forces the per-step path, "1" the persistent one
+    ``switch`` is GPUKERNELS_RNN_PERSISTENT: "0" forces the per-step path; "1" the persistent one
     wherever the cell has it (with one program looping over the slices when the grid cannot be
-    resident, and always under the interpreter), unset: persistent where one program per slice
-    is resident on the device, else per-step. ``kernel`` is the compiled kernel at that tile."""
+    resident, and always under the interpreter); unset: persistent where one program per slice
+    is resident on the device, else per-step. ``kernel``: the compiled kernel at that tile."""
     if switch == "0":
         return Plan(False, reason=f"{ENVIRONMENT_SWITCH}=0")
-    tile = slice_tile(cell, H, itemsize, linear_before_reset)
+    tile = slice_tile(cell, H, linear_before_reset)
     if tile is None:
-        return Plan(False, reason="no persistent kernel for this cell, or its w_hh slice exceeds the registers")
+        return Plan(False, reason="no persistent kernel for this cell, or its w_hh slice exceeds the shared memory budget")
     forced = switch == "1"
     if interpreting:  # programs run one after another: no barrier can wait, one program does all
         return Plan(True, 1, True, "interpreter") if forced else Plan(False, reason="interpreter (not forced)")
-    slices = triton.cdiv(H, tile.block_h)
     if device is None or kernel is None:
         raise ValueError("a compiled launch needs the device limits and the compiled kernel's resources")
+    slices = triton.cdiv(H, tile.block_h)
     resident = resident_programs(device, kernel)
-    if kernel.spills == 0 and slices <= resident:
+    if kernel.spills:
+        why = f"the kernel spills {kernel.spills} bytes"
+    elif slices > resident:
+        why = f"{slices} slices > {resident} resident programs"
+    elif slices * T >= 2**31:  # the barrier's int32 counter reaches slices * T
+        why = f"{slices} programs x {T} steps overflow the barrier counter"
+    else:
         return Plan(True, slices, False, f"{slices} programs <= {resident} resident")
-    why = f"{kernel.spills} bytes spilled" if kernel.spills else f"{slices} slices > {resident} resident programs"
     return Plan(True, 1, True, why + "; forced: one program") if forced else Plan(False, reason=why)
 
 
@@ -543,25 +548,24 @@ def _resources(compiled, num_warps: int) -> KernelResources:
                            num_warps=num_warps)
 
 
-def _launch(kernel, args: tuple, cell: str, H: int, itemsize: int, linear_before_reset: bool, interpreting: bool,
-            constants: dict) -> bool:
+def _launch(kernel, args: tuple, cell: str, H: int, T: int, linear_before_reset: bool, interpreting: bool) -> bool:
     """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path."""
-    tile = slice_tile(cell, H, itemsize, linear_before_reset)
+    tile = slice_tile(cell, H, linear_before_reset)
     switch = _switch()
+    constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": BLOCK_B, "BLOCK_H": BLOCK_H,
+                 "HP": tile.hp if tile else BLOCK_H}
+    options = {"num_warps": NUM_WARPS} if interpreting else {"num_warps": NUM_WARPS, **_cooperative()}
     if interpreting or tile is None or switch == "0":
-        plan = plan_launch(cell, H, itemsize, linear_before_reset=linear_before_reset, switch=switch,
+        plan = plan_launch(cell, H, T, linear_before_reset=linear_before_reset, switch=switch,
                            interpreting=interpreting)
-    else:
-        options = {"num_warps": tile.num_warps, **_cooperative()}
-        compiled = kernel.warmup(*args, grid=(triton.cdiv(H, tile.block_h),), SLICE_LOOP=False, CELL=constants["CELL"],
-                                 BLOCK_B=tile.block_b, BLOCK_H=tile.block_h, HP=tile.hp, DOT_F32=False, **options)
-        plan = plan_launch(cell, H, itemsize, switch=switch, device=device_limits(args[0].device),
-                           kernel=_resources(compiled, tile.num_warps))
+    else:  # the compiled kernel's registers and shared memory decide how many programs are resident
+        compiled = kernel.warmup(*args, grid=(triton.cdiv(H, tile.block_h),), SLICE_LOOP=False, **constants,
+                                 **options)
+        plan = plan_launch(cell, H, T, switch=switch, device=device_limits(args[0].device),
+                           kernel=_resources(compiled, NUM_WARPS))
     if not plan.persistent:
         return False
-    options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
-    kernel[(plan.programs,)](*args, SLICE_LOOP=plan.slice_loop, BLOCK_B=tile.block_b, BLOCK_H=tile.block_h, HP=tile.hp,
-                             **constants, **options)
+    kernel[(plan.programs,)](*args, SLICE_LOOP=plan.slice_loop, **constants, **options)
     return True
 
 
@@ -573,9 +577,7 @@ def layer_forward(s, *, T: int, cell: str, reverse: bool, linear_before_reset: b
         return False
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
     args = (s.gx, s.h, s.c, s.w, s.b, s.peep, s.lens, s.y, s.ws, barrier, T, s.B, s.H, s.relu, s.coupled, int(reverse))
-    constants = {"CELL": PERSISTENT_CELLS[cell], "DOT_F32": s.storage.dtype == torch.bfloat16 and interpreting}
-    return _launch(rnn_persistent_forward_kernel, args, cell, s.H, s.storage.element_size(), linear_before_reset,
-                   interpreting, constants)
+    return _launch(rnn_persistent_forward_kernel, args, cell, s.H, T, linear_before_reset, interpreting)
 
 
 def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool) -> bool:
@@ -587,6 +589,49 @@ def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_rese
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
     args = (s.gy, s.dh, s.dc, s.ws, s.h_prev, s.c_prev, w, s.peep, s.lens, s.dgx, s.dgh, barrier,
             T, s.B, s.H, s.relu, s.coupled, int(reverse))
-    constants = {"CELL": PERSISTENT_CELLS[cell], "DOT_F32": s.storage.dtype == torch.bfloat16 and interpreting}
-    return _launch(rnn_persistent_backward_kernel, args, cell, s.H, s.storage.element_size(), linear_before_reset,
-                   interpreting, constants)
+    return _launch(rnn_persistent_backward_kernel, args, cell, s.H, T, linear_before_reset, interpreting)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile gate: every tile the launch rule can pick (one per cell, dtype and reduction width)
+
+_CELL_OF_CODE = {RNN: "rnn_tanh", LSTM: "lstm", GRU: "gru"}
+
+
+def gate_tiles() -> Iterator[tuple[str, str, SliceTile]]:
+    """(cell, dtype name, tile) for every reduction width each cell and dtype can run persistent."""
+    for dtype, name in TRITON_DTYPES.items():
+        for cell in _CELL_OF_CODE.values():
+            hp = BLOCK_H
+            while (tile := slice_tile(cell, hp)) is not None:
+                yield cell, name, tile
+                hp *= 2
+
+
+def _forward_args(cell: str, dtype: str, H: int) -> dict:
+    return dict(gx_ptr=fresh("fp32"), h0_ptr=passed("fp32", False), c0_ptr=passed("fp32", False),
+                w_ptr=passed(dtype, False), b_ptr=passed(dtype, False), peep_ptr=passed(dtype, False),
+                len_ptr=fresh("i32"), y_ptr=fresh(dtype), ws_ptr=fresh("fp32"), bar_ptr=fresh("i32"),
+                T=100, B=37, H=H, relu=0, coupled=0, reverse=0)
+
+
+def _backward_args(cell: str, dtype: str, H: int) -> dict:
+    return dict(gy_ptr=passed(dtype, False), dh_ptr=fresh("fp32"), dc_ptr=fresh("fp32"), ws_ptr=fresh("fp32"),
+                h0_ptr=passed("fp32", False), c0_ptr=passed("fp32", False), w_ptr=passed(dtype, False),
+                peep_ptr=passed(dtype, False), len_ptr=fresh("i32"), dgx_ptr=fresh("fp32"), dgh_ptr=fresh("fp32"),
+                bar_ptr=fresh("i32"), T=100, B=37, H=H, relu=0, coupled=0, reverse=0)
+
+
+def compile_cases() -> Iterator[CompileCase]:
+    """Both persistent kernels at every tile ``plan_launch`` can pick for a compiled launch (one
+    program per slice); no argument is specialised, so one build stands for every launch."""
+    for cell, dtype, tile in gate_tiles():
+        H = tile.hp - 1 if tile.hp > BLOCK_H else 13  # ragged: the masked tails are built
+        constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
+                     "HP": tile.hp, "SLICE_LOOP": False}
+        tags = {"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h)}
+        name = cell.split("_")[0]
+        yield CompileCase(name=f"rnn_persistent_forward[{name}]", kernel=rnn_persistent_forward_kernel,
+                          args={**_forward_args(cell, dtype, H), **constants}, num_warps=tile.num_warps, tags=tags)
+        yield CompileCase(name=f"rnn_persistent_backward[{name}]", kernel=rnn_persistent_backward_kernel,
+                          args={**_backward_args(cell, dtype, H), **constants}, num_warps=tile.num_warps, tags=tags)
