@@ -193,6 +193,22 @@ def test_switch_interpreter_and_cells():
         rp.plan_launch("lstm", 64, 10)
 
 
+def test_device_limits_come_from_the_device_properties(monkeypatch):
+    from types import SimpleNamespace
+
+    h200 = SimpleNamespace(multi_processor_count=132, regs_per_multiprocessor=65536, major=9, minor=0,
+                           shared_memory_per_multiprocessor=233472, max_threads_per_multi_processor=2048)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: h200)
+    assert rp.device_limits(torch.device("cuda", 0)) == rp.DeviceLimits(
+        sm_count=132, registers_per_sm=65536, shared_per_sm=233472, max_threads_per_sm=2048, max_blocks_per_sm=32)
+    ada = SimpleNamespace(**{**vars(h200), "major": 8, "minor": 9, "multi_processor_count": 128})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: ada)
+    assert rp.device_limits(torch.device("cuda", 0)).max_blocks_per_sm == 24
+    # Compiled launches are cooperative where this Triton can: the driver refuses a grid that
+    # cannot be resident instead of letting the barrier wait forever.
+    assert rp._cooperative() == {"launch_cooperative_grid": True}
+
+
 def test_compile_gate_covers_every_tile_the_rule_picks():
     built = {(case.name, case.tags["dtype"], int(case.tags["hp"])) for case in rp.compile_cases()}
     for cell, name in (("rnn_tanh", "rnn"), ("gru", "gru"), ("lstm", "lstm")):
