@@ -403,13 +403,23 @@ PERSISTENT_CELLS = {"rnn_tanh": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU}
 BLOCK_B = 16  # batch rows per product (tl.dot needs 16)
 BLOCK_H = 16  # hidden units per program: the smallest tl.dot width, so the most programs
 NUM_WARPS = 4
-# The w_hh slice (every gate block, HP x BLOCK_H fp32 elements each) stays in shared memory for
-# the whole sequence; backward also stages the gate gradients of the step beside it, about as
-# much again. So a slice may take half of the largest shared memory a program can have (227 KiB
-# on sm_90); the launch then checks the compiled kernel's shared memory against the device.
+# The w_hh slice (every gate block, HP x BLOCK_H fp32 elements each) stays on chip for the whole
+# sequence; backward also stages the gate gradients of the step beside it, about as much again.
+# So a slice may take at most half of the largest shared memory a program can have (227 KiB on
+# sm_90); the launch then checks the compiled kernel's registers and shared memory against the
+# device (the widths above stay well inside this bound).
 MAX_SHARED_PER_PROGRAM = 227 * 1024
 SLICE_BUDGET_BYTES = MAX_SHARED_PER_PROGRAM // 2
 ENVIRONMENT_SWITCH = "GPUKERNELS_RNN_PERSISTENT"
+
+
+# The reduction widths (HP: H padded, one tile) whose builds keep the w_hh slice on chip without
+# a spill, on sm_80 and sm_90, for every dtype, forward and backward (the compile gate, Triton
+# 3.6/3.7). Triton's FMA products hold the hoisted tile partly in registers, so the spill-free
+# widths are not a prefix: the RNN cell spills at 128 (fp16 forward on sm_90) but not at 256 or
+# 512, so H in 65..256 runs at 256, the masked columns costing products, not memory traffic.
+# The LSTM and GRU cells spill from 128 on. Past these widths, the per-step path.
+SLICE_WIDTHS = {RNN: (16, 32, 64, 256, 512), LSTM: (16, 32, 64), GRU: (16, 32, 64)}
 
 
 @dataclass(frozen=True)
@@ -420,23 +430,25 @@ class SliceTile:
     num_warps: int
 
 
-def reduction_width(H: int) -> int:
-    return max(BLOCK_H, triton.next_power_of_2(H))
+def reduction_width(cell: str, H: int) -> int | None:
+    """The smallest spill-free width that holds H, or None past the widest."""
+    return next((width for width in SLICE_WIDTHS[PERSISTENT_CELLS[cell]] if width >= H), None)
 
 
-def slice_bytes(cell: str, H: int) -> int:
-    """Bytes of w_hh one program keeps on chip: every gate block's HP x BLOCK_H tile, in fp32
+def slice_bytes(cell: str, width: int) -> int:
+    """Bytes of w_hh one program keeps on chip: every gate block's width x BLOCK_H tile, in fp32
     whatever the storage dtype (the products are exact fp32 ones)."""
-    return GATES[cell] * reduction_width(H) * BLOCK_H * 4
+    return GATES[cell] * width * BLOCK_H * 4
 
 
 def slice_tile(cell: str, H: int, linear_before_reset: bool = True) -> SliceTile | None:
     """The persistent tile of a layer, or None when the cell or the slice rules it out."""
     if cell not in PERSISTENT_CELLS or (cell == "gru" and not linear_before_reset) or H < 1:
         return None
-    if slice_bytes(cell, H) > SLICE_BUDGET_BYTES:
+    width = reduction_width(cell, H)
+    if width is None or slice_bytes(cell, width) > SLICE_BUDGET_BYTES:
         return None
-    return SliceTile(BLOCK_B, BLOCK_H, reduction_width(H), NUM_WARPS)
+    return SliceTile(BLOCK_B, BLOCK_H, width, NUM_WARPS)
 
 
 @dataclass(frozen=True)
@@ -602,10 +614,10 @@ def gate_tiles() -> Iterator[tuple[str, str, SliceTile]]:
     """(cell, dtype name, tile) for every reduction width each cell and dtype can run persistent."""
     for dtype, name in TRITON_DTYPES.items():
         for cell in _CELL_OF_CODE.values():
-            hp = BLOCK_H
-            while (tile := slice_tile(cell, hp)) is not None:
-                yield cell, name, tile
-                hp *= 2
+            for width in SLICE_WIDTHS[PERSISTENT_CELLS[cell]]:
+                tile = slice_tile(cell, width)
+                if tile is not None:
+                    yield cell, name, tile
 
 
 def _forward_args(cell: str, dtype: str, H: int) -> dict:
@@ -626,7 +638,7 @@ def compile_cases() -> Iterator[CompileCase]:
     """Both persistent kernels at every tile ``plan_launch`` can pick for a compiled launch (one
     program per slice); no argument is specialised, so one build stands for every launch."""
     for cell, dtype, tile in gate_tiles():
-        H = tile.hp - 1 if tile.hp > BLOCK_H else 13  # ragged: the masked tails are built
+        H = tile.hp - 3  # ragged: the masked tails are built
         constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
                      "HP": tile.hp, "SLICE_LOOP": False}
         tags = {"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h)}
