@@ -12,7 +12,14 @@ counter reaches ``(s + 1) * programs``. The phase (the step) is in the target, s
 reusable every step without a reset (a reset would race with programs already arriving at the
 next phase). It only works when every program of the grid is resident at once, which
 ``plan_launch`` checks against the compiled kernel's registers and shared memory and the
-device's SM count before each launch; when that does not hold, the layer takes the per-step path.
+device's SM count before each launch (and the launch is a cooperative one, so the driver refuses
+a grid that cannot be resident rather than letting it hang); when that does not hold, the layer
+takes the per-step path.
+
+The recurrent products are exact fp32 ones (``input_precision="ieee"``) whatever the storage
+dtype: the slice is converted to fp32 when it is loaded, and the fp32 state is never rounded.
+How far a slice can stay on chip without a spill is measured by the compile gate, not assumed:
+``SLICE_WIDTHS``.
 
 The same kernels run with a grid of one program that loops over all slices (``SLICE_LOOP``):
 then the barrier is skipped (nothing to wait for) and ``w_hh`` is read per slice and step. That
@@ -43,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._rnn_driver import GATES, GRU, LSTM, RNN, WORKSPACE_BLOCKS
+from .._rnn_driver import GATES, GRU, LSTM, RNN
 from ._launch import TRITON_DTYPES, CompileCase, fresh, passed
 from .activation import _tanh
 
@@ -507,7 +514,7 @@ def plan_launch(cell: str, H: int, T: int, *, linear_before_reset: bool = True, 
         return Plan(False, reason=f"{ENVIRONMENT_SWITCH}=0")
     tile = slice_tile(cell, H, linear_before_reset)
     if tile is None:
-        return Plan(False, reason="no persistent kernel for this cell, or its w_hh slice exceeds the shared memory budget")
+        return Plan(False, reason="no persistent kernel for this cell, or H past its spill-free slice widths")
     forced = switch == "1"
     if interpreting:  # programs run one after another: no barrier can wait, one program does all
         return Plan(True, 1, True, "interpreter") if forced else Plan(False, reason="interpreter (not forced)")
