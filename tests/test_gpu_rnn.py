@@ -112,8 +112,9 @@ def test_the_benchmark_cudnn_baselines_run_cudnn(provider, mode):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind,B,H,T", [("lstm", 17, 64, 9), ("gru", 3, 61, 7), ("rnn_tanh", 33, 100, 5),
-                                        ("rnn_tanh", 5, 500, 40), ("lstm", 5, 37, 40)], ids=lambda v: str(v))
+@pytest.mark.parametrize("kind,B,H,T", [("lstm", 17, 100, 9), ("gru", 3, 127, 7), ("rnn_tanh", 33, 100, 5),
+                                        ("rnn_tanh", 5, 500, 40), ("lstm", 5, 256, 40), ("gru", 2, 37, 12)],
+                         ids=lambda v: str(v))
 def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype, rng, monkeypatch):
     """The persistent kernels' compiled path, chosen by default: one program per 16-unit slice,
     all resident, meeting at the grid barrier every step, against the float64 reference."""

@@ -75,7 +75,11 @@ LAYER_CASES = [pytest.param(kind, *size, id=f"{kind}-T{size[0]}-B{size[1]}-H{siz
                for kind in KINDS for size in LAYER_SIZES]
 LAYER_CASES += [pytest.param("gru", 4, 5, 33, "bfloat16", False, (4, 1, 3, 4, 2), id="gru-T4-B5-H33-bf16-lengths"),
                 pytest.param("lstm_peep_coupled", 2, 2, 40, "float16", True, None, id="lstm_peep_coupled-T2-B2-H40-fp16"
-                             "-reverse")]
+                             "-reverse"),
+                # the wider slices: 128 (8 warps forward, 4 backward for the GRU), 256 for H=130
+                pytest.param("gru", 3, 2, 70, "float32", True, None, id="gru-T3-B2-H70-fp32-reverse"),
+                pytest.param("lstm", 2, 2, 97, "float16", False, (2, 1), id="lstm-T2-B2-H97-fp16-lengths"),
+                pytest.param("rnn_tanh", 2, 3, 130, "bfloat16", False, (2, 1, 2), id="rnn_tanh-T2-B3-H130-bf16-lengths")]
 
 
 @pytest.mark.parametrize("kind,T,B,H,dtype,reverse,lengths", LAYER_CASES)
@@ -152,34 +156,37 @@ def test_resident_programs_follow_the_occupancy_rules():
 
 
 @pytest.mark.parametrize("device", [H100, H200, A100], ids=["H100", "H200", "A100"])
-@pytest.mark.parametrize("cell,H", [("rnn_tanh", 512), ("rnn_relu", 100), ("gru", 64), ("lstm", 64), ("lstm", 17)])
+@pytest.mark.parametrize("cell,H", [("rnn_tanh", 512), ("rnn_relu", 100), ("gru", 128), ("lstm", 256), ("lstm", 17)])
 def test_one_program_per_slice_where_resident(device, cell, H):
     plan = rp.plan_launch(cell, H, 100, device=device, kernel=SMALL)
     assert plan == rp.Plan(True, -(-H // rp.BLOCK_H), False, plan.reason)
 
 
-@pytest.mark.parametrize("cell,H", [("rnn_tanh", 513), ("gru", 65), ("lstm", 65)])
+@pytest.mark.parametrize("cell,H", [("rnn_tanh", 513), ("gru", 129), ("lstm", 257)])
 def test_slices_past_the_spill_free_widths_take_the_per_step_path(cell, H):
-    assert rp.slice_tile(cell, H - 1) is not None and rp.slice_tile(cell, H) is None
+    for backward in (False, True):
+        assert rp.slice_tile(cell, H - 1, backward=backward) is not None
+        assert rp.slice_tile(cell, H, backward=backward) is None
     assert not rp.plan_launch(cell, H, 100, device=H200, kernel=SMALL).persistent
     assert not rp.plan_launch(cell, H, 100, switch="1", device=H200, kernel=SMALL).persistent
 
 
 def test_widths_round_up_to_the_next_spill_free_one_within_the_shared_memory_budget():
     assert [rp.slice_tile("rnn_tanh", H).hp for H in (1, 16, 17, 33, 65, 128, 129, 256, 257, 512)] == [
-        16, 16, 32, 64, 256, 256, 256, 256, 512, 512]
-    for code, widths in rp.SLICE_WIDTHS.items():
+        16, 16, 32, 64, 128, 128, 256, 256, 512, 512]
+    assert rp.slice_tile("gru", 100).num_warps == 8 and rp.slice_tile("gru", 100, backward=True).num_warps == 4
+    for code, widths in rp.SLICE_WARPS.items():
         cell = {rp.RNN: "rnn_tanh", rp.LSTM: "lstm", rp.GRU: "gru"}[code]
         assert all(2 * rp.slice_bytes(cell, width) <= rp.MAX_SHARED_PER_PROGRAM for width in widths)
 
 
 def test_grid_larger_than_the_resident_programs():
-    plan = rp.plan_launch("rnn_tanh", 256, 100, device=A100, kernel=LARGE_SHARED)
+    plan = rp.plan_launch("lstm", 256, 100, device=A100, kernel=LARGE_SHARED, backward=True)
     assert not plan.persistent and "16 slices > 0 resident" in plan.reason
-    tiny = rp.DeviceLimits(sm_count=3)  # 3 SMs x 1 program < 4 slices
-    assert not rp.plan_launch("lstm", 64, 100, device=tiny, kernel=LARGE_SHARED).persistent
+    tiny = rp.DeviceLimits(sm_count=3)  # 3 SMs x 1 program < 16 slices
+    assert not rp.plan_launch("lstm", 256, 100, device=tiny, kernel=LARGE_SHARED).persistent
     assert rp.plan_launch("lstm", 48, 100, device=tiny, kernel=LARGE_SHARED).programs == 3  # 3 slices fit
-    forced = rp.plan_launch("lstm", 64, 100, switch="1", device=tiny, kernel=LARGE_SHARED)
+    forced = rp.plan_launch("lstm", 256, 100, switch="1", device=tiny, kernel=LARGE_SHARED)
     assert forced == rp.Plan(True, 1, True, forced.reason)  # forced: one program over every slice
 
 
@@ -218,13 +225,14 @@ def test_device_limits_come_from_the_device_properties(monkeypatch):
 
 
 def test_compile_gate_covers_every_tile_the_rule_picks():
-    built = {(case.name, case.tags["dtype"], int(case.tags["hp"])) for case in rp.compile_cases()}
+    built = {(case.name, case.tags["dtype"], int(case.tags["hp"]), case.num_warps) for case in rp.compile_cases()}
     for cell, name in (("rnn_tanh", "rnn"), ("gru", "gru"), ("lstm", "lstm")):
         for H in range(1, 600, 7):
-            tile = rp.slice_tile(cell, H)
-            for dtype in ("fp32", "fp16", "bf16"):
-                for kernel in ("forward", "backward"):
-                    assert (tile is None) or (f"rnn_persistent_{kernel}[{name}]", dtype, tile.hp) in built
+            for kernel in ("forward", "backward"):
+                tile = rp.slice_tile(cell, H, backward=kernel == "backward")
+                for dtype in ("fp32", "fp16", "bf16"):
+                    case = (f"rnn_persistent_{kernel}[{name}]", dtype, tile and tile.hp, tile and tile.num_warps)
+                    assert tile is None or case in built
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ takes the per-step path.
 The recurrent products are exact fp32 ones (``input_precision="ieee"``) whatever the storage
 dtype: the slice is converted to fp32 when it is loaded, and the fp32 state is never rounded.
 How far a slice can stay on chip without a spill is measured by the compile gate, not assumed:
-``SLICE_WIDTHS``.
+``SLICE_WARPS``.
 
 The same kernels run with a grid of one program that loops over all slices (``SLICE_LOOP``):
 then the barrier is skipped (nothing to wait for) and ``w_hh`` is read per slice and step. That
@@ -409,7 +409,6 @@ def rnn_persistent_backward_kernel(
 PERSISTENT_CELLS = {"rnn_tanh": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU}
 BLOCK_B = 16  # batch rows per product (tl.dot needs 16)
 BLOCK_H = 16  # hidden units per program: the smallest tl.dot width, so the most programs
-NUM_WARPS = 4
 # The w_hh slice (every gate block, HP x BLOCK_H fp32 elements each) stays on chip for the whole
 # sequence; backward also stages the gate gradients of the step beside it, about as much again.
 # So a slice may take at most half of the largest shared memory a program can have (227 KiB on
@@ -421,12 +420,18 @@ ENVIRONMENT_SWITCH = "GPUKERNELS_RNN_PERSISTENT"
 
 
 # The reduction widths (HP: H padded, one tile) whose builds keep the w_hh slice on chip without
-# a spill, on sm_80 and sm_90, for every dtype, forward and backward (the compile gate, Triton
-# 3.6/3.7). Triton's FMA products hold the hoisted tile partly in registers, so the spill-free
-# widths are not a prefix: the RNN cell spills at 128 (fp16 forward on sm_90) but not at 256 or
-# 512, so H in 65..256 runs at 256, the masked columns costing products, not memory traffic.
-# The LSTM and GRU cells spill from 128 on. Past these widths, the per-step path.
-SLICE_WIDTHS = {RNN: (16, 32, 64, 256, 512), LSTM: (16, 32, 64), GRU: (16, 32, 64)}
+# a spill, on sm_80 and sm_90, for every dtype, and the warps (forward, backward) with which they
+# do: measured with the compile gate (Triton 3.6/3.7), not assumed. Triton's FMA products hold
+# the hoisted tile partly in registers, so neither the widths nor the warps follow a simple
+# rule: 4 warps spill from width 128 on in the LSTM and GRU cells and at 128 in the RNN cell
+# (fp16 forward, sm_90); 8 warps build them cleanly, except the GRU backward at 128 (fp32,
+# sm_90) and everything at GRU 256 or RNN 1024. Past the widest, the per-step path. H between
+# two widths runs at the larger one: the masked columns cost products, not memory traffic.
+SLICE_WARPS = {
+    RNN: {16: (4, 4), 32: (4, 4), 64: (4, 4), 128: (8, 8), 256: (4, 4), 512: (4, 4)},
+    LSTM: {16: (4, 4), 32: (4, 4), 64: (4, 4), 128: (8, 8), 256: (8, 8)},
+    GRU: {16: (4, 4), 32: (4, 4), 64: (4, 4), 128: (8, 4)},
+}
 
 
 @dataclass(frozen=True)
@@ -439,7 +444,7 @@ class SliceTile:
 
 def reduction_width(cell: str, H: int) -> int | None:
     """The smallest spill-free width that holds H, or None past the widest."""
-    return next((width for width in SLICE_WIDTHS[PERSISTENT_CELLS[cell]] if width >= H), None)
+    return next((width for width in sorted(SLICE_WARPS[PERSISTENT_CELLS[cell]]) if width >= H), None)
 
 
 def slice_bytes(cell: str, width: int) -> int:
@@ -448,14 +453,15 @@ def slice_bytes(cell: str, width: int) -> int:
     return GATES[cell] * width * BLOCK_H * 4
 
 
-def slice_tile(cell: str, H: int, linear_before_reset: bool = True) -> SliceTile | None:
-    """The persistent tile of a layer, or None when the cell or the slice rules it out."""
+def slice_tile(cell: str, H: int, linear_before_reset: bool = True, backward: bool = False) -> SliceTile | None:
+    """The persistent tile of a layer (of its backward kernel when ``backward``), or None when
+    the cell or the slice rules it out."""
     if cell not in PERSISTENT_CELLS or (cell == "gru" and not linear_before_reset) or H < 1:
         return None
     width = reduction_width(cell, H)
     if width is None or slice_bytes(cell, width) > SLICE_BUDGET_BYTES:
         return None
-    return SliceTile(BLOCK_B, BLOCK_H, width, NUM_WARPS)
+    return SliceTile(BLOCK_B, BLOCK_H, width, SLICE_WARPS[PERSISTENT_CELLS[cell]][width][int(backward)])
 
 
 @dataclass(frozen=True)
@@ -503,7 +509,7 @@ class Plan:
 
 def plan_launch(cell: str, H: int, T: int, *, linear_before_reset: bool = True, switch: str | None = None,
                 interpreting: bool = False, device: DeviceLimits | None = None,
-                kernel: KernelResources | None = None) -> Plan:
+                kernel: KernelResources | None = None, backward: bool = False) -> Plan:
     """Persistent or per-step, and with how many programs.
 
     ``switch`` is GPUKERNELS_RNN_PERSISTENT: "0" forces the per-step path; "1" the persistent one
@@ -512,7 +518,7 @@ def plan_launch(cell: str, H: int, T: int, *, linear_before_reset: bool = True, 
     is resident on the device, else per-step. ``kernel``: the compiled kernel at that tile."""
     if switch == "0":
         return Plan(False, reason=f"{ENVIRONMENT_SWITCH}=0")
-    tile = slice_tile(cell, H, linear_before_reset)
+    tile = slice_tile(cell, H, linear_before_reset, backward)
     if tile is None:
         return Plan(False, reason="no persistent kernel for this cell, or H past its spill-free slice widths")
     forced = switch == "1"
@@ -562,28 +568,35 @@ def _cooperative() -> dict:
 
 
 def _resources(compiled, num_warps: int) -> KernelResources:
-    compiled._init_handles()  # loads the binary: fills n_regs and n_spills
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        compiled._init_handles()  # loads the binary: fills n_regs and n_spills
+    except OutOfResources:  # more shared memory than this device gives a block: no program fits
+        return KernelResources(registers=0, shared=compiled.metadata.shared, spills=0, num_warps=num_warps)
     return KernelResources(registers=compiled.n_regs, shared=compiled.metadata.shared, spills=compiled.n_spills,
                            num_warps=num_warps)
 
 
-def _launch(kernel, args: tuple, cell: str, H: int, T: int, linear_before_reset: bool, interpreting: bool) -> bool:
+def _launch(kernel, args: tuple, cell: str, H: int, T: int, linear_before_reset: bool, interpreting: bool,
+            backward: bool) -> bool:
     """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path."""
-    tile = slice_tile(cell, H, linear_before_reset)
     switch = _switch()
-    constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": BLOCK_B, "BLOCK_H": BLOCK_H,
-                 "HP": tile.hp if tile else BLOCK_H}
-    options = {"num_warps": NUM_WARPS} if interpreting else {"num_warps": NUM_WARPS, **_cooperative()}
-    if interpreting or tile is None or switch == "0":
+    tile = slice_tile(cell, H, linear_before_reset, backward)
+    if tile is None or switch == "0" or interpreting:  # decided without compiling anything
         plan = plan_launch(cell, H, T, linear_before_reset=linear_before_reset, switch=switch,
-                           interpreting=interpreting)
-    else:  # the compiled kernel's registers and shared memory decide how many programs are resident
+                           interpreting=interpreting, backward=backward)
+        if not plan.persistent:
+            return False
+    constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp}
+    options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
+    if not interpreting:  # the compiled kernel's registers and shared memory decide how many are resident
         compiled = kernel.warmup(*args, grid=(triton.cdiv(H, tile.block_h),), SLICE_LOOP=False, **constants,
                                  **options)
         plan = plan_launch(cell, H, T, switch=switch, device=device_limits(args[0].device),
-                           kernel=_resources(compiled, NUM_WARPS))
-    if not plan.persistent:
-        return False
+                           kernel=_resources(compiled, tile.num_warps), backward=backward)
+        if not plan.persistent:
+            return False
     kernel[(plan.programs,)](*args, SLICE_LOOP=plan.slice_loop, **constants, **options)
     return True
 
@@ -596,7 +609,7 @@ def layer_forward(s, *, T: int, cell: str, reverse: bool, linear_before_reset: b
         return False
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
     args = (s.gx, s.h, s.c, s.w, s.b, s.peep, s.lens, s.y, s.ws, barrier, T, s.B, s.H, s.relu, s.coupled, int(reverse))
-    return _launch(rnn_persistent_forward_kernel, args, cell, s.H, T, linear_before_reset, interpreting)
+    return _launch(rnn_persistent_forward_kernel, args, cell, s.H, T, linear_before_reset, interpreting, False)
 
 
 def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool) -> bool:
@@ -608,7 +621,7 @@ def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_rese
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
     args = (s.gy, s.dh, s.dc, s.ws, s.h_prev, s.c_prev, w, s.peep, s.lens, s.dgx, s.dgh, barrier,
             T, s.B, s.H, s.relu, s.coupled, int(reverse))
-    return _launch(rnn_persistent_backward_kernel, args, cell, s.H, T, linear_before_reset, interpreting)
+    return _launch(rnn_persistent_backward_kernel, args, cell, s.H, T, linear_before_reset, interpreting, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,12 +630,12 @@ def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_rese
 _CELL_OF_CODE = {RNN: "rnn_tanh", LSTM: "lstm", GRU: "gru"}
 
 
-def gate_tiles() -> Iterator[tuple[str, str, SliceTile]]:
+def gate_tiles(backward: bool) -> Iterator[tuple[str, str, SliceTile]]:
     """(cell, dtype name, tile) for every reduction width each cell and dtype can run persistent."""
-    for dtype, name in TRITON_DTYPES.items():
+    for name in TRITON_DTYPES.values():
         for cell in _CELL_OF_CODE.values():
-            for width in SLICE_WIDTHS[PERSISTENT_CELLS[cell]]:
-                tile = slice_tile(cell, width)
+            for width in SLICE_WARPS[PERSISTENT_CELLS[cell]]:
+                tile = slice_tile(cell, width, backward=backward)
                 if tile is not None:
                     yield cell, name, tile
 
@@ -644,13 +657,13 @@ def _backward_args(cell: str, dtype: str, H: int) -> dict:
 def compile_cases() -> Iterator[CompileCase]:
     """Both persistent kernels at every tile ``plan_launch`` can pick for a compiled launch (one
     program per slice); no argument is specialised, so one build stands for every launch."""
-    for cell, dtype, tile in gate_tiles():
-        H = tile.hp - 3  # ragged: the masked tails are built
-        constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
-                     "HP": tile.hp, "SLICE_LOOP": False}
-        tags = {"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h)}
-        name = cell.split("_")[0]
-        yield CompileCase(name=f"rnn_persistent_forward[{name}]", kernel=rnn_persistent_forward_kernel,
-                          args={**_forward_args(cell, dtype, H), **constants}, num_warps=tile.num_warps, tags=tags)
-        yield CompileCase(name=f"rnn_persistent_backward[{name}]", kernel=rnn_persistent_backward_kernel,
-                          args={**_backward_args(cell, dtype, H), **constants}, num_warps=tile.num_warps, tags=tags)
+    for backward, kernel, make_args in ((False, rnn_persistent_forward_kernel, _forward_args),
+                                        (True, rnn_persistent_backward_kernel, _backward_args)):
+        for cell, dtype, tile in gate_tiles(backward):
+            H = tile.hp - 3  # ragged: the masked tails are built
+            constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
+                         "HP": tile.hp, "SLICE_LOOP": False}
+            yield CompileCase(name=f"rnn_persistent_{'backward' if backward else 'forward'}[{cell.split('_')[0]}]",
+                              kernel=kernel, args={**make_args(cell, dtype, H), **constants},
+                              num_warps=tile.num_warps,
+                              tags={"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h)})
