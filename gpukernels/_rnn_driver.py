@@ -157,7 +157,17 @@ def layer_forward(ops: RnnBackend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *,
     h = ops.contiguous(ops.as_f32(h0))
     c = None if c0 is None else ops.contiguous(ops.as_f32(c0))
     h_col = (K - 1) * H
-    for t in steps(T, reverse) if B and H else ():
+    # A backend may run the whole time loop in one launch (Triton's persistent kernel): it gets
+    # the full-sequence gx, y and workspace in a ForwardStep of t=0 and says whether it did.
+    whole = getattr(ops, "forward_layer", None)
+    ran = bool(T and B and H) and whole is not None and whole(
+        ForwardStep(x, 0, B, H, gx, G * H, h, w, b_hh, h, h if c is None else c, peep, lens, y, ws, K * H,
+                    int(cell == "rnn_relu"), int(coupled)), T=T, cell=cell, reverse=reverse,
+        linear_before_reset=linear_before_reset)
+    if ran:
+        last = steps(T, reverse)[-1]
+        h, c = ws[last, :, h_col:h_col + H], (ws[last, :, 4 * H:5 * H] if cell == "lstm" else None)
+    for t in steps(T, reverse) if B and H and not ran else ():
         step = ForwardStep(x, t, B, H, gx[t], G * H, h, w, b_hh, h, h if c is None else c, peep, lens, y[t], ws[t],
                            K * H, int(cell == "rnn_relu"), int(coupled))
         if cell == "gru" and not linear_before_reset:
@@ -197,7 +207,12 @@ def layer_backward(ops: RnnBackend, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w
     drh = ops.empty((B, H), f32)
     h_col = (K - 1) * H
     order = list(steps(T, reverse))
-    for index in range(T - 1, -1, -1) if B and H else ():
+    whole = getattr(ops, "backward_layer", None)  # the whole loop in one launch (see layer_forward)
+    ran = bool(T and B and H) and whole is not None and whole(
+        BackwardStep(x, 0, B, H, grad_y, dh, dh if dc is None else dc, ws, K * H, h0, h0 if c0 is None else c0,
+                     peep, lens, drh, dgx, dgh, dhd, dcp, int(cell == "rnn_relu"), int(coupled)),
+        w=ops.step_weights(w_hh), T=T, cell=cell, reverse=reverse, linear_before_reset=linear_before_reset)
+    for index in range(T - 1, -1, -1) if B and H and not ran else ():
         t = order[index]
         previous = None if index == 0 else order[index - 1]
         h_prev = h0 if previous is None else ws[previous, :, h_col:h_col + H]

@@ -109,3 +109,49 @@ def test_the_benchmark_cudnn_baselines_run_cudnn(provider, mode):
         ops = _aten_ops(timed)
     cudnn = {"aten::_cudnn_rnn"} if mode == "fwd" else {"aten::_cudnn_rnn_backward", "CudnnRnnBackward0"}
     assert ops & cudnn, sorted(ops)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,B,H,T", [("lstm", 17, 100, 9), ("gru", 3, 127, 7), ("rnn_tanh", 33, 100, 5),
+                                        ("rnn_tanh", 5, 500, 40), ("lstm", 5, 256, 40), ("gru", 2, 37, 12)],
+                         ids=lambda v: str(v))
+def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype, rng, monkeypatch):
+    """The persistent kernels' compiled path, chosen by default: one program per 16-unit slice,
+    all resident, meeting at the grid barrier every step, against the float64 reference."""
+    from gpukernels.triton import rnn_persistent as rp
+
+    monkeypatch.delenv(rp.ENVIRONMENT_SWITCH, raising=False)
+    grids = []
+    for name in ("rnn_persistent_forward_kernel", "rnn_persistent_backward_kernel"):
+        kernel = getattr(rp, name)
+
+        class Recording:  # records the grid of each launch, passes warmup and the rest through
+            def __getitem__(self, grid, kernel=kernel, name=name):
+                grids.append((name, grid))
+                return kernel[grid]
+
+            def __getattr__(self, attribute, kernel=kernel):
+                return getattr(kernel, attribute)
+
+        monkeypatch.setattr(rp, name, Recording())
+    G = GATES[kind]
+    arrays = {"x": random_tensor(rng, (T, B, 6), dtype, "cuda", scale=1.0),
+              "h": random_tensor(rng, (B, H), dtype, "cuda", scale=0.5),
+              "c": random_tensor(rng, (B, H), dtype, "cuda", scale=0.5),
+              "w": [random_tensor(rng, s, dtype, "cuda", scale=0.3 / (1 + H / 64) ** 0.5)
+                    for s in ((G * H, 6), (G * H, H), (G * H,), (G * H,))]}
+    gy = random_tensor(rng, (T, B, H), dtype, "cuda", scale=1.0)
+    gh = random_tensor(rng, (B, H), dtype, "cuda", scale=1.0)
+    lengths = tuple(int(v) for v in rng.integers(1, T + 1, B))
+    with gk.use_backend("triton"):
+        outputs, grads = _run(kind, arrays, gy, gh, lengths)
+    slices = -(-H // rp.BLOCK_H)
+    assert grids == [("rnn_persistent_forward_kernel", (slices,)), ("rnn_persistent_forward_kernel", (slices,)),
+                     ("rnn_persistent_backward_kernel", (slices,))]
+    as64 = {k: [as_float64(t) for t in v] if isinstance(v, list) else as_float64(v) for k, v in arrays.items()}
+    outputs64, grads64 = _run(kind, as64, as_float64(gy), as_float64(gh), lengths)
+    for got, want in zip(outputs, outputs64):
+        assert_close(got, want, dtype, "reduction")
+    for got, want in zip(grads, grads64):
+        if want is not None:
+            assert_close(got, want, dtype, "reduction")

@@ -29,6 +29,7 @@ from .. import _rnn_driver as driver
 from .._dispatch import triton_interpreting
 from .._rnn_driver import GATES, GRU, GRU_N, GRU_RZ, LSTM, RNN, WORKSPACE_BLOCKS  # noqa: F401 (public names)
 from ._launch import TRITON_DTYPES, CompileCase, check_dtype, fresh, passed
+from . import rnn_persistent
 from .activation import _tanh
 
 # The cell codes (RNN covers tanh and relu, a runtime flag) come from the shared driver.
@@ -335,6 +336,13 @@ class _TorchBackend:
             CELL=code, BLOCK_B=tile.block_b, BLOCK_H=tile.block_h, BLOCK_K=tile.block_k,
             DOT_F32=s.storage.dtype == torch.bfloat16 and triton_interpreting(), num_warps=tile.num_warps,
         )
+
+    def forward_layer(self, s, **layer) -> bool:
+        """The whole time loop in one persistent launch where rnn_persistent's launch rule allows."""
+        return rnn_persistent.layer_forward(s, interpreting=triton_interpreting(), **layer)
+
+    def backward_layer(self, s, **layer) -> bool:
+        return rnn_persistent.layer_backward(s, interpreting=triton_interpreting(), **layer)
 
     def backward_step(self, code: int, s) -> None:
         rnn_backward_step_kernel[(triton.cdiv(s.B * s.H, BACKWARD_BLOCK),)](

@@ -1,0 +1,669 @@
+"""Persistent recurrent layers in Triton: one launch runs a whole layer direction.
+
+Why: the per-step path (``gpukernels.triton.rnn``) launches a kernel per time step (two in
+backward, plus a cuBLAS product) and reads all of ``w_hh`` from memory at every step. Here each
+program owns a slice of ``BLOCK_H`` hidden units, loads the rows of ``w_hh`` of its slice (every
+gate block) once, before the time loop, and steps through time; the programs exchange the state
+through global memory (the workspace, which backward needs anyway) and wait for each other once
+per step at a grid-wide barrier.
+
+The barrier is a monotone integer counter: at step ``s`` every program adds 1 and spins until the
+counter reaches ``(s + 1) * programs``. The phase (the step) is in the target, so the barrier is
+reusable every step without a reset (a reset would race with programs already arriving at the
+next phase). It only works when every program of the grid is resident at once, which
+``plan_launch`` checks against the compiled kernel's registers and shared memory and the
+device's SM count before each launch (and the launch is a cooperative one, so the driver refuses
+a grid that cannot be resident rather than letting it hang); when that does not hold, the layer
+takes the per-step path.
+
+The recurrent products are exact fp32 ones (``input_precision="ieee"``) whatever the storage
+dtype: the slice is converted to fp32 when it is loaded, and the fp32 state is never rounded.
+How far a slice can stay on chip without a spill is measured by the compile gate, not assumed:
+``SLICE_WARPS``.
+
+The same kernels run with a grid of one program that loops over all slices (``SLICE_LOOP``):
+then the barrier is skipped (nothing to wait for) and ``w_hh`` is read per slice and step. That
+is the path Triton's interpreter runs (it runs programs one after another, a spin would hang) and
+the tests check against the reference; the barrier protocol itself is checked by a host-side
+simulation of interleaved programs (tests/test_rnn_persistent.py).
+
+Backward, per step: phase 1 (each program, its own hidden units): the pointwise cell derivative
+from dh (own units), grad_y and dc, giving the gate gradients ``dgh[t]`` of its units; barrier;
+phase 2 (each program, its own columns of ``w_hh``, the same slice): ``dh_prev[:, slice] =
+dhd[:, slice] + dgh[t] @ w_hh[:, slice]``, the recurrent gradient product fused in. dh, dc and
+dhd never leave their program's slice, so one barrier per step is enough. The weight gradients
+stay one matmul each over all steps after the loop (gpukernels._rnn_driver), deterministic and
+without atomics.
+
+Covered: rnn_tanh, rnn_relu, lstm (peepholes, coupled gates), gru with ``linear_before_reset``
+(PyTorch's). The original GRU needs ``r`` of every unit before its ``n`` product (a second
+barrier per step) and keeps the per-step path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import triton
+import triton.language as tl
+
+from .._rnn_driver import GATES, GRU, LSTM, RNN
+from ._launch import TRITON_DTYPES, CompileCase, fresh, passed
+from .activation import _tanh
+
+# ---------------------------------------------------------------------------------------------
+# Kernel pieces
+
+# One binary per cell, dtype and tile: no argument is specialised on its value (1, multiples of
+# 16) or on its pointer's alignment. The time loop runs on products of on-chip tiles, which such
+# hints do not speed up, and it keeps the compile gate to one build per configuration.
+_RUNTIME_ONLY = ["gx_ptr", "h0_ptr", "c0_ptr", "w_ptr", "b_ptr", "peep_ptr", "len_ptr", "y_ptr", "ws_ptr", "bar_ptr",
+                 "gy_ptr", "dh_ptr", "dc_ptr", "dgx_ptr", "dgh_ptr", "T", "B", "H", "relu", "coupled", "reverse"]
+
+
+@triton.jit
+def _grid_barrier(bar_ptr, phase, programs):
+    """Wait until every program has arrived ``phase`` times. A no-op for a single program."""
+    # Every thread of this program has stored its part of the step (also with one program: the
+    # next phase reads elements other threads of the program wrote).
+    tl.debug_barrier()
+    if programs > 1:
+        # Release: this program's stores are visible before the count that announces them.
+        tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")  # integer atomic: the arrival count
+        arrived = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")  # integer atomic: reads the count
+        while arrived < phase * programs:
+            arrived = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")  # integer atomic: reads the count
+        tl.debug_barrier()
+
+
+@triton.jit
+def _state_dot(acc, state, w):
+    """acc + state @ w, all fp32: exact products (FMA, not tensor cores), so the fp32 state is
+    never rounded to the storage dtype, whatever it is. The step is bound by the latency of the
+    step loop, not by these few products, and fp32 tiles can live in shared memory across steps."""
+    return tl.dot(state, w, acc=acc, input_precision="ieee")
+
+
+@triton.jit
+def _rows_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
+    """(HP, BLOCK_H): element [k, j] = w[gate*H + j, k], the rows of hidden units ``offs_h``
+    (forward: h @ w_g^T restricted to the slice)."""
+    offs_k = tl.arange(0, HP)
+    rows = (gate * H + offs_h[None, :]).to(tl.int64)
+    w = tl.load(w_ptr + rows * H + offs_k[:, None], mask=(offs_k[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    return w.to(tl.float32)
+
+
+@triton.jit
+def _columns_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
+    """(HP, BLOCK_H): element [j, k] = w[gate*H + j, k], the columns ``offs_h`` of gate block
+    ``gate`` (backward: dgates_g @ w_g restricted to the slice)."""
+    offs_j = tl.arange(0, HP)
+    rows = (gate * H + offs_j[:, None]).to(tl.int64)
+    w = tl.load(w_ptr + rows * H + offs_h[None, :], mask=(offs_j[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    return w.to(tl.float32)
+
+
+@triton.jit
+def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, HP: tl.constexpr):
+    """The tiles of every gate block a cell uses (the unused ones alias gate 0 and are never read)."""
+    if COLUMNS:
+        w0 = _columns_tile(w_ptr, 0, offs_h, H, HP)
+    else:
+        w0 = _rows_tile(w_ptr, 0, offs_h, H, HP)
+    w1, w2, w3 = w0, w0, w0
+    if CELL != 0:
+        if COLUMNS:
+            w1 = _columns_tile(w_ptr, 1, offs_h, H, HP)
+            w2 = _columns_tile(w_ptr, 2, offs_h, H, HP)
+        else:
+            w1 = _rows_tile(w_ptr, 1, offs_h, H, HP)
+            w2 = _rows_tile(w_ptr, 2, offs_h, H, HP)
+    if CELL == 1:
+        if COLUMNS:
+            w3 = _columns_tile(w_ptr, 3, offs_h, H, HP)
+        else:
+            w3 = _rows_tile(w_ptr, 3, offs_h, H, HP)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _gate_vectors(v_ptr, offs_h, H, COUNT: tl.constexpr):
+    """Blocks 0..COUNT-1 of a (COUNT*H,) vector at the hidden units ``offs_h`` as fp32 rows;
+    the blocks past COUNT are zeros (never read from memory)."""
+    h_mask = offs_h < H
+    v0 = tl.zeros(offs_h.shape, dtype=tl.float32)
+    v1, v2, v3 = v0, v0, v0
+    if COUNT > 0:
+        v0 = tl.load(v_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+    if COUNT > 1:
+        v1 = tl.load(v_ptr + H + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+    if COUNT > 2:
+        v2 = tl.load(v_ptr + 2 * H + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+    if COUNT > 3:
+        v3 = tl.load(v_ptr + 3 * H + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+    return v0[None, :], v1[None, :], v2[None, :], v3[None, :]
+
+
+@triton.jit
+def _step_index(s, T, reverse):
+    """The time index of loop step ``s`` and that of the step before it (-1 at the first)."""
+    t = tl.where(reverse != 0, T - 1 - s, s)
+    t_prev = tl.where(s == 0, -1, tl.where(reverse != 0, t + 1, t - 1))
+    return t, t_prev
+
+
+@triton.jit
+def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr,
+                   B, H, relu, coupled, offs_h, CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                   HP: tl.constexpr):
+    """Step ``t`` of the hidden units ``offs_h``, every batch row: the same cell as the per-step
+    kernel, writing y[t] and the workspace of step t (layout of gpukernels.reference.rnn)."""
+    G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
+    K: tl.constexpr = 6 if CELL == 1 else (5 if CELL == 2 else 1)
+    h_mask = offs_h < H
+    offs_k = tl.arange(0, HP)
+    k_mask = offs_k < H
+    b0, b1, b2, b3 = _gate_vectors(b_ptr, offs_h, H, G)
+    p_i, p_f, p_o, _ = _gate_vectors(peep_ptr, offs_h, H, 3 if CELL == 1 else 0)
+    # The state of step t - 1: the h (and c) blocks of its workspace, or h0/c0 at the first step.
+    if t_prev < 0:
+        h_in = h0_ptr
+        c_in = c0_ptr
+        in_stride = H
+    else:
+        h_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + (K - 1) * H
+        c_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + 4 * H
+        in_stride = K * H
+    ws_t = ws_ptr + t.to(tl.int64) * B * K * H
+    gx_t = gx_ptr + t.to(tl.int64) * B * G * H
+    y_t = y_ptr + t.to(tl.int64) * B * H
+    dtype = ws_ptr.dtype.element_ty
+    for b_start in range(0, B, BLOCK_B):
+        offs_b = b_start + tl.arange(0, BLOCK_B).to(tl.int64)
+        b_mask = offs_b < B
+        tile_mask = b_mask[:, None] & h_mask[None, :]
+        # .cg: other programs wrote this state; read it from L2, never from a stale L1 line.
+        state = tl.load(h_in + offs_b[:, None] * in_stride + offs_k[None, :], mask=b_mask[:, None] & k_mask[None, :],
+                        other=0.0, cache_modifier=".cg")
+        h_prev = tl.load(h_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0,
+                         cache_modifier=".cg")
+        acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        gx_tile = gx_t + offs_b[:, None] * (G * H) + offs_h[None, :]
+        ws_tile = ws_t + offs_b[:, None] * (K * H) + offs_h[None, :]
+        active = (tl.load(len_ptr + offs_b, mask=b_mask, other=0) > t)[:, None]
+        a0 = _state_dot(acc, state, w0) + tl.load(gx_tile, mask=tile_mask, other=0.0) + b0
+        if CELL == 0:  # RNN
+            h_new = tl.where(relu != 0, tl.where(a0 < 0, 0.0, a0), _tanh(a0))
+            tl.store(ws_tile, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+        elif CELL == 1:  # LSTM, gates i, f, g, o
+            c_prev = tl.load(c_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0,
+                             cache_modifier=".cg")
+            a1 = _state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
+            a2 = _state_dot(acc, state, w2) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2
+            a3 = _state_dot(acc, state, w3) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3
+            i = tl.sigmoid(a0 + p_i * c_prev)
+            f = tl.where(coupled != 0, 1.0 - i, tl.sigmoid(a1 + p_f * c_prev))
+            g = _tanh(a2)
+            c_new = f * c_prev + i * g
+            o = tl.sigmoid(a3 + p_o * c_new)
+            h_new = o * _tanh(c_new)
+            tl.store(ws_tile, i.to(dtype), mask=tile_mask)
+            tl.store(ws_tile + H, f.to(dtype), mask=tile_mask)
+            tl.store(ws_tile + 2 * H, g.to(dtype), mask=tile_mask)
+            tl.store(ws_tile + 3 * H, o.to(dtype), mask=tile_mask)
+            tl.store(ws_tile + 4 * H, tl.where(active, c_new, c_prev).to(dtype), mask=tile_mask)
+            tl.store(ws_tile + 5 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+        else:  # GRU (linear_before_reset), gates r, z, n; m = W_hn h + b_hn is what backward needs
+            r = tl.sigmoid(a0)
+            z = tl.sigmoid(_state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1)
+            m = _state_dot(acc, state, w2) + b2
+            n = _tanh(tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + r * m)
+            h_new = (1.0 - z) * n + z * h_prev
+            tl.store(ws_tile, r.to(dtype), mask=tile_mask)
+            tl.store(ws_tile + H, z.to(dtype), mask=tile_mask)
+            tl.store(ws_tile + 2 * H, n.to(dtype), mask=tile_mask)
+            tl.store(ws_tile + 3 * H, m.to(dtype), mask=tile_mask)
+            tl.store(ws_tile + 4 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+        y_tile = y_t + offs_b[:, None] * H + offs_h[None, :]
+        tl.store(y_tile, tl.where(active, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_mask)
+
+
+@triton.jit(do_not_specialize=_RUNTIME_ONLY)
+def rnn_persistent_forward_kernel(
+    gx_ptr, h0_ptr, c0_ptr, w_ptr, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr, bar_ptr,
+    T, B, H, relu, coupled, reverse,
+    CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
+    SLICE_LOOP: tl.constexpr,
+):
+    """All T steps of one layer direction. gx: (T, B, G*H) fp32 input projection (b_ih in it);
+    h0/c0: (B, H) fp32; w: (G*H, H); y: (T, B, H); ws: (T, B, K*H) fp32; bar: one int32, zero."""
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    if SLICE_LOOP:
+        n_slices = tl.cdiv(H, BLOCK_H)
+        for s in range(0, T):
+            t, t_prev = _step_index(s, T, reverse)
+            for slice_index in range(pid, n_slices, programs):
+                offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
+                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP)
+                _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
+                               ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP)
+            _grid_barrier(bar_ptr, s + 1, programs)
+    else:
+        # One slice per program: its rows of w_hh are loaded once and stay on chip for all steps.
+        offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP)
+        for s in range(0, T):
+            t, t_prev = _step_index(s, T, reverse)
+            _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
+                           ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP)
+            _grid_barrier(bar_ptr, s + 1, programs)
+
+
+@triton.jit
+def _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr, dgx_ptr,
+                        dgh_ptr, B, H, relu, coupled, offs_h, CELL: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Phase 1 of step t for the hidden units ``offs_h``: gate gradients into dgx[t]/dgh[t]; dh
+    becomes dhd (the part of dh_prev not through w_hh) and dc becomes dc_prev, in place."""
+    G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
+    K: tl.constexpr = 6 if CELL == 1 else (5 if CELL == 2 else 1)
+    h_mask = offs_h < H
+    p_i, p_f, p_o, _ = _gate_vectors(peep_ptr, offs_h, H, 3 if CELL == 1 else 0)
+    if t_prev < 0:
+        h_in = h0_ptr
+        c_in = c0_ptr
+        in_stride = H
+    else:
+        h_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + (K - 1) * H
+        c_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + 4 * H
+        in_stride = K * H
+    ws_t = ws_ptr + t.to(tl.int64) * B * K * H
+    dg_t = t.to(tl.int64) * B * G * H
+    for b_start in range(0, B, BLOCK_B):
+        offs_b = b_start + tl.arange(0, BLOCK_B).to(tl.int64)
+        b_mask = offs_b < B
+        tile_mask = b_mask[:, None] & h_mask[None, :]
+        own = offs_b[:, None] * H + offs_h[None, :]  # dh, dc, grad_y: (B, H)
+        ws_tile = ws_t + offs_b[:, None] * (K * H) + offs_h[None, :]
+        dg = dg_t + offs_b[:, None] * (G * H) + offs_h[None, :]
+        active = (tl.load(len_ptr + offs_b, mask=b_mask, other=0) > t)[:, None]
+        dh_in = tl.load(dh_ptr + own, mask=tile_mask, other=0.0)
+        gy = tl.load(gy_ptr + t.to(tl.int64) * B * H + own, mask=tile_mask, other=0.0).to(tl.float32)
+        dh = dh_in + tl.where(active, gy, 0.0)
+        if CELL == 0:  # RNN
+            h_new = tl.load(ws_tile, mask=tile_mask, other=0.0)
+            da = tl.where(relu != 0, tl.where(h_new > 0, dh, 0.0), dh * ((1.0 - h_new) * (1.0 + h_new)))
+            tl.store(dgx_ptr + dg, tl.where(active, da, 0.0), mask=tile_mask)
+            tl.store(dh_ptr + own, tl.where(active, 0.0, dh_in), mask=tile_mask)
+        elif CELL == 1:  # LSTM
+            dc_in = tl.load(dc_ptr + own, mask=tile_mask, other=0.0)
+            i = tl.load(ws_tile, mask=tile_mask, other=0.0)
+            f = tl.load(ws_tile + H, mask=tile_mask, other=0.0)
+            g = tl.load(ws_tile + 2 * H, mask=tile_mask, other=0.0)
+            o = tl.load(ws_tile + 3 * H, mask=tile_mask, other=0.0)
+            c_new = tl.load(ws_tile + 4 * H, mask=tile_mask, other=0.0)
+            c_prev = tl.load(c_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0)
+            tc = _tanh(c_new)
+            da_o = dh * tc * o * (1.0 - o)
+            dc = dc_in + dh * o * ((1.0 - tc) * (1.0 + tc)) + da_o * p_o
+            da_g = dc * i * ((1.0 - g) * (1.0 + g))
+            di = tl.where(coupled != 0, dc * g - dc * c_prev, dc * g)  # coupled: f = 1 - i
+            da_f = tl.where(coupled != 0, 0.0, dc * c_prev * f * (1.0 - f))
+            da_i = di * i * (1.0 - i)
+            dc_prev = dc * f + da_i * p_i + da_f * p_f
+            tl.store(dgx_ptr + dg, tl.where(active, da_i, 0.0), mask=tile_mask)
+            tl.store(dgx_ptr + dg + H, tl.where(active, da_f, 0.0), mask=tile_mask)
+            tl.store(dgx_ptr + dg + 2 * H, tl.where(active, da_g, 0.0), mask=tile_mask)
+            tl.store(dgx_ptr + dg + 3 * H, tl.where(active, da_o, 0.0), mask=tile_mask)
+            tl.store(dh_ptr + own, tl.where(active, 0.0, dh_in), mask=tile_mask)
+            tl.store(dc_ptr + own, tl.where(active, dc_prev, dc_in), mask=tile_mask)
+        else:  # GRU (linear_before_reset)
+            r = tl.load(ws_tile, mask=tile_mask, other=0.0)
+            z = tl.load(ws_tile + H, mask=tile_mask, other=0.0)
+            n = tl.load(ws_tile + 2 * H, mask=tile_mask, other=0.0)
+            m = tl.load(ws_tile + 3 * H, mask=tile_mask, other=0.0)
+            h_prev = tl.load(h_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0)
+            da_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
+            da_n = tl.where(active, dh * (1.0 - z) * ((1.0 - n) * (1.0 + n)), 0.0)
+            da_r = da_n * m * r * (1.0 - r)
+            tl.store(dgx_ptr + dg, da_r, mask=tile_mask)
+            tl.store(dgx_ptr + dg + H, da_z, mask=tile_mask)
+            tl.store(dgx_ptr + dg + 2 * H, da_n, mask=tile_mask)
+            tl.store(dgh_ptr + dg, da_r, mask=tile_mask)
+            tl.store(dgh_ptr + dg + H, da_z, mask=tile_mask)
+            tl.store(dgh_ptr + dg + 2 * H, da_n * r, mask=tile_mask)
+            tl.store(dh_ptr + own, tl.where(active, dh * z, dh_in), mask=tile_mask)
+
+
+@triton.jit
+def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
+                        CELL: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr):
+    """Phase 2 of step t for the columns ``offs_h``: dh[:, slice] += dgh[t] @ w_hh[:, slice]
+    (every program's gate gradients of step t, read after the barrier)."""
+    G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
+    h_mask = offs_h < H
+    offs_j = tl.arange(0, HP)
+    j_mask = offs_j < H
+    dg_t = dgh_ptr + t.to(tl.int64) * B * G * H
+    for b_start in range(0, B, BLOCK_B):
+        offs_b = b_start + tl.arange(0, BLOCK_B).to(tl.int64)
+        b_mask = offs_b < B
+        tile_mask = b_mask[:, None] & h_mask[None, :]
+        dg_rows = dg_t + offs_b[:, None] * (G * H) + offs_j[None, :]
+        dg_mask = b_mask[:, None] & j_mask[None, :]
+        acc = tl.load(dh_ptr + offs_b[:, None] * H + offs_h[None, :], mask=tile_mask, other=0.0)
+        acc = _state_dot(acc, tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w0)
+        if CELL != 0:
+            acc = _state_dot(acc, tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w1)
+            acc = _state_dot(acc, tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w2)
+        if CELL == 1:
+            acc = _state_dot(acc, tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w3)
+        tl.store(dh_ptr + offs_b[:, None] * H + offs_h[None, :], acc, mask=tile_mask)
+    tl.debug_barrier()  # the next step's phase 1 reads dh in another thread layout
+
+
+@triton.jit(do_not_specialize=_RUNTIME_ONLY)
+def rnn_persistent_backward_kernel(
+    gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, w_ptr, peep_ptr, len_ptr, dgx_ptr, dgh_ptr, bar_ptr,
+    T, B, H, relu, coupled, reverse,
+    CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
+    SLICE_LOOP: tl.constexpr,
+):
+    """All T steps back through one layer direction. dh/dc: (B, H) fp32, grad_h_n/grad_c_n on
+    entry, grad_h0/grad_c0 on exit; dgx/dgh: (T, B, G*H) fp32 gate gradients (the same buffer
+    unless GRU); bar: one int32, zero."""
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    if SLICE_LOOP:
+        n_slices = tl.cdiv(H, BLOCK_H)
+        for s in range(0, T):
+            t, t_prev = _step_index(T - 1 - s, T, reverse)
+            for slice_index in range(pid, n_slices, programs):
+                offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
+                _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
+                                    dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B)
+            _grid_barrier(bar_ptr, s + 1, programs)
+            for slice_index in range(pid, n_slices, programs):
+                offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
+                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP)
+                _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP)
+    else:
+        # One slice per program: its columns of w_hh are loaded once and stay on chip.
+        offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP)
+        for s in range(0, T):
+            t, t_prev = _step_index(T - 1 - s, T, reverse)
+            _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
+                                dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B)
+            _grid_barrier(bar_ptr, s + 1, programs)
+            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch rule: a small pure function of the layer, the device and the compiled kernel
+
+PERSISTENT_CELLS = {"rnn_tanh": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU}
+BLOCK_B = 16  # batch rows per product (tl.dot needs 16)
+BLOCK_H = 16  # hidden units per program: the smallest tl.dot width, so the most programs
+# The w_hh slice (every gate block, HP x BLOCK_H fp32 elements each) stays on chip for the whole
+# sequence; backward also stages the gate gradients of the step beside it, about as much again.
+# So a slice may take at most half of the largest shared memory a program can have (227 KiB on
+# sm_90); the launch then checks the compiled kernel's registers and shared memory against the
+# device (the widths above stay well inside this bound).
+MAX_SHARED_PER_PROGRAM = 227 * 1024
+SLICE_BUDGET_BYTES = MAX_SHARED_PER_PROGRAM // 2
+ENVIRONMENT_SWITCH = "GPUKERNELS_RNN_PERSISTENT"
+
+
+# The reduction widths (HP: H padded, one tile) whose builds keep the w_hh slice on chip without
+# a spill, on sm_80 and sm_90, for every dtype, and the warps (forward, backward) with which they
+# do: measured with the compile gate (Triton 3.6/3.7), not assumed. Triton's FMA products hold
+# the hoisted tile partly in registers, so neither the widths nor the warps follow a simple
+# rule: 4 warps spill from width 128 on in the LSTM and GRU cells and at 128 in the RNN cell
+# (fp16 forward, sm_90); 8 warps build them cleanly, except the GRU backward at 128 (fp32,
+# sm_90) and everything at GRU 256 or RNN 1024. Past the widest, the per-step path. H between
+# two widths runs at the larger one: the masked columns cost products, not memory traffic.
+SLICE_WARPS = {
+    RNN: {16: (4, 4), 32: (4, 4), 64: (4, 4), 128: (8, 8), 256: (4, 4), 512: (4, 4)},
+    LSTM: {16: (4, 4), 32: (4, 4), 64: (4, 4), 128: (8, 8), 256: (8, 8)},
+    GRU: {16: (4, 4), 32: (4, 4), 64: (4, 4), 128: (8, 4)},
+}
+
+
+@dataclass(frozen=True)
+class SliceTile:
+    block_b: int
+    block_h: int
+    hp: int  # the reduction width: H rounded up to a power of two (one tile, no K loop)
+    num_warps: int
+
+
+def reduction_width(cell: str, H: int) -> int | None:
+    """The smallest spill-free width that holds H, or None past the widest."""
+    return next((width for width in sorted(SLICE_WARPS[PERSISTENT_CELLS[cell]]) if width >= H), None)
+
+
+def slice_bytes(cell: str, width: int) -> int:
+    """Bytes of w_hh one program keeps on chip: every gate block's width x BLOCK_H tile, in fp32
+    whatever the storage dtype (the products are exact fp32 ones)."""
+    return GATES[cell] * width * BLOCK_H * 4
+
+
+def slice_tile(cell: str, H: int, linear_before_reset: bool = True, backward: bool = False) -> SliceTile | None:
+    """The persistent tile of a layer (of its backward kernel when ``backward``), or None when
+    the cell or the slice rules it out."""
+    if cell not in PERSISTENT_CELLS or (cell == "gru" and not linear_before_reset) or H < 1:
+        return None
+    width = reduction_width(cell, H)
+    if width is None or slice_bytes(cell, width) > SLICE_BUDGET_BYTES:
+        return None
+    return SliceTile(BLOCK_B, BLOCK_H, width, SLICE_WARPS[PERSISTENT_CELLS[cell]][width][int(backward)])
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """Per-device numbers the co-residency test needs (from torch.cuda.get_device_properties)."""
+
+    sm_count: int
+    registers_per_sm: int = 65536
+    shared_per_sm: int = 228 * 1024
+    max_threads_per_sm: int = 2048
+    max_blocks_per_sm: int = 32
+    register_unit: int = 256  # registers are allocated per warp in units of 256
+    shared_reserved_per_block: int = 1024  # the runtime's own 1 KiB per block (sm_80 and later)
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """What the compiled kernel uses per program (CompiledKernel.n_regs/.n_spills/metadata.shared)."""
+
+    registers: int
+    shared: int
+    spills: int
+    num_warps: int
+
+
+def resident_programs(device: DeviceLimits, kernel: KernelResources) -> int:
+    """How many programs of ``kernel`` the whole device holds at once (the occupancy rules of
+    NVIDIA's occupancy calculator: warps, registers per warp, shared memory, blocks per SM)."""
+    threads = 32 * kernel.num_warps
+    per_warp = -(-kernel.registers * 32 // device.register_unit) * device.register_unit
+    by_registers = (device.registers_per_sm // per_warp) // kernel.num_warps if per_warp else device.max_blocks_per_sm
+    shared = kernel.shared + device.shared_reserved_per_block
+    per_sm = min(device.max_threads_per_sm // threads, by_registers, device.shared_per_sm // shared,
+                 device.max_blocks_per_sm)
+    return device.sm_count * max(per_sm, 0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    persistent: bool
+    programs: int = 0
+    slice_loop: bool = False
+    reason: str = ""
+
+
+def plan_launch(cell: str, H: int, T: int, *, linear_before_reset: bool = True, switch: str | None = None,
+                interpreting: bool = False, device: DeviceLimits | None = None,
+                kernel: KernelResources | None = None, backward: bool = False) -> Plan:
+    """Persistent or per-step, and with how many programs.
+
+    ``switch`` is GPUKERNELS_RNN_PERSISTENT: "0" forces the per-step path; "1" the persistent one
+    wherever the cell has it (with one program looping over the slices when the grid cannot be
+    resident, and always under the interpreter); unset: persistent where one program per slice
+    is resident on the device, else per-step. ``kernel``: the compiled kernel at that tile."""
+    if switch == "0":
+        return Plan(False, reason=f"{ENVIRONMENT_SWITCH}=0")
+    tile = slice_tile(cell, H, linear_before_reset, backward)
+    if tile is None:
+        return Plan(False, reason="no persistent kernel for this cell, or H past its spill-free slice widths")
+    forced = switch == "1"
+    if interpreting:  # programs run one after another: no barrier can wait, one program does all
+        return Plan(True, 1, True, "interpreter") if forced else Plan(False, reason="interpreter (not forced)")
+    if device is None or kernel is None:
+        raise ValueError("a compiled launch needs the device limits and the compiled kernel's resources")
+    slices = triton.cdiv(H, tile.block_h)
+    resident = resident_programs(device, kernel)
+    if kernel.spills:
+        why = f"the kernel spills {kernel.spills} bytes"
+    elif slices > resident:
+        why = f"{slices} slices > {resident} resident programs"
+    elif slices * T >= 2**31:  # the barrier's int32 counter reaches slices * T
+        why = f"{slices} programs x {T} steps overflow the barrier counter"
+    else:
+        return Plan(True, slices, False, f"{slices} programs <= {resident} resident")
+    return Plan(True, 1, True, why + "; forced: one program") if forced else Plan(False, reason=why)
+
+
+# Blocks per SM by compute capability (CUDA C++ Programming Guide, technical specifications).
+_MAX_BLOCKS_PER_SM = {(8, 0): 32, (8, 6): 16, (8, 7): 16, (8, 9): 24, (9, 0): 32, (10, 0): 32, (12, 0): 32}
+
+
+def device_limits(device: torch.device) -> DeviceLimits:
+    props = torch.cuda.get_device_properties(device)
+    return DeviceLimits(sm_count=props.multi_processor_count,
+                        registers_per_sm=getattr(props, "regs_per_multiprocessor", 65536),
+                        shared_per_sm=props.shared_memory_per_multiprocessor,
+                        max_threads_per_sm=props.max_threads_per_multi_processor,
+                        max_blocks_per_sm=_MAX_BLOCKS_PER_SM.get((props.major, props.minor), 16))
+
+
+def _switch() -> str | None:
+    value = os.environ.get(ENVIRONMENT_SWITCH)
+    if value not in (None, "", "0", "1"):
+        raise ValueError(f"{ENVIRONMENT_SWITCH} must be 0 or 1, not {value!r}")
+    return value or None
+
+
+def _cooperative() -> dict:
+    """Launch as a cooperative grid where this Triton can: the driver then guarantees that
+    every program is resident (or refuses the launch) instead of trusting our count alone."""
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__ else {}
+
+
+def _resources(compiled, num_warps: int) -> KernelResources:
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        compiled._init_handles()  # loads the binary: fills n_regs and n_spills
+    except OutOfResources:  # more shared memory than this device gives a block: no program fits
+        return KernelResources(registers=0, shared=compiled.metadata.shared, spills=0, num_warps=num_warps)
+    return KernelResources(registers=compiled.n_regs, shared=compiled.metadata.shared, spills=compiled.n_spills,
+                           num_warps=num_warps)
+
+
+def _launch(kernel, args: tuple, cell: str, H: int, T: int, linear_before_reset: bool, interpreting: bool,
+            backward: bool) -> bool:
+    """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path."""
+    switch = _switch()
+    tile = slice_tile(cell, H, linear_before_reset, backward)
+    if tile is None or switch == "0" or interpreting:  # decided without compiling anything
+        plan = plan_launch(cell, H, T, linear_before_reset=linear_before_reset, switch=switch,
+                           interpreting=interpreting, backward=backward)
+        if not plan.persistent:
+            return False
+    constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp}
+    options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
+    if not interpreting:  # the compiled kernel's registers and shared memory decide how many are resident
+        compiled = kernel.warmup(*args, grid=(triton.cdiv(H, tile.block_h),), SLICE_LOOP=False, **constants,
+                                 **options)
+        plan = plan_launch(cell, H, T, switch=switch, device=device_limits(args[0].device),
+                           kernel=_resources(compiled, tile.num_warps), backward=backward)
+        if not plan.persistent:
+            return False
+    kernel[(plan.programs,)](*args, SLICE_LOOP=plan.slice_loop, **constants, **options)
+    return True
+
+
+def layer_forward(s, *, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool) -> bool:
+    """The whole forward time loop of the driver's layer in one launch (``s``: the driver's
+    ForwardStep of t=0 holding the full-sequence gx, y and workspace). False: not taken, the
+    driver runs its step loop."""
+    if cell not in PERSISTENT_CELLS:
+        return False
+    barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
+    args = (s.gx, s.h, s.c, s.w, s.b, s.peep, s.lens, s.y, s.ws, barrier, T, s.B, s.H, s.relu, s.coupled, int(reverse))
+    return _launch(rnn_persistent_forward_kernel, args, cell, s.H, T, linear_before_reset, interpreting, False)
+
+
+def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool) -> bool:
+    """The whole backward time loop in one launch (``s``: the driver's BackwardStep of t=0 with
+    the full-sequence grad_y, workspace and gate gradients, h_prev/c_prev holding h0/c0):
+    ``s.dh``/``s.dc`` (grad_h_n/grad_c_n, fp32) become grad_h0/grad_c0 in place."""
+    if cell not in PERSISTENT_CELLS or not (s.dh.is_contiguous() and s.dc.is_contiguous()):
+        return False
+    barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
+    args = (s.gy, s.dh, s.dc, s.ws, s.h_prev, s.c_prev, w, s.peep, s.lens, s.dgx, s.dgh, barrier,
+            T, s.B, s.H, s.relu, s.coupled, int(reverse))
+    return _launch(rnn_persistent_backward_kernel, args, cell, s.H, T, linear_before_reset, interpreting, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile gate: every tile the launch rule can pick (one per cell, dtype and reduction width)
+
+_CELL_OF_CODE = {RNN: "rnn_tanh", LSTM: "lstm", GRU: "gru"}
+
+
+def gate_tiles(backward: bool) -> Iterator[tuple[str, str, SliceTile]]:
+    """(cell, dtype name, tile) for every reduction width each cell and dtype can run persistent."""
+    for name in TRITON_DTYPES.values():
+        for cell in _CELL_OF_CODE.values():
+            for width in SLICE_WARPS[PERSISTENT_CELLS[cell]]:
+                tile = slice_tile(cell, width, backward=backward)
+                if tile is not None:
+                    yield cell, name, tile
+
+
+def _forward_args(cell: str, dtype: str, H: int) -> dict:
+    return dict(gx_ptr=fresh("fp32"), h0_ptr=passed("fp32", False), c0_ptr=passed("fp32", False),
+                w_ptr=passed(dtype, False), b_ptr=passed(dtype, False), peep_ptr=passed(dtype, False),
+                len_ptr=fresh("i32"), y_ptr=fresh(dtype), ws_ptr=fresh("fp32"), bar_ptr=fresh("i32"),
+                T=100, B=37, H=H, relu=0, coupled=0, reverse=0)
+
+
+def _backward_args(cell: str, dtype: str, H: int) -> dict:
+    return dict(gy_ptr=passed(dtype, False), dh_ptr=fresh("fp32"), dc_ptr=fresh("fp32"), ws_ptr=fresh("fp32"),
+                h0_ptr=passed("fp32", False), c0_ptr=passed("fp32", False), w_ptr=passed(dtype, False),
+                peep_ptr=passed(dtype, False), len_ptr=fresh("i32"), dgx_ptr=fresh("fp32"), dgh_ptr=fresh("fp32"),
+                bar_ptr=fresh("i32"), T=100, B=37, H=H, relu=0, coupled=0, reverse=0)
+
+
+def compile_cases() -> Iterator[CompileCase]:
+    """Both persistent kernels at every tile ``plan_launch`` can pick for a compiled launch (one
+    program per slice); no argument is specialised, so one build stands for every launch."""
+    for backward, kernel, make_args in ((False, rnn_persistent_forward_kernel, _forward_args),
+                                        (True, rnn_persistent_backward_kernel, _backward_args)):
+        for cell, dtype, tile in gate_tiles(backward):
+            H = tile.hp - 3  # ragged: the masked tails are built
+            constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
+                         "HP": tile.hp, "SLICE_LOOP": False}
+            yield CompileCase(name=f"rnn_persistent_{'backward' if backward else 'forward'}[{cell.split('_')[0]}]",
+                              kernel=kernel, args={**make_args(cell, dtype, H), **constants},
+                              num_warps=tile.num_warps,
+                              tags={"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h)})

@@ -1,0 +1,315 @@
+"""The persistent recurrent kernels (gpukernels/triton/rnn_persistent.py): one launch per layer
+direction, forward and backward.
+
+* Against the float64 reference through the public layer ops, forced on with
+  GPUKERNELS_RNN_PERSISTENT=1: every cell it covers, fp32/fp16/bf16, odd B/H/T, lengths and
+  reverse, every gradient. Without a GPU this is the one-program path (the interpreter runs
+  programs one after another), which loops over all slices; the launch counts prove no per-step
+  kernel ran.
+* The launch rule (``plan_launch``), a pure function, over A100/H100/H200-like numbers.
+* The grid barrier's protocol in a host-side simulation: N programs interleaved by a random
+  scheduler, checking nobody passes step t before everyone arrived and nobody deadlocks; the
+  same simulation catches the classic broken variant (a counter reset by the last arriver).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import gpukernels as gk
+from _helpers import as_float64, random_tensor
+from conftest import DEVICE, HAS_CUDA
+from gpukernels.triton import rnn as triton_rnn
+from gpukernels.triton import rnn_persistent as rp
+from test_rnn_triton import SHORT, _as64, _check, _inputs, _layer
+
+
+class _Counting:
+    """Stands in for a @triton.jit kernel: counts launches and records their grids."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.grids.append(grid)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+    def __getattr__(self, name):  # warmup and the rest go to the kernel
+        return getattr(self.kernel, name)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counters on both persistent kernels and both per-step kernels."""
+    counters = {}
+    for module, name in ((rp, "rnn_persistent_forward_kernel"), (rp, "rnn_persistent_backward_kernel"),
+                         (triton_rnn, "rnn_step_kernel"), (triton_rnn, "rnn_backward_step_kernel")):
+        counters[name] = _Counting(getattr(module, name))
+        monkeypatch.setattr(module, name, counters[name])
+    return counters
+
+
+def _run_layer(kind, dtype, T, B, H, reverse, lengths, rng):
+    a = _inputs(rng, kind, B, 4, H, dtype, T=T)
+    gy = random_tensor(rng, (T, B, H), dtype, DEVICE, scale=1.0)
+    gh, gc = random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0), random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0)
+    with gk.use_backend("triton"):
+        outputs, grads = _layer(kind, a, gy, gh, gc, reverse, lengths)
+    outputs64, grads64 = _layer(kind, _as64(a), as_float64(gy), as_float64(gh), as_float64(gc), reverse, lengths)
+    _check(kind, dtype, outputs, grads, outputs64, grads64)
+    return outputs
+
+
+KINDS = ("rnn_tanh", "rnn_relu", "lstm", "lstm_peep_coupled", "gru")
+# (T, B, H, dtype, reverse, lengths): every kind in every dtype with reverse and ragged lengths;
+# fp32 also forward with a batch past one 16-row tile and H past one 16-unit slice, and all ones.
+LAYER_SIZES = [(5, 3, 7, d, True, (5, 2, 4)) for d in ("float32", "float16", "bfloat16")]
+LAYER_SIZES += [(3, 17, 19, "float32", False, None), (1, 1, 1, "float32", False, None)]
+LAYER_CASES = [pytest.param(kind, *size, id=f"{kind}-T{size[0]}-B{size[1]}-H{size[2]}-{SHORT[size[3]]}"
+                            + ("-reverse-lengths" if size[4] else ""))
+               for kind in KINDS for size in LAYER_SIZES]
+LAYER_CASES += [pytest.param("gru", 4, 5, 33, "bfloat16", False, (4, 1, 3, 4, 2), id="gru-T4-B5-H33-bf16-lengths"),
+                pytest.param("lstm_peep_coupled", 2, 2, 40, "float16", True, None, id="lstm_peep_coupled-T2-B2-H40-fp16"
+                             "-reverse"),
+                # the wider slices: 128 (8 warps forward, 4 backward for the GRU), 256 for H=130
+                pytest.param("gru", 3, 2, 70, "float32", True, None, id="gru-T3-B2-H70-fp32-reverse"),
+                pytest.param("lstm", 2, 2, 97, "float16", False, (2, 1), id="lstm-T2-B2-H97-fp16-lengths"),
+                pytest.param("rnn_tanh", 2, 3, 130, "bfloat16", False, (2, 1, 2), id="rnn_tanh-T2-B3-H130-bf16-lengths")]
+
+
+@pytest.mark.parametrize("kind,T,B,H,dtype,reverse,lengths", LAYER_CASES)
+def test_persistent_layers_against_the_reference(kind, T, B, H, dtype, reverse, lengths, rng, monkeypatch, launches):
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    outputs = _run_layer(kind, dtype, T, B, H, reverse, lengths, rng)
+    # The backward op recomputes the forward: two forward launches, one backward, no step kernel.
+    assert len(launches["rnn_persistent_forward_kernel"].grids) == 2
+    assert len(launches["rnn_persistent_backward_kernel"].grids) == 1
+    assert not launches["rnn_step_kernel"].grids and not launches["rnn_backward_step_kernel"].grids
+    if not HAS_CUDA:  # the interpreter: one program over every slice
+        assert launches["rnn_persistent_forward_kernel"].grids == [(1,), (1,)]
+    if lengths is not None:  # padded steps output exact zeros
+        for b, length in enumerate(lengths):
+            assert torch.all(outputs[0][length:, b] == 0)
+
+
+@pytest.mark.parametrize("kind", ["lstm_peep_coupled", "gru", "rnn_relu"])
+def test_slice_held_for_the_whole_sequence(kind, rng, monkeypatch, launches):
+    """The compiled path's code (SLICE_LOOP=False: one slice per program, w_hh loaded once before
+    the time loop) with its single program, H <= 16: the interpreter can run that one."""
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setattr(rp, "plan_launch", lambda *a, **k: rp.Plan(True, 1, False, "test"))
+    _run_layer(kind, "float32", 4, 3, 11, True, (4, 1, 3), rng)
+    assert launches["rnn_persistent_backward_kernel"].grids == [(1,)]
+
+
+def test_original_gru_keeps_the_per_step_path(rng, monkeypatch, launches):
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    _run_layer("gru_original", "float32", 3, 2, 5, False, None, rng)
+    assert not launches["rnn_persistent_forward_kernel"].grids and not launches["rnn_persistent_backward_kernel"].grids
+    assert len(launches["rnn_step_kernel"].grids) == 2 * 3 * 2
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the interpreter's default")
+@pytest.mark.parametrize("switch", ["0", None])
+def test_per_step_path_when_switched_off_or_not_forced_in_the_interpreter(switch, rng, monkeypatch, launches):
+    if switch is None:
+        monkeypatch.delenv(rp.ENVIRONMENT_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, switch)
+    _run_layer("lstm", "float32", 3, 2, 5, False, None, rng)
+    assert not launches["rnn_persistent_forward_kernel"].grids
+    assert len(launches["rnn_step_kernel"].grids) == 2 * 3
+
+
+def test_bad_switch_value_is_named(rng, monkeypatch):
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "yes")
+    a = _inputs(rng, "gru", 2, 3, 4, "float32", T=2)
+    with gk.use_backend("triton"), pytest.raises(ValueError, match="GPUKERNELS_RNN_PERSISTENT must be 0 or 1"):
+        gk.gru_layer(a["x"], a["h"], *a["w"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch rule
+
+H100 = rp.DeviceLimits(sm_count=132, shared_per_sm=228 * 1024)
+H200 = rp.DeviceLimits(sm_count=132, shared_per_sm=228 * 1024)
+A100 = rp.DeviceLimits(sm_count=108, shared_per_sm=164 * 1024)
+SMALL = rp.KernelResources(registers=128, shared=40 * 1024, spills=0, num_warps=4)
+LARGE_SHARED = rp.KernelResources(registers=207, shared=197 * 1024, spills=0, num_warps=4)
+
+
+def test_resident_programs_follow_the_occupancy_rules():
+    # 128 registers x 4 warps: 4 programs by registers; 40 KiB (+1 KiB) of 228 KiB: 5 by shared.
+    assert rp.resident_programs(H100, SMALL) == 132 * 4
+    assert rp.resident_programs(A100, SMALL) == 108 * 4  # 164 KiB: 4 by shared too
+    assert rp.resident_programs(H200, LARGE_SHARED) == 132  # one 198 KiB program per SM
+    assert rp.resident_programs(A100, LARGE_SHARED) == 0  # does not fit an A100 SM at all
+    few_registers = rp.KernelResources(registers=32, shared=0, spills=0, num_warps=4)
+    assert rp.resident_programs(H100, few_registers) == 132 * 16  # 2048 threads per SM
+    one_sm = rp.DeviceLimits(sm_count=1, max_blocks_per_sm=3)
+    assert rp.resident_programs(one_sm, few_registers) == 3  # blocks per SM
+
+
+@pytest.mark.parametrize("device", [H100, H200, A100], ids=["H100", "H200", "A100"])
+@pytest.mark.parametrize("cell,H", [("rnn_tanh", 512), ("rnn_relu", 100), ("gru", 128), ("lstm", 256), ("lstm", 17)])
+def test_one_program_per_slice_where_resident(device, cell, H):
+    plan = rp.plan_launch(cell, H, 100, device=device, kernel=SMALL)
+    assert plan == rp.Plan(True, -(-H // rp.BLOCK_H), False, plan.reason)
+
+
+@pytest.mark.parametrize("cell,H", [("rnn_tanh", 513), ("gru", 129), ("lstm", 257)])
+def test_slices_past_the_spill_free_widths_take_the_per_step_path(cell, H):
+    for backward in (False, True):
+        assert rp.slice_tile(cell, H - 1, backward=backward) is not None
+        assert rp.slice_tile(cell, H, backward=backward) is None
+    assert not rp.plan_launch(cell, H, 100, device=H200, kernel=SMALL).persistent
+    assert not rp.plan_launch(cell, H, 100, switch="1", device=H200, kernel=SMALL).persistent
+
+
+def test_widths_round_up_to_the_next_spill_free_one_within_the_shared_memory_budget():
+    assert [rp.slice_tile("rnn_tanh", H).hp for H in (1, 16, 17, 33, 65, 128, 129, 256, 257, 512)] == [
+        16, 16, 32, 64, 128, 128, 256, 256, 512, 512]
+    assert rp.slice_tile("gru", 100).num_warps == 8 and rp.slice_tile("gru", 100, backward=True).num_warps == 4
+    for code, widths in rp.SLICE_WARPS.items():
+        cell = {rp.RNN: "rnn_tanh", rp.LSTM: "lstm", rp.GRU: "gru"}[code]
+        assert all(2 * rp.slice_bytes(cell, width) <= rp.MAX_SHARED_PER_PROGRAM for width in widths)
+
+
+def test_grid_larger_than_the_resident_programs():
+    plan = rp.plan_launch("lstm", 256, 100, device=A100, kernel=LARGE_SHARED, backward=True)
+    assert not plan.persistent and "16 slices > 0 resident" in plan.reason
+    tiny = rp.DeviceLimits(sm_count=3)  # 3 SMs x 1 program < 16 slices
+    assert not rp.plan_launch("lstm", 256, 100, device=tiny, kernel=LARGE_SHARED).persistent
+    assert rp.plan_launch("lstm", 48, 100, device=tiny, kernel=LARGE_SHARED).programs == 3  # 3 slices fit
+    forced = rp.plan_launch("lstm", 256, 100, switch="1", device=tiny, kernel=LARGE_SHARED)
+    assert forced == rp.Plan(True, 1, True, forced.reason)  # forced: one program over every slice
+
+
+def test_spilling_kernel_and_counter_overflow_take_the_per_step_path():
+    spilling = rp.KernelResources(registers=255, shared=0, spills=8, num_warps=4)
+    assert "spills 8 bytes" in rp.plan_launch("gru", 64, 10, device=H100, kernel=spilling).reason
+    assert not rp.plan_launch("gru", 64, 10, device=H100, kernel=spilling).persistent
+    assert not rp.plan_launch("rnn_tanh", 512, 2**31 // 32, device=H100, kernel=SMALL).persistent
+    assert rp.plan_launch("rnn_tanh", 512, 2**31 // 32 - 1, device=H100, kernel=SMALL).persistent
+
+
+def test_switch_interpreter_and_cells():
+    assert not rp.plan_launch("lstm", 64, 10, switch="0", device=H100, kernel=SMALL).persistent
+    assert rp.plan_launch("lstm", 64, 10, switch="1", interpreting=True) == rp.Plan(True, 1, True, "interpreter")
+    assert not rp.plan_launch("lstm", 64, 10, interpreting=True).persistent
+    assert not rp.plan_launch("gru", 64, 10, linear_before_reset=False, switch="1", interpreting=True).persistent
+    assert not rp.plan_launch("transformer", 64, 10, switch="1", interpreting=True).persistent
+    with pytest.raises(ValueError, match="device limits"):
+        rp.plan_launch("lstm", 64, 10)
+
+
+def test_device_limits_come_from_the_device_properties(monkeypatch):
+    from types import SimpleNamespace
+
+    h200 = SimpleNamespace(multi_processor_count=132, regs_per_multiprocessor=65536, major=9, minor=0,
+                           shared_memory_per_multiprocessor=233472, max_threads_per_multi_processor=2048)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: h200)
+    assert rp.device_limits(torch.device("cuda", 0)) == rp.DeviceLimits(
+        sm_count=132, registers_per_sm=65536, shared_per_sm=233472, max_threads_per_sm=2048, max_blocks_per_sm=32)
+    ada = SimpleNamespace(**{**vars(h200), "major": 8, "minor": 9, "multi_processor_count": 128})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: ada)
+    assert rp.device_limits(torch.device("cuda", 0)).max_blocks_per_sm == 24
+    # Compiled launches are cooperative where this Triton can: the driver refuses a grid that
+    # cannot be resident instead of letting the barrier wait forever.
+    assert rp._cooperative() == {"launch_cooperative_grid": True}
+
+
+def test_compile_gate_covers_every_tile_the_rule_picks():
+    built = {(case.name, case.tags["dtype"], int(case.tags["hp"]), case.num_warps) for case in rp.compile_cases()}
+    for cell, name in (("rnn_tanh", "rnn"), ("gru", "gru"), ("lstm", "lstm")):
+        for H in range(1, 600, 7):
+            for kernel in ("forward", "backward"):
+                tile = rp.slice_tile(cell, H, backward=kernel == "backward")
+                for dtype in ("fp32", "fp16", "bf16"):
+                    case = (f"rnn_persistent_{kernel}[{name}]", dtype, tile and tile.hp, tile and tile.num_warps)
+                    assert tile is None or case in built
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid barrier, simulated: the protocol of ``_grid_barrier`` (arrive: integer atomic add;
+# spin: atomic reads until the count reaches phase * programs) with every interleaving a random
+# scheduler picks. Each yield is a point where another program may run.
+
+
+class _Memory:
+    def __init__(self, programs: int, steps: int):
+        self.count = 0
+        self.arrived = [0] * programs  # how many times each program has arrived
+        self.written = [[False] * programs for _ in range(steps)]  # its part of each step
+
+
+def _monotone_barrier(memory: _Memory, pid: int, phase: int, programs: int):
+    memory.count += 1  # tl.atomic_add(bar, 1): one indivisible step
+    memory.arrived[pid] += 1
+    yield
+    while memory.count < phase * programs:  # tl.atomic_add(bar, 0) < phase * programs
+        yield
+
+
+def _resetting_barrier(memory: _Memory, pid: int, phase: int, programs: int):
+    """The broken classic: the last arriver resets the count, the others wait for the reset."""
+    memory.count += 1
+    memory.arrived[pid] += 1
+    if memory.count == programs:
+        memory.count = 0
+        return
+    yield
+    while memory.count != 0:
+        yield
+
+
+def _program(memory: _Memory, pid: int, programs: int, steps: int, barrier, violations: list):
+    for step in range(steps):
+        memory.written[step][pid] = True  # its slice of step `step`
+        yield
+        yield from barrier(memory, pid, step + 1, programs)
+        # Past the barrier of step `step`: everyone has arrived and written that step.
+        if min(memory.arrived) < step + 1 or not all(memory.written[step]):
+            violations.append((pid, step))
+        yield
+
+
+def _simulate(barrier, programs: int, steps: int, seed: int, max_ticks: int = 20_000) -> tuple[bool, list]:
+    """(finished, violations): runs the programs under a random scheduler until all finish or
+    ``max_ticks`` pass (a deadlock: a correct barrier finishes in far fewer)."""
+    schedule = random.Random(seed)
+    memory, violations = _Memory(programs, steps), []
+    running = {pid: _program(memory, pid, programs, steps, barrier, violations) for pid in range(programs)}
+    for _ in range(max_ticks):
+        if not running:
+            return True, violations
+        pid = schedule.choice(sorted(running))
+        try:
+            next(running[pid])
+        except StopIteration:
+            del running[pid]
+    return not running, violations
+
+
+@pytest.mark.parametrize("programs", [1, 2, 3, 5, 8])
+def test_grid_barrier_never_lets_a_program_pass_early_and_never_deadlocks(programs):
+    for seed in range(150):
+        steps = 1 + seed % 6
+        finished, violations = _simulate(_monotone_barrier, programs, steps, seed)
+        assert finished, f"deadlock: {programs} programs, {steps} steps, seed {seed}"
+        assert not violations, f"passed early: {violations[:3]} (seed {seed})"
+
+
+def test_the_simulation_catches_a_broken_barrier():
+    """A counter reset by the last arriver: a fast program's next arrival can hide the reset from
+    a slow spinner. The simulation must find such interleavings, or it proves nothing."""
+    failures = 0
+    for seed in range(200):
+        finished, violations = _simulate(_resetting_barrier, 3, 4, seed, max_ticks=3000)
+        failures += (not finished) or bool(violations)
+    assert failures > 0
