@@ -170,6 +170,22 @@ def _under(context: Callable[[], contextlib.AbstractContextManager], make):
     return provider
 
 
+@contextlib.contextmanager
+def _persistent_auto():
+    """The persistent layer kernels where they fit (opt-in until a GPU run proves them)."""
+    import os
+
+    previous = os.environ.get("GPUKERNELS_RNN_PERSISTENT")
+    os.environ["GPUKERNELS_RNN_PERSISTENT"] = "auto"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["GPUKERNELS_RNN_PERSISTENT"]
+        else:
+            os.environ["GPUKERNELS_RNN_PERSISTENT"] = previous
+
+
 def _providers(kind: str, mode: str, dtype: str):
     import torch
 
@@ -188,8 +204,10 @@ def _providers(kind: str, mode: str, dtype: str):
                 lambda: compile_once(id(i["eager_cell"]), lambda: _eager_step(i, i["eager_cell"]))(), mode),
         }
     torch_nn = lambda i: _timed(lambda: _module_layer(i, i["theirs"]), mode)  # noqa: E731
+    ours = lambda i: _timed(lambda: _module_layer(i, i["ours"]), mode)  # noqa: E731
     providers = {
-        "gpukernels": lambda i: _timed(lambda: _module_layer(i, i["ours"]), mode),
+        "gpukernels": ours,
+        "gpukernels-persistent": _under(_persistent_auto, ours),
         "torch-cudnn": _under(lambda: cudnn_rnn_math(tf32=False), torch_nn),
         "torch.nn": torch_nn,
         "torch": lambda i: _timed(lambda: _eager_layer(i, i["eager_cell"]), mode),
@@ -202,7 +220,7 @@ def _providers(kind: str, mode: str, dtype: str):
 
 
 # Which device each baseline runs on: torch.nn.LSTM/GRU is named after what runs it there.
-PROVIDER_DEVICES = {"torch.compile": ("cuda",), "torch-cudnn": ("cuda",), "torch-cudnn-tf32": ("cuda",),
+PROVIDER_DEVICES = {"gpukernels-persistent": ("cuda",), "torch.compile": ("cuda",), "torch-cudnn": ("cuda",), "torch-cudnn-tf32": ("cuda",),
                     "torch.nn": ("cpu",)}
 
 

@@ -115,7 +115,7 @@ def test_original_gru_keeps_the_per_step_path(rng, monkeypatch, launches):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the interpreter's default")
-@pytest.mark.parametrize("switch", ["0", None])
+@pytest.mark.parametrize("switch", ["0", None, "auto"])
 def test_per_step_path_when_switched_off_or_not_forced_in_the_interpreter(switch, rng, monkeypatch, launches):
     if switch is None:
         monkeypatch.delenv(rp.ENVIRONMENT_SWITCH, raising=False)
@@ -129,7 +129,7 @@ def test_per_step_path_when_switched_off_or_not_forced_in_the_interpreter(switch
 def test_bad_switch_value_is_named(rng, monkeypatch):
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "yes")
     a = _inputs(rng, "gru", 2, 3, 4, "float32", T=2)
-    with gk.use_backend("triton"), pytest.raises(ValueError, match="GPUKERNELS_RNN_PERSISTENT must be 0 or 1"):
+    with gk.use_backend("triton"), pytest.raises(ValueError, match="GPUKERNELS_RNN_PERSISTENT must be 0, 1 or auto"):
         gk.gru_layer(a["x"], a["h"], *a["w"])
 
 

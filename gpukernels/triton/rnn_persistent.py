@@ -552,11 +552,18 @@ def device_limits(device: torch.device) -> DeviceLimits:
                         max_blocks_per_sm=_MAX_BLOCKS_PER_SM.get((props.major, props.minor), 16))
 
 
+# The default until the multi-program path has run on a GPU: the per-step path. A spin barrier
+# that no GPU has yet executed could hang a user's training step, so the persistent path is
+# opt-in ("auto": where the grid is resident; "1": forced) until a GPU proof flips this.
+DEFAULT_SWITCH = "0"
+
+
 def _switch() -> str | None:
-    value = os.environ.get(ENVIRONMENT_SWITCH)
-    if value not in (None, "", "0", "1"):
-        raise ValueError(f"{ENVIRONMENT_SWITCH} must be 0 or 1, not {value!r}")
-    return value or None
+    """The switch as plan_launch takes it: "0", "1", or None for "auto" (the residency rule)."""
+    value = os.environ.get(ENVIRONMENT_SWITCH) or DEFAULT_SWITCH
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"{ENVIRONMENT_SWITCH} must be 0, 1 or auto, not {value!r}")
+    return None if value == "auto" else value
 
 
 def _cooperative() -> dict:
