@@ -353,19 +353,22 @@ _LSTM_GATE_MAJOR = (0, 1, 3, 2)  # i, f, o, g: the rows of PyTorch's i, f, g, o 
 _LSTM_HALVED = np.array([0.5, 0.5, 0.5, 1.0])  # per gate-major block: sigmoid blocks are halved
 
 
-def _lstm_gate_major(w: np.ndarray, H: int) -> np.ndarray:
-    """PyTorch's (4H, ...) gate rows as (4, H, ...) in gate-major order, sigmoid rows halved."""
-    blocks = w.reshape(4, H, *w.shape[1:])[list(_LSTM_GATE_MAJOR)]
-    return blocks * _LSTM_HALVED.astype(w.dtype).reshape(4, *([1] * (blocks.ndim - 1)))
+def _lstm_gate_major(w_hh: np.ndarray, H: int, dtype) -> np.ndarray:
+    """w_hh (4H, H) as the four transposed gate blocks (4, H, H) that multiply h, in gate-major
+    order with the sigmoid rows halved: one pass over w_hh. (A transposed view would save the
+    copy but multiplies 2.7x slower in these small products.)"""
+    blocks = w_hh.reshape(4, H, H)
+    out = np.empty((4, H, H), dtype=dtype)
+    for gate, (source, factor) in enumerate(zip(_LSTM_GATE_MAJOR, _LSTM_HALVED)):
+        np.multiply(blocks[source].T, factor, out=out[gate])
+    return out
 
 
 def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupled):
     T, B, I = x.shape
     H = h0.shape[1]
     dtype = np.result_type(x, w_ih)
-    w_ih4 = np.ascontiguousarray(_lstm_gate_major(w_ih, H).transpose(0, 2, 1))  # (4, I, H)
-    w_hh4 = np.ascontiguousarray(_lstm_gate_major(w_hh, H).transpose(0, 2, 1))  # (4, H, H)
-    bias4 = None if bias is None else _lstm_gate_major(bias, H).reshape(4, 1, H)
+    w_hh4 = _lstm_gate_major(w_hh, H, dtype)  # (4, H, H)
     peep = None
     if w_peep is not None:  # i and f see c (halved like their rows), o sees c' (likewise)
         peep = (w_peep[:2] * 0.5).reshape(2, 1, H).astype(dtype), (w_peep[2] * 0.5).astype(dtype)
@@ -376,18 +379,21 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
     workspace = np.empty((T, B, 6 * H), dtype=dtype)
     a = np.empty((4, B, H), dtype=dtype)
     product = np.empty((2, B, H), dtype=dtype)
+    projected = np.empty((max([(s.stop - s.start) * B for s in _chunks(T, False)], default=0), 4 * H), dtype=dtype)
     state = [h0.astype(dtype, copy=False), c0.astype(dtype, copy=False)]
     chunks = _chunks(T, reverse)
 
     def project(k):
+        """The chunk's x @ w_ih^T + bias, one product in PyTorch's row layout, then gate by gate
+        into gx with the sigmoid gates halved."""
         s = chunks[k]
-        rows = (s.stop - s.start) * B
-        out = gx[:, s].reshape(4, rows, H)
-        if out.size and not np.may_share_memory(out, gx):
-            raise RuntimeError("the projection's output must be a view")
-        np.matmul(x[s].reshape(rows, I), w_ih4, out=out)
-        if bias4 is not None:
-            out += bias4
+        n = s.stop - s.start
+        rows = projected[:n * B]
+        np.matmul(x[s].reshape(n * B, I), w_ih.T, out=rows)
+        if bias is not None:
+            rows += bias
+        for gate, (source, factor) in enumerate(zip(_LSTM_GATE_MAJOR, _LSTM_HALVED)):
+            np.multiply(rows[:, source * H:(source + 1) * H].reshape(n, B, H), factor, out=gx[gate, s])
 
     def recur(k):
         h, c = state
@@ -545,10 +551,11 @@ def _backward_factors(cell, workspace, h_before, c_before, w_peep, active, coupl
     return factors, fill
 
 
-def _back_step(cell, t, factors, gy, dh, dc, dh_next, dc_next, d_gx, d_gh, w_hh, w_peep, active, temporaries,
-               linear_before_reset, H):
+def _back_step(cell, t, factors, blocks, gy, dh, dc, dh_next, dc_next, d_gx, d_gh, w_hh, w_peep, active,
+               temporaries, linear_before_reset, H):
     """One step back through time: the gate gradients into d_gx[t] (and d_gh[t]), the gradients
-    of the states the step started from into dh_next and dc_next (LSTM)."""
+    of the states the step started from into dh_next and dc_next (LSTM). ``blocks`` holds the
+    (T, B, n, H) views of the gate blocks that one call multiplies by one state gradient."""
     dh_t, dc_t, tmp = temporaries
     k = factors["k"][t]
     np.add(dh, gy[t], out=dh_t)
@@ -559,7 +566,7 @@ def _back_step(cell, t, factors, gy, dh, dc, dh_next, dc_next, d_gx, d_gh, w_hh,
         np.multiply(dh_t, factors["oc"][t], out=dc_t)
         dc_t += dc
         d = d_gx[t]
-        np.multiply(dc_t[:, None, :], _gate_blocks(k, 3, H), out=_gate_blocks(d, 3, H))
+        np.multiply(dc_t[:, None, :], blocks["k"][t], out=blocks["d_gx"][t])
         np.multiply(dh_t, k[:, 3 * H:], out=d[:, 3 * H:])
         np.multiply(dc_t, factors["f"][t], out=dc_next)
         if w_peep is not None:
@@ -567,14 +574,14 @@ def _back_step(cell, t, factors, gy, dh, dc, dh_next, dc_next, d_gx, d_gh, w_hh,
             dc_next += d[:, H:2 * H] * w_peep[1]
         np.matmul(d, w_hh, out=dh_next)
     elif linear_before_reset:
-        np.multiply(dh_t[:, None, :], _gate_blocks(k, 3, H), out=_gate_blocks(d_gx[t], 3, H))
-        np.multiply(dh_t[:, None, :], _gate_blocks(factors["kh"][t], 3, H), out=_gate_blocks(d_gh[t], 3, H))
+        np.multiply(dh_t[:, None, :], blocks["k"][t], out=blocks["d_gx"][t])
+        np.multiply(dh_t[:, None, :], blocks["kh"][t], out=blocks["d_gh"][t])
         np.matmul(d_gh[t], w_hh, out=dh_next)
         np.multiply(dh_t, factors["z"][t], out=tmp)
         dh_next += tmp
     else:  # the original GRU: n's product W_hn (r*h) sends d(r*h) to r and to h
         d = d_gx[t]
-        np.multiply(dh_t[:, None, :], _gate_blocks(k[:, H:], 2, H), out=_gate_blocks(d[:, H:], 2, H))
+        np.multiply(dh_t[:, None, :], blocks["k"][t], out=blocks["d_gx"][t])
         d_rh = dc_t  # (no c in a GRU: this buffer holds d(r*h))
         np.matmul(d[:, 2 * H:], w_hh[2 * H:], out=d_rh)
         np.multiply(d_rh, k[:, :H], out=d[:, :H])
@@ -639,6 +646,14 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
     grad_w_peep = None if cell != "lstm" or w_peep is None else np.zeros((3, H), dtype=dtype)
     chunks = _chunks(T, reverse)[::-1]  # backward visits the chunks last first
     current = [0]
+    if cell == "gru" and not linear_before_reset:  # z and n share dh_t; r gets d(r*h)
+        blocks = {"k": _gate_blocks(factors["k"][:, :, H:], 2, H), "d_gx": _gate_blocks(d_gx[:, :, H:], 2, H)}
+    elif cell in ("lstm", "gru"):  # LSTM: i, f, g share dc_t (o gets dh_t); GRU: r, z, n share dh_t
+        blocks = {"k": _gate_blocks(factors["k"], 3, H), "d_gx": _gate_blocks(d_gx, 3, H)}
+        if "kh" in factors:
+            blocks.update(kh=_gate_blocks(factors["kh"], 3, H), d_gh=_gate_blocks(d_gh, 3, H))
+    else:
+        blocks = {}
 
     def factors_of(k):
         fill_factors(chunks[k])
@@ -647,7 +662,7 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
         steps = range(T)[chunks[k]]
         for t in (steps if reverse else steps[::-1]):
             (dh, dc), (dh_next, dc_next) = states[current[0]], states[1 - current[0]]
-            _back_step(cell, t, factors, gy, dh, dc, dh_next, dc_next, d_gx, d_gh, w_hh_, w_peep, active,
+            _back_step(cell, t, factors, blocks, gy, dh, dc, dh_next, dc_next, d_gx, d_gh, w_hh_, w_peep, active,
                        temporaries, linear_before_reset, H)
             current[0] = 1 - current[0]
 
