@@ -117,8 +117,8 @@ def _one_blas_thread():
                 set_threads(_blas_saved)
 
 
-# A pipeline stage works on chunks of this many steps (at least one): a function of T alone, so
-# every thread count computes the same chunks in the same order and gives the same bits.
+# A layer's steps are cut into this many chunks (fewer when T is smaller): a function of T alone,
+# so every thread count computes the same chunks in the same order and gives the same bits.
 PIPELINE_CHUNKS = 8
 
 
@@ -131,6 +131,10 @@ def _chunks(T: int, reverse: bool) -> list[slice]:
 # Below this many multiply-adds in the input projection a layer runs its stages one after
 # another on the calling thread (a pool hand-off costs tens of microseconds: a cell step is less).
 PIPELINE_MIN_WORK = 1 << 21
+
+
+def _worth_a_pipeline(T: int, B: int, GH: int, I: int) -> bool:
+    return T > 1 and T * B * GH * I >= PIPELINE_MIN_WORK
 
 
 def _pipeline(stages, parallel: bool) -> None:
@@ -298,48 +302,44 @@ def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, rever
     if cell == "lstm":
         return _lstm_forward(x, h0, c0, w_ih, w_hh, _projection_biases(cell, b_ih, b_hh, h0.shape[1]), w_peep,
                              reverse=reverse, active=_active_mask(lengths, *x.shape[:2]), coupled=coupled)
-    T, B, _ = x.shape
+    T, B, I = x.shape
     H = h0.shape[1]
-    K = WORKSPACE_BLOCKS[cell]
+    G, K = GATES[cell], WORKSPACE_BLOCKS[cell]
     dtype = np.result_type(x, w_ih)
     bias = _projection_biases(cell, b_ih, b_hh, H)
-    gx = np.empty((T, B, w_ih.shape[0]), dtype=dtype)
-    w_ih_t = w_ih.T
+    gx = np.empty((T, B, G * H), dtype=dtype)
     w_hh_t = np.ascontiguousarray(w_hh.T)
     workspace = np.empty((T, B, K * H), dtype=dtype)
     scratch = _step_scratch(cell, B, H, dtype)
     active = _active_mask(lengths, T, B)
-    state = [h0.astype(dtype, copy=False), None if c0 is None else c0.astype(dtype, copy=False)]
+    state = [h0.astype(dtype, copy=False)]
     chunks = _chunks(T, reverse)
 
     def project(k):
-        part = gx[chunks[k]]
-        np.matmul(x[chunks[k]].reshape(-1, x.shape[2]), w_ih_t, out=part.reshape(-1, part.shape[2]))
+        s = chunks[k]
+        rows = (s.stop - s.start) * B
+        np.matmul(x[s].reshape(rows, I), w_ih.T, out=gx[s].reshape(rows, G * H))
         if bias is not None:
-            part += bias
+            gx[s] += bias
 
     def recur(k):
         step = _STEP[cell]
-        h, c = state
+        (h,) = state
         steps = range(T)[chunks[k]]
         for t in (steps[::-1] if reverse else steps):
-            h_new, c_new = step(cell, gx[t], h, c, w_hh_t, b_hh, w_peep, coupled, linear_before_reset, workspace[t],
-                                scratch)
+            h_new, _ = step(cell, gx[t], h, None, w_hh_t, b_hh, w_peep, coupled, linear_before_reset, workspace[t],
+                            scratch)
             if active is not None:  # an inactive sequence keeps its state (the workspace holds it)
-                inactive = ~active[t]
-                np.copyto(h_new, h, where=inactive)
-                if c is not None:
-                    np.copyto(c_new, c, where=inactive)
-            h, c = h_new, c_new
-        state[:] = h, c
+                np.copyto(h_new, h, where=~active[t])
+            h = h_new
+        state[:] = (h,)
 
     every = range(len(chunks))
     with _one_blas_thread():
-        _pipeline([(project, every, None), (recur, every, 0)], T > 1 and T * B * gx.shape[2] * x.shape[2] >= PIPELINE_MIN_WORK)
+        _pipeline([(project, every, None), (recur, every, 0)], _worth_a_pipeline(T, B, G * H, I))
     h_after = workspace[:, :, (K - 1) * H:]
     y = h_after.copy() if active is None else np.where(active, h_after, 0).astype(dtype, copy=False)
-    h, c = state
-    return y, h.copy(), None if c is None else c.copy(), workspace
+    return y, state[0].copy(), None, workspace
 
 
 # The LSTM's forward works gate-major: its gate pre-activations are (4, B, H), gate by gate, in
@@ -444,8 +444,7 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
 
     every = range(len(chunks))
     with _one_blas_thread():
-        _pipeline([(project, every, None), (recur, every, 0), (store, every, 1)],
-                  T > 1 and T * B * 4 * H * I >= PIPELINE_MIN_WORK)
+        _pipeline([(project, every, None), (recur, every, 0), (store, every, 1)], _worth_a_pipeline(T, B, 4 * H, I))
     y = h_all if active is None else np.where(active, h_all, 0).astype(dtype, copy=False)
     h, c = state
     return y, h.copy(), c.copy(), workspace
@@ -694,7 +693,7 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
     partials = [{} for _ in chunks]
     stages = [(factors_of, every, None), (recur, every, 0)] + [(gradients_of, (k,), 1) for k in every]
     with _one_blas_thread():
-        _pipeline(stages, T > 1 and T * B * G * H * I >= PIPELINE_MIN_WORK)
+        _pipeline(stages, _worth_a_pipeline(T, B, G * H, I))
     for partial in partials:  # summed in a fixed order: the same bits for every thread count
         for name, total in (("w_ih", grad_w_ih), ("w_hh", grad_w_hh), ("b_ih", grad_b_ih), ("b_hh", grad_b_hh),
                             ("w_peep", grad_w_peep)):
