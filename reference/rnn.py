@@ -347,8 +347,9 @@ def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, rever
 # array (a (B, H) column block of a (B, 4H) row layout is B strided rows: 2-3x the time per call)
 # and the recurrent product is four 16 x 128 x 128 products, which OpenBLAS runs faster than one
 # 16 x 128 x 512. A third pipeline stage copies each finished chunk into the workspace's layout.
-# The sigmoid gates' rows of the weights, biases and peepholes are halved once, so one tanh over
-# all four blocks gives tanh(a/2) there, and sigmoid(a) = tanh(a/2)/2 + 1/2 (halving is exact).
+# The sigmoid gates' pre-activations arrive halved (w_hh's and the peepholes' rows halved once per
+# call, the projection's blocks as they are copied gate by gate), so one tanh over all four blocks
+# gives tanh(a/2) there, and sigmoid(a) = tanh(a/2)/2 + 1/2 (halving is exact in binary).
 _LSTM_GATE_MAJOR = (0, 1, 3, 2)  # i, f, o, g: the rows of PyTorch's i, f, g, o blocks in that order
 _LSTM_HALVED = np.array([0.5, 0.5, 0.5, 1.0])  # per gate-major block: sigmoid blocks are halved
 
@@ -399,7 +400,7 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
         h, c = state
         steps = range(T)[chunks[k]]
         for t in (steps[::-1] if reverse else steps):
-            g, c_new, h_new = gates[t], c_all[t], h_all[t]
+            g, c_new, h_new = gates[t], c_all[t], h_all[t]  # g: this step's i, f, o, g
             np.matmul(h, w_hh4, out=a)
             np.add(a, gx[:, t], out=a)
             if peep is None:
