@@ -359,7 +359,7 @@ def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, rever
 # the order i, f, o, g (sigmoids first), so that every block a step touches is one contiguous
 # array (a (B, H) column block of a (B, 4H) row layout is B strided rows: 2-3x the time per call)
 # and the recurrent product is four 16 x 128 x 128 products, which OpenBLAS runs faster than one
-# 16 x 128 x 512. A third pipeline stage copies each finished chunk into the workspace's layout.
+# 16 x 128 x 512. Each finished chunk is then copied into the workspace's layout.
 # The sigmoid gates' pre-activations arrive halved (w_hh's and the peepholes' rows halved once per
 # call, the projection's blocks as they are copied gate by gate), so one tanh over all four blocks
 # gives tanh(a/2) there, and sigmoid(a) = tanh(a/2)/2 + 1/2 (halving is exact in binary).
@@ -411,7 +411,8 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
 
     def recur(k):
         h, c = state
-        steps = range(T)[chunks[k]]
+        s = chunks[k]
+        steps = range(T)[s]
         for t in (steps[::-1] if reverse else steps):
             g, c_new, h_new = gates[t], c_all[t], h_all[t]  # g: this step's i, f, o, g
             np.matmul(h, w_hh4, out=a)
@@ -446,10 +447,8 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
                 np.copyto(c_new, c, where=inactive)
             h, c = h_new, c_new
         state[:] = h, c
-
-    def store(k):
-        """The chunk in the workspace's layout: [i, f, g, o, c, h] along each row."""
-        s = chunks[k]
+        # the chunk in the workspace's layout, [i, f, g, o, c, h] along each row (here, not in
+        # a stage of its own: the projection's thread has the more work)
         ws = workspace[s]
         for block, gate in enumerate(_LSTM_GATE_MAJOR):
             np.copyto(ws[:, :, block * H:(block + 1) * H], gates[s, gate])
@@ -458,7 +457,7 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
 
     every = range(len(chunks))
     with _one_blas_thread():
-        _pipeline([(project, every, None), (recur, every, 0), (store, every, 1)], _worth_a_pipeline(T, B, 4 * H, I))
+        _pipeline([(project, every, None), (recur, every, 0)], _worth_a_pipeline(T, B, 4 * H, I))
     y = h_all if active is None else np.where(active, h_all, 0).astype(dtype, copy=False)
     h, c = state
     return y, h.copy(), c.copy(), workspace
