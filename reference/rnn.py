@@ -708,12 +708,15 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
     stages = [(factors_of, every, None), (recur, every, 0)] + [(gradients_of, (k,), 1) for k in every]
     with _one_blas_thread():
         _pipeline(stages, _worth_a_pipeline(T, B, G * H, I))
-    for partial in partials:  # summed in a fixed order: the same bits for every thread count
-        for name, total in (("w_ih", grad_w_ih), ("w_hh", grad_w_hh), ("b_ih", grad_b_ih), ("b_hh", grad_b_hh),
-                            ("w_peep", grad_w_peep)):
-            if name in partial:
-                total += partial[name]
+    if partials:  # summed in a fixed order, the first chunk's taken as it is: the same bits for
+        totals = dict(partials[0])  # every thread count
+        for partial in partials[1:]:
+            for name, value in partial.items():
+                totals[name] += value
+        grad_w_ih, grad_w_hh = totals["w_ih"], totals["w_hh"]
+        grad_b_ih, grad_b_hh = totals.get("b_ih", grad_b_ih), totals.get("b_hh", grad_b_hh)
+        grad_w_peep = totals.get("w_peep", grad_w_peep)
     if same_bias_grads:
-        np.copyto(grad_b_hh, grad_b_ih)
+        grad_b_hh = grad_b_ih.copy()
     dh, dc = states[current[0]]
     return grad_x, dh, dc if cell == "lstm" else None, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_peep
