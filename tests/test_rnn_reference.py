@@ -1,9 +1,13 @@
 """The NumPy reference of the recurrent family in float64: against PyTorch CPU autograd
 (torch.nn.RNN/LSTM/GRU with the same weights, packed sequences for variable lengths, the
 reverse direction of a bidirectional module) and against finite differences, including the
-options PyTorch lacks (peepholes, coupled gates, the original GRU)."""
+options PyTorch lacks (peepholes, coupled gates, the original GRU). The CPU pipeline (stages
+over chunks of steps on the thread pool, BLAS on the calling thread): the same bits for every
+thread count, the same results run sequentially or side by side, errors raised, not hung on."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -26,9 +30,18 @@ def _weights(rng, cell, I, H, bias=True, peep=False, scale=0.5):
     return w
 
 
+@pytest.fixture(params=["sequential", "pipelined"])
+def pipeline(request, monkeypatch):
+    """Layers run their stages one after another, or (any size) on a pool of two threads."""
+    if request.param == "pipelined":
+        monkeypatch.setattr(ref, "PIPELINE_MIN_WORK", 0)
+        monkeypatch.setenv("GPUKERNELS_NUM_THREADS", "2")
+    return request.param
+
+
 @pytest.mark.parametrize("lengths", [None, (5, 2, 4, 1)], ids=["full", "lengths"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_layer_matches_torch_autograd_both_directions(cell, lengths, rng):
+def test_layer_matches_torch_autograd_both_directions(cell, lengths, pipeline, rng):
     T, B, I, H = 5, 4, 3, 6
     module_cls, kwargs = CELLS[cell]
     module = module_cls(I, H, bidirectional=True, **kwargs).double()
@@ -202,3 +215,79 @@ def test_float32_and_float16_compute_like_float64(rng):
         assert y.dtype == dtype and h.dtype == dtype
         y_ref, _ = gk.gru_layer(*(a.astype(dtype).astype(np.float64) for a in (x, h0, *w)))
         assert_close(y, y_ref, tol, "reduction")
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU pipeline
+
+
+def _bits(arrays) -> list[bytes]:
+    return [None if a is None else (a.dtype.str, a.shape, np.ascontiguousarray(a).tobytes()) for a in arrays]
+
+
+@pytest.mark.parametrize("cell,options,peep", VARIANTS,
+                         ids=[f"{c}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}{'-peep' if p else ''}"
+                              for c, o, p in VARIANTS])
+def test_same_bits_for_every_thread_count(cell, options, peep, monkeypatch, rng):
+    monkeypatch.setattr(ref, "PIPELINE_MIN_WORK", 0)
+    T, B, I, H = 19, 5, 7, 6  # 19 steps: uneven chunks of 3
+    w_ih, w_hh, b_ih, b_hh, w_peep = (None if w is None else w.astype(np.float32)
+                                      for w in _weights(rng, cell, I, H, peep=peep))
+    arrays = [rng.standard_normal((T, B, I)).astype(np.float32), rng.standard_normal((B, H)).astype(np.float32),
+              rng.standard_normal((B, H)).astype(np.float32) if cell == "lstm" else None, w_ih, w_hh, b_ih, b_hh,
+              w_peep]
+    grads_out = [rng.standard_normal(s).astype(np.float32) for s in ((T, B, H), (B, H), (B, H))]
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setenv("GPUKERNELS_NUM_THREADS", str(threads))
+        for reverse, lengths in ((False, None), (True, (19, 4, 11, 1, 19))):
+            kw = dict(options, cell=cell, reverse=reverse, lengths=lengths)
+            y, h, c, ws = ref.layer_forward(*arrays, **kw)
+            grads = ref.layer_backward(grads_out[0], grads_out[1], grads_out[2] if cell == "lstm" else None, ws,
+                                       *arrays, **kw)
+            results.append(_bits((y, h, c, ws, *grads)))
+    assert results[0:2] == results[2:4] == results[4:6]
+
+
+def test_a_failing_stage_raises_and_releases_the_stages_after_it():
+    done = []
+
+    def fail_on_two(k):
+        if k == 2:
+            raise ZeroDivisionError("stage 0, chunk 2")
+
+    def record(k):
+        done.append(k)
+
+    outcome = []
+
+    def call():
+        try:
+            ref._pipeline([(fail_on_two, range(4), None), (record, range(4), 0), (record, (3,), 1)], parallel=True)
+        except ZeroDivisionError as error:
+            outcome.append(error)
+
+    runner = threading.Thread(target=call, daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "a stage waited forever for a failed one"
+    assert len(outcome) == 1 and str(outcome[0]) == "stage 0, chunk 2"
+    assert done in ([], [0], [0, 1])  # only chunks the failed stage had finished, never chunk 3
+
+
+def test_blas_runs_on_the_calling_thread_inside_a_layer_and_gets_its_threads_back(monkeypatch, rng):
+    threads = ref._openblas_threads()
+    if threads is None:
+        pytest.skip("NumPy does not use its bundled OpenBLAS here: the layer leaves BLAS's threads alone")
+    get, set_threads = threads
+    before = get()
+    seen = []  # BLAS's thread count at each step
+    try:
+        set_threads(2)
+        w = _weights(rng, "rnn_tanh", 3, 4)
+        step = ref._STEP["rnn_tanh"]
+        monkeypatch.setitem(ref._STEP, "rnn_tanh", lambda *a: (seen.append(get()), step(*a))[1])
+        ref.layer_forward(rng.standard_normal((3, 2, 3)), rng.standard_normal((2, 4)), None, *w, cell="rnn_tanh")
+        assert seen == [1, 1, 1] and get() == 2
+    finally:
+        set_threads(before)
