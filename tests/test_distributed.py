@@ -12,14 +12,17 @@
   DTensors and plain tensors is refused with a TypeError naming the parameter, changing nothing.
 
 Each test starts this file as a script in 2 processes (``python test_distributed.py CASE RANK
-WORLD PORT DIR``), bounded by a timeout so a hang fails instead of blocking; each process checks
-its rank's results itself, prints ``RANK n OK`` and tears the process group down (a clean exit,
-no abort)."""
+WORLD DIR``), bounded by a timeout so a hang fails instead of blocking; each process checks its
+rank's results itself, tears the process group down, checks that gloo's threads are gone with it
+(see ``_worker``), prints ``RANK n OK`` and exits through the interpreter's normal teardown: the
+test requires return code 0 and no "terminate called" on stderr (``_ranks.run_ranks``)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -188,15 +191,15 @@ def case_zero(rank: int) -> None:
                            f"zero {name} loaded state {index}.{key}")
 
 
-def _fsdp_model(seed: int):
+def _fsdp_model(seed: int, mesh):
     import torch
     from torch.distributed.fsdp import fully_shard
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(11, 13), torch.nn.Tanh(), torch.nn.Linear(13, 5))
     for layer in (model[0], model[2]):
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -204,18 +207,16 @@ def _full(tensor):
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def case_fsdp2(rank: int, directory: Path) -> None:
+def case_fsdp2(rank: int, directory: Path, mesh) -> None:
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
     from gpukernels.torch.nn.utils import clip_grad_norm_
 
-    init_device_mesh("cpu", (WORLD,))
     for name, ours_cls, torch_cls, kwargs in _optimizer_pairs():
-        ours, theirs = _fsdp_model(0), _fsdp_model(0)
+        ours, theirs = _fsdp_model(0, mesh), _fsdp_model(0, mesh)
         our_opt, their_opt = ours_cls(ours.parameters(), **kwargs), torch_cls(theirs.parameters(), **kwargs)
         for step in range(STEPS):
             for model, opt in ((ours, our_opt), (theirs, their_opt)):
@@ -256,7 +257,7 @@ def case_fsdp2(rank: int, directory: Path) -> None:
         _train_step_plain(ours, our_opt, rank)  # and training goes on from the reloaded state
 
     # A group mixing a DTensor and a plain tensor: TypeError naming the parameter, nothing changed
-    model = _fsdp_model(1)
+    model = _fsdp_model(1, mesh)
     plain = torch.nn.Parameter(torch.ones(3))
     sharded = list(model.parameters())
     mixed = ours_cls(sharded[:1] + [plain], lr=0.1)
@@ -281,36 +282,83 @@ def _train_step_plain(model, opt, rank: int) -> None:
     opt.step()
 
 
+def _gloo_threads() -> list[str]:
+    """The names of this process's threads that gloo started (its work loops and its TCP loop)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended while we looked
+            continue
+        if "gloo" in name:
+            names.append(name)
+    return sorted(names)
+
+
+def _gloo_threads_after(seconds: float) -> list[str]:
+    """gloo's threads still listed after up to ``seconds``: a joined thread can stay listed in
+    /proc for a moment after its join returns (the kernel is still ending it; much longer when a
+    debugger traces the process), a thread of a live group stays for good."""
+    deadline = time.monotonic() + seconds
+    while (left := _gloo_threads()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def _worker(case: str, rank: int, world: int, directory: Path) -> None:
     import torch
     import torch.distributed as dist
+    # Imported before the process group exists, on purpose: torch.distributed.nn.functional
+    # (imported by torch.distributed.checkpoint, torch.distributed.fsdp, DDP's first use) and
+    # torch.distributed.optim declare functions with ``group=group.WORLD`` defaults, evaluated at
+    # import. Imported after init_process_group, those defaults hold the default group forever:
+    # destroy_process_group then cannot free it, and gloo's threads run on into the interpreter's
+    # teardown (see the end of this function).
+    import torch.distributed.checkpoint  # noqa: F401
+    import torch.distributed.nn  # noqa: F401
+    import torch.distributed.optim  # noqa: F401
+    from torch.distributed.device_mesh import init_device_mesh
 
     torch.set_num_threads(1)
     # A file store, not a TCP one: the TCP store's server thread lives in rank 0 and, under load,
-    # could still be running when the interpreter exits (an abort in torch's C++ teardown after
-    # "RANK 0 OK", seen once in CI); a file store has no thread to race.
+    # could still be running when the interpreter exits; a file store has no thread.
     dist.init_process_group("gloo", init_method=f"file://{directory / 'store'}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
+    mesh = None
     try:
         if case == "ddp":
             case_ddp(rank)
         elif case == "zero":
             case_zero(rank)
         elif case == "fsdp2":
-            case_fsdp2(rank, directory)
+            mesh = init_device_mesh("cpu", (world,))
+            case_fsdp2(rank, directory, mesh)
         else:
             raise ValueError(f"unknown case {case!r}")
         dist.barrier()
     finally:
         dist.destroy_process_group()
+        if mesh is not None:
+            # A DeviceMesh keeps its process groups in ``_pg_registry``, and DTensor's sharding
+            # caches keep the mesh (through every DTensorSpec) for the life of the process, so
+            # the group would outlive destroy_process_group. The mesh is unusable from here on.
+            getattr(mesh, "_pg_registry", {}).clear()
+            del mesh
+        # A model under fully_shard is a reference cycle (the module, its FSDP state and hooks)
+        # that keeps the group: only the cycle collector frees it. Left to the interpreter's
+        # teardown, that collection would join gloo's threads in mid-finalization.
+        gc.collect()
+    # The clean exit this checks for: destroy_process_group freed the gloo group, so its
+    # destructor joined gloo's threads while the interpreter was still whole. A gloo work thread
+    # left running takes the GIL each time it releases a finished work's Python tensors (gdb:
+    # AsyncAllgatherWork::~AsyncAllgatherWork -> TensorImpl::decref_pyobject ->
+    # gil_scoped_acquire); if it waits for the GIL when the interpreter starts finalizing,
+    # CPython ends it with pthread_exit, and that unwinding through a noexcept destructor is
+    # std::terminate: "terminate called without an active exception", after every check passed.
+    left = _gloo_threads_after(10.0)
+    assert not left, (f"{case}: gloo threads still running after destroy_process_group: {left} "
+                      "(something still holds the process group)")
     print(f"RANK {rank} OK", flush=True)
-    if case == "fsdp2":
-        # Known, open: after a clean destroy_process_group, the FSDP2 + checkpoint process aborted
-        # in interpreter teardown ("terminate called without an active exception", a C++ thread
-        # still joinable) in 2 of 3 full CI runs under load, never when run alone. Until that is
-        # found, the FSDP2 process leaves without running the interpreter's teardown; every check
-        # above has run and passed by then. (DDP and ZeRO exit normally and are held to it.)
-        os._exit(0)
 
 
 if __name__ == "__main__":
