@@ -1233,10 +1233,11 @@ _SDPA_KERNELS = (("sdpa_forward", sdpa_forward_kernel), ("sdpa_backward_dq", sdp
 def _sdpa_launches(index: int) -> tuple[tuple[str, int, bool], ...]:
     """(launch, mask kind, causal) of each build: the typical launch without a mask, causal and
     not; typical-gqa causal; typical-ragged causal and not; the worst with a mask (bool and
-    additive in turn, by ``index``) and causal, the heaviest code."""
+    additive in turn, by ``index``), causal (the heaviest code) and not."""
     worst_mask = (MASK_BOOL, MASK_ADD)[index % 2]
     return (("typical", MASK_NONE, False), ("typical", MASK_NONE, True), ("typical-gqa", MASK_NONE, True),
-            ("typical-ragged", MASK_NONE, False), ("typical-ragged", MASK_NONE, True), ("worst", worst_mask, True))
+            ("typical-ragged", MASK_NONE, False), ("typical-ragged", MASK_NONE, True), ("worst", worst_mask, True),
+            ("worst", worst_mask, False))
 
 
 def _arch_variants(build):
