@@ -7,7 +7,13 @@ backward recomputes the probabilities tile by tile from that log-sum-exp, in one
 heads that share its key/value head, so no atomics). Head dims are padded to a power of two
 with masks. Scores, softmax and accumulators are fp32; the tile products run on the tensor cores
 in the storage dtype (fp32 storage multiplies in full fp32, not tf32). The backward allocates
-its three gradients and one fp32 statistic per query row (delta), nothing else.
+its three gradients and one fp32 statistic per query row (delta), nothing else (on sm_90, plus
+Triton's 128-byte scratch per tensor descriptor per program, for the launch only). GQA reads
+key/value head h // groups by index: no repeated K/V. One launch heuristic (``sdpa_blocks``),
+keyed on head dim, storage width, causal and GPU generation, picks each kernel's tiles, warps,
+pipelining depth and copy path: on sm_90 TMA tensor descriptors, 128 query rows over two
+warpgroups in the forward and dQ, 64 key rows in dK/dV (every product a wgmma); on sm_80
+pointer loads that Triton pipelines through cp.async.
 
 Encoder-decoder attention: the score projections once per call (a tensor-core matmul with fp32
 output, [B, T, A]); one kernel for the scores of every (query tile, key tile) pair in parallel,
@@ -712,40 +718,44 @@ def padded_head_dim(n: int) -> int:
 # with which the forward and both backward kernels build without spilling (the compile gate's
 # rule) on sm_80 and sm_90 in the heaviest launch the dispatch can send (GQA, a mask, causal,
 # strided views one element into their storage). fp32 storage multiplies in full fp32 on the FMA
-# units, whose operand layouts take many more registers: the smallest tiles there, the dK/dV
-# kernel over 8 warps (over 4 it spills at d=64) and the others over 4 at d=64 and 256 (over 8,
-# ptxas holds them to 64 registers on sm_80 and they spill); at d >= 128 the dK/dV kernel makes
+# units, whose operand layouts take many more registers: the smallest tiles there, no software
+# pipelining (num_stages=1: the registers go to the operands, not to copies in flight; deeper, the
+# d=64 dK/dV and d=256 forward and dQ spill), the dK/dV kernel over 4 warps at d=64 and 8 at
+# d >= 128 and the others over 4 at d=64 and 256 and 8 at d=128; at d=256 the dK/dV kernel makes
 # dK and dV in two passes (``dkdv_passes``) and still spills in the worst launch (see
 # compile_cases).
 SDPA_TILES = {
     (64, 2): SdpaBlocks(32, 32, 4),
     (128, 2): SdpaBlocks(32, 32, 8),
     (256, 2): SdpaBlocks(16, 16, 8),
-    (64, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8)),
-    (128, 4): SdpaBlocks(16, 16, 8),
-    (256, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8)),
+    (64, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 4, num_stages=1), num_stages=1),
+    (128, 4): SdpaBlocks(16, 16, 8, num_stages=1),
+    (256, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8, num_stages=1), num_stages=1),
 }
 
 
 # 16-bit tiles of a typical launch on sm_80 (and any GPU but sm_90): pointer loads, which
-# Triton's pipeliner turns into cp.async copies num_stages deep. dK/dV at d=64 and 256 takes
-# small tiles: with 64 (or 32) key rows at d=64, or 32 at d=256, it spills in the typical-gqa
-# launch.
+# Triton's pipeliner turns into cp.async copies num_stages deep. The forward and dQ at d=128 and
+# 256 over 8 warps (over 4 they spill in the typical-ragged launch); dK/dV at d=64 and 256 takes
+# small tiles (with 64 (or 32) key rows at d=64, or 32 at d=256, it spills in the typical-gqa
+# launch) and at d=64 and 128 a two-deep pipeline (three deep, it spills in typical-ragged).
 SDPA_TYPICAL_TILES = {
-    64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4)),
-    128: SdpaBlocks(64, 32, 4, SdpaBlocks(32, 64, 8)),
-    256: SdpaBlocks(32, 32, 4, SdpaBlocks(16, 16, 8)),
+    64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4, num_stages=2)),
+    128: SdpaBlocks(64, 32, 8, SdpaBlocks(32, 64, 8, num_stages=2)),
+    256: SdpaBlocks(32, 32, 8, SdpaBlocks(16, 16, 8)),
 }
 
 # 16-bit tiles of a typical launch on sm_90 (Hopper), by padded head dim: TMA tensor descriptors
 # for every tile; the forward and dQ take 128 query rows over two warpgroups (8 warps, each
-# warpgroup's wgmma 64 rows); dK/dV takes 64 key rows or more, so each of its four products (all
-# with the key tile's rows as M) is a wgmma. Causal and not take the same tiles (the gate builds
-# both).
+# warpgroup's wgmma 64 rows) at d=64 and 128; dK/dV takes 64 key rows, so each of its four
+# products (all with the key tile's rows as M) is a wgmma, over 4 warps (8 at d=256, whose two
+# [64, 256] fp32 accumulators spill over 4). 128 key rows in the forward, or 64 query rows in
+# dK/dV at d=128, reach 255 registers or spill. d=256 takes 64-row forward and dQ tiles. Causal and
+# not take the same tiles (the gate builds both).
 SDPA_SM90_TILES = {
     64: SdpaBlocks(128, 64, 8, SdpaBlocks(32, 64, 4, tma=True, num_stages=3), tma=True, num_stages=3),
     128: SdpaBlocks(128, 64, 8, SdpaBlocks(32, 64, 4, tma=True, num_stages=2), tma=True, num_stages=2),
-    256: SdpaBlocks(64, 32, 4, SdpaBlocks(16, 64, 4, tma=True, num_stages=2), tma=True, num_stages=2),
+    256: SdpaBlocks(64, 32, 4, SdpaBlocks(16, 64, 8, tma=True, num_stages=2), tma=True, num_stages=2),
 }
 
 
@@ -1212,17 +1222,16 @@ def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, c
     return _gate_args(kernel, pointers, strides, values), blocks
 
 
-# fp32 storage at head dims of 128 and 256, in the worst launch only (strided, unaligned, masked,
-# GQA): even with the smallest tiles (and at d=256 dK and dV in separate passes, ``dkdv_passes``),
-# the per-element int64 addresses of the [16, d] tiles plus the FMA products' operands exceed
-# 255 registers; 4 warps hold more per thread and 16 cap ptxas at 64. Typical launches, and
-# every 16-bit launch, build spill-free.
-_FP32_DKDV_SPILL = ("fp32 dK/dV at d >= 128 in the worst launch spills at every tile and warp count "
-                    "(at d=256 even in separate dK and dV passes)")
+# fp32 storage at head dim 256, in the worst launch only (strided, unaligned, masked, GQA): even
+# with the smallest tiles, no pipelining and dK and dV in separate passes (``dkdv_passes``), the
+# per-element int64 addresses of the [16, 256] tiles plus the FMA products' operands exceed what
+# ptxas gives a thread at 8 warps (over 4, the dV pass still spills). Typical launches, d <= 128,
+# and every 16-bit launch build spill-free.
+_FP32_DKDV_SPILL = "fp32 dK/dV at d=256 in the worst launch spills at every tile and warp count, even in separate passes"
 
 
 def _known_spill(name: str, dtype: torch.dtype, block_d: int, launch: str) -> str:
-    heavy = name == "sdpa_backward_dkdv" and dtype == torch.float32 and block_d >= 128 and launch == "worst"
+    heavy = name == "sdpa_backward_dkdv" and dtype == torch.float32 and block_d >= 256 and launch == "worst"
     return _FP32_DKDV_SPILL if heavy else ""
 
 
