@@ -594,6 +594,37 @@ def test_sdpa_sm90_tiles_are_hopper_shaped():
     assert tri.sdpa_blocks(256, 256, 2, True, 90, False).for_dkdv().block_n >= 64
 
 
+def test_sdpa_descriptor_scratch_allocator_only_where_needed_and_only_for_the_launch(monkeypatch):
+    """The host side of the sm_90 launches (their GPU run is tests/test_gpu_attention.py): a
+    launch with tensor descriptors, compiled (not interpreted), gets an allocator for their
+    global scratch while it runs when the caller set none, and leaves the caller's in place."""
+    import triton
+    from triton.runtime import _allocation
+
+    from gpukernels.triton import attention as tri
+
+    monkeypatch.setattr(tri, "triton_interpreting", lambda: False)
+    hopper, ampere = tri.SDPA_SM90_TILES[128], tri.SDPA_TYPICAL_TILES[128]
+    previous = _allocation._allocator.get()
+
+    def callers(size, alignment, stream):
+        raise AssertionError("not called here")
+
+    try:
+        triton.set_allocator(_allocation.NullAllocator())
+        with tri._descriptor_scratch(hopper):
+            assert _allocation._allocator.get() is tri._torch_scratch
+        assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        with tri._descriptor_scratch(ampere):  # pointer loads: no scratch, nothing set
+            assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        triton.set_allocator(callers)
+        with tri._descriptor_scratch(hopper):
+            assert _allocation._allocator.get() is callers
+        assert _allocation._allocator.get() is callers
+    finally:
+        triton.set_allocator(previous)
+
+
 def test_sdpa_device_arch_off_the_gpu():
     from gpukernels.triton import attention as tri
 

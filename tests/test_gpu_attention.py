@@ -130,23 +130,24 @@ def test_sdpa_tensor_descriptors_leave_the_callers_allocator_in_place(rng):
     q = random_tensor(rng, (1, 2, 256, 64), "float16", "cuda", scale=1.0)
     if tri.device_arch(q) != 90:
         pytest.skip("tensor descriptors are the sm_90 path; this GPU takes the pointer loads")
-    assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
-    with gk.use_backend("triton"):
-        want = gk.scaled_dot_product_attention(q, q, q, is_causal=True)
-    assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
     asked = []
 
     def allocator(size, alignment, stream):
         asked.append(size)
         return torch.empty(size, dtype=torch.int8, device="cuda")
 
-    triton.set_allocator(allocator)
+    previous = _allocation._allocator.get()  # whatever an earlier test or torch set: put back
     try:
+        triton.set_allocator(_allocation.NullAllocator())
+        with gk.use_backend("triton"):
+            want = gk.scaled_dot_product_attention(q, q, q, is_causal=True)
+        assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        triton.set_allocator(allocator)
         with gk.use_backend("triton"):
             got = gk.scaled_dot_product_attention(q, q, q, is_causal=True)
         assert asked and _allocation._allocator.get() is allocator
     finally:
-        triton.set_allocator(_allocation.NullAllocator())
+        triton.set_allocator(previous)
     assert torch.equal(got, want)
 
 
