@@ -69,7 +69,7 @@ def test_sdpa_rows_show_the_tensor_cores_and_async_copies_of_a_launch(triton_row
     # the FMA units: no matrix instruction. Typical launches of 16-bit storage on sm_90 load every
     # tile through TMA tensor descriptors; the other typical launches stream K/V through 16-byte
     # cp.async into shared memory; the worst (strided views one element in) moves one element (or
-    # one fp32 statistic) at a time; fp32 storage, unpipelined, loads straight into registers.
+    # one fp32 statistic) at a time; fp32 builds without pipelining load straight into registers.
     # wgmma's 64 rows are the product's rows: query rows for the
     # forward and dQ, key rows for dK/dV. Configurations the heuristic picks for one architecture
     # only are built for it only (arch=sm80 / sm90), the others for both (arch=any).
@@ -91,8 +91,8 @@ def test_sdpa_rows_show_the_tensor_cores_and_async_copies_of_a_launch(triton_row
             elif tags["tma"] == "True":
                 assert r.target == 90 and tags["dtype"] != "fp32" and r.tile_copies.startswith("tma"), (
                     kernel, r.config, r.tile_copies)
-            elif tags["dtype"] == "fp32":  # no pipelining (stages=1): 128-bit loads straight into registers
-                assert "stages=1" in r.config and "cp.async" not in r.tile_copies and r.load_bits == 128, (
+            elif "stages=1" in r.config:  # fp32 unpipelined: 128-bit loads straight into registers
+                assert tags["dtype"] == "fp32" and "cp.async" not in r.tile_copies and r.load_bits == 128, (
                     kernel, r.config, r.tile_copies)
             else:
                 assert "cp.async:16B" in r.tile_copies and r.load_bits == 128, (kernel, r.config, r.tile_copies)
