@@ -100,8 +100,9 @@ def _mask_shape(which, B, H, L, S):
     return {"LS": (L, S), "B1LS": (B, 1, L, S), "BHLS": (B, H, L, S)}[which]
 
 
-@pytest.mark.parametrize("B,hq,hk,L,S,E,Ev,mask_kind,mask_shape,causal,dtype", SDPA_CASES)
-def test_sdpa_forward_and_backward(B, hq, hk, L, S, E, Ev, mask_kind, mask_shape, causal, dtype, rng):
+def _check_sdpa(B, hq, hk, L, S, E, Ev, mask_kind, mask_shape, causal, dtype, rng):
+    """Forward and every gradient of one SDPA problem through the triton backend against the
+    float64 reference."""
     q = random_tensor(rng, (B, hq, L, E), dtype, DEVICE, scale=1.0)
     k = random_tensor(rng, (B, hk, S, E), dtype, DEVICE, scale=1.0)
     v = random_tensor(rng, (B, hk, S, Ev), dtype, DEVICE, scale=1.0)
@@ -124,6 +125,81 @@ def test_sdpa_forward_and_backward(B, hq, hk, L, S, E, Ev, mask_kind, mask_shape
         assert_close(got, expected, dtype, "reduction"), name
     if mask_kind == "bool":
         assert (out[..., 2, :] == 0).all() and torch.isneginf(lse[..., 2]).all() and (grads[0][..., 2, :] == 0).all()
+
+
+@pytest.mark.parametrize("B,hq,hk,L,S,E,Ev,mask_kind,mask_shape,causal,dtype", SDPA_CASES)
+def test_sdpa_forward_and_backward(B, hq, hk, L, S, E, Ev, mask_kind, mask_shape, causal, dtype, rng):
+    _check_sdpa(B, hq, hk, L, S, E, Ev, mask_kind, mask_shape, causal, dtype, rng)
+
+
+class _Spy:
+    """Wraps a Triton kernel: records each launch's keyword arguments, then launches it."""
+
+    def __init__(self, kernel, name, launches):
+        self.kernel, self.name, self.launches = kernel, name, launches
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((self.name, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.fixture(params=[80, 90], ids=["sm80", "sm90"])
+def arch(request, monkeypatch):
+    """The GPU generation the launch heuristic believes it runs on (the interpreter runs the very
+    kernels either way): 90 takes sm_90's configurations, TMA tensor descriptors included.
+    Yields (arch, the SDPA launches as (kernel name, keyword arguments))."""
+    from gpukernels.triton import attention as tri
+
+    monkeypatch.setattr(tri, "device_arch", lambda x: request.param)
+    made = []
+    for name in ("sdpa_forward_kernel", "sdpa_backward_delta_kernel", "sdpa_backward_dq_kernel",
+                 "sdpa_backward_dkdv_kernel"):
+        monkeypatch.setattr(tri, name, _Spy(getattr(tri, name), name, made))
+    return request.param, made
+
+
+# Typical launches (contiguous, aligned, lengths and head dims multiples of 16, no mask), which
+# take the larger tiles, and on sm_90 the tensor descriptors: (name, B, Hq, Hk, L, S, E, Ev,
+# causal, EVEN for the sm_90 forward). EVEN: every length a multiple of the tiles (the mask-free
+# loads); the others leave ragged query and key tiles (the descriptors' zero fill, the masked
+# tail loops) and head dims short of their padded size.
+SDPA_TYPICAL_SHAPES = [
+    ("B1-H2-L256-S128-D64-even", 1, 2, 2, 256, 128, 64, 64, False, True),
+    ("B1-Hq4-Hk2-L128-S128-D64-causal-gqa-even", 1, 4, 2, 128, 128, 64, 64, True, True),
+    ("B1-Hq4-Hk2-L144-S80-D48-causal-gqa", 1, 4, 2, 144, 80, 48, 48, True, False),
+    ("B1-H1-L48-S176-D64-Dv32", 1, 1, 1, 48, 176, 64, 32, False, False),
+    ("B1-Hq2-Hk1-L128-S128-D128-causal-gqa-even", 1, 2, 1, 128, 128, 128, 128, True, True),
+    ("B1-H1-L80-S48-D112-causal", 1, 1, 1, 80, 48, 112, 112, True, False),
+    ("B1-H1-L64-S64-D256-causal", 1, 1, 1, 64, 64, 256, 256, True, True),
+]
+
+
+@pytest.mark.parametrize("B,hq,hk,L,S,E,Ev,causal,even,dtype", [
+    pytest.param(*case[1:], dtype, id=f"{case[0]}-{SHORT[dtype]}") for case in SDPA_TYPICAL_SHAPES
+    for dtype in ("float16", "bfloat16")])
+def test_sdpa_typical_launches_on_each_architecture(B, hq, hk, L, S, E, Ev, causal, even, dtype, rng, arch):
+    """The sm_80 (pointer loads) and sm_90 (tensor descriptors, 128-row tiles over 8 warps) paths
+    of the typical launch against the reference, every gradient, and the configuration each
+    kernel was launched with: the heuristic's for that architecture."""
+    from gpukernels.triton import attention as tri
+
+    target, launches = arch
+    _check_sdpa(B, hq, hk, L, S, E, Ev, None, None, causal, dtype, rng)
+    blocks = tri.sdpa_blocks(tri.padded_head_dim(E), tri.padded_head_dim(Ev), 2, True, target, causal)
+    assert [name for name, _ in launches] == ["sdpa_forward_kernel", "sdpa_backward_delta_kernel",
+                                              "sdpa_backward_dq_kernel", "sdpa_backward_dkdv_kernel"]
+    for name, kwargs in launches:
+        tiles = blocks.for_dkdv() if name == "sdpa_backward_dkdv_kernel" else blocks
+        assert (kwargs["BLOCK_M"], kwargs["num_warps"]) == (tiles.block_m, tiles.num_warps), name
+        if name != "sdpa_backward_delta_kernel":
+            assert kwargs["BLOCK_N"] == tiles.block_n and kwargs["USE_TMA"] == (target == 90), name
+            assert kwargs.get("num_stages") == tiles.num_stages, name
+    forward = launches[0][1]
+    assert forward["EVEN"] == even or target == 80  # sm_80's tiles are other sizes
+    if target == 90 and E in (64, 128):  # two warpgroups of 64 query rows; dK/dV products of 64 key rows
+        assert forward["BLOCK_M"] == 128 and forward["num_warps"] == 8 and launches[3][1]["BLOCK_N"] >= 64
 
 
 @pytest.mark.parametrize("E", [16, 128, 256])
@@ -446,37 +522,49 @@ def test_encoder_decoder_non_contiguous_inputs(rng):
 
 
 def test_compile_gate_covers_every_sdpa_tile_config():
-    """Each (padded head dim, storage dtype, launch class) the launcher can meet maps to tiles
-    the gate compiles at a launch of that class: the typical tiles at typical launches, the
-    others at the worst."""
+    """Every configuration the launch heuristic can pick, for each (padded head dim, storage
+    dtype, causal, architecture, launch class), is a build of the gate for that architecture:
+    tiles, warps, pipelining depth and copy path, at a launch of that class (the typical tiles
+    at typical launches, the others at the worst); a typical configuration both with EVEN
+    (lengths that divide the tiles) and without."""
     from gpukernels.triton import attention as tri
 
-    compiled = {(c.name, c.tags["d"], c.tags["launch"] != "worst", c.tags["block_m"], c.tags.get("block_n"),
-                 c.num_warps) for c in tri.compile_cases() if c.name.startswith("sdpa")}
-    for head_dim, typical in itertools.product(range(1, 257), (False, True)):
+    compiled = {}
+    for c in tri.compile_cases():
+        if c.name.startswith("sdpa"):
+            key = (c.name, c.tags["d"], c.tags.get("causal", "False"), c.tags["launch"] != "worst",
+                   c.args["BLOCK_M"], c.args.get("BLOCK_N"), c.num_warps, c.num_stages, c.args.get("USE_TMA"))
+            for target in c.targets or tri.ARCHS:
+                compiled.setdefault((target, *key), set()).add(c.args.get("EVEN"))
+    causal_builds = {"sdpa_backward_delta": (False,)}
+    for head_dim, typical, arch, causal in itertools.product(range(1, 257), (False, True), tri.ARCHS, (False, True)):
         block_d = tri.padded_head_dim(head_dim)
         assert block_d in tri.HEAD_DIMS
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            blocks = tri.sdpa_blocks(block_d, block_d, dtype.itemsize, typical)
-            for kernel in ("sdpa_forward", "sdpa_backward_dq", "sdpa_backward_dkdv"):
+            blocks = tri.sdpa_blocks(block_d, block_d, dtype.itemsize, typical, arch, causal)
+            for kernel in ("sdpa_forward", "sdpa_backward_dq", "sdpa_backward_dkdv", "sdpa_backward_delta"):
                 tiles = blocks.for_dkdv() if kernel == "sdpa_backward_dkdv" else blocks
-                key = (kernel, str(block_d), typical, str(tiles.block_m), str(tiles.block_n), tiles.num_warps)
+                delta = kernel == "sdpa_backward_delta"
+                key = (arch, kernel, str(block_d), str(causal and not delta), typical, tiles.block_m,
+                       None if delta else tiles.block_n, tiles.num_warps, None if delta else tiles.num_stages,
+                       None if delta else tiles.tma)
                 assert key in compiled, key
-            assert ("sdpa_backward_delta", str(block_d), typical, str(blocks.block_m), None,
-                    blocks.num_warps) in compiled
+                if typical and not delta:
+                    assert compiled[key] == {True, False}, key
 
 
-def test_sdpa_takes_the_larger_tiles_only_for_typical_launches():
+def test_sdpa_takes_the_larger_tiles_only_for_typical_launches(monkeypatch):
     """Contiguous, 16-byte-aligned q/k/v (and o, dO, lse), lengths and head dims divisible by
-    16, no mask: the typical tiles; any one of those broken: the tiles proven at the worst launch."""
+    16, no mask: the typical tiles (tensor descriptors on sm_90); any one of those broken: the
+    tiles proven at the worst launch, pointer loads, on either architecture."""
     from gpukernels.triton import attention as tri
 
     def blocks(tensors, sizes=(64, 48, 64, 64), mask_kind=tri.MASK_NONE, itemsize=2):
-        return tri._launch_blocks(tensors, sizes, mask_kind, 64, 64, itemsize)
+        return tri._launch_blocks(tensors, sizes, mask_kind, 64, 64, itemsize, False)
 
     q = torch.empty((2, 3, 64, 64), dtype=torch.float16)
     big, small = tri.SDPA_TYPICAL_TILES[64], tri.SDPA_TILES[(64, 2)]
-    assert big.block_m == 64 and small.block_m < 64
+    assert big.block_m == 64 and small.block_m < 64 and not big.tma and not small.tma
     assert blocks((q, q, q)) == big
     assert blocks((q, q, q), (64, 40, 64, 64)) == small  # a ragged key length
     assert blocks((q, q, q), mask_kind=tri.MASK_BOOL) == small
@@ -486,6 +574,61 @@ def test_sdpa_takes_the_larger_tiles_only_for_typical_launches():
     padded = torch.empty((2, 3, 64, 72), dtype=torch.float16)[..., :64]  # rows 72 elements apart
     assert blocks((q, q, padded)) == small
     assert blocks((q, q, q), itemsize=4) == tri.SDPA_TILES[(64, 4)]
+    monkeypatch.setattr(tri, "device_arch", lambda x: 90)
+    hopper = tri.SDPA_SM90_TILES[64]
+    assert blocks((q, q, q)) == hopper and hopper.tma and hopper.for_dkdv().tma
+    assert blocks((q, offset, q)) == small and blocks((q, q, q), itemsize=4) == tri.SDPA_TILES[(64, 4)]
+
+
+def test_sdpa_sm90_tiles_are_hopper_shaped():
+    """sm_90's typical tiles at d=64 and 128: 128 query rows over two warpgroups (8 warps) in the
+    forward and dQ, at least 64 key rows in dK/dV (every product a wgmma), tensor descriptors
+    throughout, and the next tile's copy in flight during the current product (num_stages >= 2)."""
+    from gpukernels.triton import attention as tri
+
+    for head_dim, causal in itertools.product((64, 128), (False, True)):
+        blocks = tri.sdpa_blocks(head_dim, head_dim, 2, True, 90, causal)
+        assert (blocks.block_m, blocks.num_warps, blocks.tma) == (128, 8, True)
+        assert blocks.for_dkdv().block_n >= 64 and blocks.for_dkdv().tma
+        assert blocks.num_stages >= 2 and blocks.for_dkdv().num_stages >= 2
+    assert tri.sdpa_blocks(256, 256, 2, True, 90, False).for_dkdv().block_n >= 64
+
+
+def test_sdpa_descriptor_scratch_allocator_only_where_needed_and_only_for_the_launch(monkeypatch):
+    """The host side of the sm_90 launches (their GPU run is tests/test_gpu_attention.py): a
+    launch with tensor descriptors, compiled (not interpreted), gets an allocator for their
+    global scratch while it runs when the caller set none, and leaves the caller's in place."""
+    import triton
+    from triton.runtime import _allocation
+
+    from gpukernels.triton import attention as tri
+
+    monkeypatch.setattr(tri, "triton_interpreting", lambda: False)
+    hopper, ampere = tri.SDPA_SM90_TILES[128], tri.SDPA_TYPICAL_TILES[128]
+    previous = _allocation._allocator.get()
+
+    def callers(size, alignment, stream):
+        raise AssertionError("not called here")
+
+    try:
+        triton.set_allocator(_allocation.NullAllocator())
+        with tri._descriptor_scratch(hopper):
+            assert _allocation._allocator.get() is tri._torch_scratch
+        assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        with tri._descriptor_scratch(ampere):  # pointer loads: no scratch, nothing set
+            assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        triton.set_allocator(callers)
+        with tri._descriptor_scratch(hopper):
+            assert _allocation._allocator.get() is callers
+        assert _allocation._allocator.get() is callers
+    finally:
+        triton.set_allocator(previous)
+
+
+def test_sdpa_device_arch_off_the_gpu():
+    from gpukernels.triton import attention as tri
+
+    assert tri.device_arch(torch.empty(1)) == 80  # CPU tensors (the interpreter): sm_80's configurations
 
 
 def test_compile_gate_covers_every_kernel_and_encoder_decoder_tile():

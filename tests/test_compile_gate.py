@@ -66,31 +66,50 @@ def _rows(rows, kernel, target, **tags):
 def test_sdpa_rows_show_the_tensor_cores_and_async_copies_of_a_launch(triton_rows):
     # 16-bit storage multiplies on the tensor cores: mma.sync on sm_80; on sm_90 wgmma where a tile
     # has the 64 rows a warpgroup needs, mma.sync below. fp32 storage multiplies in full fp32 on
-    # the FMA units: no matrix instruction. The typical launch streams K/V through 16-byte cp.async
-    # into shared memory; the worst (strided views one element in) moves one element (or one fp32
-    # statistic) at a time.
-    # wgmma's 64 rows are the product's rows: query rows for the forward and dQ, key rows for dK/dV.
-    # (fp32 dK/dV at d=256 is built once per pass: dK and dV apart, see dkdv_passes)
-    for kernel, builds in (("sdpa_forward", 28), ("sdpa_backward_dq", 28), ("sdpa_backward_dkdv", 32)):
+    # the FMA units: no matrix instruction. Typical launches of 16-bit storage on sm_90 load every
+    # tile through TMA tensor descriptors; the other typical launches stream K/V through 16-byte
+    # cp.async into shared memory; the worst (strided views one element in) moves one element (or
+    # one fp32 statistic) at a time; fp32 builds without pipelining load straight into registers.
+    # wgmma's 64 rows are the product's rows: query rows for the
+    # forward and dQ, key rows for dK/dV. Configurations the heuristic picks for one architecture
+    # only are built for it only (arch=sm80 / sm90), the others for both (arch=any).
+    for kernel in ("sdpa_forward", "sdpa_backward_dq", "sdpa_backward_dkdv"):
         rows = [r for r in triton_rows if r.kernel == kernel]
-        assert len(rows) == 2 * builds
+        assert {r.target for r in rows} == {80, 90}
         for r in rows:
             tags = dict(part.split("=") for part in r.config.split(","))
+            assert tags["arch"] in ("any", f"sm{r.target}"), (kernel, r.config, r.target)
             product_rows = int(tags["block_n" if kernel == "sdpa_backward_dkdv" else "block_m"])
             if tags["dtype"] == "fp32":
                 want = "none"
             else:
                 want = "wgmma" if r.target == 90 and product_rows >= 64 else "mma.sync"
             assert r.matrix == want, (kernel, r.config, r.target, r.matrix)
-            if tags["launch"] != "worst":
-                assert "cp.async:16B" in r.tile_copies and r.load_bits == 128, (kernel, r.config, r.tile_copies)
+            if tags["launch"] == "worst":
+                assert "cp.async:16B" not in r.tile_copies and "tma" not in r.tile_copies and r.load_bits <= 32, (
+                    kernel, r.config, r.tile_copies)
+            elif tags["tma"] == "True":
+                assert r.target == 90 and tags["dtype"] != "fp32" and r.tile_copies.startswith("tma"), (
+                    kernel, r.config, r.tile_copies)
+            elif "stages=1" in r.config:  # fp32 unpipelined: 128-bit loads straight into registers
+                assert tags["dtype"] == "fp32" and "cp.async" not in r.tile_copies and r.load_bits == 128, (
+                    kernel, r.config, r.tile_copies)
             else:
-                assert "cp.async:16B" not in r.tile_copies and r.load_bits <= 32, (kernel, r.config, r.tile_copies)
+                assert "cp.async:16B" in r.tile_copies and r.load_bits == 128, (kernel, r.config, r.tile_copies)
+    # sm_90, 16-bit storage, d=64 and 128: every typical build of the forward, dQ and dK/dV
+    # kernels moves its tiles by TMA and multiplies with wgmma; the forward and dQ over 8 warps.
+    hopper = [r for r in triton_rows if r.kernel in ("sdpa_forward", "sdpa_backward_dq", "sdpa_backward_dkdv")
+              and r.target == 90 and "launch=worst" not in r.config and "dtype=fp32" not in r.config
+              and ("d=64," in r.config or "d=128," in r.config)]
+    assert len(hopper) == 3 * 5 * 3  # kernels x typical launches x (fp16 d=64, bf16 d=64, fp16 d=128)
+    for r in hopper:
+        assert r.matrix == "wgmma" and r.tile_copies.startswith("tma") and r.spill_bytes == 0, (r.kernel, r.config)
+        assert "dkdv" in r.kernel or ("block_m=128," in r.config and "warps=8" in r.config), (r.kernel, r.config)
 
 
 def test_builds_carry_the_launch_specialisation(triton_rows):
     typical = _rows(triton_rows, "sdpa_backward_dkdv", 90, dtype="fp16", d="128", causal="False", launch="typical")
-    worst = _rows(triton_rows, "sdpa_backward_dkdv", 90, dtype="fp16", d="128", launch="worst")
+    worst = _rows(triton_rows, "sdpa_backward_dkdv", 90, dtype="fp16", d="128", causal="True", launch="worst")
     assert len(typical) == len(worst) == 1
     # contiguous (4, 16, 1024, 128) tensors: sizes and outer strides divisible by 16, unit strides
     # and a single query head per key head compiled in as constants, every pointer aligned

@@ -72,6 +72,85 @@ def test_sdpa_on_the_device(backend, dtype, L, S, E, hq, hk, mask_kind, causal, 
         assert_close(got, expected, dtype, "reduction")
 
 
+def _relative(got, want) -> float:
+    got, want = got.double(), want.double()
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("L,S,E,hq,hk,causal", [
+    (1024, 1024, 64, 8, 8, False),
+    (1024, 1024, 128, 8, 2, True),
+    (1040, 1008, 128, 4, 4, False),
+    (512, 512, 256, 2, 1, True),
+], ids=["L1024-D64", "L1024-D128-causal-gqa", "L1040-S1008-D128", "L512-D256-causal-gqa"])
+def test_sdpa_matches_torch_sdpa(dtype, L, S, E, hq, hk, causal, rng):
+    """Ours against torch's ``F.scaled_dot_product_attention`` (its fastest backend for these
+    inputs: flash on an sm_80/sm_90 GPU) at typical training shapes, where the launch heuristic
+    takes the larger tiles (and on an sm_90 GPU the tensor descriptors and 128-row tiles): the
+    output and every gradient within the dtype's tolerance of torch's, and no further from the
+    float64 reference than twice torch's own error (or the tolerance)."""
+    import torch.nn.functional as F
+
+    from gpukernels.torch.functional import scaled_dot_product_attention
+    from gpukernels.triton import attention as tri
+
+    tolerance = {"float16": 1e-3, "bfloat16": 1e-2}[dtype]
+    q = random_tensor(rng, (2, hq, L, E), dtype, "cuda", scale=1.0).requires_grad_()
+    k = random_tensor(rng, (2, hk, S, E), dtype, "cuda", scale=1.0).requires_grad_()
+    v = random_tensor(rng, (2, hk, S, E), dtype, "cuda", scale=1.0).requires_grad_()
+    dout = random_tensor(rng, (2, hq, L, E), dtype, "cuda", scale=1.0)
+    gqa = hq != hk
+    with gk.use_backend("triton"):
+        ours = scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+        ours_grads = torch.autograd.grad(ours, (q, k, v), dout)
+    theirs = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+    theirs_grads = torch.autograd.grad(theirs, (q, k, v), dout)
+    args64 = [as_float64(x.detach()) for x in (q, k, v)]
+    want = (ref.sdpa_forward(*args64, is_causal=causal, groups=hq // hk)[0],
+            *ref.sdpa_backward(as_float64(dout), *args64, is_causal=causal, groups=hq // hk))
+    for name, a, b, w in zip(("out", "dq", "dk", "dv"), (ours, *ours_grads), (theirs, *theirs_grads), want):
+        w = torch.from_numpy(w)
+        assert _relative(a, b) <= tolerance, (name, _relative(a, b))
+        assert _relative(a.cpu(), w) <= max(tolerance, 2 * _relative(b.cpu(), w)), (name, _relative(a.cpu(), w))
+    if torch.cuda.get_device_capability() == (9, 0):  # the launch took sm_90's configuration
+        assert tri.device_arch(q) == 90
+        assert tri.sdpa_blocks(tri.padded_head_dim(E), tri.padded_head_dim(E), 2, True, 90, causal).tma
+
+
+def test_sdpa_tensor_descriptors_leave_the_callers_allocator_in_place(rng):
+    """On sm_90 the kernels build their TMA descriptors in global scratch: from the caller's
+    ``triton.set_allocator`` when there is one (used, and still set afterwards), else from
+    torch's caching allocator for the launch only (none set afterwards)."""
+    import triton
+    from triton.runtime import _allocation
+
+    from gpukernels.triton import attention as tri
+
+    q = random_tensor(rng, (1, 2, 256, 64), "float16", "cuda", scale=1.0)
+    if tri.device_arch(q) != 90:
+        pytest.skip("tensor descriptors are the sm_90 path; this GPU takes the pointer loads")
+    asked = []
+
+    def allocator(size, alignment, stream):
+        asked.append(size)
+        return torch.empty(size, dtype=torch.int8, device="cuda")
+
+    previous = _allocation._allocator.get()  # whatever an earlier test or torch set: put back
+    try:
+        triton.set_allocator(_allocation.NullAllocator())
+        with gk.use_backend("triton"):
+            want = gk.scaled_dot_product_attention(q, q, q, is_causal=True)
+        assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        triton.set_allocator(allocator)
+        with gk.use_backend("triton"):
+            got = gk.scaled_dot_product_attention(q, q, q, is_causal=True)
+        assert asked and _allocation._allocator.get() is allocator
+    finally:
+        triton.set_allocator(previous)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("backend", ["triton", "cupy"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=[SHORT[d] for d in DTYPES])
 @pytest.mark.parametrize("kind", ["dot", "scaled_dot", "general", "additive"])
@@ -144,7 +223,21 @@ def test_fused_sdpa_holds_its_outputs_gradients_and_row_statistics_only(rng):
 
     tensor, rows = B * H * N * d * 2, B * H * N * 4  # one (N, d) fp16 tensor; one fp32 per query row
     must_hold = (tensor + rows) + 3 * tensor + rows  # out + lse, dq + dk + dv, delta
-    assert _peak_extra_bytes(step) <= must_hold + SLACK
+    assert _peak_extra_bytes(step) <= must_hold + _descriptor_scratch(q, N, B * H, d) + SLACK
+
+
+def _descriptor_scratch(q, N: int, heads: int, d: int) -> int:
+    """Global scratch of the TMA descriptors the kernels build on sm_90, for one launch at a
+    time (it is freed after each): 128 bytes per descriptor per program; the forward builds 3
+    (Q, K, V), dQ 4 (Q, dO, K, V), dK/dV 4 (K, V, Q, dO)."""
+    from gpukernels.triton import attention as tri
+
+    blocks = tri.sdpa_blocks(d, d, q.element_size(), True, tri.device_arch(q), True)
+    if not blocks.tma:
+        return 0
+    programs = {3: -(-N // blocks.block_m) * heads, 4: max(-(-N // blocks.block_m), -(-N // blocks.for_dkdv().block_n))
+                * heads}
+    return max(128 * count * n for count, n in programs.items())
 
 
 def test_additive_attention_holds_no_hidden_tensor(rng):

@@ -103,6 +103,9 @@ class CompileCase:
     # the spill as known instead of failing, and fails once the build stops spilling (so the note
     # cannot outlive the defect).
     known_spill: str = ""
+    # The GPU generations (sm_XX numbers) this configuration launches on, for a launch
+    # heuristic keyed on the architecture; None: every target the gate builds for.
+    targets: tuple[int, ...] | None = None
 
 
 ALIGNMENTS = ("aligned", "ragged", "offset")

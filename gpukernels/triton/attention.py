@@ -7,7 +7,13 @@ backward recomputes the probabilities tile by tile from that log-sum-exp, in one
 heads that share its key/value head, so no atomics). Head dims are padded to a power of two
 with masks. Scores, softmax and accumulators are fp32; the tile products run on the tensor cores
 in the storage dtype (fp32 storage multiplies in full fp32, not tf32). The backward allocates
-its three gradients and one fp32 statistic per query row (delta), nothing else.
+its three gradients and one fp32 statistic per query row (delta), nothing else (on sm_90, plus
+Triton's 128-byte scratch per tensor descriptor per program, for the launch only). GQA reads
+key/value head h // groups by index: no repeated K/V. One launch heuristic (``sdpa_blocks``),
+keyed on head dim, storage width, causal and GPU generation, picks each kernel's tiles, warps,
+pipelining depth and copy path: on sm_90 TMA tensor descriptors, 128 query rows over two
+warpgroups in the forward and dQ, 64 key rows in dK/dV (every product a wgmma); on sm_80
+pointer loads that Triton pipelines through cp.async.
 
 Encoder-decoder attention: the score projections once per call (a tensor-core matmul with fp32
 output, [B, T, A]); one kernel for the scores of every (query tile, key tile) pair in parallel,
@@ -23,6 +29,7 @@ that; axis 0 holds 2^31 - 1 programs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from typing import Iterator, NamedTuple
@@ -48,6 +55,21 @@ def _tile_of_program(n_tiles):
 
 # ---------------------------------------------------------------------------------------------
 # Scaled dot-product attention kernels
+#
+# Scores live in log2 units: s2 = (q . k) * scale * log2(e), so every exponential is one exp2
+# (the softmax scale folded into it, no separate multiply by the scale and by log2(e)); the
+# saved log-sum-exp stays in natural units, as the op returns it.
+#
+# Each kernel reads tiles of one head's (rows, features) matrix through ``_rows_source`` /
+# ``_load_rows``: a TMA tensor descriptor on sm_90 (USE_TMA: the copy engine fetches the tile and
+# zero-fills what lies past the matrix, so no masks and no per-element addresses), else pointer
+# loads, which Triton pipelines with cp.async over num_stages. Every loop over tiles is split in
+# two: the tiles wholly inside the matrix and (causal) wholly below the diagonal take no masks at
+# all; only the diagonal and ragged tail tiles compute the causal and bounds masks. EVEN (every
+# length divides its tile, every head dim is its padded one) drops the load masks too.
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -55,23 +77,97 @@ def _dot(a, b, DOT_F32: tl.constexpr):
     # Triton's interpreter multiplies bfloat16 tiles wrongly, so under it (and only there) the
     # launcher sets DOT_F32 and the tiles, already rounded to the storage dtype, go in as fp32.
     if DOT_F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision="ieee")
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a, b, input_precision="ieee")
+    return out
 
 
 @triton.jit
-def _sdpa_scores(q, k, mask_ptrs, offs_m, offs_n, L, S, sm_scale, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                 DOT_F32: tl.constexpr):
-    """Scaled, masked scores of a (BLOCK_M, BLOCK_N) tile; -inf wherever a position is out."""
-    s = _dot(q, tl.trans(k), DOT_F32) * sm_scale
-    keep = (offs_m[:, None] < L) & (offs_n[None, :] < S)
-    if IS_CAUSAL:
-        keep = keep & (offs_n[None, :] <= offs_m[:, None])
+def _rows_source(base, n_rows, n_cols, s_row, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, USE_TMA: tl.constexpr):
+    """Where ``_load_rows`` reads one head's (n_rows, n_cols) matrix from: a tensor descriptor
+    (its unit column stride and 16-byte row stride and base are the launcher's condition for
+    USE_TMA), or the head's base pointer."""
+    if USE_TMA:
+        src = tl.make_tensor_descriptor(base, shape=[n_rows, n_cols], strides=[s_row, 1],
+                                        block_shape=[BLOCK_R, BLOCK_C])
+    else:
+        src = base
+    return src
+
+
+@triton.jit
+def _load_rows(src, row0, n_rows, n_cols, s_row, s_col, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+               USE_TMA: tl.constexpr, EVEN: tl.constexpr):
+    """Rows row0 .. row0 + BLOCK_R of a ``_rows_source``, zeros past its rows and columns.
+    EVEN: the launcher knows the tile lies inside (no masks)."""
+    if USE_TMA:
+        tile = src.load([row0, 0])
+    else:
+        rows = row0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        cols = tl.arange(0, BLOCK_C)
+        ptrs = src + rows[:, None] * s_row + cols[None, :] * s_col
+        if EVEN:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+    return tile
+
+
+@triton.jit
+def _mask_scores(s, mask_ptrs, q_idx, k_idx, L, S, MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr,
+                 CAUSAL: tl.constexpr):
+    """Scores (log2 units) with the caller's mask applied and, where asked, -inf for keys past S
+    (BOUNDS) and above the diagonal (CAUSAL). q_idx, k_idx: the query and key of each score,
+    broadcastable to s (the dK/dV kernel holds transposed scores)."""
     if MASK_KIND == 1:
-        keep = keep & (tl.load(mask_ptrs, mask=keep, other=0) != 0)
+        keep = tl.load(mask_ptrs, mask=(q_idx < L) & (k_idx < S), other=0) != 0
+        s = tl.where(keep, s, float("-inf"))
     if MASK_KIND == 2:
-        s = s + tl.load(mask_ptrs, mask=keep, other=0.0).to(tl.float32)
-    return tl.where(keep, s, float("-inf"))
+        s = s + tl.load(mask_ptrs, mask=(q_idx < L) & (k_idx < S), other=0.0).to(tl.float32) * LOG2E
+    if BOUNDS:
+        s = tl.where(k_idx < S, s, float("-inf"))
+    if CAUSAL:  # key j is only seen by queries i >= j
+        s = tl.where(k_idx <= q_idx, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _key_tile_bounds(row0, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """(full, hi) for the query tile at row0: key tiles [0, full) lie inside S and (causal) below
+    every query row of the tile, so they need no mask; [full, hi) are the diagonal and tail."""
+    full = (S // BLOCK_N) * BLOCK_N
+    hi = S
+    if IS_CAUSAL:
+        full = tl.minimum(full, (row0 // BLOCK_N) * BLOCK_N)
+        hi = tl.minimum(S, row0 + BLOCK_M)
+    return full, hi
+
+
+@triton.jit
+def _forward_tiles(acc, m_i, l_i, q, k_src, v_src, m_base, offs_m, lo, hi, L, S, E, EV, skn, skd, svn, svd, smn,
+                   qk_scale, MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
+                   USE_TMA: tl.constexpr, EVEN: tl.constexpr):
+    """The online softmax over key tiles [lo, hi): running row max m_i, sum l_i (log2 units) and
+    the unnormalised output acc."""
+    for start_n in range(lo, hi, BLOCK_N):
+        k = _load_rows(k_src, start_n, S, E, skn, skd, BLOCK_N, BLOCK_D, USE_TMA, EVEN)
+        v = _load_rows(v_src, start_n, S, EV, svn, svd, BLOCK_N, BLOCK_DV, USE_TMA, EVEN)
+        s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
+        if MASK_KIND != 0 or BOUNDS or CAUSAL:
+            offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+            s = _mask_scores(s, m_base + offs_n[None, :] * smn, offs_m[:, None], offs_n[None, :], L, S, MASK_KIND,
+                             BOUNDS, CAUSAL)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row with nothing kept so far has max -inf; shifting by 0 keeps exp2(-inf) = 0, not NaN.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - shift)
+        p = tl.exp2(s - shift[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_F32)
+        m_i = m_new
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -81,45 +177,35 @@ def sdpa_forward_kernel(
     H, GROUPS, L, S, E, EV,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
+    USE_TMA: tl.constexpr, EVEN: tl.constexpr,
 ):
     pid_m, zh = _tile_of_program(tl.cdiv(L, BLOCK_M))
     z, h = zh // H, zh % H
-    hk = h // GROUPS
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + z * sqz + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)
-    k_base = K + z * skz + hk * skh
-    v_base = V + z * svz + hk * svh
+    hk = h // GROUPS  # GQA: query head h reads key/value head h // GROUPS, never a repeated copy
+    row0 = pid_m * BLOCK_M
+    offs_m = row0 + tl.arange(0, BLOCK_M).to(tl.int64)
+    q_src = _rows_source(Q + z * sqz + h * sqh, L, E, sqm, BLOCK_M, BLOCK_D, USE_TMA)
+    q = _load_rows(q_src, row0, L, E, sqm, sqd, BLOCK_M, BLOCK_D, USE_TMA, EVEN)
+    k_src = _rows_source(K + z * skz + hk * skh, S, E, skn, BLOCK_N, BLOCK_D, USE_TMA)
+    v_src = _rows_source(V + z * svz + hk * svh, S, EV, svn, BLOCK_N, BLOCK_DV, USE_TMA)
     m_base = M + z * smz + h * smh + offs_m[:, None] * smm
+    qk_scale = sm_scale * LOG2E
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
-    hi = S
-    if IS_CAUSAL:  # key j is only seen by queries i >= j
-        hi = tl.minimum(S, (pid_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
-        s = _sdpa_scores(q, k, m_base + offs_n[None, :] * smn, offs_m, offs_n, L, S, sm_scale, MASK_KIND, IS_CAUSAL,
-                         DOT_F32)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with nothing kept so far has max -inf; shifting by 0 keeps exp(-inf) = 0, not NaN.
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - shift)
-        p = tl.exp(s - shift[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_F32)
-        m_i = m_new
+    full, hi = _key_tile_bounds(row0, S, BLOCK_M, BLOCK_N, IS_CAUSAL)
+    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_src, v_src, m_base, offs_m, 0, full, L, S, E, EV, skn, skd,
+                                   svn, svd, smn, qk_scale, MASK_KIND, False, False, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                   DOT_F32, USE_TMA, EVEN)
+    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_src, v_src, m_base, offs_m, full, hi, L, S, E, EV, skn, skd,
+                                   svn, svd, smn, qk_scale, MASK_KIND, True, IS_CAUSAL, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                   DOT_F32, USE_TMA, False)
 
     empty = l_i == 0.0  # no position took part: zero output, log-sum-exp -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2)
+    offs_dv = tl.arange(0, BLOCK_DV)
     tl.store(O + z * soz + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod, out.to(O.dtype.element_ty),
              mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV))
     tl.store(LSE + zh * L + offs_m, lse, mask=offs_m < L)
@@ -144,11 +230,33 @@ def sdpa_backward_delta_kernel(
 
 @triton.jit
 def _row_stats(LSE, DELTA, zh, offs_m, L):
+    """(log-sum-exp in log2 units, delta) of query rows offs_m."""
     lse = tl.load(LSE + zh * L + offs_m, mask=offs_m < L, other=0.0)
-    # Rows that kept nothing have lse = -inf; +inf makes their probabilities exp(s - inf) = 0.
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    # Rows that kept nothing have lse = -inf; +inf makes their probabilities exp2(s - inf) = 0.
+    lse = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
     delta = tl.load(DELTA + zh * L + offs_m, mask=offs_m < L, other=0.0)
     return lse, delta
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse2, delta, k_src, v_src, m_base, offs_m, lo, hi, L, S, E, EV, skn, skd, svn, svd, smn,
+              qk_scale, MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr, USE_TMA: tl.constexpr,
+              EVEN: tl.constexpr):
+    """dQ (unscaled) summed over key tiles [lo, hi): sum_j dS_ij K_j, dS = P (dP - delta)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        k = _load_rows(k_src, start_n, S, E, skn, skd, BLOCK_N, BLOCK_D, USE_TMA, EVEN)
+        v = _load_rows(v_src, start_n, S, EV, svn, svd, BLOCK_N, BLOCK_DV, USE_TMA, EVEN)
+        s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
+        if MASK_KIND != 0 or BOUNDS or CAUSAL:
+            offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+            s = _mask_scores(s, m_base + offs_n[None, :] * smn, offs_m[:, None], offs_n[None, :], L, S, MASK_KIND,
+                             BOUNDS, CAUSAL)
+        p = tl.exp2(s - lse2[:, None])
+        dp = _dot(do, tl.trans(v), DOT_F32)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, DOT_F32)
+    return dq
 
 
 @triton.jit
@@ -158,41 +266,62 @@ def sdpa_backward_dq_kernel(
     H, GROUPS, L, S, E, EV,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
+    USE_TMA: tl.constexpr, EVEN: tl.constexpr,
 ):
     """dQ for one tile of query rows: dQ = scale * sum_j dS_ij K_j, dS = P (dP - delta)."""
     pid_m, zh = _tile_of_program(tl.cdiv(L, BLOCK_M))
     z, h = zh // H, zh % H
     hk = h // GROUPS
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q_mask = (offs_m[:, None] < L) & (offs_d[None, :] < E)
-    q = tl.load(Q + z * sqz + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
-    do = tl.load(DO + z * sgz + h * sgh + offs_m[:, None] * sgm + offs_dv[None, :] * sgd,
-                 mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)
-    lse, delta = _row_stats(LSE, DELTA, zh, offs_m, L)
-    k_base = K + z * skz + hk * skh
-    v_base = V + z * svz + hk * svh
+    row0 = pid_m * BLOCK_M
+    offs_m = row0 + tl.arange(0, BLOCK_M).to(tl.int64)
+    q_src = _rows_source(Q + z * sqz + h * sqh, L, E, sqm, BLOCK_M, BLOCK_D, USE_TMA)
+    q = _load_rows(q_src, row0, L, E, sqm, sqd, BLOCK_M, BLOCK_D, USE_TMA, EVEN)
+    do_src = _rows_source(DO + z * sgz + h * sgh, L, EV, sgm, BLOCK_M, BLOCK_DV, USE_TMA)
+    do = _load_rows(do_src, row0, L, EV, sgm, sgd, BLOCK_M, BLOCK_DV, USE_TMA, EVEN)
+    lse2, delta = _row_stats(LSE, DELTA, zh, offs_m, L)
+    k_src = _rows_source(K + z * skz + hk * skh, S, E, skn, BLOCK_N, BLOCK_D, USE_TMA)
+    v_src = _rows_source(V + z * svz + hk * svh, S, EV, svn, BLOCK_N, BLOCK_DV, USE_TMA)
     m_base = M + z * smz + h * smh + offs_m[:, None] * smm
+    qk_scale = sm_scale * LOG2E
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    hi = S
-    if IS_CAUSAL:
-        hi = tl.minimum(S, (pid_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
-        s = _sdpa_scores(q, k, m_base + offs_n[None, :] * smn, offs_m, offs_n, L, S, sm_scale, MASK_KIND, IS_CAUSAL,
-                         DOT_F32)
-        p = tl.exp(s - lse[:, None])
-        dp = _dot(do, tl.trans(v), DOT_F32)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, DOT_F32)
+    full, hi = _key_tile_bounds(row0, S, BLOCK_M, BLOCK_N, IS_CAUSAL)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_src, v_src, m_base, offs_m, 0, full, L, S, E, EV, skn, skd, svn, svd,
+                   smn, qk_scale, MASK_KIND, False, False, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_F32, USE_TMA, EVEN)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_src, v_src, m_base, offs_m, full, hi, L, S, E, EV, skn, skd, svn, svd,
+                   smn, qk_scale, MASK_KIND, True, IS_CAUSAL, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_F32, USE_TMA, False)
+    offs_d = tl.arange(0, BLOCK_D)
     tl.store(DQ + zh * L * E + offs_m[:, None] * E + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=q_mask)
+             mask=(offs_m[:, None] < L) & (offs_d[None, :] < E))
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_src, do_src, LSE, DELTA, zh, mask_base, offs_n, lo, hi, L, S, E, EV, sqm, sqd, sgm,
+                sgd, smm, qk_scale, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr, USE_TMA: tl.constexpr,
+                EVEN: tl.constexpr, WITH_DK: tl.constexpr, WITH_DV: tl.constexpr):
+    """dK, dV (unscaled) of the key tile summed over query tiles [lo, hi) of one query head, in
+    transposed form: S^T = K Q^T (key rows x query rows), so every product has the key tile's
+    rows as its M (the rows a warpgroup's wgmma takes) and no tile is transposed in registers.
+    Query rows past L need no mask: their Q and dO rows load as zeros and add nothing; key rows
+    past S produce rows that are never stored."""
+    for start_m in range(lo, hi, BLOCK_M):
+        q = _load_rows(q_src, start_m, L, E, sqm, sqd, BLOCK_M, BLOCK_D, USE_TMA, EVEN)
+        do = _load_rows(do_src, start_m, L, EV, sgm, sgd, BLOCK_M, BLOCK_DV, USE_TMA, EVEN)
+        offs_m = start_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        lse2, delta = _row_stats(LSE, DELTA, zh, offs_m, L)
+        st = _dot(k, tl.trans(q), DOT_F32) * qk_scale
+        if MASK_KIND != 0 or CAUSAL:
+            st = _mask_scores(st, mask_base + offs_m[None, :] * smm, offs_m[None, :], offs_n[:, None], L, S,
+                              MASK_KIND, False, CAUSAL)
+        pt = tl.exp2(st - lse2[None, :])
+        if WITH_DV:
+            dv += _dot(pt.to(do.dtype), do, DOT_F32)
+        if WITH_DK:
+            dpt = _dot(v, tl.trans(do), DOT_F32)
+            dst = pt * (dpt - delta[None, :])
+            dk += _dot(dst.to(q.dtype), q, DOT_F32)
+    return dk, dv
 
 
 @triton.jit
@@ -202,53 +331,58 @@ def sdpa_backward_dkdv_kernel(
     H, GROUPS, L, S, E, EV,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
-    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
+    USE_TMA: tl.constexpr, EVEN: tl.constexpr, WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
 ):
     """dK and dV for one tile of key rows of one key/value head, summed over the GROUPS query
-    heads that read it: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij Q_i. WITH_DK / WITH_DV
-    let a launch make one of the two (see ``dkdv_passes``): one accumulator fewer to hold."""
+    heads that read it (no atomics): dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij Q_i.
+    WITH_DK / WITH_DV let a launch make one of the two (see ``dkdv_passes``): one accumulator
+    fewer to hold."""
     pid_n, zhk = _tile_of_program(tl.cdiv(S, BLOCK_N))
     HK = H // GROUPS
     z, hk = zhk // HK, zhk % HK
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    k_mask = (offs_n[:, None] < S) & (offs_d[None, :] < E)
-    v_mask = (offs_n[:, None] < S) & (offs_dv[None, :] < EV)
-    k = tl.load(K + z * skz + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=k_mask, other=0.0)
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+    k_src = _rows_source(K + z * skz + hk * skh, S, E, skn, BLOCK_N, BLOCK_D, USE_TMA)
+    k = _load_rows(k_src, n0, S, E, skn, skd, BLOCK_N, BLOCK_D, USE_TMA, EVEN)
     if WITH_DK:  # dV needs no V
-        v = tl.load(V + z * svz + hk * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=v_mask, other=0.0)
+        v_src = _rows_source(V + z * svz + hk * svh, S, EV, svn, BLOCK_N, BLOCK_DV, USE_TMA)
+        v = _load_rows(v_src, n0, S, EV, svn, svd, BLOCK_N, BLOCK_DV, USE_TMA, EVEN)
         dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    else:
+        v = k
+        dk = 0.0
     if WITH_DV:
         dv = tl.zeros((BLOCK_N, BLOCK_DV), tl.float32)
+    else:
+        dv = 0.0
     lo = 0
-    if IS_CAUSAL:  # query i only sees keys j <= i: skip the query tiles wholly above this key tile
-        lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M
+    mid = 0
+    if IS_CAUSAL:
+        # Query tiles wholly above this key tile see none of it: skipped. Those from ``mid`` on
+        # lie wholly below it: no causal mask.
+        lo = (n0 // BLOCK_M) * BLOCK_M
+        mid = tl.minimum(tl.cdiv(n0 + BLOCK_N, BLOCK_M) * BLOCK_M, L)
+    qk_scale = sm_scale * LOG2E
     for g in range(0, GROUPS):
         h = hk * GROUPS + g
         zh = z * H + h
-        for start_m in range(lo, L, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M).to(tl.int64)
-            q = tl.load(Q + z * sqz + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                        mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)
-            do = tl.load(DO + z * sgz + h * sgh + offs_m[:, None] * sgm + offs_dv[None, :] * sgd,
-                         mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)
-            lse, delta = _row_stats(LSE, DELTA, zh, offs_m, L)
-            mask_ptrs = M + z * smz + h * smh + offs_m[:, None] * smm + offs_n[None, :] * smn
-            s = _sdpa_scores(q, k, mask_ptrs, offs_m, offs_n, L, S, sm_scale, MASK_KIND, IS_CAUSAL, DOT_F32)
-            p = tl.exp(s - lse[:, None])
-            if WITH_DV:
-                dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_F32)
-            if WITH_DK:
-                dp = _dot(do, tl.trans(v), DOT_F32)
-                ds = p * (dp - delta[:, None])
-                dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_F32)
+        q_src = _rows_source(Q + z * sqz + h * sqh, L, E, sqm, BLOCK_M, BLOCK_D, USE_TMA)
+        do_src = _rows_source(DO + z * sgz + h * sgh, L, EV, sgm, BLOCK_M, BLOCK_DV, USE_TMA)
+        mask_base = M + z * smz + h * smh + offs_n[:, None] * smn
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_src, do_src, LSE, DELTA, zh, mask_base, offs_n, lo, mid, L, S, E, EV,
+                             sqm, sqd, sgm, sgd, smm, qk_scale, MASK_KIND, True, BLOCK_M, BLOCK_D, BLOCK_DV, DOT_F32,
+                             USE_TMA, False, WITH_DK, WITH_DV)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_src, do_src, LSE, DELTA, zh, mask_base, offs_n, mid, L, L, S, E, EV,
+                             sqm, sqd, sgm, sgd, smm, qk_scale, MASK_KIND, False, BLOCK_M, BLOCK_D, BLOCK_DV, DOT_F32,
+                             USE_TMA, EVEN, WITH_DK, WITH_DV)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     if WITH_DK:
         tl.store(DK + zhk * S * E + offs_n[:, None] * E + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-                 mask=k_mask)
+                 mask=(offs_n[:, None] < S) & (offs_d[None, :] < E))
     if WITH_DV:
         tl.store(DV + zhk * S * EV + offs_n[:, None] * EV + offs_dv[None, :], dv.to(DV.dtype.element_ty),
-                 mask=v_mask)
+                 mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,6 +686,8 @@ class SdpaBlocks(NamedTuple):
     # tile over its loop, more than the others hold. Its tiles are its own business: each kernel
     # reads only the row statistics, which no tile shapes.
     dkdv: SdpaBlocks | None = None
+    tma: bool = False  # tiles through TMA tensor descriptors (sm_90, typical launches only)
+    num_stages: int | None = None  # software pipelining depth; None: Triton's default
 
     def for_dkdv(self) -> SdpaBlocks:
         return self.dkdv or self
@@ -568,41 +704,58 @@ def dkdv_passes(itemsize: int, block_d: int) -> tuple[tuple[bool, bool], ...]:
 # Padded head dims the SDPA kernels are built for. Heads below 64 pad to 64: real models use
 # 64 and 128, and three tiers keep the compile gate to a handful of tile configs.
 HEAD_DIMS = (64, 128, 256)
+# The GPU generations the launch heuristic tells apart (and the compile gate builds for): sm_90
+# (Hopper: wgmma, TMA) and everything else, which takes sm_80's configurations.
+ARCHS = (80, 90)
 
 
 def padded_head_dim(n: int) -> int:
     return max(HEAD_DIMS[0], triton.next_power_of_2(n))
 
 
-# Tiles of every SDPA kernel by (padded head dim, bytes per stored element): the largest with
-# which the forward and both backward kernels build without spilling (the compile gate's rule) on
-# sm_80 and sm_90 under Triton 3.6 and 3.7, in the typical launch and in the heaviest one the
-# dispatch can send (GQA, a mask, causal, strided views one element into their storage). 64-row
-# tiles, which sm_90's wgmma needs, spill in that launch (the dK/dV kernel most), so the 16-bit
-# tiles have 32 rows and multiply with mma.sync. fp32 storage multiplies in full fp32 on the FMA
-# units, whose operand layouts take many more registers: the smallest tiles there, the dK/dV
-# kernel over 8 warps (over 4 it spills at d=64) and the others over 4 at d=64 and 256 (over 8,
-# ptxas holds them to 64 registers on sm_80 and they spill); at d >= 128 the dK/dV kernel makes
-# dK and dV in two passes (``dkdv_passes``) and still spills in the worst launch (see
-# compile_cases).
+# Tiles of every SDPA kernel by (padded head dim, bytes per stored element) for the launches
+# that are not typical (``sdpa_typical_launch``) and for fp32 storage, on every GPU: the largest
+# with which the forward and both backward kernels build without spilling (the compile gate's
+# rule) on sm_80 and sm_90 in the heaviest launch the dispatch can send (GQA, a mask, causal,
+# strided views one element into their storage). fp32 storage multiplies in full fp32 on the FMA
+# units, whose operand layouts take many more registers: the smallest tiles there; the forward
+# and dQ over 4 warps at d=64 and 8 above (at d=256 unpipelined, num_stages=1: deeper, or over
+# 4 warps, they spill); the dK/dV kernel unpipelined, over 4 warps at d=64 and 8 above, and at
+# d=256 in two passes (``dkdv_passes``). No fp32 dK/dV configuration (2, 4 or 8 warps, 1 or 3
+# stages) builds spill-free in every launch: the best spills 8-64 bytes in a few (see
+# ``_FP32_DKDV_SPILLS``).
 SDPA_TILES = {
     (64, 2): SdpaBlocks(32, 32, 4),
     (128, 2): SdpaBlocks(32, 32, 8),
     (256, 2): SdpaBlocks(16, 16, 8),
-    (64, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8)),
-    (128, 4): SdpaBlocks(16, 16, 8),
-    (256, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 8)),
+    (64, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 4, num_stages=1)),
+    (128, 4): SdpaBlocks(16, 16, 8, SdpaBlocks(16, 16, 8, num_stages=1)),
+    (256, 4): SdpaBlocks(16, 16, 8, SdpaBlocks(16, 16, 8, num_stages=1), num_stages=1),
 }
 
 
-# 16-bit tiles of a typical launch (``sdpa_typical_launch``), which the gate builds at its typical
-# launches only: 64-row tiles, which sm_90 multiplies with wgmma, for the forward and dQ at d=64
-# and 128 and for dK/dV (64 key rows) at d=128. dK/dV at d=64 and 256 takes small tiles: with
-# 64 (or 32) key rows at d=64, or 32 at d=256, it spills in the typical-gqa launch.
+# 16-bit tiles of a typical launch on sm_80 (and any GPU but sm_90): pointer loads, which
+# Triton's pipeliner turns into cp.async copies num_stages deep. The forward and dQ at d=128 and
+# 256 over 8 warps (over 4 they spill in the typical-ragged launch); dK/dV at d=64 and 256 takes
+# small tiles (with 64 (or 32) key rows at d=64, or 32 at d=256, it spills in the typical-gqa
+# launch) and at d=64 and 128 a two-deep pipeline (three deep, it spills in typical-ragged).
 SDPA_TYPICAL_TILES = {
-    64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4)),
-    128: SdpaBlocks(64, 32, 4, SdpaBlocks(32, 64, 8)),
-    256: SdpaBlocks(32, 32, 4, SdpaBlocks(16, 16, 8)),
+    64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4, num_stages=2)),
+    128: SdpaBlocks(64, 32, 8, SdpaBlocks(32, 64, 8, num_stages=2)),
+    256: SdpaBlocks(32, 32, 8, SdpaBlocks(16, 16, 8)),
+}
+
+# 16-bit tiles of a typical launch on sm_90 (Hopper), by padded head dim: TMA tensor descriptors
+# for every tile; the forward and dQ take 128 query rows over two warpgroups (8 warps, each
+# warpgroup's wgmma 64 rows) at d=64 and 128; dK/dV takes 64 key rows, so each of its four
+# products (all with the key tile's rows as M) is a wgmma, over 4 warps (8 at d=256, whose two
+# [64, 256] fp32 accumulators spill over 4). 128 key rows in the forward, or 64 query rows in
+# dK/dV at d=128, reach 255 registers or spill. d=256 takes 64-row forward and dQ tiles. Causal and
+# not take the same tiles (the gate builds both).
+SDPA_SM90_TILES = {
+    64: SdpaBlocks(128, 64, 8, SdpaBlocks(32, 64, 4, tma=True, num_stages=3), tma=True, num_stages=3),
+    128: SdpaBlocks(128, 64, 8, SdpaBlocks(32, 64, 4, tma=True, num_stages=2), tma=True, num_stages=2),
+    256: SdpaBlocks(64, 32, 4, SdpaBlocks(16, 64, 8, tma=True, num_stages=2), tma=True, num_stages=2),
 }
 
 
@@ -612,23 +765,68 @@ def sdpa_typical_launch(addresses, strides, sizes, mask_kind: int) -> bool:
     stride divisible by 16; every sequence length and head dim (``sizes``) divisible by 16.
     Triton then marks all of these divisible by 16 and folds the unit strides, as in the gate's
     typical builds, which prove the larger tiles; every other launch takes the tiles the gate
-    proves at the worst launch."""
+    proves at the worst launch. These are also the conditions of a TMA tensor descriptor
+    (16-byte base and row strides, unit column stride)."""
     return (mask_kind == MASK_NONE and all(n % 16 == 0 for n in sizes) and all(a % 16 == 0 for a in addresses)
             and all(st[-1] == 1 and all(x % 16 == 0 for x in st[:-1]) for st in strides))
 
 
-def sdpa_blocks(block_d: int, block_dv: int, itemsize: int, typical: bool) -> SdpaBlocks:
-    """Tile sizes for every SDPA kernel by the wider padded head dim and the storage width: the
-    larger 16-bit tiles for a typical launch (``sdpa_typical_launch``), ``SDPA_TILES`` else."""
+def sdpa_blocks(block_d: int, block_dv: int, itemsize: int, typical: bool, arch: int = 80,
+                causal: bool = False) -> SdpaBlocks:
+    """The launch heuristic: tiles, warps, pipelining and the copy path of every SDPA kernel,
+    keyed on the wider padded head dim, the storage width, causal or not, and the GPU
+    generation (``ARCHS``). 16-bit storage in a typical launch (``sdpa_typical_launch``) takes
+    ``SDPA_SM90_TILES`` on sm_90 and ``SDPA_TYPICAL_TILES`` elsewhere; everything else
+    ``SDPA_TILES``. ``causal`` selects nothing today: every table's tiles build spill-free both
+    ways (the gate builds both), and the key stays so a table that needs it can use it."""
     head_dim = max(block_d, block_dv)
     if typical and itemsize == 2:
-        return SDPA_TYPICAL_TILES[head_dim]
+        return (SDPA_SM90_TILES if arch == 90 else SDPA_TYPICAL_TILES)[head_dim]
     return SDPA_TILES[(head_dim, 4 if itemsize == 4 else 2)]
 
 
-def _launch_blocks(tensors, sizes, mask_kind: int, block_d: int, block_dv: int, itemsize: int) -> SdpaBlocks:
+def device_arch(x: torch.Tensor) -> int:
+    """The ``ARCHS`` entry whose configurations a launch on x's device takes: 90 on an sm_90 GPU,
+    80 on any other, and in the interpreter (CPU tensors; tests pick 90 to run the TMA path)."""
+    if x.device.type != "cuda":
+        return 80
+    return 90 if torch.cuda.get_device_capability(x.device) == (9, 0) else 80
+
+
+def sdpa_even(L: int, S: int, E: int, EV: int, block_d: int, block_dv: int, blocks: SdpaBlocks) -> bool:
+    """The EVEN constexpr of a kernel launched with ``blocks``: every length divides its tile and
+    every head dim is its padded one, so no load needs a mask."""
+    return L % blocks.block_m == 0 and S % blocks.block_n == 0 and E == block_d and EV == block_dv
+
+
+def _launch_blocks(tensors, sizes, mask_kind: int, block_d: int, block_dv: int, itemsize: int,
+                   causal: bool) -> SdpaBlocks:
     typical = sdpa_typical_launch([t.data_ptr() for t in tensors], [t.stride() for t in tensors], sizes, mask_kind)
-    return sdpa_blocks(block_d, block_dv, itemsize, typical)
+    return sdpa_blocks(block_d, block_dv, itemsize, typical, device_arch(tensors[0]), causal)
+
+
+def _torch_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    # The caching allocator's blocks are 512-byte aligned, past the 128 bytes descriptors need.
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+@contextlib.contextmanager
+def _descriptor_scratch(blocks: SdpaBlocks):
+    """Around a launch whose kernels build TMA descriptors in the kernel: those live in global
+    scratch that Triton's launcher asks an allocator for (``triton.set_allocator``). When the
+    caller has set none, one from torch's caching allocator for the launch only (so the caller's
+    setting, if any, is never replaced). Nothing is needed in the interpreter."""
+    from triton.runtime import _allocation
+
+    uses_tma = blocks.tma or blocks.for_dkdv().tma
+    if not uses_tma or triton_interpreting() or not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        yield
+        return
+    token = _allocation._allocator.set(_torch_scratch)
+    try:
+        yield
+    finally:
+        _allocation._allocator.reset(token)
 
 
 def dot_f32(x: torch.Tensor) -> bool:
@@ -668,23 +866,34 @@ def _sdpa_setup(q, k, v, attn_mask, scale):
     return q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv
 
 
+def _meta(blocks: SdpaBlocks, L: int, S: int, E: int, EV: int, block_d: int, block_dv: int) -> dict:
+    """The launch options and tile constexprs every SDPA kernel but delta takes from ``blocks``."""
+    meta = dict(BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
+                USE_TMA=blocks.tma, EVEN=sdpa_even(L, S, E, EV, block_d, block_dv, blocks),
+                num_warps=blocks.num_warps)
+    if blocks.num_stages is not None:
+        meta["num_stages"] = blocks.num_stages
+    return meta
+
+
 def sdpa_forward(query, key, value, attn_mask=None, *, is_causal=False, scale=None, groups=1):
     q4, k4, v4, mask4, mask_kind, mask_strides, sm_scale, block_d, block_dv = _sdpa_setup(
         query, key, value, attn_mask, scale)
     Z, H, L, E = q4.shape
     S, EV = k4.shape[2], v4.shape[3]
-    blocks = _launch_blocks((q4, k4, v4), (L, S, E, EV), mask_kind, block_d, block_dv, query.element_size())
+    blocks = _launch_blocks((q4, k4, v4), (L, S, E, EV), mask_kind, block_d, block_dv, query.element_size(),
+                            is_causal)
     out = torch.empty((Z, H, L, EV), dtype=query.dtype, device=query.device)
     lse = torch.empty((Z, H, L), dtype=torch.float32, device=query.device)
     if out.numel() and S == 0:  # softmax over no keys: nothing takes part
         out.zero_()
         lse.fill_(float("-inf"))
     elif out.numel():
-        sdpa_forward_kernel[program_grid(triton.cdiv(L, blocks.block_m), Z * H)](
-            q4, k4, v4, mask4, out, lse, sm_scale, *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides,
-            *out.stride(), H, groups, L, S, E, EV, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
-            BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-            DOT_F32=dot_f32(query), num_warps=blocks.num_warps)
+        with _descriptor_scratch(blocks):
+            sdpa_forward_kernel[program_grid(triton.cdiv(L, blocks.block_m), Z * H)](
+                q4, k4, v4, mask4, out, lse, sm_scale, *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides,
+                *out.stride(), H, groups, L, S, E, EV, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
+                DOT_F32=dot_f32(query), **_meta(blocks, L, S, E, EV, block_d, block_dv))
     return out.reshape(*query.shape[:-1], EV), lse.reshape(query.shape[:-1])
 
 
@@ -697,25 +906,25 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, l
     o4, do4 = _heads_view(output), _heads_view(grad_output)
     lse = logsumexp.reshape(Z * H, L).to(torch.float32).contiguous()
     blocks = _launch_blocks((q4, k4, v4, o4, do4, lse), (L, S, E, EV), mask_kind, block_d, block_dv,
-                            query.element_size())
+                            query.element_size(), is_causal)
     dq = torch.empty((Z, H, L, E), dtype=query.dtype, device=query.device)
     dk = torch.empty((Z, HK, S, E), dtype=key.dtype, device=key.device)
     dv = torch.empty((Z, HK, S, EV), dtype=value.dtype, device=value.device)
     if dq.numel() and S:
         delta = torch.empty((Z * H, L), dtype=torch.float32, device=query.device)
         common = (*q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *do4.stride(), H, groups, L, S, E, EV)
-        meta = dict(MASK_KIND=mask_kind, IS_CAUSAL=is_causal, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                    BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_F32=dot_f32(query), num_warps=blocks.num_warps)
+        flags = dict(MASK_KIND=mask_kind, IS_CAUSAL=is_causal, DOT_F32=dot_f32(query))
         grid_m = program_grid(triton.cdiv(L, blocks.block_m), Z * H)
-        sdpa_backward_delta_kernel[grid_m](o4, do4, delta, *o4.stride(), *do4.stride(), H, L, EV,
-                                           BLOCK_M=blocks.block_m, BLOCK_DV=block_dv, num_warps=blocks.num_warps)
-        sdpa_backward_dq_kernel[grid_m](q4, k4, v4, mask4, do4, lse, delta, dq, sm_scale, *common, **meta)
         kv = blocks.for_dkdv()
-        for with_dk, with_dv in dkdv_passes(query.element_size(), block_d):
-            sdpa_backward_dkdv_kernel[program_grid(triton.cdiv(S, kv.block_n), Z * HK)](
-                q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common,
-                **{**meta, "BLOCK_M": kv.block_m, "BLOCK_N": kv.block_n, "num_warps": kv.num_warps,
-                   "WITH_DK": with_dk, "WITH_DV": with_dv})
+        with _descriptor_scratch(blocks):
+            sdpa_backward_delta_kernel[grid_m](o4, do4, delta, *o4.stride(), *do4.stride(), H, L, EV,
+                                               BLOCK_M=blocks.block_m, BLOCK_DV=block_dv, num_warps=blocks.num_warps)
+            sdpa_backward_dq_kernel[grid_m](q4, k4, v4, mask4, do4, lse, delta, dq, sm_scale, *common, **flags,
+                                            **_meta(blocks, L, S, E, EV, block_d, block_dv))
+            for with_dk, with_dv in dkdv_passes(query.element_size(), block_d):
+                sdpa_backward_dkdv_kernel[program_grid(triton.cdiv(S, kv.block_n), Z * HK)](
+                    q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common, **flags,
+                    **_meta(kv, L, S, E, EV, block_d, block_dv), WITH_DK=with_dk, WITH_DV=with_dv)
     else:  # no query rows or no keys: every gradient is an empty sum
         dq.zero_(), dk.zero_(), dv.zero_()
     return dq.reshape(query.shape), dk.reshape(key.shape), dv.reshape(value.shape)
@@ -929,11 +1138,14 @@ def attention_backward(grad_context, grad_weights, query, keys, values, weights,
 # views (odd strides) starting one element into their storage. Outputs and workspaces are always
 # the launcher's own: contiguous and aligned. SDPA adds "typical-gqa": typical tensors with query
 # heads sharing key/value heads, H and GROUPS neither 1 nor divisible by 16, the typical launch
-# that tells Triton the least (its larger tiles must build for it too).
+# that tells Triton the least (its larger tiles must build for it too), and "typical-ragged":
+# typical in alignment, but lengths and head dims that are multiples of 16 and of no tile, so the
+# kernels take their masked loads (EVEN off) with the typical launch's tiles and TMA.
 LAUNCHES = ("typical", "worst")
 _SDPA_SHAPES = {  # (Z, H, GROUPS, L, S, head dim short of the padded one)
     "typical": (4, 16, 1, 1024, 1024, 0),
     "typical-gqa": (4, 12, 3, 1024, 1024, 0),
+    "typical-ragged": (4, 12, 3, 1040, 1008, 16),
     "worst": (3, 6, 3, 1023, 1001, 3),
 }
 # Encoder-decoder: batch, decoder rows, encoder positions, features (query, keys and values),
@@ -972,10 +1184,11 @@ def _gate_args(kernel, pointers: dict, strides: dict[str, tuple[int, ...]], valu
     return args
 
 
-def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, causal: bool
+def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, causal: bool, arch: int
                ) -> tuple[dict, SdpaBlocks]:
-    """(the arguments ``sdpa_forward``/``sdpa_backward`` pass to ``kernel``, their tiles): the
-    tiles chosen by the launcher's own rule (``sdpa_typical_launch``) from the same arguments."""
+    """(the arguments ``sdpa_forward``/``sdpa_backward`` pass to ``kernel`` on an sm_``arch`` GPU,
+    their blocks): the tiles chosen by the launcher's own rules (``sdpa_typical_launch``,
+    ``sdpa_blocks``, ``sdpa_even``) from the same arguments."""
     Z, H, groups, L, S, short = _SDPA_SHAPES[launch]
     E = EV = block_d - short
     aligned = launch != "worst"
@@ -999,66 +1212,98 @@ def _sdpa_args(kernel, tdtype: str, block_d: int, launch: str, mask_kind: int, c
                                                                   "DO": "sg", "LSE": None}
     typical = sdpa_typical_launch([pointers[n].data_ptr() for n in callers],
                                   [strides[p] if p else (L, 1) for p in callers.values()], (L, S, E, EV), mask_kind)
-    blocks = sdpa_blocks(block_d, block_d, TORCH_DTYPES[tdtype].itemsize, typical)
+    blocks = sdpa_blocks(block_d, block_d, TORCH_DTYPES[tdtype].itemsize, typical, arch, causal)
     if kernel is sdpa_backward_dkdv_kernel:
         blocks = blocks.for_dkdv()
     values = dict(sm_scale=1.0 / math.sqrt(E), H=H, GROUPS=groups, L=L, S=S, E=E, EV=EV, MASK_KIND=mask_kind,
                   IS_CAUSAL=causal, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_D=block_d,
-                  BLOCK_DV=block_d, DOT_F32=False, WITH_DK=True, WITH_DV=True)
+                  BLOCK_DV=block_d, DOT_F32=False, WITH_DK=True, WITH_DV=True, USE_TMA=blocks.tma,
+                  EVEN=sdpa_even(L, S, E, EV, block_d, block_d, blocks))
     return _gate_args(kernel, pointers, strides, values), blocks
 
 
-# fp32 storage at head dims of 128 and 256, in the worst launch only (strided, unaligned, masked,
-# GQA): even with the smallest tiles (and at d=256 dK and dV in separate passes, ``dkdv_passes``),
-# the per-element int64 addresses of the [16, d] tiles plus the FMA products' operands exceed
-# 255 registers; 4 warps hold more per thread and 16 cap ptxas at 64. Typical launches, and
-# every 16-bit launch, build spill-free.
-_FP32_DKDV_SPILL = ("fp32 dK/dV at d >= 128 in the worst launch spills at every tile and warp count "
-                    "(at d=256 even in separate dK and dV passes)")
+# The fp32 dK/dV builds that spill (8-64 bytes) at the best configuration there is (see
+# SDPA_TILES), as (padded head dim, launch, causal, gradients made): FMA products with int64
+# per-element addresses of [16, d] tiles. Every other build, and every 16-bit one, is spill-free.
+_FP32_DKDV_SPILLS = {
+    (64, "worst", False, "both"),
+    (128, "typical-gqa", True, "both"), (128, "typical-ragged", False, "both"),
+    (128, "typical-ragged", True, "both"), (128, "worst", False, "both"),
+    (256, "typical-gqa", True, "dk"), (256, "typical-ragged", False, "dv"), (256, "typical-ragged", True, "dk"),
+    (256, "worst", True, "dk"), (256, "worst", True, "dv"), (256, "worst", False, "dk"),
+}
+_FP32_DKDV_SPILL = ("fp32 dK/dV (FMA products) spills 8-64 bytes here at every warp count (2, 4, 8) and "
+                    "pipelining depth (1, 3) tried")
 
 
-def _known_spill(name: str, dtype: torch.dtype, block_d: int, launch: str) -> str:
-    heavy = name == "sdpa_backward_dkdv" and dtype == torch.float32 and block_d >= 128 and launch == "worst"
+def _known_spill(name: str, dtype: torch.dtype, block_d: int, launch: str, causal: bool, grads: str) -> str:
+    heavy = name == "sdpa_backward_dkdv" and dtype == torch.float32 and (block_d, launch, causal,
+                                                                         grads) in _FP32_DKDV_SPILLS
     return _FP32_DKDV_SPILL if heavy else ""
 
 
-def _sdpa_cases() -> Iterator[CompileCase]:
-    """Each SDPA kernel at each (padded head dim, storage width) the launcher can pick, launched
-    four ways: typical without a mask, causal and not; typical-gqa causal; and the worst launch
-    with a mask (bool and additive in turn) and causal, the heaviest code. The tiles are the
-    launcher's choice for each launch: 16-bit storage takes the larger tiles at the typical
-    launches, the smaller at the worst. bf16 builds fp16's tiles, at d=64 only."""
-    kernels = (("sdpa_forward", sdpa_forward_kernel), ("sdpa_backward_dq", sdpa_backward_dq_kernel),
-               ("sdpa_backward_dkdv", sdpa_backward_dkdv_kernel))
+_SDPA_KERNELS = (("sdpa_forward", sdpa_forward_kernel), ("sdpa_backward_dq", sdpa_backward_dq_kernel),
+                 ("sdpa_backward_dkdv", sdpa_backward_dkdv_kernel))
+
+
+def _sdpa_launches(index: int) -> tuple[tuple[str, int, bool], ...]:
+    """(launch, mask kind, causal) of each build: the typical launch without a mask, causal and
+    not; typical-gqa causal; typical-ragged causal and not; the worst with a mask (bool and
+    additive in turn, by ``index``), causal (the heaviest code) and not."""
+    worst_mask = (MASK_BOOL, MASK_ADD)[index % 2]
+    return (("typical", MASK_NONE, False), ("typical", MASK_NONE, True), ("typical-gqa", MASK_NONE, True),
+            ("typical-ragged", MASK_NONE, False), ("typical-ragged", MASK_NONE, True), ("worst", worst_mask, True),
+            ("worst", worst_mask, False))
+
+
+def _arch_variants(build):
+    """[(targets, arch tag, build(arch))]: one build for every target when the heuristic picks the
+    same configuration on each ``ARCHS`` entry, else one per architecture, built for it only."""
+    per_arch = {arch: build(arch) for arch in ARCHS}
+    if all(per_arch[arch][1] == per_arch[ARCHS[0]][1] for arch in ARCHS):
+        return [(None, "any", per_arch[ARCHS[0]])]
+    return [((arch,), f"sm{arch}", per_arch[arch]) for arch in ARCHS]
+
+
+def sdpa_compile_cases() -> Iterator[CompileCase]:
+    """Each SDPA kernel at each (padded head dim, storage width) the launcher can pick, at each
+    launch of ``_sdpa_launches``, with the configuration the launch heuristic picks for each
+    ``ARCHS`` entry (built for that target only where the two differ). bf16 builds fp16's
+    tiles, at d=64 only."""
     index = 0
     for block_d in HEAD_DIMS:
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
             if dtype == torch.bfloat16 and block_d != 64:  # fp16's configs; one case checks the bf16 casts
                 continue
             tdtype = TRITON_DTYPES[dtype]
-            worst_mask = (MASK_BOOL, MASK_ADD)[index % 2]
+            launches = _sdpa_launches(index)
             index += 1
-            launches = (("typical", MASK_NONE, False), ("typical", MASK_NONE, True), ("typical-gqa", MASK_NONE, True),
-                        ("worst", worst_mask, True))
-            for (name, kernel), (launch, mask_kind, causal) in itertools.product(kernels, launches):
-                args, blocks = _sdpa_args(kernel, tdtype, block_d, launch, mask_kind, causal)
+            for (name, kernel), (launch, mask_kind, causal) in itertools.product(_SDPA_KERNELS, launches):
+                variants = _arch_variants(lambda arch: _sdpa_args(kernel, tdtype, block_d, launch, mask_kind, causal,
+                                                                  arch))
                 dkdv = kernel is sdpa_backward_dkdv_kernel
-                for with_dk, with_dv in dkdv_passes(dtype.itemsize, block_d) if dkdv else ((True, True),):
+                for (targets, arch_tag, (args, blocks)), (with_dk, with_dv) in itertools.product(
+                        variants, dkdv_passes(dtype.itemsize, block_d) if dkdv else ((True, True),)):
                     passes = {"WITH_DK": with_dk, "WITH_DV": with_dv} if dkdv else {}
                     grads = {(True, True): "both", (True, False): "dk", (False, True): "dv"}[with_dk, with_dv]
                     yield CompileCase(
-                        name=name, kernel=kernel, args={**args, **passes},
-                        num_warps=blocks.num_warps, known_spill=_known_spill(name, dtype, block_d, launch),
+                        name=name, kernel=kernel, args={**args, **passes}, num_warps=blocks.num_warps,
+                        num_stages=blocks.num_stages, known_spill=_known_spill(name, dtype, block_d, launch, causal, grads),
+                        targets=targets,
                         tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m),
                               "block_n": str(blocks.block_n), "mask": ("none", "bool", "add")[mask_kind],
-                              "causal": str(causal), "launch": launch, "grads": grads})
+                              "causal": str(causal), "launch": launch, "grads": grads, "arch": arch_tag,
+                              "tma": str(blocks.tma), "even": str(args["EVEN"])})
             if dtype != torch.bfloat16:
                 for launch in LAUNCHES:
-                    args, blocks = _sdpa_args(sdpa_backward_delta_kernel, tdtype, block_d, launch, MASK_NONE, False)
-                    yield CompileCase(
-                        name="sdpa_backward_delta", kernel=sdpa_backward_delta_kernel, args=args,
-                        num_warps=blocks.num_warps,
-                        tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m), "launch": launch})
+                    for targets, arch_tag, (args, blocks) in _arch_variants(
+                            lambda arch: _sdpa_args(sdpa_backward_delta_kernel, tdtype, block_d, launch, MASK_NONE,
+                                                    False, arch)):
+                        yield CompileCase(
+                            name="sdpa_backward_delta", kernel=sdpa_backward_delta_kernel, args=args,
+                            num_warps=blocks.num_warps, targets=targets,
+                            tags={"dtype": tdtype, "d": str(block_d), "block_m": str(blocks.block_m),
+                                  "launch": launch, "arch": arch_tag})
 
 
 class _Tensor(NamedTuple):
@@ -1236,5 +1481,5 @@ def _enc_dec_cases() -> Iterator[CompileCase]:
 
 
 def compile_cases() -> Iterator[CompileCase]:
-    yield from _sdpa_cases()
+    yield from sdpa_compile_cases()
     yield from _enc_dec_cases()

@@ -130,7 +130,7 @@ def compile_all(filter_text: str | None = None, workers: int | None = None,
             continue
         if config_text and config_text not in config_label(case):
             continue
-        jobs.extend((module_name, index, target) for target in TARGETS)
+        jobs.extend((module_name, index, target) for target in TARGETS if case.targets is None or target in case.targets)
     if not jobs:
         return []
     context = multiprocessing.get_context("spawn")
