@@ -18,8 +18,11 @@ along another axis). :func:`run` runs independent tasks (e.g. one optimizer upda
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import ctypes
 import functools
+import glob
 import math
 import os
 import queue
@@ -251,3 +254,63 @@ def filled_like(x: np.ndarray, value: float) -> np.ndarray:
     if x.size > size:
         return np.full_like(x, value)
     return _constant_chunk(float(value), x.dtype, size)[:x.size].reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# BLAS threads
+
+
+@functools.lru_cache(maxsize=1)
+def openblas_threads():
+    """(get, set) for the thread count of the OpenBLAS that NumPy's wheels bundle, or None where
+    NumPy uses another BLAS (then its threads are left alone)."""
+    numpy_dir = os.path.dirname(np.__file__)
+    candidates = glob.glob(os.path.join(numpy_dir, os.pardir, "numpy.libs", "*openblas*"))  # Linux wheels
+    candidates += glob.glob(os.path.join(numpy_dir, ".dylibs", "*openblas*"))  # macOS wheels
+    for path in candidates:
+        try:
+            library = ctypes.CDLL(path)  # already loaded by NumPy: the same handle
+        except OSError:
+            continue
+        for suffix in ("64_", "", "_64_"):
+            prefix = "scipy_openblas" if suffix else "openblas"
+            getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
+            setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
+            if getter is not None and setter is not None:
+                getter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
+                return getter, setter
+    return None
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved = 1
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """OpenBLAS on the calling thread while the block runs; the count NumPy had comes back when
+    the last such block running ends. For ops made of many small products (an RNN step, additive
+    attention's per-row products): OpenBLAS's own threads gain nothing on them and, spin-waiting
+    for work while our pool and torch's threads share the cores, cost up to milliseconds per call
+    (measured: 3.9 ms instead of 28 us for an LSTM step's product on a busy 2-core VM). Thread
+    counts do not change BLAS's results (its threads split the output, never a dot product)."""
+    global _blas_users, _blas_saved
+    threads = openblas_threads()
+    if threads is None:
+        yield
+        return
+    get, set_threads = threads
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = get()
+            if _blas_saved != 1:
+                set_threads(1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_saved != 1:
+                set_threads(_blas_saved)

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from . import _parallel
 from ._parallel import along
 from .softmax import row_dot, row_shift, row_sum, select_or_minus_inf
 
@@ -194,7 +195,8 @@ def attention_scores(query, keys, weight=None, w_query=None, w_keys=None, v=None
     dtype = _compute_dtype(query)
     query, keys, weight, w_query, w_keys, v = _cast(dtype, query, keys, weight, w_query, w_keys, v)
     if kind == "additive":
-        return _additive_scores(*_additive_hidden(query, keys, w_query, w_keys), v)
+        with _parallel.one_blas_thread():  # per-row products, too small for BLAS's threads
+            return _additive_scores(*_additive_hidden(query, keys, w_query, w_keys), v)
     if kind == "general":
         query = np.matmul(query, weight)
     scores = np.matmul(query, np.swapaxes(keys, -1, -2))
@@ -219,6 +221,26 @@ def attention_forward(query, keys, values, mask=None, weight=None, w_query=None,
     return context, p
 
 
+def _additive_scores_backward(de, query, keys, w_query, w_keys, v):
+    qa, kb = _additive_hidden(query, keys, w_query, w_keys)
+    d_qa = np.zeros_like(qa)
+    d_kb = np.zeros_like(kb)
+    d_v = np.zeros_like(v)
+    for i in range(qa.shape[1]):  # one query row at a time: at most [B, Tk, A] lives
+        t = _additive_hidden_tanh(qa[:, i], kb)
+        d_v += de[:, i, :].reshape(-1) @ t.reshape(-1, t.shape[-1])  # sum over b, j of de_bij t_bj
+        d_hidden = np.add(1, t)  # de_bij v (1 - t^2), written (1 - t)(1 + t): no cancellation
+        np.subtract(1, t, out=t)
+        d_hidden *= t
+        d_hidden *= de[:, i, :, None]
+        d_hidden *= v
+        d_qa[:, i, :] = d_hidden.sum(axis=1)
+        d_kb += d_hidden
+    d_w_query = _outer_sum(d_qa, query)
+    d_w_keys = _outer_sum(d_kb, keys)
+    return d_qa @ w_query, d_kb @ w_keys, None, d_w_query, d_w_keys, d_v
+
+
 def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=None, w_keys=None, v=None, *,
                               kind="dot"):
     """Gradients of (query, keys, weight, w_query, w_keys, v) from d scores (B, Tq, Tk); None for
@@ -226,23 +248,8 @@ def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=Non
     dtype = _compute_dtype(query)
     de, query, keys, weight, w_query, w_keys, v = _cast(dtype, grad_scores, query, keys, weight, w_query, w_keys, v)
     if kind == "additive":
-        qa, kb = _additive_hidden(query, keys, w_query, w_keys)
-        d_qa = np.zeros_like(qa)
-        d_kb = np.zeros_like(kb)
-        d_v = np.zeros_like(v)
-        for i in range(qa.shape[1]):  # one query row at a time: at most [B, Tk, A] lives
-            t = _additive_hidden_tanh(qa[:, i], kb)
-            d_v += de[:, i, :].reshape(-1) @ t.reshape(-1, t.shape[-1])  # sum over b, j of de_bij t_bj
-            d_hidden = np.add(1, t)  # de_bij v (1 - t^2), written (1 - t)(1 + t): no cancellation
-            np.subtract(1, t, out=t)
-            d_hidden *= t
-            d_hidden *= de[:, i, :, None]
-            d_hidden *= v
-            d_qa[:, i, :] = d_hidden.sum(axis=1)
-            d_kb += d_hidden
-        d_w_query = _outer_sum(d_qa, query)
-        d_w_keys = _outer_sum(d_kb, keys)
-        return d_qa @ w_query, d_kb @ w_keys, None, d_w_query, d_w_keys, d_v
+        with _parallel.one_blas_thread():  # per-row products, too small for BLAS's threads
+            return _additive_scores_backward(de, query, keys, w_query, w_keys, v)
     if kind == "scaled_dot":
         de = de * dtype.type(1.0 / math.sqrt(keys.shape[-1]))
     projected = np.matmul(query, weight) if kind == "general" else query

@@ -18,11 +18,7 @@ The forward returns, besides ``(y, h_n, c_n)``, the workspace backward reads, ``
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
-import glob
-import os
 import threading
 
 import numpy as np
@@ -56,65 +52,12 @@ def _low_precision_in_float32(fn):
 # where the second core goes:
 # * OpenBLAS's own threads gain nothing on such products and, while they spin-wait for work, cost
 #   up to milliseconds per call when the cores are shared (measured: 3.9 ms instead of 28 us on a
-#   busy 2-core VM). The layer runs its BLAS calls on the calling thread instead (_one_blas_thread)
+#   busy 2-core VM). The layer runs its BLAS calls on the calling thread instead (_parallel.one_blas_thread)
 #   and puts the second core to work itself: the time loop runs as one stage of a pipeline over
 #   chunks of steps, beside the large products that do not depend on it (the input projection
 #   ahead of the forward loop, the input and weight gradients behind the backward one).
 # * Everything that does not depend on the recursion is computed before the loop for a whole
 #   chunk at once (one call per chunk instead of one per step), so a backward step is 6-7 calls.
-
-
-@functools.lru_cache(maxsize=1)
-def _openblas_threads():
-    """(get, set) for the thread count of the OpenBLAS that NumPy's wheels bundle, or None where
-    NumPy uses another BLAS (then its threads are left alone)."""
-    numpy_dir = os.path.dirname(np.__file__)
-    candidates = glob.glob(os.path.join(numpy_dir, os.pardir, "numpy.libs", "*openblas*"))  # Linux wheels
-    candidates += glob.glob(os.path.join(numpy_dir, ".dylibs", "*openblas*"))  # macOS wheels
-    for path in candidates:
-        try:
-            library = ctypes.CDLL(path)  # already loaded by NumPy: the same handle
-        except OSError:
-            continue
-        for suffix in ("64_", "", "_64_"):
-            prefix = "scipy_openblas" if suffix else "openblas"
-            getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
-            setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
-            if getter is not None and setter is not None:
-                getter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
-                return getter, setter
-    return None
-
-
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_saved = 1
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """OpenBLAS on the calling thread while a layer runs (see above); the count NumPy had comes
-    back when the last layer running ends. Thread counts do not change BLAS's results (its
-    threads split the output, never a dot product)."""
-    global _blas_users, _blas_saved
-    threads = _openblas_threads()
-    if threads is None:
-        yield
-        return
-    get, set_threads = threads
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_saved = get()
-            if _blas_saved != 1:
-                set_threads(1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_saved != 1:
-                set_threads(_blas_saved)
 
 
 @functools.lru_cache(maxsize=1)
@@ -348,7 +291,7 @@ def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, rever
         state[:] = (h,)
 
     every = range(len(chunks))
-    with _one_blas_thread():
+    with _parallel.one_blas_thread():
         _pipeline([(project, every, None), (recur, every, 0)], _worth_a_pipeline(T, B, G * H, I))
     h_after = workspace[:, :, (K - 1) * H:]
     y = h_after.copy() if active is None else np.where(active, h_after, 0).astype(dtype, copy=False)
@@ -456,7 +399,7 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
         np.copyto(ws[:, :, 5 * H:], h_all[s])
 
     every = range(len(chunks))
-    with _one_blas_thread():
+    with _parallel.one_blas_thread():
         _pipeline([(project, every, None), (recur, every, 0)], _worth_a_pipeline(T, B, 4 * H, I))
     y = h_all if active is None else np.where(active, h_all, 0).astype(dtype, copy=False)
     h, c = state
@@ -706,7 +649,7 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
     # takes the next chunk as soon as the loop has passed it
     partials = [{} for _ in chunks]
     stages = [(factors_of, every, None), (recur, every, 0)] + [(gradients_of, (k,), 1) for k in every]
-    with _one_blas_thread():
+    with _parallel.one_blas_thread():
         _pipeline(stages, _worth_a_pipeline(T, B, G * H, I))
     if partials:  # summed in a fixed order, the first chunk's taken as it is: the same bits for
         totals = dict(partials[0])  # every thread count

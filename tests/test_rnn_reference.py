@@ -276,7 +276,7 @@ def test_a_failing_stage_raises_and_releases_the_stages_after_it():
 
 
 def test_blas_runs_on_the_calling_thread_inside_a_layer_and_gets_its_threads_back(monkeypatch, rng):
-    threads = ref._openblas_threads()
+    threads = ref._parallel.openblas_threads()
     if threads is None:
         pytest.skip("NumPy does not use its bundled OpenBLAS here: the layer leaves BLAS's threads alone")
     get, set_threads = threads
