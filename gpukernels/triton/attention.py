@@ -145,6 +145,23 @@ def _key_tile_bounds(row0, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_C
 
 
 @triton.jit
+def _key_tile_scores(q, k_src, v_src, start_n, m_base, offs_m, L, S, E, EV, skn, skd, svn, svd, smn, qk_scale,
+                     MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr, USE_TMA: tl.constexpr,
+                     EVEN: tl.constexpr):
+    """The key and value tiles at key row ``start_n`` and the query tile's scores against them
+    (log2 units), masked where the launch needs it."""
+    k = _load_rows(k_src, start_n, S, E, skn, skd, BLOCK_N, BLOCK_D, USE_TMA, EVEN)
+    v = _load_rows(v_src, start_n, S, EV, svn, svd, BLOCK_N, BLOCK_DV, USE_TMA, EVEN)
+    s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
+    if MASK_KIND != 0 or BOUNDS or CAUSAL:
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        s = _mask_scores(s, m_base + offs_n[None, :] * smn, offs_m[:, None], offs_n[None, :], L, S, MASK_KIND,
+                         BOUNDS, CAUSAL)
+    return k, v, s
+
+
+@triton.jit
 def _forward_tiles(acc, m_i, l_i, q, k_src, v_src, m_base, offs_m, lo, hi, L, S, E, EV, skn, skd, svn, svd, smn,
                    qk_scale, MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr,
@@ -152,13 +169,9 @@ def _forward_tiles(acc, m_i, l_i, q, k_src, v_src, m_base, offs_m, lo, hi, L, S,
     """The online softmax over key tiles [lo, hi): running row max m_i, sum l_i (log2 units) and
     the unnormalised output acc."""
     for start_n in range(lo, hi, BLOCK_N):
-        k = _load_rows(k_src, start_n, S, E, skn, skd, BLOCK_N, BLOCK_D, USE_TMA, EVEN)
-        v = _load_rows(v_src, start_n, S, EV, svn, svd, BLOCK_N, BLOCK_DV, USE_TMA, EVEN)
-        s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
-        if MASK_KIND != 0 or BOUNDS or CAUSAL:
-            offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-            s = _mask_scores(s, m_base + offs_n[None, :] * smn, offs_m[:, None], offs_n[None, :], L, S, MASK_KIND,
-                             BOUNDS, CAUSAL)
+        k, v, s = _key_tile_scores(q, k_src, v_src, start_n, m_base, offs_m, L, S, E, EV, skn, skd, svn, svd, smn,
+                                   qk_scale, MASK_KIND, BOUNDS, CAUSAL, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_F32, USE_TMA,
+                                   EVEN)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row with nothing kept so far has max -inf; shifting by 0 keeps exp2(-inf) = 0, not NaN.
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -245,13 +258,9 @@ def _dq_tiles(dq, q, do, lse2, delta, k_src, v_src, m_base, offs_m, lo, hi, L, S
               EVEN: tl.constexpr):
     """dQ (unscaled) summed over key tiles [lo, hi): sum_j dS_ij K_j, dS = P (dP - delta)."""
     for start_n in range(lo, hi, BLOCK_N):
-        k = _load_rows(k_src, start_n, S, E, skn, skd, BLOCK_N, BLOCK_D, USE_TMA, EVEN)
-        v = _load_rows(v_src, start_n, S, EV, svn, svd, BLOCK_N, BLOCK_DV, USE_TMA, EVEN)
-        s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
-        if MASK_KIND != 0 or BOUNDS or CAUSAL:
-            offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-            s = _mask_scores(s, m_base + offs_n[None, :] * smn, offs_m[:, None], offs_n[None, :], L, S, MASK_KIND,
-                             BOUNDS, CAUSAL)
+        k, v, s = _key_tile_scores(q, k_src, v_src, start_n, m_base, offs_m, L, S, E, EV, skn, skd, svn, svd, smn,
+                                   qk_scale, MASK_KIND, BOUNDS, CAUSAL, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_F32, USE_TMA,
+                                   EVEN)
         p = tl.exp2(s - lse2[:, None])
         dp = _dot(do, tl.trans(v), DOT_F32)
         ds = p * (dp - delta[:, None])

@@ -131,6 +131,21 @@ def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, H
 
 
 @triton.jit
+def _previous_state(t_prev, h0_ptr, c0_ptr, ws_ptr, B, H, K: tl.constexpr):
+    """Where step t - 1's h and c rows start, and their row stride: the h (and c) blocks of its
+    workspace, or h0/c0 before the first step."""
+    if t_prev < 0:
+        h_in = h0_ptr
+        c_in = c0_ptr
+        in_stride = H
+    else:
+        h_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + (K - 1) * H
+        c_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + 4 * H
+        in_stride = K * H
+    return h_in, c_in, in_stride
+
+
+@triton.jit
 def _gate_vectors(v_ptr, offs_h, H, COUNT: tl.constexpr):
     """Blocks 0..COUNT-1 of a (COUNT*H,) vector at the hidden units ``offs_h`` as fp32 rows;
     the blocks past COUNT are zeros (never read from memory)."""
@@ -169,15 +184,7 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
     k_mask = offs_k < H
     b0, b1, b2, b3 = _gate_vectors(b_ptr, offs_h, H, G)
     p_i, p_f, p_o, _ = _gate_vectors(peep_ptr, offs_h, H, 3 if CELL == 1 else 0)
-    # The state of step t - 1: the h (and c) blocks of its workspace, or h0/c0 at the first step.
-    if t_prev < 0:
-        h_in = h0_ptr
-        c_in = c0_ptr
-        in_stride = H
-    else:
-        h_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + (K - 1) * H
-        c_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + 4 * H
-        in_stride = K * H
+    h_in, c_in, in_stride = _previous_state(t_prev, h0_ptr, c0_ptr, ws_ptr, B, H, K)
     ws_t = ws_ptr + t.to(tl.int64) * B * K * H
     gx_t = gx_ptr + t.to(tl.int64) * B * G * H
     y_t = y_ptr + t.to(tl.int64) * B * H
@@ -273,14 +280,7 @@ def _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_pt
     K: tl.constexpr = 6 if CELL == 1 else (5 if CELL == 2 else 1)
     h_mask = offs_h < H
     p_i, p_f, p_o, _ = _gate_vectors(peep_ptr, offs_h, H, 3 if CELL == 1 else 0)
-    if t_prev < 0:
-        h_in = h0_ptr
-        c_in = c0_ptr
-        in_stride = H
-    else:
-        h_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + (K - 1) * H
-        c_in = ws_ptr + t_prev.to(tl.int64) * B * K * H + 4 * H
-        in_stride = K * H
+    h_in, c_in, in_stride = _previous_state(t_prev, h0_ptr, c0_ptr, ws_ptr, B, H, K)
     ws_t = ws_ptr + t.to(tl.int64) * B * K * H
     dg_t = t.to(tl.int64) * B * G * H
     for b_start in range(0, B, BLOCK_B):
