@@ -1,5 +1,7 @@
 """Recurrent benchmark cases: the LSTM and GRU cell step and the full layer (T = 100), forward,
-backward and forward+backward, B in {1, 16, 64, 256}, H in {128, 256, 512, 1024}, fp32/fp16/bf16.
+backward and forward+backward, B in {1, 16, 64, 256}, H in {128, 256, 512, 1024}, fp32/fp16/bf16;
+and issue 14's layer grid on the GPU: B in {8, 32, 128}, H in {256, 512, 1024}, T in {100, 1000},
+forward and forward+backward, fp16/bf16.
 
 Providers, side by side in one run: ours (``gpukernels``: the functional cell on a GPU runs one
 fused Triton step kernel; the layer is ``gpukernels.torch.nn.LSTM/GRU``), PyTorch eager
@@ -11,7 +13,9 @@ fp32 with TF32 off, plain fp32 math as our kernels do) and, for fp32 only, ``tor
 our layer running the NumPy reference (fp32, small sizes). fp16/bf16 cuDNN runs its tensor-core
 math in both cases, so it has one provider. The issue's targets (not claims): a fused step
 >= 1.3x faster than the eager step; the layer within 1.1x of cuDNN and faster where cuDNN is
-launch-bound.
+launch-bound. Issue 14's (not a claim): the layer's forward+backward >= 1.5x cuDNN at B <= 32,
+H <= 512, with the persistent path (``gpukernels-persistent``). FlashRNN, when its package imports,
+joins the LSTM layer cases as the ``flashrnn`` peer (benchmarks/peers.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ GATES = {"lstm": 4, "gru": 3}
 WORKSPACE_BLOCKS = {"lstm": 6, "gru": 5}
 CPU_SIZES = ((16, 128),)  # (B, H) for the CPU comparison, fp32
 DEFAULT_SET = {(16, 256), (256, 1024)}  # the short `gpukernels bench` set; --all runs every size
+# Issue 14's grid (GPU layers only): where the persistent kernels should beat cuDNN (B <= 32,
+# H <= 512) and where they should not need to (B = 128, H = 1024), at a short and a long sequence.
+ISSUE14_BATCHES = (8, 32, 128)
+ISSUE14_HIDDEN = (256, 512, 1024)
+ISSUE14_STEPS = (100, 1000)
+ISSUE14_DTYPES = ("float16", "bfloat16")
+ISSUE14_MODES = ("fwd", "full")
+# torch.compile of the eager layer unrolls the time loop: at T = 1000 it compiles for minutes.
+COMPILE_MAX_STEPS = STEPS
 
 
 def step_bytes(cell: str, B: int, H: int, dtype: str, mode: str = "fwd") -> int:
@@ -64,7 +77,7 @@ def step_flops(cell: str, B: int, H: int, mode: str) -> int:
     return {"fwd": forward, "bwd": 2 * forward, "full": 3 * forward}[mode]
 
 
-def _setup(cell: str, kind: str, B: int, H: int, dtype: str):
+def _setup(cell: str, kind: str, B: int, H: int, dtype: str, steps: int = STEPS):
     def make(device: str):
         import torch
 
@@ -81,7 +94,7 @@ def _setup(cell: str, kind: str, B: int, H: int, dtype: str):
             theirs = getattr(torch.nn, name)(INPUT_SIZE, H, **factory)
             ours = getattr(gnn, name)(INPUT_SIZE, H, **factory)
             ours.load_state_dict(theirs.state_dict())
-            inputs.update(theirs=theirs, ours=ours, x=torch.randn(STEPS, B, INPUT_SIZE, **factory, requires_grad=True))
+            inputs.update(theirs=theirs, ours=ours, x=torch.randn(steps, B, INPUT_SIZE, **factory, requires_grad=True))
         else:
             inputs["x"] = torch.randn(B, INPUT_SIZE, **factory, requires_grad=True)
         inputs["h"] = torch.randn(B, H, **factory, requires_grad=True)
@@ -186,7 +199,7 @@ def _persistent_auto():
             os.environ["GPUKERNELS_RNN_PERSISTENT"] = previous
 
 
-def _providers(kind: str, mode: str, dtype: str):
+def _providers(kind: str, mode: str, dtype: str, steps: int = STEPS):
     import torch
 
     compiled: dict = {}
@@ -214,6 +227,8 @@ def _providers(kind: str, mode: str, dtype: str):
         "torch.compile": lambda i: _timed(
             lambda: compile_once(id(i["eager_cell"]), lambda: _eager_layer(i, i["eager_cell"]))(), mode),
     }
+    if steps > COMPILE_MAX_STEPS:
+        del providers["torch.compile"]
     if dtype == "float32":
         providers["torch-cudnn-tf32"] = _under(lambda: cudnn_rnn_math(tf32=True), torch_nn)
     return providers
@@ -222,6 +237,18 @@ def _providers(kind: str, mode: str, dtype: str):
 # Which device each baseline runs on: torch.nn.LSTM/GRU is named after what runs it there.
 PROVIDER_DEVICES = {"gpukernels-persistent": ("cuda",), "torch.compile": ("cuda",), "torch-cudnn": ("cuda",), "torch-cudnn-tf32": ("cuda",),
                     "torch.nn": ("cpu",)}
+
+
+def _register(cell: str, kind: str, mode: str, dtype: str, B: int, H: int, steps: int,
+              devices: tuple[str, ...], default: bool) -> None:
+    register(BenchCase(
+        family="rnn", op=f"{cell}_{kind}", mode=mode, dtype=dtype, size=f"B={B},H={H},T={steps}",
+        setup=_setup(cell, kind, B, H, dtype, steps), providers=_providers(kind, mode, dtype, steps),
+        bytes_moved=steps * step_bytes(cell, B, H, dtype, mode) + weight_grad_bytes(cell, H, mode),
+        flops=steps * step_flops(cell, B, H, mode),
+        devices=devices, params={"B": B, "H": H, "T": steps, "cell": cell},
+        provider_devices=PROVIDER_DEVICES, eager="torch", in_default_set=default,
+    ))
 
 
 def _register_all() -> None:
@@ -233,16 +260,17 @@ def _register_all() -> None:
             on_cpu = kind == "layer" and dtype == "float32" and (B, H) in CPU_SIZES
             on_gpu = B in BATCHES and H in HIDDEN
             devices = tuple(d for d, ok in (("cuda", on_gpu), ("cpu", on_cpu)) if ok)
-            steps = STEPS if kind == "layer" else 1
-            providers = _providers(kind, mode, dtype)
-            register(BenchCase(
-                family="rnn", op=f"{cell}_{kind}", mode=mode, dtype=dtype, size=f"B={B},H={H},T={steps}",
-                setup=_setup(cell, kind, B, H, dtype), providers=providers,
-                bytes_moved=steps * step_bytes(cell, B, H, dtype, mode) + weight_grad_bytes(cell, H, mode), flops=steps * step_flops(cell, B, H, mode),
-                devices=devices, params={"B": B, "H": H, "T": steps, "cell": cell},
-                provider_devices=PROVIDER_DEVICES, eager="torch",
-                in_default_set=(B, H) in DEFAULT_SET and dtype == "float16" or on_cpu,
-            ))
+            _register(cell, kind, mode, dtype, B, H, STEPS if kind == "layer" else 1, devices,
+                      default=(B, H) in DEFAULT_SET and dtype == "float16" or on_cpu)
+
+
+def _register_issue14_grid() -> None:
+    """Out of `gpukernels bench`'s short default set (144 cases; --all or filters run them); the
+    GPU proof picks its corner from here (gpukernels/tools/gpu_proof.py, GPU_BENCH)."""
+    for cell, mode, dtype, B, H, steps in itertools.product(
+            GATES, ISSUE14_MODES, ISSUE14_DTYPES, ISSUE14_BATCHES, ISSUE14_HIDDEN, ISSUE14_STEPS):
+        _register(cell, "layer", mode, dtype, B, H, steps, ("cuda",), default=False)
 
 
 _register_all()
+_register_issue14_grid()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpukernels.tools import bench, cli
-from gpukernels.benchmarks import harness, registry
+from gpukernels.benchmarks import harness, peers, registry
 from gpukernels.benchmarks import run as bench_run
 from gpukernels.benchmarks.registry import BenchCase
 
@@ -53,6 +53,126 @@ def test_rnn_layers_name_the_baseline_by_what_runs_it():
     assert providers(fp32, "cuda") == {"gpukernels", "gpukernels-persistent", "torch-cudnn", "torch-cudnn-tf32", "torch", "torch.compile"}
     assert providers(fp16, "cuda") == {"gpukernels", "gpukernels-persistent", "torch-cudnn", "torch", "torch.compile"}
     assert providers(on_cpu, "cpu") == {"gpukernels", "torch.nn", "torch"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14's cases: registered for the GPU (exercised by the GPU proof), checked here in the registry
+
+
+def _providers_on(case, device):
+    return {p for p in case.providers if case.runs_on(p, device)}
+
+
+def test_issue14_rnn_grid_is_registered_for_the_gpu_with_every_provider():
+    from gpukernels.benchmarks import rnn
+
+    cases = {(c.op, c.mode, c.dtype, c.size): c for c in registry.all_cases() if c.family == "rnn"}
+    grid = [(f"{cell}_layer", mode, dtype, f"B={B},H={H},T={T}")
+            for cell in ("lstm", "gru") for mode in ("fwd", "full") for dtype in ("float16", "bfloat16")
+            for B in (8, 32, 128) for H in (256, 512, 1024) for T in (100, 1000)]
+    assert len(grid) == 144 and all(key in cases for key in grid)
+    for key in grid:
+        case = cases[key]
+        assert case.devices == ("cuda",) and not case.in_default_set, key
+        assert case.params["T"] == int(key[3].rsplit("=", 1)[1])
+        expected = {"gpukernels", "gpukernels-persistent", "torch-cudnn", "torch"}
+        if case.params["T"] <= rnn.COMPILE_MAX_STEPS:
+            expected.add("torch.compile")  # unrolling 1000 steps would compile for minutes
+        if case.op == "lstm_layer" and peers.importable("flashrnn"):
+            expected.add("flashrnn")
+        assert _providers_on(case, "cuda") == expected, key
+    long, short = cases[("lstm_layer", "full", "float16", "B=8,H=256,T=1000")], cases[
+        ("lstm_layer", "full", "float16", "B=8,H=256,T=100")]
+    assert long.bytes_moved > 9 * short.bytes_moved and long.flops == 10 * short.flops
+
+
+def test_issue14_rnn_grid_builds_inputs_of_its_length_on_the_cpu():
+    from gpukernels.benchmarks import rnn
+
+    inputs = rnn._setup("gru", "layer", 2, 8, "float32", steps=7)("cpu")
+    assert tuple(inputs["x"].shape) == (7, 2, rnn.INPUT_SIZE)
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["present", "absent"])
+def test_flashrnn_joins_the_lstm_layers_only_when_it_imports(monkeypatch, present):
+    monkeypatch.setattr(peers, "importable", lambda module: present and module == "flashrnn")
+    cases = [c for c in peers.with_peers(registry.all_cases()) if c.family == "rnn"]
+    lstm = [c for c in cases if c.op == "lstm_layer" and "B=32,H=512,T=1000" in c.size]
+    assert lstm and all(("flashrnn" in c.providers) == present for c in lstm)
+    assert not any(c.runs_on("flashrnn", "cpu") for c in lstm)  # a GPU-only peer
+    assert not any("flashrnn" in c.providers for c in cases if c.op != "lstm_layer")
+
+
+def test_the_gpu_proof_runs_issue14s_rnn_corner():
+    from gpukernels.tools import gpu_proof
+
+    chosen = {(c.op, c.mode, c.dtype, c.size) for c in gpu_proof.select_bench_cases("cuda", family="rnn")}
+    corner = {(op, mode, "float16", "B=32,H=512,T=100") for op in ("lstm_layer", "gru_layer") for mode in ("fwd", "full")}
+    assert corner <= chosen
+    assert not any(size.endswith("T=1000") for *_, size in chosen)  # the long sequences stay out of its 100 s
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["present", "absent"])
+def test_flash_attn_provider_only_when_its_package_imports(monkeypatch, present):
+    from gpukernels.benchmarks import attention
+
+    monkeypatch.setattr(attention, "importable", lambda module: present and module == "flash_attn")
+    for N in (1024, 16384):
+        providers = attention._sdpa_gpu_providers(N, "full", True)
+        assert ("flash_attn" in providers) == present
+        assert {"gpukernels", "torch-flash"} <= set(providers) and ("torch-math" in providers) == (N <= 4096)
+
+
+def test_the_registered_sdpa_cases_offer_flash_attn_as_this_environment_allows():
+    sdpa = [c for c in registry.all_cases() if c.op == "scaled_dot_product_attention"]
+    on_gpu = [c for c in sdpa if "cuda" in c.devices]
+    assert on_gpu and all(("flash_attn" in c.providers) == peers.importable("flash_attn") for c in on_gpu)
+    assert not any("flash_attn" in c.providers for c in sdpa if "cpu" in c.devices)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "full"])
+def test_flash_attn_provider_gets_sequence_major_inputs_and_gives_the_same_gradients(monkeypatch, mode):
+    # flash_attn itself needs a GPU; a stand-in with its signature and (B, N, H, d) layout checks
+    # the layout change made outside the timing, and that the gradients are those of the same inputs.
+    import sys
+    import types
+
+    import torch
+    import torch.nn.functional as F
+
+    from gpukernels.benchmarks import attention
+
+    B, H, N, d = 2, 3, 5, 4
+    seen = []
+
+    def flash_attn_func(q, k, v, causal=False):
+        seen.append((tuple(q.shape), q.is_contiguous(), causal))
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              is_causal=causal).transpose(1, 2)
+
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_func=flash_attn_func))
+    monkeypatch.setattr(attention, "importable", lambda module: module == "flash_attn")
+    inputs = attention._sdpa_setup(B, H, N, d, "float32", mode)("cpu")
+    providers = attention._sdpa_gpu_providers(N, mode, True)
+    result = providers["flash_attn"](inputs)()
+    expected = providers["torch-math"](inputs)()
+    assert seen and all(s == ((B, N, H, d), True, True) for s in seen)
+    if mode == "fwd":
+        torch.testing.assert_close(result.transpose(1, 2), expected)
+    else:
+        for ours, theirs in zip(result, expected):
+            torch.testing.assert_close(ours.transpose(1, 2), theirs)
+
+
+def test_the_gpu_default_set_holds_issue14s_sdpa_target():
+    chosen = bench.select_cases(registry.all_cases(), "cuda", op="scaled_dot_product_attention")
+    target = {(mode, "bfloat16", size) for mode in ("fwd", "full")
+              for size in ("B=4,H=16,N=4096,d=128", "B=4,H=16,N=4096,d=128,causal")}
+    assert {(c.mode, c.dtype, c.size) for c in chosen if c.mode != "bwd"} == target
+    from gpukernels.tools import gpu_proof
+
+    proof = {(c.mode, c.dtype, c.size) for c in gpu_proof.select_bench_cases("cuda", family="attention")}
+    assert target <= proof
 
 
 def _cudnn_state():
