@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 
-PEERS = {"liger_kernel": "Liger-Kernel", "flashrnn": "FlashRNN"}
+PEERS = {"liger_kernel": "Liger-Kernel", "flashrnn": "FlashRNN", "flash_attn": "FlashAttention (flash_attn)"}
 
 
 def importable(module: str) -> bool:
