@@ -60,6 +60,11 @@ def test_layers_on_the_device(backend, kind, dtype, B, H, rng):
     with gk.use_backend(backend):
         outputs, grads = _run(kind, {k: [as_lib(t) for t in v] if isinstance(v, list) else as_lib(v)
                                      for k, v in arrays.items()}, as_lib(gy), as_lib(gh), lengths)
+    _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype)
+
+
+def _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype):
+    """The device's outputs and gradients against the float64 reference run on the same inputs."""
     as64 = {k: [as_float64(t) for t in v] if isinstance(v, list) else as_float64(v) for k, v in arrays.items()}
     outputs64, grads64 = _run(kind, as64, as_float64(gy), as_float64(gh), lengths)
     for got, want in zip(outputs, outputs64):
@@ -148,10 +153,4 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     slices = -(-H // rp.BLOCK_H)
     assert grids == [("rnn_persistent_forward_kernel", (slices,)), ("rnn_persistent_forward_kernel", (slices,)),
                      ("rnn_persistent_backward_kernel", (slices,))]
-    as64 = {k: [as_float64(t) for t in v] if isinstance(v, list) else as_float64(v) for k, v in arrays.items()}
-    outputs64, grads64 = _run(kind, as64, as_float64(gy), as_float64(gh), lengths)
-    for got, want in zip(outputs, outputs64):
-        assert_close(got, want, dtype, "reduction")
-    for got, want in zip(grads, grads64):
-        if want is not None:
-            assert_close(got, want, dtype, "reduction")
+    _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype)

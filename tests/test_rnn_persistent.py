@@ -20,11 +20,10 @@ import pytest
 import torch
 
 import gpukernels as gk
-from _helpers import as_float64, random_tensor
-from conftest import DEVICE, HAS_CUDA
+from conftest import HAS_CUDA
 from gpukernels.triton import rnn as triton_rnn
 from gpukernels.triton import rnn_persistent as rp
-from test_rnn_triton import SHORT, _as64, _check, _inputs, _layer
+from test_rnn_triton import SHORT, _inputs, run_layer_against_reference
 
 
 class _Counting:
@@ -54,17 +53,6 @@ def launches(monkeypatch):
     return counters
 
 
-def _run_layer(kind, dtype, T, B, H, reverse, lengths, rng):
-    a = _inputs(rng, kind, B, 4, H, dtype, T=T)
-    gy = random_tensor(rng, (T, B, H), dtype, DEVICE, scale=1.0)
-    gh, gc = random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0), random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0)
-    with gk.use_backend("triton"):
-        outputs, grads = _layer(kind, a, gy, gh, gc, reverse, lengths)
-    outputs64, grads64 = _layer(kind, _as64(a), as_float64(gy), as_float64(gh), as_float64(gc), reverse, lengths)
-    _check(kind, dtype, outputs, grads, outputs64, grads64)
-    return outputs
-
-
 KINDS = ("rnn_tanh", "rnn_relu", "lstm", "lstm_peep_coupled", "gru")
 # (T, B, H, dtype, reverse, lengths): every kind in every dtype with reverse and ragged lengths;
 # fp32 also forward with a batch past one 16-row tile and H past one 16-unit slice, and all ones.
@@ -85,7 +73,7 @@ LAYER_CASES += [pytest.param("gru", 4, 5, 33, "bfloat16", False, (4, 1, 3, 4, 2)
 @pytest.mark.parametrize("kind,T,B,H,dtype,reverse,lengths", LAYER_CASES)
 def test_persistent_layers_against_the_reference(kind, T, B, H, dtype, reverse, lengths, rng, monkeypatch, launches):
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
-    outputs = _run_layer(kind, dtype, T, B, H, reverse, lengths, rng)
+    outputs = run_layer_against_reference(kind, dtype, T, B, H, reverse, lengths, rng)
     # The backward op recomputes the forward: two forward launches, one backward, no step kernel.
     assert len(launches["rnn_persistent_forward_kernel"].grids) == 2
     assert len(launches["rnn_persistent_backward_kernel"].grids) == 1
@@ -103,13 +91,13 @@ def test_slice_held_for_the_whole_sequence(kind, rng, monkeypatch, launches):
     the time loop) with its single program, H <= 16: the interpreter can run that one."""
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
     monkeypatch.setattr(rp, "plan_launch", lambda *a, **k: rp.Plan(True, 1, False, "test"))
-    _run_layer(kind, "float32", 4, 3, 11, True, (4, 1, 3), rng)
+    run_layer_against_reference(kind, "float32", 4, 3, 11, True, (4, 1, 3), rng)
     assert launches["rnn_persistent_backward_kernel"].grids == [(1,)]
 
 
 def test_original_gru_keeps_the_per_step_path(rng, monkeypatch, launches):
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
-    _run_layer("gru_original", "float32", 3, 2, 5, False, None, rng)
+    run_layer_against_reference("gru_original", "float32", 3, 2, 5, False, None, rng)
     assert not launches["rnn_persistent_forward_kernel"].grids and not launches["rnn_persistent_backward_kernel"].grids
     assert len(launches["rnn_step_kernel"].grids) == 2 * 3 * 2
 
@@ -121,7 +109,7 @@ def test_per_step_path_when_switched_off_or_not_forced_in_the_interpreter(switch
         monkeypatch.delenv(rp.ENVIRONMENT_SWITCH, raising=False)
     else:
         monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, switch)
-    _run_layer("lstm", "float32", 3, 2, 5, False, None, rng)
+    run_layer_against_reference("lstm", "float32", 3, 2, 5, False, None, rng)
     assert not launches["rnn_persistent_forward_kernel"].grids
     assert len(launches["rnn_step_kernel"].grids) == 2 * 3
 

@@ -100,10 +100,9 @@ def _layer(kind, a, gy, gh, gc, reverse, lengths):
     return gk.gru_layer(x, h, *w, **options), gk.gru_layer_backward(gy, gh, x, h, *w, **options)
 
 
-@pytest.mark.parametrize("reverse,lengths", [(False, None), (True, (5, 2, 4))], ids=["forward", "reverse-lengths"])
-@pytest.mark.parametrize("kind,dtype", [pytest.param(k, d, id=f"{k}-T5-B3-H7-{SHORT[d]}") for k, d in LAYER_CASES])
-def test_layers_through_time(kind, dtype, reverse, lengths, rng):
-    T, B, H = 5, 3, 7
+def run_layer_against_reference(kind, dtype, T, B, H, reverse, lengths, rng):
+    """A layer's outputs and every gradient on the Triton backend against the float64 reference
+    (fresh random inputs of T steps, B rows, H units); returns the Triton outputs."""
     a = _inputs(rng, kind, B, 4, H, dtype, T=T)
     gy = random_tensor(rng, (T, B, H), dtype, DEVICE, scale=1.0)
     gh, gc = random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0), random_tensor(rng, (B, H), dtype, DEVICE, scale=1.0)
@@ -111,6 +110,13 @@ def test_layers_through_time(kind, dtype, reverse, lengths, rng):
         outputs, grads = _layer(kind, a, gy, gh, gc, reverse, lengths)
     outputs64, grads64 = _layer(kind, _as64(a), as_float64(gy), as_float64(gh), as_float64(gc), reverse, lengths)
     _check(kind, dtype, outputs, grads, outputs64, grads64)
+    return outputs
+
+
+@pytest.mark.parametrize("reverse,lengths", [(False, None), (True, (5, 2, 4))], ids=["forward", "reverse-lengths"])
+@pytest.mark.parametrize("kind,dtype", [pytest.param(k, d, id=f"{k}-T5-B3-H7-{SHORT[d]}") for k, d in LAYER_CASES])
+def test_layers_through_time(kind, dtype, reverse, lengths, rng):
+    outputs = run_layer_against_reference(kind, dtype, 5, 3, 7, reverse, lengths, rng)
     if lengths is not None:  # padded steps output exact zeros
         assert torch.all(outputs[0][2:, 1] == 0) and torch.all(outputs[0][4:, 2] == 0)
 
