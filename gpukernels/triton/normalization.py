@@ -453,6 +453,14 @@ def _gate_sizes(alignment: str, launch: RowLaunch) -> dict:
     return {"n_rows": _GATE_ROWS - (0 if aligned else 1), "n_cols": width - (0 if aligned else _RAGGED)}
 
 
+def _row_case(family, kernel, variant_name, args, tdtype, alignment, launch) -> CompileCase:
+    """One gate build of a row kernel (the ``_long`` one when the launch loops over the row)."""
+    return CompileCase(name=f"{family}{'_long' if launch.long else ''}[{variant_name}]", kernel=kernel, args=args,
+                       num_warps=launch.num_warps, expect_load_bits=128 if alignment == "aligned" else None,
+                       tags={"dtype": tdtype, "alignment": alignment, "block_n": str(launch.block_n),
+                             "rows": str(launch.rows)})
+
+
 def _forward_case(tdtype, alignment, launch, variant) -> CompileCase:
     name, rms, add, has_w, has_b = variant
     aligned = alignment == "aligned"
@@ -463,10 +471,7 @@ def _forward_case(tdtype, alignment, launch, variant) -> CompileCase:
             "RMS": rms, "ADD": add, "HAS_W": has_w, "HAS_B": has_b,
             **({} if launch.long else {"ROWS": launch.rows}), "BLOCK_N": launch.block_n}
     kernel = norm_forward_long_kernel if launch.long else norm_forward_kernel
-    return CompileCase(name=f"norm_forward{'_long' if launch.long else ''}[{name}]", kernel=kernel, args=args,
-                       num_warps=launch.num_warps, expect_load_bits=128 if aligned else None,
-                       tags={"dtype": tdtype, "alignment": alignment, "block_n": str(launch.block_n),
-                             "rows": str(launch.rows)})
+    return _row_case("norm_forward", kernel, name, args, tdtype, alignment, launch)
 
 
 def _backward_case(tdtype, alignment, launch, variant) -> CompileCase:
@@ -479,10 +484,7 @@ def _backward_case(tdtype, alignment, launch, variant) -> CompileCase:
             "RMS": rms, "ADD": add, "HAS_W": has_w, "HAS_B": has_b,
             **({} if launch.long else {"ROWS": launch.rows}), "BLOCK_N": launch.block_n}
     kernel = norm_backward_long_kernel if launch.long else norm_backward_kernel
-    return CompileCase(name=f"norm_backward{'_long' if launch.long else ''}[{name}]", kernel=kernel, args=args,
-                       num_warps=launch.num_warps, expect_load_bits=128 if aligned else None,
-                       tags={"dtype": tdtype, "alignment": alignment, "block_n": str(launch.block_n),
-                             "rows": str(launch.rows)})
+    return _row_case("norm_backward", kernel, name, args, tdtype, alignment, launch)
 
 
 def compile_cases() -> Iterator[CompileCase]:
