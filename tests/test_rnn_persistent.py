@@ -301,3 +301,46 @@ def test_the_simulation_catches_a_broken_barrier():
         finished, violations = _simulate(_resetting_barrier, 3, 4, seed, max_ticks=3000)
         failures += (not finished) or bool(violations)
     assert failures > 0
+
+
+def test_specialization_key_separates_what_triton_specialises_on():
+    aligned = torch.zeros(8, dtype=torch.float32)
+    offset = aligned[1:]  # 4 bytes past a 16-byte boundary
+    key = rp.specialization_key
+    assert key((aligned, 32, 0.5, None)) == key((torch.ones(8), 48, 0.25, None))
+    assert key((aligned,)) != key((offset,))
+    assert key((aligned,)) != key((aligned.half(),))
+    assert key((1,)) != key((2,)) and key((16,)) != key((17,)) and key((17,)) == key((19,))
+
+
+def test_compiled_launch_warms_up_and_reads_the_device_once_per_specialisation(monkeypatch):
+    # The compiled path (not the interpreter's) with a stand-in kernel and device: the second
+    # identical call must reuse the resources and limits, and launch the planned grid each time.
+    calls = {"warmup": 0, "limits": 0, "grids": []}
+
+    class Kernel:
+        fn = rp.rnn_persistent_forward_kernel.fn
+
+        def warmup(self, *args, **kwargs):
+            calls["warmup"] += 1
+            return object()
+
+        def __getitem__(self, grid):
+            calls["grids"].append(grid)
+            return lambda *args, **kwargs: None
+
+    def limits(device):
+        calls["limits"] += 1
+        return H100
+
+    monkeypatch.setattr(rp, "_RESOURCES", {})
+    monkeypatch.setattr(rp, "_DEVICE_LIMITS", {})
+    monkeypatch.setattr(rp, "device_limits", limits)
+    monkeypatch.setattr(rp, "_resources", lambda compiled, warps: SMALL)
+    monkeypatch.setattr(rp, "_cooperative", lambda: {})
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "auto")
+    args = (torch.zeros(4), torch.zeros(4), 100, 64)
+    for _ in range(2):
+        assert rp._launch(Kernel(), args, "lstm", 64, 100, True, interpreting=False, backward=False)
+    assert calls["warmup"] == 1 and calls["limits"] == 1
+    assert calls["grids"] == [(4,), (4,)]  # one program per 16-unit slice of H=64

@@ -585,6 +585,26 @@ def _resources(compiled, num_warps: int) -> KernelResources:
                            num_warps=num_warps)
 
 
+# Per process: the compiled resources of each kernel specialisation and each device's limits, so
+# a layer call after the first does no warmup or property query.
+_RESOURCES: dict[tuple, KernelResources] = {}
+_DEVICE_LIMITS: dict[int | None, DeviceLimits] = {}
+
+
+def specialization_key(args: tuple) -> tuple:
+    """What Triton specialises a launch on, per argument: a tensor's dtype and 16-byte alignment,
+    an integer's being 1 or a multiple of 16; floats and None as themselves (type only)."""
+    key = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.data_ptr() % 16 == 0))
+        elif isinstance(a, bool) or not isinstance(a, int):
+            key.append(type(a).__name__)
+        else:
+            key.append((a == 1, a % 16 == 0))
+    return tuple(key)
+
+
 def _launch(kernel, args: tuple, cell: str, H: int, T: int, linear_before_reset: bool, interpreting: bool,
             backward: bool) -> bool:
     """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path."""
@@ -598,10 +618,16 @@ def _launch(kernel, args: tuple, cell: str, H: int, T: int, linear_before_reset:
     constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp}
     options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
     if not interpreting:  # the compiled kernel's registers and shared memory decide how many are resident
-        compiled = kernel.warmup(*args, grid=(triton.cdiv(H, tile.block_h),), SLICE_LOOP=False, **constants,
-                                 **options)
-        plan = plan_launch(cell, H, T, switch=switch, device=device_limits(args[0].device),
-                           kernel=_resources(compiled, tile.num_warps), backward=backward)
+        device = args[0].device
+        key = (kernel.fn.__name__, tuple(constants.items()), tile.num_warps, device.index, specialization_key(args))
+        if key not in _RESOURCES:  # compile (or find) the binary once per specialisation, not every call
+            compiled = kernel.warmup(*args, grid=(triton.cdiv(H, tile.block_h),), SLICE_LOOP=False, **constants,
+                                     **options)
+            _RESOURCES[key] = _resources(compiled, tile.num_warps)
+        if device.index not in _DEVICE_LIMITS:
+            _DEVICE_LIMITS[device.index] = device_limits(device)
+        plan = plan_launch(cell, H, T, switch=switch, device=_DEVICE_LIMITS[device.index], kernel=_RESOURCES[key],
+                           backward=backward)
         if not plan.persistent:
             return False
     kernel[(plan.programs,)](*args, SLICE_LOOP=plan.slice_loop, **constants, **options)
