@@ -129,32 +129,14 @@ GK_HD float ce_grad(float v, const T* probs, const T* weight, long long k, float
   return g * scale;
 }
 
-// out[k] = f(x[k], k) over this thread's 16-byte chunks of a row (128-bit loads and stores where
-// both rows are aligned). out may be x itself (the fused linear + CE writes the gradient over the
-// logits): each element is read before it is written, by the same thread, and the row's other
-// reads happened in ce_thread_stats, before the block merge.
-template <class T, class F>
-GK_HD void ce_map_row(const T* x, T* out, long long n, int tid, int nthreads, F f) {
-  const int V = Vec16<T>::size;
-  const long long chunks = (n + V - 1) / V;
-  const bool vector = aligned16(x) && aligned16(out);
-  for (long long c = tid; c < chunks; c += nthreads) {
-    const long long first = c * V;
-    if (vector && first + V <= n) {
-      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first), res;
-      for (int j = 0; j < V; ++j) res.v[j] = from_float<T>(f(to_float(in.v[j]), first + j));
-      *reinterpret_cast<Vec16<T>*>(out + first) = res;
-    } else {
-      for (long long k = first; k < n && k < first + V; ++k) out[k] = from_float<T>(f(to_float(x[k]), k));
-    }
-  }
-}
-
+// grad may be x itself (the fused linear + CE writes the gradient over the logits): map_row reads
+// each element before writing it, and the row's other reads happened in ce_thread_stats, before
+// the block merge.
 template <class T, int KIND>
 GK_HD void ce_thread_grad(const T* x, const T* probs, const T* weight, T* grad, long long n, float lse, CeRow row,
                           float scale, float smoothing, int tid, int nthreads) {
   const float uniform = smoothing / float(n);
-  ce_map_row(x, grad, n, tid, nthreads, [=](float v, long long k) {
+  map_row(x, grad, n, tid, nthreads, [=](float v, long long k) {
     return ce_grad<T, KIND>(v, probs, weight, k, lse, row, scale, smoothing, uniform);
   });
 }
@@ -169,7 +151,7 @@ GK_HD float ce_target_grad(float v, const T* weight, long long k, float lse, flo
 template <class T>
 GK_HD void ce_thread_target_grad(const T* x, const T* weight, T* grad, long long n, float lse, float factor, int tid,
                                  int nthreads) {
-  ce_map_row(x, grad, n, tid, nthreads,
+  map_row(x, grad, n, tid, nthreads,
              [=](float v, long long k) { return ce_target_grad(v, weight, k, lse, factor); });
 }
 

@@ -99,6 +99,26 @@ template <class T> struct alignas(16) Vec16 {
 
 template <class T> GK_HD bool aligned16(const T* p) { return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0; }
 
+// out[k] = f(x[k], k) over this thread's 16-byte chunks of a row of n (128-bit loads and stores
+// where both rows are aligned); f takes and returns fp32. out may be x itself: each element is
+// read before it is written, by the same thread.
+template <class T, class F>
+GK_HD void map_row(const T* x, T* out, long long n, int tid, int nthreads, F f) {
+  const int V = Vec16<T>::size;
+  const long long chunks = (n + V - 1) / V;
+  const bool vector = aligned16(x) && aligned16(out);
+  for (long long c = tid; c < chunks; c += nthreads) {
+    const long long first = c * V;
+    if (vector && first + V <= n) {
+      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first), res;
+      for (int j = 0; j < V; ++j) res.v[j] = from_float<T>(f(to_float(in.v[j]), first + j));
+      *reinterpret_cast<Vec16<T>*>(out + first) = res;
+    } else {
+      for (long long k = first; k < n && k < first + V; ++k) out[k] = from_float<T>(f(to_float(x[k]), k));
+    }
+  }
+}
+
 // ---- scalar math (fp32) ----
 
 GK_HD float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }

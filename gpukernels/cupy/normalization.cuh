@@ -96,20 +96,7 @@ GK_HD Moments norm_thread_stats(const T* x, const T* r, T* s, long long n, int t
 template <class T>
 GK_HD void norm_thread_write(const T* src, const T* w, const T* b, T* y, long long n, float mean, float rstd, int tid,
                              int nthreads) {
-  const int V = Vec16<T>::size;
-  const long long chunks = (n + V - 1) / V;
-  const bool vector = aligned16(src) && aligned16(y);
-  for (long long c = tid; c < chunks; c += nthreads) {
-    long long first = c * V;
-    if (vector && first + V <= n) {
-      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(src + first), out;
-      for (int k = 0; k < V; ++k) out.v[k] = from_float<T>(norm_value(to_float(in.v[k]), mean, rstd, w, b, first + k));
-      *reinterpret_cast<Vec16<T>*>(y + first) = out;
-    } else {
-      for (long long i = first; i < n && i < first + V; ++i)
-        y[i] = from_float<T>(norm_value(to_float(src[i]), mean, rstd, w, b, i));
-    }
-  }
+  map_row(src, y, n, tid, nthreads, [=](float v, long long k) { return norm_value(v, mean, rstd, w, b, k); });
 }
 
 // Rows of at most CACHED_CHUNKS chunks per thread (the launcher's block sizes aim at four) are

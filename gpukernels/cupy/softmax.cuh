@@ -76,21 +76,8 @@ GK_HD float softmax_value(float x, bool is_kept, RowStats st, bool masked) {
 template <class T, bool LOG>
 GK_HD void softmax_thread_write(const T* x, const unsigned char* keep, long long limit, T* y, long long n, RowStats st,
                                 bool masked, int tid, int nthreads) {
-  const int V = Vec16<T>::size;
-  const long long chunks = (n + V - 1) / V;
-  const bool vector = aligned16(x) && aligned16(y);
-  for (long long c = tid; c < chunks; c += nthreads) {
-    long long first = c * V;
-    if (vector && first + V <= n) {
-      Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(x + first), out;
-      for (int k = 0; k < V; ++k)
-        out.v[k] = from_float<T>(softmax_value<LOG>(to_float(in.v[k]), kept(keep, limit, first + k), st, masked));
-      *reinterpret_cast<Vec16<T>*>(y + first) = out;
-    } else {
-      for (long long i = first; i < n && i < first + V; ++i)
-        y[i] = from_float<T>(softmax_value<LOG>(to_float(x[i]), kept(keep, limit, i), st, masked));
-    }
-  }
+  map_row(x, y, n, tid, nthreads,
+          [=](float v, long long k) { return softmax_value<LOG>(v, kept(keep, limit, k), st, masked); });
 }
 
 // Backward: the row sum the gradient needs (softmax: sum dy*y; log_softmax: sum dy), then
