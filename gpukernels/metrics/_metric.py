@@ -54,8 +54,10 @@ def all_reduce_sum(x: Any, sync: bool = True) -> Any:
     dist = _distributed() if sync else None
     if dist is None:
         return x
+    from .._collectives import all_reduce
+
     total = _as_torch(x)
-    dist.all_reduce(total)
+    all_reduce(total)
     return like(total, x)
 
 
@@ -66,14 +68,16 @@ def all_gather(x: Any, sync: bool = True) -> list[Any]:
         return [x]
     import torch
 
+    from .._collectives import all_gather as gather
+
     local = _as_torch(x)
     sizes = [torch.zeros(1, dtype=torch.int64, device=local.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device))
+    gather(sizes, torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device))
     sizes = [int(s) for s in sizes]
     padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=local.device)
     padded[: local.shape[0]] = local
     gathered = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(gathered, padded)
+    gather(gathered, padded)
     return [like(g[:n].contiguous(), x) for g, n in zip(gathered, sizes)]
 
 

@@ -61,6 +61,8 @@ def _clip_sharded(grads: list, max_norm: float, norm_type: float, error_if_nonfi
     import torch.distributed as dist
     from torch.distributed.tensor import Partial, Replicate, Shard
 
+    from ..._collectives import all_reduce
+
     for i, g in enumerate(grads):
         if not isinstance(g, dtensor):
             raise TypeError(f"parameters[{i}].grad is a plain tensor but others are DTensors; clip the gradients "
@@ -88,8 +90,7 @@ def _clip_sharded(grads: list, max_norm: float, norm_type: float, error_if_nonfi
             part = norm if infinite else norm.pow(norm_type)
         for dim, placement in enumerate(placements):
             if isinstance(placement, Shard):
-                dist.all_reduce(part, op=dist.ReduceOp.MAX if infinite else dist.ReduceOp.SUM,
-                                group=mesh.get_group(dim))
+                all_reduce(part, dist.ReduceOp.MAX if infinite else dist.ReduceOp.SUM, mesh.get_group(dim))
         total = torch.maximum(total, part) if infinite else total + part
     if not infinite:
         total = total.pow(1.0 / norm_type)
