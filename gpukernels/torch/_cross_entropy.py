@@ -210,23 +210,28 @@ def _once_differentiable() -> None:
                            "(double backward) is not supported")
 
 
-def _fused_setup(ctx, inputs, output):
-    """cross_entropy and focal_loss: save the forward's gradient, or (without one) the logits;
-    the logits and the row log-sum-exp too when a probability target or its class weights want
-    a gradient."""
-    kept_logsumexp = len(inputs) == 8 and inputs[7]  # cross_entropy's compute_logsumexp
-    input, target, weights, *options, compute_grad = inputs[:7]
-    grad, *lse = output[1:]
-    ctx.mark_non_differentiable(*output[1:])
-    ctx.options, ctx.compute_grad = tuple(options), compute_grad
-    ctx.reduction = next(o for o in options if isinstance(o, str))  # the only string option of either op
-    ctx.axis = _ce.class_axis(input)
-    # the logits stay alive only where backward reads them: no forward gradient, or the target's
-    # or the class weights' (probability targets only)
-    wants_target = len(output) == 3 and target.is_floating_point() and (
-        target.requires_grad or (weights is not None and weights.requires_grad))
-    ctx.save_for_backward(grad if compute_grad else None, input if wants_target or not compute_grad else None,
-                          target, weights, lse[0] if kept_logsumexp else None)
+def _fused_setup(has_logsumexp_flag: bool):
+    """setup_context for cross_entropy and focal_loss: save the forward's gradient, or (without
+    one) the logits; the logits and the row log-sum-exp too when a probability target or its
+    class weights want a gradient. ``has_logsumexp_flag``: the op ends with cross_entropy's
+    ``compute_logsumexp`` argument (focal_loss has none)."""
+
+    def setup(ctx, inputs, output):
+        kept_logsumexp = has_logsumexp_flag and inputs[7]
+        input, target, weights, *options, compute_grad = inputs[:7]
+        grad, *lse = output[1:]
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.options, ctx.compute_grad = tuple(options), compute_grad
+        ctx.reduction = next(o for o in options if isinstance(o, str))  # the only string option of either op
+        ctx.axis = _ce.class_axis(input)
+        # the logits stay alive only where backward reads them: no forward gradient, or the target's
+        # or the class weights' (probability targets only)
+        wants_target = len(output) == 3 and target.is_floating_point() and (
+            target.requires_grad or (weights is not None and weights.requires_grad))
+        ctx.save_for_backward(grad if compute_grad else None, input if wants_target or not compute_grad else None,
+                              target, weights, lse[0] if kept_logsumexp else None)
+
+    return setup
 
 
 def _fused_gradients(backward_op, target_backward_op=None, weight_backward_op=None):
@@ -249,8 +254,10 @@ def _fused_gradients(backward_op, target_backward_op=None, weight_backward_op=No
 
 
 _cross_entropy.register_autograd(_fused_gradients(_cross_entropy_backward, _cross_entropy_target_backward,
-                                                  _cross_entropy_weight_backward), setup_context=_fused_setup)
-_focal_loss.register_autograd(_fused_gradients(_focal_loss_backward), setup_context=_fused_setup)
+                                                  _cross_entropy_weight_backward),
+                                 setup_context=_fused_setup(has_logsumexp_flag=True))
+_focal_loss.register_autograd(_fused_gradients(_focal_loss_backward),
+                              setup_context=_fused_setup(has_logsumexp_flag=False))
 
 
 def _nll_setup(ctx, inputs, output):
