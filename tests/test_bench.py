@@ -489,3 +489,16 @@ def test_nan_is_written_as_null_in_json(tmp_path):
                                      math.nan, "CPU", "v", "t")))]
     data = json.loads(bench.write_json(rows, tmp_path / "r.json", {}).read_text())
     assert data["rows"][0]["median"] is None
+
+
+def test_default_set_breaks_ties_in_work_by_size_name_not_by_hash_order():
+    from types import SimpleNamespace
+
+    def case(size, work):
+        return SimpleNamespace(family="f", op="op", mode="fwd", dtype="float32", size=size, work=work,
+                               in_default_set=True)
+
+    cases = [case("b", 10), case("a", 10), case("c", 10), case("z", 5), case("y", 20), case("x", 20)]
+    for order in (cases, cases[::-1], cases[2:] + cases[:2]):
+        chosen = bench._default_set(order, "cpu", explicit_dtype=False, explicit_size=False)
+        assert {c.size for c in chosen} == {"z", "y"}

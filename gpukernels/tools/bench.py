@@ -114,7 +114,8 @@ def _default_set(cases, device: str, explicit_dtype: bool, explicit_size: bool):
             keep = preferred if preferred in dtypes else dtypes[0]
             group = [c for c in group if c.dtype == keep]
         if not explicit_size:
-            by_work = sorted({(c.work, c.size) for c in group}, key=lambda item: item[0])
+            # sizes of equal work are ordered by name: a set's order would change with the hash seed
+            by_work = sorted({(c.work, c.size) for c in group})
             ends = {by_work[0][1], by_work[-1][1]}
             group = [c for c in group if c.size in ends]
         chosen.extend(group)
