@@ -40,8 +40,9 @@ def _settle(tensors: Sequence, counts_before: Sequence[int]) -> None:
         time.sleep(_SETTLE_POLL_S)
 
 
-def _on_cpu(tensors: Sequence) -> bool:
-    return all(t.device.type == "cpu" for t in tensors)
+def _settles(tensors: Sequence) -> bool:
+    """Whether to wait for these tensors: CPU ones, where torch can tell their use count."""
+    return all(t.device.type == "cpu" and hasattr(t, "_use_count") for t in tensors)
 
 
 def all_reduce(tensor, op=None, group=None) -> None:
@@ -49,7 +50,7 @@ def all_reduce(tensor, op=None, group=None) -> None:
     import torch.distributed as dist
 
     op = dist.ReduceOp.SUM if op is None else op
-    if not _on_cpu([tensor]):
+    if not _settles([tensor]):
         dist.all_reduce(tensor, op=op, group=group)
         return
     before = [tensor._use_count()]
@@ -62,7 +63,7 @@ def all_gather(outputs: list, tensor, group=None) -> None:
     import torch.distributed as dist
 
     everything = [*outputs, tensor]
-    if not _on_cpu(everything):
+    if not _settles(everything):
         dist.all_gather(outputs, tensor, group=group)
         return
     before = [t._use_count() for t in everything]
