@@ -251,23 +251,50 @@ TRITON_CASES = [("rnn_tanh", "float32", 2), ("rnn_relu", "bfloat16", 3), ("lstm"
 @pytest.mark.parametrize("kind,dtype,heads", [pytest.param(*c, id=f"{c[0]}-T5-B3-H6-heads{c[2]}-{SHORT[c[1]]}")
                                               for c in TRITON_CASES])
 def test_triton_layers_with_heads_match_the_reference(kind, dtype, heads, reverse, lengths, rng):
-    a = _arrays(rng, kind, 5, 3, 4, 6, heads, lambda shape, scale: random_tensor(rng, shape, dtype, DEVICE, scale))
-    with gk.use_backend("triton"):
-        outputs, grads = _run_gk(kind, a, heads, reverse, lengths)
+    _run_on_device_against_reference("triton", kind, dtype, 5, 3, 6, heads, reverse, lengths, rng, DEVICE)
+
+
+def _run_on_device_against_reference(backend, kind, dtype, T, B, H, heads, reverse, lengths, rng, device,
+                                     library=lambda t: t):
+    """One layer's outputs and every gradient on ``backend`` (inputs made on ``device``, handed
+    over as ``library`` makes them) against the float64 reference."""
+    scale = 1 / (1 + H / (64 * heads)) ** 0.5  # the recurrent sums have H // heads terms
+    a = _arrays(rng, kind, T, B, 4, H, heads, lambda shape, s: random_tensor(rng, shape, dtype, device, s * scale))
+    with gk.use_backend(backend):
+        outputs, grads = _run_gk(kind, {k: None if v is None else library(v) for k, v in a.items()}, heads, reverse,
+                                 lengths)
     want_outputs, want_grads = _run_gk(kind, {k: None if v is None else as_float64(v) for k, v in a.items()},
                                        heads, reverse, lengths)
-    assert outputs[0].dtype == a["x"].dtype
+    assert str(outputs[0].dtype).removeprefix("torch.") == dtype
     for got, want in zip(outputs, want_outputs):
         assert_close(got, want, dtype, "reduction")
     for index, (got, want) in enumerate(zip(grads, want_grads)):
         if want is None:
             assert got is None, f"gradient {index}"
             continue
-        assert got.shape == want.shape and got.dtype == a["x"].dtype, f"gradient {index}"
+        assert tuple(got.shape) == want.shape, f"gradient {index}"
         try:
             assert_close(got, want, dtype, "reduction")
         except AssertionError as error:
             raise AssertionError(f"gradient {index}: {error}") from None
+
+
+@pytest.mark.parametrize("kind,dtype,heads", [("lstm_peep_coupled", "float32", 2), ("gru", "bfloat16", 3),
+                                              ("rnn_relu", "float16", 2)])
+def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, heads, rng, monkeypatch):
+    """The opt-in persistent kernels (whole time loop in one launch) take the dense weight too."""
+    from gpukernels.triton import rnn_persistent as rp
+
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    ran = []
+    for name in ("layer_forward", "layer_backward"):
+        def record(*args, _real=getattr(rp, name), _name=name, **kwargs):
+            ran.append((_name, _real(*args, **kwargs)))
+            return ran[-1][1]
+
+        monkeypatch.setattr(rp, name, record)
+    _run_on_device_against_reference("triton", kind, dtype, 4, 3, 6, heads, True, (4, 1, 3), rng, DEVICE)
+    assert ran == [("layer_forward", True), ("layer_forward", True), ("layer_backward", True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +444,48 @@ def test_a_module_with_heads_compiles_fullgraph_and_matches_eager():
     (grad,) = torch.autograd.grad(compiled, x)
     torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# On a CUDA GPU (skipped elsewhere): the compiled Triton kernels, and CuPy fed cupy arrays (the
+# expansion then runs on cupy arrays) or torch CUDA tensors (on torch tensors).
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inputs", ["torch", "cupy"])
+@pytest.mark.parametrize("backend", ["triton", "cupy"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind,H,heads", [("lstm_peep_coupled", 64, 4), ("gru", 96, 3), ("gru_original", 64, 2),
+                                          ("rnn_tanh", 130, 2)], ids=lambda v: str(v))
+def test_layers_with_heads_on_the_device(kind, H, heads, dtype, backend, inputs, rng):
+    if backend == "cupy" or inputs == "cupy":
+        cupy = pytest.importorskip("cupy")
+        if dtype == "bfloat16":
+            pytest.importorskip("ml_dtypes", reason="cupy represents bfloat16 through ml_dtypes")
+    if inputs == "cupy" and backend == "triton":
+        pytest.skip("cupy arrays run on the cupy backend")
+    library = (lambda t: cupy.from_dlpack(t)) if inputs == "cupy" else (lambda t: t)
+    _run_on_device_against_reference(backend, kind, dtype, 6, 5, H, heads, True, (6, 2, 5, 1, 3), rng, "cuda",
+                                     library)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_modules_with_heads_on_the_device(name):
+    """fp32 on the GPU (Triton) against the same module in float64 on the CPU (the reference)."""
+    torch.manual_seed(0)
+    ours = getattr(gnn, name)(8, 32, num_layers=2, bidirectional=True, heads=4).cuda()
+    oracle = getattr(gnn, name)(8, 32, num_layers=2, bidirectional=True, heads=4, dtype=torch.float64)
+    oracle.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 3, 8, device="cuda")
+    results = []
+    for module, xl in ((ours, x.clone()), (oracle, x.double().cpu())):
+        xl.requires_grad_()
+        out, _ = module(xl)
+        out.square().sum().backward()
+        results.append([out, xl.grad, *(p.grad for p in module.parameters())])
+    for got, want in zip(*results):
+        assert_close(got, want.detach().numpy(), "float32", "reduction")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -187,7 +187,8 @@ def _check_grad(grad: Any, name: str, like_name: str, like: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # Multi-head recurrent weights: the backends see the dense block-diagonal matrix. Written once
-# for numpy, cupy and torch arrays alike (reshape views, list indexing, ``swapaxes``).
+# for numpy, cupy and torch arrays alike: reshape views and one basic-slicing copy per head,
+# which every one of the three indexes the same way (heads is small; one copy per layer call).
 
 
 def _block_diagonal(w_hh: Any, gates: int, heads: int) -> Any:
@@ -196,10 +197,10 @@ def _block_diagonal(w_hh: Any, gates: int, heads: int) -> Any:
     with a mask, so an inf in one head cannot put NaN into another)."""
     rows, size = (int(s) for s in w_hh.shape)
     dense = _zeros(w_hh, (rows, size * heads))
-    diagonal = list(range(heads))
-    # Indices separated by a slice: the head axis comes first in the indexed view.
-    dense.reshape(gates, heads, size, heads, size)[:, diagonal, :, diagonal, :] = \
-        w_hh.reshape(gates, heads, size, size).swapaxes(0, 1)
+    blocks = dense.reshape(gates, heads, size, heads, size)  # a view: writing it writes dense
+    compact = w_hh.reshape(gates, heads, size, size)
+    for head in range(heads):
+        blocks[:, head, :, head, :] = compact[:, head]
     return dense
 
 
@@ -208,9 +209,11 @@ def _diagonal_blocks(dense: Any, gates: int, heads: int) -> Any:
     blocks exactly (the off-diagonal entries belong to no parameter and are dropped)."""
     rows, H = (int(s) for s in dense.shape)
     size = H // heads
-    diagonal = list(range(heads))
-    blocks = dense.reshape(gates, heads, size, heads, size)[:, diagonal, :, diagonal, :]
-    return blocks.swapaxes(0, 1).reshape(rows, size)
+    compact = _zeros(dense, (rows, size))
+    blocks, out = dense.reshape(gates, heads, size, heads, size), compact.reshape(gates, heads, size, size)
+    for head in range(heads):
+        out[:, head] = blocks[:, head, :, head, :]
+    return compact
 
 
 def _backend_params(cell: str, w_hh: Any, params: dict) -> tuple[Any, dict, int]:
