@@ -138,7 +138,8 @@ SAMPLES = {
                                 _rnn_args("lstm", H=6, heads=2), _rnn_args("gru", H=6, heads=3)],
     "recurrent_layer_backward": lambda: [_rnn_backward_args("lstm"), _rnn_backward_args("gru"),
                                          _rnn_backward_args("rnn_tanh", lengths=torch.tensor([2, 3])),
-                                         _rnn_backward_args("lstm", H=6, heads=3), _rnn_backward_args("gru", H=4, heads=2)],
+                                         _rnn_backward_args("lstm", H=6, heads=3),
+                                         _rnn_backward_args("gru", H=4, heads=2)],
     # elementwise losses: a target that requires grad too (every one of them differentiates it)
     "mse_loss": lambda: [(_r(3, 7), _r(3, 7), "mean"), (_r(4,), _r(4, grad=False), "none")],
     "l1_loss": lambda: [(_r(3, 7), _r(3, 7), "sum"), (_r(2, 3), _r(2, 3), "none")],
