@@ -20,12 +20,13 @@ def _r(*shape, grad=True):
     return torch.randn(*shape, dtype=torch.float32).requires_grad_(grad)
 
 
-def _rnn_args(cell, T=3, B=2, I=4, H=5, peephole=False, lengths=None, bias=True):
+def _rnn_args(cell, T=3, B=2, I=4, H=5, peephole=False, lengths=None, bias=True, heads=1):
     G = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[cell]
     c0 = _r(B, H) if cell == "lstm" else None
     b = (_r(G * H), _r(G * H)) if bias else (None, None)
     peep = _r(3, H) if peephole else None
-    return (cell, _r(T, B, I), _r(B, H), c0, _r(G * H, I), _r(G * H, H), *b, peep, False, lengths, False, True)
+    return (cell, _r(T, B, I), _r(B, H), c0, _r(G * H, I), _r(G * H, H // heads), *b, peep, False, lengths, False, True,
+            heads)
 
 
 def _rnn_backward_args(cell, **kw):
@@ -133,9 +134,12 @@ SAMPLES = {
     "attention_backward": lambda: [(_r(2, 3, 6), _r(2, 3, 5), _r(2, 3, 4), _r(2, 5, 5), _r(2, 5, 6),
                                     torch.softmax(torch.randn(2, 3, 5), -1), "additive", *ADDITIVE())],
     "recurrent_layer": lambda: [_rnn_args("lstm", peephole=True), _rnn_args("gru", bias=False),
-                                _rnn_args("rnn_relu", lengths=torch.tensor([3, 1]))],
+                                _rnn_args("rnn_relu", lengths=torch.tensor([3, 1])),
+                                _rnn_args("lstm", H=6, heads=2), _rnn_args("gru", H=6, heads=3)],
     "recurrent_layer_backward": lambda: [_rnn_backward_args("lstm"), _rnn_backward_args("gru"),
-                                         _rnn_backward_args("rnn_tanh", lengths=torch.tensor([2, 3]))],
+                                         _rnn_backward_args("rnn_tanh", lengths=torch.tensor([2, 3])),
+                                         _rnn_backward_args("lstm", H=6, heads=3),
+                                         _rnn_backward_args("gru", H=4, heads=2)],
     # elementwise losses: a target that requires grad too (every one of them differentiates it)
     "mse_loss": lambda: [(_r(3, 7), _r(3, 7), "mean"), (_r(4,), _r(4, grad=False), "none")],
     "l1_loss": lambda: [(_r(3, 7), _r(3, 7), "sum"), (_r(2, 3), _r(2, 3), "none")],

@@ -8,6 +8,15 @@ orders, formulas, argument names and shapes.
 * GRU (gates r, z, n): ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``;
   ``linear_before_reset=False`` is the original form ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)``.
 
+Multi-head (block-diagonal) recurrent weights, as FlashRNN offers: ``heads`` (default 1, PyTorch's
+layer) splits the hidden units into ``heads`` groups of ``H // heads`` that see only their own
+group's state. ``w_hh`` then holds just the diagonal blocks, shape ``(G*H, H // heads)``: row ``r``
+(gate ``r // H``, unit ``u = r % H``) belongs to head ``u // (H // heads)`` and multiplies only that
+head's slice of ``h``. ``heads=1`` is ``(G*H, H)``, PyTorch's layout. The kernels still run the dense
+product: the compact weight is expanded to the block-diagonal ``(G*H, H)`` matrix once per call,
+and backward's dense ``w_hh`` gradient is cut back to its diagonal blocks (``_block_diagonal``,
+``_diagonal_blocks``), so every backend runs unchanged at ``heads`` times the recurrent FLOPs.
+
 Cells take ``x`` of shape ``(B, I)`` and states ``(B, H)``; layers take ``x`` of shape
 ``(T, B, I)`` (time first) and return ``y`` of shape ``(T, B, H)`` with the final state(s).
 A cell is a layer of one step and runs the same kernels.
@@ -78,14 +87,30 @@ def _check_lengths(lengths: Any, batch: int, steps: int) -> tuple[int, ...] | No
     return tuple(values)
 
 
-def _check_weights(cell: str, x: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, w_peep: Any) -> int:
-    """Shapes, dtypes and devices of the weights against ``x``; returns the hidden size H."""
+def check_heads(heads: Any, hidden_size: int) -> int:
+    """``heads`` as an int that divides ``hidden_size`` (each head owns ``hidden_size // heads`` units)."""
+    if isinstance(heads, (bool, np.bool_)) or not isinstance(heads, (int, np.integer)):
+        raise TypeError(f"heads must be an int, got {type(heads).__name__}")
+    if heads < 1 or hidden_size % heads:
+        raise ValueError(f"heads must be a positive divisor of hidden_size={hidden_size}, got heads={heads}")
+    return int(heads)
+
+
+def _check_weights(cell: str, x: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, w_peep: Any, heads: Any = 1
+                   ) -> tuple[int, int]:
+    """Shapes, dtypes and devices of the weights against ``x``; returns (hidden size H, heads)."""
     G = GATES[cell]
     check_float(w_hh, "w_hh")
     check_match("x", x, "w_hh", w_hh)
-    if len(w_hh.shape) != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
-        raise ValueError(f"w_hh must have shape ({G}*hidden_size, hidden_size) = ({G}*H, H), got {_shape(w_hh)}")
-    H = int(w_hh.shape[1])
+    columns = "hidden_size" if heads == 1 else "hidden_size // heads"
+    # H comes from the rows: the columns are one head's units (all of them when heads=1).
+    if len(w_hh.shape) != 2 or w_hh.shape[0] % G:
+        raise ValueError(f"w_hh must have shape ({G}*hidden_size, {columns}), got {_shape(w_hh)}")
+    H = int(w_hh.shape[0]) // G
+    heads = check_heads(heads, H)
+    if int(w_hh.shape[1]) * heads != H:
+        raise ValueError(f"w_hh must have shape ({G}*hidden_size, {columns}) = ({G * H}, {H // heads}) for "
+                         f"hidden_size={H} and heads={heads}, got {_shape(w_hh)}")
     check_match("x", x, "w_ih", w_ih)
     _expect_shape(w_ih, "w_ih", (G * H, int(x.shape[-1])), f"{G}*hidden_size, input_size")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
@@ -95,7 +120,7 @@ def _check_weights(cell: str, x: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any
     if w_peep is not None:
         check_match("x", x, "w_peep", w_peep)
         _expect_shape(w_peep, "w_peep", (3, H), "peephole weights of the i, f and o gates")
-    return H
+    return H, heads
 
 
 def _check_state(x: Any, state: Any, name: str, batch: int, H: int) -> None:
@@ -103,18 +128,23 @@ def _check_state(x: Any, state: Any, name: str, batch: int, H: int) -> None:
     _expect_shape(state, name, (batch, H), "batch, hidden_size")
 
 
-def _zeros_like_state(x: Any, batch: int, H: int) -> Any:
-    """A zero initial state in the library, device and dtype of ``x``."""
-    library = array_library(x)
+def _zeros(like: Any, shape: tuple[int, ...]) -> Any:
+    """Zeros in the library, device and dtype of ``like``."""
+    library = array_library(like)
     if library == "torch":
         import torch
 
-        return torch.zeros(batch, H, dtype=x.dtype, device=x.device)
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
     if library == "cupy":
         import cupy
 
-        return cupy.zeros((batch, H), dtype=x.dtype)
-    return np.zeros((batch, H), dtype=x.dtype)
+        return cupy.zeros(shape, dtype=like.dtype)
+    return np.zeros(shape, dtype=like.dtype)
+
+
+def _zeros_like_state(x: Any, batch: int, H: int) -> Any:
+    """A zero initial state in the library, device and dtype of ``x``."""
+    return _zeros(x, (batch, H))
 
 
 def _cell_name(kind: str, nonlinearity: str) -> str:
@@ -124,13 +154,13 @@ def _cell_name(kind: str, nonlinearity: str) -> str:
 
 
 def _prepare(cell: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, rank: int, reverse=False, lengths=None,
-             coupled=False, linear_before_reset=True):
+             coupled=False, linear_before_reset=True, heads=1):
     """Checks every argument; returns (h0, c0, params) with absent initial states as zeros."""
     check_float(x, "x")
     if len(x.shape) != rank:
         layout = "(seq_len, batch, input_size)" if rank == 3 else "(batch, input_size)"
         raise ValueError(f"x must be {rank}-D {layout}, got shape {_shape(x)}")
-    H = _check_weights(cell, x, w_ih, w_hh, b_ih, b_hh, w_peep)
+    H, heads = _check_weights(cell, x, w_ih, w_hh, b_ih, b_hh, w_peep, heads)
     batch = int(x.shape[-2])
     state_names = ("h0", "c0") if rank == 3 else ("hx", "cx")
     h0 = _zeros_like_state(x, batch, H) if h0 is None else h0
@@ -144,6 +174,7 @@ def _prepare(cell: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, rank: int,
         "lengths": _check_lengths(lengths, batch, int(x.shape[0])) if rank == 3 else None,
         "coupled": _check_bool(coupled, "coupled"),
         "linear_before_reset": _check_bool(linear_before_reset, "linear_before_reset"),
+        "heads": heads,
     }
     return h0, c0, params
 
@@ -155,6 +186,44 @@ def _check_grad(grad: Any, name: str, like_name: str, like: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-head recurrent weights: the backends see the dense block-diagonal matrix. Written once
+# for numpy, cupy and torch arrays alike: reshape views and one basic-slicing copy per head,
+# which every one of the three indexes the same way (heads is small; one copy per layer call).
+
+
+def _block_diagonal(w_hh: Any, gates: int, heads: int) -> Any:
+    """The dense ``(G*H, H)`` recurrent weight of the compact ``(G*H, H // heads)`` one: each
+    row's values in its head's columns, zeros elsewhere (written as zeros, never as a product
+    with a mask, so an inf in one head cannot put NaN into another)."""
+    rows, size = (int(s) for s in w_hh.shape)
+    dense = _zeros(w_hh, (rows, size * heads))
+    blocks = dense.reshape(gates, heads, size, heads, size)  # a view: writing it writes dense
+    compact = w_hh.reshape(gates, heads, size, size)
+    for head in range(heads):
+        blocks[:, head, :, head, :] = compact[:, head]
+    return dense
+
+
+def _diagonal_blocks(dense: Any, gates: int, heads: int) -> Any:
+    """The compact ``(G*H, H // heads)`` gradient of a dense ``(G*H, H)`` one: its diagonal
+    blocks exactly (the off-diagonal entries belong to no parameter and are dropped)."""
+    rows, H = (int(s) for s in dense.shape)
+    size = H // heads
+    compact = _zeros(dense, (rows, size))
+    blocks, out = dense.reshape(gates, heads, size, heads, size), compact.reshape(gates, heads, size, size)
+    for head in range(heads):
+        out[:, head] = blocks[:, head, :, head, :]
+    return compact
+
+
+def _backend_params(cell: str, w_hh: Any, params: dict) -> tuple[Any, dict, int]:
+    """(the w_hh the backends take, the params they take, heads)."""
+    params = dict(params)
+    heads = params.pop("heads", 1)
+    return (w_hh if heads == 1 else _block_diagonal(w_hh, GATES[cell], heads)), params, heads
+
+
+# ---------------------------------------------------------------------------------------------
 # The layer ops every public function goes through. ``_forward`` also returns the workspace
 # that ``_backward`` reads (the autograd Functions keep it between the passes).
 
@@ -163,13 +232,18 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, params):
     """(y, h_n, c_n, workspace). The workspace is left as the backend made it (its own array
     type and dtype: the Triton one is fp32 whatever the storage), since only a backward reads it;
     the rest comes back as the caller's arrays, like every op's results."""
+    w_hh, params, _ = _backend_params(cell, w_hh, params)
     arrays = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
     return call("rnn", "layer_forward", arrays, params, returns_like=(x, x, x, None))
 
 
 def _backward(cell, grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, params):
+    w_hh, params, heads = _backend_params(cell, w_hh, params)
     arrays = (grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
-    return call("rnn", "layer_backward", arrays, params, returns_like=x)
+    grads = call("rnn", "layer_backward", arrays, params, returns_like=x)
+    if heads == 1:
+        return grads
+    return grads[:4] + (_diagonal_blocks(grads[4], GATES[cell], heads),) + tuple(grads[5:])
 
 
 def _layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options):
@@ -181,7 +255,7 @@ def _layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options):
 def _layer_backward(cell, grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options):
     h0, c0, params = _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, rank=3, **options)
     T, B = int(x.shape[0]), int(x.shape[1])
-    H = int(w_hh.shape[1])
+    H = int(h0.shape[1])
     check_float(grad_y, "grad_y")
     check_match("x", x, "grad_y", grad_y)
     _expect_shape(grad_y, "grad_y", (T, B, H), "seq_len, batch, hidden_size")
@@ -200,25 +274,26 @@ def _step(x):
 # Cells
 
 
-def rnn_cell(x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity: str = "tanh"):
+def rnn_cell(x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity: str = "tanh", heads: int = 1):
     """One Elman RNN step: ``h' = act(x @ w_ih.T + b_ih + hx @ w_hh.T + b_hh)``; hx=None is zeros."""
     cell = _cell_name("rnn", nonlinearity)
-    hx, _, params = _prepare(cell, x, hx, None, w_ih, w_hh, b_ih, b_hh, None, rank=2)
+    hx, _, params = _prepare(cell, x, hx, None, w_ih, w_hh, b_ih, b_hh, None, rank=2, heads=heads)
     y, h, _, _ = _forward(cell, _step(x), hx, None, w_ih, w_hh, b_ih, b_hh, None, params)
     return h
 
 
-def lstm_cell(x, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, *, w_peep=None, coupled: bool = False):
+def lstm_cell(x, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, *, w_peep=None, coupled: bool = False, heads: int = 1):
     """One LSTM step -> ``(h', c')``; hx/cx None are zeros."""
-    hx, cx, params = _prepare("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_peep, rank=2, coupled=coupled)
+    hx, cx, params = _prepare("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_peep, rank=2, coupled=coupled,
+                              heads=heads)
     _, h, c, _ = _forward("lstm", _step(x), hx, cx, w_ih, w_hh, b_ih, b_hh, w_peep, params)
     return h, c
 
 
-def gru_cell(x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, linear_before_reset: bool = True):
+def gru_cell(x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, linear_before_reset: bool = True, heads: int = 1):
     """One GRU step -> ``h'``; hx None is zeros."""
     hx, _, params = _prepare("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh, None, rank=2,
-                             linear_before_reset=linear_before_reset)
+                             linear_before_reset=linear_before_reset, heads=heads)
     _, h, _, _ = _forward("gru", _step(x), hx, None, w_ih, w_hh, b_ih, b_hh, None, params)
     return h
 
@@ -235,22 +310,26 @@ def _cell_backward(cell, grad_h, grad_c, x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_pe
     return grads if cell == "lstm" else grads[:2] + grads[3:7]
 
 
-def rnn_cell_backward(grad_h, x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity: str = "tanh"):
+def rnn_cell_backward(grad_h, x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity: str = "tanh",
+                      heads: int = 1):
     """Gradients ``(grad_x, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)`` of rnn_cell."""
-    return _cell_backward(_cell_name("rnn", nonlinearity), grad_h, None, x, hx, None, w_ih, w_hh, b_ih, b_hh, None)
+    return _cell_backward(_cell_name("rnn", nonlinearity), grad_h, None, x, hx, None, w_ih, w_hh, b_ih, b_hh, None,
+                          heads=heads)
 
 
 def lstm_cell_backward(grad_h, grad_c, x, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, *, w_peep=None,
-                       coupled: bool = False):
+                       coupled: bool = False, heads: int = 1):
     """Gradients ``(grad_x, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
     grad_w_peep)`` of lstm_cell; ``grad_c`` None means c' does not reach the loss."""
-    return _cell_backward("lstm", grad_h, grad_c, x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_peep, coupled=coupled)
+    return _cell_backward("lstm", grad_h, grad_c, x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_peep, coupled=coupled,
+                          heads=heads)
 
 
-def gru_cell_backward(grad_h, x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, linear_before_reset: bool = True):
+def gru_cell_backward(grad_h, x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, linear_before_reset: bool = True,
+                      heads: int = 1):
     """Gradients ``(grad_x, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)`` of gru_cell."""
     return _cell_backward("gru", grad_h, None, x, hx, None, w_ih, w_hh, b_ih, b_hh, None,
-                          linear_before_reset=linear_before_reset)
+                          linear_before_reset=linear_before_reset, heads=heads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,46 +337,47 @@ def gru_cell_backward(grad_h, x, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, linear
 
 
 def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity: str = "tanh", reverse: bool = False,
-              lengths=None):
+              lengths=None, heads: int = 1):
     """A whole sequence ``x (T, B, I)`` -> ``(y (T, B, H), h_n (B, H))``."""
     return _layer(_cell_name("rnn", nonlinearity), x, h0, None, w_ih, w_hh, b_ih, b_hh, None,
-                  reverse=reverse, lengths=lengths)
+                  reverse=reverse, lengths=lengths, heads=heads)
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_peep=None, coupled: bool = False,
-               reverse: bool = False, lengths=None):
+               reverse: bool = False, lengths=None, heads: int = 1):
     """A whole sequence -> ``(y, h_n, c_n)``. With ``lengths``, padded steps keep the state and
     output zeros; final states are taken at each sequence's own length."""
     return _layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, coupled=coupled, reverse=reverse,
-                  lengths=lengths)
+                  lengths=lengths, heads=heads)
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, linear_before_reset: bool = True, reverse: bool = False,
-              lengths=None):
+              lengths=None, heads: int = 1):
     """A whole sequence -> ``(y, h_n)``."""
     return _layer("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, linear_before_reset=linear_before_reset,
-                  reverse=reverse, lengths=lengths)
+                  reverse=reverse, lengths=lengths, heads=heads)
 
 
 def rnn_layer_backward(grad_y, grad_h_n, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity: str = "tanh",
-                       reverse: bool = False, lengths=None):
+                       reverse: bool = False, lengths=None, heads: int = 1):
     """``(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)``; grad_h_n may be None."""
     return _layer_backward(_cell_name("rnn", nonlinearity), grad_y, grad_h_n, None, x, h0, None, w_ih, w_hh,
-                           b_ih, b_hh, None, reverse=reverse, lengths=lengths)
+                           b_ih, b_hh, None, reverse=reverse, lengths=lengths, heads=heads)
 
 
 def lstm_layer_backward(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_peep=None,
-                        coupled: bool = False, reverse: bool = False, lengths=None):
+                        coupled: bool = False, reverse: bool = False, lengths=None, heads: int = 1):
     """``(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_peep)``."""
     return _layer_backward("lstm", grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep,
-                           coupled=coupled, reverse=reverse, lengths=lengths)
+                           coupled=coupled, reverse=reverse, lengths=lengths, heads=heads)
 
 
 def gru_layer_backward(grad_y, grad_h_n, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *,
-                       linear_before_reset: bool = True, reverse: bool = False, lengths=None):
+                       linear_before_reset: bool = True, reverse: bool = False, lengths=None, heads: int = 1):
     """``(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)``; grad_h_n may be None."""
     return _layer_backward("gru", grad_y, grad_h_n, None, x, h0, None, w_ih, w_hh, b_ih, b_hh, None,
-                           linear_before_reset=linear_before_reset, reverse=reverse, lengths=lengths)
+                           linear_before_reset=linear_before_reset, reverse=reverse, lengths=lengths,
+                           heads=heads)
 
 
 __all__ = [

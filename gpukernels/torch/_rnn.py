@@ -32,19 +32,21 @@ from ._library import LOWER_PRECISION, PROMOTE_WITH_STATE, accumulation_dtype, a
 
 
 def _params(cell: str, reverse: bool, lengths: Tensor | None, T: int, B: int, coupled: bool,
-            linear_before_reset: bool) -> dict:
+            linear_before_reset: bool, heads: int, H: int) -> dict:
     """The backend's keyword options; the lengths are checked (values 1..T) and read here."""
     checked = None if lengths is None else _rnn._check_lengths(lengths, B, T)
     return {"cell": cell, "reverse": reverse, "lengths": checked, "coupled": coupled,
-            "linear_before_reset": linear_before_reset}
+            "linear_before_reset": linear_before_reset, "heads": _rnn.check_heads(heads, H)}
 
 
 @op("recurrent_layer")
 def _layer(cell: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
            b_hh: Tensor | None, w_peep: Tensor | None, reverse: bool, lengths: Tensor | None, coupled: bool,
-           linear_before_reset: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(y, h_n, c_n, workspace); c_n is an empty placeholder for cells without one."""
-    params = _params(cell, reverse, lengths, x.shape[0], x.shape[1], coupled, linear_before_reset)
+           linear_before_reset: bool, heads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, h_n, c_n, workspace); c_n is an empty placeholder for cells without one. ``w_hh`` has
+    the compact multi-head shape ``(G*H, H // heads)`` (see ``gpukernels.ops.rnn``)."""
+    params = _params(cell, reverse, lengths, x.shape[0], x.shape[1], coupled, linear_before_reset, heads,
+                     h0.shape[1])
     y, h_n, c_n, workspace = _rnn._forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, params)
     # The backend's own array (numpy on the CPU path, float16 there for float16 inputs) as a tensor
     # of one dtype per input dtype, so the fake implementation can say what it is.
@@ -53,8 +55,8 @@ def _layer(cell: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor, w_
 
 
 @_layer.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, reverse, lengths, coupled, linear_before_reset):
-    T, B, H = x.shape[0], x.shape[1], w_hh.shape[1]
+def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, reverse, lengths, coupled, linear_before_reset, heads):
+    T, B, H = x.shape[0], x.shape[1], h0.shape[1]
     c_n = empty(h0) if c0 is not None else x.new_empty(0)
     return empty(x, (T, B, H)), empty(h0), c_n, empty(x, (T, B, WORKSPACE_BLOCKS[cell] * H), accumulation_dtype(x))
 
@@ -63,10 +65,11 @@ def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, reverse, lengths, coupled
 def _layer_backward(cell: str, grad_y: Tensor, grad_h_n: Tensor | None, grad_c_n: Tensor | None, workspace: Tensor,
                     x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                     b_hh: Tensor | None, w_peep: Tensor | None, reverse: bool, lengths: Tensor | None, coupled: bool,
-                    linear_before_reset: bool) -> list[Tensor]:
+                    linear_before_reset: bool, heads: int) -> list[Tensor]:
     """The gradients of (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep), an empty placeholder for
     each input that is None."""
-    params = _params(cell, reverse, lengths, x.shape[0], x.shape[1], coupled, linear_before_reset)
+    params = _params(cell, reverse, lengths, x.shape[0], x.shape[1], coupled, linear_before_reset, heads,
+                     h0.shape[1])
     grads = _rnn._backward(cell, grad_y.contiguous(), grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh, b_ih,
                            b_hh, w_peep, params)
     return list(fresh_all(grads, grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep))
@@ -88,7 +91,7 @@ def _gradients(ctx, grad_y, grad_h_n, grad_c_n, _grad_workspace):
     workspace, *inputs = ctx.saved_tensors
     grads = _layer_backward(ctx.cell, grad_y, grad_h_n, grad_c_n if ctx.has_c else None, workspace, *inputs,
                             *ctx.options)
-    return (None, *present(tuple(grads), tuple(inputs)), None, None, None, None)
+    return (None, *present(tuple(grads), tuple(inputs)), None, None, None, None, None)
 
 
 _layer.register_autograd(_gradients, setup_context=_setup)
@@ -130,45 +133,47 @@ def _apply(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, rank, reverse=Fal
         x = x.unsqueeze(0)
     lengths = _lengths_tensor(lengths, x.shape[1]) if rank == 3 else None
     y, h_n, c_n, _ = _layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, params["reverse"], lengths,
-                            params["coupled"], params["linear_before_reset"])
+                            params["coupled"], params["linear_before_reset"], params["heads"])
     return y, h_n, (c_n if cell == "lstm" else None)
 
 
-def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reverse=False, lengths=None):
+def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reverse=False, lengths=None,
+              heads=1):
     """Differentiable :func:`gpukernels.rnn_layer` -> ``(y, h_n)``."""
     y, h_n, _ = _apply(_rnn._cell_name("rnn", nonlinearity), input, h0, None, w_ih, w_hh, b_ih, b_hh, None,
-                       rank=3, reverse=reverse, lengths=lengths)
+                       rank=3, reverse=reverse, lengths=lengths, heads=heads)
     return y, h_n
 
 
 def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_peep=None, coupled=False, reverse=False,
-               lengths=None):
+               lengths=None, heads=1):
     """Differentiable :func:`gpukernels.lstm_layer` -> ``(y, h_n, c_n)``."""
     return _apply("lstm", input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, rank=3, coupled=coupled,
-                  reverse=reverse, lengths=lengths)
+                  reverse=reverse, lengths=lengths, heads=heads)
 
 
 def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, linear_before_reset=True, reverse=False,
-              lengths=None):
+              lengths=None, heads=1):
     """Differentiable :func:`gpukernels.gru_layer` -> ``(y, h_n)``."""
     y, h_n, _ = _apply("gru", input, h0, None, w_ih, w_hh, b_ih, b_hh, None, rank=3,
-                       linear_before_reset=linear_before_reset, reverse=reverse, lengths=lengths)
+                       linear_before_reset=linear_before_reset, reverse=reverse, lengths=lengths, heads=heads)
     return y, h_n
 
 
-def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh"):
-    _, h, _ = _apply(_rnn._cell_name("rnn", nonlinearity), input, hx, None, w_ih, w_hh, b_ih, b_hh, None, rank=2)
+def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", heads=1):
+    _, h, _ = _apply(_rnn._cell_name("rnn", nonlinearity), input, hx, None, w_ih, w_hh, b_ih, b_hh, None, rank=2,
+                     heads=heads)
     return h
 
 
-def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, *, w_peep=None, coupled=False):
-    _, h, c = _apply("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_peep, rank=2, coupled=coupled)
+def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, *, w_peep=None, coupled=False, heads=1):
+    _, h, c = _apply("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_peep, rank=2, coupled=coupled, heads=heads)
     return h, c
 
 
-def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, linear_before_reset=True):
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, linear_before_reset=True, heads=1):
     _, h, _ = _apply("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, None, rank=2,
-                     linear_before_reset=linear_before_reset)
+                     linear_before_reset=linear_before_reset, heads=heads)
     return h
 
 

@@ -6,7 +6,10 @@ same inputs (batch_first, unbatched, PackedSequence with unsorted lengths) and o
 Extra keyword options (defaults keep PyTorch's behaviour): LSTM ``peephole`` (adds parameters
 ``weight_peep_l{k}[_reverse]`` of shape ``(3, hidden_size)``, and ``weight_peep`` on the cell)
 and ``coupled`` (f = 1 - i; the f rows of the weights stay, unused); GRU
-``linear_before_reset=False`` (the original GRU). LSTM ``proj_size`` is not supported.
+``linear_before_reset=False`` (the original GRU); on every layer module and cell ``heads``
+(multi-head, block-diagonal recurrent weights: ``weight_hh*`` get the compact shape
+``(gates*hidden_size, hidden_size // heads)``, see ``gpukernels.ops.rnn``; heads=1 is torch's).
+LSTM ``proj_size`` is not supported.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import warnings
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ...ops.rnn import check_heads
 from .. import _rnn as F
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -37,9 +41,10 @@ class RNNBase(torch.nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
-                 linear_before_reset: bool = True):
+                 linear_before_reset: bool = True, heads: int = 1):
         super().__init__()
         _check_sizes(input_size, hidden_size, num_layers)
+        self.heads = check_heads(heads, hidden_size)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
                              f"element being zeroed, got {dropout!r}")
@@ -66,7 +71,8 @@ class RNNBase(torch.nn.Module):
             layer_input = input_size if layer == 0 else hidden_size * directions
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, hidden_size))]
+                # The recurrent weight holds only the diagonal blocks of its heads (heads=1: torch's).
+                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, hidden_size // heads))]
                 if bias:
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
                 if peephole:
@@ -98,7 +104,7 @@ class RNNBase(torch.nn.Module):
         if self.mode == "RNN_RELU":
             text += ", nonlinearity='relu'"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("peephole", False), ("coupled", False), ("linear_before_reset", True)):
+                              ("peephole", False), ("coupled", False), ("linear_before_reset", True), ("heads", 1)):
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)}"
         return text
@@ -115,14 +121,14 @@ class RNNBase(torch.nn.Module):
         reverse = direction == 1
         if self.mode == "LSTM":
             return F.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep=w_peep, coupled=self.coupled,
-                                reverse=reverse, lengths=lengths)
+                                reverse=reverse, lengths=lengths, heads=self.heads)
         if self.mode == "GRU":
             y, h_n = F.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, linear_before_reset=self.linear_before_reset,
-                                 reverse=reverse, lengths=lengths)
+                                 reverse=reverse, lengths=lengths, heads=self.heads)
         else:
             nonlinearity = "relu" if self.mode == "RNN_RELU" else "tanh"
             y, h_n = F.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity, reverse=reverse,
-                                 lengths=lengths)
+                                 lengths=lengths, heads=self.heads)
         return y, h_n, None
 
     def _check_hidden(self, state: torch.Tensor, name: str, batch: int) -> None:
@@ -205,28 +211,28 @@ class RNNBase(torch.nn.Module):
 class RNN(RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, heads: int = 1):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, num_layers,
-                         bias, batch_first, dropout, bidirectional, 0, device, dtype)
+                         bias, batch_first, dropout, bidirectional, 0, device, dtype, heads=heads)
 
 
 class LSTM(RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None, *, peephole: bool = False, coupled: bool = False):
+                 device=None, dtype=None, *, peephole: bool = False, coupled: bool = False, heads: int = 1):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, peephole=peephole, coupled=coupled)
+                         proj_size, device, dtype, peephole=peephole, coupled=coupled, heads=heads)
 
 
 class GRU(RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, linear_before_reset: bool = True):
+                 dtype=None, *, linear_before_reset: bool = True, heads: int = 1):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype, linear_before_reset=linear_before_reset)
+                         device, dtype, linear_before_reset=linear_before_reset, heads=heads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,13 +241,14 @@ class GRU(RNNBase):
 
 class RNNCellBase(torch.nn.Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None, dtype=None,
-                 peephole: bool = False):
+                 peephole: bool = False, heads: int = 1):
         super().__init__()
         _check_sizes(input_size, hidden_size)
         factory = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.heads = check_heads(heads, hidden_size)
         self.weight_ih = torch.nn.Parameter(torch.empty(gates * hidden_size, input_size, **factory))
-        self.weight_hh = torch.nn.Parameter(torch.empty(gates * hidden_size, hidden_size, **factory))
+        self.weight_hh = torch.nn.Parameter(torch.empty(gates * hidden_size, hidden_size // heads, **factory))
         if bias:
             self.bias_ih = torch.nn.Parameter(torch.empty(gates * hidden_size, **factory))
             self.bias_hh = torch.nn.Parameter(torch.empty(gates * hidden_size, **factory))
@@ -261,6 +268,8 @@ class RNNCellBase(torch.nn.Module):
         text = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             text += ", bias=False"
+        if self.heads != 1:
+            text += f", heads={self.heads}"
         return text
 
     def _batched(self, input: torch.Tensor, states: tuple):
@@ -281,43 +290,43 @@ class RNNCellBase(torch.nn.Module):
 
 class RNNCell(RNNCellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, heads: int = 1):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
-        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype, heads=heads)
         self.nonlinearity = nonlinearity
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
         x, (h,), squeeze = self._batched(input, (hx,))
         out = F.rnn_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                         nonlinearity=self.nonlinearity)
+                         nonlinearity=self.nonlinearity, heads=self.heads)
         return out.squeeze(0) if squeeze else out
 
 
 class LSTMCell(RNNCellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 peephole: bool = False, coupled: bool = False):
-        super().__init__(input_size, hidden_size, bias, 4, device, dtype, peephole=peephole)
+                 peephole: bool = False, coupled: bool = False, heads: int = 1):
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype, peephole=peephole, heads=heads)
         self.peephole, self.coupled = peephole, coupled
 
     def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
         h, c = (None, None) if hx is None else hx
         x, (h, c), squeeze = self._batched(input, (h, c))
         h, c = F.lstm_cell(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                           w_peep=getattr(self, "weight_peep", None), coupled=self.coupled)
+                           w_peep=getattr(self, "weight_peep", None), coupled=self.coupled, heads=self.heads)
         return (h.squeeze(0), c.squeeze(0)) if squeeze else (h, c)
 
 
 class GRUCell(RNNCellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 linear_before_reset: bool = True):
-        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+                 linear_before_reset: bool = True, heads: int = 1):
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype, heads=heads)
         self.linear_before_reset = linear_before_reset
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
         x, (h,), squeeze = self._batched(input, (hx,))
         out = F.gru_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                         linear_before_reset=self.linear_before_reset)
+                         linear_before_reset=self.linear_before_reset, heads=self.heads)
         return out.squeeze(0) if squeeze else out
 
 
