@@ -25,6 +25,9 @@ class CompileRow:
     # divisible by 16, runtime ints equal to 1 that became constants
     divisible_args: tuple[str, ...] = ()
     constant_args: tuple[str, ...] = ()
+    # builds with matrix instructions: their main matrix loop (sass_loop.LoopFacts), None where
+    # no loop holds one
+    inner_loop: object | None = None
     known_spill: str = ""  # the case's reason why it spills (see CompileCase.known_spill)
     error: str = ""
     notes: list[str] = field(default_factory=list)
