@@ -82,19 +82,19 @@ def test_the_innermost_loop_with_a_matrix_instruction_is_the_hot_one():
     assert (hot.start // 16, hot.end // 16, len(hot.body)) == (1, 4, 4)
 
 
-def test_side_by_side_matrix_loops_the_first_is_the_main_one():
-    sass = listing(
-        "HGMMA.64x64x16.F32 R24, gdesc[UR8], R24",      # 0 unmasked loop
-        "@P0 BRA @0",                                   # 1
-        "FSEL R24, R24, -INF, P3",                      # 2 masked tail loop
-        "HGMMA.64x64x16.F32 R24, gdesc[UR8], R24",      # 3
-        "@P1 BRA @2",                                   # 4
-        "EXIT",
-    )
+def test_of_side_by_side_matrix_loops_the_smallest_is_the_main_one():
+    # an unmasked loop and its masked copy (the same body plus the mask code), in either order
+    unmasked = ["HGMMA.64x64x16.F32 R24, gdesc[UR8], R24", "@P0 BRA @{}"]
+    masked = ["FSEL R24, R24, -INF, P3", "HGMMA.64x64x16.F32 R24, gdesc[UR8], R24", "@P1 BRA @{}"]
+    sass = listing(unmasked[0], unmasked[1].format(0), masked[0], masked[1], masked[2].format(2), "EXIT")
     instructions = parse(sass)
     assert [(m.start // 16, m.end // 16) for m in matrix_loops(instructions)] == [(0, 1), (2, 4)]
     facts = loop_facts(sass)
-    assert (facts.start, facts.end, facts.instructions, facts.matrix_loops) == (0, 16, 2, 2)
+    assert (facts.start, facts.end, facts.instructions, facts.loop_sizes, facts.matrix_loops) == (0, 16, 2, (2, 3), 2)
+    # causal dK/dV runs its masked (diagonal) copy first
+    sass = listing(masked[0], masked[1], masked[2].format(0), unmasked[0], unmasked[1].format(3), "EXIT")
+    facts = loop_facts(sass)
+    assert (facts.start // 16, facts.end // 16, facts.instructions, facts.loop_sizes) == (3, 4, 2, (3, 2))
 
 
 def test_a_jump_back_from_an_out_of_line_block_past_exit_is_no_loop():
@@ -158,10 +158,21 @@ def test_flop_model_of_one_loop_iteration():
 
 
 def test_every_tutorial_figure_is_consistent():
-    assert {(t, d) for t, d, _ in report_inner_loop.TUTORIAL_FORWARD} == {(t, d) for t in (80, 90) for d in (64, 128)}
-    for (target, d, causal), tut in report_inner_loop.TUTORIAL_FORWARD.items():
+    best, same_tile = report_inner_loop.TUTORIAL_FORWARD, report_inner_loop.TUTORIAL_FORWARD_AT_OUR_TILES
+    # non-causal on both targets at both head dims; causal where its loop is like for like (sm_90)
+    expected = {(t, d, False) for t in (80, 90) for d in (64, 128)} | {(90, d, True) for d in (64, 128)}
+    assert set(best) == expected and {key[:3] for key in same_tile} == expected
+    for key, tut in [*best.items(), *same_tile.items()]:
+        target, d = key[:2]
+        tags = report_inner_loop.config_tags(tut.config.lower())
+        assert tut.warps == int(tags["warps"])
+        assert tut.flops == 2 * int(tags["block_m"]) * int(tags["block_n"]) * 2 * d
         assert sum(tut.by_class.values()) == tut.instructions and set(tut.by_class) == set(CLASSES)
         assert tut.by_class["matrix"] > 0 and tut.by_class["other"] == 0
+    for key, tut in same_tile.items():
+        assert key[3:] == tuple(int(report_inner_loop.config_tags(tut.config.lower())[k])
+                                for k in ("block_m", "block_n", "warps"))
+    for tut in best.values():
         low, high = tut.space_per_kflop
         assert low == pytest.approx(tut.per_kflop, abs=1e-3) and low <= high
 
@@ -181,11 +192,16 @@ def test_the_sm90_sdpa_forward_main_loop_is_its_wgmma_loop(sm90_forward_rows):
     loop = row.inner_loop
     # the two products over d=64 in k-steps of 16: 4 HGMMA each, per warp
     assert loop.by_class["matrix"] == 8 and loop.instructions == sum(loop.by_class.values())
-    assert loop.by_class["float"] > 0 and loop.matrix_loops == 2  # the unmasked loop and the tail loop
+    # the unmasked loop (the main one) and the masked tail loop, which adds the mask code
+    assert loop.by_class["float"] > 0 and loop.matrix_loops == 2
+    assert loop.loop_sizes[0] == loop.instructions < loop.loop_sizes[1]
     (record,) = report_inner_loop.inner_loop_records([row])
     assert record["model_loop_flops"] == 2 * 128 * 64 * 128
     assert record["derived_instructions_per_kflop"] == pytest.approx(
         1000 * loop.instructions * 8 / record["model_loop_flops"], abs=1e-3)
-    assert record["tutorial_instructions_per_kflop"] > 0
+    # the tutorial beside it: at our tiles (128x64, 8 warps) and at its own best config
+    assert record["tutorial_same_tile_config"] == "BLOCK_M=128,BLOCK_N=64,stages=3,warps=8"
+    assert record["tutorial_same_tile_loop_matrix"] == 8
+    assert 0 < record["tutorial_best_instructions_per_kflop"] <= record["tutorial_same_tile_instructions_per_kflop"]
     text = report.format_report([], [], loop_records=[record])
     assert "INNER LOOP" in text and "sdpa_forward" in text

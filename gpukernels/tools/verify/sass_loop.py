@@ -3,9 +3,11 @@
 A loop is a backward branch: the body is every instruction from the branch's target to the
 branch itself. For a kernel built on matrix instructions the hot loop is the innermost loop
 whose body holds one (HGMMA on sm_90, HMMA on sm_80): that is where the tiles are multiplied,
-once per iteration. Where a kernel has several such loops side by side (the SDPA kernels split
-their loop over key tiles into the unmasked tiles and the diagonal/tail tiles), the first in
-program order is the main one: it is the unmasked loop, which runs over almost every tile.
+once per iteration. Where a kernel has several such loops side by side, the one with the fewest
+instructions is the main one: the SDPA kernels (and Triton's fused-attention tutorial) split each
+loop over tiles into an unmasked copy, which runs over almost every tile, and a masked copy for
+the diagonal and ragged tiles, which is the same body plus the mask code. Program order does
+not tell them apart: the forward and dQ run the unmasked copy first, causal dK/dV the masked one.
 
 The counts are static: each instruction of the body counts once, also those a branch inside the
 body skips at run time (conditional code is rare in these loops: the TMA issue by one elected
@@ -155,13 +157,14 @@ def matrix_loops(instructions: list[Instruction]) -> list[Loop]:
 
 
 def hot_loop(instructions: list[Instruction]) -> Loop:
-    """The main matrix loop: the first innermost loop with a matrix instruction."""
+    """The main matrix loop: the innermost loop with a matrix instruction and the fewest
+    instructions (the first of equals)."""
     found = matrix_loops(instructions)
     if not found:
         n_loops = len(loops(instructions))
         raise NoMatrixLoop(f"no loop holds a matrix instruction (HGMMA/HMMA) among the {n_loops} loops of "
                            f"{len(instructions)} instructions")
-    return found[0]
+    return min(found, key=lambda loop: len(loop.body))
 
 
 @dataclass(frozen=True)
@@ -170,9 +173,14 @@ class LoopFacts:
 
     instructions: int
     by_class: dict[str, int]
-    matrix_loops: int  # how many innermost matrix loops the kernel has (the main one is the first)
     start: int
     end: int
+    # instructions of every innermost matrix loop, in program order (the main one among them)
+    loop_sizes: tuple[int, ...] = ()
+
+    @property
+    def matrix_loops(self) -> int:
+        return len(self.loop_sizes)
 
     def per_kflop(self, warps: int, flops_per_iteration: int) -> float:
         """Warp instructions a program issues per 1000 FLOPs of its matrix products."""
@@ -183,7 +191,8 @@ def loop_facts(sass: str) -> LoopFacts:
     """The main matrix loop of a one-function SASS listing (raises ``NoMatrixLoop``)."""
     instructions = parse(sass)
     main = hot_loop(instructions)
-    return LoopFacts(len(main.body), main.counts(), len(matrix_loops(instructions)), main.start, main.end)
+    sizes = tuple(len(loop.body) for loop in matrix_loops(instructions))
+    return LoopFacts(len(main.body), main.counts(), main.start, main.end, sizes)
 
 
 def cubin_loop_facts(cubin: bytes) -> LoopFacts:
