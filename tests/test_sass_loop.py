@@ -9,7 +9,7 @@ import pytest
 
 from gpukernels.tools import report, report_inner_loop
 from gpukernels.tools.verify.sass_loop import (CLASSES, NoMatrixLoop, hot_loop, instruction_class, loop_facts,
-                                               loops, matrix_loops, parse)
+                                               loops, matrix_flops_per_warp, matrix_loops, parse)
 
 
 def listing(*instructions: str) -> str:
@@ -148,6 +148,18 @@ def test_instruction_classes(opcode, kind):
     assert instruction_class(opcode) == kind
 
 
+def test_matrix_instruction_shapes_give_their_flops_per_warp():
+    assert matrix_flops_per_warp("HMMA.16816.F32.BF16") == 2 * 16 * 8 * 16
+    assert matrix_flops_per_warp("HMMA.1688.F32") == 2 * 16 * 8 * 8
+    assert matrix_flops_per_warp("HGMMA.64x128x16.F32") == 2 * 64 * 128 * 16 // 4  # one warpgroup's 4 warps
+    assert matrix_flops_per_warp("FFMA") == 0
+    # 4 warps, each with two HMMA.16816 per iteration, for a 32x16x32 product: done once
+    sass = listing("HMMA.16816.F32 R8, R4, R6, R8", "HMMA.16816.F32 R12, R4, R6, R12", "@P0 BRA @0", "EXIT")
+    facts = loop_facts(sass)
+    assert facts.matrix_flops == 2 * 4096 and facts.matrix_work(4, 2 * 32 * 16 * 32) == 1.0
+    assert facts.matrix_work(8, 2 * 32 * 16 * 32) == 2.0  # 8 warps: each row block twice
+
+
 def test_flop_model_of_one_loop_iteration():
     tags = {"d": "64", "block_m": "128", "block_n": "64", "grads": "both"}
     assert report_inner_loop.loop_flops("sdpa_forward", tags) == 2 * 128 * 64 * (64 + 64)
@@ -197,6 +209,7 @@ def test_the_sm90_sdpa_forward_main_loop_is_its_wgmma_loop(sm90_forward_rows):
     assert loop.loop_sizes[0] == loop.instructions < loop.loop_sizes[1]
     (record,) = report_inner_loop.inner_loop_records([row])
     assert record["model_loop_flops"] == 2 * 128 * 64 * 128
+    assert record["derived_matrix_work"] == 1.0  # two warpgroups, 64 rows each: no product done twice
     assert record["derived_instructions_per_kflop"] == pytest.approx(
         1000 * loop.instructions * 8 / record["model_loop_flops"], abs=1e-3)
     # the tutorial beside it: at our tiles (128x64, 8 warps) and at its own best config

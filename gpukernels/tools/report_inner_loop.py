@@ -138,7 +138,7 @@ def _tutorial_cells(tut: TutorialLoop | None) -> tuple:
 INNER_LOOP_COLUMNS = (
     "kernel", "config", "target", "launch_warps_per_block", "compiled_loop_instructions",
     *(f"compiled_loop_{kind}" for kind in CLASSES), "compiled_matrix_loop_sizes", "model_loop_flops",
-    "derived_instructions_per_kflop",
+    "derived_instructions_per_kflop", "derived_matrix_work",
     *(f"tutorial_same_tile_{c}" for c in ("config", "loop_instructions", *(f"loop_{k}" for k in CLASSES),
                                           "instructions_per_kflop")),
     *(f"tutorial_best_{c}" for c in ("config", "loop_instructions", *(f"loop_{k}" for k in CLASSES),
@@ -161,7 +161,8 @@ def inner_loop_records(rows) -> list[dict]:
         records.append(dict(zip(INNER_LOOP_COLUMNS, (
             r.kernel, r.config, f"sm_{r.target}", warps, loop.instructions,
             *(loop.by_class[kind] for kind in CLASSES), " ".join(map(str, loop.loop_sizes)), flops,
-            round(loop.per_kflop(warps, flops), 3), *_tutorial_cells(same_tile), *_tutorial_cells(best),
+            round(loop.per_kflop(warps, flops), 3), round(loop.matrix_work(warps, flops), 3),
+            *_tutorial_cells(same_tile), *_tutorial_cells(best),
             best and f"{best.space_per_kflop[0]:.3f}-{best.space_per_kflop[1]:.3f}"))))
     return records
 
@@ -170,7 +171,7 @@ SHORT = {"launch_warps_per_block": "warps", "compiled_loop_instructions": "C:ins
          "compiled_loop_matrix": "mma", "compiled_loop_memory": "mem", "compiled_loop_float": "fp",
          "compiled_loop_integer": "int", "compiled_loop_control": "ctl", "compiled_loop_other": "oth",
          "compiled_matrix_loop_sizes": "C:loops", "model_loop_flops": "model FLOP/iter",
-         "derived_instructions_per_kflop": "D:instr/kFLOP",
+         "derived_instructions_per_kflop": "D:instr/kFLOP", "derived_matrix_work": "D:mma work",
          "tutorial_same_tile_loop_instructions": "T:instr/warp", "tutorial_same_tile_loop_matrix": "mma",
          "tutorial_same_tile_loop_memory": "mem", "tutorial_same_tile_loop_float": "fp",
          "tutorial_same_tile_loop_integer": "int", "tutorial_same_tile_loop_control": "ctl",
@@ -183,7 +184,7 @@ TERMINAL_LAUNCH = "launch=typical,"
 TERMINAL_COLUMNS = ("kernel", "target", "dtype", "d", "causal", "block", "launch_warps_per_block",
                     "compiled_loop_instructions", "compiled_loop_matrix", "compiled_loop_memory", "compiled_loop_float",
                     "compiled_loop_integer", "compiled_loop_control", "compiled_loop_other",
-                    "derived_instructions_per_kflop", "tutorial_same_tile_loop_instructions",
+                    "derived_instructions_per_kflop", "derived_matrix_work", "tutorial_same_tile_loop_instructions",
                     "tutorial_same_tile_loop_matrix", "tutorial_same_tile_loop_memory", "tutorial_same_tile_loop_float",
                     "tutorial_same_tile_loop_integer", "tutorial_same_tile_loop_control",
                     "tutorial_same_tile_instructions_per_kflop", "tutorial_best_config",
@@ -208,7 +209,9 @@ HEADING = (
     "with HGMMA/HMMA: the unmasked one) in the SASS of the sm_80/sm_90 build: instructions per warp per iteration, by class (mma: matrix, "
     "mem: loads/stores/TMA/cp.async/shuffles, fp: FP32 math, MUFU.EX2 and conversions, int: integer/address/moves/"
     "predicates, ctl: branches/barriers/waits). D: derived, warp instructions per 1000 FLOPs of the loop's matrix "
-    "products (instr/warp x warps x 1000 / (2 BLOCK_M BLOCK_N x sum of product depths)). T: Triton's fused-attention "
+    "products (instr/warp x warps x 1000 / (2 BLOCK_M BLOCK_N x sum of product depths)), and the FLOPs its matrix "
+    "instructions do (by their m x n x k shapes) per FLOP the products need (mma work: 1.0 unless warps repeat a "
+    "product's rows). T: Triton's fused-attention "
     "tutorial forward (fp16), measured the same way: at our tiles and warps (instr/warp, by class, instr/kFLOP), and "
     "the spill-free config of its own autotune space with the fewest instr/kFLOP, with the range over that space. "
     "Typical launches only; report_inner_loop.csv has every build.")

@@ -56,6 +56,22 @@ def instruction_class(opcode: str) -> str:
     return "other"
 
 
+_HMMA_SHAPE = re.compile(r"^[HIB]MMA\.(16)(8)(16|8|32)\b")  # warp MMA: HMMA.16816 is m16 n8 k16
+_GMMA_SHAPE = re.compile(r"^[HQIB]GMMA\.(\d+)x(\d+)x(\d+)\b")  # warpgroup MMA: m x n x k
+
+
+def matrix_flops_per_warp(opcode: str) -> int:
+    """FLOPs (2 per multiply-add) one warp's instance of a matrix instruction does: a warp MMA's
+    m x n x k; a warpgroup MMA's m x n x k shared by the 4 warps that each issue it. 0 for other
+    instructions or shapes this does not know."""
+    for pattern, warps in ((_HMMA_SHAPE, 1), (_GMMA_SHAPE, 4)):
+        shape = pattern.match(opcode)
+        if shape:
+            m, n, k = (int(g) for g in shape.groups())
+            return 2 * m * n * k // warps
+    return 0
+
+
 @dataclass(frozen=True)
 class Instruction:
     address: int  # byte offset in the function
@@ -123,6 +139,10 @@ class Loop:
     def has_matrix(self) -> bool:
         return any(i.kind == "matrix" for i in self.body)
 
+    def matrix_flops(self) -> int:
+        """FLOPs one warp's matrix instructions in the body do per iteration."""
+        return sum(matrix_flops_per_warp(i.opcode) for i in self.body)
+
     def counts(self) -> dict[str, int]:
         """Instructions of the body by class (every class of ``CLASSES``, zeros included)."""
         found = Counter(i.kind for i in self.body)
@@ -177,6 +197,7 @@ class LoopFacts:
     end: int
     # instructions of every innermost matrix loop, in program order (the main one among them)
     loop_sizes: tuple[int, ...] = ()
+    matrix_flops: int = 0  # FLOPs one warp's matrix instructions do per iteration (by their shapes)
 
     @property
     def matrix_loops(self) -> int:
@@ -186,13 +207,19 @@ class LoopFacts:
         """Warp instructions a program issues per 1000 FLOPs of its matrix products."""
         return 1000.0 * self.instructions * warps / flops_per_iteration
 
+    def matrix_work(self, warps: int, flops_per_iteration: int) -> float:
+        """FLOPs the program's matrix instructions do per FLOP its products need: 1.0 when each
+        product is computed once; above 1 when warps compute the same tile rows twice (a
+        layout that gives more warps to a tile than it has 16-row MMA blocks)."""
+        return self.matrix_flops * warps / flops_per_iteration
+
 
 def loop_facts(sass: str) -> LoopFacts:
     """The main matrix loop of a one-function SASS listing (raises ``NoMatrixLoop``)."""
     instructions = parse(sass)
     main = hot_loop(instructions)
     sizes = tuple(len(loop.body) for loop in matrix_loops(instructions))
-    return LoopFacts(len(main.body), main.counts(), main.start, main.end, sizes)
+    return LoopFacts(len(main.body), main.counts(), main.start, main.end, sizes, main.matrix_flops())
 
 
 def cubin_loop_facts(cubin: bytes) -> LoopFacts:
