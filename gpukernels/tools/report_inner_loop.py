@@ -206,12 +206,12 @@ def terminal_records(records: list[dict]) -> list[dict]:
 
 HEADING = (
     "INNER LOOP (SDPA, tensor-core builds). C: compiled fact, the main matrix loop (the smallest innermost loop "
-    "with HGMMA/HMMA: the unmasked one) in the SASS of the sm_80/sm_90 build: instructions per warp per iteration, by class (mma: matrix, "
-    "mem: loads/stores/TMA/cp.async/shuffles, fp: FP32 math, MUFU.EX2 and conversions, int: integer/address/moves/"
-    "predicates, ctl: branches/barriers/waits). D: derived, warp instructions per 1000 FLOPs of the loop's matrix "
-    "products (instr/warp x warps x 1000 / (2 BLOCK_M BLOCK_N x sum of product depths)), and the FLOPs its matrix "
-    "instructions do (by their m x n x k shapes) per FLOP the products need (mma work: 1.0 unless warps repeat a "
-    "product's rows). T: Triton's fused-attention "
-    "tutorial forward (fp16), measured the same way: at our tiles and warps (instr/warp, by class, instr/kFLOP), and "
-    "the spill-free config of its own autotune space with the fewest instr/kFLOP, with the range over that space. "
-    "Typical launches only; report_inner_loop.csv has every build.")
+    "with HGMMA/HMMA: the unmasked one) in the SASS of the sm_80/sm_90 build: instructions per warp per iteration, "
+    "by class (mma: matrix, mem: loads/stores/TMA/cp.async/shuffles, fp: FP32 math, MUFU.EX2 and conversions, int: "
+    "integer/address/moves/predicates, ctl: branches/barriers/waits). D: derived, warp instructions per 1000 FLOPs "
+    "of the loop's matrix products (instr/warp x warps x 1000 / (2 BLOCK_M BLOCK_N x sum of product depths)), and "
+    "the FLOPs its matrix instructions do (by their m x n x k shapes) per FLOP the products need (mma work: 1.0 "
+    "unless warps repeat a product's rows). T: Triton's fused-attention tutorial forward (fp16), measured the same "
+    "way: at our tiles and warps (instr/warp, by class, instr/kFLOP), and the spill-free config of its own autotune "
+    "space with the fewest instr/kFLOP, with the range over that space. Typical launches only; "
+    "report_inner_loop.csv has every build.")

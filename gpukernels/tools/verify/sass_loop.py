@@ -39,7 +39,8 @@ INTEGER = frozenset({  # integer arithmetic, address math, moves, predicates, sp
 CONTROL = frozenset({  # branches, barriers and waits, warp votes, no-ops
     "BRA", "BRX", "JMP", "JMX", "CALL", "RET", "EXIT", "BSSY", "BSYNC", "BREAK", "BPT", "WARPSYNC", "BAR",
     "SETMAXREG", "DEPBAR", "NOP", "YIELD", "ELECT", "VOTE", "VOTEU", "MEMBAR", "FENCE", "ERRBAR", "SYNCS",
-    "WARPGROUP", "ACQBULK", "NANOSLEEP", "KILL", "ARRIVES", "CGAERRBAR", "UCGABAR_ARV", "UCGABAR_WAIT", "PMTRIG", "ENDCOLLECTIVE"})
+    "WARPGROUP", "ACQBULK", "NANOSLEEP", "KILL", "ARRIVES", "CGAERRBAR", "UCGABAR_ARV", "UCGABAR_WAIT", "PMTRIG",
+    "ENDCOLLECTIVE"})
 CLASSES = ("matrix", "memory", "float", "integer", "control", "other")
 _CLASS_OF = {**{op: "matrix" for op in MATRIX}, **{op: "memory" for op in MEMORY}, **{op: "float" for op in FLOAT},
              **{op: "integer" for op in INTEGER}, **{op: "control" for op in CONTROL}}
@@ -133,7 +134,8 @@ class Loop:
     body: tuple[Instruction, ...]
 
     def contains(self, other: Loop) -> bool:
-        return self.start <= other.start and other.end <= self.end and (self.start, self.end) != (other.start, other.end)
+        inside = self.start <= other.start and other.end <= self.end
+        return inside and (self.start, self.end) != (other.start, other.end)
 
     @property
     def has_matrix(self) -> bool:
