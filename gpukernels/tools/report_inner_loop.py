@@ -1,15 +1,15 @@
 """Inner-loop instructions per FLOP of the SDPA kernels, beside Triton's fused-attention tutorial.
 
 Compiled facts: the main matrix loop of each build (``verify.sass_loop``: the smallest innermost
-loop with HGMMA/HMMA, the unmasked one, in the SASS of the launch-specialised sm_80/sm_90 cubin), its instructions
-per warp per iteration, by class. Model: the FLOPs one iteration's matrix products do,
+loop with HGMMA/HMMA, the unmasked one, in the SASS of the launch-specialised sm_80/sm_90
+cubin), its instructions per warp per iteration, by class. Model: the FLOPs one iteration's matrix products do,
 2 x BLOCK_M x BLOCK_N x depth per product (``PRODUCT_DEPTHS``). Derived: warp instructions a
 program issues per 1000 of those FLOPs, ``instructions x warps x 1000 / FLOPs`` (every warp runs
 the body once per iteration; the SMs' schedulers issue warp instructions, so this is the issue
 cost of a FLOP, whatever the tile and warp count).
 
-The tutorial figure (``TUTORIAL_FORWARD``) was measured the same way, once, and is kept here as
-data (its code never is): see that table's comment.
+The tutorial figures (``TUTORIAL_FORWARD``, ``TUTORIAL_FORWARD_AT_OUR_TILES``) were measured the
+same way, once, and are kept here as data (its code never is): see those tables' comments.
 """
 
 from __future__ import annotations
