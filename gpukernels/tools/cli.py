@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="time ours against the baselines (CPU fallback vs PyTorch CPU without a GPU)")
     add_bench_arguments(bench)
     bench.set_defaults(run=cmd_bench)
-    report = sub.add_parser("report", help="static GPU report without a GPU: registers, spills, occupancy, bytes vs eager")
+    report = sub.add_parser("report", help="static GPU report without a GPU: registers, spills, occupancy, bytes vs eager, "
+                                                 "SDPA inner-loop instructions per FLOP")
     report.add_argument("--backend", choices=("all", "triton", "cupy"), default="all")
     report.add_argument("--filter", help="only kernels whose name contains this text (and ops whose name it contains)")
     report.add_argument("--config", help="only Triton launch configurations whose label contains this text")

@@ -8,7 +8,9 @@ Three kinds of figure, kept apart in every table, CSV column name and plot label
   benchmark cases, from each family's bytes model in ``benchmarks/``);
 - measurements: the bytes PyTorch eager's aten ops move for the same call, read from the
   PyTorch profiler on the CPU (``report_bytes``);
-- predictions: the speed-up on a bandwidth-bound GPU that the ratio of those bytes implies.
+- predictions: the speed-up on a bandwidth-bound GPU that the ratio of those bytes implies;
+- the SDPA kernels' inner-loop instructions per FLOP, read from the same cubins' SASS, beside
+  Triton's fused-attention tutorial measured the same way (``report_inner_loop``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import report_inner_loop as inner_loop
 from .report_occupancy import Occupancy, estimate
 from .verify.report import CompileRow, gate_summary
 
@@ -181,8 +184,8 @@ LEGEND = ("C: compiled fact (sm_80/sm_90 cubins)  E: estimate (occupancy calcula
           "model: the op's bytes model  M: measured (PyTorch profiler, CPU)  P: prediction")
 
 
-def _format(header, records) -> str:
-    table = [tuple(SHORT.get(c, c) for c in header)]
+def _format(header, records, short: dict[str, str] = SHORT) -> str:
+    table = [tuple(short.get(c, c) for c in header)]
     table += [tuple("-" if r[c] is None else str(r[c]) for c in header) for r in records]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
@@ -225,7 +228,8 @@ def summary_records(kernels: list[KernelLine]) -> list[dict]:
     return records
 
 
-def format_report(kernels: list[KernelLine], byte_lines: list[BytesLine], full: bool = False) -> str:
+def format_report(kernels: list[KernelLine], byte_lines: list[BytesLine], full: bool = False,
+                  loop_records: list[dict] | None = None) -> str:
     if full:
         kernel_table = _format(KERNEL_COLUMNS, [kernel_record(k) for k in kernels])
     else:
@@ -247,6 +251,9 @@ def format_report(kernels: list[KernelLine], byte_lines: list[BytesLine], full: 
         "fraction of its bandwidth. A prediction, not a GPU measurement.",
         _format(BYTES_COLUMNS, [bytes_record(b) for b in byte_lines]) if byte_lines else "(no memory-bound op matches)",
     ]
+    shown = inner_loop.terminal_records(loop_records or [])
+    if shown:
+        parts += ["", inner_loop.HEADING, _format(inner_loop.TERMINAL_COLUMNS, shown, inner_loop.SHORT)]
     return "\n".join(parts)
 
 
@@ -311,9 +318,12 @@ def run(args) -> int:
         print(f"gpukernels report: error: no kernel or op matches {args.filter!r}", file=sys.stderr)
         return 2
     kernels = kernel_lines(rows)
-    print(format_report(kernels, byte_lines, args.full))
+    loop_records = inner_loop.inner_loop_records(rows)
+    print(format_report(kernels, byte_lines, args.full, loop_records))
     written = [write_csv(out / "report_kernels.csv", KERNEL_CSV_COLUMNS, [kernel_record(k) for k in kernels]),
                write_csv(out / "report_bytes.csv", BYTES_COLUMNS, [bytes_record(b) for b in byte_lines])]
+    if loop_records:
+        written.append(write_csv(out / "report_inner_loop.csv", inner_loop.INNER_LOOP_COLUMNS, loop_records))
     try:
         written.append(plot(kernels, byte_lines, out / "report.png"))
     except ImportError as exc:

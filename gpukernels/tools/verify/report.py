@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .sass_loop import LoopFacts
+
 TARGETS = (80, 90)  # sm_80 (A100) and sm_90 (H100/H200)
 
 
@@ -25,6 +27,9 @@ class CompileRow:
     # divisible by 16, runtime ints equal to 1 that became constants
     divisible_args: tuple[str, ...] = ()
     constant_args: tuple[str, ...] = ()
+    # builds with matrix instructions: their main matrix loop, read from the SASS (None where no
+    # loop holds a matrix instruction, and for builds without one)
+    inner_loop: LoopFacts | None = None
     known_spill: str = ""  # the case's reason why it spills (see CompileCase.known_spill)
     error: str = ""
     notes: list[str] = field(default_factory=list)

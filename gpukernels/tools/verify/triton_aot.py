@@ -82,6 +82,7 @@ def compile_case(case, target: int) -> CompileRow:
     from triton.compiler import ASTSource
 
     from .sass import ptx_facts, resources
+    from .sass_loop import NoMatrixLoop, cubin_loop_facts
 
     row = CompileRow("triton", case.name, config_label(case), target, compiled=False,
                      expect_load_bits=case.expect_load_bits, known_spill=case.known_spill)
@@ -98,6 +99,11 @@ def compile_case(case, target: int) -> CompileRow:
     row.registers, row.spill_bytes, row.shared_bytes = usage.registers, usage.spill, compiled.metadata.shared
     facts = ptx_facts(compiled.asm["ptx"])
     row.load_bits, row.matrix, row.tile_copies = facts.load_bits, facts.matrix, facts.copies
+    if facts.matrix != "none":  # only these have a matrix loop to read (one more cuobjdump run)
+        try:
+            row.inner_loop = cubin_loop_facts(compiled.asm["cubin"])
+        except NoMatrixLoop:
+            pass
     return row
 
 
