@@ -228,6 +228,41 @@ def test_sdpa_non_contiguous_inputs_and_explicit_scale(rng):
                  "reduction")
 
 
+@pytest.mark.parametrize("scale", [1.3, -0.45, 0.0], ids=lambda s: f"scale{s}")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_sdpa_any_scale_on_mask_free_and_masked_tiles(scale, causal, rng):
+    """The mask-free tiles fold the scale into the max and the exp2's FMA (a negative scale is
+    moved onto the query by the launch); the tail and diagonal tiles scale before masking. S=150
+    gives both kinds of tile at every tile width the launch may pick."""
+    q, k = (random_tensor(rng, (1, 2, 150, 16), "float32", DEVICE, scale=1.0) for _ in range(2))
+    v, dout = (random_tensor(rng, (1, 2, 150, 8), "float32", DEVICE, scale=1.0) for _ in range(2))
+    with gk.use_backend("triton"):
+        out, lse = gk.scaled_dot_product_attention_forward(q, k, v, is_causal=causal, scale=scale)
+        grads = gk.scaled_dot_product_attention_backward(dout, q, k, v, out, lse, None, causal, scale=scale)
+    q64, k64, v64 = as_float64(q), as_float64(k), as_float64(v)
+    want_out, want_lse = ref.sdpa_forward(q64, k64, v64, is_causal=causal, scale=scale)
+    assert_close(out, want_out, "float32", "reduction")
+    assert_close(lse, want_lse, "float32", "reduction")
+    for got, want in zip(grads, ref.sdpa_backward(as_float64(dout), q64, k64, v64, is_causal=causal, scale=scale)):
+        assert_close(got, want, "float32", "reduction")
+
+
+@pytest.mark.parametrize("scale", [1.3, -0.45], ids=lambda s: f"scale{s}")
+def test_sdpa_shift_is_each_rows_true_maximum_for_either_sign_of_scale(scale, rng):
+    """Scores spanning hundreds (log2 units) overflow exp2 unless the shift is the row's true
+    maximum, which for a negative scale is the scaled minimum of q.k (so the launch negates q).
+    At this spread float32 itself only resolves the outputs to about 1e-4 (conditioning, not
+    the kernel): the check is that nothing overflowed and the result is that close."""
+    q, k = (random_tensor(rng, (1, 2, 150, 16), "float32", DEVICE, scale=8.0) for _ in range(2))
+    v = random_tensor(rng, (1, 2, 150, 8), "float32", DEVICE, scale=1.0)
+    with gk.use_backend("triton"):
+        out, lse = gk.scaled_dot_product_attention_forward(q, k, v, scale=scale)
+    want_out, want_lse = ref.sdpa_forward(as_float64(q), as_float64(k), as_float64(v), scale=scale)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    np.testing.assert_allclose(as_float64(out), want_out, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(as_float64(lse), want_lse, rtol=1e-4)
+
+
 def test_sdpa_large_inputs_stay_finite(rng):
     q, k, v = (random_tensor(rng, (1, 2, 17, 16), "float32", DEVICE, scale=1e4) for _ in range(3))
     with gk.use_backend("triton"):

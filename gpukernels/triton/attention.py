@@ -149,16 +149,27 @@ def _key_tile_scores(q, k_src, v_src, start_n, m_base, offs_m, L, S, E, EV, skn,
                      MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_F32: tl.constexpr, USE_TMA: tl.constexpr,
                      EVEN: tl.constexpr):
-    """The key and value tiles at key row ``start_n`` and the query tile's scores against them
-    (log2 units), masked where the launch needs it."""
+    """The key and value tiles at key row ``start_n`` and the query tile's scores against them.
+    A tile that needs a mask gets scaled scores (log2 units) with the mask applied; a mask-free
+    tile gets the raw products q.k, and its caller folds the scale into the one FMA that also
+    subtracts the row's shift (``exp2(s * qk_scale - shift)``): a multiply per score fewer."""
     k = _load_rows(k_src, start_n, S, E, skn, skd, BLOCK_N, BLOCK_D, USE_TMA, EVEN)
     v = _load_rows(v_src, start_n, S, EV, svn, svd, BLOCK_N, BLOCK_DV, USE_TMA, EVEN)
-    s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
+    s = _dot(q, tl.trans(k), DOT_F32)
     if MASK_KIND != 0 or BOUNDS or CAUSAL:
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        s = _mask_scores(s, m_base + offs_n[None, :] * smn, offs_m[:, None], offs_n[None, :], L, S, MASK_KIND,
-                         BOUNDS, CAUSAL)
+        s = _mask_scores(s * qk_scale, m_base + offs_n[None, :] * smn, offs_m[:, None], offs_n[None, :], L, S,
+                         MASK_KIND, BOUNDS, CAUSAL)
     return k, v, s
+
+
+@triton.jit
+def _scaled_scores(s, qk_scale, MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr):
+    """``_key_tile_scores``' scores in log2 units: a mask-free tile's raw products times the scale,
+    written where a subtraction follows so that the two compile to one FMA."""
+    if MASK_KIND != 0 or BOUNDS or CAUSAL:
+        return s
+    return s * qk_scale
 
 
 @triton.jit
@@ -172,11 +183,14 @@ def _forward_tiles(acc, m_i, l_i, q, k_src, v_src, m_base, offs_m, lo, hi, L, S,
         k, v, s = _key_tile_scores(q, k_src, v_src, start_n, m_base, offs_m, L, S, E, EV, skn, skd, svn, svd, smn,
                                    qk_scale, MASK_KIND, BOUNDS, CAUSAL, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_F32, USE_TMA,
                                    EVEN)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASK_KIND != 0 or BOUNDS or CAUSAL:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+        else:  # raw q.k: the row maximum scaled once (qk_scale >= 0: the launch makes it so)
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         # A row with nothing kept so far has max -inf; shifting by 0 keeps exp2(-inf) = 0, not NaN.
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - shift)
-        p = tl.exp2(s - shift[:, None])
+        p = tl.exp2(_scaled_scores(s, qk_scale, MASK_KIND, BOUNDS, CAUSAL) - shift[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_F32)
         m_i = m_new
@@ -261,7 +275,7 @@ def _dq_tiles(dq, q, do, lse2, delta, k_src, v_src, m_base, offs_m, lo, hi, L, S
         k, v, s = _key_tile_scores(q, k_src, v_src, start_n, m_base, offs_m, L, S, E, EV, skn, skd, svn, svd, smn,
                                    qk_scale, MASK_KIND, BOUNDS, CAUSAL, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_F32, USE_TMA,
                                    EVEN)
-        p = tl.exp2(s - lse2[:, None])
+        p = tl.exp2(_scaled_scores(s, qk_scale, MASK_KIND, BOUNDS, CAUSAL) - lse2[:, None])
         dp = _dot(do, tl.trans(v), DOT_F32)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, DOT_F32)
@@ -745,12 +759,15 @@ SDPA_TILES = {
 
 # 16-bit tiles of a typical launch on sm_80 (and any GPU but sm_90): pointer loads, which
 # Triton's pipeliner turns into cp.async copies num_stages deep. The forward and dQ at d=128 and
-# 256 over 8 warps (over 4 they spill in the typical-ragged launch); dK/dV at d=64 and 256 takes
+# 256 over 8 warps (over 4 they spill in the typical-ragged launch); at d=128 over 128 query rows,
+# 16 per warp: with 64 rows the 8 warps computed every score twice (mma.sync m16 per warp; the
+# report's inner-loop "mma work" was 1.5 and the loop ran 3.6 instructions per kFLOP, 1.3 now);
+# dK/dV at d=64 and 256 takes
 # small tiles (with 64 (or 32) key rows at d=64, or 32 at d=256, it spills in the typical-gqa
 # launch) and at d=64 and 128 a two-deep pipeline (three deep, it spills in typical-ragged).
 SDPA_TYPICAL_TILES = {
     64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4, num_stages=2)),
-    128: SdpaBlocks(64, 32, 8, SdpaBlocks(32, 64, 8, num_stages=2)),
+    128: SdpaBlocks(128, 32, 8, SdpaBlocks(32, 64, 8, num_stages=2)),
     256: SdpaBlocks(32, 32, 8, SdpaBlocks(16, 16, 8)),
 }
 
@@ -898,6 +915,8 @@ def sdpa_forward(query, key, value, attn_mask=None, *, is_causal=False, scale=No
         out.zero_()
         lse.fill_(float("-inf"))
     elif out.numel():
+        if sm_scale < 0:  # the kernel scales a row's maximum, which a negative scale would make its minimum
+            q4, sm_scale = torch.neg(q4), -sm_scale
         with _descriptor_scratch(blocks):
             sdpa_forward_kernel[program_grid(triton.cdiv(L, blocks.block_m), Z * H)](
                 q4, k4, v4, mask4, out, lse, sm_scale, *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides,
