@@ -61,6 +61,19 @@ def assert_close(out, ref, dtype: str, kind: str = "pointwise") -> None:
             raise AssertionError(f"{dtype} element {i}: got {g[i]!r}, want {w[i]!r} ({(~close).sum()} elements off)")
 
 
+def assert_gradients_close(grads, want_grads, dtype: str, kind: str = "reduction") -> None:
+    """Every gradient against its float64 reference (None exactly where the reference is None);
+    a failure names the gradient's index."""
+    for index, (got, want) in enumerate(zip(grads, want_grads, strict=True)):
+        if want is None:
+            assert got is None, f"gradient {index}: expected None"
+            continue
+        try:
+            assert_close(got, want, dtype, kind)
+        except AssertionError as error:
+            raise AssertionError(f"gradient {index}: {error}") from None
+
+
 def torch_dtype(name: str):
     import torch
 

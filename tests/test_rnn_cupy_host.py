@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _helpers import assert_close
+from _helpers import assert_close, assert_gradients_close
 from _host_buffers import host_runner
 from gpukernels.cupy import _module
 from gpukernels.cupy import rnn as cupy_rnn
@@ -62,14 +62,7 @@ def test_layer_forward_and_backward(run, cell, options, reverse, lengths, dtype,
 
     grads = cupy_rnn.layer_backward(*projections, ws, *arrays, run=run, **kw)
     expected = ref.layer_backward(*map(as64, projections), want[3], *map(as64, arrays), **kw)
-    for index, (got, exp) in enumerate(zip(grads, expected)):
-        if exp is None:
-            assert got is None, f"gradient {index}"
-            continue
-        try:
-            assert_close(np.asarray(got, dtype=np.float64), exp, dtype, "reduction")
-        except AssertionError as error:
-            raise AssertionError(f"gradient {index}: {error}") from None
+    assert_gradients_close(grads, expected, dtype)
 
 
 def test_one_step_with_a_ragged_batch_and_no_biases(run, rng):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpukernels as gk
-from _helpers import as_float64, assert_close, random_tensor
+from _helpers import as_float64, assert_close, assert_gradients_close, random_tensor
 from conftest import DEVICE
 from gpukernels.triton import rnn as triton_rnn
 
@@ -50,14 +50,7 @@ def _as64(a):
 def _check(kind, dtype, outputs, grads, outputs64, grads64):
     for got, want in zip(outputs, outputs64):
         assert_close(got, want, dtype, "reduction")
-    for index, (got, want) in enumerate(zip(grads, grads64)):
-        if want is None:
-            assert got is None, f"gradient {index}"
-            continue
-        try:
-            assert_close(got, want, dtype, "reduction")
-        except AssertionError as error:
-            raise AssertionError(f"gradient {index}: {error}") from None
+    assert_gradients_close(grads, grads64, dtype)
 
 
 # Every H and every B of the list appears for every kernel in fp32; fp16/bf16 on the
