@@ -100,16 +100,17 @@ def _sum_groups(x: np.ndarray, groups: int) -> np.ndarray:
     return x.reshape(*shape[:-3], shape[-3] // groups, groups, *shape[-2:]).sum(axis=-3)
 
 
-def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups):
-    """(probabilities, log-sum-exp, ``q * scale``). The scale multiplies the query, (L, E),
-    rather than the scores, (L, S): the same product with a smaller pass."""
-    k = _repeat_kv(k, groups)
+def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, first_row=0):
+    """(probabilities, log-sum-exp, ``q * scale``) for the query rows ``q`` (rows ``first_row``
+    on of the whole query; ``attn_mask`` already cut to them) against every key of ``k`` (its
+    heads already repeated). The scale multiplies the query, (L, E), rather than the scores,
+    (L, S): the same product with a smaller pass."""
     q_scaled = q * q.dtype.type(scale)
     scores = np.matmul(q_scaled, np.swapaxes(k, -1, -2))
     keep = None
-    if is_causal:
+    if is_causal:  # j <= i, counting i from the top of the whole query
         L, S = scores.shape[-2:]
-        keep = np.tril(np.ones((L, S), dtype=bool))
+        keep = np.arange(first_row, first_row + L)[:, None] >= np.arange(S)
     if attn_mask is not None:
         if attn_mask.dtype == np.bool_:
             keep = attn_mask if keep is None else keep & attn_mask
@@ -124,31 +125,119 @@ def default_scale(head_dim: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else scale
 
 
+# The CPU splits attention into blocks, (heads, query rows) each, whose scores, softmax and
+# products are tasks of the thread pool (as torch's CPU flash kernel splits batch x heads x query
+# blocks): the heads and the rows of the output are independent. At N=256 such a product is too
+# small for BLAS's own threads to gain (and, spin-waiting beside the pool or other processes,
+# they cost milliseconds), so the blocks run their products on one BLAS thread each. A block is
+# about a quarter of the scores (_parallel.blocks' sizes): whole heads where a head's scores
+# fit, rows of one head where they do not. The blocks follow from the shapes alone.
+
+
+class _Heads:
+    """q, k, v (and the mask) with their leading (batch, head) axes flattened into one: the
+    blocks' views. Inputs broadcast along those axes are copied out (a mask without leading axes
+    is not: it broadcasts against any block)."""
+
+    def __init__(self, q, k, v, attn_mask):
+        self.lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+        self.count = math.prod(self.lead)
+        self.L, self.S = q.shape[-2], k.shape[-2]
+
+        def flat(x):
+            return np.broadcast_to(x, (*self.lead, *x.shape[-2:])).reshape(self.count, *x.shape[-2:])
+
+        self.q, self.k, self.v = flat(q), flat(k), None if v is None else flat(v)
+        self.mask, self.mask_per_head = attn_mask, attn_mask is not None and math.prod(attn_mask.shape[:-2]) > 1
+        if self.mask_per_head:
+            self.mask = flat(attn_mask)
+
+    def mask_of(self, heads: slice, lo: int, hi: int):
+        """The mask of a block: its heads' (where it has heads), its rows (where it has rows)."""
+        mask = self.mask
+        if mask is None or mask.ndim < 2:
+            return mask
+        if self.mask_per_head:
+            mask = mask[heads]
+        return mask if mask.shape[-2] == 1 else mask[..., lo:hi, :]
+
+    def blocks(self, itemsize: int) -> list[tuple[slice, int, int]]:
+        """(heads, first row, end row) of each block."""
+        row_bytes = self.S * itemsize
+        total = self.count * self.L * row_bytes
+        if total < _parallel.PARALLEL_MIN_BYTES:
+            return [(slice(0, self.count), 0, self.L)]
+        chunk = _parallel._chunk_bytes(total)
+        if self.L * row_bytes <= chunk:  # whole heads
+            return [(slice(h0, h1), 0, self.L) for h0, h1 in _parallel.split(self.count, chunk // (self.L * row_bytes))]
+        rows = _parallel.split(self.L, max(1, chunk // row_bytes))
+        return [(slice(h, h + 1), lo, hi) for h in range(self.count) for lo, hi in rows]
+
+
+def _in_blocks(work, blocks) -> None:
+    """``work(heads, lo, hi)`` for every block, on the pool when there are several."""
+    if len(blocks) == 1:
+        work(*blocks[0])
+        return
+    with _parallel.one_blas_thread():
+        _parallel.run([lambda block=block: work(*block) for block in blocks])
 def sdpa_forward(q, k, v, attn_mask=None, *, is_causal=False, scale=None, groups=1):
     """(output (..., L, Ev), row log-sum-exp (..., L) of the scaled, masked scores)."""
     dtype = _compute_dtype(q)
     q, k, v = _cast(dtype, q, k, v)
-    with np.errstate(over="ignore"):
-        p, lse, _ = _sdpa_probabilities(q, k, attn_mask, is_causal, default_scale(q.shape[-1], scale), groups)
-    out = np.matmul(p, _repeat_kv(v, groups))
-    return out.astype(dtype, copy=False), lse
+    scale = default_scale(q.shape[-1], scale)
+    heads = _Heads(q, _repeat_kv(k, groups), _repeat_kv(v, groups), attn_mask)
+    out = np.empty((heads.count, heads.L, v.shape[-1]), dtype)
+    lse = np.empty((heads.count, heads.L), dtype)
+
+    def block(h, lo, hi):
+        with np.errstate(over="ignore"):
+            p, lse[h, lo:hi], _ = _sdpa_probabilities(heads.q[h, lo:hi], heads.k[h], heads.mask_of(h, lo, hi),
+                                                      is_causal, scale, lo)
+        np.matmul(p, heads.v[h], out=out[h, lo:hi])
+
+    _in_blocks(block, heads.blocks(dtype.itemsize))
+    return out.reshape(*heads.lead, *out.shape[1:]), lse.reshape(*heads.lead, heads.L)
 
 
 def sdpa_backward(grad_out, q, k, v, attn_mask=None, out=None, lse=None, *, is_causal=False, scale=None, groups=1):
     """(dq, dk, dv). ``out`` and ``lse`` are what the forward returned; the reference
-    recomputes the probabilities from the inputs and does not need them."""
+    recomputes the probabilities from the inputs and does not need them. A block of rows of a
+    head gives its rows of dq and its share of that head's dk and dv (shares summed in row order)."""
     dtype = _compute_dtype(q)
     grad_out, q, k, v = _cast(dtype, grad_out, q, k, v)
     scale = default_scale(q.shape[-1], scale)
-    with np.errstate(over="ignore"):
-        p, _, q_scaled = _sdpa_probabilities(q, k, attn_mask, is_causal, scale, groups)
-    v_rep = _repeat_kv(v, groups)
-    dv = np.matmul(np.swapaxes(p, -1, -2), grad_out)
-    dscores = _softmax_backward(np.matmul(grad_out, np.swapaxes(v_rep, -1, -2)), p)  # d(scaled scores)
-    # The scale goes on the (L, E) and (S, E) sides, not on the (L, S) dscores: a smaller pass.
-    dq = np.matmul(dscores, _repeat_kv(k, groups))
-    dq *= dtype.type(scale)
-    dk = np.matmul(np.swapaxes(dscores, -1, -2), q_scaled)
+    heads = _Heads(q, _repeat_kv(k, groups), _repeat_kv(v, groups), attn_mask)
+    d_out = grad_out.reshape(heads.count, heads.L, grad_out.shape[-1])
+    dq = np.empty(heads.q.shape, dtype)
+    dk = np.empty(heads.k.shape, dtype)
+    dv = np.empty(heads.v.shape, dtype)
+    blocks = heads.blocks(dtype.itemsize)
+    later_rows = {}  # the shares of blocks that do not start at row 0, added after
+
+    def block(h, lo, hi):
+        with np.errstate(over="ignore"):
+            p, _, q_scaled = _sdpa_probabilities(heads.q[h, lo:hi], heads.k[h], heads.mask_of(h, lo, hi), is_causal,
+                                                 scale, lo)
+        dv_share = np.matmul(np.swapaxes(p, -1, -2), d_out[h, lo:hi])
+        dscores = _softmax_backward(np.matmul(d_out[h, lo:hi], np.swapaxes(heads.v[h], -1, -2)), p)
+        # The scale goes on the (L, E) and (S, E) sides, not on the (L, S) dscores: a smaller pass.
+        np.matmul(dscores, heads.k[h], out=dq[h, lo:hi])
+        dq[h, lo:hi] *= dtype.type(scale)
+        dk_share = np.matmul(np.swapaxes(dscores, -1, -2), q_scaled)
+        if lo == 0:
+            dk[h], dv[h] = dk_share, dv_share
+        else:
+            later_rows[h.start, lo] = dk_share, dv_share
+
+    _in_blocks(block, blocks)
+    for h, lo, _ in blocks:
+        if lo > 0:
+            dk_share, dv_share = later_rows[h.start, lo]
+            dk[h] += dk_share
+            dv[h] += dv_share
+    lead = heads.lead
+    dq, dk, dv = (x.reshape(*lead, *x.shape[1:]) for x in (dq, dk, dv))
     return dq, _sum_groups(dk, groups), _sum_groups(dv, groups)
 
 
