@@ -260,22 +260,53 @@ def _outer_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _rows(a).T @ _rows(b)
 
 
-def _additive_hidden(query, keys, w_query, w_keys):
-    """(W_q s_i) and (W_k h_j): (B, Tq, A) and (B, Tk, A)."""
-    return _project(query, w_query), _project(keys, w_keys)
-
-
 def _additive_hidden_tanh(qa_i, kb):
     """``tanh(W_q s_i + W_k h_j)`` for one query row: (B, Tk, A)."""
     t = np.add(qa_i[:, None, :], kb)
     return np.tanh(t, out=t)
 
 
-def _additive_scores(qa, kb, v):
-    """``e_ij = v . tanh(qa_i + kb_j)``, one query row at a time so at most [B, Tk, A] lives."""
-    scores = np.empty((qa.shape[0], qa.shape[1], kb.shape[1]), dtype=qa.dtype)
-    for i in range(qa.shape[1]):
-        scores[:, i, :] = _additive_hidden_tanh(qa[:, i], kb) @ v
+# Additive attention is many small products (per query row, per batch), too small for BLAS's
+# threads: the CPU computes it in blocks of batch rows, each block a task of the thread pool on one
+# BLAS thread, projections included. A block's weight gradients are its share, the shares summed
+# in block order. The blocks follow from the shapes alone (a block is a quarter of the keys'
+# projections and hidden rows, _parallel's chunk sizes).
+
+
+def _batch_blocks(query, keys, A: int) -> list[tuple[int, int]]:
+    B, Tq = query.shape[:2]
+    Tk, D = keys.shape[1:]
+    per_batch = Tk * (D + Tq * A) * query.itemsize
+    if B * per_batch < _parallel.PARALLEL_MIN_BYTES:
+        return [(0, B)]
+    return _parallel.split(B, _parallel._items_per_chunk(B, per_batch))
+
+
+def _in_batch_blocks(work, blocks) -> list:
+    """[work(lo, hi) for each block], on the pool when there are several, BLAS on one thread."""
+    results = [None] * len(blocks)
+
+    def task(n):
+        results[n] = work(*blocks[n])
+
+    with _parallel.one_blas_thread():
+        if len(blocks) == 1:
+            task(0)
+        else:
+            _parallel.run([lambda n=n: task(n) for n in range(len(blocks))])
+    return results
+
+
+def _additive_scores(query, keys, w_query, w_keys, v):
+    """``e_ij = v . tanh(W_q s_i + W_k h_j)``, one query row at a time so at most [B, Tk, A] lives."""
+    scores = np.empty((query.shape[0], query.shape[1], keys.shape[1]), dtype=query.dtype)
+
+    def block(lo, hi):
+        qa, kb = _project(query[lo:hi], w_query), _project(keys[lo:hi], w_keys)
+        for i in range(qa.shape[1]):
+            np.matmul(_additive_hidden_tanh(qa[:, i], kb), v, out=scores[lo:hi, i, :])
+
+    _in_batch_blocks(block, _batch_blocks(query, keys, v.shape[0]))
     return scores
 
 
@@ -284,8 +315,7 @@ def attention_scores(query, keys, weight=None, w_query=None, w_keys=None, v=None
     dtype = _compute_dtype(query)
     query, keys, weight, w_query, w_keys, v = _cast(dtype, query, keys, weight, w_query, w_keys, v)
     if kind == "additive":
-        with _parallel.one_blas_thread():  # per-row products, too small for BLAS's threads
-            return _additive_scores(*_additive_hidden(query, keys, w_query, w_keys), v)
+        return _additive_scores(query, keys, w_query, w_keys, v)
     if kind == "general":
         query = np.matmul(query, weight)
     scores = np.matmul(query, np.swapaxes(keys, -1, -2))
@@ -311,23 +341,36 @@ def attention_forward(query, keys, values, mask=None, weight=None, w_query=None,
 
 
 def _additive_scores_backward(de, query, keys, w_query, w_keys, v):
-    qa, kb = _additive_hidden(query, keys, w_query, w_keys)
-    d_qa = np.zeros_like(qa)
-    d_kb = np.zeros_like(kb)
-    d_v = np.zeros_like(v)
-    for i in range(qa.shape[1]):  # one query row at a time: at most [B, Tk, A] lives
-        t = _additive_hidden_tanh(qa[:, i], kb)
-        d_v += de[:, i, :].reshape(-1) @ t.reshape(-1, t.shape[-1])  # sum over b, j of de_bij t_bj
-        d_hidden = np.add(1, t)  # de_bij v (1 - t^2), written (1 - t)(1 + t): no cancellation
-        np.subtract(1, t, out=t)
-        d_hidden *= t
-        d_hidden *= de[:, i, :, None]
-        d_hidden *= v
-        d_qa[:, i, :] = d_hidden.sum(axis=1)
-        d_kb += d_hidden
-    d_w_query = _outer_sum(d_qa, query)
-    d_w_keys = _outer_sum(d_kb, keys)
-    return d_qa @ w_query, d_kb @ w_keys, None, d_w_query, d_w_keys, d_v
+    """Gradients (query, keys, None, w_query, w_keys, v) of the additive scores."""
+    d_query, d_keys = np.empty_like(query), np.empty_like(keys)
+
+    def block(lo, hi):
+        qa, kb = _project(query[lo:hi], w_query), _project(keys[lo:hi], w_keys)
+        d_qa = np.empty_like(qa)
+        d_kb = np.zeros_like(kb)
+        d_v = np.zeros_like(v)
+        for i in range(qa.shape[1]):  # one query row at a time: at most [B, Tk, A] lives
+            t = _additive_hidden_tanh(qa[:, i], kb)
+            de_i = de[lo:hi, i, :]
+            d_v += de_i.reshape(-1) @ t.reshape(-1, t.shape[-1])  # sum over b, j of de_bij t_bj
+            d_hidden = np.add(1, t)  # de_bij v (1 - t^2), written (1 - t)(1 + t): no cancellation
+            np.subtract(1, t, out=t)
+            d_hidden *= t
+            d_hidden *= de_i[:, :, None]
+            d_hidden *= v
+            d_hidden.sum(axis=1, out=d_qa[:, i, :])
+            d_kb += d_hidden
+        np.matmul(d_qa, w_query, out=d_query[lo:hi])
+        np.matmul(d_kb, w_keys, out=d_keys[lo:hi])
+        return _outer_sum(d_qa, query[lo:hi]), _outer_sum(d_kb, keys[lo:hi]), d_v
+
+    shares = _in_batch_blocks(block, _batch_blocks(query, keys, v.shape[0]))
+    d_w_query, d_w_keys, d_v = shares[0]
+    for share in shares[1:]:
+        d_w_query += share[0]
+        d_w_keys += share[1]
+        d_v += share[2]
+    return d_query, d_keys, None, d_w_query, d_w_keys, d_v
 
 
 def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=None, w_keys=None, v=None, *,
@@ -337,8 +380,7 @@ def attention_scores_backward(grad_scores, query, keys, weight=None, w_query=Non
     dtype = _compute_dtype(query)
     de, query, keys, weight, w_query, w_keys, v = _cast(dtype, grad_scores, query, keys, weight, w_query, w_keys, v)
     if kind == "additive":
-        with _parallel.one_blas_thread():  # per-row products, too small for BLAS's threads
-            return _additive_scores_backward(de, query, keys, w_query, w_keys, v)
+        return _additive_scores_backward(de, query, keys, w_query, w_keys, v)
     if kind == "scaled_dot":
         de = de * dtype.type(1.0 / math.sqrt(keys.shape[-1]))
     projected = np.matmul(query, weight) if kind == "general" else query
@@ -359,7 +401,10 @@ def attention_backward(grad_context, grad_weights, query, keys, values, weights,
     grad_p = np.matmul(grad_context, np.swapaxes(values, -1, -2))
     if grad_weights is not None:
         grad_p = grad_p + grad_weights
-    d_values = np.matmul(np.swapaxes(p, -1, -2), grad_context)
+    if p.shape[-2] == 1:  # one query row: an outer product, which NumPy's matmul computes in a slow
+        d_values = np.multiply(np.swapaxes(p, -1, -2), grad_context)  # loop (inner dimension 1: 5x slower)
+    else:
+        d_values = np.matmul(np.swapaxes(p, -1, -2), grad_context)
     d_query, d_keys, d_weight, d_w_query, d_w_keys, d_v = attention_scores_backward(
         _softmax_backward(grad_p, p), query, keys, weight, w_query, w_keys, v, kind=kind)
     return d_query, d_keys, d_values, d_weight, d_w_query, d_w_keys, d_v

@@ -135,20 +135,27 @@ def _params(rng, kind, dq, dk, a=6):
 KINDS = ("dot", "scaled_dot", "general", "additive")
 
 
+# (B, Tq, Tk, Dk, Dv, Dq where it differs from Dk, A): small; large enough for the CPU's batch blocks
+# of additive attention (reference/attention.py, _batch_blocks: here 7 blocks of one batch row)
+STEP_SIZES = [pytest.param((2, 3, 7, 5, 4, 6, 6), id="B2-Tq3-Tk7"),
+              pytest.param((7, 2, 150, 32, 8, 24, 40), id="B7-Tq2-Tk150-A40-blocks")]
+
+
+@pytest.mark.parametrize("sizes", STEP_SIZES)
 @pytest.mark.parametrize("mask_shape", [None, "BTk", "BTqTk"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_attention_step_matches_the_eager_torch_composition(kind, mask_shape, rng):
-    B, Tq, Tk, Dk, Dv = 2, 3, 7, 5, 4
-    Dq = Dk if kind in ("dot", "scaled_dot") else 6
+def test_attention_step_matches_the_eager_torch_composition(kind, mask_shape, sizes, rng):
+    B, Tq, Tk, Dk, Dv, Dq, A = sizes
+    Dq = Dk if kind in ("dot", "scaled_dot") else Dq
     q, k, values = _t(rng, B, Tq, Dq), _t(rng, B, Tk, Dk), _t(rng, B, Tk, Dv)
-    params = _params(rng, kind, Dq, Dk)
+    params = _params(rng, kind, Dq, Dk, A)
     mask = None
     if mask_shape == "BTk":
         mask = torch.from_numpy(rng.random((B, Tk)) > 0.4)
         mask[1] = False  # a fully masked batch row
     elif mask_shape == "BTqTk":
         mask = torch.from_numpy(rng.random((B, Tq, Tk)) > 0.4)
-        mask[0, 2] = False
+        mask[0, -1] = False  # a fully masked query row
     scores = _torch_scores(kind, q, k, **params)
     keep = None if mask is None else (mask[:, None, :] if mask.dim() == 2 else mask)
     if keep is not None:
