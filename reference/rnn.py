@@ -556,10 +556,10 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
                    linear_before_reset: bool = True):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep) of one layer, back through time.
 
-    Three pipeline stages over chunks of steps, the last chunk first: the factors of the gate
+    Pipeline stages over chunks of steps, the last chunk first: the factors of the gate
     gradients that do not depend on the recursion (from the workspace, a few calls per chunk);
     the loop back through time (per step the output gradient times those factors, and
-    ``dgates @ w_hh``); the chunk's input gradient and its share of the weight gradients (one
+    ``dgates @ w_hh``); per chunk its input gradient, and its share of the weight gradients (one
     matmul each, summed over the chunks in a fixed order).
     """
     _keep_freed_layer_buffers()
@@ -623,12 +623,16 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
                        temporaries, linear_before_reset, H)
             current[0] = 1 - current[0]
 
+    def input_gradient_of(k):
+        s = chunks[k]
+        rows = (s.stop - s.start) * B
+        np.matmul(d_gx[s].reshape(rows, G * H), w_ih_, out=grad_x[s].reshape(rows, I))
+
     def gradients_of(k):
-        """The chunk's input gradient, and its share of the weight gradients into partials[k]."""
+        """The chunk's share of the weight gradients into partials[k]."""
         s, partial = chunks[k], partials[k]
         rows = (s.stop - s.start) * B
         dgx, dgh = d_gx[s].reshape(rows, G * H), d_gh[s].reshape(rows, G * H)
-        np.matmul(dgx, w_ih_, out=grad_x[s].reshape(rows, I))
         partial["w_ih"] = dgx.T @ x_[s].reshape(rows, I)
         h_prev = h_before[s].reshape(rows, H)
         if cell == "gru" and not linear_before_reset:  # n's rows multiply r*h (block m)
@@ -646,10 +650,12 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
                                           (dgx[:, 3 * H:] * c_new).sum(axis=0)])
 
     every = range(len(chunks))
-    # the weight gradients of each chunk are a stage of their own: a thread free of the loop
-    # takes the next chunk as soon as the loop has passed it
+    # a chunk's input gradient and its weight gradients are stages of their own: a thread free
+    # of the loop takes the next one as soon as the loop has passed its chunk, and the last
+    # chunk's two products run side by side
     partials = [{} for _ in chunks]
-    stages = [(factors_of, every, None), (recur, every, 0)] + [(gradients_of, (k,), 1) for k in every]
+    stages = [(factors_of, every, None), (recur, every, 0)]
+    stages += [stage for k in every for stage in ((input_gradient_of, (k,), 1), (gradients_of, (k,), 1))]
     with _parallel.one_blas_thread():
         _pipeline(stages, _worth_a_pipeline(T, B, G * H, I))
     if partials:  # summed in a fixed order, the first chunk's taken as it is: the same bits for
