@@ -151,6 +151,8 @@ class _Heads:
         self.mask, self.mask_per_head = attn_mask, attn_mask is not None and math.prod(attn_mask.shape[:-2]) > 1
         if self.mask_per_head:
             self.mask = flat(attn_mask)
+        elif attn_mask is not None and attn_mask.ndim > 2:  # leading axes of length 1: one (L, S) mask
+            self.mask = attn_mask.reshape(attn_mask.shape[-2:])
 
     def mask_of(self, heads: slice, lo: int, hi: int):
         """The mask of a block: its heads' (where it has heads), its rows (where it has rows)."""

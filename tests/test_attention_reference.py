@@ -28,6 +28,7 @@ SDPA_CASES = [
     pytest.param((2,), 2, 2, 13, 29, 16, 16, None, True, id="B2-H2-L13-S29-D16-causal"),
     pytest.param((), 1, 1, 1, 1, 16, 16, None, False, id="L1-S1-D16-rank3"),
     pytest.param((2, 3), 2, 1, 7, 11, 32, 16, "bool", False, id="B2x3-Hq2-Hk1-L7-S11-D32-bool-gqa"),
+    pytest.param((1,), 4, 2, 9, 11, 8, 8, "float", False, id="B1-Hq4-Hk2-L9-S11-D8-float-mask-1x1-gqa"),
     # large enough for the CPU's blocks (reference/attention.py, _Heads): whole heads per block
     # (a mask with a head axis), rows of one head per block (a mask cut into rows, and the
     # causal diagonal crossing the blocks)
