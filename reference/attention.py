@@ -39,10 +39,11 @@ def _cast(dtype: np.dtype, *arrays):
     return tuple(None if a is None else np.asarray(a, dtype=dtype) for a in arrays)
 
 
-def _softmax_rows(scores, lse, out):
-    """Softmax of ``scores`` along the last axis into ``out``, the row log-sum-exp into ``lse``
-    (shaped (..., 1)). Rows with nothing to keep (all -inf, or NaN) are zeros, lse -inf (NaN).
-    The maximum is subtracted only where a row needs it (``row_shift``)."""
+def _exp_rows(scores, lse, factor, out):
+    """The numerators of a softmax of ``scores`` along the last axis into ``out``, the row
+    log-sum-exp into ``lse`` and the factor that normalises each row, 1 / its sum, into ``factor``
+    (both shaped (..., 1)). Rows with nothing to keep (all -inf, or NaN) are zeros with factor 0,
+    lse -inf (NaN). The maximum is subtracted only where a row needs it (``row_shift``)."""
     shift = row_shift(scores, scores.ndim - 1)  # empty rows: a shift of 0, exp(-inf - 0) = 0
     if shift is None:
         np.exp(scores, out=out)
@@ -53,24 +54,38 @@ def _softmax_rows(scores, lse, out):
     np.log(total, out=lse)
     if shift is not None:
         lse += shift
-    out *= np.reciprocal(total)  # a reciprocal per row and a multiply: cheaper than a division each
+    np.reciprocal(total, out=factor)  # a reciprocal per row and a multiply: cheaper than a division each
     empty = ~(total > 0)
     if empty.any():
         np.putmask(out, np.broadcast_to(empty, out.shape), 0)
+        np.putmask(factor, empty, 0)
 
 
-def _masked_softmax(scores: np.ndarray, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(softmax over the last axis restricted to ``keep`` (and to finite scores), log-sum-exp).
+def _softmax_rows(scores, lse, out):
+    factor = np.empty_like(lse)
+    _exp_rows(scores, lse, factor, out)
+    out *= factor
+
+
+def _masked_softmax(scores: np.ndarray, keep: np.ndarray | None, normalise: bool = True) -> tuple:
+    """(softmax over the last axis restricted to ``keep`` (and to finite scores), log-sum-exp),
+    or with ``normalise=False`` (its numerators, log-sum-exp, the (..., 1) factors that normalise
+    the rows): a caller multiplying the probabilities by a narrower matrix normalises the product
+    instead, a pass over fewer elements.
 
     Rows with nothing to keep give all-zero probabilities and a log-sum-exp of -inf. ``scores``
-    is overwritten: it becomes the probabilities.
+    is overwritten: it becomes the probabilities (the numerators).
     """
     if keep is not None:  # a select, not arithmetic: a masked NaN or inf must not count
         select_or_minus_inf(scores, keep, scores)
     lse = np.empty((*scores.shape[:-1], 1), dtype=scores.dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
-        along(_softmax_rows, scores, lse, axis=-1, out=scores)
-    return scores, lse[..., 0]
+        if normalise:
+            along(_softmax_rows, scores, lse, axis=-1, out=scores)
+            return scores, lse[..., 0]
+        factor = np.empty_like(lse)
+        along(_exp_rows, scores, lse, factor, axis=-1, out=scores)
+        return scores, lse[..., 0], factor
 
 
 def _softmax_backward(grad_p: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -100,11 +115,13 @@ def _sum_groups(x: np.ndarray, groups: int) -> np.ndarray:
     return x.reshape(*shape[:-3], shape[-3] // groups, groups, *shape[-2:]).sum(axis=-3)
 
 
-def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, first_row=0):
+def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, first_row=0, normalise=True):
     """(probabilities, log-sum-exp, ``q * scale``) for the query rows ``q`` (rows ``first_row``
     on of the whole query; ``attn_mask`` already cut to them) against every key of ``k`` (its
-    heads already repeated). The scale multiplies the query, (L, E), rather than the scores,
-    (L, S): the same product with a smaller pass."""
+    heads already repeated); with ``normalise=False`` the softmax's numerators and the factors
+    that normalise its rows (see _masked_softmax) instead of the probabilities. The scale
+    multiplies the query, (L, E), rather than the scores, (L, S): the same product with a
+    smaller pass."""
     q_scaled = q * q.dtype.type(scale)
     scores = np.matmul(q_scaled, np.swapaxes(k, -1, -2))
     keep = None
@@ -118,7 +135,7 @@ def _sdpa_probabilities(q, k, attn_mask, is_causal, scale, first_row=0):
             scores += attn_mask.astype(scores.dtype)  # broadcasts to scores' shape, which it keeps
     if keep is not None:
         keep = np.broadcast_to(keep, scores.shape)
-    return (*_masked_softmax(scores, keep), q_scaled)
+    return (*_masked_softmax(scores, keep, normalise), q_scaled)
 
 
 def default_scale(head_dim: int, scale: float | None) -> float:
@@ -194,9 +211,11 @@ def sdpa_forward(q, k, v, attn_mask=None, *, is_causal=False, scale=None, groups
 
     def block(h, lo, hi):
         with np.errstate(over="ignore"):
-            p, lse[h, lo:hi], _ = _sdpa_probabilities(heads.q[h, lo:hi], heads.k[h], heads.mask_of(h, lo, hi),
-                                                      is_causal, scale, lo)
-        np.matmul(p, heads.v[h], out=out[h, lo:hi])
+            numerators, lse[h, lo:hi], factor, _ = _sdpa_probabilities(
+                heads.q[h, lo:hi], heads.k[h], heads.mask_of(h, lo, hi), is_causal, scale, lo, normalise=False)
+        rows = out[h, lo:hi]
+        np.matmul(numerators, heads.v[h], out=rows)
+        rows *= factor  # normalised here, (L, Ev), rather than the probabilities, (L, S): usually fewer
 
     _in_blocks(block, heads.blocks(dtype.itemsize))
     return out.reshape(*heads.lead, *out.shape[1:]), lse.reshape(*heads.lead, heads.L)
