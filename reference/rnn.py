@@ -303,19 +303,19 @@ def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, rever
 # array (a (B, H) column block of a (B, 4H) row layout is B strided rows: 2-3x the time per call)
 # and the recurrent product is four 16 x 128 x 128 products, which OpenBLAS runs faster than one
 # 16 x 128 x 512. Each finished chunk is then copied into the workspace's layout.
-# The sigmoid gates' pre-activations arrive halved (w_hh's and the peepholes' rows halved once per
-# call, the projection's blocks as they are copied gate by gate), so one tanh over all four blocks
+# The sigmoid gates' pre-activations arrive halved (the rows of w_ih, w_hh, the biases and the
+# peepholes halved once per call; halving is exact), so one tanh over all four blocks
 # gives tanh(a/2) there, and sigmoid(a) = tanh(a/2)/2 + 1/2 (halving is exact in binary).
 _LSTM_GATE_MAJOR = (0, 1, 3, 2)  # i, f, o, g: the rows of PyTorch's i, f, g, o blocks in that order
 _LSTM_HALVED = np.array([0.5, 0.5, 0.5, 1.0])  # per gate-major block: sigmoid blocks are halved
 
 
-def _lstm_gate_major(w_hh: np.ndarray, H: int, dtype) -> np.ndarray:
-    """w_hh (4H, H) as the four transposed gate blocks (4, H, H) that multiply h, in gate-major
-    order with the sigmoid rows halved: one pass over w_hh. (A transposed view would save the
-    copy but multiplies 2.7x slower in these small products.)"""
-    blocks = w_hh.reshape(4, H, H)
-    out = np.empty((4, H, H), dtype=dtype)
+def _lstm_gate_major(w: np.ndarray, H: int, dtype) -> np.ndarray:
+    """w_hh (4H, H) or w_ih (4H, I) as the four transposed gate blocks (4, H or I, H) that
+    multiply h or x, in gate-major order with the sigmoid rows halved: one pass over the weight.
+    (A transposed view would save the copy but multiplies 2.7x slower in these small products.)"""
+    blocks = w.reshape(4, H, w.shape[1])
+    out = np.empty((4, w.shape[1], H), dtype=dtype)
     for gate, (source, factor) in enumerate(zip(_LSTM_GATE_MAJOR, _LSTM_HALVED)):
         np.multiply(blocks[source].T, factor, out=out[gate])
     return out
@@ -326,6 +326,9 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
     H = h0.shape[1]
     dtype = np.result_type(x, w_ih)
     w_hh4 = _lstm_gate_major(w_hh, H, dtype)  # (4, H, H)
+    w_ih4 = _lstm_gate_major(w_ih, H, dtype)  # (4, I, H)
+    if bias is not None:  # gate-major and halved like the weights' rows: (4, 1, H)
+        bias = (bias.reshape(4, H)[list(_LSTM_GATE_MAJOR)] * _LSTM_HALVED[:, None]).astype(dtype)[:, None, :]
     peep = None
     if w_peep is not None:  # i and f see c (halved like their rows), o sees c' (likewise)
         peep = (w_peep[:2] * 0.5).reshape(2, 1, H).astype(dtype), (w_peep[2] * 0.5).astype(dtype)
@@ -336,21 +339,19 @@ def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, w_peep, *, reverse, active, coupl
     workspace = np.empty((T, B, 6 * H), dtype=dtype)
     a = np.empty((4, B, H), dtype=dtype)
     product = np.empty((2, B, H), dtype=dtype)
-    projected = np.empty((max([(s.stop - s.start) * B for s in _chunks(T, False)], default=0), 4 * H), dtype=dtype)
     state = [h0.astype(dtype, copy=False), c0.astype(dtype, copy=False)]
     chunks = _chunks(T, reverse)
 
     def project(k):
-        """The chunk's x @ w_ih^T + bias, one product in PyTorch's row layout, then gate by gate
-        into gx with the sigmoid gates halved."""
+        """The chunk's x @ w_ih^T + bias straight into gx, gate-major, the sigmoid gates halved
+        (by their weights' and bias's halved rows: the same bits as halving the sums, and no
+        pass to copy PyTorch's row layout into gx: 10% of the projection)."""
         s = chunks[k]
-        n = s.stop - s.start
-        rows = projected[:n * B]
-        np.matmul(x[s].reshape(n * B, I), w_ih.T, out=rows)
+        rows = (s.stop - s.start) * B
+        block = gx[:, s].reshape(4, rows, H)  # a view: the chunk's rows of each gate
+        np.matmul(x[s].reshape(rows, I), w_ih4, out=block)
         if bias is not None:
-            rows += bias
-        for gate, (source, factor) in enumerate(zip(_LSTM_GATE_MAJOR, _LSTM_HALVED)):
-            np.multiply(rows[:, source * H:(source + 1) * H].reshape(n, B, H), factor, out=gx[gate, s])
+            block += bias
 
     def recur(k):
         h, c = state
@@ -555,10 +556,10 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
                    linear_before_reset: bool = True):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep) of one layer, back through time.
 
-    Three pipeline stages over chunks of steps, the last chunk first: the factors of the gate
+    Pipeline stages over chunks of steps, the last chunk first: the factors of the gate
     gradients that do not depend on the recursion (from the workspace, a few calls per chunk);
     the loop back through time (per step the output gradient times those factors, and
-    ``dgates @ w_hh``); the chunk's input gradient and its share of the weight gradients (one
+    ``dgates @ w_hh``); per chunk its input gradient, and its share of the weight gradients (one
     matmul each, summed over the chunks in a fixed order).
     """
     _keep_freed_layer_buffers()
@@ -622,12 +623,16 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
                        temporaries, linear_before_reset, H)
             current[0] = 1 - current[0]
 
+    def input_gradient_of(k):
+        s = chunks[k]
+        rows = (s.stop - s.start) * B
+        np.matmul(d_gx[s].reshape(rows, G * H), w_ih_, out=grad_x[s].reshape(rows, I))
+
     def gradients_of(k):
-        """The chunk's input gradient, and its share of the weight gradients into partials[k]."""
+        """The chunk's share of the weight gradients into partials[k]."""
         s, partial = chunks[k], partials[k]
         rows = (s.stop - s.start) * B
         dgx, dgh = d_gx[s].reshape(rows, G * H), d_gh[s].reshape(rows, G * H)
-        np.matmul(dgx, w_ih_, out=grad_x[s].reshape(rows, I))
         partial["w_ih"] = dgx.T @ x_[s].reshape(rows, I)
         h_prev = h_before[s].reshape(rows, H)
         if cell == "gru" and not linear_before_reset:  # n's rows multiply r*h (block m)
@@ -645,10 +650,12 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh,
                                           (dgx[:, 3 * H:] * c_new).sum(axis=0)])
 
     every = range(len(chunks))
-    # the weight gradients of each chunk are a stage of their own: a thread free of the loop
-    # takes the next chunk as soon as the loop has passed it
+    # a chunk's input gradient and its weight gradients are stages of their own: a thread free
+    # of the loop takes the next one as soon as the loop has passed its chunk, and the last
+    # chunk's two products run side by side
     partials = [{} for _ in chunks]
-    stages = [(factors_of, every, None), (recur, every, 0)] + [(gradients_of, (k,), 1) for k in every]
+    stages = [(factors_of, every, None), (recur, every, 0)]
+    stages += [stage for k in every for stage in ((input_gradient_of, (k,), 1), (gradients_of, (k,), 1))]
     with _parallel.one_blas_thread():
         _pipeline(stages, _worth_a_pipeline(T, B, G * H, I))
     if partials:  # summed in a fixed order, the first chunk's taken as it is: the same bits for

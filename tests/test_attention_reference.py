@@ -28,6 +28,13 @@ SDPA_CASES = [
     pytest.param((2,), 2, 2, 13, 29, 16, 16, None, True, id="B2-H2-L13-S29-D16-causal"),
     pytest.param((), 1, 1, 1, 1, 16, 16, None, False, id="L1-S1-D16-rank3"),
     pytest.param((2, 3), 2, 1, 7, 11, 32, 16, "bool", False, id="B2x3-Hq2-Hk1-L7-S11-D32-bool-gqa"),
+    pytest.param((1,), 4, 2, 9, 11, 8, 8, "float", False, id="B1-Hq4-Hk2-L9-S11-D8-float-mask-1x1-gqa"),
+    # large enough for the CPU's blocks (reference/attention.py, _Heads): whole heads per block
+    # (a mask with a head axis), rows of one head per block (a mask cut into rows, and the
+    # causal diagonal crossing the blocks)
+    pytest.param((2,), 4, 2, 130, 140, 16, 8, "bool", False, id="B2-Hq4-Hk2-L130-S140-D16-bool-gqa-head-blocks"),
+    pytest.param((), 1, 1, 301, 293, 16, 16, "float", False, id="L301-S293-D16-float-row-blocks"),
+    pytest.param((), 1, 1, 301, 293, 16, 16, None, True, id="L301-S293-D16-causal-row-blocks"),
 ]
 
 
@@ -129,20 +136,27 @@ def _params(rng, kind, dq, dk, a=6):
 KINDS = ("dot", "scaled_dot", "general", "additive")
 
 
+# (B, Tq, Tk, Dk, Dv, Dq where it differs from Dk, A): small; large enough for the CPU's batch blocks
+# of additive attention (reference/attention.py, _batch_blocks: here 7 blocks of one batch row)
+STEP_SIZES = [pytest.param((2, 3, 7, 5, 4, 6, 6), id="B2-Tq3-Tk7"),
+              pytest.param((7, 2, 150, 32, 8, 24, 40), id="B7-Tq2-Tk150-A40-blocks")]
+
+
+@pytest.mark.parametrize("sizes", STEP_SIZES)
 @pytest.mark.parametrize("mask_shape", [None, "BTk", "BTqTk"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_attention_step_matches_the_eager_torch_composition(kind, mask_shape, rng):
-    B, Tq, Tk, Dk, Dv = 2, 3, 7, 5, 4
-    Dq = Dk if kind in ("dot", "scaled_dot") else 6
+def test_attention_step_matches_the_eager_torch_composition(kind, mask_shape, sizes, rng):
+    B, Tq, Tk, Dk, Dv, Dq, A = sizes
+    Dq = Dk if kind in ("dot", "scaled_dot") else Dq
     q, k, values = _t(rng, B, Tq, Dq), _t(rng, B, Tk, Dk), _t(rng, B, Tk, Dv)
-    params = _params(rng, kind, Dq, Dk)
+    params = _params(rng, kind, Dq, Dk, A)
     mask = None
     if mask_shape == "BTk":
         mask = torch.from_numpy(rng.random((B, Tk)) > 0.4)
         mask[1] = False  # a fully masked batch row
     elif mask_shape == "BTqTk":
         mask = torch.from_numpy(rng.random((B, Tq, Tk)) > 0.4)
-        mask[0, 2] = False
+        mask[0, -1] = False  # a fully masked query row
     scores = _torch_scores(kind, q, k, **params)
     keep = None if mask is None else (mask[:, None, :] if mask.dim() == 2 else mask)
     if keep is not None:

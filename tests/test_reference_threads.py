@@ -83,13 +83,40 @@ def test_softmax_family_same_bits_for_every_thread_count(dim, monkeypatch, rng):
     _same_bits(_per_thread_count(monkeypatch, compute))
 
 
-def test_attention_same_bits_for_every_thread_count(monkeypatch, rng):
-    q, k, v, dout = (rng.standard_normal((1, 3, 301, 16)).astype(np.float32) for _ in range(4))
-    mask = rng.random((301, 301)) > 0.2
+# blocks of query rows of one head (the causal diagonal and a mask cut into rows); blocks of
+# whole heads (a mask with a head axis, grouped-query heads)
+@pytest.mark.parametrize("q_shape,kv_heads,mask_shape,causal", [((1, 3, 301, 16), 3, (301, 301), True),
+                                                                ((2, 4, 160, 16), 2, (2, 1, 160, 170), False)])
+def test_attention_same_bits_for_every_thread_count(q_shape, kv_heads, mask_shape, causal, monkeypatch, rng):
+    B, H, L, E = q_shape
+    S = mask_shape[-1]
+    q, dout = (rng.standard_normal(q_shape).astype(np.float32) for _ in range(2))
+    k, v = (rng.standard_normal((B, kv_heads, S, E)).astype(np.float32) for _ in range(2))
+    mask = rng.random(mask_shape) > 0.2
+    groups = H // kv_heads
 
     def compute():
-        out, lse = attn.sdpa_forward(q, k, v, mask, is_causal=True)
-        return (out, lse, *attn.sdpa_backward(dout, q, k, v, mask, out, lse, is_causal=True))
+        out, lse = attn.sdpa_forward(q, k, v, mask, is_causal=causal, groups=groups)
+        return (out, lse, *attn.sdpa_backward(dout, q, k, v, mask, out, lse, is_causal=causal, groups=groups))
+
+    _same_bits(_per_thread_count(monkeypatch, compute))
+
+
+def test_additive_attention_same_bits_for_every_thread_count(monkeypatch, rng):
+    B, Tq, Tk, D, A = 9, 2, 200, 48, 40  # batch blocks of one row, the shares summed in block order
+    query, keys, values = (rng.standard_normal(shape).astype(np.float32) for shape in
+                           ((B, Tq, D), (B, Tk, D), (B, Tk, D)))
+    w_query, w_keys = (rng.standard_normal((A, D)).astype(np.float32) * 0.2 for _ in range(2))
+    v = rng.standard_normal(A).astype(np.float32)
+    grad_context = rng.standard_normal((B, Tq, D)).astype(np.float32)
+    mask = rng.random((B, Tk)) > 0.2
+
+    def compute():
+        context, weights = attn.attention_forward(query, keys, values, mask, w_query=w_query, w_keys=w_keys, v=v,
+                                                  kind="additive")
+        grads = attn.attention_backward(grad_context, None, query, keys, values, weights, w_query=w_query,
+                                        w_keys=w_keys, v=v, kind="additive")
+        return (context, weights, *(g for g in grads if g is not None))
 
     _same_bits(_per_thread_count(monkeypatch, compute))
 
