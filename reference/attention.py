@@ -200,6 +200,8 @@ def _in_blocks(work, blocks) -> None:
         return
     with _parallel.one_blas_thread():
         _parallel.run([lambda block=block: work(*block) for block in blocks])
+
+
 def sdpa_forward(q, k, v, attn_mask=None, *, is_causal=False, scale=None, groups=1):
     """(output (..., L, Ev), row log-sum-exp (..., L) of the scaled, masked scores)."""
     dtype = _compute_dtype(q)
