@@ -3,22 +3,10 @@
 // one fp32 sum per block (each thread's chunks in order, then a fixed shuffle/shared-memory tree),
 // loss_sum adds the partials in one block the same way. Instantiated per loss and storage type by
 // name expression (e.g. "loss_forward_partial<gk::Focal, gk::half>").
+#include "gk_block.cuh"
 #include "loss.cuh"
 
 namespace {
-
-const unsigned FULL_WARP = 0xffffffffu;
-
-// The sum of `value` over the block, in every thread; blockDim.x a multiple of 32, <= 1024.
-__device__ float loss_block_sum(float value) {
-  __shared__ float warp_sum[32];
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(FULL_WARP, value, offset);
-  if (threadIdx.x % 32 == 0) warp_sum[threadIdx.x / 32] = value;
-  __syncthreads();
-  value = 0.0f;
-  for (int w = 0; w < int(blockDim.x / 32); ++w) value += warp_sum[w];
-  return value;
-}
 
 __device__ long long chunk_count(long long n, int per_chunk) { return (n + per_chunk - 1) / per_chunk; }
 
@@ -39,7 +27,7 @@ __global__ void loss_forward_partial(const T* x, const T* t, const T* w, const T
   float sum = 0.0f;
   for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < chunks; c += (long long)gridDim.x * blockDim.x)
     sum += gk::loss_sum_chunk<L, T>(c, x, t, w, pw, n, p1, p2);
-  sum = loss_block_sum(sum);
+  sum = gk::block_sum(sum);
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
@@ -56,7 +44,7 @@ __global__ void loss_sum(const float* partial, long long count, T* out, float sc
     for (int k = 0; k < Quad::size; ++k) sum += q.v[k];
   }
   for (long long i = quads * Quad::size + threadIdx.x; i < count; i += blockDim.x) sum += partial[i];
-  sum = loss_block_sum(sum);
+  sum = gk::block_sum(sum);
   if (threadIdx.x == 0) out[0] = gk::from_float<T>(sum * scale);
 }
 

@@ -1,6 +1,7 @@
 // Softmax kernels: one block per row (grid-stride over rows), each thread running the row
 // functions of softmax.cuh on its chunks, the block merging the threads' partial results.
 // Instantiated per storage type and LOG by name expression (e.g. "softmax_forward<float, true>").
+#include "gk_block.cuh"
 #include "softmax.cuh"
 
 namespace {
@@ -22,17 +23,6 @@ __device__ gk::RowStats block_merge(gk::RowStats st) {
   for (int w = 0; w < int(blockDim.x / 32); ++w) st = gk::stats_merge(st, gk::RowStats{warp_m[w], warp_s[w]});
   __syncthreads();  // the next row overwrites warp_m/warp_s only once every thread has read them
   return st;
-}
-
-__device__ float block_sum(float value) {
-  __shared__ float warp_sum[32];
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(FULL_WARP, value, offset);
-  if (threadIdx.x % 32 == 0) warp_sum[threadIdx.x / 32] = value;
-  __syncthreads();
-  value = 0.0f;
-  for (int w = 0; w < int(blockDim.x / 32); ++w) value += warp_sum[w];
-  __syncthreads();
-  return value;
 }
 
 }  // namespace
@@ -59,7 +49,8 @@ template <class T, bool LOG>
 __global__ void __launch_bounds__(1024) softmax_backward(const T* dy, const T* y, T* dx, long long rows, long long cols) {
   for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
     const long long base = r * cols;
-    float total = block_sum(gk::softmax_thread_grad_sum<T, LOG>(dy + base, y + base, cols, threadIdx.x, blockDim.x));
+    float total =
+        gk::block_sum(gk::softmax_thread_grad_sum<T, LOG>(dy + base, y + base, cols, threadIdx.x, blockDim.x));
     gk::softmax_thread_grad_write<T, LOG>(dy + base, y + base, dx + base, cols, total, threadIdx.x, blockDim.x);
   }
 }
