@@ -31,6 +31,7 @@ from .._rnn_driver import GATES, GRU, GRU_N, GRU_RZ, LSTM, RNN, WORKSPACE_BLOCKS
 from ._launch import TRITON_DTYPES, CompileCase, check_dtype, fresh, passed
 from . import rnn_persistent
 from .activation import _tanh
+from .rnn_cells import gru_cell, lstm_cell, rnn_cell
 
 # The cell codes (RNN covers tanh and relu, a runtime flag) come from the shared driver.
 CELL_NAMES = {RNN: "rnn", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru_rz", GRU_N: "gru_n"}
@@ -107,43 +108,25 @@ def rnn_step_kernel(
     dtype = ws_ptr.dtype.element_ty
 
     if CELL == 0:  # RNN
-        a = _preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H)
-        h_new = tl.where(relu != 0, tl.where(a < 0, 0.0, a), _tanh(a))
-        tl.store(ws_tile, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+        h_new = rnn_cell(_preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H), h_prev, active,
+                         relu, ws_tile, tile_mask)
     elif CELL == 1:  # LSTM, gates i, f, g, o
         c_prev = tl.load(cprev_ptr + offs_b[:, None] * cprev_stride + offs_h[None, :], mask=tile_mask,
                          other=0.0).to(tl.float32)
-        a_i = _preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H)
-        a_f = _preact(acc1, gx_ptr, gx_rows, b_ptr, 1, offs_h, tile_mask, h_mask, H)
-        a_g = _preact(acc2, gx_ptr, gx_rows, b_ptr, 2, offs_h, tile_mask, h_mask, H)
-        a_o = _preact(acc3, gx_ptr, gx_rows, b_ptr, 3, offs_h, tile_mask, h_mask, H)
-        a_i += tl.load(peep_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :] * c_prev
-        a_f += tl.load(peep_ptr + H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :] * c_prev
-        i = tl.sigmoid(a_i)
-        f = tl.where(coupled != 0, 1.0 - i, tl.sigmoid(a_f))
-        g = _tanh(a_g)
-        c_new = f * c_prev + i * g
-        a_o += tl.load(peep_ptr + 2 * H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :] * c_new
-        o = tl.sigmoid(a_o)
-        h_new = o * _tanh(c_new)
-        tl.store(ws_tile, i.to(dtype), mask=tile_mask)
-        tl.store(ws_tile + H, f.to(dtype), mask=tile_mask)
-        tl.store(ws_tile + 2 * H, g.to(dtype), mask=tile_mask)
-        tl.store(ws_tile + 3 * H, o.to(dtype), mask=tile_mask)
-        tl.store(ws_tile + 4 * H, tl.where(active, c_new, c_prev).to(dtype), mask=tile_mask)
-        tl.store(ws_tile + 5 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+        h_new = lstm_cell(_preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H),
+                          _preact(acc1, gx_ptr, gx_rows, b_ptr, 1, offs_h, tile_mask, h_mask, H),
+                          _preact(acc2, gx_ptr, gx_rows, b_ptr, 2, offs_h, tile_mask, h_mask, H),
+                          _preact(acc3, gx_ptr, gx_rows, b_ptr, 3, offs_h, tile_mask, h_mask, H),
+                          tl.load(peep_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :],
+                          tl.load(peep_ptr + H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :],
+                          tl.load(peep_ptr + 2 * H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :],
+                          c_prev, h_prev, active, coupled, ws_tile, H, tile_mask)
     elif CELL == 2:  # GRU, gates r, z, n; m = W_hn h + b_hn is what backward needs of n
-        r = tl.sigmoid(_preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H))
-        z = tl.sigmoid(_preact(acc1, gx_ptr, gx_rows, b_ptr, 1, offs_h, tile_mask, h_mask, H))
         m = acc2 + tl.load(b_ptr + 2 * H + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
         x_n = tl.load(gx_ptr + gx_rows + 2 * H + offs_h[None, :], mask=tile_mask, other=0.0).to(tl.float32)
-        n = _tanh(x_n + r * m)
-        h_new = (1.0 - z) * n + z * h_prev
-        tl.store(ws_tile, r.to(dtype), mask=tile_mask)
-        tl.store(ws_tile + H, z.to(dtype), mask=tile_mask)
-        tl.store(ws_tile + 2 * H, n.to(dtype), mask=tile_mask)
-        tl.store(ws_tile + 3 * H, m.to(dtype), mask=tile_mask)
-        tl.store(ws_tile + 4 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+        h_new = gru_cell(_preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H),
+                         _preact(acc1, gx_ptr, gx_rows, b_ptr, 1, offs_h, tile_mask, h_mask, H), m, x_n, h_prev,
+                         active, ws_tile, H, tile_mask)
     elif CELL == 3:  # GRU_RZ (original GRU, first launch): r, z and m = r*h for the n matmul
         r = tl.sigmoid(_preact(acc0, gx_ptr, gx_rows, b_ptr, 0, offs_h, tile_mask, h_mask, H))
         z = tl.sigmoid(_preact(acc1, gx_ptr, gx_rows, b_ptr, 1, offs_h, tile_mask, h_mask, H))

@@ -53,6 +53,7 @@ import triton.language as tl
 from .._rnn_driver import GATES, GRU, LSTM, RNN
 from ._launch import TRITON_DTYPES, CompileCase, fresh, passed
 from .activation import _tanh
+from .rnn_cells import lstm_cell, rnn_cell
 
 # ---------------------------------------------------------------------------------------------
 # Kernel pieces
@@ -188,7 +189,6 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
     ws_t = ws_ptr + t.to(tl.int64) * B * K * H
     gx_t = gx_ptr + t.to(tl.int64) * B * G * H
     y_t = y_ptr + t.to(tl.int64) * B * H
-    dtype = ws_ptr.dtype.element_ty
     for b_start in range(0, B, BLOCK_B):
         offs_b = b_start + tl.arange(0, BLOCK_B).to(tl.int64)
         b_mask = offs_b < B
@@ -204,27 +204,16 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
         active = (tl.load(len_ptr + offs_b, mask=b_mask, other=0) > t)[:, None]
         a0 = _state_dot(acc, state, w0) + tl.load(gx_tile, mask=tile_mask, other=0.0) + b0
         if CELL == 0:  # RNN
-            h_new = tl.where(relu != 0, tl.where(a0 < 0, 0.0, a0), _tanh(a0))
-            tl.store(ws_tile, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
+            h_new = rnn_cell(a0, h_prev, active, relu, ws_tile, tile_mask)
         elif CELL == 1:  # LSTM, gates i, f, g, o
             c_prev = tl.load(c_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0,
                              cache_modifier=".cg")
-            a1 = _state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
-            a2 = _state_dot(acc, state, w2) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2
-            a3 = _state_dot(acc, state, w3) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3
-            i = tl.sigmoid(a0 + p_i * c_prev)
-            f = tl.where(coupled != 0, 1.0 - i, tl.sigmoid(a1 + p_f * c_prev))
-            g = _tanh(a2)
-            c_new = f * c_prev + i * g
-            o = tl.sigmoid(a3 + p_o * c_new)
-            h_new = o * _tanh(c_new)
-            tl.store(ws_tile, i.to(dtype), mask=tile_mask)
-            tl.store(ws_tile + H, f.to(dtype), mask=tile_mask)
-            tl.store(ws_tile + 2 * H, g.to(dtype), mask=tile_mask)
-            tl.store(ws_tile + 3 * H, o.to(dtype), mask=tile_mask)
-            tl.store(ws_tile + 4 * H, tl.where(active, c_new, c_prev).to(dtype), mask=tile_mask)
-            tl.store(ws_tile + 5 * H, tl.where(active, h_new, h_prev).to(dtype), mask=tile_mask)
-        else:  # GRU (linear_before_reset), gates r, z, n; m = W_hn h + b_hn is what backward needs
+            h_new = lstm_cell(a0, _state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1,
+                              _state_dot(acc, state, w2) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2,
+                              _state_dot(acc, state, w3) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3,
+                              p_i, p_f, p_o, c_prev, h_prev, active, coupled, ws_tile, H, tile_mask)
+        else:  # GRU (linear_before_reset): rnn_cells.gru_cell's lines, kept here (called, they spill)
+            dtype = ws_ptr.dtype.element_ty
             r = tl.sigmoid(a0)
             z = tl.sigmoid(_state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1)
             m = _state_dot(acc, state, w2) + b2
