@@ -502,3 +502,61 @@ def test_default_set_breaks_ties_in_work_by_size_name_not_by_hash_order():
     for order in (cases, cases[::-1], cases[2:] + cases[:2]):
         chosen = bench._default_set(order, "cpu", explicit_dtype=False, explicit_size=False)
         assert {c.size for c in chosen} == {"z", "y"}
+
+
+# ---------------------------------------------------------------------------------------------
+# --threads: both sides on N threads for a CPU run, restored afterwards
+
+
+def test_threads_puts_both_sides_on_n_threads_while_timing_and_restores_them(tiny, tmp_path, capsys, monkeypatch):
+    import os
+
+    import torch
+
+    from gpukernels.reference import _parallel
+
+    monkeypatch.delenv(_parallel.ENV_VAR, raising=False)
+    before = torch.get_num_threads()
+    blas = _parallel.openblas_threads()
+    blas_before = blas[0]() if blas is not None else None
+    seen = []
+
+    def spy(cases, device, progress, **kwargs):
+        seen.append((torch.get_num_threads(), _parallel.num_threads(), blas[0]() if blas is not None else 1))
+        return real_run_cases(cases, device, progress, **kwargs)
+
+    real_run_cases = harness.run_cases
+    monkeypatch.setattr(harness, "run_cases", spy)
+    out = tmp_path / "one"
+    assert _bench("--op", "scale", "--threads", "1", "--out", str(out)) == 0
+    assert seen == [(1, 1, 1)]
+    assert "threads: 1 each side (--threads 1)" in capsys.readouterr().out
+    assert json.loads((out / "bench.json").read_text())["meta"]["threads"] == "1 each side (--threads 1)"
+    assert torch.get_num_threads() == before and _parallel.ENV_VAR not in os.environ
+    assert blas is None or blas[0]() == blas_before
+
+
+def test_without_threads_the_run_records_each_sides_default(tiny, tmp_path, capsys):
+    out = tmp_path / "default"
+    assert _bench("--op", "scale", "--out", str(out)) == 0
+    meta = json.loads((out / "bench.json").read_text())["meta"]
+    assert meta["threads"].startswith("each side's default (PyTorch ")
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_threads_is_a_clear_error_before_anything_runs(tiny, tmp_path, capsys, value):
+    out = tmp_path / "never"
+    assert _bench("--threads", value, "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "--threads must be a whole number >= 1" in err and repr(value) in err
+    assert not out.exists()
+
+
+def test_threads_on_a_gpu_run_is_a_clear_error(tiny, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = tmp_path / "never"
+    assert _bench("--threads", "1", "--out", str(out), device="cuda") == 2
+    assert "--threads applies to CPU runs (--device cpu) only" in capsys.readouterr().err
+    assert not out.exists()

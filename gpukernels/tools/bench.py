@@ -9,10 +9,12 @@ at the start of the same run), ``speedup_vs_<baseline>`` (baseline time / our ti
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import json
 import math
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -194,6 +196,68 @@ def to_rows(measurements, peaks, device: str, stamp: str, version_text: str) -> 
 
 
 # ---------------------------------------------------------------------------------------------
+# Threads on the CPU
+
+
+def check_threads(value: str | None, device: str) -> int | None:
+    """``--threads`` as a whole number >= 1, and only for a CPU run (a GPU run's threads only
+    launch kernels)."""
+    if value is None:
+        return None
+    if device != "cpu":
+        raise BenchInputError("--threads applies to CPU runs (--device cpu) only")
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise BenchInputError(f"--threads must be a whole number >= 1, got {value!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def threads_on_both_sides(threads: int | None):
+    """Both sides on ``threads`` threads while the block runs (None: left as they are):
+    PyTorch's intra-op pool, the reference's pool (``GPUKERNELS_NUM_THREADS``, read at every
+    call) and the OpenBLAS that NumPy bundles. With 1, each side's time is the work it does,
+    without its threading; the previous settings come back afterwards."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    from gpukernels.reference._parallel import ENV_VAR, openblas_threads
+
+    saved_torch, saved_env = torch.get_num_threads(), os.environ.get(ENV_VAR)
+    blas = openblas_threads()
+    saved_blas = blas[0]() if blas is not None else None
+    torch.set_num_threads(threads)
+    os.environ[ENV_VAR] = str(threads)
+    if blas is not None:
+        blas[1](threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_torch)
+        if saved_env is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = saved_env
+        if blas is not None:
+            blas[1](saved_blas)
+
+
+def threads_note(threads: int | None) -> str:
+    import torch
+
+    from gpukernels.reference._parallel import num_threads
+
+    if threads is None:
+        return f"each side's default (PyTorch {torch.get_num_threads()}, the reference's pool {num_threads()})"
+    return f"{threads} each side (--threads {threads})"
+
+
+# ---------------------------------------------------------------------------------------------
 # Files
 
 
@@ -345,6 +409,7 @@ def run(args) -> int:
     try:
         device = choose_device(getattr(args, "device", None), torch.cuda.is_available())
         cases = select_cases(all_cases(), device, args.op, args.dtype, args.mode, args.size, args.all)
+        threads = check_threads(getattr(args, "threads", None), device)
         out = check_writable(Path(args.out))
         old = read_csv(Path(args.compare)) if args.compare else None
     except BenchInputError as exc:
@@ -354,21 +419,25 @@ def run(args) -> int:
 
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"device: {device_name(device)}")
-    if device == "cpu":
-        print(CPU_NOTE)
-    peaks = measure_peaks(device)
-    print(f"measured at the start of this run: copy bandwidth {peaks.copy_gbs:.1f} GB/s; matmul peak "
-          + ", ".join(f"{d} {v:.2f} TFLOP/s" for d, v in peaks.matmul_tflops.items()))
-    progress = Progress(count_runs(cases, device))
-    min_seconds = 0.2 if device == "cuda" or args.all else 0.1
-    measurements = run_cases(cases, device, progress, min_seconds=min_seconds, min_runs=3)
-    progress.close()
+    with threads_on_both_sides(threads):
+        if device == "cpu":
+            print(CPU_NOTE)
+            print(f"threads: {threads_note(threads)}")
+        thread_text = threads_note(threads) if device == "cpu" else ""
+        peaks = measure_peaks(device)
+        print(f"measured at the start of this run: copy bandwidth {peaks.copy_gbs:.1f} GB/s; matmul peak "
+              + ", ".join(f"{d} {v:.2f} TFLOP/s" for d, v in peaks.matmul_tflops.items()))
+        progress = Progress(count_runs(cases, device))
+        min_seconds = 0.2 if device == "cuda" or args.all else 0.1
+        measurements = run_cases(cases, device, progress, min_seconds=min_seconds, min_runs=3)
+        progress.close()
 
     rows = to_rows(measurements, peaks, device, stamp, versions())
     print(format_table(rows))
     meta = {"device": device_name(device), "timestamp": stamp, "versions": versions(),
             "copy_gbs": peaks.copy_gbs, "matmul_tflops": peaks.matmul_tflops,
-            "note": CPU_NOTE if device == "cpu" else ""}
+            "note": CPU_NOTE if device == "cpu" else "",
+            "threads": thread_text}
     written = [write_csv(rows, out / "bench.csv"), write_json(rows, out / "bench.json", meta)]
     try:
         from gpukernels.tools.bench_plot import plot_throughput

@@ -88,6 +88,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to time: cuda (the kernels against the GPU baselines) or cpu (the CPU fallback "
                              "against PyTorch CPU); default: cuda when torch sees a GPU, else cpu")
     parser.add_argument("--out", default="bench-results", help="folder for bench.csv, bench.json, plots/ (default: %(default)s)")
+    parser.add_argument("--threads", metavar="N",
+                        help="CPU runs only: N threads for both sides (PyTorch's intra-op threads, the reference's "
+                             "pool and NumPy's BLAS); default: each side's own default, the usable cores")
     parser.add_argument("--compare", metavar="OLD.csv", help="print old/new time ratios against an earlier run's bench.csv")
 
 
