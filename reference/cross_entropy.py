@@ -44,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._parallel import run, split
+from ._parallel import matmul, one_blas_thread, run, split
 
 # A block of rows holds about this many bytes of logits (their exp is made in place of a copy).
 BLOCK_BYTES = 1 << 20
@@ -67,7 +67,9 @@ def loss_op(fn: Callable | None = None, *, wide_results: tuple[int, ...] = ()) -
     @functools.wraps(fn)
     def wrapper(*args, **params):
         dtype = next(a.dtype for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f")
-        with np.errstate(all="ignore"):
+        # BLAS on the calling thread: the row blocks already share the cores on the pool, and
+        # OpenBLAS's own threads would spin on one of them after every call (_parallel.matmul)
+        with np.errstate(all="ignore"), one_blas_thread():
             result = fn(*map(_widen, args), **params)
         if dtype != np.float16:
             return result
@@ -323,7 +325,7 @@ def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduc
     loss = np.empty(rows, input.dtype) if compute_loss else None
     grads = [np.empty_like(input), np.zeros_like(weight), None if bias is None else np.zeros_like(bias)]
     for lo, hi in split(rows, chunk_rows(rows, vocab, input.itemsize, chunk_size)):
-        logits = input[lo:hi] @ weight.T
+        logits = matmul(input[lo:hi], weight.T)
         if bias is not None:
             logits += bias
         # the logit gradient replaces the chunk's logits (nothing else reads them)
@@ -333,8 +335,8 @@ def linear_cross_entropy_rows(input, weight, target, bias, grad_output, *, reduc
         if compute_loss:
             loss[lo:hi] = chunk_loss
         if compute_grad:
-            np.matmul(dlogits, weight, out=grads[0][lo:hi])
-            grads[1] += dlogits.T @ input[lo:hi]
+            matmul(dlogits, weight, out=grads[0][lo:hi])
+            grads[1] += matmul(dlogits.T, input[lo:hi])
             if bias is not None:
                 grads[2] += dlogits.sum(axis=0)
     reduced = None if loss is None else reduce(loss, denominator, reduction)

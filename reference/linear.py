@@ -19,6 +19,7 @@ Backward: dz = dy * act'(z), dx = dz W, dW = dz^T x, db = sum over rows of dz.
 from __future__ import annotations
 
 import functools
+import math
 
 import importlib
 
@@ -129,8 +130,9 @@ def _float16_in_float32(fn):
 
 
 def preactivation(input: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """z = x W^T + b (BLAS in the inputs' dtype, the bias added in place)."""
-    z = np.matmul(input, weight.T)
+    """z = x W^T + b (BLAS in the inputs' dtype, on the pool; the bias added in place)."""
+    rows = input.reshape(math.prod(input.shape[:-1]), input.shape[-1])  # (-1 cannot be inferred when K = 0)
+    z = _parallel.matmul(rows, weight.T).reshape(*input.shape[:-1], weight.shape[0])
     if bias is not None:
         z += bias
     return z
@@ -168,9 +170,10 @@ def backward(grad_output: np.ndarray, input: np.ndarray, weight: np.ndarray, sav
              output_mask: tuple[bool, bool, bool] = (True, True, True)):
     """(grad_input, grad_weight, grad_bias), None where ``output_mask`` says not needed."""
     dz = grad_preactivation(grad_output, saved, activation, negative_slope)
-    grad_input = np.matmul(dz, weight) if output_mask[0] else None
-    grad_weight = np.matmul(dz.T, input) if output_mask[1] else None
+    grad_input = _parallel.matmul(dz, weight) if output_mask[0] else None
+    grad_weight = _parallel.matmul(dz.T, input) if output_mask[1] else None
     # The column sums as a vector-matrix product: BLAS adds in blocks (NumPy's sum over axis 0
     # adds the rows one after another, an error growing with M).
-    grad_bias = np.matmul(np.ones(dz.shape[0], dtype=dz.dtype), dz) if output_mask[2] else None
+    with _parallel.one_blas_thread():
+        grad_bias = np.matmul(np.ones(dz.shape[0], dtype=dz.dtype), dz) if output_mask[2] else None
     return grad_input, grad_weight, grad_bias

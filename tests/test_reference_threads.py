@@ -211,6 +211,106 @@ def test_large_arrays_run_on_several_threads_at_once(monkeypatch, rng):
     assert len(set(first_two)) == 2
 
 
+# ---------------------------------------------------------------------------------------------
+# Matrix products: row blocks on the pool, BLAS on one thread
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (300, 200, 150), (1031, 257, 129)], ids=lambda s: "M{}-K{}-N{}".format(*s))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_same_bits_for_every_thread_count_and_close_to_numpys(shape, dtype, monkeypatch, rng):
+    M, K, N = shape
+    a, b = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
+    at = np.asfortranarray(a)  # a transposed operand's rows (linear's dz.T) are not contiguous
+    results = _per_thread_count(monkeypatch, lambda: [_parallel.matmul(a, b), _parallel.matmul(at, b)])
+    _same_bits(results)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got in results[0]:
+        assert np.linalg.norm(got - want) <= tol * np.linalg.norm(want)
+
+
+def test_matmul_splits_large_products_into_row_blocks_on_one_blas_thread(monkeypatch, rng):
+    threads = _parallel.openblas_threads()
+    seen = []
+    real_run = _parallel.run
+    monkeypatch.setattr(_parallel, "run", lambda tasks: (seen.append(
+        (len(tasks), threads[0]() if threads else 1)), real_run(tasks))[1])
+    a, b = rng.standard_normal((512, 256)).astype(np.float32), rng.standard_normal((256, 128)).astype(np.float32)
+    _parallel.matmul(a, b)  # 16.8M multiply-adds: split
+    _parallel.matmul(a[:8], b)  # small: one call, no tasks
+    assert seen == [(_parallel.MATMUL_BLOCKS, 1)]
+
+
+def test_linear_and_its_cross_entropy_same_bits_for_every_thread_count(monkeypatch, rng):
+    from gpukernels.reference import cross_entropy as ce
+    from gpukernels.reference import linear
+
+    x = rng.standard_normal((300, 130)).astype(np.float32)
+    w = rng.standard_normal((170, 130)).astype(np.float32) * 0.1
+    b = rng.standard_normal(170).astype(np.float32)
+    dy = rng.standard_normal((300, 170)).astype(np.float32)
+    target = rng.integers(0, 170, 300)
+
+    def compute():
+        y, saved = linear.forward(x, w, b, "gelu", save=True)
+        grads = linear.backward(dy, x, w, saved, "gelu")
+        loss, *ce_grads = ce.linear_cross_entropy_rows(x, w, target, b, np.float32(1.0), reduction="mean",
+                                                       compute_grad=True, chunk_size=128)
+        return [y, *grads, loss, *ce_grads]
+
+    _same_bits(_per_thread_count(monkeypatch, compute))
+
+
+_BLAS_SPIN_SCRIPT = """
+import os, sys, time
+import numpy as np
+from gpukernels.reference import _parallel, linear
+from gpukernels.reference import cross_entropy as ce
+if _parallel.openblas_threads() is None:
+    print("no-openblas"); sys.exit()
+_parallel.openblas_threads()[1](2)
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((1024, 512)).astype(np.float32), rng.standard_normal((512, 512)).astype(np.float32)
+y, _ = linear.forward(x, w, None)
+linear.backward(y, x, w, None)
+ce.linear_cross_entropy_rows(x, w, rng.integers(0, 512, 1024), None, np.float32(1.0), reduction="mean",
+                             compute_grad=True)
+if "--numpy" in sys.argv:
+    x @ w  # what NumPy's own product does: the control that shows the measurement works
+def cpu_seconds():
+    tick, total = os.sysconf("SC_CLK_TCK"), {}
+    for tid in os.listdir("/proc/self/task"):
+        if tid != str(os.getpid()):
+            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            total[tid] = (int(fields[11]) + int(fields[12])) / tick
+    return total
+before = cpu_seconds()
+time.sleep(0.4)
+after = cpu_seconds()
+print(max([after[t] - before.get(t, 0.0) for t in after] + [0.0]))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="per-thread CPU times from Linux's /proc")
+def test_no_blas_thread_spins_after_the_reference_products():
+    """OpenBLAS's idle threads spin for about 0.1 s after a multi-threaded call, holding a core
+    that PyTorch's next parallel op waits for. After the reference's linear forward/backward and
+    linear cross-entropy no other thread of the process may use CPU while the caller sleeps;
+    after a plain NumPy product (the control) one does."""
+    def busiest(*flags):
+        run = subprocess.run([sys.executable, "-c", _BLAS_SPIN_SCRIPT, *flags], capture_output=True, text=True,
+                             timeout=120, check=True)
+        return run.stdout.split()[-1]
+
+    control = busiest("--numpy")
+    if control == "no-openblas":
+        pytest.skip("NumPy does not use its bundled OpenBLAS here")
+    if float(control) < 0.02:
+        pytest.skip(f"this OpenBLAS's threads do not spin here ({control} s after NumPy's own product)")
+    quiet = busiest()
+    assert float(quiet) < 0.02, f"a thread used {quiet} s of CPU while the caller slept (NumPy's own: {control} s)"
+
+
 _KEPT_OUTPUTS_SCRIPT = """
 import resource
 import numpy as np
