@@ -65,16 +65,22 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def parse_threads(value: str) -> int | None:
+    """The thread count ``value`` spells, or None unless it is a whole number >= 1."""
+    try:
+        threads = int(value)
+    except ValueError:
+        return None
+    return threads if threads >= 1 else None
+
+
 def num_threads() -> int:
     """Threads the reference uses: ``GPUKERNELS_NUM_THREADS`` if set, else the usable cores."""
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
         return available_cores()
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
+    threads = parse_threads(value)
+    if threads is None:
         raise ValueError(f"{ENV_VAR} must be a whole number >= 1 (the threads of the CPU reference), got {value!r}")
     return threads
 

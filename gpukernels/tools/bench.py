@@ -204,13 +204,12 @@ def check_threads(value: str | None, device: str) -> int | None:
     launch kernels)."""
     if value is None:
         return None
+    from gpukernels.reference._parallel import parse_threads
+
     if device != "cpu":
         raise BenchInputError("--threads applies to CPU runs (--device cpu) only")
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
+    threads = parse_threads(value)
+    if threads is None:
         raise BenchInputError(f"--threads must be a whole number >= 1, got {value!r}")
     return threads
 
