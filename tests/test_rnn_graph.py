@@ -20,6 +20,7 @@ import torch
 import gpukernels as gk
 from _helpers import random_tensor
 from conftest import DEVICE
+from gpukernels.torch import nn as gnn
 from gpukernels.triton import rnn as triton_rnn
 from gpukernels.triton import rnn_graph
 from gpukernels.triton import rnn_persistent as rp
@@ -198,6 +199,7 @@ def test_what_a_graph_accepts():
     with FakeTensorMode() as mode:
         fake = mode.from_tensor(x)
     assert not graphs.accepts((fake, h, None))
+    assert graphs.accepts((x, torch.nn.Parameter(h), None))  # weights passed as they are
 
 
 def test_the_key_holds_autocast_and_every_arrays_layout():
@@ -211,3 +213,26 @@ def test_the_key_holds_autocast_and_every_arrays_layout():
     assert rnn_graph.layer_key(object, (x, h.t().contiguous().t(), None), None, options) != key  # strides
     assert rnn_graph.layer_key(object, (x, h, None), (2, 1, 2), options) != key
     assert rnn_graph.layer_key(object, (x, h, None), None, {**options, "reverse": True}) != key
+
+
+def test_the_module_through_autograd(graphs, rng, monkeypatch):
+    """gpukernels.torch.nn.GRU (bidirectional): the autograd Functions' layer calls go through
+    graphs; outputs and parameter gradients equal the plain path's; a second step replays."""
+    torch.manual_seed(0)
+    module = gnn.GRU(3, 5, bidirectional=True, device=DEVICE)
+
+    def step(x):
+        module.zero_grad(set_to_none=True)
+        x = x.clone().requires_grad_(True)
+        with gk.use_backend("triton"):
+            y, h_n = module(x)
+            (y.square().sum() + h_n.sum()).backward()
+        return [y.detach(), h_n.detach(), x.grad] + [p.grad.clone() for p in module.parameters()]
+
+    xs = [random_tensor(rng, (3, 2, 3), "float32", DEVICE, scale=1.0) for _ in range(2)]
+    with monkeypatch.context() as m:
+        m.setenv(rnn_graph.ENVIRONMENT_SWITCH, "0")
+        wants = [step(x) for x in xs]
+    for x, want in zip(xs, wants):
+        _assert_same(step(x), want, "module step")
+    assert graphs.captured == 4 and graphs.replayed == 8  # 2 directions, forward and backward

@@ -59,18 +59,29 @@ def switch() -> bool:
     return value == "1"
 
 
+# One side stream per device for every warm-up and capture: cuBLAS keeps a workspace per stream
+# it has run on, so a fresh stream per capture would leave a workspace behind each time.
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream() -> torch.cuda.Stream:
+    device = torch.cuda.current_device()
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
 def cuda_capture(fn: Callable[[], tuple]) -> tuple[Any, tuple]:
-    """(graph, static outputs) of ``fn``: run once on a side stream first (Triton compiles its
-    kernels and cuBLAS sets up its handle and workspace there, none of which a capture may do),
-    then captured into a private memory pool."""
-    current = torch.cuda.current_stream()
-    side = torch.cuda.Stream()
+    """(graph, static outputs) of ``fn`` on the current device: run once on a side stream first
+    (Triton compiles its kernels and cuBLAS sets up its handle and workspace there, none of which
+    a capture may do), then captured on that stream into the graph's own memory pool."""
+    current, side = torch.cuda.current_stream(), _side_stream()
     side.wait_stream(current)
     with torch.cuda.stream(side):
         fn()
     current.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):
         outputs = fn()
     return graph, outputs
 
@@ -125,6 +136,9 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not FakeTensor, FunctionalTensor or other subclasses
+
+
 class LayerGraphs:
     """An LRU of captured layer calls. ``capture(fn) -> (replayable, outputs)``; ``device_type``:
     the tensors it takes (cuda; the CPU tests use cpu with a stand-in capture)."""
@@ -140,7 +154,7 @@ class LayerGraphs:
         inside a graph capture already in progress (ours would nest), empty arrays (nothing to
         launch)."""
         present = [a for a in arrays if a is not None]
-        if not present or any(type(a) is not torch.Tensor or a.device.type != self.device_type for a in present):
+        if not present or any(type(a) not in _PLAIN or a.device.type != self.device_type for a in present):
             return False
         if torch.compiler.is_compiling() or _capturing(present[0].device):
             return False
@@ -182,6 +196,10 @@ class LayerGraphs:
             _release(evicted)
 
     def clear(self) -> None:
+        """Frees every graph. (Eviction needs no wait: it follows a capture, which synchronises
+        the device, so the evicted graph cannot be running; here one may be.)"""
+        if self.device_type == "cuda" and self.entries:
+            torch.cuda.synchronize()
         while self.entries:
             _release(self.entries.popitem()[1])
 
