@@ -236,3 +236,27 @@ def test_the_module_through_autograd(graphs, rng, monkeypatch):
     for x, want in zip(xs, wants):
         _assert_same(step(x), want, "module step")
     assert graphs.captured == 4 and graphs.replayed == 8  # 2 directions, forward and backward
+
+
+def test_the_captured_call_never_builds_lengths_from_the_host(graphs, rng, monkeypatch):
+    """The plain backend's lengths() copies a host list to the device, which a capture may not
+    contain: it runs once per capture, before it, and never on a replay."""
+    calls, capturing = [], []
+    original = triton_rnn._TorchBackend.lengths
+
+    def lengths(self, *args):
+        calls.append(bool(capturing))
+        return original(self, *args)
+    monkeypatch.setattr(triton_rnn._TorchBackend, "lengths", lengths)
+
+    def capture(fn):
+        capturing.append(True)
+        try:
+            return rerun_capture(fn)
+        finally:
+            capturing.clear()
+    graphs.capture = capture
+    _forward(3, 2, 5, "float32", rng, lengths=(3, 1))
+    _forward(3, 2, 5, "float32", rng, lengths=(1, 2))
+    _forward(3, 2, 5, "float32", rng)
+    assert calls == [False, False]  # one per capture, neither inside it

@@ -27,6 +27,13 @@ How a call goes (``LayerGraphs.call``):
 * Either way the outputs returned are clones of the graph's static outputs, which the next
   replay overwrites.
 
+What it costs per call beyond the plain path: one device copy of every input into its static
+buffer (the workspace and grad_y included in backward; weights too, since a graph reads fixed
+addresses), B int32 lengths from the host when given, and one clone of every output (the
+workspace included in forward). Multi-head layers need nothing of their own: the backends see
+the dense block-diagonal ``w_hh``, whose values are copied in like any weight. The cache is
+per process and assumes one thread launches layers.
+
 The plumbing is written against ``capture(fn) -> (replayable, outputs)``, so the CPU tests drive
 it with a stand-in that re-runs ``fn`` (tests/test_rnn_graph.py); only ``cuda_capture`` needs a GPU.
 """
