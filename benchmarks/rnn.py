@@ -14,8 +14,11 @@ our layer running the NumPy reference (fp32, small sizes). fp16/bf16 cuDNN runs 
 math in both cases, so it has one provider. The issue's targets (not claims): a fused step
 >= 1.3x faster than the eager step; the layer within 1.1x of cuDNN and faster where cuDNN is
 launch-bound. Issue 14's (not a claim): the layer's forward+backward >= 1.5x cuDNN at B <= 32,
-H <= 512, with the persistent path (``gpukernels-persistent``). FlashRNN, when its package imports,
-joins the LSTM layer cases as the ``flashrnn`` peer (benchmarks/peers.py).
+H <= 512, with the persistent path (``gpukernels-persistent``). ``gpukernels-graph``: the
+per-step layer with each layer call captured as a CUDA graph per shape and replayed
+(GPUKERNELS_RNN_CUDA_GRAPH=1), meant to remove the per-step launch overhead (what it saves is
+measured here, not claimed). FlashRNN, when its package imports, joins the LSTM layer cases as
+the ``flashrnn`` peer (benchmarks/peers.py).
 """
 
 from __future__ import annotations
@@ -184,19 +187,31 @@ def _under(context: Callable[[], contextlib.AbstractContextManager], make):
 
 
 @contextlib.contextmanager
-def _persistent_auto():
-    """The persistent layer kernels where they fit (opt-in until a GPU run proves them)."""
+def _environment(**values: str):
+    """The GPUKERNELS_* switches set to ``values`` for the call, put back after."""
     import os
 
-    previous = os.environ.get("GPUKERNELS_RNN_PERSISTENT")
-    os.environ["GPUKERNELS_RNN_PERSISTENT"] = "auto"
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["GPUKERNELS_RNN_PERSISTENT"]
-        else:
-            os.environ["GPUKERNELS_RNN_PERSISTENT"] = previous
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+def _persistent_auto():
+    """The persistent layer kernels where they fit (opt-in until a GPU run proves them)."""
+    return _environment(GPUKERNELS_RNN_PERSISTENT="auto")
+
+
+def _cuda_graph():
+    """The per-step path with each layer call captured as a CUDA graph and replayed (opt-in
+    until a GPU run proves it; the persistent path off, as the graph path requires)."""
+    return _environment(GPUKERNELS_RNN_CUDA_GRAPH="1", GPUKERNELS_RNN_PERSISTENT="0")
 
 
 def _providers(kind: str, mode: str, dtype: str, steps: int = STEPS):
@@ -221,6 +236,7 @@ def _providers(kind: str, mode: str, dtype: str, steps: int = STEPS):
     providers = {
         "gpukernels": ours,
         "gpukernels-persistent": _under(_persistent_auto, ours),
+        "gpukernels-graph": _under(_cuda_graph, ours),
         "torch-cudnn": _under(lambda: cudnn_rnn_math(tf32=False), torch_nn),
         "torch.nn": torch_nn,
         "torch": lambda i: _timed(lambda: _eager_layer(i, i["eager_cell"]), mode),
@@ -235,8 +251,8 @@ def _providers(kind: str, mode: str, dtype: str, steps: int = STEPS):
 
 
 # Which device each baseline runs on: torch.nn.LSTM/GRU is named after what runs it there.
-PROVIDER_DEVICES = {"gpukernels-persistent": ("cuda",), "torch.compile": ("cuda",), "torch-cudnn": ("cuda",), "torch-cudnn-tf32": ("cuda",),
-                    "torch.nn": ("cpu",)}
+PROVIDER_DEVICES = {"gpukernels-persistent": ("cuda",), "gpukernels-graph": ("cuda",), "torch.compile": ("cuda",),
+                    "torch-cudnn": ("cuda",), "torch-cudnn-tf32": ("cuda",), "torch.nn": ("cpu",)}
 
 
 def _register(cell: str, kind: str, mode: str, dtype: str, B: int, H: int, steps: int,

@@ -50,8 +50,10 @@ def test_rnn_layers_name_the_baseline_by_what_runs_it():
     fp32 = next(c for c in layer if c.dtype == "float32" and "cuda" in c.devices)
     fp16 = next(c for c in layer if c.dtype == "float16")
     on_cpu = next(c for c in layer if "cpu" in c.devices)
-    assert providers(fp32, "cuda") == {"gpukernels", "gpukernels-persistent", "torch-cudnn", "torch-cudnn-tf32", "torch", "torch.compile"}
-    assert providers(fp16, "cuda") == {"gpukernels", "gpukernels-persistent", "torch-cudnn", "torch", "torch.compile"}
+    assert providers(fp32, "cuda") == {"gpukernels", "gpukernels-persistent", "gpukernels-graph", "torch-cudnn",
+                                       "torch-cudnn-tf32", "torch", "torch.compile"}
+    assert providers(fp16, "cuda") == {"gpukernels", "gpukernels-persistent", "gpukernels-graph", "torch-cudnn", "torch",
+                                       "torch.compile"}
     assert providers(on_cpu, "cpu") == {"gpukernels", "torch.nn", "torch"}
 
 
@@ -75,7 +77,7 @@ def test_issue14_rnn_grid_is_registered_for_the_gpu_with_every_provider():
         case = cases[key]
         assert case.devices == ("cuda",) and not case.in_default_set, key
         assert case.params["T"] == int(key[3].rsplit("=", 1)[1])
-        expected = {"gpukernels", "gpukernels-persistent", "torch-cudnn", "torch"}
+        expected = {"gpukernels", "gpukernels-persistent", "gpukernels-graph", "torch-cudnn", "torch"}
         if case.params["T"] <= rnn.COMPILE_MAX_STEPS:
             expected.add("torch.compile")  # unrolling 1000 steps would compile for minutes
         if case.op == "lstm_layer" and peers.importable("flashrnn"):

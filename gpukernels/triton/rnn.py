@@ -29,7 +29,7 @@ from .. import _rnn_driver as driver
 from .._dispatch import triton_interpreting
 from .._rnn_driver import GATES, GRU, GRU_N, GRU_RZ, LSTM, RNN, WORKSPACE_BLOCKS  # noqa: F401 (public names)
 from ._launch import TRITON_DTYPES, CompileCase, check_dtype, fresh, passed
-from . import rnn_persistent
+from . import rnn_graph, rnn_persistent
 from .activation import _tanh
 from .rnn_cells import gru_cell, lstm_cell, rnn_cell
 
@@ -340,17 +340,21 @@ def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, rever
     _check_dtypes(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_peep=w_peep)
     x, h0, w_ih, w_hh = (t.contiguous() for t in (x, h0, w_ih, w_hh))
     c0 = None if c0 is None else c0.contiguous()
-    return driver.layer_forward(_TorchBackend(x.device), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, cell=cell,
-                                reverse=reverse, lengths=lengths, coupled=coupled,
-                                linear_before_reset=linear_before_reset)
+    arrays = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
+    options = dict(cell=cell, reverse=reverse, coupled=coupled, linear_before_reset=linear_before_reset)
+    if rnn_graph.wanted(arrays):  # GPUKERNELS_RNN_CUDA_GRAPH=1: the whole call as one CUDA graph
+        return rnn_graph.layer_call(driver.layer_forward, _TorchBackend(x.device), arrays, lengths, options)
+    return driver.layer_forward(_TorchBackend(x.device), *arrays, lengths=lengths, **options)
 
 
 def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str,
                    reverse: bool = False, lengths=None, coupled: bool = False, linear_before_reset: bool = True):
     _check_dtypes(grad_y=grad_y, x=x, h0=h0, w_hh=w_hh)
-    return driver.layer_backward(_TorchBackend(x.device), grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh,
-                                 b_ih, b_hh, w_peep, cell=cell, reverse=reverse, lengths=lengths, coupled=coupled,
-                                 linear_before_reset=linear_before_reset)
+    arrays = (grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
+    options = dict(cell=cell, reverse=reverse, coupled=coupled, linear_before_reset=linear_before_reset)
+    if rnn_graph.wanted(arrays):
+        return rnn_graph.layer_call(driver.layer_backward, _TorchBackend(x.device), arrays, lengths, options)
+    return driver.layer_backward(_TorchBackend(x.device), *arrays, lengths=lengths, **options)
 
 
 # ---------------------------------------------------------------------------------------------
