@@ -88,12 +88,26 @@ def _as_eager_op(event) -> EagerOp:
     return EagerOp(event.name, sum(inputs), max(int(event.cpu_memory_usage), 0))
 
 
+def _give_input_dtypes(prof) -> None:
+    """Before torch 2.13 the profiler's events do not carry their inputs' dtypes (torch 2.11's
+    raised AttributeError here: the H200 image's six report failures); the underlying Kineto
+    events do, under the event's id."""
+    events = prof.events()
+    if all(hasattr(e, "input_dtypes") for e in events):
+        return
+    dtypes = {k.correlation_id(): list(k.dtypes()) for k in prof.profiler.kineto_results.events()}
+    for event in events:
+        if not hasattr(event, "input_dtypes"):
+            event.input_dtypes = dtypes.get(event.id, [])
+
+
 def eager_ops(fn) -> list[EagerOp]:
     """The data-moving aten ops of one call of ``fn`` (already warmed up), in order."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True) as prof:
         fn()
+    _give_input_dtypes(prof)
     tops = [e for e in prof.events() if _moves_data(e)
             and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
     return [_as_eager_op(op) for top in tops for op in _working_ops(top)]
