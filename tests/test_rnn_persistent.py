@@ -245,6 +245,66 @@ def test_a_slice_past_the_register_budget_is_refused(monkeypatch):
     assert rp.slice_tile("lstm", 2000, dtype="fp16") == rp.SliceTile(1, 4, 2048, 8, rowwise=True)
 
 
+# The wide builds the rule picks for 512 < H <= 1024 as the compile gate measured them (Triton
+# 3.6): (registers, shared bytes, warps) on sm_90 (H100, H200) and sm_80 (A100), forward and
+# backward.
+WIDE_1024_BUILDS = {
+    ("gru", "bf16", False): {90: (225, 8192, 8), 80: (251, 8192, 8)},
+    ("gru", "bf16", True): {90: (226, 4096, 8), 80: (216, 4096, 8)},
+    ("gru", "fp16", False): {90: (225, 8192, 8), 80: (220, 8192, 8)},
+    ("gru", "fp16", True): {90: (226, 4096, 8), 80: (216, 4096, 8)},
+    ("gru", "fp32", False): {90: (222, 8192, 8), 80: (220, 8192, 8)},
+    ("gru", "fp32", True): {90: (226, 4096, 8), 80: (224, 4096, 8)},
+    ("lstm", "bf16", False): {90: (255, 8192, 8), 80: (255, 8192, 8)},
+    ("lstm", "bf16", True): {90: (248, 4096, 8), 80: (248, 4096, 8)},
+    ("lstm", "fp16", False): {90: (255, 8192, 8), 80: (255, 8192, 8)},
+    ("lstm", "fp16", True): {90: (248, 4096, 8), 80: (248, 4096, 8)},
+    ("lstm", "fp32", False): {90: (255, 2048, 4), 80: (255, 2048, 4)},
+    ("lstm", "fp32", True): {90: (242, 2048, 4), 80: (248, 2048, 4)},
+    ("rnn_tanh", "bf16", False): {90: (119, 8192, 8), 80: (126, 8192, 8)},
+    ("rnn_tanh", "bf16", True): {90: (102, 4096, 8), 80: (99, 4096, 8)},
+    ("rnn_tanh", "fp16", False): {90: (119, 8192, 8), 80: (118, 8192, 8)},
+    ("rnn_tanh", "fp16", True): {90: (102, 4096, 8), 80: (99, 4096, 8)},
+    ("rnn_tanh", "fp32", False): {90: (118, 8192, 8), 80: (114, 8192, 8)},
+    ("rnn_tanh", "fp32", True): {90: (104, 4096, 8), 80: (104, 4096, 8)},
+}
+DEVICES = {"H100": (H100, 90), "H200": (H200, 90), "A100": (A100, 80)}
+# Where the wide layers run persistent, forward and backward: one program per SM at 8 warps and
+# up to 255 registers (two at 4 warps), so the SM count sets the width. LSTM and GRU in fp16/bf16
+# (8 units a program): 132 SMs hold H <= 1056, all of 1024; 108 SMs hold H <= 864. LSTM fp32
+# (4 units, two programs per SM): 264 and 216 programs, the same widths. RNN (two programs of 8
+# units per SM): all of 1024 everywhere. The batch size does not enter (each program loops over
+# the batch rows and keeps only its slice across steps), nor does T below the counter's limit.
+WIDE_PLANS = [
+    ("lstm", 1024, "fp16", {"H100", "H200"}), ("lstm", 1024, "bf16", {"H100", "H200"}),
+    ("lstm", 865, "fp16", {"H100", "H200"}), ("lstm", 864, "bf16", {"H100", "H200", "A100"}),
+    ("lstm", 1024, "fp32", {"H100", "H200"}), ("lstm", 864, "fp32", {"H100", "H200", "A100"}),
+    ("lstm", 865, "fp32", {"H100", "H200"}),
+    ("gru", 1024, "fp16", {"H100", "H200"}), ("gru", 1024, "bf16", {"H100", "H200"}),
+    ("gru", 1024, "fp32", {"H100", "H200"}), ("gru", 800, "bf16", {"H100", "H200", "A100"}),
+    ("gru", 513, "fp32", {"H100", "H200", "A100"}),
+    ("rnn_tanh", 1024, "fp16", {"H100", "H200", "A100"}), ("rnn_tanh", 1024, "fp32", {"H100", "H200", "A100"}),
+    ("rnn_tanh", 600, "bf16", {"H100", "H200", "A100"}),
+]
+
+
+@pytest.mark.parametrize("cell,H,dtype,persistent_on", WIDE_PLANS,
+                         ids=[f"{cell}-H{H}-{dtype}" for cell, H, dtype, _ in WIDE_PLANS])
+def test_wide_layers_run_persistent_where_the_device_holds_every_slice(cell, H, dtype, persistent_on):
+    for name, (device, target) in DEVICES.items():
+        for backward in (False, True):
+            registers, shared, warps = WIDE_1024_BUILDS[(cell, dtype, backward)][target]
+            tile = rp.slice_tile(cell, H, dtype=dtype, backward=backward)
+            assert tile.rowwise and tile.hp == 1024 and tile.num_warps == warps
+            kernel = rp.KernelResources(registers=registers, shared=shared, spills=0, num_warps=warps)
+            plan = rp.plan_launch(cell, H, 1000, dtype=dtype, device=device, kernel=kernel, backward=backward)
+            slices = -(-H // tile.block_h)
+            if name in persistent_on:
+                assert plan == rp.Plan(True, slices, False, plan.reason), (name, backward)
+            else:
+                assert not plan.persistent and f"{slices} slices > " in plan.reason, (name, backward)
+
+
 def test_grid_larger_than_the_resident_programs():
     plan = rp.plan_launch("lstm", 256, 100, dtype="fp32", device=A100, kernel=LARGE_SHARED, backward=True)
     assert not plan.persistent and "16 slices > 0 resident" in plan.reason
