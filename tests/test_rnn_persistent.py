@@ -150,6 +150,16 @@ def test_wide_slice_held_for_the_whole_sequence(kind, dtype, rng, monkeypatch, l
     assert all(not options["SLICE_LOOP"] for options in launches["rnn_persistent_forward_kernel"].options)
 
 
+@pytest.mark.parametrize("kind,H,dtype,hp", [("lstm", 520, "float16", 1024), ("gru", 300, "bfloat16", 512)])
+def test_wide_slices_at_the_widths_the_rule_picks(kind, H, dtype, hp, rng, monkeypatch, launches):
+    """The real tables (no stand-in): an LSTM past the tl.dot widths on the 1024-wide slice of 8
+    units (65 slices), a GRU on the 512-wide one; short, the interpreter takes 10-20 s each."""
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    run_layer_against_reference(kind, dtype, 2, 2, H, True, (2, 1), rng)
+    _assert_rowwise_launches(launches, 8)
+    assert {options["HP"] for options in launches["rnn_persistent_forward_kernel"].options} == {hp}
+
+
 def test_original_gru_keeps_the_per_step_path(rng, monkeypatch, launches):
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
     run_layer_against_reference("gru_original", "float32", 3, 2, 5, False, None, rng)
@@ -457,7 +467,7 @@ def test_specialization_key_separates_what_triton_specialises_on():
 def test_compiled_launch_warms_up_and_reads_the_device_once_per_specialisation(monkeypatch):
     # The compiled path (not the interpreter's) with a stand-in kernel and device: the second
     # identical call must reuse the resources and limits, and launch the planned grid each time.
-    calls = {"warmup": 0, "limits": 0, "grids": []}
+    calls = {"warmup": 0, "limits": 0, "grids": [], "constants": []}
 
     class Kernel:
         fn = rp.rnn_persistent_forward_kernel.fn
@@ -468,7 +478,7 @@ def test_compiled_launch_warms_up_and_reads_the_device_once_per_specialisation(m
 
         def __getitem__(self, grid):
             calls["grids"].append(grid)
-            return lambda *args, **kwargs: None
+            return lambda *args, **kwargs: calls["constants"].append(kwargs)
 
     def limits(device):
         calls["limits"] += 1
@@ -486,3 +496,9 @@ def test_compiled_launch_warms_up_and_reads_the_device_once_per_specialisation(m
                           backward=False)
     assert calls["warmup"] == 1 and calls["limits"] == 1
     assert calls["grids"] == [(4,), (4,)]  # one program per 16-unit slice of H=64
+    assert not calls["constants"][0]["ROWWISE"] and calls["constants"][0]["BLOCK_H"] == 16
+    # A wide layer: its own binary (one more warmup), 8-unit row-wise slices, 128 programs.
+    assert rp._launch(Kernel(), args, "lstm", 1024, 100, torch.bfloat16, True, interpreting=False, backward=True)
+    assert calls["warmup"] == 2 and calls["grids"][-1] == (128,)
+    assert {k: calls["constants"][-1][k] for k in ("ROWWISE", "BLOCK_B", "BLOCK_H", "HP", "num_warps")} == {
+        "ROWWISE": True, "BLOCK_B": 1, "BLOCK_H": 8, "HP": 1024, "num_warps": 8}

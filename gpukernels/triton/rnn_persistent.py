@@ -22,15 +22,16 @@ How far a slice can stay on chip without a spill is measured by the compile gate
 ``SLICE_WARPS``. Two kinds of slice:
 
 * ``tl.dot`` slices (up to H=512 RNN, 256 LSTM, 128 GRU): 16 hidden units per program, products
-  of 16 batch rows at a time. A ``tl.dot`` operand of a 16-row product is held whole by every
-  warp, which is what stops them there (wider ones spill).
+  of 16 batch rows at a time; the slice is laid out as the operand of a 16 x 16 product, and the
+  wider ones spill (compile gate).
 * wide row-wise slices (``ROWWISE``, up to H=1024 for every cell; ``ROWWISE_SLICES``): 8 hidden
   units per program (4 for the fp32 LSTM at 1024), read once in the storage dtype and spread
-  over all the program's threads (the compiler widens it to fp32 once, before the time loop, so
-  it takes fp32 registers whatever the dtype); the products go one batch row at a time as fp32 sums over the
-  reduction axis (the row times the slice, element by element, then a reduction across the
-  warps). Narrower slices make more programs; the launch rule decides whether the device holds
-  them all (LSTM H=1024: 128 programs, one per SM, on an H100/H200's 132 SMs, not an A100's 108).
+  over all the program's threads, one element in one thread (the compiler widens it to fp32
+  once, before the time loop, so it takes fp32 registers whatever the dtype); the products go
+  one batch row at a time as fp32 sums over the reduction axis (the row times the slice, element
+  by element, then a reduction across the warps). Narrower slices make more programs; the launch
+  rule decides whether the device holds them all (LSTM H=1024: 128 programs, one per SM, on an
+  H100/H200's 132 SMs, not on an A100's 108).
 
 The same kernels run with a grid of one program that loops over all slices (``SLICE_LOOP``):
 then the barrier is skipped (nothing to wait for) and ``w_hh`` is read per slice and step. That
@@ -47,8 +48,8 @@ stay one matmul each over all steps after the loop (gpukernels._rnn_driver), det
 without atomics.
 
 Covered: rnn_tanh, rnn_relu, lstm (peepholes, coupled gates), gru with ``linear_before_reset``
-(PyTorch's), up to H=1024 in fp32, fp16 and bf16. The original GRU needs ``r`` of every unit before its ``n`` product (a second
-barrier per step) and keeps the per-step path.
+(PyTorch's), up to H=1024 in fp32, fp16 and bf16. The original GRU needs ``r`` of every unit
+before its ``n`` product (a second barrier per step) and keeps the per-step path.
 """
 
 from __future__ import annotations
@@ -97,11 +98,9 @@ def _state_dot(acc, state, w, ROWWISE: tl.constexpr):
     rounded to the storage dtype, whatever it is. The step is bound by the latency of the step
     loop, not by these few products.
 
-    ROWWISE (the wide slices): ``w`` (storage dtype) stays in the layout it was loaded in,
-    spread over every thread of the program without a copy per warp (a ``tl.dot`` operand of a
-    16-row product is replicated in each warp: that is what makes the wide tiles spill); it is
-    widened to fp32 (exact), and the product is a sum over the reduction axis, which crosses the
-    program's warps."""
+    ROWWISE (the wide slices, ``state`` one batch row): ``w`` (storage dtype) stays in the layout
+    it was loaded in, spread over every thread of the program, widened to fp32 (exact); the
+    product is a sum over the reduction axis, which crosses the program's warps."""
     if ROWWISE:
         acc = acc + tl.sum(state[:, :, None] * w[None, :, :].to(tl.float32), axis=1)
     else:
@@ -131,7 +130,7 @@ def _columns_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
 def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, HP: tl.constexpr,
                   ROWWISE: tl.constexpr):
     """The tiles of every gate block a cell uses (the unused ones alias gate 0 and are never read):
-    fp32 for ``tl.dot``, in the storage dtype for the row-wise products (half the bytes on chip)."""
+    fp32 for ``tl.dot``; as loaded (storage dtype) for the row-wise products, which widen them."""
     if COLUMNS:
         w0 = _columns_tile(w_ptr, 0, offs_h, H, HP)
     else:
@@ -239,7 +238,8 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
         else:  # GRU (linear_before_reset): rnn_cells.gru_cell's lines, kept here (called, they spill)
             dtype = ws_ptr.dtype.element_ty
             r = tl.sigmoid(a0)
-            z = tl.sigmoid(_state_dot(acc, state, w1, ROWWISE) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1)
+            a1 = _state_dot(acc, state, w1, ROWWISE) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
+            z = tl.sigmoid(a1)
             m = _state_dot(acc, state, w2, ROWWISE) + b2
             n = _tanh(tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + r * m)
             h_new = (1.0 - z) * n + z * h_prev
