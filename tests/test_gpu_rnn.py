@@ -118,11 +118,14 @@ def test_the_benchmark_cudnn_baselines_run_cudnn(provider, mode):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind,B,H,T", [("lstm", 17, 100, 9), ("gru", 3, 127, 7), ("rnn_tanh", 33, 100, 5),
-                                        ("rnn_tanh", 5, 500, 40), ("lstm", 5, 256, 40), ("gru", 2, 37, 12)],
+                                        ("rnn_tanh", 5, 500, 40), ("lstm", 5, 256, 40), ("gru", 2, 37, 12),
+                                        # the wide row-wise slices, at most 108 x 2 programs (an A100 holds them)
+                                        ("lstm", 3, 800, 12), ("gru", 5, 300, 10), ("rnn_tanh", 4, 700, 8)],
                          ids=lambda v: str(v))
 def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype, rng, monkeypatch):
-    """The persistent kernels' compiled path as "auto" chooses it: one program per 16-unit slice,
-    all resident, meeting at the grid barrier every step, against the float64 reference."""
+    """The persistent kernels' compiled path as "auto" chooses it: one program per slice (16
+    units; 8 or 4 in the wide row-wise slices), all resident, meeting at the grid barrier every
+    step, against the float64 reference."""
     from gpukernels.triton import rnn_persistent as rp
 
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "auto")
@@ -150,7 +153,8 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     lengths = tuple(int(v) for v in rng.integers(1, T + 1, B))
     with gk.use_backend("triton"):
         outputs, grads = _run(kind, arrays, gy, gh, lengths)
-    slices = -(-H // rp.BLOCK_H)
+    tile = rp.slice_tile(kind, H, dtype={"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype])
+    slices = -(-H // tile.block_h)
     assert grids == [("rnn_persistent_forward_kernel", (slices,)), ("rnn_persistent_forward_kernel", (slices,)),
                      ("rnn_persistent_backward_kernel", (slices,))]
     _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype)

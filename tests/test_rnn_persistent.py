@@ -30,11 +30,12 @@ class _Counting:
     """Stands in for a @triton.jit kernel: counts launches and records their grids."""
 
     def __init__(self, kernel):
-        self.kernel, self.grids = kernel, []
+        self.kernel, self.grids, self.options = kernel, [], []
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.grids.append(grid)
+            self.options.append(kwargs)
             return self.kernel[grid](*args, **kwargs)
         return launch
 
@@ -95,6 +96,70 @@ def test_slice_held_for_the_whole_sequence(kind, rng, monkeypatch, launches):
     assert launches["rnn_persistent_backward_kernel"].grids == [(1,)]
 
 
+# The wide (row-wise) slices, through the launcher's own rule with tables that put them at widths
+# the interpreter can afford (the real ones start at 256-1024, see ROWWISE_SLICES): the same code
+# paths (ROWWISE products, 8- or 4-unit slices, one batch row per product), small tiles.
+def _small_rowwise_tables(monkeypatch, block_h: int) -> None:
+    monkeypatch.setattr(rp, "SLICE_WARPS", {code: {} for code in rp.SLICE_WARPS})
+    small = {width: (block_h, 4, 4) for width in (8, 16, 32, 64)}
+    monkeypatch.setattr(rp, "ROWWISE_SLICES", {code: {dtype: small for dtype in ("fp32", "fp16", "bf16")}
+                                               for code in rp.ROWWISE_SLICES})
+
+
+def _assert_rowwise_launches(launches, block_h: int) -> None:
+    for name in ("rnn_persistent_forward_kernel", "rnn_persistent_backward_kernel"):
+        assert launches[name].options, name
+        for options in launches[name].options:
+            assert options["ROWWISE"] and options["BLOCK_H"] == block_h and options["BLOCK_B"] == 1
+
+
+# (kind, T, B, H, dtype, reverse, lengths, units per program): every kind in every dtype with
+# reverse and ragged lengths, H=19 over 3 (or 5) slices; fp32 with a batch past one 16-row
+# pointwise tile and H=40 (a 64-wide reduction, 5 slices of 8).
+ROWWISE_SIZES = [(kind, 4, 3, 19, dtype, True, (4, 1, 3), 4 if kind == "lstm" and dtype == "float32" else 8)
+                 for kind in KINDS for dtype in ("float32", "float16", "bfloat16")]
+ROWWISE_SIZES += [(kind, 3, 17, 40, "float32", False, None, 8) for kind in ("lstm_peep_coupled", "gru", "rnn_relu")]
+ROWWISE_CASES = [pytest.param(*size, id=f"{size[0]}-T{size[1]}-B{size[2]}-H{size[3]}-{SHORT[size[4]]}-units{size[7]}"
+                              + ("-reverse-lengths" if size[5] else "")) for size in ROWWISE_SIZES]
+
+
+@pytest.mark.parametrize("kind,T,B,H,dtype,reverse,lengths,block_h", ROWWISE_CASES)
+def test_wide_rowwise_slices_against_the_reference(kind, T, B, H, dtype, reverse, lengths, block_h, rng,
+                                                   monkeypatch, launches):
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    _small_rowwise_tables(monkeypatch, block_h)
+    outputs = run_layer_against_reference(kind, dtype, T, B, H, reverse, lengths, rng)
+    _assert_rowwise_launches(launches, block_h)
+    assert not launches["rnn_step_kernel"].grids and not launches["rnn_backward_step_kernel"].grids
+    if lengths is not None:
+        for b, length in enumerate(lengths):
+            assert torch.all(outputs[0][length:, b] == 0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["lstm_peep_coupled", "gru", "rnn_tanh"])
+def test_wide_slice_held_for_the_whole_sequence(kind, dtype, rng, monkeypatch, launches):
+    """The compiled path's code for the wide slices (SLICE_LOOP=False: the slice loaded once,
+    in its storage dtype, before the time loop) with its single program: H <= 8."""
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    _small_rowwise_tables(monkeypatch, 8)
+    monkeypatch.setattr(rp, "plan_launch", lambda *a, **k: rp.Plan(True, 1, False, "test"))
+    run_layer_against_reference(kind, dtype, 4, 3, 7, True, (4, 1, 3), rng)
+    _assert_rowwise_launches(launches, 8)
+    assert launches["rnn_persistent_backward_kernel"].grids == [(1,)]
+    assert all(not options["SLICE_LOOP"] for options in launches["rnn_persistent_forward_kernel"].options)
+
+
+@pytest.mark.parametrize("kind,H,dtype,hp", [("lstm", 520, "float16", 1024), ("gru", 300, "bfloat16", 512)])
+def test_wide_slices_at_the_widths_the_rule_picks(kind, H, dtype, hp, rng, monkeypatch, launches):
+    """The real tables (no stand-in): an LSTM past the tl.dot widths on the 1024-wide slice of 8
+    units (65 slices), a GRU on the 512-wide one; short, the interpreter takes 10-20 s each."""
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    run_layer_against_reference(kind, dtype, 2, 2, H, True, (2, 1), rng)
+    _assert_rowwise_launches(launches, 8)
+    assert {options["HP"] for options in launches["rnn_persistent_forward_kernel"].options} == {hp}
+
+
 def test_original_gru_keeps_the_per_step_path(rng, monkeypatch, launches):
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
     run_layer_against_reference("gru_original", "float32", 3, 2, 5, False, None, rng)
@@ -146,54 +211,138 @@ def test_resident_programs_follow_the_occupancy_rules():
 @pytest.mark.parametrize("device", [H100, H200, A100], ids=["H100", "H200", "A100"])
 @pytest.mark.parametrize("cell,H", [("rnn_tanh", 512), ("rnn_relu", 100), ("gru", 128), ("lstm", 256), ("lstm", 17)])
 def test_one_program_per_slice_where_resident(device, cell, H):
-    plan = rp.plan_launch(cell, H, 100, device=device, kernel=SMALL)
+    plan = rp.plan_launch(cell, H, 100, dtype="fp32", device=device, kernel=SMALL)
     assert plan == rp.Plan(True, -(-H // rp.BLOCK_H), False, plan.reason)
 
 
-@pytest.mark.parametrize("cell,H", [("rnn_tanh", 513), ("gru", 129), ("lstm", 257)])
-def test_slices_past_the_spill_free_widths_take_the_per_step_path(cell, H):
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_slices_past_the_spill_free_widths_take_the_per_step_path(cell, dtype):
     for backward in (False, True):
-        assert rp.slice_tile(cell, H - 1, backward=backward) is not None
-        assert rp.slice_tile(cell, H, backward=backward) is None
-    assert not rp.plan_launch(cell, H, 100, device=H200, kernel=SMALL).persistent
-    assert not rp.plan_launch(cell, H, 100, switch="1", device=H200, kernel=SMALL).persistent
+        assert rp.slice_tile(cell, 1024, dtype=dtype, backward=backward) is not None
+        assert rp.slice_tile(cell, 1025, dtype=dtype, backward=backward) is None
+    assert not rp.plan_launch(cell, 1025, 100, dtype=dtype, device=H200, kernel=SMALL).persistent
+    assert not rp.plan_launch(cell, 1025, 100, dtype=dtype, switch="1", device=H200, kernel=SMALL).persistent
 
 
-def test_widths_round_up_to_the_next_spill_free_one_within_the_shared_memory_budget():
-    assert [rp.slice_tile("rnn_tanh", H).hp for H in (1, 16, 17, 33, 65, 128, 129, 256, 257, 512)] == [
-        16, 16, 32, 64, 128, 128, 256, 256, 512, 512]
-    assert rp.slice_tile("gru", 100).num_warps == 8 and rp.slice_tile("gru", 100, backward=True).num_warps == 4
+def test_widths_round_up_to_the_next_spill_free_one_within_the_on_chip_budgets():
+    widths = (1, 16, 17, 33, 65, 128, 129, 256, 257, 512, 513, 1024)
+    assert [rp.slice_tile("rnn_tanh", H, dtype="fp16").hp for H in widths] == [
+        16, 16, 32, 64, 128, 128, 256, 256, 512, 512, 1024, 1024]
+    tile = rp.slice_tile("gru", 100, dtype="fp32")
+    assert tile.num_warps == 8 and rp.slice_tile("gru", 100, dtype="fp32", backward=True).num_warps == 4
+    assert tile == rp.SliceTile(rp.BLOCK_B, rp.BLOCK_H, 128, 8, rowwise=False)
+    # Past the tl.dot widths, the wide row-wise slices: one batch row per product, 8 units per
+    # program (4 for the fp32 LSTM at 1024, whose 8-unit build spills on sm_90).
+    assert rp.slice_tile("gru", 129, dtype="fp32") == rp.SliceTile(1, 8, 256, 8, rowwise=True)
+    assert rp.slice_tile("lstm", 257, dtype="bf16") == rp.SliceTile(1, 8, 512, 8, rowwise=True)
+    assert rp.slice_tile("lstm", 1000, dtype="fp16") == rp.SliceTile(1, 8, 1024, 8, rowwise=True)
+    assert rp.slice_tile("lstm", 1000, dtype="fp32") == rp.SliceTile(1, 4, 1024, 4, rowwise=True)
+    assert rp.slice_tile("rnn_relu", 700, dtype="fp32") == rp.SliceTile(1, 8, 1024, 8, rowwise=True)
     for code, widths in rp.SLICE_WARPS.items():
         cell = {rp.RNN: "rnn_tanh", rp.LSTM: "lstm", rp.GRU: "gru"}[code]
         assert all(2 * rp.slice_bytes(cell, width) <= rp.MAX_SHARED_PER_PROGRAM for width in widths)
+        for dtype, wide in rp.ROWWISE_SLICES[code].items():
+            assert min(wide) > max(widths)  # the tl.dot slices come first, the wide ones after
+            assert all(rp.slice_bytes(cell, width, block_h) <= rp.ROWWISE_BUDGET_BYTES
+                       for width, (block_h, *_) in wide.items())
+
+
+def test_a_slice_past_the_register_budget_is_refused(monkeypatch):
+    monkeypatch.setitem(rp.ROWWISE_SLICES, rp.LSTM, {"fp16": {2048: (8, 8, 8)}})
+    assert rp.slice_tile("lstm", 2000, dtype="fp16") is None  # 4 x 2048 x 8 x 4 bytes > 128 KiB
+    monkeypatch.setitem(rp.ROWWISE_SLICES, rp.LSTM, {"fp16": {2048: (4, 8, 8)}})
+    assert rp.slice_tile("lstm", 2000, dtype="fp16") == rp.SliceTile(1, 4, 2048, 8, rowwise=True)
+
+
+# The wide builds the rule picks for 512 < H <= 1024 as the compile gate measured them (Triton
+# 3.6): (registers, shared bytes, warps) on sm_90 (H100, H200) and sm_80 (A100), forward and
+# backward.
+WIDE_1024_BUILDS = {
+    ("gru", "bf16", False): {90: (225, 8192, 8), 80: (251, 8192, 8)},
+    ("gru", "bf16", True): {90: (226, 4096, 8), 80: (216, 4096, 8)},
+    ("gru", "fp16", False): {90: (225, 8192, 8), 80: (220, 8192, 8)},
+    ("gru", "fp16", True): {90: (226, 4096, 8), 80: (216, 4096, 8)},
+    ("gru", "fp32", False): {90: (222, 8192, 8), 80: (220, 8192, 8)},
+    ("gru", "fp32", True): {90: (226, 4096, 8), 80: (224, 4096, 8)},
+    ("lstm", "bf16", False): {90: (255, 8192, 8), 80: (255, 8192, 8)},
+    ("lstm", "bf16", True): {90: (248, 4096, 8), 80: (248, 4096, 8)},
+    ("lstm", "fp16", False): {90: (255, 8192, 8), 80: (255, 8192, 8)},
+    ("lstm", "fp16", True): {90: (248, 4096, 8), 80: (248, 4096, 8)},
+    ("lstm", "fp32", False): {90: (255, 2048, 4), 80: (255, 2048, 4)},
+    ("lstm", "fp32", True): {90: (242, 2048, 4), 80: (248, 2048, 4)},
+    ("rnn_tanh", "bf16", False): {90: (119, 8192, 8), 80: (126, 8192, 8)},
+    ("rnn_tanh", "bf16", True): {90: (102, 4096, 8), 80: (99, 4096, 8)},
+    ("rnn_tanh", "fp16", False): {90: (119, 8192, 8), 80: (118, 8192, 8)},
+    ("rnn_tanh", "fp16", True): {90: (102, 4096, 8), 80: (99, 4096, 8)},
+    ("rnn_tanh", "fp32", False): {90: (118, 8192, 8), 80: (114, 8192, 8)},
+    ("rnn_tanh", "fp32", True): {90: (104, 4096, 8), 80: (104, 4096, 8)},
+}
+DEVICES = {"H100": (H100, 90), "H200": (H200, 90), "A100": (A100, 80)}
+# Where the wide layers run persistent, forward and backward: one program per SM at 8 warps and
+# up to 255 registers (two at 4 warps), so the SM count sets the width. LSTM and GRU in fp16/bf16
+# (8 units a program): 132 SMs hold H <= 1056, all of 1024; 108 SMs hold H <= 864. LSTM fp32
+# (4 units, two programs per SM): 264 and 216 programs, the same widths. RNN (two programs of 8
+# units per SM): all of 1024 everywhere. The batch size does not enter (each program loops over
+# the batch rows and keeps only its slice across steps), nor does T below the counter's limit.
+WIDE_PLANS = [
+    ("lstm", 1024, "fp16", {"H100", "H200"}), ("lstm", 1024, "bf16", {"H100", "H200"}),
+    ("lstm", 865, "fp16", {"H100", "H200"}), ("lstm", 864, "bf16", {"H100", "H200", "A100"}),
+    ("lstm", 1024, "fp32", {"H100", "H200"}), ("lstm", 864, "fp32", {"H100", "H200", "A100"}),
+    ("lstm", 865, "fp32", {"H100", "H200"}),
+    ("gru", 1024, "fp16", {"H100", "H200"}), ("gru", 1024, "bf16", {"H100", "H200"}),
+    ("gru", 1024, "fp32", {"H100", "H200"}), ("gru", 800, "bf16", {"H100", "H200", "A100"}),
+    ("gru", 513, "fp32", {"H100", "H200", "A100"}),
+    ("rnn_tanh", 1024, "fp16", {"H100", "H200", "A100"}), ("rnn_tanh", 1024, "fp32", {"H100", "H200", "A100"}),
+    ("rnn_tanh", 600, "bf16", {"H100", "H200", "A100"}),
+]
+
+
+@pytest.mark.parametrize("cell,H,dtype,persistent_on", WIDE_PLANS,
+                         ids=[f"{cell}-H{H}-{dtype}" for cell, H, dtype, _ in WIDE_PLANS])
+def test_wide_layers_run_persistent_where_the_device_holds_every_slice(cell, H, dtype, persistent_on):
+    for name, (device, target) in DEVICES.items():
+        for backward in (False, True):
+            registers, shared, warps = WIDE_1024_BUILDS[(cell, dtype, backward)][target]
+            tile = rp.slice_tile(cell, H, dtype=dtype, backward=backward)
+            assert tile.rowwise and tile.hp == 1024 and tile.num_warps == warps
+            kernel = rp.KernelResources(registers=registers, shared=shared, spills=0, num_warps=warps)
+            plan = rp.plan_launch(cell, H, 1000, dtype=dtype, device=device, kernel=kernel, backward=backward)
+            slices = -(-H // tile.block_h)
+            if name in persistent_on:
+                assert plan == rp.Plan(True, slices, False, plan.reason), (name, backward)
+            else:
+                assert not plan.persistent and f"{slices} slices > " in plan.reason, (name, backward)
 
 
 def test_grid_larger_than_the_resident_programs():
-    plan = rp.plan_launch("lstm", 256, 100, device=A100, kernel=LARGE_SHARED, backward=True)
+    plan = rp.plan_launch("lstm", 256, 100, dtype="fp32", device=A100, kernel=LARGE_SHARED, backward=True)
     assert not plan.persistent and "16 slices > 0 resident" in plan.reason
     tiny = rp.DeviceLimits(sm_count=3)  # 3 SMs x 1 program < 16 slices
-    assert not rp.plan_launch("lstm", 256, 100, device=tiny, kernel=LARGE_SHARED).persistent
-    assert rp.plan_launch("lstm", 48, 100, device=tiny, kernel=LARGE_SHARED).programs == 3  # 3 slices fit
-    forced = rp.plan_launch("lstm", 256, 100, switch="1", device=tiny, kernel=LARGE_SHARED)
+    assert not rp.plan_launch("lstm", 256, 100, dtype="fp32", device=tiny, kernel=LARGE_SHARED).persistent
+    assert rp.plan_launch("lstm", 48, 100, dtype="fp32", device=tiny, kernel=LARGE_SHARED).programs == 3  # 3 fit
+    forced = rp.plan_launch("lstm", 256, 100, dtype="fp32", switch="1", device=tiny, kernel=LARGE_SHARED)
     assert forced == rp.Plan(True, 1, True, forced.reason)  # forced: one program over every slice
 
 
 def test_spilling_kernel_and_counter_overflow_take_the_per_step_path():
     spilling = rp.KernelResources(registers=255, shared=0, spills=8, num_warps=4)
-    assert "spills 8 bytes" in rp.plan_launch("gru", 64, 10, device=H100, kernel=spilling).reason
-    assert not rp.plan_launch("gru", 64, 10, device=H100, kernel=spilling).persistent
-    assert not rp.plan_launch("rnn_tanh", 512, 2**31 // 32, device=H100, kernel=SMALL).persistent
-    assert rp.plan_launch("rnn_tanh", 512, 2**31 // 32 - 1, device=H100, kernel=SMALL).persistent
+    assert "spills 8 bytes" in rp.plan_launch("gru", 64, 10, dtype="fp32", device=H100, kernel=spilling).reason
+    assert not rp.plan_launch("gru", 64, 10, dtype="fp32", device=H100, kernel=spilling).persistent
+    assert not rp.plan_launch("rnn_tanh", 512, 2**31 // 32, dtype="fp32", device=H100, kernel=SMALL).persistent
+    assert rp.plan_launch("rnn_tanh", 512, 2**31 // 32 - 1, dtype="fp32", device=H100, kernel=SMALL).persistent
 
 
 def test_switch_interpreter_and_cells():
-    assert not rp.plan_launch("lstm", 64, 10, switch="0", device=H100, kernel=SMALL).persistent
-    assert rp.plan_launch("lstm", 64, 10, switch="1", interpreting=True) == rp.Plan(True, 1, True, "interpreter")
-    assert not rp.plan_launch("lstm", 64, 10, interpreting=True).persistent
-    assert not rp.plan_launch("gru", 64, 10, linear_before_reset=False, switch="1", interpreting=True).persistent
-    assert not rp.plan_launch("transformer", 64, 10, switch="1", interpreting=True).persistent
+    assert not rp.plan_launch("lstm", 64, 10, dtype="fp32", switch="0", device=H100, kernel=SMALL).persistent
+    forced = rp.plan_launch("lstm", 64, 10, dtype="fp32", switch="1", interpreting=True)
+    assert forced == rp.Plan(True, 1, True, "interpreter")
+    assert not rp.plan_launch("lstm", 64, 10, dtype="fp32", interpreting=True).persistent
+    assert not rp.plan_launch("gru", 64, 10, dtype="fp32", linear_before_reset=False, switch="1",
+                              interpreting=True).persistent
+    assert not rp.plan_launch("transformer", 64, 10, dtype="fp32", switch="1", interpreting=True).persistent
     with pytest.raises(ValueError, match="device limits"):
-        rp.plan_launch("lstm", 64, 10)
+        rp.plan_launch("lstm", 64, 10, dtype="fp32")
 
 
 def test_device_limits_come_from_the_device_properties(monkeypatch):
@@ -213,13 +362,15 @@ def test_device_limits_come_from_the_device_properties(monkeypatch):
 
 
 def test_compile_gate_covers_every_tile_the_rule_picks():
-    built = {(case.name, case.tags["dtype"], int(case.tags["hp"]), case.num_warps) for case in rp.compile_cases()}
+    built = {(case.name, case.tags["dtype"], int(case.tags["hp"]), case.num_warps, int(case.tags["block_h"]),
+              case.tags["products"]) for case in rp.compile_cases()}
     for cell, name in (("rnn_tanh", "rnn"), ("gru", "gru"), ("lstm", "lstm")):
-        for H in range(1, 600, 7):
+        for H in range(1, 1100, 7):
             for kernel in ("forward", "backward"):
-                tile = rp.slice_tile(cell, H, backward=kernel == "backward")
                 for dtype in ("fp32", "fp16", "bf16"):
-                    case = (f"rnn_persistent_{kernel}[{name}]", dtype, tile and tile.hp, tile and tile.num_warps)
+                    tile = rp.slice_tile(cell, H, dtype=dtype, backward=kernel == "backward")
+                    case = (f"rnn_persistent_{kernel}[{name}]", dtype, tile and tile.hp, tile and tile.num_warps,
+                            tile and tile.block_h, tile and ("rowwise" if tile.rowwise else "dot"))
                     assert tile is None or case in built
 
 
@@ -316,7 +467,7 @@ def test_specialization_key_separates_what_triton_specialises_on():
 def test_compiled_launch_warms_up_and_reads_the_device_once_per_specialisation(monkeypatch):
     # The compiled path (not the interpreter's) with a stand-in kernel and device: the second
     # identical call must reuse the resources and limits, and launch the planned grid each time.
-    calls = {"warmup": 0, "limits": 0, "grids": []}
+    calls = {"warmup": 0, "limits": 0, "grids": [], "constants": []}
 
     class Kernel:
         fn = rp.rnn_persistent_forward_kernel.fn
@@ -327,7 +478,7 @@ def test_compiled_launch_warms_up_and_reads_the_device_once_per_specialisation(m
 
         def __getitem__(self, grid):
             calls["grids"].append(grid)
-            return lambda *args, **kwargs: None
+            return lambda *args, **kwargs: calls["constants"].append(kwargs)
 
     def limits(device):
         calls["limits"] += 1
@@ -341,6 +492,13 @@ def test_compiled_launch_warms_up_and_reads_the_device_once_per_specialisation(m
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "auto")
     args = (torch.zeros(4), torch.zeros(4), 100, 64)
     for _ in range(2):
-        assert rp._launch(Kernel(), args, "lstm", 64, 100, True, interpreting=False, backward=False)
+        assert rp._launch(Kernel(), args, "lstm", 64, 100, torch.float16, True, interpreting=False,
+                          backward=False)
     assert calls["warmup"] == 1 and calls["limits"] == 1
     assert calls["grids"] == [(4,), (4,)]  # one program per 16-unit slice of H=64
+    assert not calls["constants"][0]["ROWWISE"] and calls["constants"][0]["BLOCK_H"] == 16
+    # A wide layer: its own binary (one more warmup), 8-unit row-wise slices, 128 programs.
+    assert rp._launch(Kernel(), args, "lstm", 1024, 100, torch.bfloat16, True, interpreting=False, backward=True)
+    assert calls["warmup"] == 2 and calls["grids"][-1] == (128,)
+    assert {k: calls["constants"][-1][k] for k in ("ROWWISE", "BLOCK_B", "BLOCK_H", "HP", "num_warps")} == {
+        "ROWWISE": True, "BLOCK_B": 1, "BLOCK_H": 8, "HP": 1024, "num_warps": 8}

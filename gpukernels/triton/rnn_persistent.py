@@ -19,7 +19,19 @@ takes the per-step path.
 The recurrent products are exact fp32 ones (``input_precision="ieee"``) whatever the storage
 dtype: the slice is converted to fp32 when it is loaded, and the fp32 state is never rounded.
 How far a slice can stay on chip without a spill is measured by the compile gate, not assumed:
-``SLICE_WARPS``.
+``SLICE_WARPS``. Two kinds of slice:
+
+* ``tl.dot`` slices (up to H=512 RNN, 256 LSTM, 128 GRU): 16 hidden units per program, products
+  of 16 batch rows at a time; the slice is laid out as the operand of a 16 x 16 product, and the
+  wider ones spill (compile gate).
+* wide row-wise slices (``ROWWISE``, up to H=1024 for every cell; ``ROWWISE_SLICES``): 8 hidden
+  units per program (4 for the fp32 LSTM at 1024), read once in the storage dtype and spread
+  over all the program's threads, one element in one thread (the compiler widens it to fp32
+  once, before the time loop, so it takes fp32 registers whatever the dtype); the products go
+  one batch row at a time as fp32 sums over the reduction axis (the row times the slice, element
+  by element, then a reduction across the warps). Narrower slices make more programs; the launch
+  rule decides whether the device holds them all (LSTM H=1024: 128 programs, one per SM, on an
+  H100/H200's 132 SMs, not on an A100's 108).
 
 The same kernels run with a grid of one program that loops over all slices (``SLICE_LOOP``):
 then the barrier is skipped (nothing to wait for) and ``w_hh`` is read per slice and step. That
@@ -36,8 +48,8 @@ stay one matmul each over all steps after the loop (gpukernels._rnn_driver), det
 without atomics.
 
 Covered: rnn_tanh, rnn_relu, lstm (peepholes, coupled gates), gru with ``linear_before_reset``
-(PyTorch's). The original GRU needs ``r`` of every unit before its ``n`` product (a second
-barrier per step) and keeps the per-step path.
+(PyTorch's), up to H=1024 in fp32, fp16 and bf16. The original GRU needs ``r`` of every unit
+before its ``n`` product (a second barrier per step) and keeps the per-step path.
 """
 
 from __future__ import annotations
@@ -81,11 +93,19 @@ def _grid_barrier(bar_ptr, phase, programs):
 
 
 @triton.jit
-def _state_dot(acc, state, w):
-    """acc + state @ w, all fp32: exact products (FMA, not tensor cores), so the fp32 state is
-    never rounded to the storage dtype, whatever it is. The step is bound by the latency of the
-    step loop, not by these few products, and fp32 tiles can live in shared memory across steps."""
-    return tl.dot(state, w, acc=acc, input_precision="ieee")
+def _state_dot(acc, state, w, ROWWISE: tl.constexpr):
+    """acc + state @ w, fp32 products (FMA, not tensor cores), so the fp32 state is never
+    rounded to the storage dtype, whatever it is. The step is bound by the latency of the step
+    loop, not by these few products.
+
+    ROWWISE (the wide slices, ``state`` one batch row): ``w`` (storage dtype) stays in the layout
+    it was loaded in, spread over every thread of the program, widened to fp32 (exact); the
+    product is a sum over the reduction axis, which crosses the program's warps."""
+    if ROWWISE:
+        acc = acc + tl.sum(state[:, :, None] * w[None, :, :].to(tl.float32), axis=1)
+    else:
+        acc = tl.dot(state, w, acc=acc, input_precision="ieee")
+    return acc
 
 
 @triton.jit
@@ -94,8 +114,7 @@ def _rows_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
     (forward: h @ w_g^T restricted to the slice)."""
     offs_k = tl.arange(0, HP)
     rows = (gate * H + offs_h[None, :]).to(tl.int64)
-    w = tl.load(w_ptr + rows * H + offs_k[:, None], mask=(offs_k[:, None] < H) & (offs_h[None, :] < H), other=0.0)
-    return w.to(tl.float32)
+    return tl.load(w_ptr + rows * H + offs_k[:, None], mask=(offs_k[:, None] < H) & (offs_h[None, :] < H), other=0.0)
 
 
 @triton.jit
@@ -104,13 +123,14 @@ def _columns_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
     ``gate`` (backward: dgates_g @ w_g restricted to the slice)."""
     offs_j = tl.arange(0, HP)
     rows = (gate * H + offs_j[:, None]).to(tl.int64)
-    w = tl.load(w_ptr + rows * H + offs_h[None, :], mask=(offs_j[:, None] < H) & (offs_h[None, :] < H), other=0.0)
-    return w.to(tl.float32)
+    return tl.load(w_ptr + rows * H + offs_h[None, :], mask=(offs_j[:, None] < H) & (offs_h[None, :] < H), other=0.0)
 
 
 @triton.jit
-def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, HP: tl.constexpr):
-    """The tiles of every gate block a cell uses (the unused ones alias gate 0 and are never read)."""
+def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, HP: tl.constexpr,
+                  ROWWISE: tl.constexpr):
+    """The tiles of every gate block a cell uses (the unused ones alias gate 0 and are never read):
+    fp32 for ``tl.dot``; as loaded (storage dtype) for the row-wise products, which widen them."""
     if COLUMNS:
         w0 = _columns_tile(w_ptr, 0, offs_h, H, HP)
     else:
@@ -128,6 +148,8 @@ def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, H
             w3 = _columns_tile(w_ptr, 3, offs_h, H, HP)
         else:
             w3 = _rows_tile(w_ptr, 3, offs_h, H, HP)
+    if not ROWWISE:
+        w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
     return w0, w1, w2, w3
 
 
@@ -175,7 +197,7 @@ def _step_index(s, T, reverse):
 @triton.jit
 def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr,
                    B, H, relu, coupled, offs_h, CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                   HP: tl.constexpr):
+                   HP: tl.constexpr, ROWWISE: tl.constexpr):
     """Step ``t`` of the hidden units ``offs_h``, every batch row: the same cell as the per-step
     kernel, writing y[t] and the workspace of step t (layout of gpukernels.reference.rnn)."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
@@ -202,21 +224,23 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
         gx_tile = gx_t + offs_b[:, None] * (G * H) + offs_h[None, :]
         ws_tile = ws_t + offs_b[:, None] * (K * H) + offs_h[None, :]
         active = (tl.load(len_ptr + offs_b, mask=b_mask, other=0) > t)[:, None]
-        a0 = _state_dot(acc, state, w0) + tl.load(gx_tile, mask=tile_mask, other=0.0) + b0
+        a0 = _state_dot(acc, state, w0, ROWWISE) + tl.load(gx_tile, mask=tile_mask, other=0.0) + b0
         if CELL == 0:  # RNN
             h_new = rnn_cell(a0, h_prev, active, relu, ws_tile, tile_mask)
         elif CELL == 1:  # LSTM, gates i, f, g, o
             c_prev = tl.load(c_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0,
                              cache_modifier=".cg")
-            h_new = lstm_cell(a0, _state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1,
-                              _state_dot(acc, state, w2) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2,
-                              _state_dot(acc, state, w3) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3,
+            a1 = _state_dot(acc, state, w1, ROWWISE) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
+            a2 = _state_dot(acc, state, w2, ROWWISE) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2
+            a3 = _state_dot(acc, state, w3, ROWWISE) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3
+            h_new = lstm_cell(a0, a1, a2, a3,
                               p_i, p_f, p_o, c_prev, h_prev, active, coupled, ws_tile, H, tile_mask)
         else:  # GRU (linear_before_reset): rnn_cells.gru_cell's lines, kept here (called, they spill)
             dtype = ws_ptr.dtype.element_ty
             r = tl.sigmoid(a0)
-            z = tl.sigmoid(_state_dot(acc, state, w1) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1)
-            m = _state_dot(acc, state, w2) + b2
+            a1 = _state_dot(acc, state, w1, ROWWISE) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
+            z = tl.sigmoid(a1)
+            m = _state_dot(acc, state, w2, ROWWISE) + b2
             n = _tanh(tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + r * m)
             h_new = (1.0 - z) * n + z * h_prev
             tl.store(ws_tile, r.to(dtype), mask=tile_mask)
@@ -233,7 +257,7 @@ def rnn_persistent_forward_kernel(
     gx_ptr, h0_ptr, c0_ptr, w_ptr, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr, bar_ptr,
     T, B, H, relu, coupled, reverse,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
-    SLICE_LOOP: tl.constexpr,
+    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr,
 ):
     """All T steps of one layer direction. gx: (T, B, G*H) fp32 input projection (b_ih in it);
     h0/c0: (B, H) fp32; w: (G*H, H); y: (T, B, H); ws: (T, B, K*H) fp32; bar: one int32, zero."""
@@ -245,18 +269,18 @@ def rnn_persistent_forward_kernel(
             t, t_prev = _step_index(s, T, reverse)
             for slice_index in range(pid, n_slices, programs):
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP)
+                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE)
                 _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
-                               ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP)
+                               ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE)
             _grid_barrier(bar_ptr, s + 1, programs)
     else:
         # One slice per program: its rows of w_hh are loaded once and stay on chip for all steps.
         offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE)
         for s in range(0, T):
             t, t_prev = _step_index(s, T, reverse)
             _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
-                           ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP)
+                           ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE)
             _grid_barrier(bar_ptr, s + 1, programs)
 
 
@@ -330,7 +354,7 @@ def _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_pt
 
 @triton.jit
 def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
-                        CELL: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr):
+                        CELL: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr, ROWWISE: tl.constexpr):
     """Phase 2 of step t for the columns ``offs_h``: dh[:, slice] += dgh[t] @ w_hh[:, slice]
     (every program's gate gradients of step t, read after the barrier)."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
@@ -345,12 +369,12 @@ def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
         dg_rows = dg_t + offs_b[:, None] * (G * H) + offs_j[None, :]
         dg_mask = b_mask[:, None] & j_mask[None, :]
         acc = tl.load(dh_ptr + offs_b[:, None] * H + offs_h[None, :], mask=tile_mask, other=0.0)
-        acc = _state_dot(acc, tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w0)
+        acc = _state_dot(acc, tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w0, ROWWISE)
         if CELL != 0:
-            acc = _state_dot(acc, tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w1)
-            acc = _state_dot(acc, tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w2)
+            acc = _state_dot(acc, tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w1, ROWWISE)
+            acc = _state_dot(acc, tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w2, ROWWISE)
         if CELL == 1:
-            acc = _state_dot(acc, tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w3)
+            acc = _state_dot(acc, tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w3, ROWWISE)
         tl.store(dh_ptr + offs_b[:, None] * H + offs_h[None, :], acc, mask=tile_mask)
     tl.debug_barrier()  # the next step's phase 1 reads dh in another thread layout
 
@@ -360,11 +384,14 @@ def rnn_persistent_backward_kernel(
     gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, w_ptr, peep_ptr, len_ptr, dgx_ptr, dgh_ptr, bar_ptr,
     T, B, H, relu, coupled, reverse,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
-    SLICE_LOOP: tl.constexpr,
+    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr,
 ):
     """All T steps back through one layer direction. dh/dc: (B, H) fp32, grad_h_n/grad_c_n on
     entry, grad_h0/grad_c0 on exit; dgx/dgh: (T, B, G*H) fp32 gate gradients (the same buffer
     unless GRU); bar: one int32, zero."""
+    # The pointwise phase has no product: 16 batch rows per pass also where the products go row
+    # by row (ROWWISE: BLOCK_B is 1).
+    POINT_B: tl.constexpr = 16 if ROWWISE else BLOCK_B
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     if SLICE_LOOP:
@@ -374,22 +401,22 @@ def rnn_persistent_backward_kernel(
             for slice_index in range(pid, n_slices, programs):
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
                 _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
-                                    dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B)
+                                    dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, POINT_B)
             _grid_barrier(bar_ptr, s + 1, programs)
             for slice_index in range(pid, n_slices, programs):
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP)
-                _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP)
+                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE)
+                _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE)
     else:
         # One slice per program: its columns of w_hh are loaded once and stay on chip.
         offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE)
         for s in range(0, T):
             t, t_prev = _step_index(T - 1 - s, T, reverse)
             _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
-                                dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B)
+                                dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, POINT_B)
             _grid_barrier(bar_ptr, s + 1, programs)
-            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP)
+            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,6 +432,10 @@ BLOCK_H = 16  # hidden units per program: the smallest tl.dot width, so the most
 # device (the widths above stay well inside this bound).
 MAX_SHARED_PER_PROGRAM = 227 * 1024
 SLICE_BUDGET_BYTES = MAX_SHARED_PER_PROGRAM // 2
+# A wide (row-wise) slice lives in registers, spread over the program's threads: at most half of
+# an SM's register file (64K 32-bit registers on sm_80 and sm_90), the rest for the step.
+REGISTER_FILE_BYTES = 65536 * 4
+ROWWISE_BUDGET_BYTES = REGISTER_FILE_BYTES // 2
 ENVIRONMENT_SWITCH = "GPUKERNELS_RNN_PERSISTENT"
 
 
@@ -414,7 +445,7 @@ ENVIRONMENT_SWITCH = "GPUKERNELS_RNN_PERSISTENT"
 # the hoisted tile partly in registers, so neither the widths nor the warps follow a simple
 # rule: 4 warps spill from width 128 on in the LSTM and GRU cells and at 128 in the RNN cell
 # (fp16 forward, sm_90); 8 warps build them cleanly, except the GRU backward at 128 (fp32,
-# sm_90) and everything at GRU 256 or RNN 1024. Past the widest, the per-step path. H between
+# sm_90) and everything at GRU 256 or RNN 1024. Past the widest, the wide slices below. H between
 # two widths runs at the larger one: the masked columns cost products, not memory traffic.
 SLICE_WARPS = {
     RNN: {16: (4, 4), 32: (4, 4), 64: (4, 4), 128: (8, 8), 256: (4, 4), 512: (4, 4)},
@@ -422,35 +453,67 @@ SLICE_WARPS = {
     GRU: {16: (4, 4), 32: (4, 4), 64: (4, 4), 128: (8, 4)},
 }
 
+# Past those widths, the wide slices (ROWWISE): the products go one batch row at a time as sums
+# over the reduction axis, so the slice is spread over every thread of the program instead of
+# being copied into each warp as a ``tl.dot`` operand, and a program owns 8 (or 4) hidden units,
+# not 16, so twice (four times) as many programs share the layer. Per cell and storage dtype:
+# width -> (hidden units per program, warps forward, warps backward), the builds without a spill
+# on sm_80 and sm_90 (compile gate, Triton 3.6). They sit at the edge of the register file (up
+# to 255 registers a thread, one program of 8 warps or two of 4 per SM), so whether the grid is
+# resident is the device's question (``plan_launch``): LSTM H=1024 is 128 programs of 8 warps in
+# fp16/bf16 (one per SM: an H100/H200's 132 SMs hold them, an A100's 108 do not) and 256 of 4
+# warps in fp32 (4 units each: its 8-unit build spills 16 bytes on sm_90).
+_EVERY_DTYPE = ("fp32", "fp16", "bf16")
+ROWWISE_SLICES = {
+    RNN: {dtype: {1024: (8, 8, 8)} for dtype in _EVERY_DTYPE},
+    LSTM: {"fp32": {512: (8, 8, 8), 1024: (4, 4, 4)},
+           **{dtype: {512: (8, 8, 8), 1024: (8, 8, 8)} for dtype in ("fp16", "bf16")}},
+    GRU: {dtype: {256: (8, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 8)} for dtype in _EVERY_DTYPE},
+}
+
 
 @dataclass(frozen=True)
 class SliceTile:
-    block_b: int
-    block_h: int
+    block_b: int  # batch rows per product: 16 for tl.dot, 1 row-wise
+    block_h: int  # hidden units per program
     hp: int  # the reduction width: H rounded up to a power of two (one tile, no K loop)
     num_warps: int
+    rowwise: bool = False  # the products as row sums over a slice spread over all threads
 
 
-def reduction_width(cell: str, H: int) -> int | None:
-    """The smallest spill-free width that holds H, or None past the widest."""
-    return next((width for width in sorted(SLICE_WARPS[PERSISTENT_CELLS[cell]]) if width >= H), None)
+def reduction_width(cell: str, H: int, dtype: str) -> int | None:
+    """The smallest spill-free width that holds H (tl.dot slices first, then the wide row-wise
+    ones of this storage dtype), or None past the widest."""
+    code = PERSISTENT_CELLS[cell]
+    widths = sorted(SLICE_WARPS[code]) + sorted(ROWWISE_SLICES[code][dtype])
+    return next((width for width in widths if width >= H), None)
 
 
-def slice_bytes(cell: str, width: int) -> int:
-    """Bytes of w_hh one program keeps on chip: every gate block's width x BLOCK_H tile, in fp32
-    whatever the storage dtype (the products are exact fp32 ones)."""
-    return GATES[cell] * width * BLOCK_H * 4
+def slice_bytes(cell: str, width: int, block_h: int = BLOCK_H) -> int:
+    """Bytes of w_hh one program keeps on chip: every gate block's width x block_h tile, in fp32
+    whatever the storage dtype (the products are exact fp32 ones; the row-wise slices are loaded
+    in the storage dtype and widened once, before the time loop)."""
+    return GATES[cell] * width * block_h * 4
 
 
-def slice_tile(cell: str, H: int, linear_before_reset: bool = True, backward: bool = False) -> SliceTile | None:
-    """The persistent tile of a layer (of its backward kernel when ``backward``), or None when
-    the cell or the slice rules it out."""
+def slice_tile(cell: str, H: int, *, dtype: str, linear_before_reset: bool = True,
+               backward: bool = False) -> SliceTile | None:
+    """The persistent tile of a layer with w_hh in ``dtype`` ("fp32", "fp16", "bf16"; of its
+    backward kernel when ``backward``), or None when the cell or the slice rules it out."""
     if cell not in PERSISTENT_CELLS or (cell == "gru" and not linear_before_reset) or H < 1:
         return None
-    width = reduction_width(cell, H)
-    if width is None or slice_bytes(cell, width) > SLICE_BUDGET_BYTES:
+    code = PERSISTENT_CELLS[cell]
+    width = reduction_width(cell, H, dtype)
+    if width is None:
         return None
-    return SliceTile(BLOCK_B, BLOCK_H, width, SLICE_WARPS[PERSISTENT_CELLS[cell]][width][int(backward)])
+    if width in SLICE_WARPS[code]:
+        if slice_bytes(cell, width) > SLICE_BUDGET_BYTES:
+            return None
+        return SliceTile(BLOCK_B, BLOCK_H, width, SLICE_WARPS[code][width][int(backward)])
+    block_h, *warps = ROWWISE_SLICES[code][dtype][width]
+    if slice_bytes(cell, width, block_h) > ROWWISE_BUDGET_BYTES:
+        return None
+    return SliceTile(1, block_h, width, warps[int(backward)], rowwise=True)
 
 
 @dataclass(frozen=True)
@@ -496,18 +559,20 @@ class Plan:
     reason: str = ""
 
 
-def plan_launch(cell: str, H: int, T: int, *, linear_before_reset: bool = True, switch: str | None = None,
-                interpreting: bool = False, device: DeviceLimits | None = None,
+def plan_launch(cell: str, H: int, T: int, *, dtype: str, linear_before_reset: bool = True,
+                switch: str | None = None, interpreting: bool = False, device: DeviceLimits | None = None,
                 kernel: KernelResources | None = None, backward: bool = False) -> Plan:
     """Persistent or per-step, and with how many programs.
 
     ``switch`` is GPUKERNELS_RNN_PERSISTENT: "0" forces the per-step path; "1" the persistent one
     wherever the cell has it (with one program looping over the slices when the grid cannot be
     resident, and always under the interpreter); unset: persistent where one program per slice
-    is resident on the device, else per-step. ``kernel``: the compiled kernel at that tile."""
+    is resident on the device, else per-step. ``kernel``: the compiled kernel at that tile.
+    ``dtype``: w_hh's storage dtype, which picks the wide slices. The batch size does not enter:
+    a program loops over the batch rows, holding only its slice of w_hh across steps."""
     if switch == "0":
         return Plan(False, reason=f"{ENVIRONMENT_SWITCH}=0")
-    tile = slice_tile(cell, H, linear_before_reset, backward)
+    tile = slice_tile(cell, H, dtype=dtype, linear_before_reset=linear_before_reset, backward=backward)
     if tile is None:
         return Plan(False, reason="no persistent kernel for this cell, or H past its spill-free slice widths")
     forced = switch == "1"
@@ -594,17 +659,20 @@ def specialization_key(args: tuple) -> tuple:
     return tuple(key)
 
 
-def _launch(kernel, args: tuple, cell: str, H: int, T: int, linear_before_reset: bool, interpreting: bool,
-            backward: bool) -> bool:
-    """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path."""
+def _launch(kernel, args: tuple, cell: str, H: int, T: int, dtype: torch.dtype, linear_before_reset: bool,
+            interpreting: bool, backward: bool) -> bool:
+    """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path.
+    ``dtype``: w_hh's."""
     switch = _switch()
-    tile = slice_tile(cell, H, linear_before_reset, backward)
+    dtype = TRITON_DTYPES[dtype]
+    tile = slice_tile(cell, H, dtype=dtype, linear_before_reset=linear_before_reset, backward=backward)
     if tile is None or switch == "0" or interpreting:  # decided without compiling anything
-        plan = plan_launch(cell, H, T, linear_before_reset=linear_before_reset, switch=switch,
+        plan = plan_launch(cell, H, T, dtype=dtype, linear_before_reset=linear_before_reset, switch=switch,
                            interpreting=interpreting, backward=backward)
         if not plan.persistent:
             return False
-    constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp}
+    constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp,
+                 "ROWWISE": tile.rowwise}
     options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
     if not interpreting:  # the compiled kernel's registers and shared memory decide how many are resident
         device = args[0].device
@@ -615,8 +683,8 @@ def _launch(kernel, args: tuple, cell: str, H: int, T: int, linear_before_reset:
             _RESOURCES[key] = _resources(compiled, tile.num_warps)
         if device.index not in _DEVICE_LIMITS:
             _DEVICE_LIMITS[device.index] = device_limits(device)
-        plan = plan_launch(cell, H, T, switch=switch, device=_DEVICE_LIMITS[device.index], kernel=_RESOURCES[key],
-                           backward=backward)
+        plan = plan_launch(cell, H, T, dtype=dtype, switch=switch, device=_DEVICE_LIMITS[device.index],
+                           kernel=_RESOURCES[key], backward=backward)
         if not plan.persistent:
             return False
     kernel[(plan.programs,)](*args, SLICE_LOOP=plan.slice_loop, **constants, **options)
@@ -631,7 +699,8 @@ def layer_forward(s, *, T: int, cell: str, reverse: bool, linear_before_reset: b
         return False
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
     args = (s.gx, s.h, s.c, s.w, s.b, s.peep, s.lens, s.y, s.ws, barrier, T, s.B, s.H, s.relu, s.coupled, int(reverse))
-    return _launch(rnn_persistent_forward_kernel, args, cell, s.H, T, linear_before_reset, interpreting, False)
+    return _launch(rnn_persistent_forward_kernel, args, cell, s.H, T, s.w.dtype, linear_before_reset, interpreting,
+                   False)
 
 
 def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool) -> bool:
@@ -643,7 +712,8 @@ def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_rese
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
     args = (s.gy, s.dh, s.dc, s.ws, s.h_prev, s.c_prev, w, s.peep, s.lens, s.dgx, s.dgh, barrier,
             T, s.B, s.H, s.relu, s.coupled, int(reverse))
-    return _launch(rnn_persistent_backward_kernel, args, cell, s.H, T, linear_before_reset, interpreting, True)
+    return _launch(rnn_persistent_backward_kernel, args, cell, s.H, T, w.dtype, linear_before_reset, interpreting,
+                   True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,8 +726,9 @@ def gate_tiles(backward: bool) -> Iterator[tuple[str, str, SliceTile]]:
     """(cell, dtype name, tile) for every reduction width each cell and dtype can run persistent."""
     for name in TRITON_DTYPES.values():
         for cell in _CELL_OF_CODE.values():
-            for width in SLICE_WARPS[PERSISTENT_CELLS[cell]]:
-                tile = slice_tile(cell, width, backward=backward)
+            code = PERSISTENT_CELLS[cell]
+            for width in [*SLICE_WARPS[code], *ROWWISE_SLICES[code][name]]:
+                tile = slice_tile(cell, width, dtype=name, backward=backward)
                 if tile is not None:
                     yield cell, name, tile
 
@@ -684,8 +755,9 @@ def compile_cases() -> Iterator[CompileCase]:
         for cell, dtype, tile in gate_tiles(backward):
             H = tile.hp - 3  # ragged: the masked tails are built
             constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
-                         "HP": tile.hp, "SLICE_LOOP": False}
+                         "HP": tile.hp, "SLICE_LOOP": False, "ROWWISE": tile.rowwise}
             yield CompileCase(name=f"rnn_persistent_{'backward' if backward else 'forward'}[{cell.split('_')[0]}]",
                               kernel=kernel, args={**make_args(cell, dtype, H), **constants},
                               num_warps=tile.num_warps,
-                              tags={"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h)})
+                              tags={"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h),
+                                    "products": "rowwise" if tile.rowwise else "dot"})
