@@ -313,6 +313,101 @@ def _run_on_device_against_reference(backend, kind, dtype, T, B, H, heads, rever
     assert_gradients_close(grads, want_grads, dtype)
 
 
+class _StepLaunches:
+    """Stands in for the Triton forward step kernel: records each launch's grid and the shape of
+    the recurrent weight it was given, then launches the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((tuple(grid), tuple(args[8].shape)))  # args[8]: w_ptr
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.fixture
+def dense_expansions(monkeypatch):
+    """Records every dense block-diagonal matrix the driver forms (its only maker), by shape."""
+    from gpukernels import _rnn_driver as driver
+    from gpukernels.triton import rnn_persistent
+
+    formed = []
+
+    def record(ops, w, gates, heads, _real=driver.block_diagonal):
+        formed.append((tuple(w.shape), gates, heads))
+        return _real(ops, w, gates, heads)
+
+    monkeypatch.setattr(driver, "block_diagonal", record)
+    monkeypatch.delenv(rnn_persistent.ENVIRONMENT_SWITCH, raising=False)  # the per-step kernels
+    return formed
+
+
+def _spy_triton_products(monkeypatch):
+    """(the step-launch recorder, a list of the dense products the backward ran: addmm/mm)."""
+    from gpukernels.triton import rnn as triton_rnn
+
+    steps = _StepLaunches(triton_rnn.rnn_step_kernel)
+    monkeypatch.setattr(triton_rnn, "rnn_step_kernel", steps)
+    dense_products = []
+    for name in ("addmm", "matmul_into"):
+        def record(self, *args, _real=getattr(triton_rnn._TorchBackend, name), _name=name):
+            dense_products.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(triton_rnn._TorchBackend, name, record)
+    return steps, dense_products
+
+
+# Heads of 16 units or more: the step kernel multiplies the compact blocks (every cell, dtype,
+# heads 2 and 4, a head of 24 units that no power-of-two tile divides); T=5, B=3.
+BLOCK_CASES = [("rnn_tanh", "float32", 32, 2), ("rnn_relu", "float16", 64, 4), ("lstm", "bfloat16", 32, 2),
+               ("lstm_peep", "float32", 64, 4), ("lstm_coupled", "float16", 32, 2),
+               ("lstm_peep_coupled", "bfloat16", 64, 4), ("gru", "float32", 64, 4), ("gru", "bfloat16", 32, 2),
+               ("gru_original", "float16", 64, 4), ("gru_original", "float32", 32, 2), ("lstm", "float32", 48, 2)]
+
+
+@pytest.mark.parametrize("reverse,lengths", DIRECTIONS)
+@pytest.mark.parametrize("kind,dtype,H,heads", [
+    pytest.param(*c, id=f"{c[0]}-T5-B3-H{c[2]}-heads{c[3]}-{SHORT[c[1]]}") for c in BLOCK_CASES])
+def test_triton_kernels_multiply_the_blocks_without_a_dense_matrix(kind, dtype, H, heads, reverse, lengths, rng,
+                                                                  monkeypatch, dense_expansions):
+    """The step kernel gets the compact weight and a grid with one slice of programs per head;
+    backward's products are per head (no addmm with a dense w_hh); nothing dense is formed. A
+    kernel reading an off-diagonal block would read past its head's columns: the reference
+    (per-head products, checked against torch autograd above) would tell."""
+    steps, dense_products = _spy_triton_products(monkeypatch)
+    _run_on_device_against_reference("triton", kind, dtype, 5, 3, H, heads, reverse, lengths, rng, DEVICE)
+    assert dense_expansions == []
+    assert dense_products == []
+    G = GATES[KINDS[kind][0]]
+    assert steps.launches
+    for grid, w_shape in steps.launches:
+        assert grid[2] == heads, grid
+        # the original GRU's launches get the r, z rows and the n rows of the compact weight
+        assert w_shape[1] == H // heads and w_shape[0] in (G * H, 2 * H, H), w_shape
+
+
+@pytest.mark.parametrize("kind,dtype", [("lstm_peep", "float32"), ("gru_original", "bfloat16"),
+                                        ("rnn_relu", "float16")])
+def test_triton_heads_narrower_than_a_dot_tile_take_the_dense_expansion(kind, dtype, rng, monkeypatch,
+                                                                        dense_expansions):
+    """H=32, heads=4: 8 units a head, under the step kernel's 16 (MIN_STEP_HEAD). Exactly the
+    forward step gets the dense matrix, once per layer forward (the public backward recomputes
+    the forward: two); backward's products stay per head."""
+    from gpukernels.triton import rnn as triton_rnn
+
+    assert not triton_rnn.step_takes_heads(8) and triton_rnn.step_takes_heads(16)
+    steps, dense_products = _spy_triton_products(monkeypatch)
+    _run_on_device_against_reference("triton", kind, dtype, 4, 3, 32, 4, True, (4, 1, 3), rng, DEVICE)
+    G = GATES[KINDS[kind][0]]
+    assert dense_expansions == [((G * 32, 8), G, 4)] * 2
+    assert dense_products == []
+    for grid, w_shape in steps.launches:
+        assert grid[2] == 1 and w_shape[1] == 32, (grid, w_shape)
+
+
 @pytest.mark.parametrize("kind,dtype,heads", [("lstm_peep_coupled", "float32", 2), ("gru", "bfloat16", 3),
                                               ("rnn_relu", "float16", 2)])
 def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, heads, rng, monkeypatch):
@@ -381,6 +476,33 @@ def test_cupy_layers_with_heads_match_the_reference(cupy_call, monkeypatch, kind
     for got, want in zip(outputs, want_outputs):
         assert_close(got, want, dtype, "reduction")
     assert_gradients_close(grads, want_grads, dtype)
+
+
+@pytest.mark.parametrize("kind,heads", [("lstm_peep_coupled", 4), ("gru_original", 2), ("gru", 4), ("rnn_tanh", 2)])
+def test_cupy_products_use_the_blocks_without_a_dense_matrix(cupy_call, monkeypatch, dense_expansions, kind, heads,
+                                                             rng):
+    """CuPy multiplies the compact weight (the driver's per-head products) at every head size,
+    here 4 and 8 units: no dense matrix, and every forward step's weight is compact."""
+    from gpukernels.cupy import rnn as cupy_rnn
+
+    weights = []
+
+    def forward_step(self, code, step, _real=cupy_rnn._ArrayBackend.forward_step):
+        weights.append((tuple(step.w.shape), step.heads))
+        return _real(self, code, step)
+
+    monkeypatch.setattr(cupy_rnn._ArrayBackend, "forward_step", forward_step)
+    a = _arrays(rng, kind, 5, 3, 4, 16, heads, _numpy_maker(rng, np.float32))
+    want_outputs, want_grads = _run_gk(kind, {k: None if v is None else as_float64(v) for k, v in a.items()},
+                                       heads, True, (5, 2, 4))
+    with monkeypatch.context() as patch:
+        patch.setattr(rnn_ops, "call", cupy_call)
+        outputs, grads = _run_gk(kind, a, heads, True, (5, 2, 4))
+    assert dense_expansions == []
+    assert weights and all(shape[1] == 16 // heads and step_heads == heads for shape, step_heads in weights)
+    for got, want in zip(outputs, want_outputs):
+        assert_close(got, want, "float32", "reduction")
+    assert_gradients_close(grads, want_grads, "float32")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +605,7 @@ def test_a_module_with_heads_compiles_fullgraph_and_matches_eager():
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("kind,H,heads", [("lstm_peep_coupled", 100, 4), ("gru", 100, 5), ("gru_original", 100, 2),
                                           ("rnn_tanh", 7, 7)], ids=lambda v: str(v))
-def test_layers_with_heads_on_the_device(kind, H, heads, dtype, path, rng):
+def test_layers_with_heads_on_the_device(kind, H, heads, dtype, path, rng, dense_expansions):
     backend, _, inputs = path.partition("-")
     library = lambda t: t  # noqa: E731
     if backend == "cupy":
@@ -494,6 +616,10 @@ def test_layers_with_heads_on_the_device(kind, H, heads, dtype, path, rng):
             library = cupy.from_dlpack
     _run_on_device_against_reference(backend, kind, dtype, 6, 5, H, heads, True, (6, 2, 5, 1, 3), rng, "cuda",
                                      library)
+    # the dense matrix only for the Triton forward step of heads under 16 units (twice: the
+    # public backward recomputes the forward), never for CuPy
+    narrow = backend == "triton" and H // heads < 16
+    assert len(dense_expansions) == (2 if narrow else 0), dense_expansions
 
 
 @pytest.mark.gpu
