@@ -406,15 +406,19 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, 
 # "worst" has a ragged batch and H, so strides are ragged and the slices of step t start off
 # alignment, as do the caller's weights (``contiguous()`` passes views through). The cell flags
 # are ints: a launch with 1 compiles them in as constants, one with 0 keeps the runtime test.
-_GATE_H = {"typical": 256, "worst": 255}
-_GATE_BATCH = {("typical", 0): 16, ("typical", 1): 64, ("worst", 0): 13, ("worst", 1): 37}  # per tile
+# "heads" is a multi-head layer whose H is 16-aligned but whose head (HEAD = 24 units) is not:
+# the one specialisation of HEAD the other two do not build (there HEAD = H).
+_GATE_H = {"typical": 256, "worst": 255, "heads": 240}
+_GATE_HEAD = {"typical": 256, "worst": 255, "heads": 24}
+_GATE_BATCH = {("typical", 0): 16, ("typical", 1): 64, ("worst", 0): 13, ("worst", 1): 37,
+               ("heads", 0): 16, ("heads", 1): 64}  # per tile
 _CELL_FLAG = {RNN: "relu", LSTM: "coupled"}  # the runtime flag each cell reads
 _LAYER_CELL = {RNN: "rnn_tanh", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru", GRU_N: "gru"}  # for gate and workspace widths
 
 
 def _flag_values(code: int, launch: str) -> list[dict[str, int]]:
     """The flag arguments of the launches of cell ``code``: both values of the flag the cell reads
-    in typical launches, the runtime 0 alone in the worst."""
+    in typical launches, the runtime 0 alone in the others."""
     flags = {"relu": 0, "coupled": 0}
     if code in _CELL_FLAG and launch == "typical":
         return [flags, {**flags, _CELL_FLAG[code]: 1}]
@@ -423,14 +427,14 @@ def _flag_values(code: int, launch: str) -> list[dict[str, int]]:
 
 def _step_args(code: int, tdtype: str, launch: str, batch: int, flags: dict) -> dict:
     """What ``_TorchBackend.forward_step`` passes at a step t > 0 (the state is a workspace slice)."""
-    H, aligned = _GATE_H[launch], launch == "typical"
+    H, aligned = _GATE_H[launch], launch != "worst"
     G, K = GATES[_LAYER_CELL[code]], WORKSPACE_BLOCKS[_LAYER_CELL[code]]
     state = passed("fp32", aligned)  # h (and c) of step t - 1: slices of the workspace
     return dict(gx_ptr=passed("fp32", aligned), gx_stride=G * H, hin_ptr=state, hin_stride=K * H,
                 hprev_ptr=state, hprev_stride=K * H, cprev_ptr=state, cprev_stride=K * H,
                 w_ptr=passed(tdtype, aligned), b_ptr=passed(tdtype, aligned), peep_ptr=passed(tdtype, aligned),
                 len_ptr=fresh("i32"), y_ptr=passed(tdtype, aligned), ws_ptr=passed("fp32", aligned),
-                ws_stride=K * H, t=1, B=batch, H=H, HEAD=H, **flags)
+                ws_stride=K * H, t=1, B=batch, H=H, HEAD=_GATE_HEAD[launch], **flags)
 
 
 def _backward_step_args(code: int, tdtype: str, launch: str, flags: dict) -> dict:
@@ -451,10 +455,10 @@ def _flag_tags(flags: dict) -> dict[str, str]:
 
 def compile_cases() -> Iterator[CompileCase]:
     """Both kernels, every cell code, every storage dtype, every tile the heuristic picks, in the
-    typical and the worst launch."""
+    typical and the worst launch; the step kernel also in the multi-head one."""
     for dtype, name in TRITON_DTYPES.items():
         for code, cell_name in CELL_NAMES.items():
-            for launch in ("typical", "worst"):
+            for launch in ("typical", "worst", "heads"):
                 for flags in _flag_values(code, launch):
                     for index, tile in enumerate(STEP_TILES):
                         batch = _GATE_BATCH[(launch, index)]
@@ -468,6 +472,8 @@ def compile_cases() -> Iterator[CompileCase]:
                             tags={"dtype": name, "block_b": str(tile.block_b), "block_h": str(tile.block_h),
                                   "block_k": str(tile.block_k), "launch": launch, **_flag_tags(flags)},
                         )
+                    if launch == "heads":  # the backward step kernel has no HEAD (its products are cuBLAS's)
+                        continue
                     yield CompileCase(
                         name=f"rnn_backward_step[{cell_name}]", kernel=rnn_backward_step_kernel,
                         args={**_backward_step_args(code, name, launch, flags), "CELL": code, "BLOCK": BACKWARD_BLOCK},
