@@ -283,15 +283,14 @@ def layer_backward(ops: RnnBackend, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w
     if cell == "lstm":
         dc = ops.zeros((B, H), f32) if grad_c_n is None else ops.copy(ops.as_f32(grad_c_n))
     w32 = ops.as_f32(w_hh)
-    if heads > 1:
-        size = H // heads
-        by_head = heads_by_head(ops, w32, G, heads)
+    size = H // heads
+    by_head = heads_by_head(ops, w32, G, heads) if heads > 1 else None
 
-        def recurrent(c, dgates, first, last):  # c + dgates @ blockdiag(w_hh)[rows of gates first..last]
+    def recurrent(c, dgates, first: int, last: int):
+        """c + dgates @ w_hh[rows of gates first..last] (dgates: those gates' gradients)."""
+        if by_head is not None:
             return c + head_gradient(ops, dgates, by_head[:, first * size:last * size])
-    else:
-        def recurrent(c, dgates, first, last):
-            return ops.addmm(c, dgates, w32 if (first, last) == (0, G) else w32[first * H:last * H])
+        return ops.addmm(c, dgates, w32 if (first, last) == (0, G) else w32[first * H:last * H])
     lens = ops.lengths(lengths, T, B)
     peep = _or_zeros(ops, w_peep, (3, H), x.dtype)
     dhd = ops.empty((B, H), f32)
@@ -316,7 +315,7 @@ def layer_backward(ops: RnnBackend, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w
                             lens, drh, dgx[t], dgh[t], dhd, dcp, int(cell == "rnn_relu"), int(coupled))
         if cell == "gru" and not linear_before_reset:
             ops.backward_step(GRU_N, step)
-            if heads > 1:
+            if by_head is not None:
                 drh[...] = head_gradient(ops, dgh[t, :, 2 * H:], by_head[:, 2 * size:])
             else:
                 ops.matmul_into(dgh[t, :, 2 * H:], w32[2 * H:], drh)
@@ -332,12 +331,14 @@ def layer_backward(ops: RnnBackend, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w
     grad_x = (dgx2d @ ops.as_f32(w_ih)).reshape(T, B, I)
     grad_w_ih = dgx2d.T @ ops.as_f32(x.reshape(T * B, I))
     h_before = states_before(ops, ws, K - 1, h0, H, reverse).reshape(T * B, H)
-    def weight_gradient(dgates, states):
+
+    def weight_gradient(dgates, states):  # compact (per head) when heads > 1
         return dgates.T @ states if heads == 1 else head_weight_gradient(ops, dgates, states, heads)
 
     if cell == "gru" and not linear_before_reset:
         m_all = ws[:, :, 3 * H:4 * H].reshape(T * B, H)
-        grad_w_hh = ops.concat([weight_gradient(dgh2d[:, :2 * H], h_before), weight_gradient(dgh2d[:, 2 * H:], m_all)])
+        grad_w_hh = ops.concat([weight_gradient(dgh2d[:, :2 * H], h_before),
+                                weight_gradient(dgh2d[:, 2 * H:], m_all)])
     else:
         grad_w_hh = weight_gradient(dgh2d, h_before)
     grad_b_ih = None if b_ih is None else dgx2d.sum(0)

@@ -248,8 +248,9 @@ def _grad_times_w_hh(d: np.ndarray, w: np.ndarray, out: np.ndarray, gathered: np
         return
     heads, size = w.shape[0], w.shape[2]
     rows = w[:, first * size:None if last is None else last * size]
-    head_major = gathered[:, :, :rows.shape[1]]  # (heads, B, G'*size): head j's gate gradients, gate-major
-    np.copyto(head_major.reshape(heads, d.shape[0], -1, size), _heads_of(d, heads, rows.shape[1] // size).transpose(1, 2, 0, 3))
+    gates = rows.shape[1] // size
+    head_major = gathered[:, :, :gates * size]  # (heads, B, G'*size): head j's gate gradients, gate-major
+    np.copyto(head_major.reshape(heads, d.shape[0], gates, size), _heads_of(d, heads, gates).transpose(1, 2, 0, 3))
     np.matmul(head_major, rows, out=_heads_of(out, heads))
 
 
