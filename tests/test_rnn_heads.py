@@ -685,3 +685,30 @@ def test_a_w_hh_of_the_wrong_compact_shape_is_refused(no_kernel, shape, heads, r
         gk.gru_layer(a["x"], a["h0"], a["w_ih"], w_hh, heads=heads)
     with pytest.raises(ValueError, match="w_hh must have shape"):
         gk.gru_layer_backward(a["gy"], None, a["x"], a["h0"], a["w_ih"], w_hh, heads=heads)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmarks' bytes/FLOP model
+
+
+@pytest.mark.parametrize("heads", [2, 4], ids=lambda h: f"heads{h}")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_bytes_and_flops_model_counts_each_heads_block_only(cell, heads):
+    """The recurrent product of a step: 2*B*G*H*(H // heads) FLOPs and G*H*(H // heads) weights
+    read (forward; again in backward); the rest of the step is as many bytes as without heads."""
+    from gpukernels.benchmarks import registry
+    from gpukernels.benchmarks import rnn as bench
+
+    B, H, G = 16, 256, GATES[cell]
+    saved = G * H * (H - H // heads)  # weight elements no longer read or multiplied
+    assert bench.step_flops(cell, B, H, "fwd") - bench.step_flops(cell, B, H, "fwd", heads) == 2 * B * saved
+    assert bench.step_flops(cell, B, H, "full") - bench.step_flops(cell, B, H, "full", heads) == 3 * 2 * B * saved
+    assert bench.step_bytes(cell, B, H, "float16") - bench.step_bytes(cell, B, H, "float16", heads=heads) == 2 * saved
+    assert (bench.step_bytes(cell, B, H, "float16", "full") - bench.step_bytes(cell, B, H, "float16", "full", heads)
+            == 2 * 2 * saved)
+    assert bench.weight_grad_bytes(cell, H, "full") - bench.weight_grad_bytes(cell, H, "full", heads) == 4 * saved
+    if heads == bench.HEADS:  # the registered multi-head cases carry the model
+        case = next(c for c in registry.all_cases() if c.op == f"{cell}_layer" and c.mode == "fwd"
+                    and c.size == f"B={B},H={H},T={bench.STEPS},heads={heads}")
+        assert case.flops == bench.STEPS * bench.step_flops(cell, B, H, "fwd", heads)
+        assert case.params["heads"] == heads
