@@ -408,10 +408,13 @@ def test_triton_heads_narrower_than_a_dot_tile_take_the_dense_expansion(kind, dt
         assert grid[2] == 1 and w_shape[1] == 32, (grid, w_shape)
 
 
-@pytest.mark.parametrize("kind,dtype,heads", [("lstm_peep_coupled", "float32", 2), ("gru", "bfloat16", 3),
-                                              ("rnn_relu", "float16", 2)])
-def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, heads, rng, monkeypatch):
-    """The opt-in persistent kernels (whole time loop in one launch) take the dense weight too."""
+@pytest.mark.parametrize("kind,dtype,H,heads", [("lstm_peep_coupled", "float32", 6, 2), ("gru", "bfloat16", 6, 3),
+                                                ("rnn_relu", "float16", 6, 2), ("lstm", "float32", 32, 2)])
+def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, H, heads, rng, monkeypatch, dense_expansions):
+    """The opt-in persistent kernels (whole time loop in one launch) take the dense weight too:
+    three expansions per layer and backward call (two forwards, one backward). Heads of 16 units
+    or more are expanded for the persistent kernels alone (forward_layer, backward_layer); the
+    narrower ones by the driver for any forward kernel, and by backward_layer."""
     from gpukernels.triton import rnn_persistent as rp
 
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
@@ -422,7 +425,9 @@ def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, heads, r
             return ran[-1][1]
 
         monkeypatch.setattr(rp, name, record)
-    _run_on_device_against_reference("triton", kind, dtype, 4, 3, 6, heads, True, (4, 1, 3), rng, DEVICE)
+    _run_on_device_against_reference("triton", kind, dtype, 4, 3, H, heads, True, (4, 1, 3), rng, DEVICE)
+    G = GATES[KINDS[kind][0]]
+    assert dense_expansions == [((G * H, H // heads), G, heads)] * 3
     assert ran == [("layer_forward", True), ("layer_forward", True), ("layer_backward", True)]
 
 
