@@ -193,8 +193,9 @@ def _gate_derivatives(y: np.ndarray, pattern: str, out: np.ndarray) -> np.ndarra
 # The recurrent products. heads=1: one matmul with PyTorch's dense w_hh (today's calls, exactly).
 # heads > 1: each head's product is its own, one batched np.matmul over a stack of views per
 # product (no dense matrix, heads times fewer multiply-adds). Measured on one core at B=16,
-# H=128 (LSTM step, heads 1/2/4): the forward product 33/11/7 us, the backward 26/13/8 us; a
-# Python loop over the heads was slower (forward 13 us at heads=2, 12 at 4). Backward gathers its
+# H=128 (LSTM step, heads 1/2/4): the forward product 20/11/7 us (heads=1: the LSTM's gate-major
+# (4, H, H) product), the backward 26/13/8 us; a Python loop over the heads was slower (forward
+# 13 us at heads=2, 12 at 4). Backward gathers its
 # gate gradients head-major first (one copy of B*G*H): one product over K = G*size per head then
 # beats a product per gate and head summed afterwards (13 vs 15 us at heads=2).
 
@@ -211,10 +212,10 @@ def _forward_weight(w_hh: np.ndarray, gates: int, heads: int) -> np.ndarray:
 
 def _heads_of(a: np.ndarray, heads: int, gates: int = 0) -> np.ndarray:
     """A view of ``a`` (B, H) as (heads, B, size); of ``a`` (B, gates*H) as (gates, heads, B, size)."""
-    B = a.shape[0]
+    B, size = a.shape[0], a.shape[1] // (heads * max(gates, 1))
     if not gates:
-        return a.reshape(B, heads, -1).transpose(1, 0, 2)
-    return a.reshape(B, gates, heads, -1).transpose(1, 2, 0, 3)
+        return a.reshape(B, heads, size).transpose(1, 0, 2)
+    return a.reshape(B, gates, heads, size).transpose(1, 2, 0, 3)
 
 
 def _times_w_hh(h: np.ndarray, w: np.ndarray, out: np.ndarray, first: int = 0, last: int | None = None) -> None:

@@ -3,9 +3,15 @@
 PyTorch float64 autograd of a hand-written loop whose recurrent product is a per-head einsum (no
 dense matrix anywhere), on the reference; then the Triton kernels in the interpreter, the CuPy
 backend on the host (g++), the torch ops (opcheck lives in test_torch_opcheck.py), the nn
-modules and torch.compile, and the argument checks."""
+modules and torch.compile, and the argument checks. Every backend multiplies the compact blocks
+itself: spies on the one maker of a dense matrix (``_rnn_driver.block_diagonal``), on the step
+kernel's launches and on the dense products assert that nothing dense is formed or multiplied
+except where a kernel says it falls back (Triton's forward step under 16 units a head, the
+persistent kernels)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -508,6 +514,34 @@ def test_cupy_products_use_the_blocks_without_a_dense_matrix(cupy_call, monkeypa
     for got, want in zip(outputs, want_outputs):
         assert_close(got, want, "float32", "reduction")
     assert_gradients_close(grads, want_grads, "float32")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "triton", "cupy"])
+@pytest.mark.parametrize("kind", ["lstm_peep", "gru_original", "rnn_tanh"])
+@pytest.mark.parametrize("T,B", [(0, 3), (4, 0)], ids=["T0-B3", "T4-B0"])
+def test_empty_sequences_and_batches_with_heads(backend, kind, T, B, rng, monkeypatch, request):
+    """Nothing to multiply: every output and gradient has its shape (w_hh's compact) and the
+    weight gradients are zeros; grad_h0 is grad_h_n when T=0."""
+    H, heads = 32, 2
+    a = _arrays(rng, kind, T, B, 4, H, heads, _numpy_maker(rng, np.float32))
+    if backend == "cupy":
+        monkeypatch.setattr(rnn_ops, "call", request.getfixturevalue("cupy_call"))
+    elif backend == "triton":
+        a = {k: None if v is None else torch.from_numpy(v) for k, v in a.items()}
+    with gk.use_backend(backend) if backend != "cupy" else contextlib.nullcontext():  # cupy: the call is routed
+        outputs, grads = _run_gk(kind, a, heads, False, None)
+    names = NAMES if KINDS[kind][0] == "lstm" else ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
+    assert tuple(outputs[0].shape) == (T, B, H)
+    for name, grad in zip(names, grads):
+        if a[name] is None:
+            assert grad is None, name
+            continue
+        assert tuple(grad.shape) == tuple(a[name].shape), name
+        grad = np.asarray(grad)
+        if name.startswith(("w_", "b_")):
+            assert not np.any(grad), name
+        elif name == "h0" and T == 0:
+            np.testing.assert_array_equal(grad, np.asarray(a["gh"]))
 
 
 # ---------------------------------------------------------------------------------------------
