@@ -319,3 +319,80 @@ def _register_heads() -> None:
 _register_all()
 _register_issue14_grid()
 _register_heads()
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU fallback with heads: `python -m gpukernels.benchmarks.rnn --heads-cpu`
+
+
+def _heads_cpu_layer(cell: str, heads: int, w_hh, arrays: dict):
+    """(forward, backward) callables of our NumPy layer at ``heads`` (w_hh compact, or dense)."""
+    import gpukernels as gk
+
+    x, h0, w_ih, b, gy = (arrays[k] for k in ("x", "h0", "w_ih", "b", "gy"))
+    if cell == "lstm":
+        return (lambda: gk.lstm_layer(x, h0, h0, w_ih, w_hh, b, b, heads=heads),
+                lambda: gk.lstm_layer_backward(gy, None, None, x, h0, h0, w_ih, w_hh, b, b, heads=heads))
+    return (lambda: gk.gru_layer(x, h0, w_ih, w_hh, b, b, heads=heads),
+            lambda: gk.gru_layer_backward(gy, None, x, h0, w_ih, w_hh, b, b, heads=heads))
+
+
+def heads_cpu_table(B: int = 16, H: int = 128, steps: int = STEPS, rounds: int = 41) -> list[str]:
+    """Medians (time.perf_counter) of the NumPy layer's forward and backward (which recomputes the
+    forward), fp32, input size 128, at heads 1, 2 and 4 with the compact weight, and at heads 2
+    and 4 given the equivalent dense block-diagonal matrix as heads=1 (what every heads value
+    cost before the products ran per head). Each round times every variant once, so a busy
+    machine slows them alike."""
+    import statistics
+    import time
+
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for cell in GATES:
+        G = GATES[cell]
+        arrays = {"x": rng.standard_normal((steps, B, 128)), "h0": rng.standard_normal((B, H)) * 0.5,
+                  "w_ih": rng.standard_normal((G * H, 128)) * 0.1, "b": rng.standard_normal(G * H) * 0.1,
+                  "gy": rng.standard_normal((steps, B, H))}
+        arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
+        variants = {}
+        for heads in (1, 2, 4):
+            w = (rng.standard_normal((G * H, H // heads)) * 0.1).astype(np.float32)
+            variants[f"heads={heads}"] = _heads_cpu_layer(cell, heads, w, arrays)
+            if heads > 1:
+                dense = _dense_block_diagonal(torch.from_numpy(w), G, heads).numpy()
+                variants[f"heads={heads} as dense"] = _heads_cpu_layer(cell, 1, dense, arrays)
+        times = {name: ([], []) for name in variants}
+        for forward, backward in variants.values():  # warm-up
+            forward()
+            backward()
+        for _ in range(rounds):
+            for name, pair in variants.items():
+                for run, record in zip(pair, times[name]):
+                    start = time.perf_counter()
+                    run()
+                    record.append(time.perf_counter() - start)
+        for name, (forward, backward) in times.items():
+            lines.append(f"{cell}_layer B={B},H={H},T={steps} {name:17s} "
+                         f"forward {statistics.median(forward) * 1e3:6.2f} ms  "
+                         f"backward {statistics.median(backward) * 1e3:6.2f} ms")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="RNN benchmark extras (the cases run through `gpukernels bench`)")
+    parser.add_argument("--heads-cpu", action="store_true", help="time the NumPy layer with heads 1/2/4")
+    parser.add_argument("--rounds", type=int, default=41)
+    args = parser.parse_args(argv)
+    if not args.heads_cpu:
+        parser.error("nothing to do: pass --heads-cpu")
+    for line in heads_cpu_table(rounds=args.rounds):
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

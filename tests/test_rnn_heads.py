@@ -751,3 +751,12 @@ def test_the_bytes_and_flops_model_counts_each_heads_block_only(cell, heads):
                     and c.size == f"B={B},H={H},T={bench.STEPS},heads={heads}")
         assert case.flops == bench.STEPS * bench.step_flops(cell, B, H, "fwd", heads)
         assert case.params["heads"] == heads
+
+
+def test_the_heads_cpu_timing_table_runs():
+    """`python -m gpukernels.benchmarks.rnn --heads-cpu` (the README's CPU numbers), tiny."""
+    from gpukernels.benchmarks import rnn as bench
+
+    lines = bench.heads_cpu_table(B=2, H=8, steps=3, rounds=1)
+    assert len(lines) == 2 * 5  # LSTM and GRU: heads 1, 2, 4 and 2, 4 as dense
+    assert all(" ms  backward " in line for line in lines) and sum("as dense" in line for line in lines) == 4
