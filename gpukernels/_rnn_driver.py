@@ -173,16 +173,20 @@ def heads_by_head(ops: RnnBackend, w, gates: int, heads: int):
         heads, gates * size, size)
 
 
-def head_gradient(ops: RnnBackend, dgates, by_head):
-    """``dgates @ blockdiag(w)`` (B, H) for gate gradients ``dgates`` (B, G'*H) and ``by_head``
-    (heads, G'*size, size) from ``heads_by_head`` (sliced to the same gates): each head's gate
-    gradients gathered head-major (one copy), then one product over K = G'*size per head."""
+def head_gradient(ops: RnnBackend, dgates, by_head, c=None):
+    """``[c +] dgates @ blockdiag(w)`` (B, H) for gate gradients ``dgates`` (B, G'*H) and
+    ``by_head`` (heads, G'*size, size) from ``heads_by_head`` (sliced to the same gates): each
+    head's gate gradients gathered head-major (one copy), one product over K = G'*size per head,
+    and the sum with ``c`` (B, H) written in c's layout (the add is the copy back, no third pass)."""
     heads, rows, size = (int(n) for n in by_head.shape)
     B = int(dgates.shape[0])
     gates = rows // size
     gathered = ops.contiguous(ops.permute(dgates.reshape(B, gates, heads, size), (2, 0, 1, 3)))
-    product = gathered.reshape(heads, B, rows) @ by_head  # (heads, B, size)
-    return ops.contiguous(ops.permute(product, (1, 0, 2))).reshape(B, heads * size)
+    by_unit = ops.permute(gathered.reshape(heads, B, rows) @ by_head, (1, 0, 2))  # (B, heads, size)
+    if c is None:
+        return ops.contiguous(by_unit).reshape(B, heads * size)
+    # the sum takes the layout of its first operand (c, row-major): its reshape is a view
+    return (c.reshape(B, heads, size) + by_unit).reshape(B, heads * size)
 
 
 def head_weight_gradient(ops: RnnBackend, dgates, states, heads: int):
@@ -289,7 +293,7 @@ def layer_backward(ops: RnnBackend, grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w
     def recurrent(c, dgates, first: int, last: int):
         """c + dgates @ w_hh[rows of gates first..last] (dgates: those gates' gradients)."""
         if by_head is not None:
-            return c + head_gradient(ops, dgates, by_head[:, first * size:last * size])
+            return head_gradient(ops, dgates, by_head[:, first * size:last * size], c)
         return ops.addmm(c, dgates, w32 if (first, last) == (0, G) else w32[first * H:last * H])
     lens = ops.lengths(lengths, T, B)
     peep = _or_zeros(ops, w_peep, (3, H), x.dtype)

@@ -253,6 +253,8 @@ def test_the_drivers_per_head_products_equal_the_dense_ones(gates, heads, rng):
         _same_sums(back(driver.head_product(ops, to(h), to(w), heads)), h @ dense.T)
         by_head = driver.heads_by_head(ops, to(w), gates, heads)
         _same_sums(back(driver.head_gradient(ops, to(d), by_head)), d @ dense)
+        c = rng.standard_normal((B, H))  # the carried part of dh_prev, added in the same pass
+        _same_sums(back(driver.head_gradient(ops, to(d), by_head, to(c))), c + d @ dense)
         _same_sums(back(driver.head_weight_gradient(ops, to(dgates), to(states), heads)),
                    _diagonal_by_hand(dgates.T @ states, heads))
         # a gate slice (the original GRU's r, z rows and its n rows): rows of the compact weight
