@@ -7,7 +7,8 @@ an offline GPU machine as wheels (README, "The GPU proof").
 * Liger-Kernel: its Triton softmax (``LigerSoftmaxFunction``, last dim) on the softmax cases.
 * FlashRNN: its fused Triton LSTM (``backend="triton_fused"``) on the LSTM layer cases, with the
   input projection done by a matmul first, as in our layer and cuDNN's, so all three do the same
-  work. FlashRNN's layout is [B, T, gates, heads, head_dim]; one head of size H is our layer.
+  work. FlashRNN's layout is [B, T, gates, heads, head_dim]; one head of size H is our layer,
+  and on the multi-head cases (``heads=`` in the size) it gets our compact blocks as its heads.
 """
 
 from __future__ import annotations
@@ -60,13 +61,18 @@ def _flashrnn_lstm(mode: str):
         T, B, _ = x.shape
         H = module.hidden_size
         dtype = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[x.dtype]
+        heads = getattr(inputs.get("ours"), "heads", 1)  # multi-head cases: our compact diagonal blocks
+        size = H // heads
         w_ih = module.weight_ih_l0.detach().requires_grad_(mode != "fwd")
-        recurrent = module.weight_hh_l0.detach().view(4, H, H).transpose(1, 2).reshape(4, 1, H, H).contiguous()
+        blocks = inputs["ours"].weight_hh_l0 if heads > 1 else module.weight_hh_l0  # (4H, size): rows g, head, unit
+        # [gates, heads, head_dim in, head_dim out]
+        recurrent = blocks.detach().view(4, heads, size, size).transpose(2, 3).contiguous()
         recurrent.requires_grad_(mode != "fwd")
-        bias = (module.bias_ih_l0 + module.bias_hh_l0).detach().view(4, 1, H).contiguous().requires_grad_(mode != "fwd")
+        bias = (module.bias_ih_l0 + module.bias_hh_l0).detach().view(4, heads, size).contiguous()
+        bias.requires_grad_(mode != "fwd")
 
         def run():
-            projected = (x.transpose(0, 1) @ w_ih.T).view(B, T, 4, 1, H)
+            projected = (x.transpose(0, 1) @ w_ih.T).view(B, T, 4, heads, size)
             states, _ = flashrnn(projected, recurrent, bias, function="lstm", backend="triton_fused", dtype=dtype)
             return states[0]
 

@@ -1,7 +1,10 @@
 """Recurrent benchmark cases: the LSTM and GRU cell step and the full layer (T = 100), forward,
 backward and forward+backward, B in {1, 16, 64, 256}, H in {128, 256, 512, 1024}, fp32/fp16/bf16;
 and issue 14's layer grid on the GPU: B in {8, 32, 128}, H in {256, 512, 1024}, T in {100, 1000},
-forward and forward+backward, fp16/bf16.
+forward and forward+backward, fp16/bf16. Multi-head layers (``heads=4``, block-diagonal w_hh):
+LSTM and GRU layers, B=16, H in {256, 512} fp16 on the GPU and B=16, H=128 fp32 on the CPU, ours
+(the compact weight, per-head products) against torch.nn with the equivalent dense block-diagonal
+matrix (what a PyTorch user would run: the same function at the dense FLOPs).
 
 Providers, side by side in one run: ours (``gpukernels``: the functional cell on a GPU runs one
 fused Triton step kernel; the layer is ``gpukernels.torch.nn.LSTM/GRU``), PyTorch eager
@@ -48,39 +51,65 @@ ISSUE14_DTYPES = ("float16", "bfloat16")
 ISSUE14_MODES = ("fwd", "full")
 # torch.compile of the eager layer unrolls the time loop: at T = 1000 it compiles for minutes.
 COMPILE_MAX_STEPS = STEPS
+HEADS = 4
+HEADS_GPU_SIZES = ((16, 256), (16, 512))  # (B, H), fp16
+HEADS_CPU_SIZES = ((16, 128),)  # fp32
 
 
-def step_bytes(cell: str, B: int, H: int, dtype: str, mode: str = "fwd") -> int:
+def recurrent_weights(cell: str, H: int, heads: int = 1) -> int:
+    """Elements of w_hh a step reads: G*H rows of H // heads columns (heads > 1: the compact
+    block-diagonal weight, whose products the kernels run head by head)."""
+    return GATES[cell] * H * (H // heads)
+
+
+def step_bytes(cell: str, B: int, H: int, dtype: str, mode: str = "fwd", heads: int = 1) -> int:
     """What one fused step must move.
 
     Forward: w_hh and the state read, the input projection read, the output written (storage
     dtype), the fp32 workspace row written. Backward: the workspace row, the output gradient
     and the carried fp32 state gradients (h, and c for LSTM) read, w_hh read for the recurrent
     gradient, the fp32 gate gradients and the new state gradients written, and the gate
-    gradients, input and state read again by the weight-gradient matmuls. Full: both.
+    gradients, input and state read again by the weight-gradient matmuls. Full: both. With
+    ``heads``, w_hh is heads times smaller (recurrent_weights).
     """
     G, item = GATES[cell], ITEMSIZE[dtype]
     carried = 2 if cell == "lstm" else 1
-    forward = item * (G * H * H + B * G * H + B * H) + 4 * (B * H + B * WORKSPACE_BLOCKS[cell] * H)
+    weights = recurrent_weights(cell, H, heads)
+    forward = item * (weights + B * G * H + B * H) + 4 * (B * H + B * WORKSPACE_BLOCKS[cell] * H)
     backward = (4 * B * WORKSPACE_BLOCKS[cell] * H + item * B * H + 4 * carried * B * H
-                + item * G * H * H + 4 * B * G * H + 4 * carried * B * H
+                + item * weights + 4 * B * G * H + 4 * carried * B * H
                 # the weight-gradient matmuls read each step's gate gradients, input and state again
                 + 4 * B * G * H + item * B * (INPUT_SIZE + H))
     return {"fwd": forward, "bwd": backward, "full": forward + backward}[mode]
 
 
-def weight_grad_bytes(cell: str, H: int, mode: str) -> int:
-    """The fp32 weight and bias gradients, written once per call whatever the number of steps."""
-    return 0 if mode == "fwd" else 4 * GATES[cell] * H * (INPUT_SIZE + H + 2)
+def weight_grad_bytes(cell: str, H: int, mode: str, heads: int = 1) -> int:
+    """The fp32 weight and bias gradients, written once per call whatever the number of steps
+    (the w_hh gradient compact with ``heads``)."""
+    return 0 if mode == "fwd" else 4 * (GATES[cell] * H * (INPUT_SIZE + 2) + recurrent_weights(cell, H, heads))
 
 
-def step_flops(cell: str, B: int, H: int, mode: str) -> int:
-    """The recurrent and input matmuls of one step (backward: twice the forward's)."""
-    forward = 2 * B * GATES[cell] * H * (H + INPUT_SIZE)
+def step_flops(cell: str, B: int, H: int, mode: str, heads: int = 1) -> int:
+    """The recurrent and input matmuls of one step (backward: twice the forward's); each head's
+    recurrent product sees only its own H // heads state columns."""
+    forward = 2 * B * GATES[cell] * H * (H // heads + INPUT_SIZE)
     return {"fwd": forward, "bwd": 2 * forward, "full": 3 * forward}[mode]
 
 
-def _setup(cell: str, kind: str, B: int, H: int, dtype: str, steps: int = STEPS):
+def _dense_block_diagonal(compact, gates: int, heads: int):
+    """The dense (G*H, H) matrix of a compact multi-head w_hh (G*H, H // heads): what torch.nn
+    must be given to compute the same layer."""
+    import torch
+
+    rows, size = compact.shape
+    dense = torch.zeros(rows, size * heads, dtype=compact.dtype, device=compact.device)
+    for head in range(heads):
+        units = [g * size * heads + head * size + u for g in range(gates) for u in range(size)]
+        dense[units, head * size:(head + 1) * size] = compact[units]
+    return dense
+
+
+def _setup(cell: str, kind: str, B: int, H: int, dtype: str, steps: int = STEPS, heads: int = 1):
     def make(device: str):
         import torch
 
@@ -95,8 +124,14 @@ def _setup(cell: str, kind: str, B: int, H: int, dtype: str, steps: int = STEPS)
         inputs = {"eager_cell": eager_cell, "ours_cell": ours_cell, "cell": cell}
         if kind == "layer":
             theirs = getattr(torch.nn, name)(INPUT_SIZE, H, **factory)
-            ours = getattr(gnn, name)(INPUT_SIZE, H, **factory)
-            ours.load_state_dict(theirs.state_dict())
+            ours = getattr(gnn, name)(INPUT_SIZE, H, heads=heads, **factory)
+            if heads == 1:
+                ours.load_state_dict(theirs.state_dict())
+            else:  # theirs (and the eager cell) get the dense matrix of our compact blocks
+                state = ours.state_dict()
+                state["weight_hh_l0"] = _dense_block_diagonal(state["weight_hh_l0"], GATES[cell], heads)
+                theirs.load_state_dict(state)
+                eager_cell.load_state_dict({k.removesuffix("_l0"): v for k, v in state.items()})
             inputs.update(theirs=theirs, ours=ours, x=torch.randn(steps, B, INPUT_SIZE, **factory, requires_grad=True))
         else:
             inputs["x"] = torch.randn(B, INPUT_SIZE, **factory, requires_grad=True)
@@ -256,13 +291,14 @@ PROVIDER_DEVICES = {"gpukernels-persistent": ("cuda",), "gpukernels-graph": ("cu
 
 
 def _register(cell: str, kind: str, mode: str, dtype: str, B: int, H: int, steps: int,
-              devices: tuple[str, ...], default: bool) -> None:
+              devices: tuple[str, ...], default: bool, heads: int = 1) -> None:
+    size = f"B={B},H={H},T={steps}" + (f",heads={heads}" if heads > 1 else "")
     register(BenchCase(
-        family="rnn", op=f"{cell}_{kind}", mode=mode, dtype=dtype, size=f"B={B},H={H},T={steps}",
-        setup=_setup(cell, kind, B, H, dtype, steps), providers=_providers(kind, mode, dtype, steps),
-        bytes_moved=steps * step_bytes(cell, B, H, dtype, mode) + weight_grad_bytes(cell, H, mode),
-        flops=steps * step_flops(cell, B, H, mode),
-        devices=devices, params={"B": B, "H": H, "T": steps, "cell": cell},
+        family="rnn", op=f"{cell}_{kind}", mode=mode, dtype=dtype, size=size,
+        setup=_setup(cell, kind, B, H, dtype, steps, heads), providers=_providers(kind, mode, dtype, steps),
+        bytes_moved=steps * step_bytes(cell, B, H, dtype, mode, heads) + weight_grad_bytes(cell, H, mode, heads),
+        flops=steps * step_flops(cell, B, H, mode, heads),
+        devices=devices, params={"B": B, "H": H, "T": steps, "cell": cell, "heads": heads},
         provider_devices=PROVIDER_DEVICES, eager="torch", in_default_set=default,
     ))
 
@@ -288,5 +324,91 @@ def _register_issue14_grid() -> None:
         _register(cell, "layer", mode, dtype, B, H, steps, ("cuda",), default=False)
 
 
+def _register_heads() -> None:
+    """Multi-head layers (out of the short default set): the GPU sizes in fp16, the CPU one in fp32."""
+    for cell, mode in itertools.product(GATES, ("fwd", "full")):
+        for (B, H), dtype, device in ([(size, "float16", "cuda") for size in HEADS_GPU_SIZES]
+                                      + [(size, "float32", "cpu") for size in HEADS_CPU_SIZES]):
+            _register(cell, "layer", mode, dtype, B, H, STEPS, (device,), default=False, heads=HEADS)
+
+
 _register_all()
 _register_issue14_grid()
+_register_heads()
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU fallback with heads: `python -m gpukernels.benchmarks.rnn --heads-cpu`
+
+
+def _heads_cpu_layer(cell: str, heads: int, w_hh, arrays: dict):
+    """(forward, backward) callables of our NumPy layer at ``heads`` (w_hh compact, or dense)."""
+    import gpukernels as gk
+
+    x, h0, w_ih, b, gy = (arrays[k] for k in ("x", "h0", "w_ih", "b", "gy"))
+    if cell == "lstm":
+        return (lambda: gk.lstm_layer(x, h0, h0, w_ih, w_hh, b, b, heads=heads),
+                lambda: gk.lstm_layer_backward(gy, None, None, x, h0, h0, w_ih, w_hh, b, b, heads=heads))
+    return (lambda: gk.gru_layer(x, h0, w_ih, w_hh, b, b, heads=heads),
+            lambda: gk.gru_layer_backward(gy, None, x, h0, w_ih, w_hh, b, b, heads=heads))
+
+
+def heads_cpu_table(B: int = 16, H: int = 128, steps: int = STEPS, rounds: int = 41) -> list[str]:
+    """Medians (time.perf_counter) of the NumPy layer's forward and backward (which recomputes the
+    forward), fp32, input size 128, at heads 1, 2 and 4 with the compact weight, and at heads 2
+    and 4 given the equivalent dense block-diagonal matrix as heads=1 (what every heads value
+    cost before the products ran per head). Each round times every variant once, so a busy
+    machine slows them alike."""
+    import statistics
+    import time
+
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for cell in GATES:
+        G = GATES[cell]
+        arrays = {"x": rng.standard_normal((steps, B, 128)), "h0": rng.standard_normal((B, H)) * 0.5,
+                  "w_ih": rng.standard_normal((G * H, 128)) * 0.1, "b": rng.standard_normal(G * H) * 0.1,
+                  "gy": rng.standard_normal((steps, B, H))}
+        arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
+        variants = {}
+        for heads in (1, 2, 4):
+            w = (rng.standard_normal((G * H, H // heads)) * 0.1).astype(np.float32)
+            variants[f"heads={heads}"] = _heads_cpu_layer(cell, heads, w, arrays)
+            if heads > 1:
+                dense = _dense_block_diagonal(torch.from_numpy(w), G, heads).numpy()
+                variants[f"heads={heads} as dense"] = _heads_cpu_layer(cell, 1, dense, arrays)
+        times = {name: ([], []) for name in variants}
+        for forward, backward in variants.values():  # warm-up
+            forward()
+            backward()
+        for _ in range(rounds):
+            for name, pair in variants.items():
+                for run, record in zip(pair, times[name]):
+                    start = time.perf_counter()
+                    run()
+                    record.append(time.perf_counter() - start)
+        for name, (forward, backward) in times.items():
+            lines.append(f"{cell}_layer B={B},H={H},T={steps} {name:17s} "
+                         f"forward {statistics.median(forward) * 1e3:6.2f} ms  "
+                         f"backward {statistics.median(backward) * 1e3:6.2f} ms")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="RNN benchmark extras (the cases run through `gpukernels bench`)")
+    parser.add_argument("--heads-cpu", action="store_true", help="time the NumPy layer with heads 1/2/4")
+    parser.add_argument("--rounds", type=int, default=41)
+    args = parser.parse_args(argv)
+    if not args.heads_cpu:
+        parser.error("nothing to do: pass --heads-cpu")
+    for line in heads_cpu_table(rounds=args.rounds):
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,9 +3,15 @@
 PyTorch float64 autograd of a hand-written loop whose recurrent product is a per-head einsum (no
 dense matrix anywhere), on the reference; then the Triton kernels in the interpreter, the CuPy
 backend on the host (g++), the torch ops (opcheck lives in test_torch_opcheck.py), the nn
-modules and torch.compile, and the argument checks."""
+modules and torch.compile, and the argument checks. Every backend multiplies the compact blocks
+itself: spies on the one maker of a dense matrix (``_rnn_driver.block_diagonal``), on the step
+kernel's launches and on the dense products assert that nothing dense is formed or multiplied
+except where a kernel says it falls back (Triton's forward step under 16 units a head, the
+persistent kernels)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -177,6 +183,13 @@ def test_reference_matches_torch_autograd_of_a_per_head_loop(kind, heads, revers
             assert_close(got, want, "float64", "reduction")
 
 
+def _same_sums(got, want):
+    """Equal up to the order BLAS sums the same terms in: the per-head products add exactly the
+    nonzero terms of the dense product, but OpenBLAS may split a K of 8 differently from a K of 4
+    (measured: 1e-16 apart in float64), so bitwise equality is not promised."""
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("reverse,lengths", DIRECTIONS)
 @pytest.mark.parametrize("heads", [2, 4], ids=lambda h: f"heads{h}")
 @pytest.mark.parametrize("kind", KINDS)
@@ -186,32 +199,69 @@ def test_heads_equal_the_dense_path_with_the_block_diagonal_matrix(kind, heads, 
     outputs, grads = _run_gk(kind, a, heads, reverse, lengths)
     dense_outputs, dense_grads = _run_gk(kind, a, 1, reverse, lengths, w_hh=dense)
     for got, want in zip(outputs, dense_outputs):
-        np.testing.assert_array_equal(got, want)
+        _same_sums(got, want)
     w_hh_index = 4 if KINDS[kind][0] == "lstm" else 3
     for index, (got, want) in enumerate(zip(grads, dense_grads)):
         if index == w_hh_index:
-            # The compact gradient is exactly the diagonal blocks; the dense one has more (the
+            # The compact gradient is the diagonal blocks; the dense one has more (the
             # off-diagonal blocks, which belong to no parameter and must not leak in).
-            np.testing.assert_array_equal(got, _diagonal_by_hand(want, heads))
+            _same_sums(got, _diagonal_by_hand(want, heads))
             assert np.abs(want - _dense_by_hand(got, GATES[KINDS[kind][0]], heads)).max() > 0
         elif want is None:
             assert got is None
         else:
-            np.testing.assert_array_equal(got, want)
+            _same_sums(got, want)
 
 
-def test_expansion_and_gathering_on_numpy_and_torch_agree_with_the_convention(rng):
-    w = rng.standard_normal((3 * 12, 4))  # GRU, H=12, heads=3
-    dense = rnn_ops._block_diagonal(w, 3, 3)
-    np.testing.assert_array_equal(dense, _dense_by_hand(w, 3, 3))
-    np.testing.assert_array_equal(rnn_ops._block_diagonal(torch.from_numpy(w), 3, 3).numpy(), dense)
-    full = rng.standard_normal(dense.shape)
-    np.testing.assert_array_equal(rnn_ops._diagonal_blocks(full, 3, 3), _diagonal_by_hand(full, 3))
-    np.testing.assert_array_equal(rnn_ops._diagonal_blocks(torch.from_numpy(full), 3, 3).numpy(),
-                                  _diagonal_by_hand(full, 3))
-    w[0, 0] = np.inf  # an inf stays in its own block: the rest of the row and column stay zero
-    dense = rnn_ops._block_diagonal(w, 3, 3)
-    assert np.isinf(dense[0, 0]) and not np.isnan(dense).any() and np.count_nonzero(dense[0]) == 4
+def _driver_backends():
+    """The shared driver's array backends over NumPy (CuPy's, as the host tests run it) and torch
+    CPU tensors (Triton's), with the arrays each takes."""
+    from types import SimpleNamespace
+
+    from gpukernels.cupy.rnn import _ArrayBackend
+    from gpukernels.triton.rnn import _TorchBackend
+
+    return [(_ArrayBackend(SimpleNamespace(xp=np, launch=None)), lambda a: a, lambda a: a),
+            (_TorchBackend("cpu"), torch.from_numpy, lambda t: t.numpy())]
+
+
+def test_expansion_on_numpy_and_torch_agrees_with_the_convention(rng):
+    """The dense fallback (the kernels that cannot take the blocks) builds what the convention says."""
+    from gpukernels import _rnn_driver as driver
+
+    for ops, to, back in _driver_backends():
+        w = rng.standard_normal((3 * 12, 4))  # GRU, H=12, heads=3
+        dense = back(driver.block_diagonal(ops, to(w), 3, 3))
+        np.testing.assert_array_equal(dense, _dense_by_hand(w, 3, 3))
+        w[0, 0] = np.inf  # an inf stays in its own block: the rest of the row and column stay zero
+        dense = back(driver.block_diagonal(ops, to(w), 3, 3))
+        assert np.isinf(dense[0, 0]) and not np.isnan(dense).any() and np.count_nonzero(dense[0]) == 4
+
+
+@pytest.mark.parametrize("gates,heads", [(1, 2), (3, 4), (4, 3), (2, 1)], ids=lambda v: str(v))
+def test_the_drivers_per_head_products_equal_the_dense_ones(gates, heads, rng):
+    """head_product, head_gradient and head_weight_gradient (the Triton backward and every CuPy
+    product) against the same products with the dense block-diagonal matrix, on NumPy and torch."""
+    from gpukernels import _rnn_driver as driver
+
+    for ops, to, back in _driver_backends():
+        B, N, H = 5, 7, 12
+        w = rng.standard_normal((gates * H, H // heads))
+        dense = _dense_by_hand(w, gates, heads)
+        h, d = rng.standard_normal((B, H)), rng.standard_normal((B, gates * H))
+        states, dgates = rng.standard_normal((N, H)), rng.standard_normal((N, gates * H))
+        _same_sums(back(driver.head_product(ops, to(h), to(w), heads)), h @ dense.T)
+        by_head = driver.heads_by_head(ops, to(w), gates, heads)
+        _same_sums(back(driver.head_gradient(ops, to(d), by_head)), d @ dense)
+        c = rng.standard_normal((B, H))  # the carried part of dh_prev, added in the same pass
+        _same_sums(back(driver.head_gradient(ops, to(d), by_head, to(c))), c + d @ dense)
+        _same_sums(back(driver.head_weight_gradient(ops, to(dgates), to(states), heads)),
+                   _diagonal_by_hand(dgates.T @ states, heads))
+        # a gate slice (the original GRU's r, z rows and its n rows): rows of the compact weight
+        if gates > 1:
+            size = H // heads
+            _same_sums(back(driver.head_product(ops, to(h), to(w[H:]), heads)), h @ dense[H:].T)
+            _same_sums(back(driver.head_gradient(ops, to(d[:, H:]), by_head[:, size:])), d[:, H:] @ dense[H:])
 
 
 def test_cells_take_heads_like_a_layer_of_one_step(rng):
@@ -271,10 +321,108 @@ def _run_on_device_against_reference(backend, kind, dtype, T, B, H, heads, rever
     assert_gradients_close(grads, want_grads, dtype)
 
 
-@pytest.mark.parametrize("kind,dtype,heads", [("lstm_peep_coupled", "float32", 2), ("gru", "bfloat16", 3),
-                                              ("rnn_relu", "float16", 2)])
-def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, heads, rng, monkeypatch):
-    """The opt-in persistent kernels (whole time loop in one launch) take the dense weight too."""
+class _StepLaunches:
+    """Stands in for the Triton forward step kernel: records each launch's grid and the shape of
+    the recurrent weight it was given, then launches the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((tuple(grid), tuple(args[8].shape)))  # args[8]: w_ptr
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.fixture
+def dense_expansions(monkeypatch):
+    """Records every dense block-diagonal matrix the driver forms (its only maker), by shape."""
+    from gpukernels import _rnn_driver as driver
+    from gpukernels.triton import rnn_persistent
+
+    formed = []
+
+    def record(ops, w, gates, heads, _real=driver.block_diagonal):
+        formed.append((tuple(w.shape), gates, heads))
+        return _real(ops, w, gates, heads)
+
+    monkeypatch.setattr(driver, "block_diagonal", record)
+    monkeypatch.delenv(rnn_persistent.ENVIRONMENT_SWITCH, raising=False)  # the per-step kernels
+    return formed
+
+
+def _spy_triton_products(monkeypatch):
+    """(the step-launch recorder, a list of the dense products the backward ran: addmm/mm)."""
+    from gpukernels.triton import rnn as triton_rnn
+
+    steps = _StepLaunches(triton_rnn.rnn_step_kernel)
+    monkeypatch.setattr(triton_rnn, "rnn_step_kernel", steps)
+    dense_products = []
+    for name in ("addmm", "matmul_into"):
+        def record(self, *args, _real=getattr(triton_rnn._TorchBackend, name), _name=name):
+            dense_products.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(triton_rnn._TorchBackend, name, record)
+    return steps, dense_products
+
+
+# Heads of 16 units or more: the step kernel multiplies the compact blocks (every cell, dtype,
+# heads 2 and 4, a head of 24 units that no power-of-two tile divides); T=5, B=3.
+BLOCK_CASES = [("rnn_tanh", "float32", 32, 2), ("rnn_relu", "float16", 64, 4), ("lstm", "bfloat16", 32, 2),
+               ("lstm_peep", "float32", 64, 4), ("lstm_coupled", "float16", 32, 2),
+               ("lstm_peep_coupled", "bfloat16", 64, 4), ("gru", "float32", 64, 4), ("gru", "bfloat16", 32, 2),
+               ("gru_original", "float16", 64, 4), ("gru_original", "float32", 32, 2), ("lstm", "float32", 48, 2)]
+
+
+@pytest.mark.parametrize("reverse,lengths", DIRECTIONS)
+@pytest.mark.parametrize("kind,dtype,H,heads", [
+    pytest.param(*c, id=f"{c[0]}-T5-B3-H{c[2]}-heads{c[3]}-{SHORT[c[1]]}") for c in BLOCK_CASES])
+def test_triton_kernels_multiply_the_blocks_without_a_dense_matrix(kind, dtype, H, heads, reverse, lengths, rng,
+                                                                  monkeypatch, dense_expansions):
+    """The step kernel gets the compact weight and a grid with one slice of programs per head;
+    backward's products are per head (no addmm with a dense w_hh); nothing dense is formed. A
+    kernel reading an off-diagonal block would read past its head's columns: the reference
+    (per-head products, checked against torch autograd above) would tell."""
+    steps, dense_products = _spy_triton_products(monkeypatch)
+    _run_on_device_against_reference("triton", kind, dtype, 5, 3, H, heads, reverse, lengths, rng, DEVICE)
+    assert dense_expansions == []
+    assert dense_products == []
+    G = GATES[KINDS[kind][0]]
+    assert steps.launches
+    for grid, w_shape in steps.launches:
+        assert grid[2] == heads, grid
+        # the original GRU's launches get the r, z rows and the n rows of the compact weight
+        assert w_shape[1] == H // heads and w_shape[0] in (G * H, 2 * H, H), w_shape
+
+
+@pytest.mark.parametrize("kind,dtype", [("lstm_peep", "float32"), ("gru_original", "bfloat16"),
+                                        ("rnn_relu", "float16")])
+def test_triton_heads_narrower_than_a_dot_tile_take_the_dense_expansion(kind, dtype, rng, monkeypatch,
+                                                                        dense_expansions):
+    """H=32, heads=4: 8 units a head, under the step kernel's 16 (MIN_STEP_HEAD). Exactly the
+    forward step gets the dense matrix, once per layer forward (the public backward recomputes
+    the forward: two); backward's products stay per head."""
+    from gpukernels.triton import rnn as triton_rnn
+
+    assert not triton_rnn.step_takes_heads(8) and triton_rnn.step_takes_heads(16)
+    steps, dense_products = _spy_triton_products(monkeypatch)
+    _run_on_device_against_reference("triton", kind, dtype, 4, 3, 32, 4, True, (4, 1, 3), rng, DEVICE)
+    G = GATES[KINDS[kind][0]]
+    assert dense_expansions == [((G * 32, 8), G, 4)] * 2
+    assert dense_products == []
+    for grid, w_shape in steps.launches:
+        assert grid[2] == 1 and w_shape[1] == 32, (grid, w_shape)
+
+
+@pytest.mark.parametrize("kind,dtype,H,heads", [("lstm_peep_coupled", "float32", 6, 2), ("gru", "bfloat16", 6, 3),
+                                                ("rnn_relu", "float16", 6, 2), ("lstm", "float32", 32, 2)])
+def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, H, heads, rng, monkeypatch, dense_expansions):
+    """The opt-in persistent kernels (whole time loop in one launch) take the dense weight too:
+    three expansions per layer and backward call (two forwards, one backward). Heads of 16 units
+    or more are expanded for the persistent kernels alone (forward_layer, backward_layer); the
+    narrower ones by the driver for any forward kernel, and by backward_layer."""
     from gpukernels.triton import rnn_persistent as rp
 
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
@@ -285,7 +433,9 @@ def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, heads, r
             return ran[-1][1]
 
         monkeypatch.setattr(rp, name, record)
-    _run_on_device_against_reference("triton", kind, dtype, 4, 3, 6, heads, True, (4, 1, 3), rng, DEVICE)
+    _run_on_device_against_reference("triton", kind, dtype, 4, 3, H, heads, True, (4, 1, 3), rng, DEVICE)
+    G = GATES[KINDS[kind][0]]
+    assert dense_expansions == [((G * H, H // heads), G, heads)] * 3
     assert ran == [("layer_forward", True), ("layer_forward", True), ("layer_backward", True)]
 
 
@@ -339,6 +489,61 @@ def test_cupy_layers_with_heads_match_the_reference(cupy_call, monkeypatch, kind
     for got, want in zip(outputs, want_outputs):
         assert_close(got, want, dtype, "reduction")
     assert_gradients_close(grads, want_grads, dtype)
+
+
+@pytest.mark.parametrize("kind,heads", [("lstm_peep_coupled", 4), ("gru_original", 2), ("gru", 4), ("rnn_tanh", 2)])
+def test_cupy_products_use_the_blocks_without_a_dense_matrix(cupy_call, monkeypatch, dense_expansions, kind, heads,
+                                                             rng):
+    """CuPy multiplies the compact weight (the driver's per-head products) at every head size,
+    here 4 and 8 units: no dense matrix, and every forward step's weight is compact."""
+    from gpukernels.cupy import rnn as cupy_rnn
+
+    weights = []
+
+    def forward_step(self, code, step, _real=cupy_rnn._ArrayBackend.forward_step):
+        weights.append((tuple(step.w.shape), step.heads))
+        return _real(self, code, step)
+
+    monkeypatch.setattr(cupy_rnn._ArrayBackend, "forward_step", forward_step)
+    a = _arrays(rng, kind, 5, 3, 4, 16, heads, _numpy_maker(rng, np.float32))
+    want_outputs, want_grads = _run_gk(kind, {k: None if v is None else as_float64(v) for k, v in a.items()},
+                                       heads, True, (5, 2, 4))
+    with monkeypatch.context() as patch:
+        patch.setattr(rnn_ops, "call", cupy_call)
+        outputs, grads = _run_gk(kind, a, heads, True, (5, 2, 4))
+    assert dense_expansions == []
+    assert weights and all(shape[1] == 16 // heads and step_heads == heads for shape, step_heads in weights)
+    for got, want in zip(outputs, want_outputs):
+        assert_close(got, want, "float32", "reduction")
+    assert_gradients_close(grads, want_grads, "float32")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "triton", "cupy"])
+@pytest.mark.parametrize("kind", ["lstm_peep", "gru_original", "rnn_tanh"])
+@pytest.mark.parametrize("T,B", [(0, 3), (4, 0)], ids=["T0-B3", "T4-B0"])
+def test_empty_sequences_and_batches_with_heads(backend, kind, T, B, rng, monkeypatch, request):
+    """Nothing to multiply: every output and gradient has its shape (w_hh's compact) and the
+    weight gradients are zeros; grad_h0 is grad_h_n when T=0."""
+    H, heads = 32, 2
+    a = _arrays(rng, kind, T, B, 4, H, heads, _numpy_maker(rng, np.float32))
+    if backend == "cupy":
+        monkeypatch.setattr(rnn_ops, "call", request.getfixturevalue("cupy_call"))
+    elif backend == "triton":
+        a = {k: None if v is None else torch.from_numpy(v) for k, v in a.items()}
+    with gk.use_backend(backend) if backend != "cupy" else contextlib.nullcontext():  # cupy: the call is routed
+        outputs, grads = _run_gk(kind, a, heads, False, None)
+    names = NAMES if KINDS[kind][0] == "lstm" else ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
+    assert tuple(outputs[0].shape) == (T, B, H)
+    for name, grad in zip(names, grads):
+        if a[name] is None:
+            assert grad is None, name
+            continue
+        assert tuple(grad.shape) == tuple(a[name].shape), name
+        grad = np.asarray(grad)
+        if name.startswith(("w_", "b_")):
+            assert not np.any(grad), name
+        elif name == "h0" and T == 0:
+            np.testing.assert_array_equal(grad, np.asarray(a["gh"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +646,7 @@ def test_a_module_with_heads_compiles_fullgraph_and_matches_eager():
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("kind,H,heads", [("lstm_peep_coupled", 100, 4), ("gru", 100, 5), ("gru_original", 100, 2),
                                           ("rnn_tanh", 7, 7)], ids=lambda v: str(v))
-def test_layers_with_heads_on_the_device(kind, H, heads, dtype, path, rng):
+def test_layers_with_heads_on_the_device(kind, H, heads, dtype, path, rng, dense_expansions):
     backend, _, inputs = path.partition("-")
     library = lambda t: t  # noqa: E731
     if backend == "cupy":
@@ -452,6 +657,10 @@ def test_layers_with_heads_on_the_device(kind, H, heads, dtype, path, rng):
             library = cupy.from_dlpack
     _run_on_device_against_reference(backend, kind, dtype, 6, 5, H, heads, True, (6, 2, 5, 1, 3), rng, "cuda",
                                      library)
+    # the dense matrix only for the Triton forward step of heads under 16 units (twice: the
+    # public backward recomputes the forward), never for CuPy
+    narrow = backend == "triton" and H // heads < 16
+    assert len(dense_expansions) == (2 if narrow else 0), dense_expansions
 
 
 @pytest.mark.gpu
@@ -517,3 +726,39 @@ def test_a_w_hh_of_the_wrong_compact_shape_is_refused(no_kernel, shape, heads, r
         gk.gru_layer(a["x"], a["h0"], a["w_ih"], w_hh, heads=heads)
     with pytest.raises(ValueError, match="w_hh must have shape"):
         gk.gru_layer_backward(a["gy"], None, a["x"], a["h0"], a["w_ih"], w_hh, heads=heads)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmarks' bytes/FLOP model
+
+
+@pytest.mark.parametrize("heads", [2, 4], ids=lambda h: f"heads{h}")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_bytes_and_flops_model_counts_each_heads_block_only(cell, heads):
+    """The recurrent product of a step: 2*B*G*H*(H // heads) FLOPs and G*H*(H // heads) weights
+    read (forward; again in backward); the rest of the step is as many bytes as without heads."""
+    from gpukernels.benchmarks import registry
+    from gpukernels.benchmarks import rnn as bench
+
+    B, H, G = 16, 256, GATES[cell]
+    saved = G * H * (H - H // heads)  # weight elements no longer read or multiplied
+    assert bench.step_flops(cell, B, H, "fwd") - bench.step_flops(cell, B, H, "fwd", heads) == 2 * B * saved
+    assert bench.step_flops(cell, B, H, "full") - bench.step_flops(cell, B, H, "full", heads) == 3 * 2 * B * saved
+    assert bench.step_bytes(cell, B, H, "float16") - bench.step_bytes(cell, B, H, "float16", heads=heads) == 2 * saved
+    assert (bench.step_bytes(cell, B, H, "float16", "full") - bench.step_bytes(cell, B, H, "float16", "full", heads)
+            == 2 * 2 * saved)
+    assert bench.weight_grad_bytes(cell, H, "full") - bench.weight_grad_bytes(cell, H, "full", heads) == 4 * saved
+    if heads == bench.HEADS:  # the registered multi-head cases carry the model
+        case = next(c for c in registry.all_cases() if c.op == f"{cell}_layer" and c.mode == "fwd"
+                    and c.size == f"B={B},H={H},T={bench.STEPS},heads={heads}")
+        assert case.flops == bench.STEPS * bench.step_flops(cell, B, H, "fwd", heads)
+        assert case.params["heads"] == heads
+
+
+def test_the_heads_cpu_timing_table_runs():
+    """`python -m gpukernels.benchmarks.rnn --heads-cpu` (the README's CPU numbers), tiny."""
+    from gpukernels.benchmarks import rnn as bench
+
+    lines = bench.heads_cpu_table(B=2, H=8, steps=3, rounds=1)
+    assert len(lines) == 2 * 5  # LSTM and GRU: heads 1, 2, 4 and 2, 4 as dense
+    assert all(" ms  backward " in line for line in lines) and sum("as dense" in line for line in lines) == 4

@@ -6,6 +6,12 @@ NumPy and rnn.cu built with g++.
 
 Precision: the input projection, the recurrent state, the workspace and all of backward are
 fp32 whatever the storage dtype (fp16/bf16 storage is read and written at the edges only).
+
+Multi-head weights (``heads > 1``): every recurrent product is one batched ``cupy.matmul`` over
+the heads from the compact weight (gpukernels._rnn_driver.head_product / head_gradient /
+head_weight_gradient), at any head size: the forward one stacks (gates, heads) blocks of
+``size x size`` and gathers the result back into the gate-major layout the step kernel reads
+(one copy of B*G*H per step), so the kernels in rnn.cu are the same for every ``heads``.
 """
 
 from __future__ import annotations
@@ -110,8 +116,14 @@ class _ArrayBackend:
     def addmm(self, c, a, b):
         return c + a @ b
 
+    def permute(self, a, dims):
+        return a.transpose(dims)
+
+    def step_takes_heads(self, size: int) -> bool:
+        return True  # the products are cuBLAS's (head_product), any head size
+
     def forward_step(self, code: int, s) -> None:
-        gh = s.hin @ s.w.T
+        gh = s.hin @ s.w.T if s.heads == 1 else driver.head_product(self, s.hin, s.w, s.heads)
         self.step("forward", code, s.storage, s.B * s.H, s.H, s.t, s.gx, s.gx_stride, gh, _row_stride(gh), s.b,
                   s.peep, s.h, _row_stride(s.h), s.c, _row_stride(s.c), s.lens, s.relu, s.coupled, s.y, s.ws,
                   s.ws_stride)

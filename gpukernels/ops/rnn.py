@@ -12,10 +12,12 @@ Multi-head (block-diagonal) recurrent weights, as FlashRNN offers: ``heads`` (de
 layer) splits the hidden units into ``heads`` groups of ``H // heads`` that see only their own
 group's state. ``w_hh`` then holds just the diagonal blocks, shape ``(G*H, H // heads)``: row ``r``
 (gate ``r // H``, unit ``u = r % H``) belongs to head ``u // (H // heads)`` and multiplies only that
-head's slice of ``h``. ``heads=1`` is ``(G*H, H)``, PyTorch's layout. The kernels still run the dense
-product: the compact weight is expanded to the block-diagonal ``(G*H, H)`` matrix once per call,
-and backward's dense ``w_hh`` gradient is cut back to its diagonal blocks (``_block_diagonal``,
-``_diagonal_blocks``), so every backend runs unchanged at ``heads`` times the recurrent FLOPs.
+head's slice of ``h``. ``heads=1`` is ``(G*H, H)``, PyTorch's layout. Every backend takes the compact
+weight as it is (the ``heads`` parameter) and runs the recurrent products head by head, at
+``heads`` times fewer FLOPs than the dense block-diagonal matrix; the w_hh gradient comes back
+compact. Where a kernel cannot use blocks that small it expands them itself and says so
+(``gpukernels._rnn_driver.block_diagonal``: the Triton forward step below 16 units a head, the
+opt-in persistent Triton kernels).
 
 Cells take ``x`` of shape ``(B, I)`` and states ``(B, H)``; layers take ``x`` of shape
 ``(T, B, I)`` (time first) and return ``y`` of shape ``(T, B, H)`` with the final state(s).
@@ -186,44 +188,6 @@ def _check_grad(grad: Any, name: str, like_name: str, like: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Multi-head recurrent weights: the backends see the dense block-diagonal matrix. Written once
-# for numpy, cupy and torch arrays alike: reshape views and one basic-slicing copy per head,
-# which every one of the three indexes the same way (heads is small; one copy per layer call).
-
-
-def _block_diagonal(w_hh: Any, gates: int, heads: int) -> Any:
-    """The dense ``(G*H, H)`` recurrent weight of the compact ``(G*H, H // heads)`` one: each
-    row's values in its head's columns, zeros elsewhere (written as zeros, never as a product
-    with a mask, so an inf in one head cannot put NaN into another)."""
-    rows, size = (int(s) for s in w_hh.shape)
-    dense = _zeros(w_hh, (rows, size * heads))
-    blocks = dense.reshape(gates, heads, size, heads, size)  # a view: writing it writes dense
-    compact = w_hh.reshape(gates, heads, size, size)
-    for head in range(heads):
-        blocks[:, head, :, head, :] = compact[:, head]
-    return dense
-
-
-def _diagonal_blocks(dense: Any, gates: int, heads: int) -> Any:
-    """The compact ``(G*H, H // heads)`` gradient of a dense ``(G*H, H)`` one: its diagonal
-    blocks exactly (the off-diagonal entries belong to no parameter and are dropped)."""
-    rows, H = (int(s) for s in dense.shape)
-    size = H // heads
-    compact = _zeros(dense, (rows, size))
-    blocks, out = dense.reshape(gates, heads, size, heads, size), compact.reshape(gates, heads, size, size)
-    for head in range(heads):
-        out[:, head] = blocks[:, head, :, head, :]
-    return compact
-
-
-def _backend_params(cell: str, w_hh: Any, params: dict) -> tuple[Any, dict, int]:
-    """(the w_hh the backends take, the params they take, heads)."""
-    params = dict(params)
-    heads = params.pop("heads", 1)
-    return (w_hh if heads == 1 else _block_diagonal(w_hh, GATES[cell], heads)), params, heads
-
-
-# ---------------------------------------------------------------------------------------------
 # The layer ops every public function goes through. ``_forward`` also returns the workspace
 # that ``_backward`` reads (the autograd Functions keep it between the passes).
 
@@ -232,18 +196,13 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, params):
     """(y, h_n, c_n, workspace). The workspace is left as the backend made it (its own array
     type and dtype: the Triton one is fp32 whatever the storage), since only a backward reads it;
     the rest comes back as the caller's arrays, like every op's results."""
-    w_hh, params, _ = _backend_params(cell, w_hh, params)
     arrays = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
     return call("rnn", "layer_forward", arrays, params, returns_like=(x, x, x, None))
 
 
 def _backward(cell, grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, params):
-    w_hh, params, heads = _backend_params(cell, w_hh, params)
     arrays = (grad_y, grad_h_n, grad_c_n, workspace, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
-    grads = call("rnn", "layer_backward", arrays, params, returns_like=x)
-    if heads == 1:
-        return grads
-    return grads[:4] + (_diagonal_blocks(grads[4], GATES[cell], heads),) + tuple(grads[5:])
+    return call("rnn", "layer_backward", arrays, params, returns_like=x)
 
 
 def _layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, **options):

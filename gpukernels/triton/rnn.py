@@ -9,9 +9,19 @@ backward needs (the workspace layout of ``gpukernels.reference.rnn``), never pre
 The original GRU (``linear_before_reset=False``) needs ``r`` of every hidden unit before its
 ``n`` matmul, so it takes two launches per step: cell GRU_RZ (gates r, z and r*h), then GRU_N.
 
+Multi-head (block-diagonal) recurrent weights: the kernel reads the compact ``w_hh`` (G*H, HEAD),
+HEAD = H // heads units a head, row stride HEAD. The grid's third axis is the head: a program's
+tile of hidden units lies inside one head, and its K loop runs over that head's HEAD state columns
+only, so a step does heads times fewer products and reads heads times fewer weight bytes. heads=1
+is HEAD = H, one head: the dense layer, the same code. Heads narrower than one ``tl.dot`` tile
+(HEAD < 16: the product's K tile would be mostly masked padding and each program's tile of units
+mostly idle) take the dense expansion instead (``step_takes_heads``).
+
 Backward step (``rnn_backward_step_kernel``): the pointwise cell derivative for one step; the
-recurrent gradient ``dgates @ w_hh`` is one cuBLAS ``addmm`` per step, and the weight gradients
-are one matmul each over all steps at the end. Backward accumulates in fp32 whatever the storage.
+recurrent gradient ``dgates @ w_hh`` is one cuBLAS ``addmm`` per step (with heads: one batched
+matmul over the heads, gpukernels._rnn_driver.head_gradient, at every head size), and the weight
+gradients are one matmul each over all steps at the end (with heads: one batched matmul giving
+the compact gradient). Backward accumulates in fp32 whatever the storage.
 
 The time-step loops themselves are gpukernels._rnn_driver's (shared with the CuPy backend);
 this module gives them torch arrays and the launches of these two kernels.
@@ -41,10 +51,11 @@ CELL_NAMES = {RNN: "rnn", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru_rz", GRU_N: "gr
 
 
 @triton.jit
-def _gate_dot(acc, hk, w_ptr, gate, offs_k, offs_h, k_mask, h_mask, H, DOT_F32: tl.constexpr):
-    # (BLOCK_K, BLOCK_H) tile of w_hh^T for this gate block: element [k, j] = w[gate*H + j, k]
+def _gate_dot(acc, hk, w_ptr, gate, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32: tl.constexpr):
+    # (BLOCK_K, BLOCK_H) tile of w_hh^T for this gate block: element [k, j] = w[gate*H + j, k], k
+    # a column of the unit's head (w_hh holds HEAD columns: its head's block; all H when heads=1)
     rows = (gate * H + offs_h[None, :]).to(tl.int64)
-    w = tl.load(w_ptr + rows * H + offs_k[:, None], mask=k_mask[:, None] & h_mask[None, :], other=0.0)
+    w = tl.load(w_ptr + rows * HEAD + offs_k[:, None], mask=k_mask[:, None] & h_mask[None, :], other=0.0)
     if w.dtype == tl.float32:
         return tl.dot(hk, w, acc=acc, input_precision="ieee")
     # Half-precision weights: the fp32 state enters the tensor-core product as two halves, its
@@ -73,32 +84,35 @@ def _preact(acc, gx_ptr, gx_rows, b_ptr, gate, offs_h, tile_mask, h_mask, H):
 def rnn_step_kernel(
     gx_ptr, gx_stride, hin_ptr, hin_stride, hprev_ptr, hprev_stride, cprev_ptr, cprev_stride,
     w_ptr, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr, ws_stride,
-    t, B, H, relu, coupled,
+    t, B, H, HEAD, relu, coupled,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_F32: tl.constexpr,
 ):
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_h = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    b_mask, h_mask = offs_b < B, offs_h < H
+    # Units of one head (axis 2; heads=1: HEAD = H and one head): the tile never straddles two.
+    head_start = tl.program_id(2).to(tl.int64) * HEAD
+    offs_u = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_h = head_start + offs_u
+    b_mask, h_mask = offs_b < B, offs_u < HEAD
     tile_mask = b_mask[:, None] & h_mask[None, :]
 
-    # Recurrent matmul of every gate block this cell needs, over the hidden dimension.
+    # Recurrent matmul of every gate block this cell needs, over the head's state columns.
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
+    for k0 in range(0, HEAD, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < H
-        hk = tl.load(hin_ptr + offs_b[:, None] * hin_stride + offs_k[None, :],
+        k_mask = offs_k < HEAD
+        hk = tl.load(hin_ptr + offs_b[:, None] * hin_stride + head_start + offs_k[None, :],
                      mask=b_mask[:, None] & k_mask[None, :], other=0.0)
-        acc0 = _gate_dot(acc0, hk, w_ptr, 0, offs_k, offs_h, k_mask, h_mask, H, DOT_F32)
+        acc0 = _gate_dot(acc0, hk, w_ptr, 0, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32)
         if CELL == 1 or CELL == 2 or CELL == 3:
-            acc1 = _gate_dot(acc1, hk, w_ptr, 1, offs_k, offs_h, k_mask, h_mask, H, DOT_F32)
+            acc1 = _gate_dot(acc1, hk, w_ptr, 1, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32)
         if CELL == 1 or CELL == 2:
-            acc2 = _gate_dot(acc2, hk, w_ptr, 2, offs_k, offs_h, k_mask, h_mask, H, DOT_F32)
+            acc2 = _gate_dot(acc2, hk, w_ptr, 2, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32)
         if CELL == 1:
-            acc3 = _gate_dot(acc3, hk, w_ptr, 3, offs_k, offs_h, k_mask, h_mask, H, DOT_F32)
+            acc3 = _gate_dot(acc3, hk, w_ptr, 3, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32)
 
     gx_rows = offs_b[:, None] * gx_stride
     ws_tile = ws_ptr + offs_b[:, None] * ws_stride + offs_h[None, :]
@@ -251,6 +265,16 @@ def step_tile(batch: int) -> StepTile:
     return STEP_TILES[0] if batch <= 16 else STEP_TILES[1]
 
 
+# The narrowest head the step kernel multiplies from the compact weight: tl.dot's smallest K
+# tile. A narrower head would leave most of every K tile masked and most of each program's units
+# idle (a head of 8 fills a quarter of a 32-unit tile), so such layers get the dense expansion.
+MIN_STEP_HEAD = 16
+
+
+def step_takes_heads(size: int) -> bool:
+    return size >= MIN_STEP_HEAD
+
+
 # ---------------------------------------------------------------------------------------------
 # Host code: the sequence loops are gpukernels._rnn_driver's; this is their torch backend.
 
@@ -310,22 +334,42 @@ class _TorchBackend:
     def addmm(self, c, a, b):
         return torch.addmm(c, a, b)
 
+    def permute(self, a, dims):
+        return a.permute(dims)
+
+    def step_takes_heads(self, size: int) -> bool:
+        return step_takes_heads(size)
+
     def forward_step(self, code: int, s) -> None:
         tile = step_tile(s.B)
-        grid = (triton.cdiv(s.B, tile.block_b), triton.cdiv(s.H, tile.block_h))
+        head = s.H // s.heads
+        grid = (triton.cdiv(s.B, tile.block_b), triton.cdiv(head, tile.block_h), s.heads)
         rnn_step_kernel[grid](
             s.gx, s.gx_stride, s.hin, s.hin.stride(0), s.h, s.h.stride(0), s.c, s.c.stride(0), s.w, s.b, s.peep,
-            s.lens, s.y, s.ws, s.ws_stride, s.t, s.B, s.H, s.relu, s.coupled,
+            s.lens, s.y, s.ws, s.ws_stride, s.t, s.B, s.H, head, s.relu, s.coupled,
             CELL=code, BLOCK_B=tile.block_b, BLOCK_H=tile.block_h, BLOCK_K=tile.block_k,
             DOT_F32=s.storage.dtype == torch.bfloat16 and triton_interpreting(), num_warps=tile.num_warps,
         )
 
     def forward_layer(self, s, **layer) -> bool:
-        """The whole time loop in one persistent launch where rnn_persistent's launch rule allows."""
-        return rnn_persistent.layer_forward(s, interpreting=triton_interpreting(), **layer)
+        """The whole time loop in one persistent launch where rnn_persistent's launch rule allows.
+        The persistent kernels keep the dense product (a program's slice of w_hh spans every
+        column): with heads they get the block-diagonal expansion, formed only when they may run."""
+        interpreting = triton_interpreting()
+        if s.heads > 1:
+            if not rnn_persistent.may_run(layer["cell"], s.H, s.w.dtype, layer["linear_before_reset"], interpreting):
+                return False
+            s = s._replace(w=driver.block_diagonal(self, s.w, GATES[layer["cell"]], s.heads), heads=1)
+        return rnn_persistent.layer_forward(s, interpreting=interpreting, **layer)
 
-    def backward_layer(self, s, **layer) -> bool:
-        return rnn_persistent.layer_backward(s, interpreting=triton_interpreting(), **layer)
+    def backward_layer(self, s, *, w, heads: int, **layer) -> bool:
+        interpreting = triton_interpreting()
+        if heads > 1:  # as forward_layer: the dense expansion, for the persistent kernel only
+            if not rnn_persistent.may_run(layer["cell"], s.H, w.dtype, layer["linear_before_reset"], interpreting,
+                                          True):
+                return False
+            w = driver.block_diagonal(self, w, GATES[layer["cell"]], heads)
+        return rnn_persistent.layer_backward(s, w=w, interpreting=interpreting, **layer)
 
     def backward_step(self, code: int, s) -> None:
         rnn_backward_step_kernel[(triton.cdiv(s.B * s.H, BACKWARD_BLOCK),)](
@@ -336,22 +380,23 @@ class _TorchBackend:
 
 
 def layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str, reverse: bool = False, lengths=None,
-                  coupled: bool = False, linear_before_reset: bool = True):
+                  coupled: bool = False, linear_before_reset: bool = True, heads: int = 1):
     _check_dtypes(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_peep=w_peep)
     x, h0, w_ih, w_hh = (t.contiguous() for t in (x, h0, w_ih, w_hh))
     c0 = None if c0 is None else c0.contiguous()
     arrays = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
-    options = dict(cell=cell, reverse=reverse, coupled=coupled, linear_before_reset=linear_before_reset)
+    options = dict(cell=cell, reverse=reverse, coupled=coupled, linear_before_reset=linear_before_reset, heads=heads)
     if rnn_graph.wanted(arrays):  # GPUKERNELS_RNN_CUDA_GRAPH=1: the whole call as one CUDA graph
         return rnn_graph.layer_call(driver.layer_forward, _TorchBackend(x.device), arrays, lengths, options)
     return driver.layer_forward(_TorchBackend(x.device), *arrays, lengths=lengths, **options)
 
 
 def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *, cell: str,
-                   reverse: bool = False, lengths=None, coupled: bool = False, linear_before_reset: bool = True):
+                   reverse: bool = False, lengths=None, coupled: bool = False, linear_before_reset: bool = True,
+                   heads: int = 1):
     _check_dtypes(grad_y=grad_y, x=x, h0=h0, w_hh=w_hh)
     arrays = (grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
-    options = dict(cell=cell, reverse=reverse, coupled=coupled, linear_before_reset=linear_before_reset)
+    options = dict(cell=cell, reverse=reverse, coupled=coupled, linear_before_reset=linear_before_reset, heads=heads)
     if rnn_graph.wanted(arrays):
         return rnn_graph.layer_call(driver.layer_backward, _TorchBackend(x.device), arrays, lengths, options)
     return driver.layer_backward(_TorchBackend(x.device), *arrays, lengths=lengths, **options)
@@ -366,15 +411,19 @@ def layer_backward(grad_y, grad_h_n, grad_c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, 
 # "worst" has a ragged batch and H, so strides are ragged and the slices of step t start off
 # alignment, as do the caller's weights (``contiguous()`` passes views through). The cell flags
 # are ints: a launch with 1 compiles them in as constants, one with 0 keeps the runtime test.
-_GATE_H = {"typical": 256, "worst": 255}
-_GATE_BATCH = {("typical", 0): 16, ("typical", 1): 64, ("worst", 0): 13, ("worst", 1): 37}  # per tile
+# "heads" is a multi-head layer whose H is 16-aligned but whose head (HEAD = 24 units) is not:
+# the one specialisation of HEAD the other two do not build (there HEAD = H).
+_GATE_H = {"typical": 256, "worst": 255, "heads": 240}
+_GATE_HEAD = {"typical": 256, "worst": 255, "heads": 24}
+_GATE_BATCH = {("typical", 0): 16, ("typical", 1): 64, ("worst", 0): 13, ("worst", 1): 37,
+               ("heads", 0): 16, ("heads", 1): 64}  # per tile
 _CELL_FLAG = {RNN: "relu", LSTM: "coupled"}  # the runtime flag each cell reads
 _LAYER_CELL = {RNN: "rnn_tanh", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru", GRU_N: "gru"}  # for gate and workspace widths
 
 
 def _flag_values(code: int, launch: str) -> list[dict[str, int]]:
     """The flag arguments of the launches of cell ``code``: both values of the flag the cell reads
-    in typical launches, the runtime 0 alone in the worst."""
+    in typical launches, the runtime 0 alone in the others."""
     flags = {"relu": 0, "coupled": 0}
     if code in _CELL_FLAG and launch == "typical":
         return [flags, {**flags, _CELL_FLAG[code]: 1}]
@@ -383,14 +432,14 @@ def _flag_values(code: int, launch: str) -> list[dict[str, int]]:
 
 def _step_args(code: int, tdtype: str, launch: str, batch: int, flags: dict) -> dict:
     """What ``_TorchBackend.forward_step`` passes at a step t > 0 (the state is a workspace slice)."""
-    H, aligned = _GATE_H[launch], launch == "typical"
+    H, aligned = _GATE_H[launch], launch != "worst"
     G, K = GATES[_LAYER_CELL[code]], WORKSPACE_BLOCKS[_LAYER_CELL[code]]
     state = passed("fp32", aligned)  # h (and c) of step t - 1: slices of the workspace
     return dict(gx_ptr=passed("fp32", aligned), gx_stride=G * H, hin_ptr=state, hin_stride=K * H,
                 hprev_ptr=state, hprev_stride=K * H, cprev_ptr=state, cprev_stride=K * H,
                 w_ptr=passed(tdtype, aligned), b_ptr=passed(tdtype, aligned), peep_ptr=passed(tdtype, aligned),
                 len_ptr=fresh("i32"), y_ptr=passed(tdtype, aligned), ws_ptr=passed("fp32", aligned),
-                ws_stride=K * H, t=1, B=batch, H=H, **flags)
+                ws_stride=K * H, t=1, B=batch, H=H, HEAD=_GATE_HEAD[launch], **flags)
 
 
 def _backward_step_args(code: int, tdtype: str, launch: str, flags: dict) -> dict:
@@ -411,10 +460,10 @@ def _flag_tags(flags: dict) -> dict[str, str]:
 
 def compile_cases() -> Iterator[CompileCase]:
     """Both kernels, every cell code, every storage dtype, every tile the heuristic picks, in the
-    typical and the worst launch."""
+    typical and the worst launch; the step kernel also in the multi-head one."""
     for dtype, name in TRITON_DTYPES.items():
         for code, cell_name in CELL_NAMES.items():
-            for launch in ("typical", "worst"):
+            for launch in ("typical", "worst", "heads"):
                 for flags in _flag_values(code, launch):
                     for index, tile in enumerate(STEP_TILES):
                         batch = _GATE_BATCH[(launch, index)]
@@ -428,6 +477,8 @@ def compile_cases() -> Iterator[CompileCase]:
                             tags={"dtype": name, "block_b": str(tile.block_b), "block_h": str(tile.block_h),
                                   "block_k": str(tile.block_k), "launch": launch, **_flag_tags(flags)},
                         )
+                    if launch == "heads":  # the backward step kernel has no HEAD (its products are cuBLAS's)
+                        continue
                     yield CompileCase(
                         name=f"rnn_backward_step[{cell_name}]", kernel=rnn_backward_step_kernel,
                         args={**_backward_step_args(code, name, launch, flags), "CELL": code, "BLOCK": BACKWARD_BLOCK},

@@ -50,6 +50,11 @@ without atomics.
 Covered: rnn_tanh, rnn_relu, lstm (peepholes, coupled gates), gru with ``linear_before_reset``
 (PyTorch's), up to H=1024 in fp32, fp16 and bf16. The original GRU needs ``r`` of every unit
 before its ``n`` product (a second barrier per step) and keeps the per-step path.
+
+Multi-head weights (``heads > 1``): these kernels keep the dense product. A program's slice of
+``w_hh`` is its units' rows over every column, held on chip for the whole sequence; with heads it
+gets the block-diagonal expansion (gpukernels.triton.rnn, only when ``may_run``), so it reads
+and multiplies the zero blocks too. Exploiting the blocks here is left.
 """
 
 from __future__ import annotations
@@ -618,6 +623,20 @@ def _switch() -> str | None:
     if value not in ("0", "1", "auto"):
         raise ValueError(f"{ENVIRONMENT_SWITCH} must be 0, 1 or auto, not {value!r}")
     return None if value == "auto" else value
+
+
+def may_run(cell: str, H: int, dtype: torch.dtype, linear_before_reset: bool, interpreting: bool,
+            backward: bool = False) -> bool:
+    """False where the persistent path surely is not taken for w_hh in ``dtype``, decided without
+    compiling anything (True: ``layer_forward``/``layer_backward`` may still decline once the
+    kernel is compiled). Lets a caller skip work only the persistent kernels need (the dense
+    expansion of heads)."""
+    switch = _switch()
+    tile = slice_tile(cell, H, dtype=TRITON_DTYPES[dtype], linear_before_reset=linear_before_reset,
+                      backward=backward) if cell in PERSISTENT_CELLS else None
+    if tile is None or switch == "0":
+        return False
+    return switch == "1" or not interpreting
 
 
 def _cooperative() -> dict:
