@@ -202,6 +202,43 @@ def test_sdpa_typical_launches_on_each_architecture(B, hq, hk, L, S, E, Ev, caus
         assert forward["BLOCK_M"] == 128 and forward["num_warps"] == 8 and launches[3][1]["BLOCK_N"] >= 64
 
 
+# sm_80's typical tiles at d=128 and 256, forced on every launch (``sdpa_blocks`` replaced), so
+# that they also run on fp32 storage and on lengths that are not multiples of 16, which the
+# heuristic gives other tiles: (name, Hq, Hk, L, S, E, Ev). Each length passes a whole tile of
+# every kernel and stops short of the next (d=128: 128x32 forward and dQ tiles, 16x128 dK/dV;
+# d=256: 32x64 and 32x16), and one head dim is short of its padded size.
+SDPA_FORCED_SHAPES = [
+    ("Hq2-Hk1-L37-S139-D112-Dv128-gqa", 2, 1, 37, 139, 112, 128),
+    ("H1-L45-S70-D256-Dv240", 1, 1, 45, 70, 256, 240),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("hq,hk,L,S,E,Ev,dtype", [
+    pytest.param(*case[1:], dtype, id=f"{case[0]}-{SHORT[dtype]}") for case in SDPA_FORCED_SHAPES
+    for dtype in DTYPES])
+def test_sdpa_sm80_typical_tiles_on_ragged_lengths_and_every_dtype(hq, hk, L, S, E, Ev, dtype, causal, rng,
+                                                                     monkeypatch):
+    """The d=128 and d=256 tiles of ``SDPA_TYPICAL_TILES`` (each warp its own rows or columns of
+    every product) on ragged lengths, causal and not, fp32/fp16/bf16: the forward and every
+    gradient against the float64 reference, launched with exactly those tiles."""
+    from gpukernels.triton import attention as tri
+
+    tiles = tri.SDPA_TYPICAL_TILES[tri.padded_head_dim(max(E, Ev))]
+    monkeypatch.setattr(tri, "sdpa_blocks", lambda *args, **kwargs: tiles)
+    made = []
+    for name in ("sdpa_forward_kernel", "sdpa_backward_dq_kernel", "sdpa_backward_dkdv_kernel"):
+        monkeypatch.setattr(tri, name, _Spy(getattr(tri, name), name, made))
+    _check_sdpa(1, hq, hk, L, S, E, Ev, None, None, causal, dtype, rng)
+    assert {name for name, _ in made} == {"sdpa_forward_kernel", "sdpa_backward_dq_kernel",
+                                          "sdpa_backward_dkdv_kernel"}
+    for name, kwargs in made:
+        want = tiles.for_dkdv() if name == "sdpa_backward_dkdv_kernel" else tiles
+        got = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs.get("num_stages"))
+        assert got == (want.block_m, want.block_n, want.num_warps, want.num_stages), name
+        assert not kwargs["EVEN"], name  # every launch here takes the masked loads
+
+
 @pytest.mark.parametrize("E", [16, 128, 256])
 def test_sdpa_every_head_dim_tier(E, rng):
     """Each tile-size tier of the launch heuristic on a small problem (fp16 and fp32)."""
@@ -627,6 +664,26 @@ def test_sdpa_sm90_tiles_are_hopper_shaped():
         assert blocks.for_dkdv().block_n >= 64 and blocks.for_dkdv().tma
         assert blocks.num_stages >= 2 and blocks.for_dkdv().num_stages >= 2
     assert tri.sdpa_blocks(256, 256, 2, True, 90, False).for_dkdv().block_n >= 64
+
+
+def test_sdpa_sm80_typical_tiles_give_each_warp_its_own_rows():
+    """No two warps compute the same scores at sm_80's typical tiles (the report's inner-loop "mma
+    work" 1.0; 1.5 to 2.5 before at d=128 dK/dV and at d=256). Triton lays out the chained
+    products of a kernel as its [rows, head dim] accumulator's: warps down the rows when the tile
+    has as many rows as the head dim, then 16 rows each (mma.sync's m16); else across the columns,
+    and then each score tile needs 8 columns (n8) a warp. Rows: query rows in the forward and dQ,
+    key rows in dK/dV, whose score tiles are transposed (key rows x query rows)."""
+    from gpukernels.triton import attention as tri
+
+    for head_dim in tri.HEAD_DIMS:
+        blocks = tri.SDPA_TYPICAL_TILES[head_dim]
+        dkdv = blocks.for_dkdv()
+        for name, rows, columns, warps in (("forward/dQ", blocks.block_m, blocks.block_n, blocks.num_warps),
+                                           ("dK/dV", dkdv.block_n, dkdv.block_m, dkdv.num_warps)):
+            if rows >= head_dim:
+                assert rows >= 16 * warps, (head_dim, name)
+            else:
+                assert columns >= 8 * warps, (head_dim, name)
 
 
 def test_sdpa_descriptor_scratch_allocator_only_where_needed_and_only_for_the_launch(monkeypatch):
