@@ -711,17 +711,20 @@ class SdpaBlocks(NamedTuple):
     dkdv: SdpaBlocks | None = None
     tma: bool = False  # tiles through TMA tensor descriptors (sm_90, typical launches only)
     num_stages: int | None = None  # software pipelining depth; None: Triton's default
+    split: bool = False  # dK/dV only: dK and dV in two launches, one accumulator each (``dkdv_passes``)
 
     def for_dkdv(self) -> SdpaBlocks:
         return self.dkdv or self
 
 
-def dkdv_passes(itemsize: int, block_d: int) -> tuple[tuple[bool, bool], ...]:
-    """(WITH_DK, WITH_DV) of each dK/dV launch. fp32 storage at head dim 256 makes dK and dV in
-    two passes: its FMA products (no tensor cores) with both [16, 256] accumulators live spill at
-    every tile config, one accumulator each does not (d=128 fits both in one pass; split, ptxas
-    spills one of its builds). Everything else makes both in one."""
-    return ((True, False), (False, True)) if itemsize == 4 and block_d >= 256 else ((True, True),)
+def dkdv_passes(blocks: SdpaBlocks) -> tuple[tuple[bool, bool], ...]:
+    """(WITH_DK, WITH_DV) of each dK/dV launch at the dK/dV tiles ``blocks``: both in one, or
+    (``split``) dK, then dV, each pass holding one [key rows, d] accumulator. The dK pass
+    recomputes S^T, which the dV pass also makes: 5 products where one pass makes 4. Two tiles
+    split, both at head dim 256: fp32 storage, whose FMA products (no tensor cores) with both
+    [16, 256] accumulators live spill at every tile config (d=128 fits both in one pass; split,
+    ptxas spills one of its builds), and sm_90's typical tiles (see ``SDPA_SM90_TILES``)."""
+    return ((True, False), (False, True)) if blocks.split else ((True, True),)
 
 
 # Padded head dims the SDPA kernels are built for. Heads below 64 pad to 64: real models use
@@ -753,7 +756,7 @@ SDPA_TILES = {
     (256, 2): SdpaBlocks(16, 16, 8),
     (64, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 4, num_stages=1)),
     (128, 4): SdpaBlocks(16, 16, 8, SdpaBlocks(16, 16, 8, num_stages=1)),
-    (256, 4): SdpaBlocks(16, 16, 8, SdpaBlocks(16, 16, 8, num_stages=1), num_stages=1),
+    (256, 4): SdpaBlocks(16, 16, 8, SdpaBlocks(16, 16, 8, num_stages=1, split=True), num_stages=1),
 }
 
 
@@ -789,14 +792,19 @@ SDPA_TYPICAL_TILES = {
 # 16-bit tiles of a typical launch on sm_90 (Hopper), by padded head dim: TMA tensor descriptors
 # for every tile; the forward and dQ take 128 query rows over two warpgroups (8 warps, each
 # warpgroup's wgmma 64 rows) at d=64 and 128; dK/dV takes 64 key rows, so each of its four
-# products (all with the key tile's rows as M) is a wgmma, over 4 warps (8 at d=256, whose two
-# [64, 256] fp32 accumulators spill over 4). 128 key rows in the forward, or 64 query rows in
-# dK/dV at d=128, reach 255 registers or spill. d=256 takes 64-row forward and dQ tiles. Causal and
-# not take the same tiles (the gate builds both).
+# products (all with the key tile's rows as M) is a wgmma, over 4 warps. 128 key rows in the
+# forward, or 64 query rows in dK/dV at d=128, reach 255 registers or spill. d=256 takes 64-row
+# forward and dQ tiles, and dK/dV in two passes (``split``): Triton gives chained wgmma products
+# all the warps down their rows, 16 rows each, so the 64 key rows take 4 warps, whose two
+# [64, 256] fp32 accumulators (128 registers each a thread) cannot both be held; over 8 warps (one
+# pass, before) the 16-row score products ran twice (mma work 1.5). Split, each pass holds one
+# accumulator and every product runs once (5 products where one pass makes 4: dK's pass makes
+# S^T again), three deep (two or four deep, or 32 query rows, the causal GQA dK pass spills 8
+# bytes). Causal and not take the same tiles (the gate builds both).
 SDPA_SM90_TILES = {
     64: SdpaBlocks(128, 64, 8, SdpaBlocks(32, 64, 4, tma=True, num_stages=3), tma=True, num_stages=3),
     128: SdpaBlocks(128, 64, 8, SdpaBlocks(32, 64, 4, tma=True, num_stages=2), tma=True, num_stages=2),
-    256: SdpaBlocks(64, 32, 4, SdpaBlocks(16, 64, 8, tma=True, num_stages=2), tma=True, num_stages=2),
+    256: SdpaBlocks(64, 32, 4, SdpaBlocks(16, 64, 4, tma=True, num_stages=3, split=True), tma=True, num_stages=2),
 }
 
 
@@ -964,7 +972,7 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, l
                                                BLOCK_M=blocks.block_m, BLOCK_DV=block_dv, num_warps=blocks.num_warps)
             sdpa_backward_dq_kernel[grid_m](q4, k4, v4, mask4, do4, lse, delta, dq, sm_scale, *common, **flags,
                                             **_meta(blocks, L, S, E, EV, block_d, block_dv))
-            for with_dk, with_dv in dkdv_passes(query.element_size(), block_d):
+            for with_dk, with_dv in dkdv_passes(kv):
                 sdpa_backward_dkdv_kernel[program_grid(triton.cdiv(S, kv.block_n), Z * HK)](
                     q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common, **flags,
                     **_meta(kv, L, S, E, EV, block_d, block_dv), WITH_DK=with_dk, WITH_DV=with_dv)
@@ -1325,8 +1333,9 @@ def sdpa_compile_cases() -> Iterator[CompileCase]:
                 variants = _arch_variants(lambda arch: _sdpa_args(kernel, tdtype, block_d, launch, mask_kind, causal,
                                                                   arch))
                 dkdv = kernel is sdpa_backward_dkdv_kernel
-                for (targets, arch_tag, (args, blocks)), (with_dk, with_dv) in itertools.product(
-                        variants, dkdv_passes(dtype.itemsize, block_d) if dkdv else ((True, True),)):
+                for (targets, arch_tag, (args, blocks)), (with_dk, with_dv) in (
+                        (variant, grads) for variant in variants
+                        for grads in (dkdv_passes(variant[2][1]) if dkdv else ((True, True),))):
                     passes = {"WITH_DK": with_dk, "WITH_DV": with_dv} if dkdv else {}
                     grads = {(True, True): "both", (True, False): "dk", (False, True): "dv"}[with_dk, with_dv]
                     yield CompileCase(
