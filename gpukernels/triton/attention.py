@@ -763,15 +763,15 @@ SDPA_TILES = {
 # 16-bit tiles of a typical launch on sm_80 (and any GPU but sm_90): pointer loads, which
 # Triton's pipeliner turns into cp.async copies num_stages deep.
 #
-# Which warp computes which rows: Triton lays out every tl.dot of a kernel whose products feed
-# one another (all of them here) with the warps of the first one it converts, the last product
-# in program order (the [rows, head dim] accumulator: O, dQ, dK/dV): all warps down its rows
-# when the tile has at least as many rows as the head dim, else all across its columns. A warp's
-# mma.sync is 16 rows by 8 columns, so either way a product with fewer than 16 rows (or 8
-# columns) per warp makes several warps compute the same scores (the report's inner-loop "mma
-# work" above 1.0). Every tile below gives each warp its own 16 rows or 8 columns of every
-# product: mma work 1.0 in every build, 0 spills, and at most 99 KiB of shared memory (the most
-# a block may take on sm_86/sm_89, which take these tiles too).
+# Which warp computes which rows: Triton gives every tl.dot of a kernel whose products feed one
+# another (all of them here) one warp layout, that of the [rows, head dim] accumulator's product
+# (O, dQ, dK/dV; the builds' TTGIR shows it): all warps down its rows when the tile has at least
+# as many rows as the head dim, else all across its columns. A warp's mma.sync is 16 rows by 8
+# columns, so either way a product with fewer than 16 rows (or 8 columns) per warp makes several
+# warps compute the same scores (the report's inner-loop "mma work" above 1.0). Every tile below
+# gives each warp its own 16 rows or 8 columns of every product: mma work 1.0 in every build, 0
+# spills, and at most 99 KiB of shared memory (the most a block may take on sm_86/sm_89, which
+# take these tiles too).
 # - d=64: the forward and dQ over 64x64 tiles and 4 warps; dK/dV small tiles (64 (or 32) key
 #   rows spill in the typical-gqa launch), two deep (three deep spills in typical-ragged).
 # - d=128: the forward and dQ over 128 query rows and 8 warps, 16 rows each (with 64 rows the
@@ -780,9 +780,10 @@ SDPA_TILES = {
 #   0.86 now), unpipelined: two deep, the typical-ragged causal build spills 16 bytes.
 # - d=256: the [rows, 256] accumulators put the warps across their columns, so the score tiles
 #   need 8 columns per warp: forward and dQ 32 query x 64 key rows over 8 warps (was 32x32:
-#   mma work 1.5 and 1.67), unpipelined (two deep, dQ takes 100 KiB); dK/dV 32 query x 16 key
-#   rows over 4 warps (was 16x16 over 8: mma work 2.5), unpipelined (two or three deep, or over
-#   8 warps with 64 query rows, it spills in typical-gqa or typical-ragged).
+#   mma work 1.5 and 1.67; 32x32 over 4 warps spills in typical-ragged), unpipelined (two deep,
+#   dQ takes 100 KiB); dK/dV 32 query x 16 key rows over 4 warps (was 16x16 over 8: mma work
+#   2.5), unpipelined (two or three deep it spills in typical-gqa or typical-ragged; 64 query
+#   rows over 8 warps take 112 KiB).
 SDPA_TYPICAL_TILES = {
     64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4, num_stages=2)),
     128: SdpaBlocks(128, 32, 8, SdpaBlocks(16, 128, 8, num_stages=1)),
