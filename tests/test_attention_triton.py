@@ -188,8 +188,10 @@ def test_sdpa_typical_launches_on_each_architecture(B, hq, hk, L, S, E, Ev, caus
     target, launches = arch
     _check_sdpa(B, hq, hk, L, S, E, Ev, None, None, causal, dtype, rng)
     blocks = tri.sdpa_blocks(tri.padded_head_dim(E), tri.padded_head_dim(Ev), 2, True, target, causal)
+    passes = tri.dkdv_passes(blocks.for_dkdv())  # dK and dV in one launch, or (split) one each
     assert [name for name, _ in launches] == ["sdpa_forward_kernel", "sdpa_backward_delta_kernel",
-                                              "sdpa_backward_dq_kernel", "sdpa_backward_dkdv_kernel"]
+                                              "sdpa_backward_dq_kernel"] + ["sdpa_backward_dkdv_kernel"] * len(passes)
+    assert [(kw["WITH_DK"], kw["WITH_DV"]) for _, kw in launches[3:]] == list(passes)
     for name, kwargs in launches:
         tiles = blocks.for_dkdv() if name == "sdpa_backward_dkdv_kernel" else blocks
         assert (kwargs["BLOCK_M"], kwargs["num_warps"]) == (tiles.block_m, tiles.num_warps), name
@@ -200,6 +202,48 @@ def test_sdpa_typical_launches_on_each_architecture(B, hq, hk, L, S, E, Ev, caus
     assert forward["EVEN"] == even or target == 80  # sm_80's tiles are other sizes
     if target == 90 and E in (64, 128):  # two warpgroups of 64 query rows; dK/dV products of 64 key rows
         assert forward["BLOCK_M"] == 128 and forward["num_warps"] == 8 and launches[3][1]["BLOCK_N"] >= 64
+
+
+# The typical tiles that give each warp its own rows (sm_80 at d=128 and 256, sm_90's split dK/dV
+# at d=256), forced on every launch (``sdpa_blocks`` replaced), so that they also run on fp32
+# storage and on lengths that are not multiples of 16, which the heuristic gives other tiles:
+# (name, table, Hq, Hk, L, S, E, Ev). Each length passes a whole tile of every kernel and stops
+# short of the next (sm_80 d=128: 128x32 forward and dQ tiles, 16x128 dK/dV; d=256: 32x64 and
+# 32x16; sm_90 d=256: 64x32 and 16x64), and one head dim is short of its padded size.
+SDPA_FORCED_SHAPES = [
+    ("sm80-Hq2-Hk1-L37-S139-D112-Dv128-gqa", "SDPA_TYPICAL_TILES", 2, 1, 37, 139, 112, 128),
+    ("sm80-H1-L45-S70-D256-Dv240", "SDPA_TYPICAL_TILES", 1, 1, 45, 70, 256, 240),
+    ("sm90-Hq2-Hk1-L80-S70-D256-Dv240-gqa", "SDPA_SM90_TILES", 2, 1, 80, 70, 256, 240),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("table,hq,hk,L,S,E,Ev,dtype", [
+    pytest.param(*case[1:], dtype, id=f"{case[0]}-{SHORT[dtype]}") for case in SDPA_FORCED_SHAPES
+    for dtype in DTYPES])
+def test_sdpa_typical_tiles_on_ragged_lengths_and_every_dtype(table, hq, hk, L, S, E, Ev, dtype, causal, rng,
+                                                               monkeypatch):
+    """The typical tiles that give each warp its own rows or columns of every product, on ragged
+    lengths, causal and not, fp32/fp16/bf16: the forward and every gradient against the float64
+    reference, launched with exactly those tiles (sm_90's through tensor descriptors, dK and dV
+    in two launches)."""
+    from gpukernels.triton import attention as tri
+
+    tiles = getattr(tri, table)[tri.padded_head_dim(max(E, Ev))]
+    monkeypatch.setattr(tri, "sdpa_blocks", lambda *args, **kwargs: tiles)
+    made = []
+    for name in ("sdpa_forward_kernel", "sdpa_backward_dq_kernel", "sdpa_backward_dkdv_kernel"):
+        monkeypatch.setattr(tri, name, _Spy(getattr(tri, name), name, made))
+    _check_sdpa(1, hq, hk, L, S, E, Ev, None, None, causal, dtype, rng)
+    assert {name for name, _ in made} == {"sdpa_forward_kernel", "sdpa_backward_dq_kernel",
+                                          "sdpa_backward_dkdv_kernel"}
+    for name, kwargs in made:
+        want = tiles.for_dkdv() if name == "sdpa_backward_dkdv_kernel" else tiles
+        got = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs.get("num_stages"), kwargs["USE_TMA"])
+        assert got == (want.block_m, want.block_n, want.num_warps, want.num_stages, want.tma), name
+        assert not kwargs["EVEN"], name  # every launch here takes the masked loads
+    passes = [(kw["WITH_DK"], kw["WITH_DV"]) for name, kw in made if name == "sdpa_backward_dkdv_kernel"]
+    assert passes == list(tri.dkdv_passes(tiles.for_dkdv()))
 
 
 @pytest.mark.parametrize("E", [16, 128, 256])
@@ -618,7 +662,8 @@ def test_sdpa_takes_the_larger_tiles_only_for_typical_launches(monkeypatch):
 def test_sdpa_sm90_tiles_are_hopper_shaped():
     """sm_90's typical tiles at d=64 and 128: 128 query rows over two warpgroups (8 warps) in the
     forward and dQ, at least 64 key rows in dK/dV (every product a wgmma), tensor descriptors
-    throughout, and the next tile's copy in flight during the current product (num_stages >= 2)."""
+    throughout, and the next tile's copy in flight during the current product (num_stages >= 2);
+    dK and dV in one launch there, in two at d=256."""
     from gpukernels.triton import attention as tri
 
     for head_dim, causal in itertools.product((64, 128), (False, True)):
@@ -626,7 +671,34 @@ def test_sdpa_sm90_tiles_are_hopper_shaped():
         assert (blocks.block_m, blocks.num_warps, blocks.tma) == (128, 8, True)
         assert blocks.for_dkdv().block_n >= 64 and blocks.for_dkdv().tma
         assert blocks.num_stages >= 2 and blocks.for_dkdv().num_stages >= 2
-    assert tri.sdpa_blocks(256, 256, 2, True, 90, False).for_dkdv().block_n >= 64
+        assert tri.dkdv_passes(blocks.for_dkdv()) == ((True, True),)
+    # d=256: 64 key rows over one warpgroup, 16 rows a warp (chained wgmma products put every warp
+    # down the rows: over 8 warps the score products ran twice), which cannot hold both [64, 256]
+    # fp32 accumulators: dK, then dV, one launch each
+    for causal in (False, True):
+        dkdv = tri.sdpa_blocks(256, 256, 2, True, 90, causal).for_dkdv()
+        assert (dkdv.block_n, dkdv.num_warps, dkdv.tma) == (64, 4, True)
+        assert tri.dkdv_passes(dkdv) == ((True, False), (False, True))
+
+
+def test_sdpa_sm80_typical_tiles_give_each_warp_its_own_rows():
+    """No two warps compute the same scores at sm_80's typical tiles (the report's inner-loop "mma
+    work" 1.0; 1.5 to 2.5 before at d=128 dK/dV and at d=256). Triton lays out the chained
+    products of a kernel as its [rows, head dim] accumulator's: warps down the rows when the tile
+    has as many rows as the head dim, then 16 rows each (mma.sync's m16); else across the columns,
+    and then each score tile needs 8 columns (n8) a warp. Rows: query rows in the forward and dQ,
+    key rows in dK/dV, whose score tiles are transposed (key rows x query rows)."""
+    from gpukernels.triton import attention as tri
+
+    for head_dim in tri.HEAD_DIMS:
+        blocks = tri.SDPA_TYPICAL_TILES[head_dim]
+        dkdv = blocks.for_dkdv()
+        for name, rows, columns, warps in (("forward/dQ", blocks.block_m, blocks.block_n, blocks.num_warps),
+                                           ("dK/dV", dkdv.block_n, dkdv.block_m, dkdv.num_warps)):
+            if rows >= head_dim:
+                assert rows >= 16 * warps, (head_dim, name)
+            else:
+                assert columns >= 8 * warps, (head_dim, name)
 
 
 def test_sdpa_descriptor_scratch_allocator_only_where_needed_and_only_for_the_launch(monkeypatch):

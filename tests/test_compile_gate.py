@@ -91,9 +91,10 @@ def test_sdpa_rows_show_the_tensor_cores_and_async_copies_of_a_launch(triton_row
             elif tags["tma"] == "True":
                 assert r.target == 90 and tags["dtype"] != "fp32" and r.tile_copies.startswith("tma"), (
                     kernel, r.config, r.tile_copies)
-            elif "stages=1" in r.config:  # fp32 unpipelined: 128-bit loads straight into registers
-                assert tags["dtype"] == "fp32" and "cp.async" not in r.tile_copies and r.load_bits == 128, (
-                    kernel, r.config, r.tile_copies)
+            elif "stages=1" in r.config:  # unpipelined: 128-bit loads straight into registers
+                # (fp32; 16-bit only in sm_80's typical dK/dV at d=128 and 256 and forward/dQ at 256)
+                assert tags["dtype"] == "fp32" or (r.target == 80 and tags["launch"] != "worst"), (kernel, r.config)
+                assert "cp.async" not in r.tile_copies and r.load_bits == 128, (kernel, r.config, r.tile_copies)
             else:
                 assert "cp.async:16B" in r.tile_copies and r.load_bits == 128, (kernel, r.config, r.tile_copies)
     # sm_90, 16-bit storage, d=64 and 128: every typical build of the forward, dQ and dK/dV

@@ -711,17 +711,20 @@ class SdpaBlocks(NamedTuple):
     dkdv: SdpaBlocks | None = None
     tma: bool = False  # tiles through TMA tensor descriptors (sm_90, typical launches only)
     num_stages: int | None = None  # software pipelining depth; None: Triton's default
+    split: bool = False  # dK/dV only: dK and dV in two launches, one accumulator each (``dkdv_passes``)
 
     def for_dkdv(self) -> SdpaBlocks:
         return self.dkdv or self
 
 
-def dkdv_passes(itemsize: int, block_d: int) -> tuple[tuple[bool, bool], ...]:
-    """(WITH_DK, WITH_DV) of each dK/dV launch. fp32 storage at head dim 256 makes dK and dV in
-    two passes: its FMA products (no tensor cores) with both [16, 256] accumulators live spill at
-    every tile config, one accumulator each does not (d=128 fits both in one pass; split, ptxas
-    spills one of its builds). Everything else makes both in one."""
-    return ((True, False), (False, True)) if itemsize == 4 and block_d >= 256 else ((True, True),)
+def dkdv_passes(blocks: SdpaBlocks) -> tuple[tuple[bool, bool], ...]:
+    """(WITH_DK, WITH_DV) of each dK/dV launch at the dK/dV tiles ``blocks``: both in one, or
+    (``split``) dK, then dV, each pass holding one [key rows, d] accumulator. The dK pass
+    recomputes S^T, which the dV pass also makes: 5 products where one pass makes 4. Two tiles
+    split, both at head dim 256: fp32 storage, whose FMA products (no tensor cores) with both
+    [16, 256] accumulators live spill at every tile config (d=128 fits both in one pass; split,
+    ptxas spills one of its builds), and sm_90's typical tiles (see ``SDPA_SM90_TILES``)."""
+    return ((True, False), (False, True)) if blocks.split else ((True, True),)
 
 
 # Padded head dims the SDPA kernels are built for. Heads below 64 pad to 64: real models use
@@ -753,35 +756,56 @@ SDPA_TILES = {
     (256, 2): SdpaBlocks(16, 16, 8),
     (64, 4): SdpaBlocks(16, 16, 4, SdpaBlocks(16, 16, 4, num_stages=1)),
     (128, 4): SdpaBlocks(16, 16, 8, SdpaBlocks(16, 16, 8, num_stages=1)),
-    (256, 4): SdpaBlocks(16, 16, 8, SdpaBlocks(16, 16, 8, num_stages=1), num_stages=1),
+    (256, 4): SdpaBlocks(16, 16, 8, SdpaBlocks(16, 16, 8, num_stages=1, split=True), num_stages=1),
 }
 
 
 # 16-bit tiles of a typical launch on sm_80 (and any GPU but sm_90): pointer loads, which
-# Triton's pipeliner turns into cp.async copies num_stages deep. The forward and dQ at d=128 and
-# 256 over 8 warps (over 4 they spill in the typical-ragged launch); at d=128 over 128 query rows,
-# 16 per warp: with 64 rows the 8 warps computed every score twice (mma.sync m16 per warp; the
-# report's inner-loop "mma work" was 1.5 and the loop ran 3.6 instructions per kFLOP, 1.3 now);
-# dK/dV at d=64 and 256 takes
-# small tiles (with 64 (or 32) key rows at d=64, or 32 at d=256, it spills in the typical-gqa
-# launch) and at d=64 and 128 a two-deep pipeline (three deep, it spills in typical-ragged).
+# Triton's pipeliner turns into cp.async copies num_stages deep.
+#
+# Which warp computes which rows: Triton gives every tl.dot of a kernel whose products feed one
+# another (all of them here) one warp layout, that of the [rows, head dim] accumulator's product
+# (O, dQ, dK/dV; the builds' TTGIR shows it): all warps down its rows when the tile has at least
+# as many rows as the head dim, else all across its columns. A warp's mma.sync is 16 rows by 8
+# columns, so either way a product with fewer than 16 rows (or 8 columns) per warp makes several
+# warps compute the same scores (the report's inner-loop "mma work" above 1.0). Every tile below
+# gives each warp its own 16 rows or 8 columns of every product: mma work 1.0 in every build, 0
+# spills, and at most 99 KiB of shared memory (the most a block may take on sm_86/sm_89, which
+# take these tiles too).
+# - d=64: the forward and dQ over 64x64 tiles and 4 warps; dK/dV small tiles (64 (or 32) key
+#   rows spill in the typical-gqa launch), two deep (three deep spills in typical-ragged).
+# - d=128: the forward and dQ over 128 query rows and 8 warps, 16 rows each (with 64 rows the
+#   8 warps computed every score twice: mma work 1.5, 3.6 instructions per kFLOP, 1.3 now);
+#   dK/dV likewise over 128 key rows and 8 warps (was 64 key rows: mma work 1.5, 1.39 per kFLOP,
+#   0.86 now), unpipelined: two deep, the typical-ragged causal build spills 16 bytes.
+# - d=256: the [rows, 256] accumulators put the warps across their columns, so the score tiles
+#   need 8 columns per warp: forward and dQ 32 query x 64 key rows over 8 warps (was 32x32:
+#   mma work 1.5 and 1.67; 32x32 over 4 warps spills in typical-ragged), unpipelined (two deep,
+#   dQ takes 100 KiB); dK/dV 32 query x 16 key rows over 4 warps (was 16x16 over 8: mma work
+#   2.5), unpipelined (two or three deep it spills in typical-gqa or typical-ragged; 64 query
+#   rows over 8 warps take 112 KiB).
 SDPA_TYPICAL_TILES = {
     64: SdpaBlocks(64, 64, 4, SdpaBlocks(32, 16, 4, num_stages=2)),
-    128: SdpaBlocks(128, 32, 8, SdpaBlocks(32, 64, 8, num_stages=2)),
-    256: SdpaBlocks(32, 32, 8, SdpaBlocks(16, 16, 8)),
+    128: SdpaBlocks(128, 32, 8, SdpaBlocks(16, 128, 8, num_stages=1)),
+    256: SdpaBlocks(32, 64, 8, SdpaBlocks(32, 16, 4, num_stages=1), num_stages=1),
 }
 
 # 16-bit tiles of a typical launch on sm_90 (Hopper), by padded head dim: TMA tensor descriptors
 # for every tile; the forward and dQ take 128 query rows over two warpgroups (8 warps, each
 # warpgroup's wgmma 64 rows) at d=64 and 128; dK/dV takes 64 key rows, so each of its four
-# products (all with the key tile's rows as M) is a wgmma, over 4 warps (8 at d=256, whose two
-# [64, 256] fp32 accumulators spill over 4). 128 key rows in the forward, or 64 query rows in
-# dK/dV at d=128, reach 255 registers or spill. d=256 takes 64-row forward and dQ tiles. Causal and
-# not take the same tiles (the gate builds both).
+# products (all with the key tile's rows as M) is a wgmma, over 4 warps. 128 key rows in the
+# forward, or 64 query rows in dK/dV at d=128, reach 255 registers or spill. d=256 takes 64-row
+# forward and dQ tiles, and dK/dV in two passes (``split``): Triton gives chained wgmma products
+# all the warps down their rows, 16 rows each, so the 64 key rows take 4 warps, whose two
+# [64, 256] fp32 accumulators (128 registers each a thread) cannot both be held; over 8 warps (one
+# pass, before) the 16-row score products ran twice (mma work 1.5). Split, each pass holds one
+# accumulator and every product runs once (5 products where one pass makes 4: dK's pass makes
+# S^T again), three deep (two or four deep, or 32 query rows, the causal GQA dK pass spills 8
+# bytes). Causal and not take the same tiles (the gate builds both).
 SDPA_SM90_TILES = {
     64: SdpaBlocks(128, 64, 8, SdpaBlocks(32, 64, 4, tma=True, num_stages=3), tma=True, num_stages=3),
     128: SdpaBlocks(128, 64, 8, SdpaBlocks(32, 64, 4, tma=True, num_stages=2), tma=True, num_stages=2),
-    256: SdpaBlocks(64, 32, 4, SdpaBlocks(16, 64, 8, tma=True, num_stages=2), tma=True, num_stages=2),
+    256: SdpaBlocks(64, 32, 4, SdpaBlocks(16, 64, 4, tma=True, num_stages=3, split=True), tma=True, num_stages=2),
 }
 
 
@@ -949,7 +973,7 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, output=None, l
                                                BLOCK_M=blocks.block_m, BLOCK_DV=block_dv, num_warps=blocks.num_warps)
             sdpa_backward_dq_kernel[grid_m](q4, k4, v4, mask4, do4, lse, delta, dq, sm_scale, *common, **flags,
                                             **_meta(blocks, L, S, E, EV, block_d, block_dv))
-            for with_dk, with_dv in dkdv_passes(query.element_size(), block_d):
+            for with_dk, with_dv in dkdv_passes(kv):
                 sdpa_backward_dkdv_kernel[program_grid(triton.cdiv(S, kv.block_n), Z * HK)](
                     q4, k4, v4, mask4, do4, lse, delta, dk, dv, sm_scale, *common, **flags,
                     **_meta(kv, L, S, E, EV, block_d, block_dv), WITH_DK=with_dk, WITH_DV=with_dv)
@@ -1310,8 +1334,9 @@ def sdpa_compile_cases() -> Iterator[CompileCase]:
                 variants = _arch_variants(lambda arch: _sdpa_args(kernel, tdtype, block_d, launch, mask_kind, causal,
                                                                   arch))
                 dkdv = kernel is sdpa_backward_dkdv_kernel
-                for (targets, arch_tag, (args, blocks)), (with_dk, with_dv) in itertools.product(
-                        variants, dkdv_passes(dtype.itemsize, block_d) if dkdv else ((True, True),)):
+                for (targets, arch_tag, (args, blocks)), (with_dk, with_dv) in (
+                        (variant, grads) for variant in variants
+                        for grads in (dkdv_passes(variant[2][1]) if dkdv else ((True, True),))):
                     passes = {"WITH_DK": with_dk, "WITH_DV": with_dv} if dkdv else {}
                     grads = {(True, True): "both", (True, False): "dk", (False, True): "dv"}[with_dk, with_dv]
                     yield CompileCase(
