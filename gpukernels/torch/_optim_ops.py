@@ -11,9 +11,13 @@ reads the dispatch layer's context variable.
 An eager step calls the same implementations directly: the dispatcher's boxing of a few hundred
 tensors would cost more host time than the update itself on a GPU.
 
-Step counters (one 0-d float32 tensor per parameter, on its device) are advanced inside the
-update, before the kernels read them, and a step that GradScaler skips (``found_inf``) is taken
-off again on the device: no host read in either case.
+Step counters (one 0-d float32 tensor per parameter, on its device) are advanced before the
+update reads them, and a step that GradScaler skips (``found_inf``) is taken off again on the
+device: no host read in either case. When compiling, that happens in the traced graph, outside
+the operators, which only read the counters: torch 2.11's Inductor lost an operator's in-place
+writes to the second and later 0-d tensors of a mutated list (a compiled Adam step left every
+counter but the first at 1 or at garbage; reproduced on the CPU with torch 2.11.0; 2.13 was
+right).
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ def _as_one_buffer(steps: list[torch.Tensor]) -> torch.Tensor | None:
     optimizers make them), else None."""
     first = steps[0]
     if first.dtype != torch.float32 or first.device.type == "meta":
+        return None
+    if torch.compiler.is_compiling():
+        # The compiler fuses the per-counter adds anyway; and torch 2.11's Inductor wrote the
+        # buffer's view back wrong (from the second counter on: garbage in an AdamW step's
+        # counters, tests/test_optim_compile.py under 2.11; 2.13 is right).
         return None
     start, size = first.data_ptr(), len(steps)
     storage = first.untyped_storage()
@@ -99,11 +108,10 @@ def adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs:
                 found_inf: Optional[torch.Tensor], lr_tensor: Optional[torch.Tensor], lr: float, beta1: float,
                 beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
                 decoupled_weight_decay: bool) -> None:
-    with counting(steps, found_inf):
-        F.adam_step(params, grads, exp_avgs, exp_avg_sqs, step=steps, lr=_lr(lr, lr_tensor), betas=(beta1, beta2),
-                    eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, max_exp_avg_sqs=max_exp_avg_sqs or None,
-                    maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_scale=grad_scale,
-                    found_inf=found_inf, master_params=master_params or None)
+    F.adam_step(params, grads, exp_avgs, exp_avg_sqs, step=steps, lr=_lr(lr, lr_tensor), betas=(beta1, beta2),
+                eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, max_exp_avg_sqs=max_exp_avg_sqs or None,
+                maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_scale=grad_scale,
+                found_inf=found_inf, master_params=master_params or None)
 
 
 def rmsprop_update(params: list[torch.Tensor], grads: list[torch.Tensor], square_avgs: list[torch.Tensor],
@@ -111,11 +119,9 @@ def rmsprop_update(params: list[torch.Tensor], grads: list[torch.Tensor], square
                    master_params: list[torch.Tensor], steps: list[torch.Tensor], grad_scale: Optional[torch.Tensor],
                    found_inf: Optional[torch.Tensor], lr_tensor: Optional[torch.Tensor], lr: float, alpha: float,
                    eps: float, weight_decay: float, momentum: float, centered: bool, maximize: bool) -> None:
-    with counting(steps, found_inf):
-        F.rmsprop_step(params, grads, square_avgs, grad_avgs or None, momentum_buffers or None, lr=_lr(lr, lr_tensor),
-                       alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
-                       maximize=maximize, grad_scale=grad_scale, found_inf=found_inf,
-                       master_params=master_params or None)
+    F.rmsprop_step(params, grads, square_avgs, grad_avgs or None, momentum_buffers or None, lr=_lr(lr, lr_tensor),
+                   alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+                   maximize=maximize, grad_scale=grad_scale, found_inf=found_inf, master_params=master_params or None)
 
 
 def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buffers: list[torch.Tensor],
@@ -150,19 +156,36 @@ def _register(name: str, update, mutates: tuple[str, ...]):
 
 
 adam_step_ = _register("adam_step_", adam_update,
-                       ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "master_params", "steps"))
+                       ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "master_params"))
 rmsprop_step_ = _register("rmsprop_step_", rmsprop_update,
-                          ("params", "square_avgs", "grad_avgs", "momentum_buffers", "master_params", "steps"))
+                          ("params", "square_avgs", "grad_avgs", "momentum_buffers", "master_params"))
 sgd_step_ = _register("sgd_step_", sgd_update, ("params", "momentum_buffers", "master_params"))
+
+STEPS_ARGUMENT = 6  # where adam_update and rmsprop_update take the step counters
+
+
+def _counted(operator, update, *args, found_inf: torch.Tensor | None = None, **kwargs) -> None:
+    """``operator`` when compiling, ``update`` in eager, with the step counted (see the module
+    docstring): in the traced graph when compiling, in ``counting`` (which also undoes the count
+    of a step that raises) in eager."""
+    steps = args[STEPS_ARGUMENT]
+    if torch.compiler.is_compiling():
+        counters = _advance(steps) if steps else None
+        operator(*args, found_inf=found_inf, **kwargs)
+        if counters is not None and found_inf is not None:
+            _retreat(counters, found_inf)
+        return
+    with counting(steps, found_inf):
+        update(*args, found_inf=found_inf, **kwargs)
 
 
 def adam(*args, **kwargs) -> None:
     """``gpukernels::adam_step_`` when compiling, the update itself in eager."""
-    (adam_step_ if torch.compiler.is_compiling() else adam_update)(*args, **kwargs)
+    _counted(adam_step_, adam_update, *args, **kwargs)
 
 
 def rmsprop(*args, **kwargs) -> None:
-    (rmsprop_step_ if torch.compiler.is_compiling() else rmsprop_update)(*args, **kwargs)
+    _counted(rmsprop_step_, rmsprop_update, *args, **kwargs)
 
 
 def sgd(*args, **kwargs) -> None:

@@ -96,6 +96,16 @@ def _check_hyper(lr, eps=None, weight_decay=None, betas=None, momentum=None, alp
         raise ValueError(f"Invalid alpha value: {alpha}")
 
 
+def _capture_health_check(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """torch's own check that a step being captured in a graph has capturable=True, under the
+    name this torch gives it: ``_accelerator_graph_capture_health_check`` (torch 2.11 has only
+    this one; evaluating the other name there raised AttributeError in every step) or the older
+    ``_cuda_graph_capture_health_check``."""
+    for name in ("_accelerator_graph_capture_health_check", "_cuda_graph_capture_health_check"):
+        check = getattr(optimizer, name, None)
+        if check is not None:
+            return check
+    return lambda: None
 
 
 class _Fused(torch.optim.Optimizer):
@@ -211,7 +221,7 @@ class _Fused(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         if "capturable" in self.defaults:  # torch's check: capturing a step needs capturable=True
-            getattr(self, "_accelerator_graph_capture_health_check", self._cuda_graph_capture_health_check)()
+            _capture_health_check(self)()
         distributed = [_check_placement(i, group) for i, group in enumerate(self.param_groups)]  # before any update
         loss = None
         if closure is not None:
