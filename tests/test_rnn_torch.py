@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import gpukernels as gk
 from _helpers import assert_close
 from conftest import DEVICE
+from gpukernels.reference.rnn import WORKSPACE_BLOCKS
 from gpukernels.torch import nn as gnn
 
 MODULES = ("RNN", "LSTM", "GRU")
@@ -279,3 +280,33 @@ def test_training_reaches_the_same_loss_as_torch_nn(name):
     loss_o = _fit(rnn_o, head_o, (x, target), 200)
     assert loss_t < 0.1 * start  # the task is learnable at all
     assert abs(loss_o - loss_t) <= 0.05 * loss_t + 1e-4, (loss_o, loss_t)
+
+
+_CELL = {"RNN": "rnn_tanh", "LSTM": "lstm", "GRU": "gru"}
+
+
+@pytest.mark.parametrize("used", ["final-state-only", "output-only"])
+@pytest.mark.parametrize("name", MODULES)
+def test_gradients_when_only_some_outputs_are_used(name, used):
+    """Unused outputs get no gradient (not zeros): the final state alone (grad_y None, made
+    zero in the backward) or the output alone (grad_h_n / grad_c_n None) still give torch.nn's
+    gradients, and autograd fills no zero gradient for the workspace (T x B x 6H for an LSTM)."""
+    T, B, I, H = 5, 3, 4, 6
+    theirs, ours = _pair(name, I, H, num_layers=2)
+    x = torch.randn(T, B, I)
+    grads = []
+    for module in (theirs, ours):
+        module.zero_grad()
+        xi = x.clone().requires_grad_()
+        out, final = module(xi)
+        finals = final if isinstance(final, tuple) else (final,)
+        loss = sum((f * (k + 1)).sum() for k, f in enumerate(finals)) if used == "final-state-only" else (out ** 2).sum()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            loss.backward()
+        if module is ours and WORKSPACE_BLOCKS[_CELL[name]] > 1:  # (an RNN's is shaped like y, whose zeros are due)
+            workspace = [T, B, WORKSPACE_BLOCKS[_CELL[name]] * H]
+            filled = [e.input_shapes for e in prof.events() if e.name in ("aten::fill_", "aten::zero_", "aten::zeros")]
+            assert not [shapes for shapes in filled if workspace in shapes or [workspace] == shapes[:1]]
+        grads.append([xi.grad] + [p.grad for p in module.parameters()])
+    for a, b in zip(*grads):
+        assert_close(b, a.double().numpy(), "float32", "reduction")
