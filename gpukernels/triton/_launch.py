@@ -6,6 +6,7 @@ configurations for the compile gate, so the gate covers exactly what can run.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
@@ -23,6 +24,16 @@ _ELEMENTWISE_WARPS = 4
 class ElementwiseLaunch(NamedTuple):
     block: int
     num_warps: int
+
+
+def environment_choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    """The value of the switch ``name`` (unset or empty: ``default``), one of ``allowed``, or a
+    ValueError naming the variable before anything runs."""
+    value = os.environ.get(name) or default
+    if value not in allowed:
+        choices = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+        raise ValueError(f"{name} must be {choices}, not {value!r}")
+    return value
 
 
 def elementwise_launch(dtype: torch.dtype) -> ElementwiseLaunch:

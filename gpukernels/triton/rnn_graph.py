@@ -30,9 +30,9 @@ How a call goes (``LayerGraphs.call``):
 What it costs per call beyond the plain path: one device copy of every input into its static
 buffer (the workspace and grad_y included in backward; weights too, since a graph reads fixed
 addresses), B int32 lengths from the host when given, and one clone of every output (the
-workspace included in forward). Multi-head layers need nothing of their own: the backends see
-the dense block-diagonal ``w_hh``, whose values are copied in like any weight. The cache is
-per process and assumes one thread launches layers.
+workspace included in forward). Multi-head layers need nothing of their own: ``heads`` is one
+of the options (so part of the key) and the compact ``w_hh`` is copied in like any weight. The
+cache is per process and assumes one thread launches layers.
 
 The plumbing is written against ``capture(fn) -> (replayable, outputs)``, so the CPU tests drive
 it with a stand-in that re-runs ``fn`` (tests/test_rnn_graph.py); only ``cuda_capture`` needs a GPU.
@@ -41,7 +41,6 @@ it with a stand-in that re-runs ``fn`` (tests/test_rnn_graph.py); only ``cuda_ca
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -49,6 +48,7 @@ from typing import Any, Callable
 import torch
 
 from . import rnn_persistent
+from ._launch import environment_choice
 
 ENVIRONMENT_SWITCH = "GPUKERNELS_RNN_CUDA_GRAPH"
 DEFAULT_SWITCH = "0"  # opt-in until a GPU run proves it
@@ -60,10 +60,7 @@ CAPACITY = 8
 
 def switch() -> bool:
     """Whether ``GPUKERNELS_RNN_CUDA_GRAPH`` asks for the graph path (unset or empty: the default)."""
-    value = os.environ.get(ENVIRONMENT_SWITCH) or DEFAULT_SWITCH
-    if value not in ("0", "1"):
-        raise ValueError(f"{ENVIRONMENT_SWITCH} must be 0 or 1, not {value!r}")
-    return value == "1"
+    return environment_choice(ENVIRONMENT_SWITCH, DEFAULT_SWITCH, ("0", "1")) == "1"
 
 
 # One side stream per device for every warm-up and capture: cuBLAS keeps a workspace per stream

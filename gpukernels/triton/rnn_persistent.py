@@ -59,7 +59,6 @@ and multiplies the zero blocks too. Exploiting the blocks here is left.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -68,7 +67,7 @@ import triton
 import triton.language as tl
 
 from .._rnn_driver import GATES, GRU, LSTM, RNN
-from ._launch import TRITON_DTYPES, CompileCase, fresh, passed
+from ._launch import TRITON_DTYPES, CompileCase, environment_choice, fresh, passed
 from .activation import _tanh
 from .rnn_cells import lstm_cell, rnn_cell
 
@@ -619,9 +618,7 @@ DEFAULT_SWITCH = "0"
 
 def _switch() -> str | None:
     """The switch as plan_launch takes it: "0", "1", or None for "auto" (the residency rule)."""
-    value = os.environ.get(ENVIRONMENT_SWITCH) or DEFAULT_SWITCH
-    if value not in ("0", "1", "auto"):
-        raise ValueError(f"{ENVIRONMENT_SWITCH} must be 0, 1 or auto, not {value!r}")
+    value = environment_choice(ENVIRONMENT_SWITCH, DEFAULT_SWITCH, ("0", "1", "auto"))
     return None if value == "auto" else value
 
 
