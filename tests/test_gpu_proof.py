@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from gpukernels.tools import gpu_proof
+from gpukernels.tools import barrier_probe, gpu_proof
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,12 +20,21 @@ REPO = Path(__file__).resolve().parents[1]
 def test_dry_run_runs_the_whole_plan_on_the_cpu(tmp_path):
     # the dry run is the CPU rehearsal on any machine (on the H200 it failed with the GPU visible)
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    archive = tmp_path / "back" / "proof.tar.gz"
     done = subprocess.run([sys.executable, "-m", "gpukernels.tools.cli", "gpu-proof", "--dry-run", "--out",
-                           str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+                           str(tmp_path / "proof"), "--archive", str(archive)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tmp_path = tmp_path / "proof"
     summary = (tmp_path / "summary.md").read_text()
-    for stage in ("## env: ok", "## bench: ok", "## tests: ok"):
+    for stage in ("## env: ok", "## probe: ok", "## bench: ok", "## tests: ok"):
         assert stage in summary
+    probe = json.loads((tmp_path / "persistent.json").read_text())
+    assert [c["name"] for c in probe] == [c.name for c in barrier_probe.DRY_RUN_CASES]
+    assert all(c["passed"] and c["ran_as_planned"] for c in probe)
+    with tarfile.open(archive) as tar:  # the last stage's archive holds every stage's files
+        names = set(tar.getnames())
+    assert {"proof/summary.md", "proof/persistent.json", "proof/bench.json", "proof/junit-dry-run.xml"} <= names
     facts = json.loads((tmp_path / "env.json").read_text())
     assert facts["copy_gbs"] > 0 and facts["matmul_tflops"]["float32"] > 0
     rows = (tmp_path / "bench.csv").read_text().splitlines()
@@ -131,3 +141,31 @@ def test_failure_log_gets_each_traceback_as_the_test_fails(tmp_path):
     assert text.count("=== test_sample.py::test_fails_too (call)") == 1
     assert "arithmetic marker" in text and "ValueError: second marker" in text
     assert "test_passes" not in text
+
+
+def test_probe_fails_when_the_persistent_path_does_not_run(tmp_path, monkeypatch):
+    """The probe's verdict can fail: with the switch off, the layer takes the per-step path, no
+    persistent grid is recorded, and the case fails although its numbers are right."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    result = barrier_probe.run_case(barrier_probe.DRY_RUN_CASES[0], "cpu", "0", 0)
+    assert result["grids"] == [] and not result["ran_as_planned"] and not result["passed"]
+    assert result["max_error_vs_float64"] <= result["tolerance"]
+
+
+def test_a_failed_or_hung_probe_leaves_the_persistent_path_out(tmp_path, monkeypatch):
+    """A probe child that hangs is killed at its deadline; the stage names the case it was in and
+    marks the run so the bench drops the persistent provider (and the GPU tests skip it)."""
+    monkeypatch.delenv(barrier_probe.VERDICT_VARIABLE, raising=False)
+    hang = "import time; print('probe: start lstm-B32-H512-T100-fp16', flush=True); time.sleep(60)"
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(gpu_proof.subprocess, "Popen",
+                        lambda command, **kw: real_popen([sys.executable, "-c", hang], **kw))
+    budget = gpu_proof.Budget(bench=1, tests=1, probe=2)
+    result = gpu_proof.stage_probe(tmp_path, "cuda", budget, dry_run=False)
+    assert not result.ok and result.seconds < 30
+    text = "\n".join(result.lines)
+    assert "Killed at the 2 s deadline" in text and "lstm-B32-H512-T100-fp16" in text
+    assert os.environ[barrier_probe.VERDICT_VARIABLE] == "failed"
+    assert "gpukernels-persistent" in gpu_proof.skipped_providers()
+    monkeypatch.delenv(barrier_probe.VERDICT_VARIABLE)
+    assert "gpukernels-persistent" not in gpu_proof.skipped_providers()

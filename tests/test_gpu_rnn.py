@@ -5,6 +5,8 @@ the benchmark's cuDNN baselines really run cuDNN."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -126,8 +128,12 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     """The persistent kernels' compiled path as "auto" chooses it: one program per slice (16
     units; 8 or 4 in the wide row-wise slices), all resident, meeting at the grid barrier every
     step, against the float64 reference."""
+    from gpukernels.tools.barrier_probe import VERDICT_VARIABLE
     from gpukernels.triton import rnn_persistent as rp
 
+    if os.environ.get(VERDICT_VARIABLE) == "failed":  # that stage failed the proof already
+        pytest.skip("gpu-proof's barrier probe failed or hung on this device (see its probe stage): "
+                    "a worker stuck at the barrier would hold the suite")
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "auto")
     grids = []
     for name in ("rnn_persistent_forward_kernel", "rnn_persistent_backward_kernel"):

@@ -4,6 +4,8 @@ A GPU is at hand rarely and briefly, so this turns one call into proof and numbe
 
 1. ``env``: GPU, driver, library versions; the device's copy bandwidth and matmul rates
    measured now (the ceilings every figure is compared with);
+1b. ``probe``: the persistent RNN's grid barrier, in a child process with a deadline
+   (``gpukernels.tools.barrier_probe``), before anything else in this process can launch it;
 2. ``tests``: the GPU-marked tests, then the whole suite on the device (Triton compiled, not
    interpreted), in parallel, each test under a timeout, with logs and JUnit XML;
 3. ``bench``: a focused benchmark set, each op against the baseline a user would pick, in the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import importlib
 import importlib.util
 import json
@@ -28,12 +31,13 @@ import platform
 import re
 import subprocess
 import sys
+import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = ("env", "tests", "bench")
+STAGES = ("env", "probe", "tests", "bench")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -116,14 +120,16 @@ GPU_RUN_IGNORES = ("tests/test_compile_gate.py",)
 class Budget:
     """Seconds each stage may take. The first H200 run (2026-11-29) took 16 s for env and 50 s
     for the bench set then; the losses, norms and metrics added about a minute of cases since.
-    The tests get the rest of the six minutes (GPU-marked tests first)."""
+    The probe compiles and runs six layers twice each (about a minute expected, never run yet).
+    The tests get the rest of the seven minutes (GPU-marked tests first)."""
 
     bench: float
     tests: float
+    probe: float = 90  # the barrier probe's hard deadline (a hung child is killed at it)
 
     @classmethod
     def for_run(cls, dry_run: bool) -> "Budget":
-        return cls(bench=60, tests=90) if dry_run else cls(bench=100, tests=230)
+        return cls(bench=60, tests=90, probe=60) if dry_run else cls(bench=100, tests=200, probe=90)
 
 
 @dataclass
@@ -214,7 +220,10 @@ def _pytest_command(targets: list[str], junit: Path, workers: int, marker: str |
     if marker:
         command += ["-m", marker]
     if importlib.util.find_spec("pytest_timeout") is not None:
-        command += [f"--timeout={per_test_timeout}"]
+        # "thread": a test stuck inside a CUDA call never returns to Python, where the signal
+        # method would raise; the thread method dumps the stacks and ends the worker, which
+        # xdist reports as that test's failure and replaces.
+        command += [f"--timeout={per_test_timeout}", "--timeout-method=thread"]
     return command
 
 
@@ -329,7 +338,79 @@ def stage_tests(out: Path, device: str, budget: Budget, dry_run: bool) -> StageR
 
 
 # ---------------------------------------------------------------------------------------------
+# Stage 1b: the persistent RNN's barrier, in a child that can be killed
+
+
+def _last_started_case(log_text: str) -> str | None:
+    started = [line.split("probe: start ", 1)[1].strip() for line in log_text.splitlines()
+               if line.startswith("probe: start ")]
+    return started[-1] if started else None
+
+
+def stage_probe(out: Path, device: str, budget: Budget, dry_run: bool) -> StageResult:
+    """``gpukernels.tools.barrier_probe`` in a child process under a hard deadline. When it fails
+    or hangs, the variable it names is set to "failed" for the stages after it (this process's
+    bench and the pytest child inherit it), so nothing else launches the multi-program path."""
+    from gpukernels.tools.barrier_probe import VERDICT_VARIABLE
+
+    start = time.perf_counter()
+    log = out / "probe.log"
+    command = [sys.executable, "-m", "gpukernels.tools.barrier_probe", "--out", str(out.resolve()),
+               "--budget", str(max(1.0, budget.probe - 20))] + (["--dry-run"] if dry_run else [])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if dry_run:
+        env.update(CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1")
+    with log.open("w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=checkout_root(),
+                                   start_new_session=True)
+        try:
+            rc = process.wait(timeout=budget.probe)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+            rc = None
+    try:
+        cases = json.loads((out / "persistent.json").read_text())
+    except (OSError, ValueError):
+        cases = []
+    lines = ["The persistent RNN kernels' multi-program path (one launch per layer direction, a grid "
+             "barrier per step) against the float64 reference and the per-step path; "
+             f"`GPUKERNELS_RNN_PERSISTENT={'1' if dry_run else 'auto'}`, fwd+bwd median of 5 CUDA-event timings.", "",
+             "| case | grids (fwd, bwd) | as planned | error vs float64 (tol) | vs per-step | persistent ms | per-step ms |",
+             "|---|---|---|---|---|---|---|"]
+    for c in cases:
+        if "error" in c or "not_run" in c:
+            lines.append(f"| {c['name']} | {c.get('error') or c.get('not_run')} | | | | | |")
+            continue
+        grids = ", ".join(str(g[1][0]) for g in c["grids"]) or "none"
+        ms = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+        lines.append(f"| {c['name']} | {grids} | {'yes' if c['ran_as_planned'] else '**no**'} | "
+                     f"{c['max_error_vs_float64']:.2g} ({c['tolerance']:g}) | {c['max_difference_vs_per_step']:.2g} | "
+                     f"{ms(c['persistent_ms'])} | {ms(c['per_step_ms'])} |")
+    ok = rc == 0 and bool(cases) and all(c.get("passed") for c in cases)
+    if rc is None:
+        hung = _last_started_case(log.read_text())
+        lines.append(f"\n**Killed at the {budget.probe:.0f} s deadline** while running `{hung}`: a barrier that "
+                     "never opened, or compiles slower than planned (see `probe.log`).")
+    elif not ok:
+        lines.append(f"\nThe probe exited {rc}; its output is in `probe.log`.")
+    if not ok:
+        os.environ[VERDICT_VARIABLE] = "failed"
+        lines.append(f"{VERDICT_VARIABLE}=failed for the stages after this one: the bench leaves out "
+                     "`gpukernels-persistent`, the GPU tests that launch the multi-program path skip.")
+    return StageResult("probe", ok, time.perf_counter() - start, lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # Stage 3: the focused benchmarks
+
+
+def skipped_providers() -> tuple[str, ...]:
+    """SKIPPED_PROVIDERS, plus the persistent RNN provider when this run's barrier probe failed."""
+    from gpukernels.tools.barrier_probe import VERDICT_VARIABLE
+
+    failed = os.environ.get(VERDICT_VARIABLE) == "failed"
+    return SKIPPED_PROVIDERS + (("gpukernels-persistent",) if failed else ())
 
 
 def select_bench_cases(device: str, plan=None, family: str | None = None):
@@ -348,6 +429,7 @@ def stage_bench(out: Path, device: str, peaks, budget: Budget, family: str | Non
     start = time.perf_counter()
     cases = select_bench_cases(device, family=family)
     cases.sort(key=lambda c: (c.family, c.op, c.mode, c.dtype, c.work))
+    skipped = skipped_providers()
     measurements, not_run = [], []
     for case in cases:
         if time.perf_counter() - start > budget.bench:
@@ -360,7 +442,7 @@ def stage_bench(out: Path, device: str, peaks, budget: Budget, family: str | Non
                 measurements.append(Measurement(case, provider, None, f"setup {type(exc).__name__}: {exc}".splitlines()[0]))
             continue
         for provider, make in case.providers.items():
-            if provider in SKIPPED_PROVIDERS or not case.runs_on(provider, device):
+            if provider in skipped or not case.runs_on(provider, device):
                 continue
             try:
                 timing = time_on(device, make(inputs), 0.05, 3)
@@ -375,7 +457,7 @@ def stage_bench(out: Path, device: str, peaks, budget: Budget, family: str | Non
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = bench_tools.to_rows(measurements, peaks, device, stamp, bench_tools.versions())
     meta = {"device": bench_tools.device_name(device), "timestamp": stamp, "copy_gbs": peaks.copy_gbs,
-            "matmul_tflops": peaks.matmul_tflops, "skipped_providers": list(SKIPPED_PROVIDERS), "not_run": not_run}
+            "matmul_tflops": peaks.matmul_tflops, "skipped_providers": list(skipped), "not_run": not_run}
     bench_tools.write_csv(rows, out / "bench.csv")
     bench_tools.write_json(rows, out / "bench.json", meta)
     try:
@@ -386,7 +468,7 @@ def stage_bench(out: Path, device: str, peaks, budget: Budget, family: str | Non
         print(f"gpu-proof: no plots ({exc})", file=sys.stderr)
     errors = [m for m in measurements if m.timing is None]
     lines = [f"{len(measurements) - len(errors)} timings of {len(cases)} cases; providers left out on purpose: "
-             + ", ".join(SKIPPED_PROVIDERS) + " (run `gpukernels bench` for them).", ""]
+             + ", ".join(skipped) + " (run `gpukernels bench` for them).", ""]
     lines += markdown_table(rows)
     if errors:
         lines += ["", "Providers that failed:"] + [f"- {m.case.name} {m.provider}: `{m.error}`" for m in errors]
@@ -437,6 +519,16 @@ def write_summary(out: Path, results: list[StageResult], device: str, dry_run: b
     return path
 
 
+def write_archive(out: Path, archive: Path) -> None:
+    """``out`` as one gzipped tar (a device machine returns few files), replaced atomically so a
+    run killed while writing it still leaves the previous stage's archive."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(out, arcname=out.name)
+    partial.replace(archive)
+
+
 def run(args) -> int:
     import torch
 
@@ -450,13 +542,15 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget.for_run(args.dry_run)
     only = args.only or "all"
-    family = only if only not in ("all", "tests", "bench", "env") else None
+    family = only if only not in ("all", "tests", "bench", "env", "probe") else None
     results: list[StageResult] = []
 
     def record(result: StageResult) -> None:
         results.append(result)
         print(f"gpu-proof: {result.name} {'ok' if result.ok else 'FAILED'} in {result.seconds:.0f} s", flush=True)
         write_summary(out, results, device, args.dry_run, started)
+        if args.archive:
+            write_archive(out, Path(args.archive))
 
     try:
         env_result, peaks = stage_env(out, device)
@@ -464,12 +558,22 @@ def run(args) -> int:
         record(StageResult("env", False, 0.0, [f"`{type(exc).__name__}: {exc}`"]))
         return 1
     record(env_result)
-    # The numbers first (under a minute), then the suite, whose budget is the elastic part.
+    # The barrier first, in a child: nothing in this process launches the persistent kernels
+    # before a probe has seen them finish (a hang here would lose the whole call).
+    if only in ("all", "probe", "bench", "tests") or family == "rnn":
+        record(stage_probe(out, device, budget, args.dry_run))
+    # The numbers next (under two minutes), then the suite, whose budget is the elastic part.
     if only in ("all", "bench") or family:
+        # A bench stuck in a kernel cannot be interrupted from Python: past its budget and a
+        # minute's grace the process dumps its stacks and exits, and the archive written after
+        # the stages before it is what comes back.
+        faulthandler.dump_traceback_later(budget.bench + 60, exit=True)
         try:
             record(stage_bench(out, device, peaks, budget, family))
         except Exception as exc:  # the summary says why; the tests' results stay
             record(StageResult("bench", False, 0.0, [f"`{type(exc).__name__}: {exc}`"]))
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     if only in ("all", "tests"):
         record(stage_tests(out, device, budget, args.dry_run))
     summary = write_summary(out, results, device, args.dry_run, started)
@@ -481,5 +585,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="gpu-proof", help="folder for the summary, logs, CSV/JSON and plots")
     parser.add_argument("--dry-run", action="store_true",
                         help="the same plan on the CPU: interpreter, tiny sizes, a handful of tests")
-    parser.add_argument("--only", help="rerun one part: env, tests, bench, or a bench family (activation, "
+    parser.add_argument("--only", help="rerun one part: env, probe, tests, bench, or a bench family (activation, "
                                        "softmax, rnn, attention, optim)")
+    parser.add_argument("--archive", help="also write --out as this .tar.gz after every stage (e.g. under a "
+                                          "device machine's $OUT, so a call cut short still returns the stages done)")
