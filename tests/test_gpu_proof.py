@@ -55,6 +55,15 @@ def test_every_gpu_selection_names_registered_cases():
         assert len(chosen) <= expected
 
 
+def test_the_issue_targets_are_measured_first():
+    """The bench stage stops at its budget; the RNN corner and the SDPA target come first."""
+    cases = gpu_proof.select_bench_cases("cuda")
+    assert [(c.op, c.size) for c in cases[:4]] == [("gru_layer", "B=32,H=512,T=100")] * 2 + [
+        ("lstm_layer", "B=32,H=512,T=100")] * 2
+    assert {c.op for c in cases[4:20]} == {"scaled_dot_product_attention"}
+    assert len(cases) == len(set(c.name for c in cases))
+
+
 def test_log_counts_reads_xdist_and_single_process_lines():
     log = "\n".join([
         "[gw0] [  1%] PASSED tests/test_a.py::test_one[fp32]",
