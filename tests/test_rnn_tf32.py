@@ -178,6 +178,27 @@ def test_the_persistent_tl_dot_slices_take_tf32_the_row_wise_ones_never(allowed,
     assert not recorded["rnn_step_kernel"].launches
 
 
+def test_persistent_tf32_stops_where_its_builds_would_spill():
+    """TF32 only on the slices whose TF32 build the gate passed, and the gate builds exactly those."""
+    from gpukernels.tools.verify.triton_aot import config_label
+
+    lstm_100 = rp.slice_tile("lstm", 100, dtype="fp32")  # the 128-wide slice: spills forward on sm_90
+    assert not rp.takes_tf32(lstm_100, "lstm", False) and rp.takes_tf32(rp.slice_tile("lstm", 100, dtype="fp32",
+                                                                                   backward=True), "lstm", True)
+    assert rp.takes_tf32(rp.slice_tile("lstm", 64, dtype="fp32"), "lstm", False)
+    assert not rp.takes_tf32(rp.slice_tile("rnn_tanh", 1024, dtype="fp32"), "rnn_tanh", False)  # row-wise
+    built = {(case.name, config_label(case).replace("products=dot-tf32", "products=dot"))
+             for case in rp.compile_cases() if "products=dot-tf32" in config_label(case)}
+    expected = set()
+    for case in rp.compile_cases():
+        backward = "backward" in case.name
+        cell = {rp.RNN: "rnn_tanh", rp.LSTM: "lstm", rp.GRU: "gru"}[case.args["CELL"]]
+        tile = rp.slice_tile(cell, case.args["HP"], dtype=case.tags["dtype"], backward=backward)
+        if case.tags["dtype"] == "fp32" and not case.args["TF32"] and rp.takes_tf32(tile, cell, backward):
+            expected.add((case.name, config_label(case)))
+    assert built == expected and built
+
+
 def test_a_compiled_graph_reads_the_switch_when_it_runs(rng, recorded):
     """The layer is an operator whose body runs at run time: one compiled graph follows the
     switch call by call, nothing about it is baked in at trace time."""

@@ -26,12 +26,17 @@ the compact gradient). Backward accumulates in fp32 whatever the storage.
 Precision of the recurrent products: fp32 weights multiply in exact fp32 (``input_precision=
 "ieee"``) unless torch allows TF32 for RNNs (``torch.backends.cudnn.rnn.fp32_precision``, or the
 legacy ``torch.backends.cudnn.allow_tf32``: what cuDNN's RNN reads; torch's default allows it),
-then in TF32 on the tensor cores (``TF32``), read once per layer call (``_launch.rnn_tf32_allowed``).
+then in TF32 on the tensor cores (``TF32``; both operands rounded to nearest first,
+``rnn_persistent.tf32_operand``, where a bare ``tl.dot`` would truncate them), read once per
+layer call (``_launch.rnn_tf32_allowed``).
 It covers the products of these kernels (and the persistent ones' ``tl.dot`` slices). The cuBLAS
 matmuls around them (input projection, backward's ``dgates @ w_hh``, the weight gradients) are
 torch's and follow torch's matmul flag (``torch.backends.cuda.matmul.fp32_precision``, default
 exact fp32): cuBLAS's math mode is process-wide state with no per-call switch, and flipping it
-around our calls would change it for every other thread's matmuls meanwhile.
+around our calls would change it for every other thread's matmuls meanwhile. The CuPy backend
+does not read torch's switch either: its products are all cuBLAS calls through CuPy, which
+follow CuPy's own process-wide compute type (``cupy._core._routines_linalg.set_compute_type``,
+plain fp32 by default), and it takes CuPy arrays that need not come from torch at all.
 
 The time-step loops themselves are gpukernels._rnn_driver's (shared with the CuPy backend);
 this module gives them torch arrays and the launches of these two kernels.

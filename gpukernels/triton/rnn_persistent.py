@@ -20,8 +20,9 @@ The recurrent products are exact fp32 ones (``input_precision="ieee"``) whatever
 dtype: the slice is converted to fp32 when it is loaded, and the fp32 state is never rounded.
 One exception, torch's: fp32 weights where torch allows TF32 for RNNs
 (``torch.backends.cudnn.rnn.fp32_precision``, read per call by gpukernels.triton.rnn) take the
-``tl.dot`` slices' products in TF32 on the tensor cores (``TF32``), as cuDNN would; the wide
-row-wise slices have no tensor-core product and stay exact fp32 either way.
+``tl.dot`` slices' products in TF32 on the tensor cores (``TF32``), as cuDNN would, up to the
+widths whose TF32 builds do not spill (``TF32_MAX_WIDTH``); wider slices, and the wide row-wise
+ones (no tensor-core product), stay exact fp32 either way.
 How far a slice can stay on chip without a spill is measured by the compile gate, not assumed:
 ``SLICE_WARPS``. Two kinds of slice:
 
@@ -127,8 +128,8 @@ def _state_dot(acc, state, w, ROWWISE: tl.constexpr, TF32: tl.constexpr):
     product is a sum over the reduction axis, which crosses the program's warps."""
     if ROWWISE:
         acc = acc + tl.sum(state[:, :, None] * w[None, :, :].to(tl.float32), axis=1)
-    elif TF32:
-        acc = tl.dot(tf32_operand(state), tf32_operand(w), acc=acc, input_precision="tf32")
+    elif TF32:  # w: rounded to TF32 already, once, by _weight_tiles
+        acc = tl.dot(tf32_operand(state), w, acc=acc, input_precision="tf32")
     else:
         acc = tl.dot(state, w, acc=acc, input_precision="ieee")
     return acc
@@ -154,9 +155,10 @@ def _columns_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
 
 @triton.jit
 def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, HP: tl.constexpr,
-                  ROWWISE: tl.constexpr):
+                  ROWWISE: tl.constexpr, TF32: tl.constexpr):
     """The tiles of every gate block a cell uses (the unused ones alias gate 0 and are never read):
-    fp32 for ``tl.dot``; as loaded (storage dtype) for the row-wise products, which widen them."""
+    fp32 for ``tl.dot`` (rounded to TF32 once, here, for TF32 products); as loaded (storage dtype)
+    for the row-wise products, which widen them."""
     if COLUMNS:
         w0 = _columns_tile(w_ptr, 0, offs_h, H, HP)
     else:
@@ -176,6 +178,8 @@ def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, H
             w3 = _rows_tile(w_ptr, 3, offs_h, H, HP)
     if not ROWWISE:
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
+    if TF32:
+        w0, w1, w2, w3 = tf32_operand(w0), tf32_operand(w1), tf32_operand(w2), tf32_operand(w3)
     return w0, w1, w2, w3
 
 
@@ -295,14 +299,14 @@ def rnn_persistent_forward_kernel(
             t, t_prev = _step_index(s, T, reverse)
             for slice_index in range(pid, n_slices, programs):
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE)
+                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE, TF32)
                 _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
                                ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE, TF32)
             _grid_barrier(bar_ptr, s + 1, programs)
     else:
         # One slice per program: its rows of w_hh are loaded once and stay on chip for all steps.
         offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE, TF32)
         for s in range(0, T):
             t, t_prev = _step_index(s, T, reverse)
             _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
@@ -435,13 +439,13 @@ def rnn_persistent_backward_kernel(
             _grid_barrier(bar_ptr, s + 1, programs)
             for slice_index in range(pid, n_slices, programs):
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE)
+                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE, TF32)
                 _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE,
                                     TF32)
     else:
         # One slice per program: its columns of w_hh are loaded once and stay on chip.
         offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE, TF32)
         for s in range(0, T):
             t, t_prev = _step_index(T - 1 - s, T, reverse)
             _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
@@ -502,6 +506,21 @@ ROWWISE_SLICES = {
            **{dtype: {512: (8, 8, 8), 1024: (8, 8, 8)} for dtype in ("fp16", "bf16")}},
     GRU: {dtype: {256: (8, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 8)} for dtype in _EVERY_DTYPE},
 }
+
+
+# TF32 products (fp32 weights where torch allows TF32 for RNNs) on the tl.dot slices up to these
+# reduction widths, per cell (forward, backward): the widest whose TF32 builds keep the slice on
+# chip without a spill on sm_80 and sm_90 (compile gate, Triton 3.7). The tensor cores' operand
+# layout holds the hoisted slice in more registers than the FMA products' one: the LSTM forward
+# at 128 spills 16 bytes on sm_90 and at 256 136-160 bytes, the RNN at 512 0.6-1.7 KB. Wider
+# slices keep exact fp32 products even where TF32 is allowed (their exact builds do not spill).
+TF32_MAX_WIDTH = {RNN: (256, 256), LSTM: (64, 256), GRU: (128, 128)}
+
+
+def takes_tf32(tile: "SliceTile", cell: str, backward: bool) -> bool:
+    """Whether ``tile`` of ``cell`` has a spill-free TF32 build (tl.dot slices only: the wide
+    row-wise slices have no tensor-core product)."""
+    return not tile.rowwise and tile.hp <= TF32_MAX_WIDTH[PERSISTENT_CELLS[cell]][int(backward)]
 
 
 @dataclass(frozen=True)
@@ -706,8 +725,8 @@ def specialization_key(args: tuple) -> tuple:
 def _launch(kernel, args: tuple, cell: str, H: int, T: int, dtype: torch.dtype, linear_before_reset: bool,
             interpreting: bool, backward: bool, tf32: bool = False) -> bool:
     """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path.
-    ``dtype``: w_hh's. ``tf32``: TF32 allowed for these (fp32) weights; only the ``tl.dot`` slices
-    take it (the wide row-wise slices have no tensor-core product and stay exact fp32)."""
+    ``dtype``: w_hh's. ``tf32``: TF32 allowed for these (fp32) weights; the ``tl.dot`` slices up to
+    ``TF32_MAX_WIDTH`` take it (the wide row-wise slices have no tensor-core product)."""
     switch = _switch()
     dtype = TRITON_DTYPES[dtype]
     tile = slice_tile(cell, H, dtype=dtype, linear_before_reset=linear_before_reset, backward=backward)
@@ -717,7 +736,7 @@ def _launch(kernel, args: tuple, cell: str, H: int, T: int, dtype: torch.dtype, 
         if not plan.persistent:
             return False
     constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp,
-                 "ROWWISE": tile.rowwise, "TF32": tf32 and not tile.rowwise}
+                 "ROWWISE": tile.rowwise, "TF32": tf32 and takes_tf32(tile, cell, backward)}
     options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
     if not interpreting:  # the compiled kernel's registers and shared memory decide how many are resident
         device = args[0].device
@@ -802,7 +821,7 @@ def compile_cases() -> Iterator[CompileCase]:
         for cell, dtype, tile in gate_tiles(backward):
             H = tile.hp - 3  # ragged: the masked tails are built
             # fp32 weights' tl.dot slices also in TF32 (what _launch passes where torch allows it)
-            for tf32 in (False, True) if dtype == "fp32" and not tile.rowwise else (False,):
+            for tf32 in (False, True) if dtype == "fp32" and takes_tf32(tile, cell, backward) else (False,):
                 constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
                              "HP": tile.hp, "SLICE_LOOP": False, "ROWWISE": tile.rowwise, "TF32": tf32}
                 products = "rowwise" if tile.rowwise else "dot-tf32" if tf32 else "dot"
