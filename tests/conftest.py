@@ -86,11 +86,12 @@ def math_settings_are_left_as_found(request):
 
 
 @pytest.fixture(autouse=True)
-def strict_fp32_recurrent_products():
+def strict_fp32_recurrent_products(math_settings_are_left_as_found):
     """Every test runs with torch's TF32 switch for RNNs off (set after the check above records
-    the settings, put back before it compares them): torch's default allows TF32, which our fp32
-    recurrent kernels then use on a GPU as cuDNN does, and the tests hold fp32 layers to fp32
-    tolerance. The TF32 tests switch it on themselves (tests/test_rnn_tf32.py, test_gpu_rnn.py)."""
+    the settings, which it requests for that order, and put back before it compares them):
+    torch's default allows TF32, which our fp32 recurrent kernels then use on a GPU as cuDNN
+    does, and the tests hold fp32 layers to fp32 tolerance. The TF32 tests switch it on
+    themselves (tests/test_rnn_tf32.py, tests/test_gpu_rnn.py)."""
     if torch is None:
         yield
         return

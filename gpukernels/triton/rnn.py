@@ -28,8 +28,8 @@ Precision of the recurrent products: fp32 weights multiply in exact fp32 (``inpu
 legacy ``torch.backends.cudnn.allow_tf32``: what cuDNN's RNN reads; torch's default allows it),
 then in TF32 on the tensor cores (``TF32``; both operands rounded to nearest first,
 ``rnn_persistent.tf32_operand``, where a bare ``tl.dot`` would truncate them), read once per
-layer call (``_launch.rnn_tf32_allowed``).
-It covers the products of these kernels (and the persistent ones' ``tl.dot`` slices). The cuBLAS
+layer call (``_launch.rnn_tf32_allowed``). That covers the products of these kernels (and the
+persistent ones' ``tl.dot`` slices, up to their spill-free TF32 widths). The cuBLAS
 matmuls around them (input projection, backward's ``dgates @ w_hh``, the weight gradients) are
 torch's and follow torch's matmul flag (``torch.backends.cuda.matmul.fp32_precision``, default
 exact fp32): cuBLAS's math mode is process-wide state with no per-call switch, and flipping it
