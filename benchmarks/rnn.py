@@ -14,7 +14,10 @@ runs it: on CUDA ``torch-cudnn`` (cuDNN switched on for the call whatever the pr
 fp32 with TF32 off, plain fp32 math as our kernels do) and, for fp32 only, ``torch-cudnn-tf32``
 (TF32 tensor cores allowed, PyTorch's default for cuDNN); on the CPU ``torch.nn`` (ATen), against
 our layer running the NumPy reference (fp32, small sizes). fp16/bf16 cuDNN runs its tensor-core
-math in both cases, so it has one provider. The issue's targets (not claims): a fused step
+math in both cases, so it has one provider. fp32 compares like with like: our providers run
+their recurrent products in exact fp32 (torch's RNN TF32 switch off for the call, ``rnn_tf32``)
+beside ``torch-cudnn``, and ``gpukernels-tf32`` (fp32, CUDA) runs them in TF32 beside
+``torch-cudnn-tf32``. The issue's targets (not claims): a fused step
 >= 1.3x faster than the eager step; the layer within 1.1x of cuDNN and faster where cuDNN is
 launch-bound. Issue 14's (not a claim): the layer's forward+backward >= 1.5x cuDNN at B <= 32,
 H <= 512, with the persistent path (``gpukernels-persistent``). ``gpukernels-graph``: the
@@ -185,26 +188,53 @@ def _timed(run, mode: str):
 
 
 @contextlib.contextmanager
-def cudnn_rnn_math(tf32: bool) -> Iterator[None]:
-    """cuDNN on, with the stated fp32 math for its RNNs: TF32 tensor cores when ``tf32``, plain
-    fp32 otherwise. (``torch.backends.cudnn.flags`` defaults to ``enabled=False``, so a bare
-    ``flags(allow_tf32=False)`` would run ATen's kernels instead of cuDNN.) Since torch 2.9 the
-    RNN's own ``fp32_precision`` decides, and a process-wide ``torch.backends.fp32_precision``
-    would otherwise leak through, so it is set too."""
+def rnn_tf32(allowed: bool) -> Iterator[None]:
+    """Torch's TF32 switch for RNNs set to ``allowed`` for the block and put back after: what
+    cuDNN's RNNs and our fp32 recurrent kernels read (gpukernels.triton._launch.rnn_tf32_allowed).
+
+    Set first through the legacy ``torch.backends.cudnn.allow_tf32``, which moves torch >= 2.9's
+    cuDNN RNN and convolution precisions together ("tf32" / "none"), so that its getter (which
+    ``torch.backends.cudnn.flags`` reads) stays readable: setting the RNN's own precision alone,
+    convolutions left at "tf32", makes it raise. Then the RNN's own ``fp32_precision`` is pinned
+    ("tf32" / "ieee"), so a process-wide ``torch.backends.fp32_precision`` cannot leak in through
+    "none". Afterwards the legacy switch and every value that differs from what it was are put
+    back (torch reads settings back resolved, so "none" that inherited comes back as the value it
+    inherited where the legacy switch alone does not restore it)."""
     import torch
 
     cudnn = torch.backends.cudnn
-    with cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=tf32):
-        rnn = getattr(cudnn, "rnn", None)
-        if not hasattr(rnn, "fp32_precision"):  # torch < 2.9: allow_tf32 alone decides
-            yield
-            return
-        previous = rnn.fp32_precision
-        rnn.fp32_precision = "tf32" if tf32 else "ieee"
-        try:
-            yield
-        finally:
-            rnn.fp32_precision = previous
+    try:
+        legacy = cudnn.allow_tf32
+    except RuntimeError:  # the two APIs already disagree: leave the legacy switch alone
+        legacy = None
+    rnn = getattr(cudnn, "rnn", None)
+    fine_grained = hasattr(rnn, "fp32_precision")  # torch >= 2.9
+    saved = [(owner, owner.fp32_precision) for owner in (rnn, cudnn.conv)] if fine_grained else []
+    try:
+        if legacy is not None:
+            cudnn.allow_tf32 = allowed
+        if fine_grained:
+            rnn.fp32_precision = "tf32" if allowed else "ieee"
+        yield
+    finally:
+        if legacy is not None:
+            cudnn.allow_tf32 = legacy
+        for owner, value in saved:
+            if owner.fp32_precision != value:
+                owner.fp32_precision = value
+
+
+@contextlib.contextmanager
+def cudnn_rnn_math(tf32: bool) -> Iterator[None]:
+    """cuDNN on, with the stated fp32 math for its RNNs: TF32 tensor cores when ``tf32``, plain
+    fp32 otherwise (``rnn_tf32``; our recurrent kernels read the same switch). (``torch.backends.
+    cudnn.flags`` defaults to ``enabled=False``, so a bare ``flags(allow_tf32=False)`` would run
+    ATen's kernels instead of cuDNN.)"""
+    import torch
+
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=tf32), \
+            rnn_tf32(tf32):
+        yield
 
 
 def _under(context: Callable[[], contextlib.AbstractContextManager], make):
@@ -238,6 +268,14 @@ def _environment(**values: str):
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def _together(*contexts: contextlib.AbstractContextManager) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
+
+
 def _persistent_auto():
     """The persistent layer kernels where they fit (opt-in until a GPU run proves them)."""
     return _environment(GPUKERNELS_RNN_PERSISTENT="auto")
@@ -259,9 +297,19 @@ def _providers(kind: str, mode: str, dtype: str, steps: int = STEPS):
             compiled[key] = torch.compile(fn)
         return compiled[key]
 
+    # Ours multiply fp32 in exact fp32 as the baselines they sit beside do (``torch-cudnn``, and the
+    # eager cells, whose cuBLAS products follow the matmul flag, off by default), TF32 only in
+    # ``gpukernels-tf32`` (beside ``torch-cudnn-tf32``): each sets torch's RNN switch around every
+    # call (``rnn_tf32``, a few microseconds of host time, as the cuDNN providers' flags cost).
+    # Only fp32 reads the switch, so only fp32 pays for setting it.
+    def precision(tf32: bool, *more: Callable[[], contextlib.AbstractContextManager]):
+        if dtype != "float32":
+            return lambda: _together(*(make() for make in more))
+        return lambda: _together(rnn_tf32(tf32), *(make() for make in more))
+
     if kind == "step":
         return {
-            "gpukernels": lambda i: _timed(lambda: _eager_step(i, i["ours_cell"]), mode),
+            "gpukernels": _under(precision(False), lambda i: _timed(lambda: _eager_step(i, i["ours_cell"]), mode)),
             "torch": lambda i: _timed(lambda: _eager_step(i, i["eager_cell"]), mode),
             "torch.compile": lambda i: _timed(
                 lambda: compile_once(id(i["eager_cell"]), lambda: _eager_step(i, i["eager_cell"]))(), mode),
@@ -269,9 +317,9 @@ def _providers(kind: str, mode: str, dtype: str, steps: int = STEPS):
     torch_nn = lambda i: _timed(lambda: _module_layer(i, i["theirs"]), mode)  # noqa: E731
     ours = lambda i: _timed(lambda: _module_layer(i, i["ours"]), mode)  # noqa: E731
     providers = {
-        "gpukernels": ours,
-        "gpukernels-persistent": _under(_persistent_auto, ours),
-        "gpukernels-graph": _under(_cuda_graph, ours),
+        "gpukernels": _under(precision(False), ours),
+        "gpukernels-persistent": _under(precision(False, _persistent_auto), ours),
+        "gpukernels-graph": _under(precision(False, _cuda_graph), ours),
         "torch-cudnn": _under(lambda: cudnn_rnn_math(tf32=False), torch_nn),
         "torch.nn": torch_nn,
         "torch": lambda i: _timed(lambda: _eager_layer(i, i["eager_cell"]), mode),
@@ -282,12 +330,14 @@ def _providers(kind: str, mode: str, dtype: str, steps: int = STEPS):
         del providers["torch.compile"]
     if dtype == "float32":
         providers["torch-cudnn-tf32"] = _under(lambda: cudnn_rnn_math(tf32=True), torch_nn)
+        providers["gpukernels-tf32"] = _under(precision(True), ours)
     return providers
 
 
 # Which device each baseline runs on: torch.nn.LSTM/GRU is named after what runs it there.
-PROVIDER_DEVICES = {"gpukernels-persistent": ("cuda",), "gpukernels-graph": ("cuda",), "torch.compile": ("cuda",),
-                    "torch-cudnn": ("cuda",), "torch-cudnn-tf32": ("cuda",), "torch.nn": ("cpu",)}
+PROVIDER_DEVICES = {"gpukernels-persistent": ("cuda",), "gpukernels-graph": ("cuda",), "gpukernels-tf32": ("cuda",),
+                    "torch.compile": ("cuda",), "torch-cudnn": ("cuda",), "torch-cudnn-tf32": ("cuda",),
+                    "torch.nn": ("cpu",)}
 
 
 def _register(cell: str, kind: str, mode: str, dtype: str, B: int, H: int, steps: int,

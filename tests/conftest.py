@@ -85,6 +85,22 @@ def math_settings_are_left_as_found(request):
         pytest.fail(f"{request.node.nodeid} left process-wide math settings changed (before, after): {changed}")
 
 
+@pytest.fixture(autouse=True)
+def strict_fp32_recurrent_products(math_settings_are_left_as_found):
+    """Every test runs with torch's TF32 switch for RNNs off (set after the check above records
+    the settings, which it requests for that order, and put back before it compares them):
+    torch's default allows TF32, which our fp32 recurrent kernels then use on a GPU as cuDNN
+    does, and the tests hold fp32 layers to fp32 tolerance. The TF32 tests switch it on
+    themselves (tests/test_rnn_tf32.py, tests/test_gpu_rnn.py)."""
+    if torch is None:
+        yield
+        return
+    from gpukernels.benchmarks.rnn import rnn_tf32
+
+    with rnn_tf32(False):
+        yield
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261124)

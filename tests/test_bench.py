@@ -50,8 +50,8 @@ def test_rnn_layers_name_the_baseline_by_what_runs_it():
     fp32 = next(c for c in layer if c.dtype == "float32" and "cuda" in c.devices)
     fp16 = next(c for c in layer if c.dtype == "float16")
     on_cpu = next(c for c in layer if "cpu" in c.devices)
-    assert providers(fp32, "cuda") == {"gpukernels", "gpukernels-persistent", "gpukernels-graph", "torch-cudnn",
-                                       "torch-cudnn-tf32", "torch", "torch.compile"}
+    assert providers(fp32, "cuda") == {"gpukernels", "gpukernels-persistent", "gpukernels-graph", "gpukernels-tf32",
+                                       "torch-cudnn", "torch-cudnn-tf32", "torch", "torch.compile"}
     assert providers(fp16, "cuda") == {"gpukernels", "gpukernels-persistent", "gpukernels-graph", "torch-cudnn", "torch",
                                        "torch.compile"}
     assert providers(on_cpu, "cpu") == {"gpukernels", "torch.nn", "torch"}

@@ -1,20 +1,25 @@
 """On a CUDA GPU (skipped elsewhere): the Triton and CuPy recurrent kernels on the device against
 the float64 reference through the public API, every dtype, odd sizes and both tile configs; the
 drop-in modules against torch.nn on cuDNN (switched on, fp32 with TF32 off) with copied weights;
-the benchmark's cuDNN baselines really run cuDNN."""
+the benchmark's cuDNN baselines really run cuDNN. All of these with torch's RNN TF32 switch off
+(tests/conftest.py), so fp32 is held to fp32 tolerance; the TF32 tests switch it on: fp32 layers
+(per-step and persistent kernels) and modules against the float64 reference at TF32's tolerance,
+every gradient, and with the switch off again the strict fp32 numbers."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
 import gpukernels as gk
 from _helpers import DTYPES, as_float64, assert_close, random_tensor
 from gpukernels.benchmarks import registry
-from gpukernels.benchmarks.rnn import cudnn_rnn_math
+from gpukernels.benchmarks.rnn import cudnn_rnn_math, rnn_tf32
 from gpukernels.torch import nn as gnn
+from test_rnn_tf32 import TF32_TOLERANCE, recorded, weight_scale  # noqa: F401 (recorded: a fixture)
 
 pytestmark = pytest.mark.gpu
 
@@ -76,6 +81,15 @@ def _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dty
             assert_close(got, want, dtype, "reduction")
 
 
+def _skip_if_the_barrier_probe_failed():
+    """In a gpu-proof run whose probe stage failed or hung (that stage already failed the proof):
+    a worker stuck at the persistent kernels' barrier would hold the rest of the suite."""
+    from gpukernels.tools.barrier_probe import VERDICT_VARIABLE
+
+    if os.environ.get(VERDICT_VARIABLE) == "failed":
+        pytest.skip("gpu-proof's barrier probe failed or hung on this device (see its probe stage)")
+
+
 def _aten_ops(fn) -> set[str]:
     """The aten ops ``fn()`` runs (cuDNN's RNN shows up as aten::_cudnn_rnn)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
@@ -128,12 +142,9 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     """The persistent kernels' compiled path as "auto" chooses it: one program per slice (16
     units; 8 or 4 in the wide row-wise slices), all resident, meeting at the grid barrier every
     step, against the float64 reference."""
-    from gpukernels.tools.barrier_probe import VERDICT_VARIABLE
     from gpukernels.triton import rnn_persistent as rp
 
-    if os.environ.get(VERDICT_VARIABLE) == "failed":  # that stage failed the proof already
-        pytest.skip("gpu-proof's barrier probe failed or hung on this device (see its probe stage): "
-                    "a worker stuck at the barrier would hold the suite")
+    _skip_if_the_barrier_probe_failed()
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "auto")
     grids = []
     for name in ("rnn_persistent_forward_kernel", "rnn_persistent_backward_kernel"):
@@ -164,3 +175,89 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     assert grids == [("rnn_persistent_forward_kernel", (slices,)), ("rnn_persistent_forward_kernel", (slices,)),
                      ("rnn_persistent_backward_kernel", (slices,))]
     _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# TF32 (torch's cuDNN RNN switch on, its default): fp32 recurrent products on the tensor cores
+
+
+def _relative_error(got, want) -> float:
+    want = np.asarray(want)
+    return float(np.linalg.norm(as_float64(got) - want) / np.linalg.norm(want))
+
+
+def _differ(first, second) -> bool:
+    pairs = [(a, b) for group in zip(first, second) for a, b in zip(*group) if a is not None]
+    return any(not torch.equal(a, b) for a, b in pairs)
+
+
+# H=1 is left out: one unit's gradients are a handful of numbers whose norm-wise error a single
+# TF32 rounding moves by ~1e-3 (1.3e-3 in the interpreter's LSTM at B=1, H=1). The persistent
+# kernels take TF32 on their tl.dot slices up to rnn_persistent.TF32_MAX_WIDTH (64 for the LSTM
+# forward), so their sizes stay under it.
+TF32_SIZES = [("per-step", 3, 7), ("per-step", 64, 100), ("per-step", 17, 257), ("persistent", 3, 7),
+              ("persistent", 40, 61)]
+
+
+@pytest.mark.parametrize("path,B,H", [pytest.param(*size, id="-".join(map(str, size))) for size in TF32_SIZES])
+@pytest.mark.parametrize("kind", list(GATES))
+def test_tf32_layers_on_the_device(kind, B, H, path, rng, recorded, monkeypatch):  # noqa: F811
+    """With the switch on, fp32 layers multiply h by w_hh in TF32 (operands rounded to nearest),
+    within TF32_TOLERANCE of the float64 reference, outputs and every gradient, recurrent weights
+    at PyTorch's initialisation scale; with it off, the strict fp32 numbers at fp32 tolerance,
+    and the two runs differ (the TF32 products really ran)."""
+    from gpukernels.triton import rnn_persistent as rp
+
+    kernel = "rnn_step_kernel"
+    if path == "persistent":
+        if kind == "gru_original":
+            pytest.skip("the original GRU has no persistent kernel")
+        _skip_if_the_barrier_probe_failed()
+        monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "auto")
+        kernel = "rnn_persistent_forward_kernel"
+    T, I, G = 6, 5, GATES[kind]
+    arrays = {"x": random_tensor(rng, (T, B, I), "float32", "cuda", scale=1.0),
+              "h": random_tensor(rng, (B, H), "float32", "cuda", scale=0.5),
+              "c": random_tensor(rng, (B, H), "float32", "cuda", scale=0.5),
+              "w": [random_tensor(rng, s, "float32", "cuda", scale=scale)
+                    for s, scale in (((G * H, I), 0.3), ((G * H, H), weight_scale(H)), ((G * H,), 0.3),
+                                     ((G * H,), 0.3))]}
+    gy = random_tensor(rng, (T, B, H), "float32", "cuda", scale=1.0)
+    gh = random_tensor(rng, (B, H), "float32", "cuda", scale=1.0)
+    lengths = tuple(int(v) for v in rng.integers(1, T + 1, B))
+    with gk.use_backend("triton"):
+        with rnn_tf32(True):
+            tf32 = _run(kind, arrays, gy, gh, lengths)
+        with rnn_tf32(False):
+            strict = _run(kind, arrays, gy, gh, lengths)
+    assert recorded[kernel].tf32() == {True, False}, recorded[kernel].launches
+    assert _differ(tf32, strict)
+    as64 = {k: [as_float64(t) for t in v] if isinstance(v, list) else as_float64(v) for k, v in arrays.items()}
+    outputs64, grads64 = _run(kind, as64, as_float64(gy), as_float64(gh), lengths)
+    for index, (got, want) in enumerate(zip((*tf32[0], *tf32[1]), (*outputs64, *grads64))):
+        if want is not None:
+            assert _relative_error(got, want) <= TF32_TOLERANCE, (index, _relative_error(got, want))
+    _assert_matches_reference(kind, arrays, gy, gh, lengths, *strict, "float32")
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_modules_with_tf32_against_float64(name):
+    """The drop-in modules (2 layers, bidirectional, PyTorch's initialisation) on CUDA with the
+    switch on against the same module in float64 on the CPU (the reference): output, input
+    gradient and every parameter gradient within TF32_TOLERANCE."""
+    torch.manual_seed(0)
+    ours = getattr(gnn, name)(16, 32, num_layers=2, bidirectional=True, batch_first=True)
+    reference = getattr(gnn, name)(16, 32, num_layers=2, bidirectional=True, batch_first=True).double()
+    reference.load_state_dict(ours.state_dict())
+    ours = ours.cuda()
+    x = torch.randn(24, 9, 16)
+    results = []
+    for module, inputs, switch in ((ours, x.cuda(), True), (reference, x.double(), False)):
+        xl = inputs.clone().requires_grad_()
+        with rnn_tf32(switch):
+            out, _ = module(xl)
+            out.square().sum().backward()
+        results.append([out, xl.grad] + [p.grad for p in module.parameters()])
+    for index, (got, want) in enumerate(zip(*results)):
+        error = _relative_error(got, want.detach().cpu().numpy())
+        assert error <= TF32_TOLERANCE, (index, error)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
 import torch
+import torch.backends.cudnn.rnn  # noqa: F401 (the submodule with the RNN's own precision setting)
 
 # Storage dtypes of the GPU kernels; math is fp32 whatever the storage.
 TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -34,6 +35,27 @@ def environment_choice(name: str, default: str, allowed: tuple[str, ...]) -> str
         choices = ", ".join(allowed[:-1]) + " or " + allowed[-1]
         raise ValueError(f"{name} must be {choices}, not {value!r}")
     return value
+
+
+# Bound once: looking the submodule up through torch.backends costs ~2 us a call, the read ~0.3 us.
+_CUDNN_RNN = torch.backends.cudnn.rnn
+_FINE_GRAINED = hasattr(_CUDNN_RNN, "fp32_precision")
+
+
+def rnn_tf32_allowed() -> bool:
+    """Whether torch lets a cuDNN RNN multiply fp32 in TF32 right now: what cuDNN's RNN path
+    reads (``allowTF32CuDNN(Float32Op::RNN)`` in ATen's cudnn/RNN.cpp). Since torch 2.9 that is
+    ``torch.backends.cudnn.rnn.fp32_precision == "tf32"``; its getter returns the effective value
+    ("none" there inherits ``torch.backends.cudnn.fp32_precision``, then
+    ``torch.backends.fp32_precision``: ATen resolves it, checked on torch 2.11 and 2.13). The
+    legacy ``torch.backends.cudnn.allow_tf32`` writes the same setting (True: "tf32", False:
+    "none"), but its getter raises once the legacy and the new API disagree (e.g. the RNN set to
+    "ieee" while convolutions keep "tf32"), so it is read only on torch < 2.9. Torch's default:
+    allowed. Read on the host at each layer call, inside the operator's body, so a compiled graph
+    reads it when it runs, never at trace time."""
+    if not _FINE_GRAINED:  # torch < 2.9: the legacy switch alone
+        return bool(torch.backends.cudnn.allow_tf32)
+    return _CUDNN_RNN.fp32_precision == "tf32"
 
 
 def elementwise_launch(dtype: torch.dtype) -> ElementwiseLaunch:

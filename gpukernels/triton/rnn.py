@@ -23,12 +23,28 @@ matmul over the heads, gpukernels._rnn_driver.head_gradient, at every head size)
 gradients are one matmul each over all steps at the end (with heads: one batched matmul giving
 the compact gradient). Backward accumulates in fp32 whatever the storage.
 
+Precision of the recurrent products: fp32 weights multiply in exact fp32 (``input_precision=
+"ieee"``) unless torch allows TF32 for RNNs (``torch.backends.cudnn.rnn.fp32_precision``, or the
+legacy ``torch.backends.cudnn.allow_tf32``: what cuDNN's RNN reads; torch's default allows it),
+then in TF32 on the tensor cores (``TF32``; both operands rounded to nearest first,
+``rnn_persistent.tf32_operand``, where a bare ``tl.dot`` would truncate them), read once per
+layer call (``_launch.rnn_tf32_allowed``). That covers the products of these kernels (and the
+persistent ones' ``tl.dot`` slices, up to their spill-free TF32 widths). The cuBLAS
+matmuls around them (input projection, backward's ``dgates @ w_hh``, the weight gradients) are
+torch's and follow torch's matmul flag (``torch.backends.cuda.matmul.fp32_precision``, default
+exact fp32): cuBLAS's math mode is process-wide state with no per-call switch, and flipping it
+around our calls would change it for every other thread's matmuls meanwhile. The CuPy backend
+does not read torch's switch either: its products are all cuBLAS calls through CuPy, which
+follow CuPy's own process-wide compute type (``cupy._core._routines_linalg.set_compute_type``,
+plain fp32 by default), and it takes CuPy arrays that need not come from torch at all.
+
 The time-step loops themselves are gpukernels._rnn_driver's (shared with the CuPy backend);
 this module gives them torch arrays and the launches of these two kernels.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator, NamedTuple
 
 import torch
@@ -38,10 +54,11 @@ import triton.language as tl
 from .. import _rnn_driver as driver
 from .._dispatch import triton_interpreting
 from .._rnn_driver import GATES, GRU, GRU_N, GRU_RZ, LSTM, RNN, WORKSPACE_BLOCKS  # noqa: F401 (public names)
-from ._launch import TRITON_DTYPES, CompileCase, check_dtype, fresh, passed
+from ._launch import TRITON_DTYPES, CompileCase, check_dtype, fresh, passed, rnn_tf32_allowed
 from . import rnn_graph, rnn_persistent
 from .activation import _tanh
 from .rnn_cells import gru_cell, lstm_cell, rnn_cell
+from .rnn_persistent import tf32_operand
 
 # The cell codes (RNN covers tanh and relu, a runtime flag) come from the shared driver.
 CELL_NAMES = {RNN: "rnn", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru_rz", GRU_N: "gru_n"}
@@ -51,12 +68,15 @@ CELL_NAMES = {RNN: "rnn", LSTM: "lstm", GRU: "gru", GRU_RZ: "gru_rz", GRU_N: "gr
 
 
 @triton.jit
-def _gate_dot(acc, hk, w_ptr, gate, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32: tl.constexpr):
+def _gate_dot(acc, hk, w_ptr, gate, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32: tl.constexpr,
+              TF32: tl.constexpr):
     # (BLOCK_K, BLOCK_H) tile of w_hh^T for this gate block: element [k, j] = w[gate*H + j, k], k
     # a column of the unit's head (w_hh holds HEAD columns: its head's block; all H when heads=1)
     rows = (gate * H + offs_h[None, :]).to(tl.int64)
     w = tl.load(w_ptr + rows * HEAD + offs_k[:, None], mask=k_mask[:, None] & h_mask[None, :], other=0.0)
     if w.dtype == tl.float32:
+        if TF32:  # torch allows TF32 for RNNs (rnn_tf32_allowed): tensor cores, as cuDNN would
+            return tl.dot(tf32_operand(hk), tf32_operand(w), acc=acc, input_precision="tf32")
         return tl.dot(hk, w, acc=acc, input_precision="ieee")
     # Half-precision weights: the fp32 state enters the tensor-core product as two halves, its
     # rounding and the remainder, so the state is not rounded to fp16/bf16 at every step (that
@@ -86,7 +106,7 @@ def rnn_step_kernel(
     w_ptr, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr, ws_stride,
     t, B, H, HEAD, relu, coupled,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, TF32: tl.constexpr,
 ):
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     # Units of one head (axis 2; heads=1: HEAD = H and one head): the tile never straddles two.
@@ -106,13 +126,13 @@ def rnn_step_kernel(
         k_mask = offs_k < HEAD
         hk = tl.load(hin_ptr + offs_b[:, None] * hin_stride + head_start + offs_k[None, :],
                      mask=b_mask[:, None] & k_mask[None, :], other=0.0)
-        acc0 = _gate_dot(acc0, hk, w_ptr, 0, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32)
+        acc0 = _gate_dot(acc0, hk, w_ptr, 0, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32, TF32)
         if CELL == 1 or CELL == 2 or CELL == 3:
-            acc1 = _gate_dot(acc1, hk, w_ptr, 1, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32)
+            acc1 = _gate_dot(acc1, hk, w_ptr, 1, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32, TF32)
         if CELL == 1 or CELL == 2:
-            acc2 = _gate_dot(acc2, hk, w_ptr, 2, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32)
+            acc2 = _gate_dot(acc2, hk, w_ptr, 2, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32, TF32)
         if CELL == 1:
-            acc3 = _gate_dot(acc3, hk, w_ptr, 3, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32)
+            acc3 = _gate_dot(acc3, hk, w_ptr, 3, offs_k, offs_h, k_mask, h_mask, H, HEAD, DOT_F32, TF32)
 
     gx_rows = offs_b[:, None] * gx_stride
     ws_tile = ws_ptr + offs_b[:, None] * ws_stride + offs_h[None, :]
@@ -293,6 +313,15 @@ class _TorchBackend:
 
     def __init__(self, device):
         self.device = device
+        # Read once per layer call (every step of a call multiplies alike; a CUDA graph of the
+        # call is keyed on the same reading, rnn_graph.layer_key).
+        self.tf32 = rnn_tf32_allowed()
+
+    def tf32_for(self, w) -> bool:
+        """TF32 recurrent products for weights ``w``: fp32 weights where torch allows TF32 for
+        RNNs. fp16/bf16 weights are unaffected (they already meet the state on tensor cores,
+        the state split in two halves so it is not rounded)."""
+        return self.tf32 and w.dtype == torch.float32
 
     def empty(self, shape, dtype):
         return torch.empty(shape, dtype=dtype, device=self.device)
@@ -348,7 +377,8 @@ class _TorchBackend:
             s.gx, s.gx_stride, s.hin, s.hin.stride(0), s.h, s.h.stride(0), s.c, s.c.stride(0), s.w, s.b, s.peep,
             s.lens, s.y, s.ws, s.ws_stride, s.t, s.B, s.H, head, s.relu, s.coupled,
             CELL=code, BLOCK_B=tile.block_b, BLOCK_H=tile.block_h, BLOCK_K=tile.block_k,
-            DOT_F32=s.storage.dtype == torch.bfloat16 and triton_interpreting(), num_warps=tile.num_warps,
+            DOT_F32=s.storage.dtype == torch.bfloat16 and triton_interpreting(), TF32=self.tf32_for(s.w),
+            num_warps=tile.num_warps,
         )
 
     def forward_layer(self, s, **layer) -> bool:
@@ -360,7 +390,7 @@ class _TorchBackend:
             if not rnn_persistent.may_run(layer["cell"], s.H, s.w.dtype, layer["linear_before_reset"], interpreting):
                 return False
             s = s._replace(w=driver.block_diagonal(self, s.w, GATES[layer["cell"]], s.heads), heads=1)
-        return rnn_persistent.layer_forward(s, interpreting=interpreting, **layer)
+        return rnn_persistent.layer_forward(s, interpreting=interpreting, tf32=self.tf32_for(s.w), **layer)
 
     def backward_layer(self, s, *, w, heads: int, **layer) -> bool:
         interpreting = triton_interpreting()
@@ -369,7 +399,7 @@ class _TorchBackend:
                                           True):
                 return False
             w = driver.block_diagonal(self, w, GATES[layer["cell"]], heads)
-        return rnn_persistent.layer_backward(s, w=w, interpreting=interpreting, **layer)
+        return rnn_persistent.layer_backward(s, w=w, interpreting=interpreting, tf32=self.tf32_for(w), **layer)
 
     def backward_step(self, code: int, s) -> None:
         rnn_backward_step_kernel[(triton.cdiv(s.B * s.H, BACKWARD_BLOCK),)](
@@ -458,13 +488,24 @@ def _flag_tags(flags: dict) -> dict[str, str]:
     return {name: str(value) for name, value in flags.items() if value}
 
 
+def _tf32_values(dtype: str) -> tuple[bool, ...]:
+    """The recurrent-product precisions a step launch can take: fp32 weights multiply in TF32
+    where torch allows it for RNNs (``_TorchBackend.tf32_for``), other dtypes never."""
+    return (False, True) if dtype == "fp32" else (False,)
+
+
+def _precision_tag(tf32: bool) -> dict[str, str]:
+    return {"precision": "tf32"} if tf32 else {}
+
+
 def compile_cases() -> Iterator[CompileCase]:
     """Both kernels, every cell code, every storage dtype, every tile the heuristic picks, in the
-    typical and the worst launch; the step kernel also in the multi-head one."""
+    typical and the worst launch; the step kernel also in the multi-head one, and for fp32
+    weights also with TF32 products."""
     for dtype, name in TRITON_DTYPES.items():
         for code, cell_name in CELL_NAMES.items():
             for launch in ("typical", "worst", "heads"):
-                for flags in _flag_values(code, launch):
+                for flags, tf32 in itertools.product(_flag_values(code, launch), _tf32_values(name)):
                     for index, tile in enumerate(STEP_TILES):
                         batch = _GATE_BATCH[(launch, index)]
                         assert step_tile(batch) == tile  # the batch picks this tile at run time
@@ -472,12 +513,13 @@ def compile_cases() -> Iterator[CompileCase]:
                             name=f"rnn_step[{cell_name}]", kernel=rnn_step_kernel,
                             args={**_step_args(code, name, launch, batch, flags), "CELL": code,
                                   "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "BLOCK_K": tile.block_k,
-                                  "DOT_F32": False},
+                                  "DOT_F32": False, "TF32": tf32},
                             num_warps=tile.num_warps,
                             tags={"dtype": name, "block_b": str(tile.block_b), "block_h": str(tile.block_h),
-                                  "block_k": str(tile.block_k), "launch": launch, **_flag_tags(flags)},
+                                  "block_k": str(tile.block_k), "launch": launch, **_flag_tags(flags),
+                                  **_precision_tag(tf32)},
                         )
-                    if launch == "heads":  # the backward step kernel has no HEAD (its products are cuBLAS's)
+                    if launch == "heads" or tf32:  # the backward step kernel has no HEAD and no product
                         continue
                     yield CompileCase(
                         name=f"rnn_backward_step[{cell_name}]", kernel=rnn_backward_step_kernel,

@@ -13,7 +13,9 @@ How a call goes (``LayerGraphs.call``):
   keyword options (cell, reverse, coupled, linear_before_reset, and any the entry point adds),
   every array's shape, strides, dtype and device or its absence (biases, peepholes, h0/c0 and
   the incoming gradients), whether lengths are given, and the autocast and matmul-precision
-  state (cuBLAS bakes its math mode into the captured matmuls).
+  state (cuBLAS bakes its math mode into the captured matmuls), and whether torch allows TF32
+  for RNNs (the step kernels' fp32 products take TF32 or exact fp32 by it, a constant of the
+  captured launches).
 * Lengths enter the key by presence, not by value: the loop makes no host decision on them, the
   kernels only read the int32 lengths array, so one graph with a static lengths array serves
   every set of lengths of that shape (keying on values would capture a new graph for nearly
@@ -48,7 +50,7 @@ from typing import Any, Callable
 import torch
 
 from . import rnn_persistent
-from ._launch import environment_choice
+from ._launch import environment_choice, rnn_tf32_allowed
 
 ENVIRONMENT_SWITCH = "GPUKERNELS_RNN_CUDA_GRAPH"
 DEFAULT_SWITCH = "0"  # opt-in until a GPU run proves it
@@ -129,7 +131,7 @@ def layer_key(run: Callable, arrays: tuple, lengths, options: dict) -> tuple:
     device_type = arrays[0].device.type
     autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
     return (run, tuple(_signature(a) for a in arrays), lengths is not None, tuple(sorted(options.items())),
-            autocast, _matmul_mode())
+            autocast, _matmul_mode(), rnn_tf32_allowed())
 
 
 def _capturing(device: torch.device) -> bool:

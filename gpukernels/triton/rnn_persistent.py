@@ -18,6 +18,11 @@ takes the per-step path.
 
 The recurrent products are exact fp32 ones (``input_precision="ieee"``) whatever the storage
 dtype: the slice is converted to fp32 when it is loaded, and the fp32 state is never rounded.
+One exception, torch's: fp32 weights where torch allows TF32 for RNNs
+(``torch.backends.cudnn.rnn.fp32_precision``, read per call by gpukernels.triton.rnn) take the
+``tl.dot`` slices' products in TF32 on the tensor cores (``TF32``), as cuDNN would, up to the
+widths whose TF32 builds do not spill (``TF32_MAX_WIDTH``); wider slices, and the wide row-wise
+ones (no tensor-core product), stay exact fp32 either way.
 How far a slice can stay on chip without a spill is measured by the compile gate, not assumed:
 ``SLICE_WARPS``. Two kinds of slice:
 
@@ -97,16 +102,34 @@ def _grid_barrier(bar_ptr, phase, programs):
 
 
 @triton.jit
-def _state_dot(acc, state, w, ROWWISE: tl.constexpr):
+def tf32_operand(x):
+    """fp32 ``x`` rounded to TF32 (10 mantissa bits), to the nearest, ties away from zero: what
+    cuBLAS and cuDNN do (``cvt.rna.tf32.f32``) before a TF32 product. ``tl.dot`` hands the tensor
+    cores its fp32 registers unconverted, and they drop the low 13 bits: truncation, a bias toward
+    zero of about 2^-11 per operand that compounds through a recurrence (Triton issue 4574). Plain
+    integer operations on the bits (adding half a TF32 unit in the last place carries into the
+    kept bits exactly when rounding up), so Triton's interpreter runs it too: there, where
+    ``tl.dot`` ignores its precision, the products of rounded operands are TF32's numbers.
+    Infinities and NaNs stay what they are; the largest finite values round up to infinity, as
+    ``cvt.rna`` does."""
+    bits = x.to(tl.uint32, bitcast=True)
+    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _state_dot(acc, state, w, ROWWISE: tl.constexpr, TF32: tl.constexpr):
     """acc + state @ w, fp32 products (FMA, not tensor cores), so the fp32 state is never
     rounded to the storage dtype, whatever it is. The step is bound by the latency of the step
-    loop, not by these few products.
+    loop, not by these few products. TF32 (fp32 weights where torch allows TF32 for RNNs; the
+    ``tl.dot`` slices only): the products on the tensor cores in TF32, as cuDNN would.
 
     ROWWISE (the wide slices, ``state`` one batch row): ``w`` (storage dtype) stays in the layout
     it was loaded in, spread over every thread of the program, widened to fp32 (exact); the
     product is a sum over the reduction axis, which crosses the program's warps."""
     if ROWWISE:
         acc = acc + tl.sum(state[:, :, None] * w[None, :, :].to(tl.float32), axis=1)
+    elif TF32:  # w: rounded to TF32 already, once, by _weight_tiles
+        acc = tl.dot(tf32_operand(state), w, acc=acc, input_precision="tf32")
     else:
         acc = tl.dot(state, w, acc=acc, input_precision="ieee")
     return acc
@@ -132,9 +155,10 @@ def _columns_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
 
 @triton.jit
 def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, HP: tl.constexpr,
-                  ROWWISE: tl.constexpr):
+                  ROWWISE: tl.constexpr, TF32: tl.constexpr):
     """The tiles of every gate block a cell uses (the unused ones alias gate 0 and are never read):
-    fp32 for ``tl.dot``; as loaded (storage dtype) for the row-wise products, which widen them."""
+    fp32 for ``tl.dot`` (rounded to TF32 once, here, for TF32 products); as loaded (storage dtype)
+    for the row-wise products, which widen them."""
     if COLUMNS:
         w0 = _columns_tile(w_ptr, 0, offs_h, H, HP)
     else:
@@ -154,6 +178,8 @@ def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, H
             w3 = _rows_tile(w_ptr, 3, offs_h, H, HP)
     if not ROWWISE:
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
+    if TF32:
+        w0, w1, w2, w3 = tf32_operand(w0), tf32_operand(w1), tf32_operand(w2), tf32_operand(w3)
     return w0, w1, w2, w3
 
 
@@ -201,7 +227,7 @@ def _step_index(s, T, reverse):
 @triton.jit
 def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr,
                    B, H, relu, coupled, offs_h, CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                   HP: tl.constexpr, ROWWISE: tl.constexpr):
+                   HP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr):
     """Step ``t`` of the hidden units ``offs_h``, every batch row: the same cell as the per-step
     kernel, writing y[t] and the workspace of step t (layout of gpukernels.reference.rnn)."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
@@ -228,23 +254,23 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
         gx_tile = gx_t + offs_b[:, None] * (G * H) + offs_h[None, :]
         ws_tile = ws_t + offs_b[:, None] * (K * H) + offs_h[None, :]
         active = (tl.load(len_ptr + offs_b, mask=b_mask, other=0) > t)[:, None]
-        a0 = _state_dot(acc, state, w0, ROWWISE) + tl.load(gx_tile, mask=tile_mask, other=0.0) + b0
+        a0 = _state_dot(acc, state, w0, ROWWISE, TF32) + tl.load(gx_tile, mask=tile_mask, other=0.0) + b0
         if CELL == 0:  # RNN
             h_new = rnn_cell(a0, h_prev, active, relu, ws_tile, tile_mask)
         elif CELL == 1:  # LSTM, gates i, f, g, o
             c_prev = tl.load(c_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0,
                              cache_modifier=".cg")
-            a1 = _state_dot(acc, state, w1, ROWWISE) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
-            a2 = _state_dot(acc, state, w2, ROWWISE) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2
-            a3 = _state_dot(acc, state, w3, ROWWISE) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3
+            a1 = _state_dot(acc, state, w1, ROWWISE, TF32) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
+            a2 = _state_dot(acc, state, w2, ROWWISE, TF32) + tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + b2
+            a3 = _state_dot(acc, state, w3, ROWWISE, TF32) + tl.load(gx_tile + 3 * H, mask=tile_mask, other=0.0) + b3
             h_new = lstm_cell(a0, a1, a2, a3,
                               p_i, p_f, p_o, c_prev, h_prev, active, coupled, ws_tile, H, tile_mask)
         else:  # GRU (linear_before_reset): rnn_cells.gru_cell's lines, kept here (called, they spill)
             dtype = ws_ptr.dtype.element_ty
             r = tl.sigmoid(a0)
-            a1 = _state_dot(acc, state, w1, ROWWISE) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
+            a1 = _state_dot(acc, state, w1, ROWWISE, TF32) + tl.load(gx_tile + H, mask=tile_mask, other=0.0) + b1
             z = tl.sigmoid(a1)
-            m = _state_dot(acc, state, w2, ROWWISE) + b2
+            m = _state_dot(acc, state, w2, ROWWISE, TF32) + b2
             n = _tanh(tl.load(gx_tile + 2 * H, mask=tile_mask, other=0.0) + r * m)
             h_new = (1.0 - z) * n + z * h_prev
             tl.store(ws_tile, r.to(dtype), mask=tile_mask)
@@ -261,7 +287,7 @@ def rnn_persistent_forward_kernel(
     gx_ptr, h0_ptr, c0_ptr, w_ptr, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr, bar_ptr,
     T, B, H, relu, coupled, reverse,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
-    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr,
+    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr,
 ):
     """All T steps of one layer direction. gx: (T, B, G*H) fp32 input projection (b_ih in it);
     h0/c0: (B, H) fp32; w: (G*H, H); y: (T, B, H); ws: (T, B, K*H) fp32; bar: one int32, zero."""
@@ -273,18 +299,18 @@ def rnn_persistent_forward_kernel(
             t, t_prev = _step_index(s, T, reverse)
             for slice_index in range(pid, n_slices, programs):
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE)
+                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE, TF32)
                 _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
-                               ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE)
+                               ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE, TF32)
             _grid_barrier(bar_ptr, s + 1, programs)
     else:
         # One slice per program: its rows of w_hh are loaded once and stay on chip for all steps.
         offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE, TF32)
         for s in range(0, T):
             t, t_prev = _step_index(s, T, reverse)
             _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
-                           ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE)
+                           ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE, TF32)
             _grid_barrier(bar_ptr, s + 1, programs)
 
 
@@ -358,7 +384,8 @@ def _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_pt
 
 @triton.jit
 def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
-                        CELL: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr, ROWWISE: tl.constexpr):
+                        CELL: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr, ROWWISE: tl.constexpr,
+                        TF32: tl.constexpr):
     """Phase 2 of step t for the columns ``offs_h``: dh[:, slice] += dgh[t] @ w_hh[:, slice]
     (every program's gate gradients of step t, read after the barrier)."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
@@ -373,12 +400,15 @@ def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
         dg_rows = dg_t + offs_b[:, None] * (G * H) + offs_j[None, :]
         dg_mask = b_mask[:, None] & j_mask[None, :]
         acc = tl.load(dh_ptr + offs_b[:, None] * H + offs_h[None, :], mask=tile_mask, other=0.0)
-        acc = _state_dot(acc, tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w0, ROWWISE)
+        acc = _state_dot(acc, tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w0, ROWWISE, TF32)
         if CELL != 0:
-            acc = _state_dot(acc, tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w1, ROWWISE)
-            acc = _state_dot(acc, tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w2, ROWWISE)
+            acc = _state_dot(acc, tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w1,
+                             ROWWISE, TF32)
+            acc = _state_dot(acc, tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w2,
+                             ROWWISE, TF32)
         if CELL == 1:
-            acc = _state_dot(acc, tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w3, ROWWISE)
+            acc = _state_dot(acc, tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w3,
+                             ROWWISE, TF32)
         tl.store(dh_ptr + offs_b[:, None] * H + offs_h[None, :], acc, mask=tile_mask)
     tl.debug_barrier()  # the next step's phase 1 reads dh in another thread layout
 
@@ -388,7 +418,7 @@ def rnn_persistent_backward_kernel(
     gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, w_ptr, peep_ptr, len_ptr, dgx_ptr, dgh_ptr, bar_ptr,
     T, B, H, relu, coupled, reverse,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
-    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr,
+    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr,
 ):
     """All T steps back through one layer direction. dh/dc: (B, H) fp32, grad_h_n/grad_c_n on
     entry, grad_h0/grad_c0 on exit; dgx/dgh: (T, B, G*H) fp32 gate gradients (the same buffer
@@ -409,18 +439,20 @@ def rnn_persistent_backward_kernel(
             _grid_barrier(bar_ptr, s + 1, programs)
             for slice_index in range(pid, n_slices, programs):
                 offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE)
-                _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE)
+                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE, TF32)
+                _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE,
+                                    TF32)
     else:
         # One slice per program: its columns of w_hh are loaded once and stay on chip.
         offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE, TF32)
         for s in range(0, T):
             t, t_prev = _step_index(T - 1 - s, T, reverse)
             _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
                                 dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, POINT_B)
             _grid_barrier(bar_ptr, s + 1, programs)
-            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE)
+            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE,
+                                    TF32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,6 +506,21 @@ ROWWISE_SLICES = {
            **{dtype: {512: (8, 8, 8), 1024: (8, 8, 8)} for dtype in ("fp16", "bf16")}},
     GRU: {dtype: {256: (8, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 8)} for dtype in _EVERY_DTYPE},
 }
+
+
+# TF32 products (fp32 weights where torch allows TF32 for RNNs) on the tl.dot slices up to these
+# reduction widths, per cell (forward, backward): the widest whose TF32 builds keep the slice on
+# chip without a spill on sm_80 and sm_90 (compile gate, Triton 3.7). The tensor cores' operand
+# layout holds the hoisted slice in more registers than the FMA products' one: the LSTM forward
+# at 128 spills 16 bytes on sm_90 and at 256 136-160 bytes, the RNN at 512 0.6-1.7 KB. Wider
+# slices keep exact fp32 products even where TF32 is allowed (their exact builds do not spill).
+TF32_MAX_WIDTH = {RNN: (256, 256), LSTM: (64, 256), GRU: (128, 128)}
+
+
+def takes_tf32(tile: "SliceTile", cell: str, backward: bool) -> bool:
+    """Whether ``tile`` of ``cell`` has a spill-free TF32 build (tl.dot slices only: the wide
+    row-wise slices have no tensor-core product)."""
+    return not tile.rowwise and tile.hp <= TF32_MAX_WIDTH[PERSISTENT_CELLS[cell]][int(backward)]
 
 
 @dataclass(frozen=True)
@@ -676,9 +723,10 @@ def specialization_key(args: tuple) -> tuple:
 
 
 def _launch(kernel, args: tuple, cell: str, H: int, T: int, dtype: torch.dtype, linear_before_reset: bool,
-            interpreting: bool, backward: bool) -> bool:
+            interpreting: bool, backward: bool, tf32: bool = False) -> bool:
     """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path.
-    ``dtype``: w_hh's."""
+    ``dtype``: w_hh's. ``tf32``: TF32 allowed for these (fp32) weights; the ``tl.dot`` slices up to
+    ``TF32_MAX_WIDTH`` take it (the wide row-wise slices have no tensor-core product)."""
     switch = _switch()
     dtype = TRITON_DTYPES[dtype]
     tile = slice_tile(cell, H, dtype=dtype, linear_before_reset=linear_before_reset, backward=backward)
@@ -688,7 +736,7 @@ def _launch(kernel, args: tuple, cell: str, H: int, T: int, dtype: torch.dtype, 
         if not plan.persistent:
             return False
     constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp,
-                 "ROWWISE": tile.rowwise}
+                 "ROWWISE": tile.rowwise, "TF32": tf32 and takes_tf32(tile, cell, backward)}
     options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
     if not interpreting:  # the compiled kernel's registers and shared memory decide how many are resident
         device = args[0].device
@@ -707,19 +755,21 @@ def _launch(kernel, args: tuple, cell: str, H: int, T: int, dtype: torch.dtype, 
     return True
 
 
-def layer_forward(s, *, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool) -> bool:
+def layer_forward(s, *, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool,
+                  tf32: bool = False) -> bool:
     """The whole forward time loop of the driver's layer in one launch (``s``: the driver's
     ForwardStep of t=0 holding the full-sequence gx, y and workspace). False: not taken, the
-    driver runs its step loop."""
+    driver runs its step loop. ``tf32``: TF32 products allowed (fp32 weights, torch's RNN flag)."""
     if cell not in PERSISTENT_CELLS:
         return False
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
     args = (s.gx, s.h, s.c, s.w, s.b, s.peep, s.lens, s.y, s.ws, barrier, T, s.B, s.H, s.relu, s.coupled, int(reverse))
     return _launch(rnn_persistent_forward_kernel, args, cell, s.H, T, s.w.dtype, linear_before_reset, interpreting,
-                   False)
+                   False, tf32)
 
 
-def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool) -> bool:
+def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool,
+                   tf32: bool = False) -> bool:
     """The whole backward time loop in one launch (``s``: the driver's BackwardStep of t=0 with
     the full-sequence grad_y, workspace and gate gradients, h_prev/c_prev holding h0/c0):
     ``s.dh``/``s.dc`` (grad_h_n/grad_c_n, fp32) become grad_h0/grad_c0 in place."""
@@ -729,7 +779,7 @@ def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_rese
     args = (s.gy, s.dh, s.dc, s.ws, s.h_prev, s.c_prev, w, s.peep, s.lens, s.dgx, s.dgh, barrier,
             T, s.B, s.H, s.relu, s.coupled, int(reverse))
     return _launch(rnn_persistent_backward_kernel, args, cell, s.H, T, w.dtype, linear_before_reset, interpreting,
-                   True)
+                   True, tf32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -770,10 +820,13 @@ def compile_cases() -> Iterator[CompileCase]:
                                         (True, rnn_persistent_backward_kernel, _backward_args)):
         for cell, dtype, tile in gate_tiles(backward):
             H = tile.hp - 3  # ragged: the masked tails are built
-            constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
-                         "HP": tile.hp, "SLICE_LOOP": False, "ROWWISE": tile.rowwise}
-            yield CompileCase(name=f"rnn_persistent_{'backward' if backward else 'forward'}[{cell.split('_')[0]}]",
-                              kernel=kernel, args={**make_args(cell, dtype, H), **constants},
-                              num_warps=tile.num_warps,
-                              tags={"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h),
-                                    "products": "rowwise" if tile.rowwise else "dot"})
+            # fp32 weights' tl.dot slices also in TF32 (what _launch passes where torch allows it)
+            for tf32 in (False, True) if dtype == "fp32" and takes_tf32(tile, cell, backward) else (False,):
+                constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
+                             "HP": tile.hp, "SLICE_LOOP": False, "ROWWISE": tile.rowwise, "TF32": tf32}
+                products = "rowwise" if tile.rowwise else "dot-tf32" if tf32 else "dot"
+                yield CompileCase(name=f"rnn_persistent_{'backward' if backward else 'forward'}[{cell.split('_')[0]}]",
+                                  kernel=kernel, args={**make_args(cell, dtype, H), **constants},
+                                  num_warps=tile.num_warps,
+                                  tags={"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h),
+                                        "products": products})
