@@ -20,11 +20,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gpukernels as gk
 from conftest import DEVICE, HAS_CUDA
 from gpukernels import _rnn_driver as driver
 from gpukernels.triton import rnn as triton_rnn
 from gpukernels.triton import rnn_persistent as rp
-from test_rnn_heads import GATES, KINDS, SHORT, _run_on_device_against_reference
+from _helpers import as_float64, assert_close, random_tensor
+from test_rnn_heads import GATES, KINDS, SHORT, _arrays, _run_gk, _run_on_device_against_reference
 from test_rnn_persistent import A100, H200, SMALL, WIDE_1024_BUILDS, _small_rowwise_tables
 
 # Where each persistent kernel takes w_hh and HEAD among its positional arguments.
@@ -144,6 +146,40 @@ def test_a_batch_past_one_tile(kind, rowwise, rng, monkeypatch, spies):
         _small_rowwise_tables(monkeypatch, 8)
     _run_on_device_against_reference("triton", kind, "float32", 3, 17, 40, 2, False, None, rng, DEVICE)
     _assert_compact_persistent_launches(spies, kind, 40, 2, rowwise=rowwise, block_h=8 if rowwise else 16, hp=32)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="runs the held-slice code in the interpreter")
+@pytest.mark.parametrize("rowwise", [False, True], ids=["dot", "rowwise"])
+@pytest.mark.parametrize("kind", ["lstm_peep_coupled", "gru", "rnn_relu"])
+def test_one_program_holds_its_heads_block_and_writes_only_its_heads_units(kind, rowwise, rng, monkeypatch, spies):
+    """The compiled path's code (SLICE_LOOP=False: a slice per program, its block loaded once
+    before the time loop, the head from the grid's second axis), run as the grid's program
+    (0, 0) alone: H=12 in heads of 6 units, narrower than the slice (16, or 8 row-wise), so the
+    slice's lanes past its head would be the next head's units. Outputs poisoned (NaN): head 0
+    must match the reference (the heads are independent) and nothing of head 1 may be written,
+    forward (y, h_n) or backward (grad_h0 keeps grad_h_n there)."""
+    if rowwise:
+        _small_rowwise_tables(monkeypatch, 8)
+    monkeypatch.setattr(rp, "plan_launch", lambda *a, **k: rp.Plan(True, 1, False, "test"))
+    monkeypatch.setattr(rp, "_grid", lambda programs, heads, slice_loop: (1, 1))
+    real_empty = triton_rnn._TorchBackend.empty
+    monkeypatch.setattr(triton_rnn._TorchBackend, "empty", lambda self, shape, dtype: real_empty(
+        self, shape, dtype).fill_(float("nan")) if dtype.is_floating_point else real_empty(self, shape, dtype))
+    H, head, T, B = 12, 6, 4, 3
+    a = _arrays(rng, kind, T, B, 4, H, 2, lambda shape, scale: random_tensor(rng, shape, "float32", DEVICE, scale))
+    with gk.use_backend("triton"):
+        outputs, grads = _run_gk(kind, a, 2, True, (4, 1, 3))
+    want_outputs, want_grads = _run_gk(kind, {k: None if v is None else as_float64(v) for k, v in a.items()}, 2, True,
+                                       (4, 1, 3))
+    for got, want in zip(outputs[:2], want_outputs[:2]):  # y, h_n
+        assert_close(got[..., :head], want[..., :head], "float32", "reduction")
+        assert torch.isnan(got[..., head:]).all()
+    assert_close(grads[1][:, :head], want_grads[1][:, :head], "float32", "reduction")
+    assert torch.equal(grads[1][:, head:], a["gh"][:, head:])
+    kernels, _ = spies
+    launches = [launch for name in _ARGUMENTS for launch in kernels[name].launches]
+    assert len(launches) == 3 and all(launch["grid"] == (1, 1) and not launch["SLICE_LOOP"] and launch["PER_HEAD"]
+                                      for launch in launches)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the interpreter's default")
