@@ -306,13 +306,17 @@ def test_bytes_model_without_heads_is_the_readmes_table():
 
 def test_bytes_model_with_heads_counts_the_compact_weight_and_one_heads_exchange():
     one = rp.traffic("lstm", 1024, 32, 100, dtype="fp16")
-    for heads, programs in ((2, 128), (4, 64), (8, 64)):
+    # heads=4: heads of 256 units, 16-unit tl.dot slices forward, 8-unit row-wise ones backward
+    # (the 256-wide multi-head backward build spills: PER_HEAD_SPILLS)
+    for heads, programs, programs_backward in ((2, 128, 128), (4, 64, 128), (8, 64, 64)):
         t = rp.traffic("lstm", 1024, 32, 100, dtype="fp16", heads=heads)
-        assert t.programs == programs
+        assert (t.programs, t.programs_backward) == (programs, programs_backward)
         assert t.w_hh_persistent * heads == one.w_hh_persistent and t.w_hh_step_path * heads == one.w_hh_step_path
         assert t.exchange_forward == programs * 32 * (1024 // heads) * 4
-        assert t.exchange_backward == 4 * t.exchange_forward
+        assert t.exchange_backward == programs_backward * 32 * 4 * (1024 // heads) * 4
         assert t.exchange_forward * heads <= one.exchange_forward
+        assert t.exchange_backward * heads <= one.exchange_backward
+    assert rp.traffic("lstm", 2048, 32, 100, dtype="fp16", heads=2) is None  # its forward build spills
     # Heads under the step kernel's 16 units: its per-step path reads the dense expansion.
     t = rp.traffic("gru", 64, 4, 10, dtype="fp32", heads=8)
     assert t.w_hh_persistent == 3 * 64 * 8 * 4 and t.w_hh_step_path == 10 * 3 * 64 * 64 * 4

@@ -48,7 +48,7 @@ stay one matmul each over all steps after the loop (gpukernels._rnn_driver), det
 without atomics.
 
 Covered: rnn_tanh, rnn_relu, lstm (peepholes, coupled gates), gru with ``linear_before_reset``
-(PyTorch's), up to H=1024 in fp32, fp16 and bf16. The original GRU needs ``r`` of every unit
+(PyTorch's), up to H=1024 in fp32, fp16 and bf16 (with heads: heads up to 1024 units wide). The original GRU needs ``r`` of every unit
 before its ``n`` product (a second barrier per step) and keeps the per-step path.
 
 Multi-head weights (``heads > 1``, HEAD = H // heads units a head): the kernels take the compact
@@ -61,8 +61,11 @@ heads are narrow enough. Where BLOCK_H does not divide HEAD, a head's last slice
 the step kernel's tiles, which never straddle heads either): one partly idle program per head,
 against the dense expansion's ``heads`` times the products, registers and exchange; so no head
 width takes the dense expansion here (heads narrower than one slice included: a program then
-holds one head). Multi-head launches compile with ``PER_HEAD`` (the slice's head from its index;
-heads=1 compiles without it, the dense layer's build unchanged): both are in the compile gate.
+holds one head). The grid is (slices of a head, heads): the head is the second program id, never
+divided out of a flat index. Multi-head launches compile with ``PER_HEAD`` (heads=1 compiles
+without it, the dense layer's build unchanged); both are in the compile gate, and the few widths
+whose multi-head build spills (``PER_HEAD_SPILLS``) are skipped for the next one. ``traffic``: the
+bytes model (w_hh bytes per sequence, exchange bytes per step) with heads.
 """
 
 from __future__ import annotations
@@ -809,15 +812,16 @@ _ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
 @dataclass(frozen=True)
 class Traffic:
     programs: int  # one slice each (the forward tile)
+    programs_backward: int  # the backward tile's (its slices may be narrower)
     w_hh_step_path: int  # bytes of w_hh the per-step path reads in T forward steps
     w_hh_persistent: int  # the persistent path: once per sequence (each program its slice)
     exchange_forward: int  # per forward step: each program reads its head's HEAD fp32 state columns
-    exchange_backward: int  # per backward step: each program reads its head's G x HEAD fp32 gate gradients
+    exchange_backward: int  # per backward step: each backward program reads its head's G x HEAD fp32 gate gradients
 
 
 def traffic(cell: str, H: int, B: int, T: int, *, dtype: str, heads: int = 1) -> Traffic | None:
     """The bytes model of a layer with w_hh in ``dtype`` ("fp32", "fp16", "bf16"), or None where
-    the cell has no persistent tile. With heads, w_hh is compact (G*H x H // heads elements) and a
+    its forward or backward kernel has no persistent tile. With heads, w_hh is compact (G*H x H // heads elements) and a
     program multiplies only its head's columns: the weight bytes drop by ``heads``, and the
     exchange (programs x B x H // heads x 4) by about ``heads`` too (more where the head's width
     picks wider slices than the layer's). The per-step path reads every step's w_hh once per
@@ -825,15 +829,17 @@ def traffic(cell: str, H: int, B: int, T: int, *, dtype: str, heads: int = 1) ->
     from .rnn import step_takes_heads, step_tile  # rnn imports this module
 
     tile = slice_tile(cell, H, dtype=dtype, heads=heads)
-    if tile is None:
+    backward_tile = slice_tile(cell, H, dtype=dtype, heads=heads, backward=True)
+    if tile is None or backward_tile is None:
         return None
     head = H // heads
     compact = GATES[cell] * H * head * _ITEMSIZE[dtype]
     step_weights = compact if heads == 1 or step_takes_heads(head) else GATES[cell] * H * H * _ITEMSIZE[dtype]
-    programs = slice_count(H, heads, tile)
-    return Traffic(programs=programs, w_hh_step_path=T * triton.cdiv(B, step_tile(B).block_b) * step_weights,
+    programs, programs_backward = slice_count(H, heads, tile), slice_count(H, heads, backward_tile)
+    return Traffic(programs=programs, programs_backward=programs_backward,
+                   w_hh_step_path=T * triton.cdiv(B, step_tile(B).block_b) * step_weights,
                    w_hh_persistent=compact, exchange_forward=programs * B * head * 4,
-                   exchange_backward=programs * B * GATES[cell] * head * 4)
+                   exchange_backward=programs_backward * B * GATES[cell] * head * 4)
 
 
 # ---------------------------------------------------------------------------------------------
