@@ -321,3 +321,13 @@ def test_bytes_model_with_heads_counts_the_compact_weight_and_one_heads_exchange
     t = rp.traffic("gru", 64, 4, 10, dtype="fp32", heads=8)
     assert t.w_hh_persistent == 3 * 64 * 8 * 4 and t.w_hh_step_path == 10 * 3 * 64 * 64 * 4
     assert t.programs == 8 and t.exchange_forward == 8 * 4 * 8 * 4
+
+
+def test_the_bytes_table_prints_the_model(capsys):
+    from gpukernels.benchmarks import rnn as bench_rnn
+
+    bench_rnn.main(["--persistent-bytes"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 4 * len(bench_rnn.PERSISTENT_BYTES_LAYERS)
+    assert "| LSTM | 1024 | fp16 | 32 | 1 | 800 MiB | 8 MiB | 128/128 | 16 MiB | 64 MiB |" in lines
+    assert "| LSTM | 1024 | fp16 | 32 | 4 | 200 MiB | 2 MiB | 64/128 | 2 MiB | 16 MiB |" in lines

@@ -48,8 +48,9 @@ stay one matmul each over all steps after the loop (gpukernels._rnn_driver), det
 without atomics.
 
 Covered: rnn_tanh, rnn_relu, lstm (peepholes, coupled gates), gru with ``linear_before_reset``
-(PyTorch's), up to H=1024 in fp32, fp16 and bf16 (with heads: heads up to 1024 units wide). The original GRU needs ``r`` of every unit
-before its ``n`` product (a second barrier per step) and keeps the per-step path.
+(PyTorch's), up to H=1024 in fp32, fp16 and bf16 (with heads: heads up to 1024 units wide). The
+original GRU needs ``r`` of every unit before its ``n`` product (a second barrier per step) and
+keeps the per-step path.
 
 Multi-head weights (``heads > 1``, HEAD = H // heads units a head): the kernels take the compact
 ``w_hh`` (G*H, HEAD) and cut the slices head by head, so a slice never straddles two heads. A
@@ -160,8 +161,8 @@ def _columns_tile(w_ptr, gate, offs_h, head_start, H, HEAD, HP: tl.constexpr):
     offs_j = tl.arange(0, HP)
     rows = (gate * H + head_start + offs_j[:, None]).to(tl.int64)
     h_mask = offs_h < head_start + HEAD
-    return tl.load(w_ptr + rows * HEAD + (offs_h - head_start)[None, :], mask=(offs_j[:, None] < HEAD) & h_mask[None, :],
-                   other=0.0)
+    return tl.load(w_ptr + rows * HEAD + (offs_h - head_start)[None, :],
+                   mask=(offs_j[:, None] < HEAD) & h_mask[None, :], other=0.0)
 
 
 @triton.jit
