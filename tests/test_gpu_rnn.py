@@ -165,7 +165,7 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     ("lstm", 5, 256, 12, 4),  # heads of 64: 16-unit tl.dot slices, 4 a head, 16 programs
     ("gru", 3, 96, 10, 2),  # heads of 48: 3 slices a head, the last one masked
     ("rnn_tanh", 4, 1024, 8, 8),  # heads of 128: 64 programs
-    ("lstm", 3, 1024, 6, 2),  # heads of 512: the wide row-wise slices, 2 x 64 programs of 8 units
+    ("lstm", 3, 768, 6, 2),  # heads of 384: the wide row-wise 512 slices, 2 x 48 programs of 8 units
     ("gru", 2, 600, 8, 3),  # heads of 200: row-wise 256-wide slices, 3 x 25 programs
     ("lstm", 2, 2048, 4, 16),  # heads of 128: past H=1024 only with heads, 128 programs
     ("lstm", 3, 512, 6, 2),  # heads of 256: tl.dot forward, row-wise 512 backward (PER_HEAD_SPILLS)
