@@ -447,17 +447,48 @@ def heads_cpu_table(B: int = 16, H: int = 128, steps: int = STEPS, rounds: int =
     return lines
 
 
+# The persistent path's bytes model (computed, not measured): `python -m gpukernels.benchmarks.rnn
+# --persistent-bytes`, the layers of the README's table at heads 1, 2, 4 and 8.
+PERSISTENT_BYTES_LAYERS = (("lstm", 1024, "fp16", 8), ("lstm", 1024, "fp16", 32), ("lstm", 1024, "fp16", 128),
+                           ("lstm", 1024, "fp32", 32), ("gru", 1024, "bf16", 32), ("lstm", 512, "fp16", 32))
+
+
+def persistent_bytes_table(steps: int = STEPS, heads_values: tuple[int, ...] = (1, 2, 4, 8)) -> list[str]:
+    """Markdown rows: per layer direction, w_hh bytes of the per-step path and of the persistent
+    one over ``steps`` steps, the persistent programs, the exchange per forward and backward step
+    (gpukernels.triton.rnn_persistent.traffic)."""
+    from gpukernels.triton.rnn_persistent import traffic
+
+    mib = lambda n: f"{n / 2**20:g} MiB"  # noqa: E731
+    lines = ["| cell | H | dtype | B | heads | `w_hh` bytes, per-step path | persistent | programs (fwd/bwd) | "
+             "exchange per forward step | per backward step |", "|---" * 10 + "|"]
+    for cell, H, dtype, B in PERSISTENT_BYTES_LAYERS:
+        for heads in heads_values:
+            t = traffic(cell, H, B, steps, dtype=dtype, heads=heads)
+            row = ([mib(t.w_hh_step_path), mib(t.w_hh_persistent), f"{t.programs}/{t.programs_backward}",
+                    mib(t.exchange_forward),
+                    mib(t.exchange_backward)] if t else ["per-step path only"] * 5)
+            lines.append(f"| {cell.upper()} | {H} | {dtype} | {B} | {heads} | " + " | ".join(row) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="RNN benchmark extras (the cases run through `gpukernels bench`)")
     parser.add_argument("--heads-cpu", action="store_true", help="time the NumPy layer with heads 1/2/4")
+    parser.add_argument("--persistent-bytes", action="store_true",
+                        help="print the persistent path's bytes model (w_hh and exchange bytes, heads 1/2/4/8)")
     parser.add_argument("--rounds", type=int, default=41)
     args = parser.parse_args(argv)
-    if not args.heads_cpu:
-        parser.error("nothing to do: pass --heads-cpu")
-    for line in heads_cpu_table(rounds=args.rounds):
-        print(line, flush=True)
+    if not (args.heads_cpu or args.persistent_bytes):
+        parser.error("nothing to do: pass --heads-cpu or --persistent-bytes")
+    if args.persistent_bytes:
+        for line in persistent_bytes_table():
+            print(line, flush=True)
+    if args.heads_cpu:
+        for line in heads_cpu_table(rounds=args.rounds):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

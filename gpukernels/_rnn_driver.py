@@ -17,7 +17,9 @@ compact, ``(G*H, size)`` with ``size = H // heads``, and every product with it r
 as one batched matmul over views (``head_product``, ``head_gradient``, ``head_weight_gradient``):
 heads times fewer FLOPs and weight bytes than the dense block-diagonal matrix, which is formed
 (``block_diagonal``) only where a kernel cannot take blocks that small: a backend whose forward
-step kernel does its own product says which head sizes it takes (``step_takes_heads``).
+step kernel does its own product says which head sizes it takes (``step_takes_heads``); a backend
+that runs the whole loop in one launch (``forward_layer``) gets the compact weight first, and the
+expansion is formed only when it declined.
 """
 
 from __future__ import annotations
@@ -237,19 +239,21 @@ def layer_forward(ops: RnnBackend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, *,
     lens = ops.lengths(lengths, T, B)
     b_hh = _or_zeros(ops, b_hh, (G * H,), x.dtype)
     peep = _or_zeros(ops, w_peep, (3, H), x.dtype)
-    if heads > 1 and not ops.step_takes_heads(H // heads):
-        w_hh, heads = block_diagonal(ops, w_hh, G, heads), 1  # the backend's step kernel says why
     w = ops.step_weights(w_hh)
     h = ops.contiguous(ops.as_f32(h0))
     c = None if c0 is None else ops.contiguous(ops.as_f32(c0))
     h_col = (K - 1) * H
     # A backend may run the whole time loop in one launch (Triton's persistent kernel): it gets
-    # the full-sequence gx, y and workspace in a ForwardStep of t=0 and says whether it did.
+    # the full-sequence gx, y and workspace in a ForwardStep of t=0 (w compact with heads) and
+    # says whether it did.
     whole = getattr(ops, "forward_layer", None)
     ran = bool(T and B and H) and whole is not None and whole(
         ForwardStep(x, 0, B, H, gx, G * H, h, w, b_hh, h, h if c is None else c, peep, lens, y, ws, K * H,
                     int(cell == "rnn_relu"), int(coupled), heads), T=T, cell=cell, reverse=reverse,
         linear_before_reset=linear_before_reset)
+    if not ran and heads > 1 and not ops.step_takes_heads(H // heads):
+        # the backend's step kernel says why; formed only for the step loop below
+        w, heads = ops.step_weights(block_diagonal(ops, w_hh, G, heads)), 1
     if ran:
         last = steps(T, reverse)[-1]
         h, c = ws[last, :, h_col:h_col + H], (ws[last, :, 4 * H:5 * H] if cell == "lstm" else None)

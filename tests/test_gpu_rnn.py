@@ -34,9 +34,9 @@ def _library(t, backend):
     return t
 
 
-def _run(kind, arrays, gy, gh, lengths):
+def _run(kind, arrays, gy, gh, lengths, heads=1):
     x, h, c, w = arrays["x"], arrays["h"], arrays["c"], arrays["w"]
-    options = {"reverse": True, "lengths": lengths}
+    options = {"reverse": True, "lengths": lengths, "heads": heads}
     if kind == "rnn_tanh":
         return gk.rnn_layer(x, h, *w, **options), gk.rnn_layer_backward(gy, gh, x, h, *w, **options)
     if kind == "lstm":
@@ -70,10 +70,10 @@ def test_layers_on_the_device(backend, kind, dtype, B, H, rng):
     _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype)
 
 
-def _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype):
+def _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype, heads=1):
     """The device's outputs and gradients against the float64 reference run on the same inputs."""
     as64 = {k: [as_float64(t) for t in v] if isinstance(v, list) else as_float64(v) for k, v in arrays.items()}
-    outputs64, grads64 = _run(kind, as64, as_float64(gy), as_float64(gh), lengths)
+    outputs64, grads64 = _run(kind, as64, as_float64(gy), as_float64(gh), lengths, heads)
     for got, want in zip(outputs, outputs64):
         assert_close(got, want, dtype, "reduction")
     for got, want in zip(grads, grads64):
@@ -175,6 +175,68 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     assert grids == [("rnn_persistent_forward_kernel", (slices,)), ("rnn_persistent_forward_kernel", (slices,)),
                      ("rnn_persistent_backward_kernel", (slices,))]
     _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,B,H,T,heads", [
+    ("lstm", 5, 256, 12, 4),  # heads of 64: 16-unit tl.dot slices, 4 a head, 16 programs
+    ("gru", 3, 96, 10, 2),  # heads of 48: 3 slices a head, the last one masked
+    ("rnn_tanh", 4, 1024, 8, 8),  # heads of 128: 64 programs
+    ("lstm", 3, 768, 6, 2),  # heads of 384: the wide row-wise 512 slices, 2 x 48 programs of 8 units
+    ("gru", 2, 600, 8, 3),  # heads of 200: row-wise 256-wide slices, 3 x 25 programs
+    ("lstm", 2, 2048, 4, 16),  # heads of 128: past H=1024 only with heads, 128 programs
+    ("lstm", 3, 512, 6, 2),  # heads of 256: tl.dot forward, row-wise 512 backward (PER_HEAD_SPILLS)
+], ids=lambda v: str(v))
+def test_persistent_layers_with_heads_run_per_head_slices_on_the_device(kind, B, H, T, heads, dtype, rng,
+                                                                      monkeypatch):
+    """The compiled persistent path with the compact multi-head w_hh, as "auto" chooses it: one
+    program per slice of one head (the tile of one head's width), each keeping its head's block
+    and reading its head's state columns, all meeting at the grid barrier every step; no dense
+    matrix formed; against the float64 reference."""
+    from gpukernels import _rnn_driver as driver
+    from gpukernels.triton import rnn_persistent as rp
+
+    _skip_if_the_barrier_probe_failed()
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "auto")
+    launches = []
+    for name in ("rnn_persistent_forward_kernel", "rnn_persistent_backward_kernel"):
+        kernel = getattr(rp, name)
+
+        class Recording:  # records each launch's grid and constants, passes warmup and the rest through
+            def __getitem__(self, grid, kernel=kernel, name=name):
+                def launch(*args, **kwargs):
+                    launches.append((name, tuple(grid), kwargs["PER_HEAD"]))
+                    return kernel[grid](*args, **kwargs)
+                return launch
+
+            def __getattr__(self, attribute, kernel=kernel):
+                return getattr(kernel, attribute)
+
+        monkeypatch.setattr(rp, name, Recording())
+    formed = []
+    real_block_diagonal = driver.block_diagonal
+    monkeypatch.setattr(driver, "block_diagonal", lambda *a: formed.append(a) or real_block_diagonal(*a))
+    G = GATES[kind]
+    arrays = {"x": random_tensor(rng, (T, B, 6), dtype, "cuda", scale=1.0),
+              "h": random_tensor(rng, (B, H), dtype, "cuda", scale=0.5),
+              "c": random_tensor(rng, (B, H), dtype, "cuda", scale=0.5),
+              "w": [random_tensor(rng, s, dtype, "cuda", scale=0.3 / (1 + H / heads / 64) ** 0.5)
+                    for s in ((G * H, 6), (G * H, H // heads), (G * H,), (G * H,))]}
+    gy = random_tensor(rng, (T, B, H), dtype, "cuda", scale=1.0)
+    gh = random_tensor(rng, (B, H), dtype, "cuda", scale=1.0)
+    lengths = tuple(int(v) for v in rng.integers(1, T + 1, B))
+    with gk.use_backend("triton"):
+        outputs, grads = _run(kind, arrays, gy, gh, lengths, heads)
+    grids = []  # one program per slice: (slices of a head, heads)
+    for backward in (False, False, True):
+        tile = rp.slice_tile(kind, H, dtype={"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype],
+                             heads=heads, backward=backward)
+        grids.append((rp.slice_count(H, heads, tile) // heads, heads))
+    assert launches == [("rnn_persistent_forward_kernel", grids[0], True),
+                        ("rnn_persistent_forward_kernel", grids[1], True),
+                        ("rnn_persistent_backward_kernel", grids[2], True)]
+    assert formed == []
+    _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype, heads)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ backend on the host (g++), the torch ops (opcheck lives in test_torch_opcheck.py
 modules and torch.compile, and the argument checks. Every backend multiplies the compact blocks
 itself: spies on the one maker of a dense matrix (``_rnn_driver.block_diagonal``), on the step
 kernel's launches and on the dense products assert that nothing dense is formed or multiplied
-except where a kernel says it falls back (Triton's forward step under 16 units a head, the
-persistent kernels)."""
+except where a kernel says it falls back (Triton's forward step under 16 units a head)."""
 
 from __future__ import annotations
 
@@ -418,11 +417,10 @@ def test_triton_heads_narrower_than_a_dot_tile_take_the_dense_expansion(kind, dt
 
 @pytest.mark.parametrize("kind,dtype,H,heads", [("lstm_peep_coupled", "float32", 6, 2), ("gru", "bfloat16", 6, 3),
                                                 ("rnn_relu", "float16", 6, 2), ("lstm", "float32", 32, 2)])
-def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, H, heads, rng, monkeypatch, dense_expansions):
-    """The opt-in persistent kernels (whole time loop in one launch) take the dense weight too:
-    three expansions per layer and backward call (two forwards, one backward). Heads of 16 units
-    or more are expanded for the persistent kernels alone (forward_layer, backward_layer); the
-    narrower ones by the driver for any forward kernel, and by backward_layer."""
+def test_persistent_triton_kernels_run_the_compact_weight(kind, dtype, H, heads, rng, monkeypatch, dense_expansions):
+    """The opt-in persistent kernels (whole time loop in one launch) take the compact weight
+    too, heads under the step kernel's 16 units included: nothing dense is formed when they run
+    (tests/test_rnn_persistent_heads.py covers them at every cell, dtype and slice kind)."""
     from gpukernels.triton import rnn_persistent as rp
 
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
@@ -434,8 +432,7 @@ def test_persistent_triton_kernels_run_the_expanded_weight(kind, dtype, H, heads
 
         monkeypatch.setattr(rp, name, record)
     _run_on_device_against_reference("triton", kind, dtype, 4, 3, H, heads, True, (4, 1, 3), rng, DEVICE)
-    G = GATES[KINDS[kind][0]]
-    assert dense_expansions == [((G * H, H // heads), G, heads)] * 3
+    assert dense_expansions == []
     assert ran == [("layer_forward", True), ("layer_forward", True), ("layer_backward", True)]
 
 

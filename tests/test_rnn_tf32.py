@@ -367,7 +367,7 @@ def gate_rows():
     rows = []
     for kernel, config in (("rnn_step[lstm]", "dtype=fp32,block_b=16,block_h=32,block_k=16,launch=typical,warps"),
                            ("rnn_step[lstm]", "dtype=fp32,block_b=16,block_h=32,block_k=16,launch=typical,precision"),
-                           ("rnn_persistent_backward[lstm]", "dtype=fp32,hp=64,block_h=16,products=dot-tf32")):
+                           ("rnn_persistent_backward[lstm]", "dtype=fp32,hp=64,block_h=16,products=dot-tf32,heads=1")):
         rows += triton_aot.compile_all(kernel, workers=1, config_text=config)
     return rows
 

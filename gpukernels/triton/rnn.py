@@ -15,7 +15,8 @@ tile of hidden units lies inside one head, and its K loop runs over that head's 
 only, so a step does heads times fewer products and reads heads times fewer weight bytes. heads=1
 is HEAD = H, one head: the dense layer, the same code. Heads narrower than one ``tl.dot`` tile
 (HEAD < 16: the product's K tile would be mostly masked padding and each program's tile of units
-mostly idle) take the dense expansion instead (``step_takes_heads``).
+mostly idle) take the dense expansion instead (``step_takes_heads``), formed by the driver only
+when the persistent kernels (``rnn_persistent``, which take every head width compact) did not run.
 
 Backward step (``rnn_backward_step_kernel``): the pointwise cell derivative for one step; the
 recurrent gradient ``dgates @ w_hh`` is one cuBLAS ``addmm`` per step (with heads: one batched
@@ -382,24 +383,13 @@ class _TorchBackend:
         )
 
     def forward_layer(self, s, **layer) -> bool:
-        """The whole time loop in one persistent launch where rnn_persistent's launch rule allows.
-        The persistent kernels keep the dense product (a program's slice of w_hh spans every
-        column): with heads they get the block-diagonal expansion, formed only when they may run."""
-        interpreting = triton_interpreting()
-        if s.heads > 1:
-            if not rnn_persistent.may_run(layer["cell"], s.H, s.w.dtype, layer["linear_before_reset"], interpreting):
-                return False
-            s = s._replace(w=driver.block_diagonal(self, s.w, GATES[layer["cell"]], s.heads), heads=1)
-        return rnn_persistent.layer_forward(s, interpreting=interpreting, tf32=self.tf32_for(s.w), **layer)
+        """The whole time loop in one persistent launch where rnn_persistent's launch rule allows;
+        with heads it takes the compact weight (per-head slices), nothing dense is formed."""
+        return rnn_persistent.layer_forward(s, interpreting=triton_interpreting(), tf32=self.tf32_for(s.w), **layer)
 
     def backward_layer(self, s, *, w, heads: int, **layer) -> bool:
-        interpreting = triton_interpreting()
-        if heads > 1:  # as forward_layer: the dense expansion, for the persistent kernel only
-            if not rnn_persistent.may_run(layer["cell"], s.H, w.dtype, layer["linear_before_reset"], interpreting,
-                                          True):
-                return False
-            w = driver.block_diagonal(self, w, GATES[layer["cell"]], heads)
-        return rnn_persistent.layer_backward(s, w=w, interpreting=interpreting, tf32=self.tf32_for(w), **layer)
+        return rnn_persistent.layer_backward(s, w=w, heads=heads, interpreting=triton_interpreting(),
+                                             tf32=self.tf32_for(w), **layer)
 
     def backward_step(self, code: int, s) -> None:
         rnn_backward_step_kernel[(triton.cdiv(s.B * s.H, BACKWARD_BLOCK),)](

@@ -53,13 +53,25 @@ stay one matmul each over all steps after the loop (gpukernels._rnn_driver), det
 without atomics.
 
 Covered: rnn_tanh, rnn_relu, lstm (peepholes, coupled gates), gru with ``linear_before_reset``
-(PyTorch's), up to H=1024 in fp32, fp16 and bf16. The original GRU needs ``r`` of every unit
-before its ``n`` product (a second barrier per step) and keeps the per-step path.
+(PyTorch's), up to H=1024 in fp32, fp16 and bf16 (with heads: heads up to 1024 units wide). The
+original GRU needs ``r`` of every unit before its ``n`` product (a second barrier per step) and
+keeps the per-step path.
 
-Multi-head weights (``heads > 1``): these kernels keep the dense product. A program's slice of
-``w_hh`` is its units' rows over every column, held on chip for the whole sequence; with heads it
-gets the block-diagonal expansion (gpukernels.triton.rnn, only when ``may_run``), so it reads
-and multiplies the zero blocks too. Exploiting the blocks here is left.
+Multi-head weights (``heads > 1``, HEAD = H // heads units a head): the kernels take the compact
+``w_hh`` (G*H, HEAD) and cut the slices head by head, so a slice never straddles two heads. A
+program keeps only its units' rows over its head's HEAD columns (backward: its columns over its
+head's rows), and per step reads only its head's HEAD state columns (backward: its head's gate
+gradients): on-chip weight, products and exchanged bytes all drop by ``heads``, and the tile is
+that of a layer one head wide (``slice_tile``), so layers past H=1024 run persistent when their
+heads are narrow enough. Where BLOCK_H does not divide HEAD, a head's last slice is masked (like
+the step kernel's tiles, which never straddle heads either): one partly idle program per head,
+against the dense expansion's ``heads`` times the products, registers and exchange; so no head
+width takes the dense expansion here (heads narrower than one slice included: a program then
+holds one head). The grid is (slices of a head, heads): the head is the second program id, never
+divided out of a flat index. Multi-head launches compile with ``PER_HEAD`` (heads=1 compiles
+without it, the dense layer's build unchanged); both are in the compile gate, and the few widths
+whose multi-head build spills (``PER_HEAD_SPILLS``) are skipped for the next one. ``traffic``: the
+bytes model (w_hh bytes per sequence, exchange bytes per step) with heads.
 """
 
 from __future__ import annotations
@@ -83,7 +95,8 @@ from .rnn_cells import lstm_cell, rnn_cell
 # 16) or on its pointer's alignment. The time loop runs on products of on-chip tiles, which such
 # hints do not speed up, and it keeps the compile gate to one build per configuration.
 _RUNTIME_ONLY = ["gx_ptr", "h0_ptr", "c0_ptr", "w_ptr", "b_ptr", "peep_ptr", "len_ptr", "y_ptr", "ws_ptr", "bar_ptr",
-                 "gy_ptr", "dh_ptr", "dc_ptr", "dgx_ptr", "dgh_ptr", "T", "B", "H", "relu", "coupled", "reverse"]
+                 "gy_ptr", "dh_ptr", "dc_ptr", "dgx_ptr", "dgh_ptr", "T", "B", "H", "HEAD", "relu", "coupled",
+                 "reverse"]
 
 
 @triton.jit
@@ -136,46 +149,68 @@ def _state_dot(acc, state, w, ROWWISE: tl.constexpr, TF32: tl.constexpr):
 
 
 @triton.jit
-def _rows_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
-    """(HP, BLOCK_H): element [k, j] = w[gate*H + j, k], the rows of hidden units ``offs_h``
-    (forward: h @ w_g^T restricted to the slice)."""
+def _slice_units(head, index, HEAD, BLOCK_H: tl.constexpr, PER_HEAD: tl.constexpr):
+    """The hidden units of slice ``index`` of head ``head`` and the head's first unit. Slices are
+    cut head by head (a head's last slice is masked where BLOCK_H does not divide HEAD: its units
+    are those below ``head_start + HEAD``), so a slice never straddles two heads. The head comes
+    from the grid's second axis (or the slice loop), never from dividing a flat slice index: that
+    runtime division cost the builds their last registers (8-40 spilled bytes, compile gate). The
+    callers recompute the mask where they use it rather than take it as a value, for the same
+    reason (a vector of predicates held across the time loop spills). Without PER_HEAD (heads=1:
+    HEAD is H, one head) the head offset is the constant 0: the dense layer's build unchanged."""
+    if PER_HEAD:
+        head_start = head * HEAD
+    else:
+        head_start = 0
+    return head_start + index * BLOCK_H + tl.arange(0, BLOCK_H), head_start
+
+
+@triton.jit
+def _rows_tile(w_ptr, gate, offs_h, head_start, H, HEAD, HP: tl.constexpr):
+    """(HP, BLOCK_H): element [k, j] = w[gate*H + j, k], the rows of hidden units ``offs_h`` over
+    their head's HEAD columns (the compact w, row stride HEAD; forward: h_head @ w_g^T restricted
+    to the slice)."""
     offs_k = tl.arange(0, HP)
     rows = (gate * H + offs_h[None, :]).to(tl.int64)
-    return tl.load(w_ptr + rows * H + offs_k[:, None], mask=(offs_k[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    h_mask = offs_h < head_start + HEAD
+    return tl.load(w_ptr + rows * HEAD + offs_k[:, None], mask=(offs_k[:, None] < HEAD) & h_mask[None, :], other=0.0)
 
 
 @triton.jit
-def _columns_tile(w_ptr, gate, offs_h, H, HP: tl.constexpr):
-    """(HP, BLOCK_H): element [j, k] = w[gate*H + j, k], the columns ``offs_h`` of gate block
-    ``gate`` (backward: dgates_g @ w_g restricted to the slice)."""
+def _columns_tile(w_ptr, gate, offs_h, head_start, H, HEAD, HP: tl.constexpr):
+    """(HP, BLOCK_H): element [j, k] = w[gate*H + head_start + j, k - head_start], the columns
+    ``offs_h`` of gate block ``gate``, over the rows of their head's units only (backward:
+    dgates_g @ w_g restricted to the slice; the other heads' rows hold zeros of the dense matrix)."""
     offs_j = tl.arange(0, HP)
-    rows = (gate * H + offs_j[:, None]).to(tl.int64)
-    return tl.load(w_ptr + rows * H + offs_h[None, :], mask=(offs_j[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    rows = (gate * H + head_start + offs_j[:, None]).to(tl.int64)
+    h_mask = offs_h < head_start + HEAD
+    return tl.load(w_ptr + rows * HEAD + (offs_h - head_start)[None, :],
+                   mask=(offs_j[:, None] < HEAD) & h_mask[None, :], other=0.0)
 
 
 @triton.jit
-def _weight_tiles(w_ptr, offs_h, H, CELL: tl.constexpr, COLUMNS: tl.constexpr, HP: tl.constexpr,
-                  ROWWISE: tl.constexpr, TF32: tl.constexpr):
+def _weight_tiles(w_ptr, offs_h, head_start, H, HEAD, CELL: tl.constexpr, COLUMNS: tl.constexpr,
+                  HP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr):
     """The tiles of every gate block a cell uses (the unused ones alias gate 0 and are never read):
     fp32 for ``tl.dot`` (rounded to TF32 once, here, for TF32 products); as loaded (storage dtype)
     for the row-wise products, which widen them."""
     if COLUMNS:
-        w0 = _columns_tile(w_ptr, 0, offs_h, H, HP)
+        w0 = _columns_tile(w_ptr, 0, offs_h, head_start, H, HEAD, HP)
     else:
-        w0 = _rows_tile(w_ptr, 0, offs_h, H, HP)
+        w0 = _rows_tile(w_ptr, 0, offs_h, head_start, H, HEAD, HP)
     w1, w2, w3 = w0, w0, w0
     if CELL != 0:
         if COLUMNS:
-            w1 = _columns_tile(w_ptr, 1, offs_h, H, HP)
-            w2 = _columns_tile(w_ptr, 2, offs_h, H, HP)
+            w1 = _columns_tile(w_ptr, 1, offs_h, head_start, H, HEAD, HP)
+            w2 = _columns_tile(w_ptr, 2, offs_h, head_start, H, HEAD, HP)
         else:
-            w1 = _rows_tile(w_ptr, 1, offs_h, H, HP)
-            w2 = _rows_tile(w_ptr, 2, offs_h, H, HP)
+            w1 = _rows_tile(w_ptr, 1, offs_h, head_start, H, HEAD, HP)
+            w2 = _rows_tile(w_ptr, 2, offs_h, head_start, H, HEAD, HP)
     if CELL == 1:
         if COLUMNS:
-            w3 = _columns_tile(w_ptr, 3, offs_h, H, HP)
+            w3 = _columns_tile(w_ptr, 3, offs_h, head_start, H, HEAD, HP)
         else:
-            w3 = _rows_tile(w_ptr, 3, offs_h, H, HP)
+            w3 = _rows_tile(w_ptr, 3, offs_h, head_start, H, HEAD, HP)
     if not ROWWISE:
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
     if TF32:
@@ -199,10 +234,9 @@ def _previous_state(t_prev, h0_ptr, c0_ptr, ws_ptr, B, H, K: tl.constexpr):
 
 
 @triton.jit
-def _gate_vectors(v_ptr, offs_h, H, COUNT: tl.constexpr):
-    """Blocks 0..COUNT-1 of a (COUNT*H,) vector at the hidden units ``offs_h`` as fp32 rows;
-    the blocks past COUNT are zeros (never read from memory)."""
-    h_mask = offs_h < H
+def _gate_vectors(v_ptr, offs_h, h_mask, H, COUNT: tl.constexpr):
+    """Blocks 0..COUNT-1 of a (COUNT*H,) vector at the hidden units ``offs_h`` (where ``h_mask``)
+    as fp32 rows; the blocks past COUNT are zeros (never read from memory)."""
     v0 = tl.zeros(offs_h.shape, dtype=tl.float32)
     v1, v2, v3 = v0, v0, v0
     if COUNT > 0:
@@ -226,17 +260,18 @@ def _step_index(s, T, reverse):
 
 @triton.jit
 def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr,
-                   B, H, relu, coupled, offs_h, CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                   HP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr):
+                   B, H, HEAD, relu, coupled, offs_h, head_start, CELL: tl.constexpr, BLOCK_B: tl.constexpr,
+                   BLOCK_H: tl.constexpr, HP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr):
     """Step ``t`` of the hidden units ``offs_h``, every batch row: the same cell as the per-step
-    kernel, writing y[t] and the workspace of step t (layout of gpukernels.reference.rnn)."""
+    kernel, writing y[t] and the workspace of step t (layout of gpukernels.reference.rnn). The
+    product reads only the HEAD state columns of the slice's head (all H when heads=1)."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
     K: tl.constexpr = 6 if CELL == 1 else (5 if CELL == 2 else 1)
-    h_mask = offs_h < H
+    h_mask = offs_h < head_start + HEAD
     offs_k = tl.arange(0, HP)
-    k_mask = offs_k < H
-    b0, b1, b2, b3 = _gate_vectors(b_ptr, offs_h, H, G)
-    p_i, p_f, p_o, _ = _gate_vectors(peep_ptr, offs_h, H, 3 if CELL == 1 else 0)
+    k_mask = offs_k < HEAD
+    b0, b1, b2, b3 = _gate_vectors(b_ptr, offs_h, h_mask, H, G)
+    p_i, p_f, p_o, _ = _gate_vectors(peep_ptr, offs_h, h_mask, H, 3 if CELL == 1 else 0)
     h_in, c_in, in_stride = _previous_state(t_prev, h0_ptr, c0_ptr, ws_ptr, B, H, K)
     ws_t = ws_ptr + t.to(tl.int64) * B * K * H
     gx_t = gx_ptr + t.to(tl.int64) * B * G * H
@@ -246,8 +281,8 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
         b_mask = offs_b < B
         tile_mask = b_mask[:, None] & h_mask[None, :]
         # .cg: other programs wrote this state; read it from L2, never from a stale L1 line.
-        state = tl.load(h_in + offs_b[:, None] * in_stride + offs_k[None, :], mask=b_mask[:, None] & k_mask[None, :],
-                        other=0.0, cache_modifier=".cg")
+        state = tl.load(h_in + offs_b[:, None] * in_stride + head_start + offs_k[None, :],
+                        mask=b_mask[:, None] & k_mask[None, :], other=0.0, cache_modifier=".cg")
         h_prev = tl.load(h_in + offs_b[:, None] * in_stride + offs_h[None, :], mask=tile_mask, other=0.0,
                          cache_modifier=".cg")
         acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
@@ -285,44 +320,52 @@ def _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, pee
 @triton.jit(do_not_specialize=_RUNTIME_ONLY)
 def rnn_persistent_forward_kernel(
     gx_ptr, h0_ptr, c0_ptr, w_ptr, b_ptr, peep_ptr, len_ptr, y_ptr, ws_ptr, bar_ptr,
-    T, B, H, relu, coupled, reverse,
+    T, B, H, HEAD, relu, coupled, reverse,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
-    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr,
+    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr, PER_HEAD: tl.constexpr,
 ):
     """All T steps of one layer direction. gx: (T, B, G*H) fp32 input projection (b_ih in it);
-    h0/c0: (B, H) fp32; w: (G*H, H); y: (T, B, H); ws: (T, B, K*H) fp32; bar: one int32, zero."""
+    h0/c0: (B, H) fp32; w: (G*H, HEAD), the compact w_hh of heads = H // HEAD (dense: HEAD = H);
+    y: (T, B, H); ws: (T, B, K*H) fp32; bar: one int32, zero."""
+    if not PER_HEAD:  # one head: the dense layer's build (HEAD is H)
+        HEAD = H
     pid = tl.program_id(0)
-    programs = tl.num_programs(0)
-    if SLICE_LOOP:
-        n_slices = tl.cdiv(H, BLOCK_H)
+    programs = tl.num_programs(0) * tl.num_programs(1)
+    if SLICE_LOOP:  # a grid of (programs,): each takes every programs-th slice of every head
+        per_head = tl.cdiv(HEAD, BLOCK_H)
         for s in range(0, T):
             t, t_prev = _step_index(s, T, reverse)
-            for slice_index in range(pid, n_slices, programs):
-                offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE, TF32)
-                _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
-                               ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE, TF32)
+            for head in range(0, H // HEAD):
+                for index in range(pid, per_head, programs):
+                    offs_h, head_start = _slice_units(head, index, HEAD, BLOCK_H, PER_HEAD)
+                    w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, head_start, H, HEAD, CELL, False, HP, ROWWISE, TF32)
+                    _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr,
+                                   y_ptr, ws_ptr, B, H, HEAD, relu, coupled, offs_h, head_start, CELL, BLOCK_B,
+                                   BLOCK_H, HP, ROWWISE, TF32)
             _grid_barrier(bar_ptr, s + 1, programs)
     else:
-        # One slice per program: its rows of w_hh are loaded once and stay on chip for all steps.
-        offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, False, HP, ROWWISE, TF32)
+        # One slice per program (grid: slices of a head x heads): its rows of w_hh are loaded once
+        # and stay on chip for all steps.
+        offs_h, head_start = _slice_units(tl.program_id(1), pid, HEAD, BLOCK_H, PER_HEAD)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, head_start, H, HEAD, CELL, False, HP, ROWWISE, TF32)
         for s in range(0, T):
             t, t_prev = _step_index(s, T, reverse)
             _forward_slice(t, t_prev, gx_ptr, h0_ptr, c0_ptr, w0, w1, w2, w3, b_ptr, peep_ptr, len_ptr, y_ptr,
-                           ws_ptr, B, H, relu, coupled, offs_h, CELL, BLOCK_B, BLOCK_H, HP, ROWWISE, TF32)
+                           ws_ptr, B, H, HEAD, relu, coupled, offs_h, head_start, CELL, BLOCK_B, BLOCK_H, HP,
+                           ROWWISE, TF32)
             _grid_barrier(bar_ptr, s + 1, programs)
 
 
 @triton.jit
 def _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr, dgx_ptr,
-                        dgh_ptr, B, H, relu, coupled, offs_h, CELL: tl.constexpr, BLOCK_B: tl.constexpr):
+                        dgh_ptr, B, H, HEAD, relu, coupled, offs_h, head_start, CELL: tl.constexpr,
+                        BLOCK_B: tl.constexpr):
     """Phase 1 of step t for the hidden units ``offs_h``: gate gradients into dgx[t]/dgh[t]; dh
     becomes dhd (the part of dh_prev not through w_hh) and dc becomes dc_prev, in place."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
     K: tl.constexpr = 6 if CELL == 1 else (5 if CELL == 2 else 1)
-    h_mask = offs_h < H
-    p_i, p_f, p_o, _ = _gate_vectors(peep_ptr, offs_h, H, 3 if CELL == 1 else 0)
+    h_mask = offs_h < head_start + HEAD
+    p_i, p_f, p_o, _ = _gate_vectors(peep_ptr, offs_h, h_mask, H, 3 if CELL == 1 else 0)
     h_in, c_in, in_stride = _previous_state(t_prev, h0_ptr, c0_ptr, ws_ptr, B, H, K)
     ws_t = ws_ptr + t.to(tl.int64) * B * K * H
     dg_t = t.to(tl.int64) * B * G * H
@@ -383,16 +426,17 @@ def _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_pt
 
 
 @triton.jit
-def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
+def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, HEAD, offs_h, head_start,
                         CELL: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr, ROWWISE: tl.constexpr,
                         TF32: tl.constexpr):
     """Phase 2 of step t for the columns ``offs_h``: dh[:, slice] += dgh[t] @ w_hh[:, slice]
-    (every program's gate gradients of step t, read after the barrier)."""
+    (the gate gradients of step t of the slice's head, written by its programs, read after the
+    barrier: the other heads' rows of these columns are zeros of the block-diagonal matrix)."""
     G: tl.constexpr = 4 if CELL == 1 else (3 if CELL == 2 else 1)
-    h_mask = offs_h < H
+    h_mask = offs_h < head_start + HEAD
     offs_j = tl.arange(0, HP)
-    j_mask = offs_j < H
-    dg_t = dgh_ptr + t.to(tl.int64) * B * G * H
+    j_mask = offs_j < HEAD
+    dg_t = dgh_ptr + t.to(tl.int64) * B * G * H + head_start
     for b_start in range(0, B, BLOCK_B):
         offs_b = b_start + tl.arange(0, BLOCK_B).to(tl.int64)
         b_mask = offs_b < B
@@ -416,43 +460,47 @@ def _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h,
 @triton.jit(do_not_specialize=_RUNTIME_ONLY)
 def rnn_persistent_backward_kernel(
     gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, w_ptr, peep_ptr, len_ptr, dgx_ptr, dgh_ptr, bar_ptr,
-    T, B, H, relu, coupled, reverse,
+    T, B, H, HEAD, relu, coupled, reverse,
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HP: tl.constexpr,
-    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr,
+    SLICE_LOOP: tl.constexpr, ROWWISE: tl.constexpr, TF32: tl.constexpr, PER_HEAD: tl.constexpr,
 ):
     """All T steps back through one layer direction. dh/dc: (B, H) fp32, grad_h_n/grad_c_n on
-    entry, grad_h0/grad_c0 on exit; dgx/dgh: (T, B, G*H) fp32 gate gradients (the same buffer
-    unless GRU); bar: one int32, zero."""
+    entry, grad_h0/grad_c0 on exit; w: (G*H, HEAD) as forward; dgx/dgh: (T, B, G*H) fp32 gate
+    gradients (the same buffer unless GRU); bar: one int32, zero."""
     # The pointwise phase has no product: 16 batch rows per pass also where the products go row
     # by row (ROWWISE: BLOCK_B is 1).
     POINT_B: tl.constexpr = 16 if ROWWISE else BLOCK_B
+    if not PER_HEAD:  # one head: the dense layer's build (HEAD is H)
+        HEAD = H
     pid = tl.program_id(0)
-    programs = tl.num_programs(0)
-    if SLICE_LOOP:
-        n_slices = tl.cdiv(H, BLOCK_H)
+    programs = tl.num_programs(0) * tl.num_programs(1)
+    if SLICE_LOOP:  # as forward
+        per_head = tl.cdiv(HEAD, BLOCK_H)
         for s in range(0, T):
             t, t_prev = _step_index(T - 1 - s, T, reverse)
-            for slice_index in range(pid, n_slices, programs):
-                offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
-                                    dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, POINT_B)
+            for head in range(0, H // HEAD):
+                for index in range(pid, per_head, programs):
+                    offs_h, head_start = _slice_units(head, index, HEAD, BLOCK_H, PER_HEAD)
+                    _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
+                                        dgx_ptr, dgh_ptr, B, H, HEAD, relu, coupled, offs_h, head_start, CELL, POINT_B)
             _grid_barrier(bar_ptr, s + 1, programs)
-            for slice_index in range(pid, n_slices, programs):
-                offs_h = slice_index * BLOCK_H + tl.arange(0, BLOCK_H)
-                w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE, TF32)
-                _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE,
-                                    TF32)
+            for head in range(0, H // HEAD):
+                for index in range(pid, per_head, programs):
+                    offs_h, head_start = _slice_units(head, index, HEAD, BLOCK_H, PER_HEAD)
+                    w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, head_start, H, HEAD, CELL, True, HP, ROWWISE, TF32)
+                    _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, HEAD, offs_h, head_start, CELL,
+                                        BLOCK_B, HP, ROWWISE, TF32)
     else:
-        # One slice per program: its columns of w_hh are loaded once and stay on chip.
-        offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, H, CELL, True, HP, ROWWISE, TF32)
+        # One slice per program (grid as forward): its columns of w_hh are loaded once and stay on chip.
+        offs_h, head_start = _slice_units(tl.program_id(1), pid, HEAD, BLOCK_H, PER_HEAD)
+        w0, w1, w2, w3 = _weight_tiles(w_ptr, offs_h, head_start, H, HEAD, CELL, True, HP, ROWWISE, TF32)
         for s in range(0, T):
             t, t_prev = _step_index(T - 1 - s, T, reverse)
             _backward_pointwise(t, t_prev, gy_ptr, dh_ptr, dc_ptr, ws_ptr, h0_ptr, c0_ptr, peep_ptr, len_ptr,
-                                dgx_ptr, dgh_ptr, B, H, relu, coupled, offs_h, CELL, POINT_B)
+                                dgx_ptr, dgh_ptr, B, H, HEAD, relu, coupled, offs_h, head_start, CELL, POINT_B)
             _grid_barrier(bar_ptr, s + 1, programs)
-            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, offs_h, CELL, BLOCK_B, HP, ROWWISE,
-                                    TF32)
+            _backward_recurrent(t, dh_ptr, dgh_ptr, w0, w1, w2, w3, B, H, HEAD, offs_h, head_start, CELL,
+                                BLOCK_B, HP, ROWWISE, TF32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +571,20 @@ def takes_tf32(tile: "SliceTile", cell: str, backward: bool) -> bool:
     return not tile.rowwise and tile.hp <= TF32_MAX_WIDTH[PERSISTENT_CELLS[cell]][int(backward)]
 
 
+# The widths whose multi-head build (PER_HEAD: the head's offset and column mask beside the slice)
+# spills where the one-head build does not, per (cell, backward kernel, dtype): measured with the
+# compile gate (Triton 3.6, all on sm_90; ptxas stops at 64 or 128 registers in the tl.dot
+# backward builds and spills 8-40 bytes, the LSTM fp16/bf16 1024-wide forward sits at 255 and
+# spills 16). A multi-head layer whose head needs such a width takes the next spill-free one
+# (LSTM heads of 129-256 units: the row-wise 512 slice in backward; RNN heads of 65-128: the 256
+# one), or the per-step path past the widest (LSTM fp16/bf16 heads of 513-1024 units).
+PER_HEAD_SPILLS = {
+    **{(RNN, True, dtype): (128,) for dtype in _EVERY_DTYPE},
+    **{(LSTM, True, dtype): (256,) for dtype in _EVERY_DTYPE},
+    (LSTM, False, "fp16"): (1024,), (LSTM, False, "bf16"): (1024,),
+}
+
+
 @dataclass(frozen=True)
 class SliceTile:
     block_b: int  # batch rows per product: 16 for tl.dot, 1 row-wise
@@ -532,12 +594,12 @@ class SliceTile:
     rowwise: bool = False  # the products as row sums over a slice spread over all threads
 
 
-def reduction_width(cell: str, H: int, dtype: str) -> int | None:
+def reduction_width(cell: str, H: int, dtype: str, skip: tuple[int, ...] = ()) -> int | None:
     """The smallest spill-free width that holds H (tl.dot slices first, then the wide row-wise
-    ones of this storage dtype), or None past the widest."""
+    ones of this storage dtype), past those in ``skip``, or None past the widest."""
     code = PERSISTENT_CELLS[cell]
     widths = sorted(SLICE_WARPS[code]) + sorted(ROWWISE_SLICES[code][dtype])
-    return next((width for width in widths if width >= H), None)
+    return next((width for width in widths if width >= H and width not in skip), None)
 
 
 def slice_bytes(cell: str, width: int, block_h: int = BLOCK_H) -> int:
@@ -548,13 +610,18 @@ def slice_bytes(cell: str, width: int, block_h: int = BLOCK_H) -> int:
 
 
 def slice_tile(cell: str, H: int, *, dtype: str, linear_before_reset: bool = True,
-               backward: bool = False) -> SliceTile | None:
+               backward: bool = False, heads: int = 1) -> SliceTile | None:
     """The persistent tile of a layer with w_hh in ``dtype`` ("fp32", "fp16", "bf16"; of its
-    backward kernel when ``backward``), or None when the cell or the slice rules it out."""
+    backward kernel when ``backward``), or None when the cell or the slice rules it out. With
+    ``heads`` the reduction is one head's H // heads columns, so the tile is that of a layer of
+    one head's width (past the widths whose multi-head build spills, ``PER_HEAD_SPILLS``): the
+    slice held on chip is heads times narrower, and layers heads times wider than the widest
+    slice still run persistent."""
     if cell not in PERSISTENT_CELLS or (cell == "gru" and not linear_before_reset) or H < 1:
         return None
     code = PERSISTENT_CELLS[cell]
-    width = reduction_width(cell, H, dtype)
+    skip = PER_HEAD_SPILLS.get((code, backward, dtype), ()) if heads > 1 else ()
+    width = reduction_width(cell, H // heads, dtype, skip)
     if width is None:
         return None
     if width in SLICE_WARPS[code]:
@@ -565,6 +632,12 @@ def slice_tile(cell: str, H: int, *, dtype: str, linear_before_reset: bool = Tru
     if slice_bytes(cell, width, block_h) > ROWWISE_BUDGET_BYTES:
         return None
     return SliceTile(1, block_h, width, warps[int(backward)], rowwise=True)
+
+
+def slice_count(H: int, heads: int, tile: SliceTile) -> int:
+    """Programs of one slice each: the slices are cut per head (``_slice_units``), so a head
+    whose width BLOCK_H does not divide has one partly masked slice."""
+    return heads * triton.cdiv(H // heads, tile.block_h)
 
 
 @dataclass(frozen=True)
@@ -612,7 +685,7 @@ class Plan:
 
 def plan_launch(cell: str, H: int, T: int, *, dtype: str, linear_before_reset: bool = True,
                 switch: str | None = None, interpreting: bool = False, device: DeviceLimits | None = None,
-                kernel: KernelResources | None = None, backward: bool = False) -> Plan:
+                kernel: KernelResources | None = None, backward: bool = False, heads: int = 1) -> Plan:
     """Persistent or per-step, and with how many programs.
 
     ``switch`` is GPUKERNELS_RNN_PERSISTENT: "0" forces the per-step path; "1" the persistent one
@@ -620,10 +693,11 @@ def plan_launch(cell: str, H: int, T: int, *, dtype: str, linear_before_reset: b
     resident, and always under the interpreter); unset: persistent where one program per slice
     is resident on the device, else per-step. ``kernel``: the compiled kernel at that tile.
     ``dtype``: w_hh's storage dtype, which picks the wide slices. The batch size does not enter:
-    a program loops over the batch rows, holding only its slice of w_hh across steps."""
+    a program loops over the batch rows, holding only its slice of w_hh across steps. ``heads``:
+    the tile is that of one head's width (``slice_tile``) and the slices are cut per head."""
     if switch == "0":
         return Plan(False, reason=f"{ENVIRONMENT_SWITCH}=0")
-    tile = slice_tile(cell, H, dtype=dtype, linear_before_reset=linear_before_reset, backward=backward)
+    tile = slice_tile(cell, H, dtype=dtype, linear_before_reset=linear_before_reset, backward=backward, heads=heads)
     if tile is None:
         return Plan(False, reason="no persistent kernel for this cell, or H past its spill-free slice widths")
     forced = switch == "1"
@@ -631,7 +705,7 @@ def plan_launch(cell: str, H: int, T: int, *, dtype: str, linear_before_reset: b
         return Plan(True, 1, True, "interpreter") if forced else Plan(False, reason="interpreter (not forced)")
     if device is None or kernel is None:
         raise ValueError("a compiled launch needs the device limits and the compiled kernel's resources")
-    slices = triton.cdiv(H, tile.block_h)
+    slices = slice_count(H, heads, tile)
     resident = resident_programs(device, kernel)
     if kernel.spills:
         why = f"the kernel spills {kernel.spills} bytes"
@@ -667,20 +741,6 @@ def _switch() -> str | None:
     """The switch as plan_launch takes it: "0", "1", or None for "auto" (the residency rule)."""
     value = environment_choice(ENVIRONMENT_SWITCH, DEFAULT_SWITCH, ("0", "1", "auto"))
     return None if value == "auto" else value
-
-
-def may_run(cell: str, H: int, dtype: torch.dtype, linear_before_reset: bool, interpreting: bool,
-            backward: bool = False) -> bool:
-    """False where the persistent path surely is not taken for w_hh in ``dtype``, decided without
-    compiling anything (True: ``layer_forward``/``layer_backward`` may still decline once the
-    kernel is compiled). Lets a caller skip work only the persistent kernels need (the dense
-    expansion of heads)."""
-    switch = _switch()
-    tile = slice_tile(cell, H, dtype=TRITON_DTYPES[dtype], linear_before_reset=linear_before_reset,
-                      backward=backward) if cell in PERSISTENT_CELLS else None
-    if tile is None or switch == "0":
-        return False
-    return switch == "1" or not interpreting
 
 
 def _cooperative() -> dict:
@@ -722,64 +782,113 @@ def specialization_key(args: tuple) -> tuple:
     return tuple(key)
 
 
+def _grid(programs: int, heads: int, slice_loop: bool) -> tuple[int, ...]:
+    """One slice per program: (slices of a head, heads), the head on the second axis (the kernel
+    never divides to find it); heads=1 and the slice loop: (programs,)."""
+    return (programs,) if slice_loop or heads == 1 else (programs // heads, heads)
+
+
 def _launch(kernel, args: tuple, cell: str, H: int, T: int, dtype: torch.dtype, linear_before_reset: bool,
-            interpreting: bool, backward: bool, tf32: bool = False) -> bool:
+            interpreting: bool, backward: bool, tf32: bool = False, heads: int = 1) -> bool:
     """Plans and, when persistent, launches ``kernel``; False: the caller takes the per-step path.
     ``dtype``: w_hh's. ``tf32``: TF32 allowed for these (fp32) weights; the ``tl.dot`` slices up to
     ``TF32_MAX_WIDTH`` take it (the wide row-wise slices have no tensor-core product)."""
     switch = _switch()
     dtype = TRITON_DTYPES[dtype]
-    tile = slice_tile(cell, H, dtype=dtype, linear_before_reset=linear_before_reset, backward=backward)
+    tile = slice_tile(cell, H, dtype=dtype, linear_before_reset=linear_before_reset, backward=backward, heads=heads)
     if tile is None or switch == "0" or interpreting:  # decided without compiling anything
         plan = plan_launch(cell, H, T, dtype=dtype, linear_before_reset=linear_before_reset, switch=switch,
-                           interpreting=interpreting, backward=backward)
+                           interpreting=interpreting, backward=backward, heads=heads)
         if not plan.persistent:
             return False
     constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp,
-                 "ROWWISE": tile.rowwise, "TF32": tf32 and takes_tf32(tile, cell, backward)}
+                 "ROWWISE": tile.rowwise, "TF32": tf32 and takes_tf32(tile, cell, backward), "PER_HEAD": heads > 1}
     options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
     if not interpreting:  # the compiled kernel's registers and shared memory decide how many are resident
         device = args[0].device
         key = (kernel.fn.__name__, tuple(constants.items()), tile.num_warps, device.index, specialization_key(args))
         if key not in _RESOURCES:  # compile (or find) the binary once per specialisation, not every call
-            compiled = kernel.warmup(*args, grid=(triton.cdiv(H, tile.block_h),), SLICE_LOOP=False, **constants,
-                                     **options)
+            compiled = kernel.warmup(*args, grid=_grid(slice_count(H, heads, tile), heads, False), SLICE_LOOP=False,
+                                     **constants, **options)
             _RESOURCES[key] = _resources(compiled, tile.num_warps)
         if device.index not in _DEVICE_LIMITS:
             _DEVICE_LIMITS[device.index] = device_limits(device)
         plan = plan_launch(cell, H, T, dtype=dtype, switch=switch, device=_DEVICE_LIMITS[device.index],
-                           kernel=_RESOURCES[key], backward=backward)
+                           kernel=_RESOURCES[key], backward=backward, heads=heads)
         if not plan.persistent:
             return False
-    kernel[(plan.programs,)](*args, SLICE_LOOP=plan.slice_loop, **constants, **options)
+    kernel[_grid(plan.programs, heads, plan.slice_loop)](*args, SLICE_LOOP=plan.slice_loop, **constants, **options)
     return True
 
 
 def layer_forward(s, *, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool,
                   tf32: bool = False) -> bool:
     """The whole forward time loop of the driver's layer in one launch (``s``: the driver's
-    ForwardStep of t=0 holding the full-sequence gx, y and workspace). False: not taken, the
-    driver runs its step loop. ``tf32``: TF32 products allowed (fp32 weights, torch's RNN flag)."""
+    ForwardStep of t=0 holding the full-sequence gx, y and workspace; ``s.w`` compact when
+    ``s.heads > 1``). False: not taken, the driver runs its step loop. ``tf32``: TF32 products
+    allowed (fp32 weights, torch's RNN flag)."""
     if cell not in PERSISTENT_CELLS:
         return False
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
-    args = (s.gx, s.h, s.c, s.w, s.b, s.peep, s.lens, s.y, s.ws, barrier, T, s.B, s.H, s.relu, s.coupled, int(reverse))
+    args = (s.gx, s.h, s.c, s.w, s.b, s.peep, s.lens, s.y, s.ws, barrier, T, s.B, s.H, s.H // s.heads, s.relu,
+            s.coupled, int(reverse))
     return _launch(rnn_persistent_forward_kernel, args, cell, s.H, T, s.w.dtype, linear_before_reset, interpreting,
-                   False, tf32)
+                   backward=False, tf32=tf32, heads=s.heads)
 
 
 def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_reset: bool, interpreting: bool,
-                   tf32: bool = False) -> bool:
+                   tf32: bool = False, heads: int = 1) -> bool:
     """The whole backward time loop in one launch (``s``: the driver's BackwardStep of t=0 with
-    the full-sequence grad_y, workspace and gate gradients, h_prev/c_prev holding h0/c0):
-    ``s.dh``/``s.dc`` (grad_h_n/grad_c_n, fp32) become grad_h0/grad_c0 in place."""
+    the full-sequence grad_y, workspace and gate gradients, h_prev/c_prev holding h0/c0; ``w``
+    compact (G*H, H // heads)): ``s.dh``/``s.dc`` (grad_h_n/grad_c_n, fp32) become
+    grad_h0/grad_c0 in place."""
     if cell not in PERSISTENT_CELLS or not (s.dh.is_contiguous() and s.dc.is_contiguous()):
         return False
     barrier = torch.zeros(1, dtype=torch.int32, device=s.ws.device)
     args = (s.gy, s.dh, s.dc, s.ws, s.h_prev, s.c_prev, w, s.peep, s.lens, s.dgx, s.dgh, barrier,
-            T, s.B, s.H, s.relu, s.coupled, int(reverse))
+            T, s.B, s.H, s.H // heads, s.relu, s.coupled, int(reverse))
     return _launch(rnn_persistent_backward_kernel, args, cell, s.H, T, w.dtype, linear_before_reset, interpreting,
-                   True, tf32)
+                   backward=True, tf32=tf32, heads=heads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes model (computed, not measured): what the persistent path saves in w_hh reads and what its
+# state exchange costs, per layer direction
+
+_ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+@dataclass(frozen=True)
+class Traffic:
+    programs: int  # one slice each (the forward tile)
+    programs_backward: int  # the backward tile's (its slices may be narrower)
+    w_hh_step_path: int  # bytes of w_hh the per-step path reads in T forward steps
+    w_hh_persistent: int  # the persistent path: once per sequence (each program its slice)
+    exchange_forward: int  # per forward step: each program reads its head's HEAD fp32 state columns
+    exchange_backward: int  # per backward step: each backward program reads its head's G x HEAD fp32 gate gradients
+
+
+def traffic(cell: str, H: int, B: int, T: int, *, dtype: str, heads: int = 1) -> Traffic | None:
+    """The bytes model of a layer with w_hh in ``dtype`` ("fp32", "fp16", "bf16"), or None where
+    its forward or backward kernel has no persistent tile. With heads, w_hh is compact (G*H x H // heads elements) and a
+    program multiplies only its head's columns: the weight bytes drop by ``heads``, and the
+    exchange (programs x B x H // heads x 4) by about ``heads`` too (more where the head's width
+    picks wider slices than the layer's). The per-step path reads every step's w_hh once per
+    batch tile, the dense expansion where its step kernel takes no head that narrow."""
+    from .rnn import step_takes_heads, step_tile  # rnn imports this module
+
+    tile = slice_tile(cell, H, dtype=dtype, heads=heads)
+    backward_tile = slice_tile(cell, H, dtype=dtype, heads=heads, backward=True)
+    if tile is None or backward_tile is None:
+        return None
+    head = H // heads
+    compact = GATES[cell] * H * head * _ITEMSIZE[dtype]
+    step_weights = compact if heads == 1 or step_takes_heads(head) else GATES[cell] * H * H * _ITEMSIZE[dtype]
+    programs, programs_backward = slice_count(H, heads, tile), slice_count(H, heads, backward_tile)
+    return Traffic(programs=programs, programs_backward=programs_backward,
+                   w_hh_step_path=T * triton.cdiv(B, step_tile(B).block_b) * step_weights,
+                   w_hh_persistent=compact, exchange_forward=programs * B * head * 4,
+                   exchange_backward=programs_backward * B * GATES[cell] * head * 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -788,45 +897,54 @@ def layer_backward(s, *, w, T: int, cell: str, reverse: bool, linear_before_rese
 _CELL_OF_CODE = {RNN: "rnn_tanh", LSTM: "lstm", GRU: "gru"}
 
 
-def gate_tiles(backward: bool) -> Iterator[tuple[str, str, SliceTile]]:
-    """(cell, dtype name, tile) for every reduction width each cell and dtype can run persistent."""
+def gate_tiles(backward: bool, per_head: bool = False) -> Iterator[tuple[str, str, SliceTile]]:
+    """(cell, dtype name, tile) for every reduction width each cell and dtype can run persistent
+    (``per_head``: as one head of several)."""
+    heads = 2 if per_head else 1
     for name in TRITON_DTYPES.values():
         for cell in _CELL_OF_CODE.values():
             code = PERSISTENT_CELLS[cell]
+            skip = PER_HEAD_SPILLS.get((code, backward, name), ()) if per_head else ()
             for width in [*SLICE_WARPS[code], *ROWWISE_SLICES[code][name]]:
-                tile = slice_tile(cell, width, dtype=name, backward=backward)
+                if width in skip:  # never picked (the build spills): not built either
+                    continue
+                tile = slice_tile(cell, heads * width, dtype=name, backward=backward, heads=heads)
                 if tile is not None:
                     yield cell, name, tile
 
 
-def _forward_args(cell: str, dtype: str, H: int) -> dict:
+def _forward_args(cell: str, dtype: str, H: int, head: int) -> dict:
     return dict(gx_ptr=fresh("fp32"), h0_ptr=passed("fp32", False), c0_ptr=passed("fp32", False),
                 w_ptr=passed(dtype, False), b_ptr=passed(dtype, False), peep_ptr=passed(dtype, False),
                 len_ptr=fresh("i32"), y_ptr=fresh(dtype), ws_ptr=fresh("fp32"), bar_ptr=fresh("i32"),
-                T=100, B=37, H=H, relu=0, coupled=0, reverse=0)
+                T=100, B=37, H=H, HEAD=head, relu=0, coupled=0, reverse=0)
 
 
-def _backward_args(cell: str, dtype: str, H: int) -> dict:
+def _backward_args(cell: str, dtype: str, H: int, head: int) -> dict:
     return dict(gy_ptr=passed(dtype, False), dh_ptr=fresh("fp32"), dc_ptr=fresh("fp32"), ws_ptr=fresh("fp32"),
                 h0_ptr=passed("fp32", False), c0_ptr=passed("fp32", False), w_ptr=passed(dtype, False),
                 peep_ptr=passed(dtype, False), len_ptr=fresh("i32"), dgx_ptr=fresh("fp32"), dgh_ptr=fresh("fp32"),
-                bar_ptr=fresh("i32"), T=100, B=37, H=H, relu=0, coupled=0, reverse=0)
+                bar_ptr=fresh("i32"), T=100, B=37, H=H, HEAD=head, relu=0, coupled=0, reverse=0)
 
 
 def compile_cases() -> Iterator[CompileCase]:
     """Both persistent kernels at every tile ``plan_launch`` can pick for a compiled launch (one
-    program per slice); no argument is specialised, so one build stands for every launch."""
+    program per slice), for one head (heads=1) and for many (PER_HEAD: a ragged head width, 3
+    heads); no argument is specialised, so one build stands for every launch of its tile."""
     for backward, kernel, make_args in ((False, rnn_persistent_forward_kernel, _forward_args),
                                         (True, rnn_persistent_backward_kernel, _backward_args)):
-        for cell, dtype, tile in gate_tiles(backward):
-            H = tile.hp - 3  # ragged: the masked tails are built
-            # fp32 weights' tl.dot slices also in TF32 (what _launch passes where torch allows it)
-            for tf32 in (False, True) if dtype == "fp32" and takes_tf32(tile, cell, backward) else (False,):
-                constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
-                             "HP": tile.hp, "SLICE_LOOP": False, "ROWWISE": tile.rowwise, "TF32": tf32}
-                products = "rowwise" if tile.rowwise else "dot-tf32" if tf32 else "dot"
-                yield CompileCase(name=f"rnn_persistent_{'backward' if backward else 'forward'}[{cell.split('_')[0]}]",
-                                  kernel=kernel, args={**make_args(cell, dtype, H), **constants},
-                                  num_warps=tile.num_warps,
-                                  tags={"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h),
-                                        "products": products})
+        for per_head in (False, True):
+            for cell, dtype, tile in gate_tiles(backward, per_head):
+                head = tile.hp - 3  # ragged: the masked tails are built
+                H = 3 * head if per_head else head
+                # fp32 weights' tl.dot slices also in TF32 (what _launch passes where torch allows it)
+                for tf32 in (False, True) if dtype == "fp32" and takes_tf32(tile, cell, backward) else (False,):
+                    constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
+                                 "HP": tile.hp, "SLICE_LOOP": False, "ROWWISE": tile.rowwise, "TF32": tf32,
+                                 "PER_HEAD": per_head}
+                    products = "rowwise" if tile.rowwise else "dot-tf32" if tf32 else "dot"
+                    yield CompileCase(name=f"rnn_persistent_{'backward' if backward else 'forward'}[{cell.split('_')[0]}]",
+                                      kernel=kernel, args={**make_args(cell, dtype, H, head), **constants},
+                                      num_warps=tile.num_warps,
+                                      tags={"dtype": dtype, "hp": str(tile.hp), "block_h": str(tile.block_h),
+                                            "products": products, "heads": "many" if per_head else "1"})
