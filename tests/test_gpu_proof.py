@@ -64,6 +64,21 @@ def test_the_issue_targets_are_measured_first():
     assert len(cases) == len(set(c.name for c in cases))
 
 
+def test_issue14_grid_covers_the_whole_grid_target_region_first():
+    """`--only issue14`: every registered case of issue 14's layer grid (LSTM/GRU, fp16/bf16,
+    fwd/full, B in {8, 32, 128}, H in {256, 512, 1024}, T in {100, 1000}), once each, the
+    target's region (B <= 32, H <= 512) first."""
+    cases = gpu_proof.select_bench_cases("cuda", gpu_proof.ISSUE14_GRID)
+    assert len(cases) == len({c.name for c in cases}) == 2 * 2 * 2 * 18
+    assert {c.dtype for c in cases} == {"float16", "bfloat16"} and {c.mode for c in cases} == {"fwd", "full"}
+    assert {c.size for c in cases} == {f"B={b},H={h},T={t}" for b in (8, 32, 128) for h in (256, 512, 1024)
+                                       for t in (100, 1000)}
+    first = cases[:32]  # fp16, LSTM then GRU, 4 sizes x 2 steps x 2 modes each
+    assert all(c.dtype == "float16" and int(c.size.split(",")[0][2:]) <= 32
+               and int(c.size.split(",")[1][2:]) <= 512 for c in first)
+    assert cases[0].op == "lstm_layer" and cases[0].size.endswith("T=100")
+
+
 def test_log_counts_reads_xdist_and_single_process_lines():
     log = "\n".join([
         "[gw0] [  1%] PASSED tests/test_a.py::test_one[fp32]",

@@ -98,6 +98,23 @@ GPU_BENCH = (
     BenchSelection("linear", ("linear_gelu",), ("fwd", "full"), ("bfloat16", "float32"),
                    ("M=8192,K=4096,N=4096", "M=8192,K=1024,N=4096")),
 )
+
+
+def _issue14_sizes(near_target: bool, steps: int) -> tuple[str, ...]:
+    return tuple(f"B={B},H={H},T={steps}" for B in (8, 32, 128) for H in (256, 512, 1024)
+                 if (B <= 32 and H <= 512) == near_target)
+
+
+# `--only issue14`: issue 14's whole LSTM/GRU layer grid, for a second call when the device time
+# allows (it does not fit beside the suite in one). Ordered so a budget cut leaves the far corners:
+# the target's region (B <= 32, H <= 512) first, LSTM before GRU, T=100 before T=1000, fp16
+# before bf16.
+ISSUE14_GRID = tuple(
+    BenchSelection("rnn", (op,), ("fwd", "full"), (dtype,), _issue14_sizes(near, steps))
+    for dtype in ("float16", "bfloat16") for near in (True, False) for op in ("lstm_layer", "gru_layer")
+    for steps in (100, 1000))
+ISSUE14_BENCH_SECONDS = 300
+
 # The dry run: the same families through the same code on the CPU, at the CPU cases' sizes.
 CPU_BENCH = (
     BenchSelection("activation", ("gelu",), ("fwd",), ("float32",), ("n=1048576",)),
@@ -429,12 +446,13 @@ def select_bench_cases(device: str, plan=None, family: str | None = None):
     return sorted(chosen, key=lambda c: (first_selection(c), c.family, c.op, c.mode, c.dtype, c.work))
 
 
-def stage_bench(out: Path, device: str, peaks, budget: Budget, family: str | None = None) -> StageResult:
+def stage_bench(out: Path, device: str, peaks, budget: Budget, family: str | None = None,
+                plan=None) -> StageResult:
     from gpukernels.benchmarks.harness import Measurement, time_on
     from gpukernels.tools import bench as bench_tools
 
     start = time.perf_counter()
-    cases = select_bench_cases(device, family=family)
+    cases = select_bench_cases(device, plan, family=family)
     skipped = skipped_providers()
     measurements, not_run = [], []
     for case in cases:
@@ -548,7 +566,11 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget.for_run(args.dry_run)
     only = args.only or "all"
-    family = only if only not in ("all", "tests", "bench", "env", "probe") else None
+    family = only if only not in ("all", "tests", "bench", "env", "probe", "issue14") else None
+    plan = None
+    if only == "issue14":  # the grid in place of the focused set, with a longer bench budget
+        plan = ISSUE14_GRID if device == "cuda" else CPU_BENCH
+        budget = Budget(bench=ISSUE14_BENCH_SECONDS if device == "cuda" else budget.bench, tests=0, probe=budget.probe)
     results: list[StageResult] = []
 
     def record(result: StageResult) -> None:
@@ -566,16 +588,16 @@ def run(args) -> int:
     record(env_result)
     # The barrier first, in a child: nothing in this process launches the persistent kernels
     # before a probe has seen them finish (a hang here would lose the whole call).
-    if only in ("all", "probe", "bench", "tests") or family == "rnn":
+    if only in ("all", "probe", "bench", "tests", "issue14") or family == "rnn":
         record(stage_probe(out, device, budget, args.dry_run))
     # The numbers next (under two minutes), then the suite, whose budget is the elastic part.
-    if only in ("all", "bench") or family:
+    if only in ("all", "bench", "issue14") or family:
         # A bench stuck in a kernel cannot be interrupted from Python: past its budget and a
         # minute's grace the process dumps its stacks and exits, and the archive written after
         # the stages before it is what comes back.
         faulthandler.dump_traceback_later(budget.bench + 60, exit=True)
         try:
-            record(stage_bench(out, device, peaks, budget, family))
+            record(stage_bench(out, device, peaks, budget, family, plan))
         except Exception as exc:  # the summary says why; the tests' results stay
             record(StageResult("bench", False, 0.0, [f"`{type(exc).__name__}: {exc}`"]))
         finally:
@@ -592,6 +614,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="the same plan on the CPU: interpreter, tiny sizes, a handful of tests")
     parser.add_argument("--only", help="rerun one part: env, probe, tests, bench, or a bench family (activation, "
-                                       "softmax, rnn, attention, optim)")
+                                       "softmax, rnn, attention, optim); issue14: the probe and issue 14's whole "
+                                       "LSTM/GRU layer grid (a second call, about 6 minutes)")
     parser.add_argument("--archive", help="also write --out as this .tar.gz after every stage (e.g. under a "
                                           "device machine's $OUT, so a call cut short still returns the stages done)")
