@@ -193,10 +193,15 @@ def test_persistent_tf32_stops_where_its_builds_would_spill():
     for case in rp.compile_cases():
         backward = "backward" in case.name
         cell = {rp.RNN: "rnn_tanh", rp.LSTM: "lstm", rp.GRU: "gru"}[case.args["CELL"]]
-        tile = rp.slice_tile(cell, case.args["HP"], dtype=case.tags["dtype"], backward=backward)
-        if case.tags["dtype"] == "fp32" and not case.args["TF32"] and rp.takes_tf32(tile, cell, backward):
+        heads = 2 if case.args["PER_HEAD"] else 1
+        tile = rp.slice_tile(cell, heads * case.args["HP"], dtype=case.tags["dtype"], backward=backward, heads=heads)
+        if case.tags["dtype"] == "fp32" and not case.args["TF32"] and rp.takes_tf32(tile, cell, backward, heads):
             expected.add((case.name, config_label(case)))
     assert built == expected and built
+    # the one TF32 width whose multi-head build spills (sm_90): exact fp32 there, TF32 with one head
+    rnn_256 = rp.slice_tile("rnn_tanh", 512, dtype="fp32", heads=2)
+    assert rnn_256.hp == 256 and not rp.takes_tf32(rnn_256, "rnn_tanh", False, 2)
+    assert rp.takes_tf32(rp.slice_tile("rnn_tanh", 256, dtype="fp32"), "rnn_tanh", False)
 
 
 def test_a_compiled_graph_reads_the_switch_when_it_runs(rng, recorded):
@@ -315,6 +320,47 @@ def test_tf32_layers_against_the_reference_and_strict_fp32_when_off(kind, path, 
             assert error <= tolerance, (tolerance, error)
     for got, want in zip(strict[0], outputs64):
         assert_close(got, want, "float32", "reduction")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the interpreter's TF32 numbers; tests/test_gpu_rnn.py has the GPU's")
+@pytest.mark.parametrize("kind,H,heads", [("lstm", 24, 2), ("gru", 40, 4), ("rnn_tanh", 18, 3)],
+                         ids=lambda v: str(v))
+def test_persistent_per_head_slices_take_tf32_too(kind, H, heads, rng, monkeypatch, recorded):
+    """With heads the persistent tl.dot slices (the PER_HEAD builds) take TF32 as the one-head
+    ones do: the launches say so, and the layer stays within TF32_TOLERANCE of the float64
+    reference, outputs and every gradient of the compact weight."""
+    monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "1")
+    T, B, I, G = 4, 3, 5, {"lstm": 4, "gru": 3, "rnn_tanh": 1}[kind]
+    x = random_tensor(rng, (T, B, I), "float32", DEVICE, scale=1.0)
+    h = random_tensor(rng, (B, H), "float32", DEVICE, scale=0.5)
+    c = random_tensor(rng, (B, H), "float32", DEVICE, scale=0.5)
+    w = [random_tensor(rng, (G * H, I), "float32", DEVICE, scale=0.3),
+         random_tensor(rng, (G * H, H // heads), "float32", DEVICE, scale=weight_scale(H // heads)),
+         random_tensor(rng, (G * H,), "float32", DEVICE, scale=0.3),
+         random_tensor(rng, (G * H,), "float32", DEVICE, scale=0.3)]
+    gy = random_tensor(rng, (T, B, H), "float32", DEVICE, scale=1.0)
+    gh = random_tensor(rng, (B, H), "float32", DEVICE, scale=1.0)
+
+    def run(x, h, c, w, gy, gh):
+        if kind == "lstm":
+            return (*gk.lstm_layer(x, h, c, *w, heads=heads),
+                    *gk.lstm_layer_backward(gy, gh, None, x, h, c, *w, heads=heads))
+        layer, backward = (gk.gru_layer, gk.gru_layer_backward) if kind == "gru" else (gk.rnn_layer,
+                                                                                      gk.rnn_layer_backward)
+        return (*layer(x, h, *w, heads=heads), *backward(gy, gh, x, h, *w, heads=heads))
+
+    with gk.use_backend("triton"), rnn_tf32(True):
+        got = run(x, h, c, w, gy, gh)
+    for name in ("rnn_persistent_forward_kernel", "rnn_persistent_backward_kernel"):
+        assert recorded[name].tf32() == {True}, name
+        assert {launch["PER_HEAD"] for launch in recorded[name].launches} == {True}, name
+    want = run(*(as_float64(t) if not isinstance(t, list) else [as_float64(v) for v in t]
+                 for t in (x, h, c, w, gy, gh)))
+    for index, (g, r) in enumerate(zip(got, want)):
+        if r is None:
+            continue
+        error = np.linalg.norm(as_float64(g) - r) / np.linalg.norm(r)
+        assert error <= TF32_TOLERANCE, (index, error)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -565,10 +565,19 @@ ROWWISE_SLICES = {
 TF32_MAX_WIDTH = {RNN: (256, 256), LSTM: (64, 256), GRU: (128, 128)}
 
 
-def takes_tf32(tile: "SliceTile", cell: str, backward: bool) -> bool:
+# The TF32 widths whose multi-head build (PER_HEAD) spills where the one-head TF32 build does not,
+# per (cell, backward kernel): the RNN forward at 256 spills 16 bytes on sm_90 (compile gate).
+# There multi-head layers keep exact fp32 products.
+TF32_PER_HEAD_SPILLS = {(RNN, False): (256,)}
+
+
+def takes_tf32(tile: "SliceTile", cell: str, backward: bool, heads: int = 1) -> bool:
     """Whether ``tile`` of ``cell`` has a spill-free TF32 build (tl.dot slices only: the wide
     row-wise slices have no tensor-core product)."""
-    return not tile.rowwise and tile.hp <= TF32_MAX_WIDTH[PERSISTENT_CELLS[cell]][int(backward)]
+    code = PERSISTENT_CELLS[cell]
+    if heads > 1 and tile.hp in TF32_PER_HEAD_SPILLS.get((code, backward), ()):
+        return False
+    return not tile.rowwise and tile.hp <= TF32_MAX_WIDTH[code][int(backward)]
 
 
 # The widths whose multi-head build (PER_HEAD: the head's offset and column mask beside the slice)
@@ -802,7 +811,8 @@ def _launch(kernel, args: tuple, cell: str, H: int, T: int, dtype: torch.dtype, 
         if not plan.persistent:
             return False
     constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h, "HP": tile.hp,
-                 "ROWWISE": tile.rowwise, "TF32": tf32 and takes_tf32(tile, cell, backward), "PER_HEAD": heads > 1}
+                 "ROWWISE": tile.rowwise, "TF32": tf32 and takes_tf32(tile, cell, backward, heads),
+                 "PER_HEAD": heads > 1}
     options = {"num_warps": tile.num_warps} if interpreting else {"num_warps": tile.num_warps, **_cooperative()}
     if not interpreting:  # the compiled kernel's registers and shared memory decide how many are resident
         device = args[0].device
@@ -938,7 +948,8 @@ def compile_cases() -> Iterator[CompileCase]:
                 head = tile.hp - 3  # ragged: the masked tails are built
                 H = 3 * head if per_head else head
                 # fp32 weights' tl.dot slices also in TF32 (what _launch passes where torch allows it)
-                for tf32 in (False, True) if dtype == "fp32" and takes_tf32(tile, cell, backward) else (False,):
+                takes = dtype == "fp32" and takes_tf32(tile, cell, backward, 2 if per_head else 1)
+                for tf32 in (False, True) if takes else (False,):
                     constants = {"CELL": PERSISTENT_CELLS[cell], "BLOCK_B": tile.block_b, "BLOCK_H": tile.block_h,
                                  "HP": tile.hp, "SLICE_LOOP": False, "ROWWISE": tile.rowwise, "TF32": tf32,
                                  "PER_HEAD": per_head}
