@@ -11,10 +11,11 @@ Per case (cell, B, H, T, dtype, mixed lengths), written to ``persistent.json`` a
 a hang leaves the cases before it: the grid each persistent launch got (forward, backward) and
 whether that is the multi-program path the launch rule promised; the relative error
 ``norm(got - ref) / norm(ref)`` of every output and gradient against the float64 reference, held
-to DESIGN.md's tolerance for matmul-class results (fp32 layers with TF32 switched off); the same against the per-step path; and the
-forward+backward time of both paths (median of CUDA-event timings). The cases cover both slice
-kinds: ``tl.dot`` slices (LSTM H=256) and the wide row-wise ones (H=512 and 1024, four units a
-program for the fp32 LSTM at 1024), and the issue's target corner (LSTM B=32, H=512, T=100 fp16).
+to DESIGN.md's tolerance for matmul-class results (fp32 layers with TF32 switched off); the same
+against the per-step path; and the forward+backward time of both paths (median of CUDA-event
+timings). The cases cover both slice kinds: ``tl.dot`` slices (LSTM H=256) and the wide row-wise
+ones (H=512 and 1024, four units a program for the fp32 LSTM at 1024), per-head slices on a grid
+of (slices of a head, heads), and the issue's target corner (LSTM B=32, H=512, T=100 fp16).
 
 ``--dry-run`` runs tiny cases on the CPU through Triton's interpreter, where the launcher takes the
 one-program path (``GPUKERNELS_RNN_PERSISTENT=1``), so the probe itself cannot rot.
@@ -49,11 +50,13 @@ class ProbeCase:
     H: int
     T: int
     dtype: str
+    heads: int = 1
 
     @property
     def name(self) -> str:
         short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[self.dtype]
-        return f"{self.cell}-B{self.B}-H{self.H}-T{self.T}-{short}"
+        heads = f"-heads{self.heads}" if self.heads > 1 else ""
+        return f"{self.cell}-B{self.B}-H{self.H}-T{self.T}{heads}-{short}"
 
 
 GPU_CASES = (
@@ -63,8 +66,10 @@ GPU_CASES = (
     ProbeCase("rnn_tanh", 16, 512, 100, "float32"),
     ProbeCase("lstm", 8, 1024, 100, "bfloat16"),   # 128 programs, one per SM on an H100/H200
     ProbeCase("lstm", 8, 1024, 50, "float32"),     # 256 programs of 4 units
+    ProbeCase("lstm", 32, 1024, 100, "float16", heads=4),  # per-head slices: grids (16, 4) and (32, 4)
 )
-DRY_RUN_CASES = (ProbeCase("lstm", 3, 20, 4, "float32"), ProbeCase("gru", 2, 9, 3, "bfloat16"))
+DRY_RUN_CASES = (ProbeCase("lstm", 3, 20, 4, "float32"), ProbeCase("gru", 2, 9, 3, "bfloat16"),
+                 ProbeCase("lstm", 2, 12, 3, "float16", heads=2))
 
 
 @contextlib.contextmanager
@@ -119,28 +124,29 @@ def _inputs(case: ProbeCase, device: str, seed: int) -> dict:
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
 
-    w_scale = 0.3 / (1 + case.H / 64) ** 0.5  # keeps the gates out of saturation at every width
+    w_scale = 0.3 / (1 + case.H / case.heads / 64) ** 0.5  # keeps the gates out of saturation at every width
     return {"x": rand(case.T, case.B, I), "h": rand(case.B, case.H, scale=0.5), "c": rand(case.B, case.H, scale=0.5),
-            "w": [rand(G * case.H, I, scale=w_scale), rand(G * case.H, case.H, scale=w_scale),
+            "w": [rand(G * case.H, I, scale=w_scale), rand(G * case.H, case.H // case.heads, scale=w_scale),
                   rand(G * case.H, scale=0.1), rand(G * case.H, scale=0.1)],
             "gy": rand(case.T, case.B, case.H), "gh": rand(case.B, case.H),
             "lengths": tuple(int(v) for v in torch.randint(1, case.T + 1, (case.B,), generator=g))}
 
 
-def _forward_backward(cell: str, a: dict) -> list:
+def _forward_backward(cell: str, a: dict, heads: int) -> list:
     """Outputs then every gradient, through the public ops."""
     import gpukernels as gk
 
-    x, h, c, w, gy, gh, lengths = a["x"], a["h"], a["c"], a["w"], a["gy"], a["gh"], a["lengths"]
+    x, h, c, w, gy, gh = a["x"], a["h"], a["c"], a["w"], a["gy"], a["gh"]
+    options = {"lengths": a["lengths"], "heads": heads}
     if cell == "rnn_tanh":
-        out = gk.rnn_layer(x, h, *w, lengths=lengths)
-        grads = gk.rnn_layer_backward(gy, gh, x, h, *w, lengths=lengths)
+        out = gk.rnn_layer(x, h, *w, **options)
+        grads = gk.rnn_layer_backward(gy, gh, x, h, *w, **options)
     elif cell == "lstm":
-        out = gk.lstm_layer(x, h, c, *w, lengths=lengths)
-        grads = gk.lstm_layer_backward(gy, gh, None, x, h, c, *w, lengths=lengths)
+        out = gk.lstm_layer(x, h, c, *w, **options)
+        grads = gk.lstm_layer_backward(gy, gh, None, x, h, c, *w, **options)
     else:
-        out = gk.gru_layer(x, h, *w, lengths=lengths)
-        grads = gk.gru_layer_backward(gy, gh, x, h, *w, lengths=lengths)
+        out = gk.gru_layer(x, h, *w, **options)
+        grads = gk.gru_layer_backward(gy, gh, x, h, *w, **options)
     return [t for t in (*out, *grads) if t is not None]
 
 
@@ -176,37 +182,40 @@ def run_case(case: ProbeCase, device: str, persistent_switch: str, repeats: int)
 
     import gpukernels as gk
     from gpukernels.benchmarks.rnn import rnn_tf32
-    from gpukernels.triton.rnn_persistent import slice_tile
+    from gpukernels.triton import rnn_persistent
 
     short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[case.dtype]
-    tile = slice_tile(case.cell, case.H, dtype=short)
-    want_programs = 1 if persistent_switch == "1" or tile is None else -(-case.H // tile.block_h)
+    expected_grids = []
+    for name, backward in zip(KERNELS, (False, True)):  # what the launch rule promises each kernel
+        tile = rnn_persistent.slice_tile(case.cell, case.H, dtype=short, backward=backward, heads=case.heads)
+        one_program = persistent_switch == "1" or tile is None
+        programs = 1 if one_program else rnn_persistent.slice_count(case.H, case.heads, tile)
+        expected_grids.append((name, rnn_persistent._grid(programs, case.heads, one_program)))
     a = _inputs(case, device, seed=zlib.crc32(case.name.encode()))
     grids: list = []
     # Strict fp32 products (the default lets fp32 layers take TF32): the probe holds the barrier's
     # results to the fp32 tolerance, and both paths then do the same math.
     with gk.use_backend("triton"), rnn_tf32(False):
         with _switch(persistent_switch), _recorded_grids(grids):
-            persistent = _forward_backward(case.cell, a)
+            persistent = _forward_backward(case.cell, a, case.heads)
             if device == "cuda":
                 torch.cuda.synchronize()  # a barrier that never opens hangs here
         with _switch("0"):
-            per_step = _forward_backward(case.cell, a)
+            per_step = _forward_backward(case.cell, a, case.heads)
         with _switch(persistent_switch):
-            persistent_ms = _median_ms(lambda: _forward_backward(case.cell, a), device, repeats)
+            persistent_ms = _median_ms(lambda: _forward_backward(case.cell, a, case.heads), device, repeats)
         with _switch("0"):
-            per_step_ms = _median_ms(lambda: _forward_backward(case.cell, a), device, repeats)
+            per_step_ms = _median_ms(lambda: _forward_backward(case.cell, a, case.heads), device, repeats)
     as64 = {k: v if k == "lengths" else [t.double().cpu() for t in v] if k == "w" else v.double().cpu()
             for k, v in a.items()}
-    reference = _forward_backward(case.cell, as64)
+    reference = _forward_backward(case.cell, as64, case.heads)
     errors = [_relative(got, want) for got, want in zip(persistent, reference)]
     against_step = [_relative(got, want) for got, want in zip(persistent, per_step)]
     step_errors = [_relative(got, want) for got, want in zip(per_step, reference)]
-    expected_grids = [(KERNELS[0], (want_programs,)), (KERNELS[1], (want_programs,))]
     multi_program = grids[:1] + grids[-1:] == expected_grids
     accurate = max(errors) <= TOLERANCE[case.dtype]
     return {**asdict(case), "name": case.name, "switch": persistent_switch, "grids": grids,
-            "programs_expected": want_programs, "ran_as_planned": multi_program,
+            "grids_expected": expected_grids, "ran_as_planned": multi_program,
             "max_error_vs_float64": max(errors), "tolerance": TOLERANCE[case.dtype],
             "max_error_per_step_vs_float64": max(step_errors), "max_difference_vs_per_step": max(against_step),
             "persistent_ms": persistent_ms, "per_step_ms": per_step_ms,

@@ -141,7 +141,7 @@ GPU_RUN_IGNORES = ("tests/test_compile_gate.py",)
 class Budget:
     """Seconds each stage may take. The first H200 run (2026-11-29) took 16 s for env and 50 s
     for the bench set then; the losses, norms and metrics added about a minute of cases since.
-    The probe compiles and runs six layers twice each (about a minute expected, never run yet).
+    The probe compiles and runs seven layers twice each (about a minute expected, never run yet).
     The tests get the rest of the seven minutes (GPU-marked tests first)."""
 
     bench: float
@@ -395,7 +395,7 @@ def stage_probe(out: Path, device: str, budget: Budget, dry_run: bool) -> StageR
     except (OSError, ValueError):
         cases = []
     lines = ["The persistent RNN kernels' multi-program path (one launch per layer direction, a grid "
-             "barrier per step) against the float64 reference and the per-step path; "
+             "barrier per step; grids as (programs) or (slices of a head x heads)) against the float64 reference and the per-step path; "
              f"`GPUKERNELS_RNN_PERSISTENT={'1' if dry_run else 'auto'}`, fwd+bwd median of 5 CUDA-event timings.", "",
              "| case | grids (fwd, bwd) | as planned | error vs float64 (tol) | vs per-step | persistent ms | per-step ms |",
              "|---|---|---|---|---|---|---|"]
@@ -403,7 +403,7 @@ def stage_probe(out: Path, device: str, budget: Budget, dry_run: bool) -> StageR
         if "error" in c or "not_run" in c:
             lines.append(f"| {c['name']} | {c.get('error') or c.get('not_run')} | | | | | |")
             continue
-        grids = ", ".join(str(g[1][0]) for g in c["grids"]) or "none"
+        grids = ", ".join("x".join(map(str, g[1])) for g in c["grids"]) or "none"
         ms = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
         lines.append(f"| {c['name']} | {grids} | {'yes' if c['ran_as_planned'] else '**no**'} | "
                      f"{c['max_error_vs_float64']:.2g} ({c['tolerance']:g}) | {c['max_difference_vs_per_step']:.2g} | "
