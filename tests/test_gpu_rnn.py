@@ -142,23 +142,12 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     """The persistent kernels' compiled path as "auto" chooses it: one program per slice (16
     units; 8 or 4 in the wide row-wise slices), all resident, meeting at the grid barrier every
     step, against the float64 reference."""
+    from gpukernels.tools.barrier_probe import promised_grids, recorded_grids
     from gpukernels.triton import rnn_persistent as rp
 
     _skip_if_the_barrier_probe_failed()
     monkeypatch.setenv(rp.ENVIRONMENT_SWITCH, "auto")
     grids = []
-    for name in ("rnn_persistent_forward_kernel", "rnn_persistent_backward_kernel"):
-        kernel = getattr(rp, name)
-
-        class Recording:  # records the grid of each launch, passes warmup and the rest through
-            def __getitem__(self, grid, kernel=kernel, name=name):
-                grids.append((name, grid))
-                return kernel[grid]
-
-            def __getattr__(self, attribute, kernel=kernel):
-                return getattr(kernel, attribute)
-
-        monkeypatch.setattr(rp, name, Recording())
     G = GATES[kind]
     arrays = {"x": random_tensor(rng, (T, B, 6), dtype, "cuda", scale=1.0),
               "h": random_tensor(rng, (B, H), dtype, "cuda", scale=0.5),
@@ -168,12 +157,11 @@ def test_persistent_layers_run_many_programs_on_the_device(kind, B, H, T, dtype,
     gy = random_tensor(rng, (T, B, H), dtype, "cuda", scale=1.0)
     gh = random_tensor(rng, (B, H), dtype, "cuda", scale=1.0)
     lengths = tuple(int(v) for v in rng.integers(1, T + 1, B))
-    with gk.use_backend("triton"):
+    with gk.use_backend("triton"), recorded_grids(grids):
         outputs, grads = _run(kind, arrays, gy, gh, lengths)
-    tile = rp.slice_tile(kind, H, dtype={"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype])
-    slices = -(-H // tile.block_h)
-    assert grids == [("rnn_persistent_forward_kernel", (slices,)), ("rnn_persistent_forward_kernel", (slices,)),
-                     ("rnn_persistent_backward_kernel", (slices,))]
+    forward, backward = promised_grids(kind, H, dtype)  # one program per slice, (slices,)
+    assert forward[1] == (-(-H // rp.slice_tile(kind, H, dtype=rp.TRITON_DTYPES[getattr(torch, dtype)]).block_h),)
+    assert grids == [forward, forward, backward]  # the public backward recomputes the forward
     _assert_matches_reference(kind, arrays, gy, gh, lengths, outputs, grads, dtype)
 
 

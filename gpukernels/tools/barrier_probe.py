@@ -88,7 +88,7 @@ def _switch(value: str):
 
 
 @contextlib.contextmanager
-def _recorded_grids(grids: list):
+def recorded_grids(grids: list):
     """Records the grid of every persistent launch (warmup and attributes pass through)."""
     from gpukernels.triton import rnn_persistent
 
@@ -112,6 +112,21 @@ def _recorded_grids(grids: list):
     finally:
         for name, kernel in originals.items():
             setattr(rnn_persistent, name, kernel)
+
+
+def promised_grids(cell: str, H: int, dtype: str, heads: int = 1, one_program: bool = False) -> list:
+    """[(kernel, grid)] the launch rule promises the forward and backward persistent kernels of a
+    layer (``dtype`` a torch dtype name): one program per slice, or one program in all."""
+    from gpukernels.triton import rnn_persistent
+
+    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
+    grids = []
+    for name, backward in zip(KERNELS, (False, True)):
+        tile = rnn_persistent.slice_tile(cell, H, dtype=short, backward=backward, heads=heads)
+        single = one_program or tile is None
+        programs = 1 if single else rnn_persistent.slice_count(H, heads, tile)
+        grids.append((name, rnn_persistent._grid(programs, heads, single)))
+    return grids
 
 
 def _inputs(case: ProbeCase, device: str, seed: int) -> dict:
@@ -182,21 +197,14 @@ def run_case(case: ProbeCase, device: str, persistent_switch: str, repeats: int)
 
     import gpukernels as gk
     from gpukernels.benchmarks.rnn import rnn_tf32
-    from gpukernels.triton import rnn_persistent
 
-    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[case.dtype]
-    expected_grids = []
-    for name, backward in zip(KERNELS, (False, True)):  # what the launch rule promises each kernel
-        tile = rnn_persistent.slice_tile(case.cell, case.H, dtype=short, backward=backward, heads=case.heads)
-        one_program = persistent_switch == "1" or tile is None
-        programs = 1 if one_program else rnn_persistent.slice_count(case.H, case.heads, tile)
-        expected_grids.append((name, rnn_persistent._grid(programs, case.heads, one_program)))
+    expected_grids = promised_grids(case.cell, case.H, case.dtype, case.heads, one_program=persistent_switch == "1")
     a = _inputs(case, device, seed=zlib.crc32(case.name.encode()))
     grids: list = []
     # Strict fp32 products (the default lets fp32 layers take TF32): the probe holds the barrier's
     # results to the fp32 tolerance, and both paths then do the same math.
     with gk.use_backend("triton"), rnn_tf32(False):
-        with _switch(persistent_switch), _recorded_grids(grids):
+        with _switch(persistent_switch), recorded_grids(grids):
             persistent = _forward_backward(case.cell, a, case.heads)
             if device == "cuda":
                 torch.cuda.synchronize()  # a barrier that never opens hangs here
